@@ -1,0 +1,1 @@
+"""Pure decision cores of the driver, workers and gateway (to come)."""

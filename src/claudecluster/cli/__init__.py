@@ -1,0 +1,14 @@
+"""The ``claudecluster`` command line (cyclopts)."""
+
+import sys
+
+from claudecluster.cli import demo as _demo  # noqa: F401 - registers the command
+from claudecluster.cli import events_cmd as _events  # noqa: F401 - registers the commands
+from claudecluster.cli.app import app, run
+
+__all__ = ["app", "main", "run"]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())

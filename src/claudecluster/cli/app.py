@@ -1,0 +1,55 @@
+"""The ``claudecluster`` command: one cyclopts app, one error policy.
+
+Exit codes: 0 success; 1 the work itself failed; 2 a usage or configuration error, an
+unknown id, or an unreachable NATS server (one sentence on stderr saying what to fix);
+130 interrupted. ``--debug`` anywhere on the command line shows the traceback too.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Final
+
+from cyclopts import App, CycloptsError
+from rich.console import Console
+
+from claudecluster.errors import ClusterError
+
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "app", "run"]
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
+
+app = App(
+    name="claudecluster",
+    help="Run many Claude Code agents in parallel on one goal, over NATS JetStream.",
+    version_flags=["--version"],
+)
+events_app = App(name="events", help="The event catalogue: schemas and recorded logs.")
+app.command(events_app)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run one command line and return its exit code (never raises for user errors)."""
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in tokens
+    tokens = [token for token in tokens if token != "--debug"]
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        result = app(tokens, exit_on_error=False, print_error=True, result_action="return_value")
+    except CycloptsError:
+        return EXIT_USAGE
+    except ClusterError as exc:
+        if debug:
+            err.print_exception()
+        err.print(f"error: {exc}", markup=False)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False)
+        return EXIT_INTERRUPTED
+    if isinstance(result, int) and not isinstance(result, bool):
+        return result
+    return EXIT_OK

@@ -1,0 +1,51 @@
+"""``claudecluster events ...``: the catalogue for external tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from claudecluster.cli.app import EXIT_FAILED, EXIT_OK, events_app
+from claudecluster.events.schema import render_schemas, write_schemas
+
+__all__ = ["schema"]
+
+
+@events_app.command
+def schema(out: Path = Path("events/schema"), *, check: bool = False) -> int:
+    """Write a JSON Schema for every event, command and envelope.
+
+    Examples:
+        claudecluster events schema
+        claudecluster events schema --out /tmp/schemas
+        claudecluster events schema --check   # exit 1 when the files are stale
+
+    Args:
+        out: Directory to write into (created if missing).
+        check: Write nothing; report stale, missing or extra files and exit 1 if any.
+    """
+    console = Console(highlight=False)
+    if not check:
+        written = write_schemas(out)
+        console.print(f"wrote {len(written)} schema files to {out}", markup=False)
+        return EXIT_OK
+    expected = render_schemas()
+    problems: list[str] = []
+    for rel, text in sorted(expected.items()):
+        target = out / rel
+        if not target.is_file():
+            problems.append(f"missing {target}")
+        elif target.read_text(encoding="utf-8") != text:
+            problems.append(f"stale {target}")
+    if out.is_dir():
+        for extra in sorted(out.rglob("*.json")):
+            if extra.relative_to(out).as_posix() not in expected:
+                problems.append(f"extra {extra}")
+    for problem in problems:
+        console.print(problem, markup=False)
+    if problems:
+        console.print("run 'claudecluster events schema' to regenerate", markup=False)
+        return EXIT_FAILED
+    console.print(f"{len(expected)} schema files are current", markup=False)
+    return EXIT_OK

@@ -1,0 +1,73 @@
+"""Rich renderings of projections, shared by every command that shows status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from rich.table import Table
+
+from claudecluster.projections.cluster import ClusterView
+from claudecluster.projections.views import RunView
+
+__all__ = ["run_table", "tasks_table", "workers_table"]
+
+
+def _elapsed(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return "-"
+    return f"{(end - start).total_seconds():.1f}s"
+
+
+def run_table(view: ClusterView, run: RunView) -> Table:
+    """One run: state, goal, branch, spend."""
+    cost = view.costs.get(run.run_id)
+    table = Table(title=f"run {run.run_id}", show_header=False, title_justify="left")
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    table.add_row("goal", run.goal)
+    table.add_row("state", run.state.value)
+    table.add_row("tasks", str(len(run.task_ids)))
+    table.add_row("integration branch", run.integration_branch or "-")
+    table.add_row("head commit", run.head_commit or "-")
+    table.add_row("elapsed", _elapsed(run.submitted_at, run.finished_at))
+    if cost is not None:
+        table.add_row("cost", f"${cost.cost_usd:.4f} over {cost.attempts_billed} attempts")
+        table.add_row(
+            "tokens", f"{cost.usage.input_tokens:,} in / {cost.usage.output_tokens:,} out"
+        )
+    return table
+
+
+def tasks_table(view: ClusterView, run_id: str) -> Table:
+    """A run's tasks in plan order: state, attempt, worker, elapsed, turns, cost."""
+    table = Table(title="tasks", title_justify="left")
+    for column in ("task", "state", "attempt", "worker", "elapsed", "turns", "cost"):
+        table.add_column(column, justify="right" if column in {"turns", "cost"} else "left")
+    for task in view.tasks_of(run_id):
+        table.add_row(
+            task.task_id,
+            task.state.value,
+            str(task.attempt),
+            task.worker_id or "-",
+            _elapsed(task.started_at, task.finished_at),
+            str(task.turns),
+            f"${task.cost_usd:.4f}",
+        )
+    return table
+
+
+def workers_table(view: ClusterView) -> Table:
+    """Every worker the log knows: state, pool, load, running tasks."""
+    table = Table(title="workers", title_justify="left")
+    for column in ("worker", "state", "pool", "cpu", "memory", "running"):
+        table.add_column(column)
+    for worker in sorted(view.workers.values(), key=lambda w: w.worker_id):
+        table.add_row(
+            worker.worker_id,
+            worker.state,
+            worker.pool,
+            f"{worker.cpu_percent:.0f}%",
+            f"{worker.memory_bytes / 2**20:.0f} MiB",
+            ", ".join(worker.running_tasks) or "-",
+        )
+    return table

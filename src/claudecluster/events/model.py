@@ -1,0 +1,467 @@
+"""The event and command vocabulary: every fact the cluster records, every request it takes.
+
+Events are facts in the past tense (``TaskQueued``); commands are requests in the imperative
+(``CancelTask``). Both are frozen msgspec Structs in one tagged union each, discriminated by
+a dotted lower-case wire tag in the ``type`` field (``task.queued``). Each tag has exactly two
+dot-separated tokens, so it can end a NATS subject and be filtered with ``*.*``.
+
+Rules that keep old logs replayable (docs/events.md has the long form):
+
+* A field added later always has a default; readers ignore fields they do not know.
+* A change that would break old readers (rename, retype, re-meaning) bumps the class's
+  ``schema_version`` and registers an upcaster in :mod:`claudecluster.events.codec`.
+* Events are never edited once written; corrections are new events.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+import msgspec
+
+__all__ = [
+    "ID_PATTERN",
+    "ArtifactRef",
+    "CancelRun",
+    "CancelTask",
+    "Command",
+    "CommandBase",
+    "DrainWorker",
+    "Event",
+    "EventBase",
+    "FailureClass",
+    "Id",
+    "MergeConflict",
+    "ProgressKind",
+    "RollbackRun",
+    "RunCancelled",
+    "RunCompleted",
+    "RunEvent",
+    "RunFailed",
+    "RunPlanned",
+    "RunRolledBack",
+    "RunSubmitted",
+    "SubmitRun",
+    "TaskAssigned",
+    "TaskCancelled",
+    "TaskEvent",
+    "TaskFailed",
+    "TaskKind",
+    "TaskLimits",
+    "TaskMerged",
+    "TaskProgress",
+    "TaskQueued",
+    "TaskRetryScheduled",
+    "TaskSkipped",
+    "TaskSpec",
+    "TaskStarted",
+    "TaskSucceeded",
+    "TokenUsage",
+    "WorkerEvent",
+    "WorkerHeartbeat",
+    "WorkerJoined",
+    "WorkerLeft",
+    "WorkerLost",
+]
+
+#: Ids become NATS subject tokens, so they may hold no dots, wildcards or spaces, and may
+#: not start with ``_`` (reserved for our own tokens such as the run-level ``_``).
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+Id = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=ID_PATTERN,
+        description="An id that is also a NATS subject token: letters, digits, '_' and '-', "
+        "starting with a letter or digit, at most 64 characters.",
+    ),
+]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Attempt = Annotated[
+    int, msgspec.Meta(ge=1, description="1 for the first try; each retry or requeue adds one.")
+]
+
+TaskKind = Literal["generate", "refactor", "test", "review", "plan", "resolve"]
+FailureClass = Literal[
+    "api_error",
+    "auth",
+    "rate_limit",
+    "max_turns",
+    "budget",
+    "timeout",
+    "limit",
+    "cancelled",
+    "agent_error",
+    "infrastructure",
+]
+ProgressKind = Literal["text", "tool_use", "tool_result", "usage"]
+
+
+# ----------------------------------------------------------------------------------------
+# Values carried inside events
+# ----------------------------------------------------------------------------------------
+
+
+class TokenUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """Tokens one model call or one whole task used, as the Messages API reports them."""
+
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    cache_creation_input_tokens: Count = 0
+    cache_read_input_tokens: Count = 0
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cache_creation_input_tokens=(
+                self.cache_creation_input_tokens + other.cache_creation_input_tokens
+            ),
+            cache_read_input_tokens=self.cache_read_input_tokens + other.cache_read_input_tokens,
+        )
+
+
+class TaskLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """Limits a worker enforces on one attempt; ``None`` means the configured default."""
+
+    wall_time_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    max_turns: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_cost_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    memory_mb: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One node of a run's task graph, as the planner produced it."""
+
+    task_id: Id
+    title: str
+    prompt: str
+    depends_on: tuple[Id, ...] = ()
+    kind: TaskKind = "generate"
+    executor: Literal["claude_code", "shell"] = "claude_code"
+    files: Annotated[
+        tuple[str, ...],
+        msgspec.Meta(description="Paths or globs the task expects to change (conflict hints)."),
+    ] = ()
+    priority: int = 0
+    limits: TaskLimits = TaskLimits()
+
+
+class ArtifactRef(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a task's output (a git bundle, a log, a report) is stored."""
+
+    name: str
+    bucket: str
+    key: str
+    size: Count = 0
+    sha256: str = ""
+
+
+# ----------------------------------------------------------------------------------------
+# Events
+# ----------------------------------------------------------------------------------------
+
+
+class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every event. ``schema_version`` is per class, bumped on breaking change."""
+
+    schema_version: ClassVar[int] = 1
+
+
+class RunEvent(EventBase, frozen=True, kw_only=True):
+    """An event about one run; its subject is ``cc.evt.<run_id>._.<type>``."""
+
+    run_id: Id
+
+
+class TaskEvent(RunEvent, frozen=True, kw_only=True):
+    """An event about one task of a run; subject ``cc.evt.<run_id>.<task_id>.<type>``.
+
+    All of a task's events share the subject prefix, so a writer can append with an
+    expected last sequence on ``cc.evt.<run_id>.<task_id>.>`` and lose a race cleanly.
+    """
+
+    task_id: Id
+
+
+class WorkerEvent(EventBase, frozen=True, kw_only=True):
+    """An event about one worker; subject ``cc.evt._workers.<worker_id>.<type>``."""
+
+    worker_id: Id
+
+
+class RunSubmitted(RunEvent, frozen=True, kw_only=True, tag="run.submitted"):
+    """A user asked for a goal to be reached; nothing is planned yet."""
+
+    goal: str
+    repo: Annotated[str, msgspec.Meta(description="Repository path or URL the run works on.")]
+    base_ref: str = "HEAD"
+    planner: Literal["plan_file", "claude", "fanout", "inline"] = "inline"
+    budget_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    max_parallel: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    submitted_by: str = ""
+
+
+class RunPlanned(RunEvent, frozen=True, kw_only=True, tag="run.planned"):
+    """The run's task graph was fixed; it is validated before this is recorded."""
+
+    tasks: tuple[TaskSpec, ...]
+    base_commit: str
+    integration_branch: str
+
+
+class RunCompleted(RunEvent, frozen=True, kw_only=True, tag="run.completed"):
+    """Every task ended and the integration branch holds the merged result."""
+
+    head_commit: str
+    tasks_succeeded: Count
+    tasks_failed: Count = 0
+    tasks_skipped: Count = 0
+
+
+class RunFailed(RunEvent, frozen=True, kw_only=True, tag="run.failed"):
+    """The run stopped without reaching its goal."""
+
+    reason: str
+    failed_tasks: tuple[Id, ...] = ()
+
+
+class RunCancelled(RunEvent, frozen=True, kw_only=True, tag="run.cancelled"):
+    """The run was cancelled on request; running tasks were told to stop."""
+
+    reason: str = ""
+    requested_by: str = ""
+
+
+class RunRolledBack(RunEvent, frozen=True, kw_only=True, tag="run.rolled_back"):
+    """The integration branch was moved back to a commit an earlier event recorded."""
+
+    to_commit: str
+    to_sequence: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    reverted_tasks: tuple[Id, ...] = ()
+
+
+class TaskQueued(TaskEvent, frozen=True, kw_only=True, tag="task.queued"):
+    """An attempt of the task was put on a pool's work queue."""
+
+    attempt: Attempt = 1
+    pool: str = "default"
+
+
+class TaskAssigned(TaskEvent, frozen=True, kw_only=True, tag="task.assigned"):
+    """A worker took the attempt off the work queue."""
+
+    attempt: Attempt
+    worker_id: Id
+
+
+class TaskStarted(TaskEvent, frozen=True, kw_only=True, tag="task.started"):
+    """The executor process for the attempt started in its workspace."""
+
+    attempt: Attempt
+    worker_id: Id
+    session_id: str = ""
+    resumed: bool = False
+
+
+class TaskProgress(TaskEvent, frozen=True, kw_only=True, tag="task.progress"):
+    """Live output of a running attempt: agent text, a tool call, a tool result, or usage."""
+
+    attempt: Attempt
+    kind: ProgressKind
+    text: Annotated[str, msgspec.Meta(description="Text, or a short summary for tool calls.")] = ""
+    tool: str = ""
+    usage: TokenUsage | None = None
+
+
+class TaskSucceeded(TaskEvent, frozen=True, kw_only=True, tag="task.succeeded"):
+    """The attempt finished and produced a result ready to merge."""
+
+    attempt: Attempt
+    worker_id: Id
+    summary: str = ""
+    cost_usd: NonNegative = 0.0
+    usage: TokenUsage = TokenUsage()
+    turns: Count = 0
+    duration_ms: Count = 0
+    artifacts: tuple[ArtifactRef, ...] = ()
+
+
+class TaskFailed(TaskEvent, frozen=True, kw_only=True, tag="task.failed"):
+    """The attempt ended without a usable result."""
+
+    attempt: Attempt
+    reason: str
+    failure_class: FailureClass = "agent_error"
+    retryable: bool = False
+    worker_id: Id | None = None
+    cost_usd: NonNegative = 0.0
+    usage: TokenUsage = TokenUsage()
+
+
+class TaskRetryScheduled(TaskEvent, frozen=True, kw_only=True, tag="task.retry_scheduled"):
+    """The driver will queue another attempt ``delay_s`` after this event occurred."""
+
+    next_attempt: Attempt
+    delay_s: NonNegative
+    reason: str = ""
+
+
+class TaskCancelled(TaskEvent, frozen=True, kw_only=True, tag="task.cancelled"):
+    """The task will not run (further); its workspace was cleaned."""
+
+    attempt: Annotated[int, msgspec.Meta(ge=0)] = 0
+    reason: str = ""
+
+
+class TaskSkipped(TaskEvent, frozen=True, kw_only=True, tag="task.skipped"):
+    """The task never ran because a task it depends on did not succeed."""
+
+    reason: str
+    blocked_by: Id
+
+
+class TaskMerged(TaskEvent, frozen=True, kw_only=True, tag="task.merged"):
+    """The task's commits were merged into the integration branch."""
+
+    attempt: Attempt
+    commit: str
+    integration_branch: str
+
+
+class MergeConflict(TaskEvent, frozen=True, kw_only=True, tag="task.merge_conflict"):
+    """Merging the task's commits conflicted; the run's policy decides what follows."""
+
+    attempt: Attempt
+    files: tuple[str, ...]
+    ours: Annotated[str, msgspec.Meta(description="Integration branch commit.")]
+    theirs: Annotated[str, msgspec.Meta(description="The task's commit.")]
+    policy: Literal["resolve", "stop"] = "stop"
+
+
+class WorkerJoined(WorkerEvent, frozen=True, kw_only=True, tag="worker.joined"):
+    """A worker started and will take tasks from its pool."""
+
+    pool: str = "default"
+    host: str = ""
+    pid: Count = 0
+    slots: Annotated[int, msgspec.Meta(ge=1)] = 1
+    capabilities: tuple[str, ...] = ()
+    version: str = ""
+
+
+class WorkerHeartbeat(WorkerEvent, frozen=True, kw_only=True, tag="worker.heartbeat"):
+    """A worker is alive; what it is doing and how loaded its machine is.
+
+    Version 2 replaced v1's ``memory_mb`` (float, MiB) with ``memory_bytes`` and added
+    ``slots_free``; the codec upcasts v1 records.
+    """
+
+    schema_version: ClassVar[int] = 2
+
+    cpu_percent: NonNegative = 0.0
+    memory_bytes: Count = 0
+    load_avg: NonNegative = 0.0
+    running_tasks: Annotated[
+        tuple[str, ...], msgspec.Meta(description="Running attempts as 'run_id/task_id'.")
+    ] = ()
+    slots_free: Count = 0
+
+
+class WorkerLeft(WorkerEvent, frozen=True, kw_only=True, tag="worker.left"):
+    """A worker stopped gracefully after draining."""
+
+    reason: str = ""
+
+
+class WorkerLost(WorkerEvent, frozen=True, kw_only=True, tag="worker.lost"):
+    """The driver stopped hearing from a worker and no longer counts on it."""
+
+    last_seen_seq: Annotated[int, msgspec.Meta(ge=0)] = 0
+    reason: str = "heartbeats stopped"
+    orphaned_tasks: tuple[str, ...] = ()
+
+
+Event = (
+    RunSubmitted
+    | RunPlanned
+    | RunCompleted
+    | RunFailed
+    | RunCancelled
+    | RunRolledBack
+    | TaskQueued
+    | TaskAssigned
+    | TaskStarted
+    | TaskProgress
+    | TaskSucceeded
+    | TaskFailed
+    | TaskRetryScheduled
+    | TaskCancelled
+    | TaskSkipped
+    | TaskMerged
+    | MergeConflict
+    | WorkerJoined
+    | WorkerHeartbeat
+    | WorkerLeft
+    | WorkerLost
+)
+"""Every event type, as one tagged union for decoding and ``match``."""
+
+
+# ----------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------
+
+
+class CommandBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every command: a request some actor may accept or refuse."""
+
+    schema_version: ClassVar[int] = 1
+
+
+class SubmitRun(CommandBase, frozen=True, kw_only=True, tag="run.submit"):
+    """Start a run toward a goal, with an explicit plan or a planner to make one."""
+
+    run_id: Id
+    goal: str
+    repo: str
+    base_ref: str = "HEAD"
+    plan: tuple[TaskSpec, ...] | None = None
+    planner: Literal["plan_file", "claude", "fanout", "inline"] = "inline"
+    budget_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    max_parallel: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class CancelRun(CommandBase, frozen=True, kw_only=True, tag="run.cancel"):
+    """Stop a run: no new tasks start and running ones are cancelled."""
+
+    run_id: Id
+    reason: str = ""
+
+
+class CancelTask(CommandBase, frozen=True, kw_only=True, tag="task.cancel"):
+    """Stop one task; its dependents are skipped."""
+
+    run_id: Id
+    task_id: Id
+    reason: str = ""
+
+
+class RollbackRun(CommandBase, frozen=True, kw_only=True, tag="run.rollback"):
+    """Move a run's integration branch back to before a task, or to an event sequence."""
+
+    run_id: Id
+    to_task: Id | None = None
+    to_sequence: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class DrainWorker(CommandBase, frozen=True, kw_only=True, tag="worker.drain"):
+    """Ask a worker to take no new tasks and leave once its running ones end."""
+
+    worker_id: Id
+    deadline_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+
+
+Command = SubmitRun | CancelRun | CancelTask | RollbackRun | DrainWorker
+"""Every command type, as one tagged union."""

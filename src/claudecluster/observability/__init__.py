@@ -1,0 +1,1 @@
+"""Logging and secret redaction; later also metrics and tracing."""

@@ -1,0 +1,149 @@
+"""The cluster view: every projection folded together, idempotent by stream sequence.
+
+:func:`apply` is the one fold every reader uses, live or in replay: the CLI's status, the
+gateway, the MCP server, the driver's recovery, the simulations. It skips an event whose
+stream sequence it has already applied, so at-least-once delivery (a redelivery, a resumed
+subscription that overlaps) never counts anything twice.
+
+A view can be snapshotted to plain JSON-compatible data and restored; a restored view
+continues exactly as the original would have (property-tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgspec
+from immutables import Map
+
+from claudecluster.events.envelope import StoredEvent
+from claudecluster.projections.costs import Costs, apply_costs
+from claudecluster.projections.runs import Runs, apply_runs
+from claudecluster.projections.tasks import Tasks, apply_tasks
+from claudecluster.projections.views import (
+    Anomaly,
+    CostView,
+    RunView,
+    TaskView,
+    WorkerView,
+    task_key,
+)
+from claudecluster.projections.workers import Workers, apply_workers
+
+__all__ = ["RECENT_ANOMALIES", "ClusterView", "apply", "from_snapshot", "replay", "to_snapshot"]
+
+#: How many of the latest anomalies a view keeps in full (the count covers all of them).
+RECENT_ANOMALIES: Final = 50
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    """All projections at one point of the log.
+
+    Attributes:
+        last_seq: the stream sequence of the last event applied (0 before any).
+        runs: run id -> run.
+        tasks: ``run_id/task_id`` -> task.
+        workers: worker id -> worker.
+        costs: run id -> spend.
+        anomaly_count: events that did not fit their entity's history, all time.
+        recent_anomalies: the latest :data:`RECENT_ANOMALIES` of them, oldest first.
+    """
+
+    last_seq: int = 0
+    runs: Runs = field(default_factory=Map)
+    tasks: Tasks = field(default_factory=Map)
+    workers: Workers = field(default_factory=Map)
+    costs: Costs = field(default_factory=Map)
+    anomaly_count: int = 0
+    recent_anomalies: tuple[Anomaly, ...] = ()
+
+    def tasks_of(self, run_id: str) -> list[TaskView]:
+        """The run's tasks in plan order (empty for an unknown run)."""
+        run = self.runs.get(run_id)
+        if run is None:
+            return []
+        return [self.tasks[task_key(run_id, task_id)] for task_id in run.task_ids]
+
+
+def apply(view: ClusterView, stored: StoredEvent) -> ClusterView:
+    """Fold one stored event into every projection; a sequence already applied is a no-op."""
+    if stored.seq <= view.last_seq:
+        return view
+    envelope = stored.envelope
+    runs, run_problem = apply_runs(view.runs, envelope)
+    tasks, task_problem = apply_tasks(view.tasks, envelope)
+    workers, worker_problem = apply_workers(view.workers, envelope)
+    costs, _ = apply_costs(view.costs, envelope)
+    problems = [p for p in (run_problem, task_problem, worker_problem) if p is not None]
+    anomaly_count = view.anomaly_count
+    recent = view.recent_anomalies
+    if problems:
+        anomaly = Anomaly(
+            seq=stored.seq,
+            event_id=envelope.id,
+            type=str(type(envelope.payload).__struct_config__.tag),
+            reason="; ".join(problems),
+        )
+        anomaly_count += 1
+        recent = (*recent[-(RECENT_ANOMALIES - 1) :], anomaly)
+    return ClusterView(
+        last_seq=stored.seq,
+        runs=runs,
+        tasks=tasks,
+        workers=workers,
+        costs=costs,
+        anomaly_count=anomaly_count,
+        recent_anomalies=recent,
+    )
+
+
+def replay(events: Iterable[StoredEvent], view: ClusterView | None = None) -> ClusterView:
+    """Fold a sequence of stored events, from an empty view unless one is given."""
+    current = view if view is not None else ClusterView()
+    for stored in events:
+        current = apply(current, stored)
+    return current
+
+
+def to_snapshot(view: ClusterView) -> dict[str, Any]:
+    """The view as JSON-compatible builtins, keys sorted, for snapshots and golden files."""
+    return {
+        "last_seq": view.last_seq,
+        "runs": {k: msgspec.to_builtins(v) for k, v in sorted(view.runs.items())},
+        "tasks": {k: msgspec.to_builtins(v) for k, v in sorted(view.tasks.items())},
+        "workers": {k: msgspec.to_builtins(v) for k, v in sorted(view.workers.items())},
+        "costs": {k: msgspec.to_builtins(v) for k, v in sorted(view.costs.items())},
+        "anomaly_count": view.anomaly_count,
+        "recent_anomalies": [msgspec.to_builtins(a) for a in view.recent_anomalies],
+    }
+
+
+def from_snapshot(data: Any) -> ClusterView:
+    """Rebuild a view from :func:`to_snapshot`'s output.
+
+    Raises:
+        msgspec.ValidationError: the data is not a snapshot of this version.
+    """
+    snapshot = msgspec.convert(data, _Snapshot)
+    return ClusterView(
+        last_seq=snapshot.last_seq,
+        runs=Map(snapshot.runs),
+        tasks=Map(snapshot.tasks),
+        workers=Map(snapshot.workers),
+        costs=Map(snapshot.costs),
+        anomaly_count=snapshot.anomaly_count,
+        recent_anomalies=snapshot.recent_anomalies,
+    )
+
+
+class _Snapshot(msgspec.Struct, kw_only=True):
+    last_seq: int
+    runs: dict[str, RunView]
+    tasks: dict[str, TaskView]
+    workers: dict[str, WorkerView]
+    costs: dict[str, CostView]
+    anomaly_count: int
+    recent_anomalies: tuple[Anomaly, ...]

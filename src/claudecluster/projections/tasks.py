@@ -1,0 +1,182 @@
+"""The tasks projection: one :class:`TaskView` per task, keyed ``run_id/task_id``.
+
+Attempts fence results: only events of the live attempt move a task. A queued event must
+open the next attempt (live + 1); any other attempt-bearing event must name the live one.
+Everything else is an anomaly: recorded by the caller, and the task is left as it was.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+from immutables import Map
+
+from claudecluster.domain.lifecycle import TaskState, next_task_state
+from claudecluster.events.envelope import EventEnvelope
+from claudecluster.events.model import (
+    MergeConflict,
+    RunPlanned,
+    RunRolledBack,
+    TaskAssigned,
+    TaskCancelled,
+    TaskEvent,
+    TaskFailed,
+    TaskMerged,
+    TaskProgress,
+    TaskQueued,
+    TaskRetryScheduled,
+    TaskSkipped,
+    TaskStarted,
+    TaskSucceeded,
+    TokenUsage,
+)
+from claudecluster.projections.views import TaskView, task_key
+
+__all__ = ["PROGRESS_PREVIEW_CHARS", "Tasks", "apply_tasks"]
+
+Tasks = Map[str, TaskView]
+
+#: How much of the latest agent output a task view keeps for status displays.
+PROGRESS_PREVIEW_CHARS = 200
+
+
+def apply_tasks(tasks: Tasks, envelope: EventEnvelope) -> tuple[Tasks, str | None]:
+    """Fold one event into the tasks projection.
+
+    Returns:
+        The new projection and, if the event did not fit, the reason (then it is unchanged).
+    """
+    event = envelope.payload
+    if isinstance(event, RunPlanned):
+        return _plan(tasks, event)
+    if isinstance(event, RunRolledBack):
+        return _revert(tasks, event), None
+    if not isinstance(event, TaskEvent):
+        return tasks, None
+    key = task_key(event.run_id, event.task_id)
+    task = tasks.get(key)
+    if task is None:
+        return tasks, f"task {key!r} is not in any recorded plan"
+    problem = _attempt_problem(task, event)
+    if problem is not None:
+        return tasks, problem
+    tag = str(type(event).__struct_config__.tag)
+    target = next_task_state(task.state, tag)
+    if target is None:
+        return tasks, f"task {key!r} cannot take {tag!r} while {task.state.value}"
+    return tasks.set(key, _advance(task, event, target, envelope.occurred_at)), None
+
+
+def _plan(tasks: Tasks, event: RunPlanned) -> tuple[Tasks, str | None]:
+    building = tasks.mutate()
+    for spec in event.tasks:
+        key = task_key(event.run_id, spec.task_id)
+        if key in building:
+            return tasks, f"task {key!r} was already planned"
+        building[key] = TaskView(
+            run_id=event.run_id,
+            task_id=spec.task_id,
+            title=spec.title,
+            kind=spec.kind,
+            depends_on=spec.depends_on,
+        )
+    return building.finish(), None
+
+
+def _revert(tasks: Tasks, event: RunRolledBack) -> Tasks:
+    building = tasks.mutate()
+    for task_id in event.reverted_tasks:
+        key = task_key(event.run_id, task_id)
+        task = building.get(key)
+        if task is not None and task.state is TaskState.MERGED:
+            building[key] = msgspec.structs.replace(task, state=TaskState.REVERTED)
+    return building.finish()
+
+
+def _attempt_problem(task: TaskView, event: TaskEvent) -> str | None:
+    """Why the event belongs to another attempt than the live one, or None if it is live."""
+    if isinstance(event, TaskQueued):
+        if event.attempt != task.attempt + 1:
+            return f"queued attempt {event.attempt}, but the next attempt is {task.attempt + 1}"
+        return None
+    if isinstance(event, TaskRetryScheduled):
+        if event.next_attempt != task.attempt + 1:
+            return f"retry as attempt {event.next_attempt}, but the next is {task.attempt + 1}"
+        return None
+    attempt = getattr(event, "attempt", None)
+    if isinstance(event, TaskCancelled) and attempt == 0:
+        return None  # cancelled as a whole, whichever attempt is live
+    if attempt is not None and attempt != task.attempt:
+        return f"event of attempt {attempt}, but the live attempt is {task.attempt}"
+    return None
+
+
+def _advance(task: TaskView, event: TaskEvent, target: TaskState, at: datetime) -> TaskView:
+    replace = msgspec.structs.replace
+    match event:
+        case TaskQueued():
+            return replace(
+                task,
+                state=target,
+                attempt=event.attempt,
+                queued_at=at,
+                worker_id=None,
+                started_at=None,
+                finished_at=None,
+                failure=None,
+                failure_class=None,
+                retryable=False,
+                conflict_files=(),
+                usage=TokenUsage(),
+            )
+        case TaskAssigned():
+            return replace(task, state=target, worker_id=event.worker_id)
+        case TaskStarted():
+            return replace(
+                task,
+                state=target,
+                worker_id=event.worker_id,
+                session_id=event.session_id or task.session_id,
+                started_at=at,
+            )
+        case TaskProgress():
+            usage = task.usage + event.usage if event.usage is not None else task.usage
+            preview = event.text[:PROGRESS_PREVIEW_CHARS] if event.text else task.last_progress
+            return replace(
+                task,
+                progress_events=task.progress_events + 1,
+                last_progress=preview,
+                usage=usage,
+            )
+        case TaskSucceeded():
+            return replace(
+                task,
+                state=target,
+                worker_id=event.worker_id,
+                finished_at=at,
+                turns=event.turns,
+                cost_usd=task.cost_usd + event.cost_usd,
+                usage=event.usage,
+            )
+        case TaskFailed():
+            return replace(
+                task,
+                state=target,
+                finished_at=at,
+                cost_usd=task.cost_usd + event.cost_usd,
+                failure=event.reason,
+                failure_class=event.failure_class,
+                retryable=event.retryable,
+            )
+        case TaskCancelled():
+            return replace(task, state=target, finished_at=at, failure=event.reason or None)
+        case TaskSkipped():
+            return replace(task, state=target, finished_at=at, failure=event.reason)
+        case TaskMerged():
+            return replace(task, state=target, merged_commit=event.commit, conflict_files=())
+        case MergeConflict():
+            return replace(task, state=target, conflict_files=event.files)
+        case _:
+            # TaskRetryScheduled: only the state moves; the next TaskQueued opens the attempt.
+            return replace(task, state=target)

@@ -1,0 +1,72 @@
+"""The workers projection: one :class:`WorkerView` per worker id, keyed by worker id."""
+
+from __future__ import annotations
+
+import msgspec
+from immutables import Map
+
+from claudecluster.events.envelope import EventEnvelope
+from claudecluster.events.model import WorkerHeartbeat, WorkerJoined, WorkerLeft, WorkerLost
+from claudecluster.projections.views import WorkerView
+
+__all__ = ["Workers", "apply_workers"]
+
+Workers = Map[str, WorkerView]
+
+
+def apply_workers(workers: Workers, envelope: EventEnvelope) -> tuple[Workers, str | None]:
+    """Fold one event into the workers projection.
+
+    A worker that joins again (a restart with the same id) becomes active again. A
+    heartbeat from a worker that left or was declared lost is an anomaly: the driver has
+    already stopped counting on it, and only a new join changes that.
+
+    Returns:
+        The new projection and, if the event did not fit, the reason (then it is unchanged).
+    """
+    event = envelope.payload
+    at = envelope.occurred_at
+    match event:
+        case WorkerJoined():
+            view = WorkerView(
+                worker_id=event.worker_id,
+                pool=event.pool,
+                host=event.host,
+                pid=event.pid,
+                slots=event.slots,
+                slots_free=event.slots,
+                version=event.version,
+                joined_at=at,
+                last_seen_at=at,
+            )
+            return workers.set(event.worker_id, view), None
+        case WorkerHeartbeat():
+            known = workers.get(event.worker_id)
+            if known is None:
+                # The log may start after the join (a trimmed or filtered stream): adopt it.
+                known = WorkerView(worker_id=event.worker_id, joined_at=None)
+            elif known.state != "active":
+                return workers, f"heartbeat from worker {event.worker_id!r} that is {known.state}"
+            view = msgspec.structs.replace(
+                known,
+                last_seen_at=at,
+                cpu_percent=event.cpu_percent,
+                memory_bytes=event.memory_bytes,
+                load_avg=event.load_avg,
+                running_tasks=event.running_tasks,
+                slots_free=event.slots_free,
+            )
+            return workers.set(event.worker_id, view), None
+        case WorkerLeft() | WorkerLost():
+            known = workers.get(event.worker_id)
+            if known is None:
+                return workers, f"worker {event.worker_id!r} never joined"
+            if known.state != "active":
+                return workers, f"worker {event.worker_id!r} is already {known.state}"
+            state = "left" if isinstance(event, WorkerLeft) else "lost"
+            view = msgspec.structs.replace(
+                known, state=state, running_tasks=(), slots_free=0, reason=event.reason
+            )
+            return workers.set(event.worker_id, view), None
+        case _:
+            return workers, None

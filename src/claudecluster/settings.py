@@ -1,0 +1,258 @@
+"""Configuration: ``claudecluster.yaml``, then ``CLAUDECLUSTER_*`` env vars, then CLI flags.
+
+Each later layer overrides the earlier ones key by key (``CLAUDECLUSTER_NATS__URL``
+overrides ``nats.url`` from the file). pydantic-settings reads the layers; we merge them
+ourselves so that every effective value knows where it came from, which is what an error
+message and ``claudecluster config show`` need to say.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
+
+import pydantic
+import yaml
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from claudecluster.errors import ConfigError
+from claudecluster.validation import config_error
+
+__all__ = [
+    "CONFIG_FILE_NAME",
+    "ENV_PREFIX",
+    "LoadedSettings",
+    "LoggingSettings",
+    "NatsSettings",
+    "Settings",
+    "load_settings",
+]
+
+CONFIG_FILE_NAME: Final = "claudecluster.yaml"
+ENV_PREFIX: Final = "CLAUDECLUSTER_"
+
+
+class _Section(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class NatsSettings(_Section):
+    """Where the event log lives."""
+
+    url: str | None = pydantic.Field(
+        default=None,
+        description="NATS server or cluster URL(s), comma-separated. Unset: start the "
+        "embedded nats-server.",
+    )
+    store_dir: Path = pydantic.Field(
+        default=Path(".claudecluster/nats"),
+        description="Data directory of the embedded nats-server (relative to the project).",
+    )
+    port: int = pydantic.Field(
+        default=0, ge=0, le=65535, description="Embedded server port; 0 picks a free one."
+    )
+    server_binary: Path | None = pydantic.Field(
+        default=None, description="A nats-server executable instead of the packaged one."
+    )
+    replicas: int | None = pydantic.Field(
+        default=None, ge=1, le=5, description="Stream replicas; 3 on a three-server cluster."
+    )
+
+    @pydantic.field_validator("url")
+    @classmethod
+    def _nats_scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for part in value.split(","):
+            scheme = urlsplit(part.strip()).scheme
+            if scheme not in {"nats", "tls", "ws", "wss"}:
+                raise ValueError(f"{part.strip()!r} is not a nats://, tls://, ws:// or wss:// URL")
+        return value
+
+
+class LoggingSettings(_Section):
+    """How the processes log."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "console"] = pydantic.Field(
+        default="auto", description="auto: JSON when stderr is not a terminal."
+    )
+
+
+class Settings(BaseSettings):
+    """The effective configuration of one ClaudeCluster process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    nats: NatsSettings = NatsSettings()
+    logging: LoggingSettings = LoggingSettings()
+    anthropic_api_key: pydantic.SecretStr | None = pydantic.Field(
+        default=None,
+        validation_alias=pydantic.AliasChoices("anthropic_api_key", "ANTHROPIC_API_KEY"),
+        description="Passed to Claude Code; never written to logs or events.",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only explicit values: :func:`load_settings` reads and merges the layers itself."""
+        return (init_settings,)
+
+    def secret_values(self) -> list[str]:
+        """Every secret this configuration holds, for the redactor."""
+        secrets: list[str] = []
+        if self.anthropic_api_key is not None:
+            secrets.append(self.anthropic_api_key.get_secret_value())
+        for part in (self.nats.url or "").split(","):
+            password = urlsplit(part.strip()).password
+            if password:
+                secrets.append(password)
+        return secrets
+
+
+class LoadedSettings(pydantic.BaseModel):
+    """Settings together with where each value came from.
+
+    Attributes:
+        settings: the validated configuration.
+        sources: dotted key -> ``file <path>``, ``env <NAME>`` or ``flag --name``; keys
+            not listed have their default.
+        config_file: the file that was read, if any.
+    """
+
+    model_config = pydantic.ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    settings: Settings
+    sources: dict[str, str]
+    config_file: Path | None
+
+    def source_of(self, key: str) -> str:
+        """Where the value of ``key`` came from (``default`` when nothing set it)."""
+        return _source_of(self.sources, key)
+
+
+def _source_of(sources: Mapping[str, str], key: str) -> str:
+    # An error on "nats.url" may come from a whole "nats" mapping given at once.
+    parts = key.split(".")
+    for end in range(len(parts), 0, -1):
+        found = sources.get(".".join(parts[:end]))
+        if found:
+            return found
+    return "default"
+
+
+def _leaves(data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            keys.extend(_leaves(value, dotted + "."))
+        else:
+            keys.append(dotted)
+    return keys
+
+
+def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in layer.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class _EnvLayer(EnvSettingsSource):
+    """The env source, also reporting which variable set which key."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        super().__init__(Settings, case_sensitive=False)
+        self.env_vars = {k.lower(): v for k, v in environ.items()}
+
+    def names(self, data: Mapping[str, Any]) -> dict[str, str]:
+        """Env var names for the dotted keys of ``data``."""
+        named: dict[str, str] = {}
+        for key in _leaves(data):
+            if key == "anthropic_api_key":
+                named[key] = "env ANTHROPIC_API_KEY"
+            else:
+                named[key] = "env " + ENV_PREFIX + key.replace(".", "__").upper()
+        return named
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError("(file)", str(path), f"cannot read it: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError("(file)", str(path), f"not valid YAML{where}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError("(file)", str(path), "the top level must be a mapping of keys")
+    return raw
+
+
+def load_settings(
+    *,
+    config_file: Path | None = None,
+    project_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> LoadedSettings:
+    """Read, merge and validate the configuration layers.
+
+    Args:
+        config_file: an explicit file; it must exist. Default: ``claudecluster.yaml`` in
+            ``project_dir`` if present.
+        project_dir: where to look for the default file (default: the working directory).
+        environ: the environment (default: ``os.environ``).
+        flags: values given as CLI flags, as a nested mapping (``{"nats": {"url": ...}}``).
+
+    Raises:
+        ConfigError: a layer cannot be read or a value is invalid; names key and source.
+    """
+    path = config_file
+    if path is None:
+        candidate = (project_dir or Path.cwd()) / CONFIG_FILE_NAME
+        path = candidate if candidate.is_file() else None
+    file_data = _read_file(path) if path is not None else {}
+    env_source = _EnvLayer(os.environ if environ is None else environ)
+    env_data = env_source()
+    flag_data = dict(flags or {})
+
+    sources: dict[str, str] = {}
+    for key in _leaves(file_data):
+        sources[key] = f"file {path}"
+    sources.update(env_source.names(env_data))
+    for key in _leaves(flag_data):
+        sources[key] = "flag --" + key.replace(".", "-").replace("_", "-")
+
+    merged = _merge(_merge(file_data, env_data), flag_data)
+    try:
+        settings = Settings(**merged)
+    except pydantic.ValidationError as exc:
+        raise config_error(exc, lambda key: _source_of(sources, key)) from None
+    return LoadedSettings(settings=settings, sources=sources, config_file=path)

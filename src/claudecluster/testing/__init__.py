@@ -1,0 +1,1 @@
+"""Deterministic fixtures shared by tests, the demo and the simulations (no I/O here)."""

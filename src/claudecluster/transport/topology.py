@@ -1,0 +1,228 @@
+"""The JetStream topology as declarative data (``nats/topology.yaml``), applied idempotently.
+
+Every actor applies the topology when it connects, so whichever starts first creates what is
+missing and the others find it as expected. Applying twice changes nothing; applying a
+changed file updates the streams that differ (within what JetStream lets change in place).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final, Literal
+
+import nats.errors
+import nats.js.errors
+import pydantic
+import yaml
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from claudecluster.errors import ConfigError, EventStoreError
+from claudecluster.resources import data_dir
+from claudecluster.validation import config_error
+
+__all__ = [
+    "COMMANDS_STREAM",
+    "EVENTS_STREAM",
+    "QUARANTINE_STREAM",
+    "WORK_STREAM",
+    "ConsumerSpec",
+    "KeyValueSpec",
+    "ObjectStoreSpec",
+    "StreamSpec",
+    "Topology",
+    "apply_topology",
+    "default_topology_path",
+    "load_topology",
+]
+
+EVENTS_STREAM: Final = "CC_EVENTS"
+COMMANDS_STREAM: Final = "CC_COMMANDS"
+WORK_STREAM: Final = "CC_WORK"
+QUARANTINE_STREAM: Final = "CC_QUARANTINE"
+
+_STREAM_NAME_IN_USE: Final = 10058
+_NAME = pydantic.constr(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class _Spec(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class StreamSpec(_Spec):
+    """One stream."""
+
+    name: _NAME  # type: ignore[valid-type]
+    subjects: list[str] = pydantic.Field(min_length=1)
+    description: str = ""
+    retention: Literal["limits", "workqueue", "interest"] = "limits"
+    storage: Literal["file", "memory"] = "file"
+    discard: Literal["old", "new"] = "old"
+    deny_delete: bool = False
+    deny_purge: bool = False
+    duplicate_window_s: float = pydantic.Field(default=120.0, ge=0)
+    max_age_s: float = pydantic.Field(default=0.0, ge=0)
+    max_bytes: int = -1
+    allow_direct: bool = False
+    replicas: int = pydantic.Field(default=1, ge=1, le=5)
+
+    def to_config(self, replicas: int | None) -> StreamConfig:
+        """The nats-py stream configuration."""
+        return StreamConfig(
+            name=self.name,
+            description=self.description or None,
+            subjects=list(self.subjects),
+            retention=RetentionPolicy(self.retention),
+            storage=StorageType(self.storage),
+            discard=DiscardPolicy(self.discard),
+            deny_delete=self.deny_delete,
+            deny_purge=self.deny_purge,
+            duplicate_window=self.duplicate_window_s,
+            max_age=self.max_age_s,
+            max_bytes=self.max_bytes,
+            allow_direct=self.allow_direct,
+            num_replicas=replicas or self.replicas,
+        )
+
+
+class ConsumerSpec(_Spec):
+    """One durable consumer, named ``<actor>__<purpose>``."""
+
+    stream: str
+    durable_name: _NAME  # type: ignore[valid-type]
+    filter_subject: str
+    ack_wait_s: float = pydantic.Field(default=30.0, gt=0)
+    max_ack_pending: int = pydantic.Field(default=1000, ge=1)
+    max_deliver: int = -1
+
+    def to_config(self) -> ConsumerConfig:
+        """The nats-py consumer configuration."""
+        return ConsumerConfig(
+            durable_name=self.durable_name,
+            filter_subject=self.filter_subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait_s,
+            max_ack_pending=self.max_ack_pending,
+            max_deliver=self.max_deliver,
+        )
+
+
+class KeyValueSpec(_Spec):
+    """One key-value bucket (derived, rebuildable state)."""
+
+    bucket: _NAME  # type: ignore[valid-type]
+    description: str = ""
+    history: int = pydantic.Field(default=1, ge=1, le=64)
+    ttl_s: float = pydantic.Field(default=0.0, ge=0)
+    storage: Literal["file", "memory"] = "file"
+    replicas: int = pydantic.Field(default=1, ge=1, le=5)
+
+
+class ObjectStoreSpec(_Spec):
+    """One object store bucket (artifacts)."""
+
+    bucket: _NAME  # type: ignore[valid-type]
+    description: str = ""
+    storage: Literal["file", "memory"] = "file"
+    replicas: int = pydantic.Field(default=1, ge=1, le=5)
+
+
+class Topology(_Spec):
+    """Everything the cluster needs on the JetStream server."""
+
+    streams: list[StreamSpec]
+    consumers: list[ConsumerSpec] = []
+    key_value: list[KeyValueSpec] = []
+    object_stores: list[ObjectStoreSpec] = []
+
+    @pydantic.model_validator(mode="after")
+    def _consumers_name_streams(self) -> Topology:
+        names = {stream.name for stream in self.streams}
+        for consumer in self.consumers:
+            if consumer.stream not in names:
+                raise ValueError(
+                    f"consumer {consumer.durable_name!r} names unknown stream {consumer.stream!r}"
+                )
+        return self
+
+
+def default_topology_path() -> Path:
+    """``nats/topology.yaml`` of this installation."""
+    return data_dir("nats") / "topology.yaml"
+
+
+def load_topology(path: Path | None = None) -> Topology:
+    """Read and validate a topology file.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or not a valid topology; the error
+            names the key and the file.
+    """
+    source = path or default_topology_path()
+    try:
+        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError("(file)", str(source), f"cannot read it: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("(file)", str(source), f"not valid YAML: {exc}") from None
+    try:
+        return Topology.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise config_error(exc, lambda _key: str(source)) from None
+
+
+async def apply_topology(
+    js: JetStreamContext, topology: Topology, *, replicas: int | None = None
+) -> None:
+    """Create what is missing and update streams whose configuration changed.
+
+    Args:
+        js: a JetStream context of a connected client.
+        topology: what should exist.
+        replicas: overrides every replica count (3 on a three-server cluster).
+
+    Raises:
+        EventStoreError: the server refused part of the topology.
+    """
+    try:
+        for stream in topology.streams:
+            config = stream.to_config(replicas)
+            try:
+                await js.add_stream(config)
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != _STREAM_NAME_IN_USE:
+                    raise
+                await js.update_stream(config)
+        for consumer in topology.consumers:
+            await js.add_consumer(consumer.stream, consumer.to_config())
+        for kv in topology.key_value:
+            await js.create_key_value(
+                KeyValueConfig(
+                    bucket=kv.bucket,
+                    description=kv.description or None,
+                    history=kv.history,
+                    ttl=kv.ttl_s or None,
+                    storage=StorageType(kv.storage),
+                    replicas=replicas or kv.replicas,
+                )
+            )
+        for store in topology.object_stores:
+            await js.create_object_store(
+                store.bucket,
+                config=ObjectStoreConfig(
+                    description=store.description or None,
+                    storage=StorageType(store.storage),
+                    replicas=replicas or store.replicas,
+                ),
+            )
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise EventStoreError(f"applying the JetStream topology failed: {exc!r}") from exc
