@@ -37,12 +37,10 @@ __all__ = [
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 EVENT_TYPES: Final[Mapping[str, type[EventBase]]] = {
-    str(cls.__struct_config__.tag): cls
-    for cls in get_args(Event)
+    str(cls.__struct_config__.tag): cls for cls in get_args(Event)
 }
 COMMAND_TYPES: Final[Mapping[str, type[CommandBase]]] = {
-    str(cls.__struct_config__.tag): cls
-    for cls in get_args(Command)
+    str(cls.__struct_config__.tag): cls for cls in get_args(Command)
 }
 
 _MIB: Final = 1024 * 1024

@@ -33,7 +33,13 @@ from claudecluster.errors import NatsBinaryMissingError, NatsPortInUseError, Nat
 from claudecluster.observability.logging import get_logger
 from claudecluster.resources import data_dir
 
-__all__ = ["EmbeddedNats", "find_nats_server", "open_embedded_nats", "start_nats_server"]
+__all__ = [
+    "EmbeddedNats",
+    "find_nats_server",
+    "open_embedded_nats",
+    "render_server_config",
+    "start_nats_server",
+]
 
 _STATE_FILE: Final = "server.json"
 _LOG_FILE: Final = "nats-server.log"
@@ -132,7 +138,8 @@ async def _reusable(store_dir: Path) -> EmbeddedNats | None:
     )
 
 
-def _render_config(port: int, store_dir: Path) -> str:
+def render_server_config(port: int, store_dir: Path) -> str:
+    """The embedded server's configuration (``nats/embedded.conf`` filled in)."""
     template = (data_dir("nats") / "embedded.conf").read_text(encoding="utf-8")
     return (
         template.replace("{port}", str(port))
@@ -163,7 +170,8 @@ async def start_nats_server(
         raise NatsPortInUseError(port)
     chosen = port or _free_port()
     config_path = store_dir / "nats-server.conf"
-    await anyio.Path(config_path).write_text(_render_config(chosen, store_dir), encoding="utf-8")
+    config_text = render_server_config(chosen, store_dir)
+    await anyio.Path(config_path).write_text(config_text, encoding="utf-8")
     log_path = store_dir / _LOG_FILE
     with log_path.open("ab") as log_file:
         process = await anyio.open_process(

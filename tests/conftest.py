@@ -1,0 +1,78 @@
+"""Shared fixtures: a real nats-server for the session, a clean event log per test.
+
+Tests that touch nats-py run on asyncio only (nats-py has no trio support); pure and
+in-memory tests may ask for both backends with the ``both_backends`` fixture params.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import nats.js.errors
+import pytest
+
+from claudecluster.runtime.connection import open_jetstream_log
+from claudecluster.runtime.embedded_nats import find_nats_server, render_server_config
+from claudecluster.transport.jetstream import JetStreamEventLog
+from claudecluster.transport.topology import load_topology
+from tests.support import free_port, wait_for_port
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio unless a module asks for more."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real nats-server with JetStream for the whole session."""
+    store = tmp_path_factory.mktemp("nats-session")
+    port = free_port()
+    config = store / "nats.conf"
+    config.write_text(render_server_config(port, store), encoding="utf-8")
+    with (store / "server.log").open("wb") as log:
+        process = subprocess.Popen(
+            [str(find_nats_server()), "-c", str(config)], stdout=log, stderr=log
+        )
+    try:
+        wait_for_port(port)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@asynccontextmanager
+async def fresh_jetstream_log(nats_url: str) -> AsyncIterator[JetStreamEventLog]:
+    """A JetStream event log on freshly recreated, empty streams."""
+    topology = load_topology()
+    async with open_jetstream_log(nats_url, name="test", topology=topology) as (client, _):
+        js = client.jetstream()
+        for stream in topology.streams:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_stream(stream.name)
+        async with open_jetstream_log(nats_url, name="test", topology=topology) as (_, fresh):
+            yield fresh
+
+
+@pytest.fixture
+async def jetstream_log(nats_url: str) -> AsyncIterator[JetStreamEventLog]:
+    """A JetStream event log on fresh, empty streams."""
+    async with fresh_jetstream_log(nats_url) as log:
+        yield log
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    """The repository this test suite belongs to."""
+    return Path(__file__).resolve().parents[1]
