@@ -21,8 +21,8 @@ from claudecluster.events import (
     run_filter,
     task_filter,
 )
-from claudecluster.transport import EventLog, MemoryEventLog, read_all
 from claudecluster.runtime.connection import open_nats
+from claudecluster.transport import EventLog, MemoryEventLog, read_all
 from tests.conftest import fresh_jetstream_log
 from tests.support import EnvelopeFactory
 
