@@ -7,6 +7,7 @@ in-memory tests may ask for both backends with the ``both_backends`` fixture par
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -15,12 +16,25 @@ from pathlib import Path
 
 import nats.js.errors
 import pytest
+from hypothesis import HealthCheck, settings
 
 from claudecluster.runtime.connection import open_jetstream_log
 from claudecluster.runtime.embedded_nats import find_nats_server, render_server_config
 from claudecluster.transport.jetstream import JetStreamEventLog
 from claudecluster.transport.topology import load_topology
 from tests.support import free_port, wait_for_port
+
+# CI explores the same examples every run (a red build is reproducible from its log);
+# developers' runs keep exploring new ones.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from claudecluster.events.model import (
     RunSubmitted,
     TaskAssigned,
     TaskCancelled,
-    TaskEvent,
     TaskFailed,
     TaskMerged,
     TaskProgress,
@@ -59,9 +58,8 @@ def _for(info: mi.Type, ids: st.SearchStrategy[str] | None) -> st.SearchStrategy
             high = le if le is not None else (lt - 1 if lt is not None else 2**40)
             return st.integers(min_value=low, max_value=high)
         case mi.FloatType(ge=ge, gt=gt):
-            low = ge if ge is not None else gt
             return st.floats(
-                min_value=low,
+                min_value=ge if ge is not None else gt,
                 max_value=1e6,
                 allow_nan=False,
                 allow_infinity=False,
@@ -145,47 +143,51 @@ class Lifecycle:
         self.stale = 0
 
 
-def _task_event(tag: str, run_id: str, task_id: str, attempt: int, n: int) -> TaskEvent:
-    common: dict[str, object] = {"run_id": run_id, "task_id": task_id}
-    worker = f"w{n % 3}"
+def _task_event(tag: str, run_id: str, task_id: str, attempt: int, n: int) -> Event:
+    r, t, worker = run_id, task_id, f"w{n % 3}"
     match tag:
         case "task.queued":
-            return TaskQueued(**common, attempt=attempt + 1)  # type: ignore[arg-type]
+            return TaskQueued(run_id=r, task_id=t, attempt=attempt + 1)
         case "task.assigned":
-            return TaskAssigned(**common, attempt=attempt, worker_id=worker)  # type: ignore[arg-type]
+            return TaskAssigned(run_id=r, task_id=t, attempt=attempt, worker_id=worker)
         case "task.started":
-            return TaskStarted(**common, attempt=attempt, worker_id=worker)  # type: ignore[arg-type]
+            return TaskStarted(run_id=r, task_id=t, attempt=attempt, worker_id=worker)
         case "task.progress":
-            return TaskProgress(  # type: ignore[arg-type]
-                **common,
-                attempt=attempt,
-                kind="usage",
-                text=f"step {n}",
-                usage=TokenUsage(input_tokens=n, output_tokens=1),
+            usage = TokenUsage(input_tokens=n, output_tokens=1)
+            return TaskProgress(
+                run_id=r, task_id=t, attempt=attempt, kind="usage", text=f"step {n}", usage=usage
             )
         case "task.succeeded":
-            return TaskSucceeded(  # type: ignore[arg-type]
-                **common, attempt=attempt, worker_id=worker, cost_usd=n / 1000, turns=n % 7
+            return TaskSucceeded(
+                run_id=r,
+                task_id=t,
+                attempt=attempt,
+                worker_id=worker,
+                cost_usd=n / 1000,
+                turns=n % 7,
             )
         case "task.failed":
-            return TaskFailed(  # type: ignore[arg-type]
-                **common,
+            return TaskFailed(
+                run_id=r,
+                task_id=t,
                 attempt=attempt,
                 reason=f"failure {n}",
                 retryable=n % 2 == 0,
                 cost_usd=n / 2000,
             )
         case "task.retry_scheduled":
-            return TaskRetryScheduled(**common, next_attempt=attempt + 1, delay_s=1.5)  # type: ignore[arg-type]
+            return TaskRetryScheduled(run_id=r, task_id=t, next_attempt=attempt + 1, delay_s=1.5)
         case "task.cancelled":
-            return TaskCancelled(**common, attempt=attempt if n % 2 else 0, reason="asked")  # type: ignore[arg-type]
+            return TaskCancelled(run_id=r, task_id=t, attempt=attempt if n % 2 else 0)
         case "task.skipped":
-            return TaskSkipped(**common, reason="dependency failed", blocked_by="x")  # type: ignore[arg-type]
+            return TaskSkipped(run_id=r, task_id=t, reason="dependency failed", blocked_by="x")
         case "task.merged":
-            return TaskMerged(**common, attempt=attempt, commit=f"c{n}", integration_branch="b")  # type: ignore[arg-type]
+            return TaskMerged(
+                run_id=r, task_id=t, attempt=attempt, commit=f"c{n}", integration_branch="b"
+            )
         case "task.merge_conflict":
-            return MergeConflict(  # type: ignore[arg-type]
-                **common, attempt=attempt, files=("f.py",), ours="o", theirs="t"
+            return MergeConflict(
+                run_id=r, task_id=t, attempt=attempt, files=("f.py",), ours="o", theirs="t"
             )
     raise AssertionError(f"unexpected tag {tag}")
 

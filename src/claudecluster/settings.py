@@ -9,7 +9,7 @@ message and ``claudecluster config show`` need to say.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 from claudecluster.errors import ConfigError
+from claudecluster.observability.redaction import redact_url
 from claudecluster.validation import config_error
 
 __all__ = [
@@ -74,8 +75,14 @@ class NatsSettings(_Section):
         for part in value.split(","):
             scheme = urlsplit(part.strip()).scheme
             if scheme not in {"nats", "tls", "ws", "wss"}:
-                raise ValueError(f"{part.strip()!r} is not a nats://, tls://, ws:// or wss:// URL")
+                shown = redact_url(part.strip())
+                raise ValueError(f"{shown!r} is not a nats://, tls://, ws:// or wss:// URL")
         return value
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # A password in the URL is a secret: never show it in a repr or a log line.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "url" and value else value
 
 
 class LoggingSettings(_Section):
@@ -199,19 +206,30 @@ class _EnvLayer(EnvSettingsSource):
         return named
 
 
+def _reject_unknown_env(environ: Mapping[str, str]) -> None:
+    """A ``CLAUDECLUSTER_*`` variable that names no setting is a typo: say so."""
+    for name in environ:
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        top = name[len(ENV_PREFIX) :].split("__", 1)[0].lower()
+        if top not in Settings.model_fields:
+            key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+            raise ConfigError(key, f"env {name}", "unknown key (check its spelling)")
+
+
 def _read_file(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError("(file)", str(path), f"cannot read it: {exc.strerror}") from None
+        raise ConfigError("(file)", f"file {path}", f"cannot read it: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError("(file)", str(path), f"not valid YAML{where}") from None
+        raise ConfigError("(file)", f"file {path}", f"not valid YAML{where}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError("(file)", str(path), "the top level must be a mapping of keys")
+        raise ConfigError("(file)", f"file {path}", "the top level must be a mapping of keys")
     return raw
 
 
@@ -239,7 +257,9 @@ def load_settings(
         candidate = (project_dir or Path.cwd()) / CONFIG_FILE_NAME
         path = candidate if candidate.is_file() else None
     file_data = _read_file(path) if path is not None else {}
-    env_source = _EnvLayer(os.environ if environ is None else environ)
+    environment = os.environ if environ is None else environ
+    _reject_unknown_env(environment)
+    env_source = _EnvLayer(environment)
     env_data = env_source()
     flag_data = dict(flags or {})
 

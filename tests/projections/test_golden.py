@@ -58,3 +58,12 @@ def test_the_legacy_log_replays_through_the_upcaster() -> None:
     assert '"memory_mb"' in log[-1]
     view = replay(decode_stored_event(line) for line in log)
     assert view.workers["w-old"].memory_bytes == round(80.25 * 1024 * 1024)
+
+
+def test_recording_the_samples_reproduces_the_committed_files(tmp_path: Path) -> None:
+    from claudecluster.testing.record_samples import main
+
+    assert main(tmp_path) == 0
+    for folder, pattern in (("events/samples", "*.jsonl"), ("projections/golden", "*.json")):
+        for written in (tmp_path / folder).glob(pattern):
+            assert written.read_text() == (ROOT / folder / written.name).read_text()

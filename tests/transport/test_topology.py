@@ -90,7 +90,7 @@ def test_a_bad_value_names_the_key_and_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_topology(path)
     assert caught.value.key == "streams.0.retention"
-    assert caught.value.source == str(path)
+    assert caught.value.source == f"file {path}"
 
 
 def test_a_consumer_of_an_unknown_stream_is_rejected(tmp_path: Path) -> None:
@@ -112,4 +112,4 @@ def test_unreadable_or_malformed_files_are_config_errors(
     path = tmp_path / "missing.yaml" if content is None else _write(tmp_path, content)
     with pytest.raises(ConfigError) as caught:
         load_topology(path)
-    assert caught.value.source == str(path)
+    assert caught.value.source == f"file {path}"

@@ -22,6 +22,7 @@ from claudecluster.events.envelope import EventEnvelope
 from claudecluster.events.model import RunEvent
 from claudecluster.events.subjects import scope_filter
 from claudecluster.observability.logging import configure_logging
+from claudecluster.observability.redaction import Redactor
 from claudecluster.projections.cluster import ClusterView, apply, replay
 from claudecluster.runtime.connection import open_configured_log
 from claudecluster.settings import Settings, load_settings
@@ -55,6 +56,7 @@ def demo(*, config: Path | None = None, nats_url: str | None = None) -> int:
     configure_logging(
         level=settings.logging.level if settings.logging.level != "INFO" else "WARNING",
         json=None if log_format == "auto" else log_format == "json",
+        redactor=Redactor(settings.secret_values()),
     )
     ok: bool = anyio.run(_demo, settings, Console(highlight=False))
     return EXIT_OK if ok else EXIT_FAILED

@@ -25,7 +25,7 @@ def schema(out: Path = Path("events/schema"), *, check: bool = False) -> int:
         out: Directory to write into (created if missing).
         check: Write nothing; report stale, missing or extra files and exit 1 if any.
     """
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     if not check:
         written = write_schemas(out)
         console.print(f"wrote {len(written)} schema files to {out}", markup=False)

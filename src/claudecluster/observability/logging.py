@@ -35,7 +35,10 @@ def configure_logging(
     redactor: Redactor | None = None,
     stream: Any = None,
 ) -> None:
-    """Configure structlog and the standard library's root logger once per process.
+    """Configure structlog for this process (call once, early).
+
+    Our own records go through structlog. Libraries that log through the standard library
+    (nats-py reports through our callbacks instead) are not routed here.
 
     Args:
         level: minimum level name (``DEBUG``, ``INFO``, ...).

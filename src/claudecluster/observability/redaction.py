@@ -13,8 +13,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["MIN_SECRET_LENGTH", "REDACTED", "SECRET_KEY_PATTERN", "Redactor"]
+import msgspec
+
+__all__ = ["MIN_SECRET_LENGTH", "REDACTED", "SECRET_KEY_PATTERN", "Redactor", "redact_url"]
 
 REDACTED: Final = "[REDACTED]"
 
@@ -35,7 +38,12 @@ class Redactor:
         # Longest first, so a secret that contains another is replaced whole.
         unique = {s for s in secrets if len(s) >= MIN_SECRET_LENGTH}
         self._secrets: tuple[str, ...] = tuple(sorted(unique, key=len, reverse=True))
-        self._secret_bytes: tuple[bytes, ...] = tuple(s.encode() for s in self._secrets)
+        # In encoded JSON a secret holding quotes, backslashes or control characters appears
+        # escaped, so both its raw and its JSON-escaped form are searched for.
+        forms = {s.encode() for s in self._secrets} | {
+            msgspec.json.encode(s)[1:-1] for s in self._secrets
+        }
+        self._secret_bytes: tuple[bytes, ...] = tuple(sorted(forms, key=len, reverse=True))
 
     def __bool__(self) -> bool:
         return bool(self._secrets)
@@ -50,8 +58,8 @@ class Redactor:
     def data(self, value: bytes) -> bytes:
         """``value`` (for instance an encoded event) with every known secret replaced.
 
-        Secrets are printable tokens that JSON does not escape, so replacing them inside
-        encoded JSON keeps it valid.
+        The replacement text needs no escaping, so replacing a secret inside encoded JSON,
+        in its raw or its escaped form, keeps the JSON valid.
         """
         for secret in self._secret_bytes:
             if secret in value:
@@ -72,3 +80,19 @@ class Redactor:
         if isinstance(value, list | tuple):
             return [self._field("", item) for item in value]
         return value
+
+
+def redact_url(url: str) -> str:
+    """``url`` (or a comma-separated list of URLs) with any password replaced."""
+    parts = []
+    for part in url.split(","):
+        piece = part.strip()
+        split = urlsplit(piece)
+        if split.password:
+            host = split.hostname or ""
+            if split.port is not None:
+                host = f"{host}:{split.port}"
+            netloc = f"{split.username}:{REDACTED}@{host}" if split.username else host
+            piece = urlunsplit(split._replace(netloc=netloc))
+        parts.append(piece)
+    return ",".join(parts)

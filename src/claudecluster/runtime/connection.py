@@ -19,7 +19,7 @@ from nats.aio.client import Client
 
 from claudecluster.errors import NatsServerError
 from claudecluster.observability.logging import get_logger
-from claudecluster.observability.redaction import Redactor
+from claudecluster.observability.redaction import Redactor, redact_url
 from claudecluster.runtime.embedded_nats import open_embedded_nats
 from claudecluster.settings import Settings
 from claudecluster.transport.jetstream import JetStreamEventLog
@@ -60,19 +60,21 @@ async def open_nats(
         NatsServerError: the server at ``url`` cannot be reached.
     """
 
+    shown = redact_url(url)
+
     async def on_error(exc: Exception) -> None:
         # Disconnects during a server restart land here; the client reconnects by itself.
         _log.warning("nats connection error", url=url, error=repr(exc))
 
     async def on_disconnected() -> None:
-        _log.info("nats disconnected", url=url)
+        _log.debug("nats disconnected", url=shown)
 
     async def on_reconnected() -> None:
-        _log.info("nats reconnected", url=url)
+        _log.info("nats reconnected", url=shown)
 
     if not await _any_reachable(url, connect_timeout):
         raise NatsServerError(
-            f"cannot reach NATS at {url}: nothing accepts connections there; start the "
+            f"cannot reach NATS at {shown}: nothing accepts connections there; start the "
             "server, fix nats.url, or unset it to use the embedded server"
         )
     try:
@@ -89,7 +91,7 @@ async def open_nats(
                 allow_reconnect=True,
             )
     except (nats.errors.Error, OSError, TimeoutError) as exc:
-        raise NatsServerError(f"cannot connect to NATS at {url}: {exc!r}") from None
+        raise NatsServerError(f"cannot connect to NATS at {shown}: {exc!r}") from None
     try:
         yield client
     finally:

@@ -181,37 +181,59 @@ async def start_nats_server(
             stderr=log_file,
             start_new_session=True,
         )
+    handed_over = False
+    try:
+        await _wait_ready(process, chosen, ready_timeout, log_path)
+        server = EmbeddedNats(
+            url=f"nats://127.0.0.1:{chosen}",
+            port=chosen,
+            store_dir=store_dir,
+            pid=process.pid,
+            owned=True,
+        )
+        # Written whole or not at all, so a concurrent starter never reads half a file.
+        state = store_dir / f".{_STATE_FILE}.{process.pid}"
+        await anyio.Path(state).write_text(
+            json.dumps({"pid": process.pid, "port": chosen, "url": server.url}), encoding="utf-8"
+        )
+        os.replace(state, store_dir / _STATE_FILE)
+        handed_over = True
+    finally:
+        # Timeout, early exit, cancellation: the process must not outlive a failed start.
+        if not handed_over:
+            await _stop(process)
+    _log.info("nats-server started", url=server.url, store_dir=str(store_dir), pid=process.pid)
+    return process, server
+
+
+async def _wait_ready(
+    process: anyio.abc.Process, port: int, ready_timeout: float, log_path: Path
+) -> None:
+    """Return once the server accepts clients.
+
+    Raises:
+        NatsPortInUseError: it exited because the port was taken.
+        NatsServerError: it exited otherwise, or was not ready in time.
+    """
     try:
         with anyio.fail_after(ready_timeout):
-            while not await _accepts_nats(chosen):
+            while not await _accepts_nats(port):
                 if process.returncode is not None:
                     break
                 await anyio.sleep(0.05)
     except TimeoutError:
-        await _stop(process)
         raise NatsServerError(
-            f"nats-server did not accept clients on port {chosen} within {ready_timeout:.0f}s; "
+            f"nats-server did not accept clients on port {port} within {ready_timeout:.0f}s; "
             f"see {log_path}"
         ) from None
     if process.returncode is not None:
-        tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+        text = await anyio.Path(log_path).read_text(encoding="utf-8", errors="replace")
+        tail = text.strip().splitlines()[-3:]
         if any("address already in use" in line for line in tail):
-            raise NatsPortInUseError(chosen)
+            raise NatsPortInUseError(port)
         raise NatsServerError(
             f"nats-server exited with code {process.returncode}: {' | '.join(tail)}"
         )
-    server = EmbeddedNats(
-        url=f"nats://127.0.0.1:{chosen}",
-        port=chosen,
-        store_dir=store_dir,
-        pid=process.pid,
-        owned=True,
-    )
-    (store_dir / _STATE_FILE).write_text(
-        json.dumps({"pid": process.pid, "port": chosen, "url": server.url}), encoding="utf-8"
-    )
-    _log.info("nats-server started", url=server.url, store_dir=str(store_dir), pid=process.pid)
-    return process, server
 
 
 async def _stop(process: anyio.abc.Process) -> None:

@@ -171,13 +171,13 @@ def load_topology(path: Path | None = None) -> Topology:
     try:
         raw = yaml.safe_load(source.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError("(file)", str(source), f"cannot read it: {exc.strerror}") from None
+        raise ConfigError("(file)", f"file {source}", f"cannot read it: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError("(file)", str(source), f"not valid YAML: {exc}") from None
+        raise ConfigError("(file)", f"file {source}", f"not valid YAML: {exc}") from None
     try:
         return Topology.model_validate(raw)
     except pydantic.ValidationError as exc:
-        raise config_error(exc, lambda _key: str(source)) from None
+        raise config_error(exc, lambda _key: f"file {source}") from None
 
 
 async def apply_topology(

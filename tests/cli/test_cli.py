@@ -1,0 +1,289 @@
+"""The ``claudecluster`` command end to end: the installed console script in a subprocess.
+
+Each subprocess runs in a temporary directory with no ``CLAUDECLUSTER_*`` variables, so
+neither the developer's configuration nor the repository's files can change an outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+import structlog
+
+from claudecluster.cli import run
+from claudecluster.events.schema import render_schemas
+from claudecluster.testing.sample_runs import happy_path
+from tests.support import free_port
+
+SCRIPT = Path(sys.executable).parent / "claudecluster"
+TASKS = ("schema", "api", "cli", "docs", "tests", "release")
+RECORDED = re.compile(r"recorded (\d+) events \(seq (\d+)\.\.(\d+)\)")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("CLAUDECLUSTER_") and key != "ANTHROPIC_API_KEY"
+    }
+    # Wide enough that rich never wraps a path or a sentence we look for.
+    env["COLUMNS"] = "400"
+    env["PYTHONIOENCODING"] = "utf-8"
+    env.update(extra)
+    return env
+
+
+def cli(
+    *args: str, cwd: Path, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), *args],
+        cwd=cwd,
+        env=dict(env if env is not None else clean_env()),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def recorded_range(stdout: str) -> tuple[int, int, int]:
+    found = RECORDED.search(stdout)
+    assert found is not None, stdout
+    count, first, last = (int(group) for group in found.groups())
+    return count, first, last
+
+
+def task_states(stdout: str) -> dict[str, str]:
+    """Task id -> state, read from the rows of the printed task table."""
+    states: dict[str, str] = {}
+    for task in TASKS:
+        row = re.search(rf"^\W*{task}\W+(\w+)\W", stdout, re.MULTILINE)
+        if row is not None:
+            states[task] = row.group(1)
+    return states
+
+
+@pytest.fixture
+def restore_structlog() -> Iterator[None]:
+    """The in-process demo configures structlog for the process: undo that afterwards."""
+    yield
+    structlog.reset_defaults()
+
+
+def test_the_console_script_is_installed() -> None:
+    assert SCRIPT.is_file()
+
+
+def test_help_lists_the_commands(tmp_path: Path) -> None:
+    result = cli("--help", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "demo" in result.stdout
+    assert "events" in result.stdout
+
+
+def test_an_unknown_command_is_a_usage_error(tmp_path: Path) -> None:
+    result = cli("frobnicate", cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert "frobnicate" in result.stdout + result.stderr
+
+
+def test_the_demo_records_a_run_and_live_and_replayed_views_agree(tmp_path: Path) -> None:
+    first = cli("demo", cwd=tmp_path)
+
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "live projection and full replay agree" in first.stdout
+    assert task_states(first.stdout) == dict.fromkeys(TASKS, "merged")
+    count = len(happy_path().envelopes)  # 63 today
+    assert recorded_range(first.stdout) == (count, 1, count)
+    store = tmp_path / ".claudecluster" / "nats"
+    assert (store / "jetstream").is_dir()
+    assert not (store / "server.json").exists()  # the demo stopped the server it started
+
+    second = cli("demo", cwd=tmp_path)
+
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "live projection and full replay agree" in second.stdout
+    # The second run appends to the same durable log: seq 64..126 today.
+    assert recorded_range(second.stdout) == (count, count + 1, 2 * count)
+    assert task_states(second.stdout) == dict.fromkeys(TASKS, "merged")
+
+
+def test_the_demo_reports_an_unreachable_nats_url_in_one_line(tmp_path: Path) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+
+    result = cli("demo", cwd=tmp_path, env=clean_env(CLAUDECLUSTER_NATS__URL=url))
+
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "cannot reach NATS" in lines[0]
+    assert url in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / ".claudecluster").exists()
+
+
+def test_an_invalid_port_from_the_environment_names_the_key_and_the_variable(
+    tmp_path: Path,
+) -> None:
+    result = cli("demo", cwd=tmp_path, env=clean_env(CLAUDECLUSTER_NATS__PORT="99999"))
+
+    assert result.returncode == 2
+    assert "nats.port" in result.stderr
+    assert "CLAUDECLUSTER_NATS__PORT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback_of_a_configuration_error(tmp_path: Path) -> None:
+    result = cli("demo", "--debug", cwd=tmp_path, env=clean_env(CLAUDECLUSTER_NATS__PORT="99999"))
+
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr
+    assert "nats.port" in result.stderr
+
+
+def test_a_malformed_config_file_is_named_in_the_error(tmp_path: Path) -> None:
+    config = tmp_path / "claudecluster.yaml"
+    config.write_text("nats:\n  url: [unclosed\n", encoding="utf-8")
+
+    result = cli("demo", cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert str(config) in result.stderr
+    assert "not valid YAML" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_schema_check_passes_on_fresh_output_and_names_a_stale_file(tmp_path: Path) -> None:
+    out = tmp_path / "schemas"
+
+    written = cli("events", "schema", "--out", str(out), cwd=tmp_path)
+    assert written.returncode == 0, written.stderr
+    files = sorted(out.rglob("*.json"))
+    assert len(files) == len(render_schemas())
+
+    current = cli("events", "schema", "--out", str(out), "--check", cwd=tmp_path)
+    assert current.returncode == 0, current.stdout
+    assert "are current" in current.stdout
+
+    stale = files[0]
+    stale.write_text(stale.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    checked = cli("events", "schema", "--out", str(out), "--check", cwd=tmp_path)
+    assert checked.returncode == 1
+    assert f"stale {stale}" in checked.stdout
+    assert "claudecluster events schema" in checked.stdout
+
+
+def test_schema_check_reports_missing_and_extra_files(tmp_path: Path) -> None:
+    out = tmp_path / "schemas"
+    assert cli("events", "schema", "--out", str(out), cwd=tmp_path).returncode == 0
+    missing = sorted(out.rglob("*.json"))[0]
+    missing.unlink()
+    extra = out / "leftover.json"
+    extra.write_text("{}", encoding="utf-8")
+
+    checked = cli("events", "schema", "--out", str(out), "--check", cwd=tmp_path)
+
+    assert checked.returncode == 1
+    assert f"missing {missing}" in checked.stdout
+    assert f"extra {extra}" in checked.stdout
+
+
+def test_the_committed_schemas_are_current(repo_root: Path) -> None:
+    result = cli("events", "schema", "--check", cwd=repo_root)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "are current" in result.stdout
+
+
+# -- in process (for coverage of the same code paths) ---------------------------------------
+
+
+def test_writing_schemas_in_process_returns_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["events", "schema", "--out", str(tmp_path)]) == 0
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.json")) == sorted(
+        render_schemas()
+    )
+    assert run(["events", "schema", "--out", str(tmp_path), "--check"]) == 0
+    assert "are current" in capsys.readouterr().out
+
+
+def test_a_stale_missing_or_extra_schema_in_process_fails_the_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # rich would otherwise wrap the long paths
+    assert run(["events", "schema", "--out", str(tmp_path)]) == 0
+    stale, missing = sorted(tmp_path.rglob("*.json"))[:2]
+    stale.write_text("{}", encoding="utf-8")
+    missing.unlink()
+    extra = tmp_path / "extra.json"
+    extra.write_text("{}", encoding="utf-8")
+    capsys.readouterr()
+
+    assert run(["events", "schema", "--out", str(tmp_path), "--check"]) == 1
+
+    out = capsys.readouterr().out
+    assert f"stale {stale}" in out
+    assert f"missing {missing}" in out
+    assert f"extra {extra}" in out
+
+
+def test_debug_in_process_prints_the_traceback_before_the_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["demo", "--debug", "--config", str(tmp_path / "absent.yaml")]) == 2
+
+    err = capsys.readouterr().err
+    assert "Traceback" in err
+    assert err.rstrip().splitlines()[-1].startswith("error: invalid configuration")
+
+
+def test_a_missing_config_file_in_process_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "absent.yaml"
+
+    assert run(["demo", "--config", str(missing)]) == 2
+
+    err = capsys.readouterr().err
+    assert "cannot read" in err
+    assert "absent.yaml" in err
+
+
+def test_an_unknown_command_in_process_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run(["frobnicate"]) == 2
+    captured = capsys.readouterr()
+    assert "frobnicate" in captured.out + captured.err
+
+
+@pytest.mark.nats
+@pytest.mark.usefixtures("restore_structlog")
+def test_the_demo_in_process_uses_the_nats_url_flag(
+    tmp_path: Path,
+    nats_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for key in list(os.environ):
+        if key.startswith("CLAUDECLUSTER_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+    assert run(["demo", "--nats-url", nats_url]) == 0
+
+    out = capsys.readouterr().out
+    assert f"event log: {nats_url}" in out
+    assert "live projection and full replay agree" in out
+    assert not (tmp_path / ".claudecluster").exists()
