@@ -28,8 +28,15 @@ ALLOWED_INTERNAL = {
     "domain": {"events", "domain", "errors"},
     "projections": {"events", "domain", "projections", "errors"},
     "actors": {"events", "domain", "projections", "actors", "errors"},
+    # Cross-cutting helpers (logging and redaction, data files, config errors) are the one
+    # exception to "transport depends only on events": they do no I/O of their own.
     "transport": {"events", "transport", "errors", "observability", "resources", "validation"},
-}
+    "observability": {"observability"},
+    "runtime": {
+        "events", "domain", "projections", "actors", "runtime", "transport", "errors",
+        "observability", "resources", "settings", "validation",
+    },
+}  # fmt: skip
 
 
 def _imports(path: Path) -> set[str]:

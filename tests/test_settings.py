@@ -275,3 +275,25 @@ def test_a_password_in_the_nats_url_is_never_shown_in_a_repr_or_an_error(tmp_pat
             project_dir=tmp_path, environ={"CLAUDECLUSTER_NATS__URL": f"http://u:{secret}@h"}
         )
     assert secret not in str(caught.value)
+
+
+def test_the_prefixed_api_key_wins_over_the_conventional_one(tmp_path: Path) -> None:
+    loaded = load_settings(
+        project_dir=tmp_path,
+        environ={
+            "ANTHROPIC_API_KEY": "sk-conventional-1",
+            "CLAUDECLUSTER_ANTHROPIC_API_KEY": "sk-prefixed-222",
+        },
+    )
+    key = loaded.settings.anthropic_api_key
+    assert key is not None
+    assert key.get_secret_value() == "sk-prefixed-222"
+    assert loaded.sources["anthropic_api_key"] == "env CLAUDECLUSTER_ANTHROPIC_API_KEY"
+
+
+def test_a_token_in_the_user_part_of_the_nats_url_is_a_secret(tmp_path: Path) -> None:
+    loaded = load_settings(
+        project_dir=tmp_path, environ={"CLAUDECLUSTER_NATS__URL": "nats://s3cr3t-token-x@h:4222"}
+    )
+    assert loaded.settings.secret_values() == ["s3cr3t-token-x"]
+    assert "s3cr3t-token-x" not in repr(loaded.settings)

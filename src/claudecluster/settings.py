@@ -3,7 +3,8 @@
 Each later layer overrides the earlier ones key by key (``CLAUDECLUSTER_NATS__URL``
 overrides ``nats.url`` from the file). pydantic-settings reads the layers; we merge them
 ourselves so that every effective value knows where it came from, which is what an error
-message and ``claudecluster config show`` need to say.
+message (and a future ``config show``) needs to say. The API key is also read from the
+conventional ``ANTHROPIC_API_KEY``; ``CLAUDECLUSTER_ANTHROPIC_API_KEY`` wins over it.
 """
 
 from __future__ import annotations
@@ -130,9 +131,11 @@ class Settings(BaseSettings):
         if self.anthropic_api_key is not None:
             secrets.append(self.anthropic_api_key.get_secret_value())
         for part in (self.nats.url or "").split(","):
-            password = urlsplit(part.strip()).password
-            if password:
-                secrets.append(password)
+            split = urlsplit(part.strip())
+            if split.password:
+                secrets.append(split.password)
+            elif split.username:
+                secrets.append(split.username)  # nats://TOKEN@host: the user part is a token
         return secrets
 
 
@@ -194,13 +197,22 @@ class _EnvLayer(EnvSettingsSource):
     def __init__(self, environ: Mapping[str, str]) -> None:
         super().__init__(Settings, case_sensitive=False)
         self.env_vars = {k.lower(): v for k, v in environ.items()}
+        self._prefixed_key = f"{ENV_PREFIX}ANTHROPIC_API_KEY".lower() in self.env_vars
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        if self._prefixed_key:
+            # Our own prefix is the more specific choice, so it wins over the convention.
+            data["anthropic_api_key"] = self.env_vars[f"{ENV_PREFIX}ANTHROPIC_API_KEY".lower()]
+        return data
 
     def names(self, data: Mapping[str, Any]) -> dict[str, str]:
         """Env var names for the dotted keys of ``data``."""
         named: dict[str, str] = {}
         for key in _leaves(data):
             if key == "anthropic_api_key":
-                named[key] = "env ANTHROPIC_API_KEY"
+                prefix = ENV_PREFIX if self._prefixed_key else ""
+                named[key] = f"env {prefix}ANTHROPIC_API_KEY"
             else:
                 named[key] = "env " + ENV_PREFIX + key.replace(".", "__").upper()
         return named

@@ -260,3 +260,7 @@ def test_a_password_in_a_url_is_redacted_and_the_rest_kept() -> None:
         f"nats://user:{REDACTED}@host:4222,nats://other:4223"
     )
     assert redact_url("nats://host:4222") == "nats://host:4222"
+
+
+def test_a_token_in_the_user_part_of_a_url_is_redacted() -> None:
+    assert redact_url("nats://tok-123456789@host:4222") == f"nats://{REDACTED}@host:4222"

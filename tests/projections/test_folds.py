@@ -159,3 +159,21 @@ def test_only_the_latest_anomalies_are_kept_but_all_are_counted() -> None:
     assert view.anomaly_count == RECENT_ANOMALIES + 5
     assert len(view.recent_anomalies) == RECENT_ANOMALIES
     assert view.recent_anomalies[-1].seq == RECENT_ANOMALIES + 5
+
+
+def test_an_event_that_does_not_fit_changes_no_projection_at_all() -> None:
+    log = LogBuilder()
+    # A plan for a run nobody submitted creates no tasks.
+    specs = (TaskSpec(task_id="a", title="a", prompt="p"),)
+    log.emit(RunPlanned(run_id="r0", tasks=specs, base_commit="b", integration_branch="i"))
+    view = _view(log)
+    assert len(view.tasks) == 0
+    # A queued event with the wrong attempt does not start the run either.
+    log = _planned("a")
+    log.emit(TaskQueued(run_id="r1", task_id="a", attempt=3))
+    view = _view(log)
+    assert view.runs["r1"].state is RunState.PLANNED
+    assert view.anomaly_count == 1
+    # A result for a task nobody planned bills nothing.
+    log.emit(TaskFailed(run_id="r9", task_id="x", attempt=1, reason="?", cost_usd=1.0))
+    assert "r9" not in _view(log).costs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import sys
@@ -23,6 +24,7 @@ from claudecluster.runtime.embedded_nats import (
     find_nats_server,
     open_embedded_nats,
     render_server_config,
+    start_nats_server,
 )
 from claudecluster.settings import NatsSettings, Settings
 from claudecluster.transport.base import read_all
@@ -105,7 +107,7 @@ def test_the_rendered_config_fsyncs_every_write_into_the_store_dir(tmp_path: Pat
     config = render_server_config(4567, tmp_path)
 
     assert "sync_interval: always" in config
-    assert str(tmp_path / "jetstream") in config
+    assert f'store_dir: "{tmp_path}"' in config
     assert "listen: 127.0.0.1:4567" in config
     assert "{" + "port}" not in config
     assert "{" + "store_dir}" not in config
@@ -126,7 +128,12 @@ async def test_the_embedded_server_accepts_jetstream_clients_and_stops_on_exit(
         assert server.store_dir == store
         assert is_running(server.pid)
         state = json.loads(state_file.read_text(encoding="utf-8"))
-        assert state == {"pid": server.pid, "port": server.port, "url": server.url}
+        assert state == {
+            "pid": server.pid,
+            "port": server.port,
+            "url": server.url,
+            "owner_pid": os.getpid(),
+        }
         client = await nats.connect(server.url)
         try:
             info = await client.jetstream().account_info()
@@ -273,3 +280,34 @@ async def test_cancelling_while_the_server_starts_leaves_no_process_behind(
     }
     assert after <= before
     assert not (tmp_path / "nats" / "server.json").exists()
+
+
+async def test_a_server_whose_owner_died_is_adopted_and_stopped_by_the_adopter(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "nats"
+    process, orphan = await start_nats_server(store)
+    try:
+        # Pretend its owner was killed: the state file names an owner that no longer runs.
+        state = json.loads((store / "server.json").read_text())
+        (store / "server.json").write_text(json.dumps({**state, "owner_pid": 999_999_999}))
+        async with open_embedded_nats(store) as adopted:
+            assert (adopted.pid, adopted.owned) == (orphan.pid, True)
+            assert json.loads((store / "server.json").read_text())["owner_pid"] == os.getpid()
+        with anyio.fail_after(TIMEOUT_S):
+            await process.wait()
+        assert not (store / "server.json").exists()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.aclose()
+
+
+async def test_a_second_server_on_a_store_in_use_is_refused(tmp_path: Path) -> None:
+    store = tmp_path / "nats"
+    async with open_embedded_nats(store) as server:
+        with pytest.raises(NatsServerError, match=f"pid {server.pid}"):
+            async with open_embedded_nats(store, reuse=False):
+                pytest.fail("a second server must not start on the same store")
+        assert is_running(server.pid)

@@ -113,3 +113,19 @@ def test_unreadable_or_malformed_files_are_config_errors(
     with pytest.raises(ConfigError) as caught:
         load_topology(path)
     assert caught.value.source == f"file {path}"
+
+
+async def test_changed_bucket_settings_are_applied_in_place(nats_url: str) -> None:
+    raw = yaml.safe_load(default_topology_path().read_text())
+    workers = next(kv for kv in raw["key_value"] if kv["bucket"] == "cc_workers")
+    artifacts = next(o for o in raw["object_stores"] if o["bucket"] == "cc_artifacts")
+    async with open_nats(nats_url) as client:
+        js = client.jetstream()
+        await apply_topology(js, Topology.model_validate(raw))
+        workers["ttl_s"], workers["history"] = 45, 3
+        artifacts["description"] = "changed"
+        await apply_topology(js, Topology.model_validate(raw))
+        config = (await js.stream_info("KV_cc_workers")).config
+        assert (config.max_age, config.max_msgs_per_subject) == (45, 3)
+        assert (await js.stream_info("OBJ_cc_artifacts")).config.description == "changed"
+        await apply_topology(js, load_topology())

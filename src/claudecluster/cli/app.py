@@ -1,7 +1,8 @@
 """The ``claudecluster`` command: one cyclopts app, one error policy.
 
-Exit codes: 0 success; 1 the work itself failed; 2 a usage or configuration error, an
-unknown id, or an unreachable NATS server (one sentence on stderr saying what to fix);
+Exit codes: 0 success; 1 the work itself failed, or the infrastructure failed while
+working (an event store error); 2 a usage or configuration error, an unknown id, or a NATS
+server that cannot be reached or started (one sentence on stderr saying what to fix);
 130 interrupted. ``--debug`` anywhere on the command line shows the traceback too.
 """
 
@@ -14,7 +15,8 @@ from typing import Final
 from cyclopts import App, CycloptsError
 from rich.console import Console
 
-from claudecluster.errors import ClusterError
+from claudecluster.errors import ClusterError, NatsServerError, RemoteError
+from claudecluster.observability.logging import configure_logging
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "app", "run"]
 
@@ -28,7 +30,7 @@ app = App(
     help="Run many Claude Code agents in parallel on one goal, over NATS JetStream.",
     version_flags=["--version"],
 )
-events_app = App(name="events", help="The event catalogue: schemas and recorded logs.")
+events_app = App(name="events", help="The event catalogue for other tools: JSON Schemas.")
 app.command(events_app)
 
 
@@ -38,6 +40,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in tokens
     tokens = [token for token in tokens if token != "--debug"]
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    configure_logging(level="WARNING")  # commands reconfigure from their settings
     try:
         result = app(tokens, exit_on_error=False, print_error=True, result_action="return_value")
     except CycloptsError:
@@ -46,6 +49,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         if debug:
             err.print_exception()
         err.print(f"error: {exc}", markup=False)
+        if isinstance(exc, RemoteError) and not isinstance(exc, NatsServerError):
+            return EXIT_FAILED
         return EXIT_USAGE
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)

@@ -95,9 +95,10 @@ async def _demo(settings: Settings, console: Console) -> bool:
         elapsed = time.perf_counter() - began
         replayed = replay(await read_all(log, from_seq=start), ClusterView(last_seq=start - 1))
 
+    durability = "" if settings.nats.url else ", each fsynced before acknowledgement"
     console.print(
         f"recorded {len(sample.envelopes)} events (seq {start}..{final_seq}) "
-        f"in {elapsed * 1000:.0f} ms, each fsynced before acknowledgement",
+        f"in {elapsed * 1000:.0f} ms{durability}",
         markup=False,
     )
     run = replayed.runs[run_id]

@@ -83,16 +83,18 @@ class Redactor:
 
 
 def redact_url(url: str) -> str:
-    """``url`` (or a comma-separated list of URLs) with any password replaced."""
+    """``url`` (or a comma-separated list of URLs) with credentials replaced.
+
+    A password is replaced and the user kept; a user part alone (``nats://TOKEN@host``)
+    is a token in NATS, so it is replaced itself.
+    """
     parts = []
     for part in url.split(","):
         piece = part.strip()
         split = urlsplit(piece)
-        if split.password:
-            host = split.hostname or ""
-            if split.port is not None:
-                host = f"{host}:{split.port}"
-            netloc = f"{split.username}:{REDACTED}@{host}" if split.username else host
-            piece = urlunsplit(split._replace(netloc=netloc))
+        if "@" in split.netloc:
+            host = split.netloc.rsplit("@", 1)[1]
+            user = f"{split.username}:{REDACTED}" if split.password else REDACTED
+            piece = urlunsplit(split._replace(netloc=f"{user}@{host}"))
         parts.append(piece)
     return ",".join(parts)

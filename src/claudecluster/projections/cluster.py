@@ -12,13 +12,14 @@ continues exactly as the original would have (property-tested).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import msgspec
 from immutables import Map
 
 from claudecluster.events.envelope import StoredEvent
+from claudecluster.events.model import TaskEvent
 from claudecluster.projections.costs import Costs, apply_costs
 from claudecluster.projections.runs import Runs, apply_runs
 from claudecluster.projections.tasks import Tasks, apply_tasks
@@ -78,25 +79,29 @@ def apply(view: ClusterView, stored: StoredEvent) -> ClusterView:
     workers, worker_problem = apply_workers(view.workers, envelope)
     costs, _ = apply_costs(view.costs, envelope)
     problems = [p for p in (run_problem, task_problem, worker_problem) if p is not None]
-    anomaly_count = view.anomaly_count
-    recent = view.recent_anomalies
-    if problems:
-        anomaly = Anomaly(
-            seq=stored.seq,
-            event_id=envelope.id,
-            type=str(type(envelope.payload).__struct_config__.tag),
-            reason="; ".join(problems),
+    if not problems:
+        return replace(
+            view, last_seq=stored.seq, runs=runs, tasks=tasks, workers=workers, costs=costs
         )
-        anomaly_count += 1
-        recent = (*recent[-(RECENT_ANOMALIES - 1) :], anomaly)
-    return ClusterView(
+    # An event that does not fit changes no projection, so one bad event cannot leave them
+    # disagreeing. The one exception is money: a superseded attempt of a known task was
+    # paid for all the same, so its reported cost is still counted.
+    payload = envelope.payload
+    billed = isinstance(payload, TaskEvent) and (
+        task_key(payload.run_id, payload.task_id) in view.tasks
+    )
+    anomaly = Anomaly(
+        seq=stored.seq,
+        event_id=envelope.id,
+        type=str(type(payload).__struct_config__.tag),
+        reason="; ".join(problems),
+    )
+    return replace(
+        view,
         last_seq=stored.seq,
-        runs=runs,
-        tasks=tasks,
-        workers=workers,
-        costs=costs,
-        anomaly_count=anomaly_count,
-        recent_anomalies=recent,
+        costs=costs if billed else view.costs,
+        anomaly_count=view.anomaly_count + 1,
+        recent_anomalies=(*view.recent_anomalies[-(RECENT_ANOMALIES - 1) :], anomaly),
     )
 
 

@@ -102,7 +102,11 @@ class CostView(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Anomaly(msgspec.Struct, frozen=True, kw_only=True):
-    """An event that did not fit the history it was applied to; it changed nothing."""
+    """An event that did not fit the history it was applied to.
+
+    It changed no projection, except that a known task's superseded attempt still adds
+    the cost it reports to the run's spend.
+    """
 
     seq: int
     event_id: str

@@ -28,6 +28,7 @@ from claudecluster.transport.topology import Topology, apply_topology, load_topo
 __all__ = ["open_configured_log", "open_jetstream_log", "open_nats"]
 
 _log = get_logger(__name__)
+_DEFAULT_PORTS = {"nats": 4222, "tls": 4222, "ws": 80, "wss": 443}
 
 
 async def _any_reachable(url: str, connect_timeout: float) -> bool:
@@ -38,11 +39,10 @@ async def _any_reachable(url: str, connect_timeout: float) -> bool:
     """
     for part in url.split(","):
         address = urlsplit(part.strip() if "://" in part else f"nats://{part.strip()}")
+        port = address.port or _DEFAULT_PORTS.get(address.scheme, 4222)
         try:
             with anyio.fail_after(connect_timeout):
-                stream = await anyio.connect_tcp(
-                    address.hostname or "127.0.0.1", address.port or 4222
-                )
+                stream = await anyio.connect_tcp(address.hostname or "127.0.0.1", port)
         except (OSError, TimeoutError):
             continue
         await stream.aclose()

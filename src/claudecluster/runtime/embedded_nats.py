@@ -12,6 +12,7 @@ stopped: the state file ``server.json`` in the store directory says where it lis
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import sys
 import sysconfig
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -124,18 +125,63 @@ async def _accepts_nats(port: int) -> bool:
     return greeting.startswith(b"INFO ")
 
 
-async def _reusable(store_dir: Path) -> EmbeddedNats | None:
+@dataclass(frozen=True, slots=True)
+class _Running:
+    server: EmbeddedNats
+    owner_alive: bool
+
+
+async def _running(store_dir: Path) -> _Running | None:
+    """The live server the state file describes, if any, and whether its owner still runs."""
     state_path = store_dir / _STATE_FILE
     try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
+        state = json.loads(await anyio.Path(state_path).read_text(encoding="utf-8"))
         pid, port = int(state["pid"]), int(state["port"])
-    except (OSError, ValueError, KeyError, TypeError):
+        owner = int(state.get("owner_pid", 0))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     if not psutil.pid_exists(pid) or not await _accepts_nats(port):
         return None
-    return EmbeddedNats(
+    server = EmbeddedNats(
         url=f"nats://127.0.0.1:{port}", port=port, store_dir=store_dir, pid=pid, owned=False
     )
+    return _Running(server=server, owner_alive=owner > 0 and psutil.pid_exists(owner))
+
+
+async def _write_state(store_dir: Path, pid: int, port: int, url: str) -> None:
+    """Record the server and its owner (this process), whole or not at all."""
+    state = store_dir / f".{_STATE_FILE}.{os.getpid()}"
+    record = {"pid": pid, "port": port, "url": url, "owner_pid": os.getpid()}
+    await anyio.Path(state).write_text(json.dumps(record), encoding="utf-8")
+    os.replace(state, store_dir / _STATE_FILE)
+
+
+@asynccontextmanager
+async def _start_lock(store_dir: Path) -> AsyncIterator[None]:
+    """Serialise start-up per store directory across processes (two servers on one store
+    would corrupt it)."""
+    await anyio.Path(store_dir).mkdir(parents=True, exist_ok=True)
+    with (store_dir / ".start.lock").open("a") as handle:
+        with anyio.fail_after(60):
+            await anyio.to_thread.run_sync(fcntl.flock, handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+async def _stop_pid(pid: int) -> None:
+    """Stop a server this process adopted (it has no process handle for it)."""
+    with anyio.CancelScope(shield=True):
+        try:
+            process = psutil.Process(pid)
+            process.terminate()
+            await anyio.to_thread.run_sync(process.wait, _STOP_GRACE_S)
+        except psutil.NoSuchProcess:
+            return
+        except psutil.TimeoutExpired:
+            with suppress(psutil.NoSuchProcess):
+                process.kill()
 
 
 def render_server_config(port: int, store_dir: Path) -> str:
@@ -143,7 +189,7 @@ def render_server_config(port: int, store_dir: Path) -> str:
     template = (data_dir("nats") / "embedded.conf").read_text(encoding="utf-8")
     return (
         template.replace("{port}", str(port))
-        .replace("{store_dir}", str(store_dir / "jetstream"))
+        .replace("{store_dir}", str(store_dir))
         .replace("{server_name}", f"claudecluster-{port}")
     )
 
@@ -191,12 +237,7 @@ async def start_nats_server(
             pid=process.pid,
             owned=True,
         )
-        # Written whole or not at all, so a concurrent starter never reads half a file.
-        state = store_dir / f".{_STATE_FILE}.{process.pid}"
-        await anyio.Path(state).write_text(
-            json.dumps({"pid": process.pid, "port": chosen, "url": server.url}), encoding="utf-8"
-        )
-        os.replace(state, store_dir / _STATE_FILE)
+        await _write_state(store_dir, process.pid, chosen, server.url)
         handed_over = True
     finally:
         # Timeout, early exit, cancellation: the process must not outlive a failed start.
@@ -266,27 +307,47 @@ async def open_embedded_nats(
         store_dir: the server's directory: JetStream data, config, log, state file.
         port: client port; 0 picks a free one.
         binary: a nats-server executable to use instead of the packaged one.
-        reuse: connect to a server already running for ``store_dir`` instead of starting one.
+        reuse: connect to a server already running for ``store_dir`` instead of starting
+            one. A reused server stays up when this context exits; one whose owner died
+            (kill -9) is adopted and stopped on exit.
         ready_timeout: seconds to wait for the server to accept clients.
 
     Raises:
         NatsBinaryMissingError: no executable.
         NatsPortInUseError: ``port`` is taken by something else.
-        NatsServerError: the server did not start.
+        NatsServerError: the server did not start, or ``reuse`` is False and a server
+            already serves ``store_dir``.
     """
-    if reuse:
-        running = await _reusable(store_dir)
-        if running is not None:
-            _log.info("reusing running nats-server", url=running.url, pid=running.pid)
-            yield running
-            return
-    process, server = await start_nats_server(
-        store_dir, port=port, binary=binary, ready_timeout=ready_timeout
-    )
+    process: anyio.abc.Process | None = None
+    async with _start_lock(store_dir):
+        running = await _running(store_dir)
+        if running is not None and not reuse:
+            raise NatsServerError(
+                f"a nats-server (pid {running.server.pid}) already serves {store_dir}; "
+                "two servers on one store would corrupt it"
+            )
+        if running is None:
+            process, server = await start_nats_server(
+                store_dir, port=port, binary=binary, ready_timeout=ready_timeout
+            )
+        elif running.owner_alive:
+            server = running.server
+            _log.info("reusing running nats-server", url=server.url, pid=server.pid)
+        else:
+            # Its owner died without stopping it (kill -9): adopt it, so someone stops it.
+            server = replace(running.server, owned=True)
+            await _write_state(store_dir, server.pid, server.port, server.url)
+            _log.info("adopted orphaned nats-server", url=server.url, pid=server.pid)
+    if not server.owned:
+        yield server
+        return
     try:
         yield server
     finally:
-        await _stop(process)
+        if process is not None:
+            await _stop(process)
+        else:
+            await _stop_pid(server.pid)
         with suppress(FileNotFoundError):
             (store_dir / _STATE_FILE).unlink()
         _log.info("nats-server stopped", url=server.url)

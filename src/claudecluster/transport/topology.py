@@ -205,24 +205,51 @@ async def apply_topology(
         for consumer in topology.consumers:
             await js.add_consumer(consumer.stream, consumer.to_config())
         for kv in topology.key_value:
-            await js.create_key_value(
-                KeyValueConfig(
-                    bucket=kv.bucket,
-                    description=kv.description or None,
-                    history=kv.history,
-                    ttl=kv.ttl_s or None,
-                    storage=StorageType(kv.storage),
-                    replicas=replicas or kv.replicas,
-                )
-            )
+            await _apply_key_value(js, kv, replicas)
         for store in topology.object_stores:
-            await js.create_object_store(
-                store.bucket,
-                config=ObjectStoreConfig(
-                    description=store.description or None,
-                    storage=StorageType(store.storage),
-                    replicas=replicas or store.replicas,
-                ),
-            )
+            await _apply_object_store(js, store, replicas)
     except (nats.errors.Error, TimeoutError) as exc:
-        raise EventStoreError(f"applying the JetStream topology failed: {exc!r}") from exc
+        detail = getattr(exc, "description", None) or repr(exc)
+        raise EventStoreError(f"applying the JetStream topology failed: {detail}") from exc
+
+
+async def _apply_key_value(js: JetStreamContext, kv: KeyValueSpec, replicas: int | None) -> None:
+    config = KeyValueConfig(
+        bucket=kv.bucket,
+        description=kv.description or None,
+        history=kv.history,
+        ttl=kv.ttl_s or None,
+        storage=StorageType(kv.storage),
+        replicas=replicas or kv.replicas,
+    )
+    try:
+        await js.create_key_value(config)
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != _STREAM_NAME_IN_USE:
+            raise
+        # The bucket exists with other settings: change what JetStream lets change in place.
+        stream = f"KV_{kv.bucket}"
+        current = (await js.stream_info(stream)).config
+        current.description = kv.description or None
+        current.max_msgs_per_subject = kv.history
+        current.max_age = kv.ttl_s or 0
+        await js.update_stream(current)
+
+
+async def _apply_object_store(
+    js: JetStreamContext, store: ObjectStoreSpec, replicas: int | None
+) -> None:
+    config = ObjectStoreConfig(
+        description=store.description or None,
+        storage=StorageType(store.storage),
+        replicas=replicas or store.replicas,
+    )
+    try:
+        await js.create_object_store(store.bucket, config=config)
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != _STREAM_NAME_IN_USE:
+            raise
+        stream = f"OBJ_{store.bucket}"
+        current = (await js.stream_info(stream)).config
+        current.description = store.description or None
+        await js.update_stream(current)
