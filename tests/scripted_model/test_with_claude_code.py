@@ -29,7 +29,13 @@ def _repo(tmp_path: Path) -> Path:
 
 
 async def run_claude(
-    base_url: str, prompt: str, cwd: Path, tmp_path: Path, *, retries: int = 0
+    base_url: str,
+    prompt: str,
+    cwd: Path,
+    tmp_path: Path,
+    *,
+    retries: int = 0,
+    extra: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """One headless run, isolated as ../shared/CLAUDE-CODE-OFFLINE.md describes."""
     home = tmp_path / "home"
@@ -45,7 +51,7 @@ async def run_claude(
     )
     command = [
         str(CLAUDE), "-p", prompt, "--output-format", "stream-json", "--verbose",
-        "--permission-mode", "acceptEdits", "--allowedTools", TOOLS,
+        "--permission-mode", "acceptEdits", "--allowedTools", TOOLS, *extra,
     ]  # fmt: skip
     with anyio.fail_after(120):
         done = await anyio.run_process(command, cwd=cwd, env=env, check=False)
