@@ -96,6 +96,7 @@ class ScriptedModel:
         self.url = ""
         self.served: list[ServedRequest] = []
         self._errors_served: dict[str, int] = {}
+        self._arrived = anyio.Event()
         self.app = Starlette(routes=[Route("/v1/messages", self._messages, methods=["POST"])])
 
     async def _messages(self, request: Request) -> Response | _Body:
@@ -115,6 +116,8 @@ class ScriptedModel:
             )  # fmt: skip
         reply = decide(self.script, body, self._errors_served)
         stream = bool(body.get("stream"))
+        self._arrived.set()
+        self._arrived = anyio.Event()
         self.served.append(
             ServedRequest(
                 task=reply.task,
@@ -149,6 +152,11 @@ class ScriptedModel:
         if reply.retry_after_s is not None:
             headers["retry-after"] = str(int(reply.retry_after_s))
         return JSONResponse(error_body(reply.error), status_code=status, headers=headers)
+
+    async def wait_requests(self, count: int) -> None:
+        """Return once at least ``count`` requests have arrived (wrap it in a timeout)."""
+        while len(self.served) < count:
+            await self._arrived.wait()
 
     def statistics(self) -> dict[str, int]:
         """Requests served, errors injected, and turns answered per task marker."""
@@ -188,6 +196,8 @@ async def open_scripted_model(
         log_level="critical",  # a cut stream is deliberate; uvicorn would report it loudly
         access_log=False,
         lifespan="off",
+        # A request sleeping through a long scripted latency must not hold up shutdown.
+        timeout_graceful_shutdown=1,
     )
     server = uvicorn.Server(config)
     async with anyio.create_task_group() as group:

@@ -1,0 +1,321 @@
+"""Running the real Claude Code CLI headless, with limits, for one task attempt.
+
+The process gets the workspace as its working directory, a private HOME and
+CLAUDE_CONFIG_DIR, an environment reduced to an allowlist, a session id chosen up front,
+and a small CLI retry budget (our own retry policy decides what happens next). It runs in
+its own process group, so a breached limit or a cancellation ends the whole tree: SIGTERM,
+then SIGKILL after a grace period, on every path.
+
+What the agent reported is decided from its stream (:mod:`.claude_stream`); what we did to
+it (timeout, memory cap, cancellation) overrides that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import anyio
+import anyio.abc
+import psutil
+from anyio.streams.text import TextReceiveStream
+
+from claudecluster.events.model import TaskLimits, TaskProgress
+from claudecluster.executors.claude_stream import Outcome, classify, progress_from
+from claudecluster.observability.logging import get_logger
+
+__all__ = [
+    "DEFAULT_TOOLS",
+    "ENV_ALLOWLIST",
+    "ClaudeCodeExecutor",
+    "ClaudeRun",
+    "bundled_claude",
+    "child_environment",
+    "claude_command",
+]
+
+DEFAULT_TOOLS: Final = ("Read", "Write", "Edit", "Bash", "Glob", "Grep")
+
+#: Variables of the worker's own environment an agent may see; everything else (other
+#: services' credentials, our NATS settings) stays out. API settings come from the run.
+ENV_ALLOWLIST: Final = frozenset(
+    {"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR", "SHELL", "USER", "LOGNAME"}
+)
+_STDERR_TAIL: Final = 4096
+_MEMORY_POLL_S: Final = 0.25
+_log = get_logger(__name__)
+
+ProgressSink = Callable[[TaskProgress], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaudeRun:
+    """Everything one attempt needs.
+
+    Attributes:
+        run_id: the run. task_id: the task. attempt: the attempt number.
+        prompt: the task's prompt.
+        workspace: the agent's working directory (a git worktree).
+        scratch: a private directory for HOME and CLAUDE_CONFIG_DIR.
+        session_id: a UUID chosen up front, so a transcript can be found and resumed.
+        limits: wall time, turns and memory to enforce.
+        api_environment: ANTHROPIC_* settings for this run (key, base URL).
+        resume: continue the session ``session_id`` instead of starting it.
+    """
+
+    run_id: str
+    task_id: str
+    attempt: int
+    prompt: str
+    workspace: Path
+    scratch: Path
+    session_id: str
+    limits: TaskLimits = field(default_factory=TaskLimits)
+    model: str | None = None
+    permission_mode: str = "acceptEdits"
+    allowed_tools: tuple[str, ...] = DEFAULT_TOOLS
+    append_system_prompt: str | None = None
+    api_environment: Mapping[str, str] = field(default_factory=dict)
+    resume: bool = False
+
+
+def bundled_claude() -> Path:
+    """The Claude Code CLI shipped inside claude-agent-sdk.
+
+    Raises:
+        FileNotFoundError: the package carries no CLI for this platform.
+    """
+    import claude_agent_sdk
+
+    path = Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
+    if not path.is_file():
+        raise FileNotFoundError(f"claude-agent-sdk has no bundled CLI at {path}")
+    return path
+
+
+def claude_command(job: ClaudeRun, binary: Path) -> list[str]:
+    """The command line for one attempt."""
+    command = [
+        str(binary),
+        "-p",
+        job.prompt,
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--permission-mode",
+        job.permission_mode,
+        "--allowedTools",
+        ",".join(job.allowed_tools),
+    ]
+    command += ["--resume", job.session_id] if job.resume else ["--session-id", job.session_id]
+    if job.limits.max_turns is not None:
+        command += ["--max-turns", str(job.limits.max_turns)]
+    if job.model:
+        command += ["--model", job.model]
+    if job.append_system_prompt:
+        command += ["--append-system-prompt", job.append_system_prompt]
+    return command
+
+
+def child_environment(
+    job: ClaudeRun, parent: Mapping[str, str], *, cli_retries: int
+) -> dict[str, str]:
+    """The agent's environment: the allowlist, private dirs, the run's API settings."""
+    env = {key: value for key, value in parent.items() if key in ENV_ALLOWLIST}
+    env.update(job.api_environment)
+    env.update(
+        HOME=str(job.scratch / "home"),
+        CLAUDE_CONFIG_DIR=str(job.scratch / "claude-config"),
+        CLAUDE_CODE_MAX_RETRIES=str(cli_retries),
+        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+    )
+    env.pop("CLAUDECODE", None)  # trips Claude Code's nested-session guard
+    return env
+
+
+class ClaudeCodeExecutor:
+    """Runs attempts with the Claude Code CLI.
+
+    Args:
+        binary: the ``claude`` executable (default: the one bundled with claude-agent-sdk).
+        cli_retries: CLAUDE_CODE_MAX_RETRIES for the CLI's own API retries.
+        kill_grace_s: seconds between SIGTERM and SIGKILL when a run must end.
+    """
+
+    def __init__(
+        self, *, binary: Path | None = None, cli_retries: int = 2, kill_grace_s: float = 5.0
+    ) -> None:
+        self._binary = binary
+        self._cli_retries = cli_retries
+        self._kill_grace_s = kill_grace_s
+
+    async def run(self, job: ClaudeRun, on_progress: ProgressSink) -> Outcome:
+        """Run one attempt to its end and say how it ended.
+
+        Progress events are handed to ``on_progress`` as the agent produces them. A breached
+        limit ends the process tree and is reported as the outcome; cancellation ends the
+        tree and propagates.
+
+        Raises:
+            FileNotFoundError: no Claude Code executable.
+        """
+        binary = self._binary or bundled_claude()
+        for directory in (job.scratch / "home", job.scratch / "claude-config"):
+            await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
+        process = await anyio.open_process(
+            claude_command(job, binary),
+            cwd=job.workspace,
+            env=child_environment(job, os.environ, cli_retries=self._cli_retries),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        state = _RunState()
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._collect_stderr, process, state)
+                if job.limits.memory_mb is not None:
+                    group.start_soon(self._watch_memory, process, job.limits.memory_mb, state)
+                with anyio.move_on_after(job.limits.wall_time_s or float("inf")) as deadline:
+                    await self._read_stream(process, job, on_progress, state)
+                    await process.wait()
+                if deadline.cancelled_caught:
+                    state.breach = (
+                        "timeout",
+                        f"the attempt exceeded its wall-time limit of {job.limits.wall_time_s}s",
+                    )
+                group.cancel_scope.cancel()
+        finally:
+            await _end_tree(process, self._kill_grace_s)
+        return state.outcome(process.returncode)
+
+    @staticmethod
+    async def _read_stream(
+        process: anyio.abc.Process, job: ClaudeRun, on_progress: ProgressSink, state: _RunState
+    ) -> None:
+        assert process.stdout is not None
+        usage_seen: set[str] = set()
+        buffered = ""
+        async for chunk in TextReceiveStream(process.stdout):
+            buffered += chunk
+            *lines, buffered = buffered.split("\n")
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    state.bad_lines += 1
+                    continue
+                if not isinstance(event, dict):
+                    state.bad_lines += 1
+                    continue
+                if event.get("type") == "result":
+                    state.result = event
+                for update in progress_from(
+                    event,
+                    run_id=job.run_id,
+                    task_id=job.task_id,
+                    attempt=job.attempt,
+                    usage_seen=usage_seen,
+                ):
+                    await on_progress(update)
+
+    @staticmethod
+    async def _collect_stderr(process: anyio.abc.Process, state: _RunState) -> None:
+        assert process.stderr is not None
+        async for chunk in TextReceiveStream(process.stderr, errors="replace"):
+            state.stderr = (state.stderr + chunk)[-_STDERR_TAIL:]
+
+    async def _watch_memory(
+        self, process: anyio.abc.Process, memory_mb: int, state: _RunState
+    ) -> None:
+        limit = memory_mb * 1024 * 1024
+        while process.returncode is None:
+            used = _tree_rss(process.pid)
+            if used > limit:
+                state.breach = (
+                    "limit",
+                    f"the process tree used {used // 2**20} MiB, over its memory limit "
+                    f"of {memory_mb} MiB",
+                )
+                await _end_tree(process, self._kill_grace_s, close=False)
+                return
+            await anyio.sleep(_MEMORY_POLL_S)
+
+
+@dataclass
+class _RunState:
+    result: dict[str, object] | None = None
+    bad_lines: int = 0
+    stderr: str = ""
+    breach: tuple[str, str] | None = None
+
+    def outcome(self, exit_code: int | None) -> Outcome:
+        if self.breach is not None:
+            failure_class, reason = self.breach
+            reported = classify(self.result, exit_code=exit_code)
+            return Outcome(
+                succeeded=False,
+                reason=reason,
+                failure_class="timeout" if failure_class == "timeout" else "limit",
+                retryable=failure_class == "timeout",
+                cost_usd=reported.cost_usd,
+                usage=reported.usage,
+                turns=reported.turns,
+                session_id=reported.session_id,
+            )
+        outcome = classify(self.result, exit_code=exit_code, stderr_tail=self.stderr)
+        if self.result is None and self.bad_lines:
+            return Outcome(
+                succeeded=False,
+                reason=f"{outcome.reason} ({self.bad_lines} unreadable output lines)",
+                failure_class=outcome.failure_class,
+                retryable=outcome.retryable,
+            )
+        return outcome
+
+
+def _tree_rss(pid: int) -> int:
+    try:
+        root = psutil.Process(pid)
+        members = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for member in members:
+        with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += member.memory_info().rss
+    return total
+
+
+async def _end_tree(process: anyio.abc.Process, grace_s: float, *, close: bool = True) -> None:
+    """SIGTERM the process group (and strays), SIGKILL after ``grace_s``; never cancelled.
+
+    With ``close=False`` the process's pipes stay open for readers still draining them.
+    """
+    with anyio.CancelScope(shield=True):
+        try:
+            strays = psutil.Process(process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            strays = []
+        if process.returncode is None:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGTERM)
+            with anyio.move_on_after(grace_s):
+                await process.wait()
+        if process.returncode is None:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+        for stray in strays:  # children that left the group (setsid) are ended too
+            with suppress(psutil.NoSuchProcess):
+                stray.kill()
+        if close:
+            await process.aclose()
