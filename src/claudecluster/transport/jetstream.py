@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Final
 
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from claudecluster.errors import ConcurrencyError, EventDecodeError, EventStoreError
 from claudecluster.events.codec import decode_event, encode
@@ -38,6 +37,7 @@ from claudecluster.events.subjects import (
 from claudecluster.observability.logging import get_logger
 from claudecluster.observability.redaction import Redactor
 from claudecluster.transport.base import AppendResult, QuarantinedMessage
+from claudecluster.transport.ordered import last_sequence, open_ordered
 from claudecluster.transport.topology import EVENTS_STREAM, QUARANTINE_STREAM
 
 __all__ = ["JetStreamEventLog"]
@@ -45,7 +45,6 @@ __all__ = ["JetStreamEventLog"]
 _WRONG_LAST_SEQUENCE: Final = 10071
 _WRONG_LAST_RE: Final = re.compile(r"wrong last sequence: (\d+)")
 _QUARANTINE_SUBJECT: Final = f"{QUARANTINE_PREFIX}.evt"
-_HEARTBEAT_S: Final = 1.0
 
 _log = get_logger(__name__)
 
@@ -148,30 +147,10 @@ class JetStreamEventLog:
                 if stored is not None:
                     yield stored
 
-    @asynccontextmanager
-    async def _ordered(
+    def _ordered(
         self, stream: str, subjects: str, from_seq: int, follow: bool
-    ) -> AsyncIterator[AsyncIterator[Msg]]:
-        """Raw messages of an ordered consumer; ends at the current end unless following."""
-        end = None if follow else await self._last(stream, subjects)
-        if end is not None and end < from_seq:
-            yield _nothing()
-            return
-        try:
-            sub = await self._js.subscribe(
-                subjects,
-                stream=stream,
-                ordered_consumer=True,
-                idle_heartbeat=_HEARTBEAT_S,
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                config=ConsumerConfig(opt_start_seq=from_seq),
-            )
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise EventStoreError(f"cannot read {stream} ({subjects}): {exc!r}") from exc
-        try:
-            yield _messages(sub, end)
-        finally:
-            await sub.unsubscribe()
+    ) -> AbstractAsyncContextManager[AsyncIterator[Msg]]:
+        return open_ordered(self._js, stream, subjects, from_seq=from_seq, follow=follow)
 
     async def _decode(self, msg: Msg) -> StoredEvent | None:
         seq = msg.metadata.sequence.stream
@@ -212,13 +191,7 @@ class JetStreamEventLog:
         return await self._last(self._stream, subjects)
 
     async def _last(self, stream: str, subjects: str) -> int:
-        try:
-            msg = await self._js.get_last_msg(stream, subjects)
-        except nats.js.errors.NotFoundError:
-            return 0
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise EventStoreError(f"cannot read {stream}: {exc!r}") from exc
-        return int(msg.seq or 0)
+        return await last_sequence(self._js, stream, subjects)
 
     async def quarantined(self) -> list[QuarantinedMessage]:
         """Quarantine records, oldest first.
@@ -243,16 +216,3 @@ class JetStreamEventLog:
                     )
                 )
         return records
-
-
-async def _messages(sub: JetStreamContext.PushSubscription, end: int | None) -> AsyncIterator[Msg]:
-    """Messages of an ordered subscription; with ``end`` set, stop after that sequence."""
-    async for msg in sub.messages:
-        yield msg
-        if end is not None and msg.metadata.sequence.stream >= end:
-            return
-
-
-async def _nothing() -> AsyncIterator[Msg]:
-    return
-    yield  # pragma: no cover - makes this an (empty) async generator

@@ -1,0 +1,85 @@
+"""Reading a stream in order: the one way every adapter here reads JetStream.
+
+An ordered push consumer is ephemeral, flow-controlled and heartbeating; nats-py recreates
+it from the last delivered sequence when heartbeats stop, which is how a following reader
+survives a server restart. A bounded read first asks for the last sequence matching the
+filter and stops there, so it never waits for messages that are not coming.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Final
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from claudecluster.errors import EventStoreError
+
+__all__ = ["last_sequence", "open_ordered"]
+
+_HEARTBEAT_S: Final = 1.0
+
+
+async def last_sequence(js: JetStreamContext, stream: str, subjects: str) -> int:
+    """The sequence of the last message on ``stream`` matching ``subjects`` (0 if none).
+
+    Raises:
+        EventStoreError: the server could not be asked.
+    """
+    try:
+        msg = await js.get_last_msg(stream, subjects)
+    except nats.js.errors.NotFoundError:
+        return 0
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise EventStoreError(f"cannot read {stream}: {exc!r}") from exc
+    return int(msg.seq or 0)
+
+
+@asynccontextmanager
+async def open_ordered(
+    js: JetStreamContext, stream: str, subjects: str, *, from_seq: int = 1, follow: bool = False
+) -> AsyncIterator[AsyncIterator[Msg]]:
+    """Messages of ``stream`` matching ``subjects`` from ``from_seq``, in order.
+
+    Without ``follow`` the iteration ends at the last matching message stored when it
+    started; with it, it goes on until the context exits.
+
+    Raises:
+        EventStoreError: the consumer could not be created.
+    """
+    end = None if follow else await last_sequence(js, stream, subjects)
+    if end is not None and end < from_seq:
+        yield _nothing()
+        return
+    try:
+        sub = await js.subscribe(
+            subjects,
+            stream=stream,
+            ordered_consumer=True,
+            idle_heartbeat=_HEARTBEAT_S,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            config=ConsumerConfig(opt_start_seq=max(from_seq, 1)),
+        )
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise EventStoreError(f"cannot read {stream} ({subjects}): {exc!r}") from exc
+    try:
+        yield _messages(sub, end)
+    finally:
+        await sub.unsubscribe()
+
+
+async def _messages(sub: JetStreamContext.PushSubscription, end: int | None) -> AsyncIterator[Msg]:
+    async for msg in sub.messages:
+        yield msg
+        if end is not None and msg.metadata.sequence.stream >= end:
+            return
+
+
+async def _nothing() -> AsyncIterator[Msg]:
+    return
+    yield  # pragma: no cover - makes this an (empty) async generator
