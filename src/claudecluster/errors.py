@@ -15,6 +15,7 @@ without parsing messages::
     └── RemoteError                a peer or the infrastructure failed; retrying may help
         ├── ConcurrencyError       an optimistic append lost a race (expected sequence moved)
         ├── EventStoreError        the event store refused or failed an operation
+        ├── WorkspaceError         git could not build, commit or bundle a workspace
         └── NatsServerError        the embedded nats-server could not start or stay up
             ├── NatsBinaryMissingError
             └── NatsPortInUseError
@@ -40,6 +41,7 @@ __all__ = [
     "RemoteError",
     "UnknownEntityError",
     "UnknownEventTypeError",
+    "WorkspaceError",
 ]
 
 
@@ -151,6 +153,10 @@ class ConcurrencyError(RemoteError):
 
 class EventStoreError(RemoteError):
     """The event store refused or failed an operation for a reason other than a race."""
+
+
+class WorkspaceError(RemoteError):
+    """git could not build, commit, bundle or fetch a workspace; the message names the step."""
 
 
 class NatsServerError(RemoteError):

@@ -1,0 +1,1 @@
+"""Task workspaces: git bundles in, git bundles out, no shared filesystem."""

@@ -1,0 +1,168 @@
+"""Workspaces without a shared filesystem: git bundles in, git bundles out.
+
+The driver bundles the run's base commit; a worker clones a private workspace from that
+bundle, lets the agent work on ``claudecluster/<run>/<task>``, commits the result, and
+bundles only the new commits (with the base as prerequisite) plus a diffstat. The driver
+fetches that bundle into its repository to merge. Only git and files travel; nothing
+assumes the two sides share a disk.
+
+Every git call has a timeout and a clear error naming the command and git's own message.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import anyio
+
+from claudecluster.errors import WorkspaceError
+
+__all__ = [
+    "FileChange",
+    "base_bundle",
+    "commit_all",
+    "fetch_result",
+    "git",
+    "open_workspace",
+    "result_bundle",
+    "task_branch",
+]
+
+_GIT_TIMEOUT_S: Final = 120.0
+_AUTHOR: Final = ("ClaudeCluster", "claudecluster@localhost")
+
+
+@dataclass(frozen=True, slots=True)
+class FileChange:
+    """One changed file: its path and the lines added and deleted (None for binary)."""
+
+    path: str
+    added: int | None
+    deleted: int | None
+
+
+def task_branch(run_id: str, task_id: str) -> str:
+    """The branch a task's work is committed on."""
+    return f"claudecluster/{run_id}/{task_id}"
+
+
+async def git(repo: Path, *args: str, time_limit: float = _GIT_TIMEOUT_S) -> str:
+    """Run one git command in ``repo`` and return its standard output.
+
+    Raises:
+        WorkspaceError: git failed or took longer than ``time_limit`` seconds.
+    """
+    command = ["git", "-C", str(repo), *args]
+    # A fixed identity and no user or system config: the same commands behave the same on
+    # every worker, whatever hooks or settings its user has.
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": _AUTHOR[0],
+        "GIT_AUTHOR_EMAIL": _AUTHOR[1],
+        "GIT_COMMITTER_NAME": _AUTHOR[0],
+        "GIT_COMMITTER_EMAIL": _AUTHOR[1],
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
+    try:
+        with anyio.fail_after(time_limit):
+            done = await anyio.run_process(command, env=env, check=False, stdin=subprocess.DEVNULL)
+    except TimeoutError:
+        raise WorkspaceError(
+            f"git {' '.join(args[:2])} took longer than {time_limit:.0f}s"
+        ) from None
+    if done.returncode != 0:
+        message = done.stderr.decode(errors="replace").strip().splitlines()
+        detail = message[-1] if message else f"exit code {done.returncode}"
+        raise WorkspaceError(f"git {' '.join(args[:2])} failed in {repo}: {detail}")
+    return done.stdout.decode(errors="replace")
+
+
+async def base_bundle(repo: Path, ref: str, run_id: str, out: Path) -> str:
+    """Bundle the commit ``ref`` names (with its history) for workers; returns its sha.
+
+    The user's branches are not touched: the bundle's ref lives under
+    ``refs/claudecluster/base/<run>``.
+
+    Raises:
+        WorkspaceError: ``ref`` names no commit, or git failed.
+    """
+    commit = (await git(repo, "rev-parse", "--verify", f"{ref}^{{commit}}")).strip()
+    base_ref = f"refs/claudecluster/base/{run_id}"
+    await git(repo, "update-ref", base_ref, commit)
+    await git(repo, "bundle", "create", str(out), base_ref)
+    return commit
+
+
+async def open_workspace(bundle: Path, base_commit: str, branch: str, where: Path) -> Path:
+    """Clone a private workspace from the base bundle, on a new branch at the base commit.
+
+    Raises:
+        WorkspaceError: the bundle is unusable or lacks the base commit.
+    """
+    await anyio.Path(where).mkdir(parents=True, exist_ok=True)
+    await git(where, "init", "--quiet")
+    # The bundle's ref lives outside refs/heads, which a plain clone would not fetch.
+    await git(where, "fetch", "--quiet", str(bundle), "+refs/claudecluster/*:refs/claudecluster/*")
+    await git(where, "checkout", "--quiet", "-b", branch, base_commit)
+    return where
+
+
+async def commit_all(workspace: Path, message: str) -> str | None:
+    """Commit every change in the workspace; returns the new commit, or None if unchanged.
+
+    Raises:
+        WorkspaceError: git failed.
+    """
+    await git(workspace, "add", "--all")
+    if not (await git(workspace, "status", "--porcelain")).strip():
+        return None
+    await git(workspace, "commit", "--quiet", "--no-verify", "-m", message)
+    return (await git(workspace, "rev-parse", "HEAD")).strip()
+
+
+async def result_bundle(
+    workspace: Path, base_commit: str, branch: str, out: Path
+) -> list[FileChange]:
+    """Bundle the branch's commits after the base, and return what they changed.
+
+    Raises:
+        WorkspaceError: the branch has no commits after the base, or git failed.
+    """
+    await git(workspace, "bundle", "create", str(out), f"{base_commit}..{branch}")
+    numstat = await git(workspace, "diff", "--numstat", base_commit, branch)
+    return _parse_numstat(numstat.splitlines())
+
+
+def _parse_numstat(lines: Sequence[str]) -> list[FileChange]:
+    changes = []
+    for line in lines:
+        parts = line.split("\t", 2)
+        if len(parts) != 3:
+            continue
+        added, deleted, path = parts
+        changes.append(
+            FileChange(
+                path=path,
+                added=int(added) if added.isdigit() else None,
+                deleted=int(deleted) if deleted.isdigit() else None,
+            )
+        )
+    return changes
+
+
+async def fetch_result(repo: Path, bundle: Path, branch: str) -> str:
+    """Fetch a task's result bundle into ``repo`` as ``branch``; returns its head commit.
+
+    Raises:
+        WorkspaceError: the bundle does not apply (its base is missing) or git failed.
+    """
+    await git(repo, "bundle", "verify", str(bundle))
+    await git(repo, "fetch", "--quiet", str(bundle), f"+{branch}:refs/heads/{branch}")
+    return (await git(repo, "rev-parse", f"refs/heads/{branch}")).strip()
