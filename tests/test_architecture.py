@@ -32,9 +32,12 @@ ALLOWED_INTERNAL = {
     # exception to "transport depends only on events": they do no I/O of their own.
     "transport": {"events", "transport", "errors", "observability", "resources", "validation"},
     "observability": {"observability"},
+    # Adapters for processes and git: below runtime, beside transport.
+    "executors": {"executors", "events", "domain", "errors", "observability"},
+    "workspace": {"workspace", "errors"},
     "runtime": {
         "events", "domain", "projections", "actors", "runtime", "transport", "errors",
-        "observability", "resources", "settings", "validation",
+        "observability", "resources", "settings", "validation", "executors", "workspace",
     },
 }  # fmt: skip
 

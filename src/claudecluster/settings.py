@@ -113,6 +113,12 @@ class Settings(BaseSettings):
         description="Passed to Claude Code; never written to logs or events.",
     )
 
+    anthropic_base_url: str | None = pydantic.Field(
+        default=None,
+        validation_alias=pydantic.AliasChoices("anthropic_base_url", "ANTHROPIC_BASE_URL"),
+        description="The Messages API Claude Code talks to (a scripted model, a proxy).",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -59,6 +59,7 @@ async def test_a_following_reader_resumes_after_the_server_restarts(tmp_path: Pa
     make = EnvelopeFactory("follow")
     process, server = await start_nats_server(store)
     seen: list[str] = []
+    before_seen = anyio.Event()
     after_restart = anyio.Event()
     try:
         async with open_jetstream_log(server.url) as (_, log):
@@ -67,6 +68,7 @@ async def test_a_following_reader_resumes_after_the_server_restarts(tmp_path: Pa
                 async with log.open_reader(follow=True) as events:
                     async for stored in events:
                         seen.append(stored.envelope.id)
+                        before_seen.set()
                         if stored.envelope.id == "after":
                             after_restart.set()
                             return
@@ -74,6 +76,8 @@ async def test_a_following_reader_resumes_after_the_server_restarts(tmp_path: Pa
             async with anyio.create_task_group() as group:
                 group.start_soon(follow)
                 await log.append(make(TaskQueued(run_id="r1", task_id="t1"), event_id="before"))
+                with anyio.fail_after(30):
+                    await before_seen.wait()  # the reader is live before the server dies
                 await _kill_hard(process)
                 process, _ = await start_nats_server(store, port=server.port)
                 with anyio.fail_after(30):

@@ -32,6 +32,7 @@ __all__ = [
     "decode_event",
     "decode_stored_event",
     "encode",
+    "error_from_msgspec",
 ]
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
@@ -73,7 +74,7 @@ def encode(message: EventEnvelope | CommandEnvelope | StoredEvent) -> bytes:
     return _ENCODER.encode(message)
 
 
-def _error_from_msgspec(exc: msgspec.DecodeError, prefix: str = "") -> EventDecodeError:
+def error_from_msgspec(exc: msgspec.DecodeError, prefix: str = "") -> EventDecodeError:
     """Turn msgspec's "problem - at `$.path`" message into our error with the path split out."""
     text = str(exc)
     match = _PATH_RE.match(text)
@@ -116,7 +117,7 @@ class _EnvelopeCodec(Generic[_E]):
         try:
             raw = _ANY_DECODER.decode(data)
         except msgspec.DecodeError as exc:
-            raise _error_from_msgspec(exc) from None
+            raise error_from_msgspec(exc) from None
         return self._upcast_and_convert(raw, "")
 
     def _upcast_and_convert(self, raw: Any, prefix: str) -> _E:
@@ -159,7 +160,7 @@ class _EnvelopeCodec(Generic[_E]):
         try:
             return msgspec.convert(upgraded, self._envelope_type)
         except msgspec.ValidationError as exc:
-            raise _error_from_msgspec(exc, prefix) from None
+            raise error_from_msgspec(exc, prefix) from None
 
 
 _EVENTS: Final = _EnvelopeCodec(EventEnvelope, EVENT_TYPES, "event")
@@ -194,7 +195,7 @@ def decode_stored_event(line: bytes | str) -> StoredEvent:
     try:
         head = _STORED_HEAD.decode(line)
     except msgspec.DecodeError as exc:
-        raise _error_from_msgspec(exc) from None
+        raise error_from_msgspec(exc) from None
     seq = head.get("seq")
     subject = head.get("subject")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:

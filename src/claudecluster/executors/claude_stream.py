@@ -16,9 +16,8 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
-import msgspec
-
-from claudecluster.events.model import FailureClass, ProgressKind, TaskProgress, TokenUsage
+from claudecluster.domain.outcome import Outcome
+from claudecluster.events.model import ProgressKind, TaskProgress, TokenUsage
 
 __all__ = ["SUMMARY_CHARS", "Outcome", "classify", "progress_from", "summarize_tool_input"]
 
@@ -26,27 +25,6 @@ __all__ = ["SUMMARY_CHARS", "Outcome", "classify", "progress_from", "summarize_t
 SUMMARY_CHARS: Final = 300
 
 _RETRYABLE_STATUS: Final = frozenset({408, 409, 500, 502, 503, 504, 529})
-
-
-class Outcome(msgspec.Struct, frozen=True, kw_only=True):
-    """How one agent run ended, with what it cost.
-
-    ``rate_limited`` is set when the API refused for rate limits (429) or overload (529),
-    so the driver can slow every worker down, not only retry this task.
-    """
-
-    succeeded: bool
-    summary: str = ""
-    reason: str = ""
-    failure_class: FailureClass | None = None
-    retryable: bool = False
-    rate_limited: bool = False
-    api_error_status: int | None = None
-    cost_usd: float = 0.0
-    usage: TokenUsage = TokenUsage()
-    turns: int = 0
-    duration_ms: int = 0
-    session_id: str = ""
 
 
 def _clip(text: str) -> str:

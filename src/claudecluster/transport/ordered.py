@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
 
+import anyio
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -19,10 +20,14 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from claudecluster.errors import EventStoreError
+from claudecluster.observability.logging import get_logger
 
 __all__ = ["last_sequence", "open_ordered"]
 
 _HEARTBEAT_S: Final = 1.0
+_RETRY_FIRST_S: Final = 0.1
+_RETRY_MAX_S: Final = 2.0
+_log = get_logger(__name__)
 
 
 async def last_sequence(js: JetStreamContext, stream: str, subjects: str) -> int:
@@ -56,17 +61,26 @@ async def open_ordered(
     if end is not None and end < from_seq:
         yield _nothing()
         return
-    try:
-        sub = await js.subscribe(
-            subjects,
-            stream=stream,
-            ordered_consumer=True,
-            idle_heartbeat=_HEARTBEAT_S,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            config=ConsumerConfig(opt_start_seq=max(from_seq, 1)),
-        )
-    except (nats.errors.Error, TimeoutError) as exc:
-        raise EventStoreError(f"cannot read {stream} ({subjects}): {exc!r}") from exc
+    backoff = _RETRY_FIRST_S
+    while True:
+        try:
+            sub = await js.subscribe(
+                subjects,
+                stream=stream,
+                ordered_consumer=True,
+                idle_heartbeat=_HEARTBEAT_S,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                config=ConsumerConfig(opt_start_seq=max(from_seq, 1)),
+            )
+            break
+        except (nats.errors.Error, TimeoutError) as exc:
+            if not follow:
+                raise EventStoreError(f"cannot read {stream} ({subjects}): {exc!r}") from exc
+            # A following reader outlives a server restart, including one that happens
+            # before its consumer exists: keep trying until the server is back.
+            _log.warning("reader waiting for the server", stream=stream, error=repr(exc))
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, _RETRY_MAX_S)
     try:
         yield _messages(sub, end)
     finally:

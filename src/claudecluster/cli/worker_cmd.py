@@ -1,0 +1,100 @@
+"""``claudecluster worker``: serve a pool's work queue from this machine."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import anyio
+from rich.console import Console
+
+from claudecluster.cli.app import EXIT_OK, app
+from claudecluster.errors import ConfigError
+from claudecluster.observability.logging import configure_logging
+from claudecluster.observability.redaction import Redactor
+from claudecluster.runtime.connection import open_jetstream_log
+from claudecluster.runtime.worker import Worker, WorkerConfig, new_worker_id
+from claudecluster.settings import Settings, load_settings
+
+__all__ = ["worker"]
+
+
+@app.command
+def worker(
+    *,
+    nats: str | None = None,
+    pool: str = "default",
+    slots: int = 1,
+    workspace_root: Path = Path(".claudecluster/workspaces"),
+    keep_workspaces: bool = False,
+    ack_wait: float = 30.0,
+    config: Path | None = None,
+) -> int:
+    """Run a worker: take task attempts from a pool's queue and run them with Claude Code.
+
+    It needs nothing but NATS: the base commit arrives as a git bundle, the result leaves
+    as one. Stop it with Ctrl-C or SIGTERM; running attempts are handed back.
+
+    Examples:
+        claudecluster worker --nats nats://10.0.0.5:4222 --pool default --slots 4
+
+    Args:
+        nats: NATS URL (default: nats.url from the configuration).
+        pool: The pool whose queue to serve.
+        slots: Attempts to run at once.
+        workspace_root: Where private workspaces are made.
+        keep_workspaces: Leave workspaces on disk afterwards, for debugging.
+        ack_wait: Seconds before the server redelivers the work of a silent worker.
+        config: A claudecluster.yaml to read instead of the one in this directory.
+    """
+    flags = {"nats": {"url": nats}} if nats else None
+    settings = load_settings(config_file=config, flags=flags).settings
+    if not settings.nats.url:
+        raise ConfigError("nats.url", "default", "a worker needs a NATS URL (--nats URL)")
+    if slots < 1:
+        raise ConfigError("slots", "flag --slots", "must be at least 1")
+    configure_logging(level=settings.logging.level, redactor=Redactor(settings.secret_values()))
+    worker_config = WorkerConfig(
+        worker_id=new_worker_id(),
+        pool=pool,
+        slots=slots,
+        workspace_root=workspace_root.resolve(),
+        keep_workspaces=keep_workspaces,
+        ack_wait_s=ack_wait,
+        api_environment=_api_environment(settings),
+    )
+    anyio.run(_serve, settings, worker_config)
+    return EXIT_OK
+
+
+def _api_environment(settings: Settings) -> dict[str, str]:
+    env: dict[str, str] = {}
+    if settings.anthropic_api_key is not None:
+        env["ANTHROPIC_API_KEY"] = settings.anthropic_api_key.get_secret_value()
+    if settings.anthropic_base_url:
+        env["ANTHROPIC_BASE_URL"] = settings.anthropic_base_url
+    return env
+
+
+async def _serve(settings: Settings, config: WorkerConfig) -> None:
+    assert settings.nats.url is not None
+    console = Console(stderr=True, highlight=False)
+    async with open_jetstream_log(
+        settings.nats.url,
+        name=f"worker-{config.worker_id}",
+        redactor=Redactor(settings.secret_values()),
+        replicas=settings.nats.replicas,
+    ) as (client, log):
+        runner = Worker(config, log, client.jetstream())
+        async with anyio.create_task_group() as group:
+            await group.start(runner.serve)
+            console.print(
+                f"worker {config.worker_id} serving pool {config.pool!r} with {config.slots} "
+                f"slot(s)",
+                markup=False,
+            )
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    console.print("draining: no new work; running attempts finish", markup=False)
+                    runner.stop()
+                    break

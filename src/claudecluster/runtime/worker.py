@@ -1,0 +1,462 @@
+"""The worker actor's shell: fetch work, run it in a private workspace, record the result.
+
+Everything that decides is pure (:mod:`claudecluster.actors.worker`); this module does the
+I/O around it with structured concurrency: one task group for the worker, one loop per
+slot, and for each attempt a ticker that keeps the work message alive while it runs.
+
+Fencing. Every event of an attempt is appended conditionally on the task's scope: the
+worker knows the sequence of the task's last event (its own), and if anything else lands
+there (the driver re-queued the task, another worker took it over, a cancel), the next
+append raises ``ConcurrencyError``. The worker then knows its attempt is superseded: it
+stops the agent and records nothing more. So a late result of a silent worker is never
+recorded for the live attempt.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+import anyio
+import anyio.abc
+import msgspec
+import nats.errors
+import psutil
+from nats.js import JetStreamContext
+
+from claudecluster.actors.worker import Admission, admit, finished_event
+from claudecluster.domain.outcome import Outcome
+from claudecluster.errors import ClusterError, ConcurrencyError
+from claudecluster.events.envelope import wrap_event
+from claudecluster.events.model import (
+    ArtifactRef,
+    Event,
+    TaskAssigned,
+    TaskFailed,
+    TaskProgress,
+    TaskQueued,
+    TaskStarted,
+    WorkerHeartbeat,
+    WorkerJoined,
+    WorkerLeft,
+)
+from claudecluster.events.subjects import task_filter
+from claudecluster.events.work import WorkItem
+from claudecluster.executors.claude_code import DEFAULT_TOOLS, ClaudeCodeExecutor, ClaudeRun
+from claudecluster.observability.logging import get_logger
+from claudecluster.projections.cluster import ClusterView, replay
+from claudecluster.projections.views import TaskView, task_key
+from claudecluster.transport.artifacts import ArtifactStore, artifact_key
+from claudecluster.transport.base import EventLog, read_all
+from claudecluster.transport.work_queue import Delivery, WorkQueue
+from claudecluster.workspace.git import commit_all, open_workspace, result_bundle, task_branch
+
+__all__ = ["Superseded", "Worker", "WorkerConfig", "new_worker_id"]
+
+_log = get_logger(__name__)
+_REGISTRY_BUCKET: Final = "cc_workers"
+
+
+def new_worker_id() -> str:
+    """A readable, unique worker id: host, pid and a random suffix."""
+    host = "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:24] or "host"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """How one worker process runs.
+
+    Attributes:
+        worker_id: unique id (a subject token).
+        pool: the pool whose queue it serves.
+        slots: attempts it runs at once.
+        workspace_root: where private workspaces are made.
+        keep_workspaces: leave workspaces on disk after the attempt (debugging).
+        heartbeat_s: seconds between heartbeats.
+        ack_wait_s: the pool consumer's ack wait; in-progress acks go out at a third of it.
+        api_environment: ANTHROPIC_* settings handed to Claude Code.
+        drain_deadline_s: on graceful stop, how long running attempts may go on.
+    """
+
+    worker_id: str
+    workspace_root: Path
+    pool: str = "default"
+    slots: int = 1
+    keep_workspaces: bool = False
+    heartbeat_s: float = 5.0
+    ack_wait_s: float = 30.0
+    api_environment: dict[str, str] = field(default_factory=dict)
+    drain_deadline_s: float = 60.0
+
+
+class Superseded(Exception):  # noqa: N818 - a condition, not a failure of ours
+    """Another writer moved the task on; this attempt must stop and record nothing."""
+
+
+@dataclass
+class _Attempt:
+    """The live bookkeeping of one running attempt."""
+
+    item: WorkItem
+    attempt: int
+    last_seq: int
+    session_id: str
+
+
+class Worker:
+    """One worker: joins, heartbeats, serves its pool's queue, drains on stop.
+
+    Args:
+        config: how to run.
+        log: the event log.
+        js: JetStream, for the work queue, artifacts and the worker registry.
+        executor: runs the agent (the Claude Code CLI by default).
+        clock: the current time (injected so tests and simulations can control it).
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        log: EventLog,
+        js: JetStreamContext,
+        *,
+        executor: ClaudeCodeExecutor | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.config = config
+        self._log = log
+        self._js = js
+        self._queue = WorkQueue(js, ack_wait_s=config.ack_wait_s)
+        self._artifacts = ArtifactStore(js)
+        self._executor = executor or ClaudeCodeExecutor()
+        self._clock = clock
+        self._running: dict[str, _Attempt] = {}
+        self._draining = anyio.Event()
+        self._ids = 0
+
+    # -- events -----------------------------------------------------------------------
+
+    async def _record(self, event: Event, *, expected_last: int | None = None) -> int:
+        self._ids += 1
+        envelope = wrap_event(
+            event,
+            event_id=f"{self.config.worker_id}-{self._ids}-{uuid.uuid4().hex[:8]}",
+            now=self._clock(),
+        )
+        return (await self._log.append(envelope, expected_last=expected_last)).seq
+
+    async def _record_for(self, live: _Attempt, event: Event) -> None:
+        """Append an attempt's event only if nothing else happened to its task meanwhile.
+
+        Raises:
+            Superseded: something else did.
+        """
+        try:
+            live.last_seq = await self._record(event, expected_last=live.last_seq)
+        except ConcurrencyError:
+            key = task_key(live.item.run_id, live.item.task_id)
+            raise Superseded(f"{key} moved on; {type(event).__name__} not recorded") from None
+
+    # -- serving ----------------------------------------------------------------------
+
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Join, serve until :meth:`stop` (then drain), and leave.
+
+        Raises:
+            EventStoreError: the event log or the work queue failed.
+        """
+        await self._record(
+            WorkerJoined(
+                worker_id=self.config.worker_id,
+                pool=self.config.pool,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                slots=self.config.slots,
+                capabilities=("claude_code",),
+            )
+        )
+        await self._register()
+        task_status.started()
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._heartbeats)
+                async with anyio.create_task_group() as slots:
+                    for _ in range(self.config.slots):
+                        slots.start_soon(self._slot)
+                group.cancel_scope.cancel()  # slots are done: stop heartbeating
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._queue.close()
+                await self._record(WorkerLeft(worker_id=self.config.worker_id, reason="stopped"))
+                await self._unregister()
+
+    def stop(self) -> None:
+        """Stop taking work; running attempts finish (up to the drain deadline)."""
+        self._draining.set()
+
+    async def _slot(self) -> None:
+        while not self._draining.is_set():
+            delivery = await self._queue.fetch(self.config.pool, wait_s=1.0)
+            if delivery is None:
+                continue
+            try:
+                await self._handle_until_drained(delivery)
+            except ClusterError as exc:
+                # The log or the queue failed under this item; it was handed back (nak) and
+                # will be delivered again. The slot goes on with the next one.
+                _log.error("work item failed", item=delivery.item.message_id, error=str(exc))
+
+    async def _handle_until_drained(self, delivery: Delivery) -> None:
+        async with anyio.create_task_group() as group:
+
+            async def deadline() -> None:
+                await self._draining.wait()
+                await anyio.sleep(self.config.drain_deadline_s)
+                group.cancel_scope.cancel()  # past the drain deadline: hand the item back
+
+            group.start_soon(deadline)
+            await self._handle(delivery)
+            group.cancel_scope.cancel()
+
+    # -- one delivery ----------------------------------------------------------------
+
+    async def _task_view(self, item: WorkItem) -> TaskView | None:
+        run_level = await read_all(self._log, subjects=f"cc.evt.{item.run_id}._.>")
+        task_level = await read_all(self._log, subjects=task_filter(item.run_id, item.task_id))
+        view: ClusterView = replay(sorted([*run_level, *task_level], key=lambda s: s.seq))
+        return view.tasks.get(task_key(item.run_id, item.task_id))
+
+    async def _handle(self, delivery: Delivery) -> None:
+        item = delivery.item
+        settled = False
+        try:
+            admission = admit(await self._task_view(item), item.attempt)
+            if admission.action == "drop":
+                _log.info("work item dropped", item=item.message_id, reason=admission.reason)
+                await delivery.ack()
+                settled = True
+                return
+            if admission.action == "retry_later":
+                await delivery.nak(delay_s=1.0)
+                settled = True
+                return
+            live = await self._claim(item, admission)
+            if live is None:
+                await delivery.nak(delay_s=0.5)  # someone else moved the task: decide again
+                settled = True
+                return
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._keep_alive, delivery)
+                try:
+                    await self._run_attempt(live)
+                except Superseded as exc:
+                    _log.info("attempt superseded", item=item.message_id, reason=str(exc))
+                group.cancel_scope.cancel()
+            await delivery.ack()
+            settled = True
+        finally:
+            if not settled:  # failed or cancelled mid-way: give the item back at once
+                with anyio.CancelScope(shield=True):
+                    await delivery.nak()
+
+    async def _claim(self, item: WorkItem, admission: Admission) -> _Attempt | None:
+        expected = await self._log.last_seq(task_filter(item.run_id, item.task_id))
+        attempt = admission.attempt
+        try:
+            if admission.action == "take_over":
+                expected = await self._record(
+                    TaskQueued(run_id=item.run_id, task_id=item.task_id, attempt=attempt,
+                               pool=item.pool),
+                    expected_last=expected,
+                )  # fmt: skip
+            expected = await self._record(
+                TaskAssigned(
+                    run_id=item.run_id,
+                    task_id=item.task_id,
+                    attempt=attempt,
+                    worker_id=self.config.worker_id,
+                ),
+                expected_last=expected,
+            )
+        except ConcurrencyError:
+            return None
+        # Each attempt starts a fresh session for now: resuming the previous attempt's needs
+        # its transcript on this machine, which the session store will provide.
+        return _Attempt(item=item, attempt=attempt, last_seq=expected, session_id=str(uuid.uuid4()))
+
+    async def _keep_alive(self, delivery: Delivery) -> None:
+        while True:
+            await anyio.sleep(self.config.ack_wait_s / 3)
+            await delivery.in_progress()
+
+    async def _run_attempt(self, live: _Attempt) -> None:
+        item = live.item
+        key = task_key(item.run_id, item.task_id)
+        scratch = self.config.workspace_root / f"{item.run_id}-{item.task_id}-{live.attempt}"
+        self._running[key] = live
+        try:
+            await self._attempt_in(live, scratch)
+        except Superseded:
+            raise
+        except (ClusterError, OSError) as exc:
+            # git, the object store, the disk or the executor's environment failed: the
+            # attempt could not be carried out. Record it so the driver can retry elsewhere.
+            await self._record_for(
+                live,
+                TaskFailed(
+                    run_id=item.run_id,
+                    task_id=item.task_id,
+                    attempt=live.attempt,
+                    worker_id=self.config.worker_id,
+                    reason=str(exc),
+                    failure_class="infrastructure",
+                    retryable=True,
+                ),
+            )
+        finally:
+            self._running.pop(key, None)
+            if not self.config.keep_workspaces:
+                await anyio.to_thread.run_sync(_remove, scratch)
+                await anyio.to_thread.run_sync(_remove, scratch.with_suffix(".base"))
+
+    async def _attempt_in(self, live: _Attempt, scratch: Path) -> None:
+        item = live.item
+        await anyio.Path(scratch).mkdir(parents=True, exist_ok=True)
+        bundle = await self._artifacts.get_file(item.base_bundle, scratch.with_suffix(".base"))
+        branch = task_branch(item.run_id, item.task_id)
+        workspace = await open_workspace(bundle, item.base_commit, branch, scratch / "ws")
+        resumed = False
+        await self._record_for(
+            live,
+            TaskStarted(
+                run_id=item.run_id,
+                task_id=item.task_id,
+                attempt=live.attempt,
+                worker_id=self.config.worker_id,
+                session_id=live.session_id,
+                resumed=resumed,
+            ),
+        )
+
+        async def progress(update: TaskProgress) -> None:
+            await self._record_for(live, update)
+
+        outcome = await self._executor.run(
+            ClaudeRun(
+                run_id=item.run_id,
+                task_id=item.task_id,
+                attempt=live.attempt,
+                prompt=item.spec.prompt,
+                workspace=workspace,
+                scratch=scratch,
+                session_id=live.session_id,
+                limits=item.spec.limits,
+                model=item.model or None,
+                permission_mode=item.permission_mode,
+                allowed_tools=item.allowed_tools or DEFAULT_TOOLS,
+                append_system_prompt=item.append_system_prompt or None,
+                api_environment=self.config.api_environment,
+                resume=resumed,
+            ),
+            progress,
+        )
+        artifacts: tuple[ArtifactRef, ...] = ()
+        if outcome.succeeded:
+            outcome, artifacts = await self._collect(live, workspace, branch, outcome)
+        await self._record_for(
+            live,
+            finished_event(
+                run_id=item.run_id,
+                task_id=item.task_id,
+                attempt=live.attempt,
+                worker_id=self.config.worker_id,
+                outcome=outcome,
+                artifacts=artifacts,
+            ),
+        )
+
+    async def _collect(
+        self, live: _Attempt, workspace: Path, branch: str, outcome: Outcome
+    ) -> tuple[Outcome, tuple[ArtifactRef, ...]]:
+        """Commit the agent's work and store it as artifacts: the bundle and a diffstat."""
+        item = live.item
+        head = await commit_all(workspace, f"{item.task_id}: {item.spec.title}")
+        if head is None:
+            return outcome, ()
+        bundle_path = workspace.parent / "result.bundle"
+        changes = await result_bundle(workspace, item.base_commit, branch, bundle_path)
+        prefix = (item.run_id, item.task_id, live.attempt)
+        bundle = await self._artifacts.put_file(artifact_key(*prefix, "result.bundle"), bundle_path)
+        stat = await self._artifacts.put(
+            artifact_key(*prefix, "diffstat.json"),
+            "diffstat.json",
+            msgspec.json.encode(
+                {
+                    "head": head,
+                    "base": item.base_commit,
+                    "files": [
+                        {"path": c.path, "added": c.added, "deleted": c.deleted} for c in changes
+                    ],
+                }
+            ),
+        )
+        return outcome, (bundle, stat)
+
+    # -- membership -------------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        process = psutil.Process()
+        process.cpu_percent(None)
+        while True:
+            await anyio.sleep(self.config.heartbeat_s)
+            running = tuple(sorted(self._running))
+            try:
+                load = os.getloadavg()[0]
+            except OSError:
+                load = 0.0
+            await self._record(
+                WorkerHeartbeat(
+                    worker_id=self.config.worker_id,
+                    cpu_percent=psutil.cpu_percent(None),
+                    memory_bytes=process.memory_info().rss,
+                    load_avg=load,
+                    running_tasks=running,
+                    slots_free=max(0, self.config.slots - len(running)),
+                )
+            )
+            await self._register()
+
+    async def _register(self) -> None:
+        kv = await self._js.key_value(_REGISTRY_BUCKET)
+        entry = {
+            "worker_id": self.config.worker_id,
+            "pool": self.config.pool,
+            "slots": self.config.slots,
+            "running": sorted(self._running),
+        }
+        await kv.put(self.config.worker_id, msgspec.json.encode(entry))
+
+    async def _unregister(self) -> None:
+        try:
+            kv = await self._js.key_value(_REGISTRY_BUCKET)
+            await kv.delete(self.config.worker_id)
+        except (nats.errors.Error, TimeoutError) as exc:
+            # The entry expires by its TTL anyway; say so rather than fail the shutdown.
+            _log.warning("worker registry entry not removed", error=repr(exc))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=False)
+    elif path.exists():
+        path.unlink()

@@ -1,0 +1,191 @@
+"""A worker end to end: real NATS, the real Claude Code CLI on the scripted model, real git.
+
+The test plays the driver: it records the plan, queues the attempt and publishes the work
+item, then follows the log as any reader would.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+import pytest
+
+from claudecluster.events import (
+    RunPlanned,
+    RunSubmitted,
+    TaskFailed,
+    TaskProgress,
+    TaskQueued,
+    TaskSpec,
+    TaskSucceeded,
+    wrap_event,
+)
+from claudecluster.events.envelope import StoredEvent
+from claudecluster.events.model import Event
+from claudecluster.events.work import WorkItem
+from claudecluster.runtime.connection import open_nats
+from claudecluster.runtime.worker import Worker, WorkerConfig
+from claudecluster.scripted_model import Script, open_scripted_model
+from claudecluster.transport.artifacts import ArtifactStore, artifact_key
+from claudecluster.transport.base import read_all
+from claudecluster.transport.jetstream import JetStreamEventLog
+from claudecluster.transport.work_queue import WorkQueue
+from claudecluster.workspace.git import base_bundle, fetch_result, task_branch
+from tests.conftest import fresh_jetstream_log
+
+SCRIPT = Script.model_validate(
+    {
+        "tasks": [
+            {
+                "marker": "[[task:feature]]",
+                "turns": [
+                    {
+                        "text": "Reading the app first.",
+                        "tools": [{"name": "Read", "input": {"file_path": "{cwd}/app.py"}}],
+                    },
+                    {
+                        "text": "Now the change.",
+                        "tools": [
+                            {
+                                "name": "Edit",
+                                "input": {
+                                    "file_path": "{cwd}/app.py",
+                                    "old_string": "v1",
+                                    "new_string": "v2",
+                                },
+                            },
+                            {
+                                "name": "Write",
+                                "input": {"file_path": "{cwd}/lib/a.py", "content": "A = 1\n"},
+                            },
+                            {
+                                "name": "Write",
+                                "input": {"file_path": "{cwd}/lib/b.py", "content": "B = 2\n"},
+                            },
+                        ],
+                    },
+                    {"text": "Edited app.py and added lib/a.py and lib/b.py."},
+                ],
+            }
+        ]
+    }
+)
+
+
+def _sh(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    repo = tmp_path / "source"
+    repo.mkdir()
+    _sh(repo, "init", "-q", "-b", "main")
+    (repo / "app.py").write_text("VERSION = 'v1'\n")
+    _sh(repo, "add", "-A")
+    _sh(repo, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", "base")
+    return repo
+
+
+class Driver:
+    """Just enough of a driver to hand a worker one task."""
+
+    def __init__(self, log: JetStreamEventLog, js: Any, source: Path, tmp_path: Path) -> None:
+        self.log = log
+        self.js = js
+        self.source = source
+        self.tmp_path = tmp_path
+        self.n = 0
+
+    async def record(self, event: Event) -> None:
+        self.n += 1
+        await self.log.append(wrap_event(event, event_id=f"driver-{self.n}", now=datetime.now(UTC)))
+
+    async def submit(self, run_id: str, task_id: str, prompt: str) -> WorkItem:
+        base = await base_bundle(self.source, "HEAD", run_id, self.tmp_path / "base.bundle")
+        ref = await ArtifactStore(self.js).put_file(
+            artifact_key(run_id, "_", 0, "base.bundle"), self.tmp_path / "base.bundle"
+        )
+        spec = TaskSpec(task_id=task_id, title="Add the feature", prompt=prompt)
+        await self.record(RunSubmitted(run_id=run_id, goal="feature", repo=str(self.source)))
+        await self.record(
+            RunPlanned(run_id=run_id, tasks=(spec,), base_commit=base,
+                       integration_branch=f"claudecluster/{run_id}")
+        )  # fmt: skip
+        await self.record(TaskQueued(run_id=run_id, task_id=task_id, attempt=1))
+        item = WorkItem(run_id=run_id, attempt=1, spec=spec, base_commit=base, base_bundle=ref)
+        await WorkQueue(self.js).publish(item)
+        return item
+
+
+async def _until_finished(log: JetStreamEventLog, task_id: str) -> list[StoredEvent]:
+    seen: list[StoredEvent] = []
+    with anyio.fail_after(90):
+        async with log.open_reader(follow=True) as events:
+            async for stored in events:
+                seen.append(stored)
+                payload = stored.envelope.payload
+                if isinstance(payload, TaskSucceeded | TaskFailed) and payload.task_id == task_id:
+                    return seen
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture
+async def world(nats_url: str) -> AsyncIterator[tuple[JetStreamEventLog, Any]]:
+    async with fresh_jetstream_log(nats_url) as log, open_nats(nats_url) as client:
+        yield log, client.jetstream()
+
+
+async def test_a_worker_turns_a_queued_task_into_a_reviewable_bundle(
+    world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path
+) -> None:
+    log, js = world
+    driver = Driver(log, js, source, tmp_path)
+    async with open_scripted_model(SCRIPT) as model:
+        config = WorkerConfig(
+            worker_id="w-test",
+            workspace_root=tmp_path / "workspaces",
+            heartbeat_s=0.5,
+            api_environment={"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-x"},
+        )
+        worker = Worker(config, log, js)
+        async with anyio.create_task_group() as group:
+            await group.start(worker.serve)
+            item = await driver.submit("run1", "feature", "[[task:feature]] add the feature")
+            history = await _until_finished(log, "feature")
+            worker.stop()
+    tags = [str(s.envelope.payload.__struct_config__.tag) for s in history]
+    task_tags = [t for t in tags if t.startswith("task.")]
+    assert task_tags[:3] == ["task.queued", "task.assigned", "task.started"]
+    assert task_tags[-1] == "task.succeeded"
+    assert set(task_tags[3:-1]) == {"task.progress"}
+    progress = [s.envelope.payload for s in history]
+    tools = [p.tool for p in progress if isinstance(p, TaskProgress) and p.kind == "tool_use"]
+    assert tools == ["Read", "Edit", "Write", "Write"]
+
+    succeeded = history[-1].envelope.payload
+    assert isinstance(succeeded, TaskSucceeded)
+    assert succeeded.worker_id == "w-test"
+    names = [a.name for a in succeeded.artifacts]
+    assert names == ["result.bundle", "diffstat.json"]
+    bundle = await ArtifactStore(js).get_file(succeeded.artifacts[0], tmp_path / "r.bundle")
+    branch = task_branch("run1", "feature")
+    await fetch_result(source, bundle, branch)
+    changed = _sh(source, "diff", "--name-status", item.base_commit, branch).split()
+    assert changed == ["M", "app.py", "A", "lib/a.py", "A", "lib/b.py"]
+    assert _sh(source, "show", f"{branch}:app.py") == "VERSION = 'v2'\n"
+    # Nothing is left behind: no workspace, no agent process.
+    assert list((tmp_path / "workspaces").iterdir()) == []
+    assert not [p for p in psutil.process_iter(["cwd"]) if str(tmp_path) in (p.info["cwd"] or "")]
+    left = [
+        s for s in await read_all(log) if s.envelope.payload.__struct_config__.tag == "worker.left"
+    ]
+    assert len(left) == 1
