@@ -13,22 +13,25 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import psutil
 import pytest
 
 from claudecluster.events import (
     RunPlanned,
     RunSubmitted,
+    TaskAssigned,
     TaskFailed,
     TaskProgress,
     TaskQueued,
+    TaskRetryScheduled,
     TaskSpec,
     TaskSucceeded,
     wrap_event,
 )
 from claudecluster.events.envelope import StoredEvent
 from claudecluster.events.model import Event
-from claudecluster.events.work import WorkItem
+from claudecluster.events.work import WorkItem, encode_work_item
 from claudecluster.runtime.connection import open_nats
 from claudecluster.runtime.worker import Worker, WorkerConfig
 from claudecluster.scripted_model import Script, open_scripted_model
@@ -189,3 +192,96 @@ async def test_a_worker_turns_a_queued_task_into_a_reviewable_bundle(
         s for s in await read_all(log) if s.envelope.payload.__struct_config__.tag == "worker.left"
     ]
     assert len(left) == 1
+
+
+async def _run_worker_until(
+    log: JetStreamEventLog, js: Any, tmp_path: Path, url: str, done: Any
+) -> None:
+    config = WorkerConfig(
+        worker_id="w-test",
+        workspace_root=tmp_path / "workspaces",
+        heartbeat_s=0.5,
+        api_environment={"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "sk-x"},
+    )
+    worker = Worker(config, log, js)
+    async with anyio.create_task_group() as group:
+        await group.start(worker.serve)
+        await done()
+        worker.stop()
+
+
+async def test_stale_and_malformed_work_is_dropped_and_the_worker_keeps_serving(
+    world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path
+) -> None:
+    log, js = world
+    driver = Driver(log, js, source, tmp_path)
+    async with open_scripted_model(SCRIPT) as model:
+
+        async def scenario() -> None:
+            item = await driver.submit("run2", "feature", "[[task:feature]] go")
+            await _until_finished(log, "feature")
+            # The same attempt again (a duplicate) and garbage on the pool's subject.
+            stale = msgspec.structs.replace(item, pool="default")
+            await js.publish("cc.work.default", b"{not a work item", stream="CC_WORK")
+            await js.publish(
+                "cc.work.default", encode_work_item(stale), stream="CC_WORK",
+                headers={"Nats-Msg-Id": "another-copy"},
+            )  # fmt: skip
+            with anyio.fail_after(30):
+                # The queue empties once the worker acked or terminated both; the server
+                # offers no event for that, so its state is polled.
+                while (await js.stream_info("CC_WORK")).state.messages:  # noqa: ASYNC110
+                    await anyio.sleep(0.1)
+
+        await _run_worker_until(log, js, tmp_path, model.url, scenario)
+    events = [s.envelope.payload for s in await read_all(log)]
+    finished = [e for e in events if isinstance(e, TaskSucceeded | TaskFailed)]
+    assert len(finished) == 1  # the duplicate did not run the task again
+    quarantined = await log.quarantined()
+    assert quarantined == []  # event log clean; the work item went to its own record
+    info = await js.stream_info("CC_QUARANTINE", subjects_filter="cc.quarantine.work")
+    assert info.state.messages == 1
+
+
+async def test_a_missing_base_bundle_is_a_retryable_infrastructure_failure(
+    world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path
+) -> None:
+    log, js = world
+    driver = Driver(log, js, source, tmp_path)
+    async with open_scripted_model(SCRIPT) as model:
+
+        async def scenario() -> None:
+            item = await driver.submit("run3", "feature", "[[task:feature]] go")
+            broken = msgspec.structs.replace(
+                item,
+                attempt=2,
+                base_bundle=msgspec.structs.replace(item.base_bundle, key="run3/_/0/missing"),
+            )
+            await driver.record(TaskAssigned(run_id="run3", task_id="feature", attempt=1,
+                                             worker_id="gone"))  # fmt: skip
+            await driver.record(
+                TaskFailed(run_id="run3", task_id="feature", attempt=1, reason="x",
+                           retryable=True)
+            )  # fmt: skip
+            await driver.record(
+                TaskRetryScheduled(run_id="run3", task_id="feature", next_attempt=2, delay_s=0)
+            )
+            await driver.record(TaskQueued(run_id="run3", task_id="feature", attempt=2))
+            await WorkQueue(js).publish(broken)
+            with anyio.fail_after(60):
+                while True:
+                    events = [s.envelope.payload for s in await read_all(log)]
+                    if any(isinstance(e, TaskFailed) and e.attempt == 2 for e in events):
+                        return
+                    await anyio.sleep(0.1)
+
+        await _run_worker_until(log, js, tmp_path, model.url, scenario)
+    failed = [
+        s.envelope.payload
+        for s in await read_all(log)
+        if isinstance(s.envelope.payload, TaskFailed) and s.envelope.payload.attempt == 2
+    ]
+    assert len(failed) == 1
+    assert failed[0].failure_class == "infrastructure"
+    assert failed[0].retryable
+    assert "not in bucket" in failed[0].reason
