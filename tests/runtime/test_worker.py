@@ -18,15 +18,20 @@ import psutil
 import pytest
 
 from claudecluster.events import (
+    CancelTask,
     RunPlanned,
     RunSubmitted,
     TaskAssigned,
+    TaskCancelled,
     TaskFailed,
     TaskProgress,
     TaskQueued,
     TaskRetryScheduled,
     TaskSpec,
     TaskSucceeded,
+    command_subject,
+    encode,
+    wrap_command,
     wrap_event,
 )
 from claudecluster.events.envelope import StoredEvent
@@ -144,13 +149,14 @@ async def _until_finished(log: JetStreamEventLog, task_id: str) -> list[StoredEv
 @pytest.fixture
 async def world(nats_url: str) -> AsyncIterator[tuple[JetStreamEventLog, Any]]:
     async with fresh_jetstream_log(nats_url) as log, open_nats(nats_url) as client:
-        yield log, client.jetstream()
+        yield log, client
 
 
 async def test_a_worker_turns_a_queued_task_into_a_reviewable_bundle(
     world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path
 ) -> None:
-    log, js = world
+    log, client = world
+    js = client.jetstream()
     driver = Driver(log, js, source, tmp_path)
     async with open_scripted_model(SCRIPT) as model:
         config = WorkerConfig(
@@ -159,7 +165,7 @@ async def test_a_worker_turns_a_queued_task_into_a_reviewable_bundle(
             heartbeat_s=0.5,
             api_environment={"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-x"},
         )
-        worker = Worker(config, log, js)
+        worker = Worker(config, log, client)
         async with anyio.create_task_group() as group:
             await group.start(worker.serve)
             item = await driver.submit("run1", "feature", "[[task:feature]] add the feature")
@@ -195,7 +201,7 @@ async def test_a_worker_turns_a_queued_task_into_a_reviewable_bundle(
 
 
 async def _run_worker_until(
-    log: JetStreamEventLog, js: Any, tmp_path: Path, url: str, done: Any
+    log: JetStreamEventLog, client: Any, tmp_path: Path, url: str, done: Any
 ) -> None:
     config = WorkerConfig(
         worker_id="w-test",
@@ -203,7 +209,7 @@ async def _run_worker_until(
         heartbeat_s=0.5,
         api_environment={"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "sk-x"},
     )
-    worker = Worker(config, log, js)
+    worker = Worker(config, log, client)
     async with anyio.create_task_group() as group:
         await group.start(worker.serve)
         await done()
@@ -213,7 +219,8 @@ async def _run_worker_until(
 async def test_stale_and_malformed_work_is_dropped_and_the_worker_keeps_serving(
     world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path
 ) -> None:
-    log, js = world
+    log, client = world
+    js = client.jetstream()
     driver = Driver(log, js, source, tmp_path)
     async with open_scripted_model(SCRIPT) as model:
 
@@ -233,7 +240,7 @@ async def test_stale_and_malformed_work_is_dropped_and_the_worker_keeps_serving(
                 while (await js.stream_info("CC_WORK")).state.messages:  # noqa: ASYNC110
                     await anyio.sleep(0.1)
 
-        await _run_worker_until(log, js, tmp_path, model.url, scenario)
+        await _run_worker_until(log, client, tmp_path, model.url, scenario)
     events = [s.envelope.payload for s in await read_all(log)]
     finished = [e for e in events if isinstance(e, TaskSucceeded | TaskFailed)]
     assert len(finished) == 1  # the duplicate did not run the task again
@@ -246,7 +253,8 @@ async def test_stale_and_malformed_work_is_dropped_and_the_worker_keeps_serving(
 async def test_a_missing_base_bundle_is_a_retryable_infrastructure_failure(
     world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path
 ) -> None:
-    log, js = world
+    log, client = world
+    js = client.jetstream()
     driver = Driver(log, js, source, tmp_path)
     async with open_scripted_model(SCRIPT) as model:
 
@@ -275,7 +283,7 @@ async def test_a_missing_base_bundle_is_a_retryable_infrastructure_failure(
                         return
                     await anyio.sleep(0.1)
 
-        await _run_worker_until(log, js, tmp_path, model.url, scenario)
+        await _run_worker_until(log, client, tmp_path, model.url, scenario)
     failed = [
         s.envelope.payload
         for s in await read_all(log)
@@ -285,3 +293,47 @@ async def test_a_missing_base_bundle_is_a_retryable_infrastructure_failure(
     assert failed[0].failure_class == "infrastructure"
     assert failed[0].retryable
     assert "not in bucket" in failed[0].reason
+
+
+SLOW = Script.model_validate(
+    {"tasks": [{"marker": "[[task:slow]]", "latency_s": 60, "turns": [{"text": "never"}]}]}
+)
+
+
+async def test_a_cancel_command_stops_the_agent_and_records_the_cancellation(
+    world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path
+) -> None:
+    log, client = world
+    js = client.jetstream()
+    driver = Driver(log, js, source, tmp_path)
+    async with open_scripted_model(SLOW) as model:
+
+        async def scenario() -> None:
+            await driver.submit("run4", "slow", "[[task:slow]] take your time")
+            with anyio.fail_after(30):
+                await model.wait_requests(1)  # the agent is waiting on the model
+            command = wrap_command(
+                CancelTask(run_id="run4", task_id="slow", reason="user changed their mind"),
+                command_id="cancel-1",
+                now=datetime.now(UTC),
+                correlation_id="run4",
+            )
+            await client.publish(command_subject(command.payload), encode(command))
+            await _until_finished_or_cancelled(log, "slow")
+
+        await _run_worker_until(log, client, tmp_path, model.url, scenario)
+    events = [s.envelope.payload for s in await read_all(log)]
+    cancelled = [e for e in events if isinstance(e, TaskCancelled)]
+    assert [(c.attempt, c.reason) for c in cancelled] == [(1, "user changed their mind")]
+    assert not any(isinstance(e, TaskSucceeded | TaskFailed) for e in events)
+    assert list((tmp_path / "workspaces").iterdir()) == []
+    assert not [p for p in psutil.process_iter(["cwd"]) if str(tmp_path) in (p.info["cwd"] or "")]
+
+
+async def _until_finished_or_cancelled(log: JetStreamEventLog, task_id: str) -> None:
+    with anyio.fail_after(60):
+        async with log.open_reader(follow=True) as events:
+            async for stored in events:
+                payload = stored.envelope.payload
+                if isinstance(payload, TaskCancelled) and payload.task_id == task_id:
+                    return

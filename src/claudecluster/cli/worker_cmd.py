@@ -85,7 +85,7 @@ async def _serve(settings: Settings, config: WorkerConfig) -> None:
         redactor=Redactor(settings.secret_values()),
         replicas=settings.nats.replicas,
     ) as (client, log):
-        runner = Worker(config, log, client.jetstream())
+        runner = Worker(config, log, client)
         async with anyio.create_task_group() as group:
             await group.start(runner.serve)
             console.print(

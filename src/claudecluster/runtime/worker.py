@@ -29,16 +29,21 @@ import anyio.abc
 import msgspec
 import nats.errors
 import psutil
-from nats.js import JetStreamContext
+from nats.aio.client import Client
 
 from claudecluster.actors.worker import Admission, admit, finished_event
 from claudecluster.domain.outcome import Outcome
-from claudecluster.errors import ClusterError, ConcurrencyError
+from claudecluster.errors import ClusterError, ConcurrencyError, EventDecodeError
+from claudecluster.events.codec import decode_command
 from claudecluster.events.envelope import wrap_event
 from claudecluster.events.model import (
     ArtifactRef,
+    CancelRun,
+    CancelTask,
+    DrainWorker,
     Event,
     TaskAssigned,
+    TaskCancelled,
     TaskFailed,
     TaskProgress,
     TaskQueued,
@@ -47,7 +52,7 @@ from claudecluster.events.model import (
     WorkerJoined,
     WorkerLeft,
 )
-from claudecluster.events.subjects import task_filter
+from claudecluster.events.subjects import COMMAND_PREFIX, task_filter
 from claudecluster.events.work import WorkItem
 from claudecluster.executors.claude_code import DEFAULT_TOOLS, ClaudeCodeExecutor, ClaudeRun
 from claudecluster.observability.logging import get_logger
@@ -109,6 +114,8 @@ class _Attempt:
     attempt: int
     last_seq: int
     session_id: str
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    cancel_reason: str = ""
 
 
 class Worker:
@@ -117,7 +124,8 @@ class Worker:
     Args:
         config: how to run.
         log: the event log.
-        js: JetStream, for the work queue, artifacts and the worker registry.
+        client: the NATS connection, for the work queue, artifacts, the worker registry
+            and commands.
         executor: runs the agent (the Claude Code CLI by default).
         clock: the current time (injected so tests and simulations can control it).
     """
@@ -126,13 +134,15 @@ class Worker:
         self,
         config: WorkerConfig,
         log: EventLog,
-        js: JetStreamContext,
+        client: Client,
         *,
         executor: ClaudeCodeExecutor | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.config = config
         self._log = log
+        self._client = client
+        js = client.jetstream()
         self._js = js
         self._queue = WorkQueue(js, ack_wait_s=config.ack_wait_s)
         self._artifacts = ArtifactStore(js)
@@ -190,6 +200,7 @@ class Worker:
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(self._heartbeats)
+                group.start_soon(self._commands)
                 async with anyio.create_task_group() as slots:
                     for _ in range(self.config.slots):
                         slots.start_soon(self._slot)
@@ -258,7 +269,10 @@ class Worker:
             async with anyio.create_task_group() as group:
                 group.start_soon(self._keep_alive, delivery)
                 try:
-                    await self._run_attempt(live)
+                    with live.scope:  # cancelled by a CancelTask command
+                        await self._run_attempt(live)
+                    if live.scope.cancelled_caught:
+                        await self._record_cancelled(live)
                 except Superseded as exc:
                     _log.info("attempt superseded", item=item.message_id, reason=str(exc))
                 group.cancel_scope.cancel()
@@ -294,6 +308,47 @@ class Worker:
         # its transcript on this machine, which the session store will provide.
         return _Attempt(item=item, attempt=attempt, last_seq=expected, session_id=str(uuid.uuid4()))
 
+    async def _record_cancelled(self, live: _Attempt) -> None:
+        """The agent was stopped on request (its process tree ended, its workspace removed)."""
+        await self._record_for(
+            live,
+            TaskCancelled(
+                run_id=live.item.run_id,
+                task_id=live.item.task_id,
+                attempt=live.attempt,
+                reason=live.cancel_reason or "cancelled on request",
+            ),
+        )
+
+    async def _commands(self) -> None:
+        """Act on commands for this worker: cancel a running task, drain."""
+        subscription = await self._client.subscribe(f"{COMMAND_PREFIX}.>")
+        try:
+            async for msg in subscription.messages:
+                try:
+                    command = decode_command(msg.data).payload
+                except EventDecodeError as exc:
+                    _log.warning("undecodable command ignored", subject=msg.subject, error=str(exc))
+                    continue
+                match command:
+                    case CancelTask(run_id=run_id, task_id=task_id, reason=reason):
+                        live = self._running.get(task_key(run_id, task_id))
+                        if live is not None:
+                            live.cancel_reason = reason or "cancelled on request"
+                            live.scope.cancel()
+                    case CancelRun(run_id=run_id, reason=reason):
+                        for key, live in list(self._running.items()):
+                            if key.startswith(f"{run_id}/"):
+                                live.cancel_reason = reason or f"run {run_id} cancelled"
+                                live.scope.cancel()
+                    case DrainWorker(worker_id=worker_id) if worker_id == self.config.worker_id:
+                        self.stop()
+                    case _:
+                        pass  # commands for the driver or for other workers
+        finally:
+            with anyio.CancelScope(shield=True):
+                await subscription.unsubscribe()
+
     async def _keep_alive(self, delivery: Delivery) -> None:
         while True:
             await anyio.sleep(self.config.ack_wait_s / 3)
@@ -326,8 +381,9 @@ class Worker:
         finally:
             self._running.pop(key, None)
             if not self.config.keep_workspaces:
-                await anyio.to_thread.run_sync(_remove, scratch)
-                await anyio.to_thread.run_sync(_remove, scratch.with_suffix(".base"))
+                with anyio.CancelScope(shield=True):  # cleaned on every path, cancel included
+                    await anyio.to_thread.run_sync(_remove, scratch)
+                    await anyio.to_thread.run_sync(_remove, scratch.with_suffix(".base"))
 
     async def _attempt_in(self, live: _Attempt, scratch: Path) -> None:
         item = live.item
