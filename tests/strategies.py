@@ -26,6 +26,7 @@ from claudecluster.events.model import (
     TaskMerged,
     TaskProgress,
     TaskQueued,
+    TaskRateLimited,
     TaskRetryScheduled,
     TaskSkipped,
     TaskSpec,
@@ -175,6 +176,8 @@ def _task_event(tag: str, run_id: str, task_id: str, attempt: int, n: int) -> Ev
                 retryable=n % 2 == 0,
                 cost_usd=n / 2000,
             )
+        case "task.rate_limited":
+            return TaskRateLimited(run_id=r, task_id=t, attempt=attempt, status=429)
         case "task.retry_scheduled":
             return TaskRetryScheduled(run_id=r, task_id=t, next_attempt=attempt + 1, delay_s=1.5)
         case "task.cancelled":

@@ -12,10 +12,10 @@ import anyio
 import psutil
 import pytest
 
-from claudecluster.events import TaskLimits, TaskProgress
+from claudecluster.events import TaskLimits, TaskProgress, TaskRateLimited
 from claudecluster.executors.claude_code import (
+    AttemptRun,
     ClaudeCodeExecutor,
-    ClaudeRun,
     child_environment,
     claude_command,
 )
@@ -44,10 +44,10 @@ LOOP = {
 SCRIPT = Script.model_validate({"tasks": [WRITE, SLOW, LOOP]})
 
 
-def _job(tmp_path: Path, url: str, marker: str, **limits: Any) -> ClaudeRun:
+def _job(tmp_path: Path, url: str, marker: str, **limits: Any) -> AttemptRun:
     workspace = tmp_path / "ws"
     workspace.mkdir(exist_ok=True)
-    return ClaudeRun(
+    return AttemptRun(
         run_id="r1",
         task_id="t1",
         attempt=1,
@@ -75,7 +75,8 @@ def _claude_processes_under(root: Path) -> list[psutil.Process]:
 async def test_a_run_streams_progress_in_order_and_succeeds(tmp_path: Path) -> None:
     progress: list[TaskProgress] = []
 
-    async def sink(update: TaskProgress) -> None:
+    async def sink(update: TaskProgress | TaskRateLimited) -> None:
+        assert isinstance(update, TaskProgress)
         progress.append(update)
 
     async with open_scripted_model(SCRIPT) as model:
@@ -94,7 +95,7 @@ async def test_a_run_streams_progress_in_order_and_succeeds(tmp_path: Path) -> N
 async def test_a_breached_wall_time_ends_the_tree_and_is_a_retryable_timeout(
     tmp_path: Path,
 ) -> None:
-    async def ignore(_: TaskProgress) -> None:
+    async def ignore(_: TaskProgress | TaskRateLimited) -> None:
         pass
 
     async with open_scripted_model(SCRIPT) as model:
@@ -112,7 +113,7 @@ async def test_a_breached_wall_time_ends_the_tree_and_is_a_retryable_timeout(
 async def test_a_memory_cap_below_the_cli_footprint_ends_it_with_the_limit_named(
     tmp_path: Path,
 ) -> None:
-    async def ignore(_: TaskProgress) -> None:
+    async def ignore(_: TaskProgress | TaskRateLimited) -> None:
         pass
 
     async with open_scripted_model(SCRIPT) as model:
@@ -124,7 +125,7 @@ async def test_a_memory_cap_below_the_cli_footprint_ends_it_with_the_limit_named
 
 
 async def test_the_turn_limit_is_passed_to_the_cli_and_reported(tmp_path: Path) -> None:
-    async def ignore(_: TaskProgress) -> None:
+    async def ignore(_: TaskProgress | TaskRateLimited) -> None:
         pass
 
     async with open_scripted_model(SCRIPT) as model:
@@ -135,7 +136,7 @@ async def test_the_turn_limit_is_passed_to_the_cli_and_reported(tmp_path: Path) 
 
 
 async def test_cancelling_a_run_leaves_no_process_behind(tmp_path: Path) -> None:
-    async def sink(_: TaskProgress) -> None:
+    async def sink(_: TaskProgress | TaskRateLimited) -> None:
         pass
 
     async with open_scripted_model(SCRIPT) as model:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from claudecluster.events import TokenUsage
+from claudecluster.events import TaskProgress, TaskRateLimited, TokenUsage
 from claudecluster.executors.claude_stream import (
     SUMMARY_CHARS,
     classify,
@@ -29,6 +29,12 @@ def _load(name: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (RECORDINGS / f"{name}.jsonl").read_text().splitlines()]
 
 
+def _progress(event: dict[str, Any], **ids: Any) -> list[TaskProgress]:
+    updates = progress_from(event, **ids)
+    assert all(isinstance(u, TaskProgress) for u in updates)
+    return [u for u in updates if isinstance(u, TaskProgress)]
+
+
 def _result(events: list[dict[str, Any]]) -> dict[str, Any]:
     return next(e for e in events if e.get("type") == "result")
 
@@ -37,7 +43,7 @@ def test_a_successful_run_yields_text_tool_use_result_and_usage_in_order() -> No
     seen: set[str] = set()
     progress = [
         p for event in _load("success")
-        for p in progress_from(event, run_id="r1", task_id="t1", attempt=2, usage_seen=seen)
+        for p in _progress(event, run_id="r1", task_id="t1", attempt=2, usage_seen=seen)
     ]  # fmt: skip
     usage = [p for p in progress if p.kind == "usage"]
     assert len(usage) == 2  # two model calls, each reported once though split in events
@@ -140,7 +146,7 @@ def test_tool_inputs_are_summarised_by_what_they_touch(
 
 def test_long_text_is_clipped_for_progress_events() -> None:
     event = {"type": "assistant", "message": {"content": [{"type": "text", "text": "x" * 5000}]}}
-    (progress,) = progress_from(event, run_id="r", task_id="t", attempt=1)
+    (progress,) = _progress(event, run_id="r", task_id="t", attempt=1)
     assert len(progress.text) == SUMMARY_CHARS
 
 
@@ -162,5 +168,15 @@ def test_any_odd_event_is_skipped_or_parsed_never_a_crash(event: dict[str, Any])
 def test_usage_ignores_negative_or_odd_counts() -> None:
     usage = {"input_tokens": -3, "output_tokens": 7}
     event = {"type": "assistant", "message": {"content": [], "usage": usage}}
-    (progress,) = progress_from(event, run_id="r", task_id="t", attempt=1)
+    (progress,) = _progress(event, run_id="r", task_id="t", attempt=1)
     assert progress.usage == TokenUsage(output_tokens=7)
+
+
+def test_a_rate_limited_retry_of_the_cli_becomes_a_rate_limited_event() -> None:
+    retry = {"type": "system", "subtype": "api_retry", "attempt": 1, "max_retries": 2,
+             "retry_delay_ms": 1500, "error_status": 529}  # fmt: skip
+    (event,) = progress_from(retry, run_id="r", task_id="t", attempt=3)
+    assert event == TaskRateLimited(
+        run_id="r", task_id="t", attempt=3, status=529, retry_after_s=1.5
+    )
+    assert progress_from({**retry, "error_status": 500}, run_id="r", task_id="t", attempt=3) == []

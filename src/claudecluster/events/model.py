@@ -51,6 +51,7 @@ __all__ = [
     "TaskMerged",
     "TaskProgress",
     "TaskQueued",
+    "TaskRateLimited",
     "TaskRetryScheduled",
     "TaskSkipped",
     "TaskSpec",
@@ -275,6 +276,18 @@ class TaskProgress(TaskEvent, frozen=True, kw_only=True, tag="task.progress"):
     usage: TokenUsage | None = None
 
 
+class TaskRateLimited(TaskEvent, frozen=True, kw_only=True, tag="task.rate_limited"):
+    """The API refused a running attempt for rate limits (429) or overload (529).
+
+    The attempt goes on (the agent retries); the driver slows every start fleet-wide.
+    """
+
+    attempt: Attempt
+    status: Annotated[int, msgspec.Meta(ge=100, le=599)]
+    retry_after_s: NonNegative | None = None
+    worker_id: Id | None = None
+
+
 class TaskSucceeded(TaskEvent, frozen=True, kw_only=True, tag="task.succeeded"):
     """The attempt finished and produced a result ready to merge."""
 
@@ -394,6 +407,7 @@ Event = (
     | TaskAssigned
     | TaskStarted
     | TaskProgress
+    | TaskRateLimited
     | TaskSucceeded
     | TaskFailed
     | TaskRetryScheduled

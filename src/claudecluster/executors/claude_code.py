@@ -27,7 +27,7 @@ import anyio.abc
 import psutil
 from anyio.streams.text import TextReceiveStream
 
-from claudecluster.events.model import TaskLimits, TaskProgress
+from claudecluster.events.model import TaskLimits, TaskProgress, TaskRateLimited
 from claudecluster.executors.claude_stream import Outcome, classify, progress_from
 from claudecluster.observability.logging import get_logger
 
@@ -35,7 +35,7 @@ __all__ = [
     "DEFAULT_TOOLS",
     "ENV_ALLOWLIST",
     "ClaudeCodeExecutor",
-    "ClaudeRun",
+    "AttemptRun",
     "bundled_claude",
     "child_environment",
     "claude_command",
@@ -52,11 +52,11 @@ _STDERR_TAIL: Final = 4096
 _MEMORY_POLL_S: Final = 0.25
 _log = get_logger(__name__)
 
-ProgressSink = Callable[[TaskProgress], Awaitable[None]]
+ProgressSink = Callable[[TaskProgress | TaskRateLimited], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
-class ClaudeRun:
+class AttemptRun:
     """Everything one attempt needs.
 
     Attributes:
@@ -100,7 +100,7 @@ def bundled_claude() -> Path:
     return path
 
 
-def claude_command(job: ClaudeRun, binary: Path) -> list[str]:
+def claude_command(job: AttemptRun, binary: Path) -> list[str]:
     """The command line for one attempt."""
     command = [
         str(binary),
@@ -125,7 +125,7 @@ def claude_command(job: ClaudeRun, binary: Path) -> list[str]:
 
 
 def child_environment(
-    job: ClaudeRun, parent: Mapping[str, str], *, cli_retries: int
+    job: AttemptRun, parent: Mapping[str, str], *, cli_retries: int
 ) -> dict[str, str]:
     """The agent's environment: the allowlist, private dirs, the run's API settings."""
     env = {key: value for key, value in parent.items() if key in ENV_ALLOWLIST}
@@ -156,7 +156,7 @@ class ClaudeCodeExecutor:
         self._cli_retries = cli_retries
         self._kill_grace_s = kill_grace_s
 
-    async def run(self, job: ClaudeRun, on_progress: ProgressSink) -> Outcome:
+    async def run(self, job: AttemptRun, on_progress: ProgressSink) -> Outcome:
         """Run one attempt to its end and say how it ended.
 
         Progress events are handed to ``on_progress`` as the agent produces them. A breached
@@ -197,7 +197,7 @@ class ClaudeCodeExecutor:
 
     @staticmethod
     async def _read_stream(
-        process: anyio.abc.Process, job: ClaudeRun, on_progress: ProgressSink, state: _RunState
+        process: anyio.abc.Process, job: AttemptRun, on_progress: ProgressSink, state: _RunState
     ) -> None:
         assert process.stdout is not None
         usage_seen: set[str] = set()

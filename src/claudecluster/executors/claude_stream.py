@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from claudecluster.domain.outcome import Outcome
-from claudecluster.events.model import ProgressKind, TaskProgress, TokenUsage
+from claudecluster.events.model import ProgressKind, TaskProgress, TaskRateLimited, TokenUsage
 
 __all__ = ["SUMMARY_CHARS", "Outcome", "classify", "progress_from", "summarize_tool_input"]
 
@@ -81,7 +81,7 @@ def progress_from(
     task_id: str,
     attempt: int,
     usage_seen: set[str] | None = None,
-) -> list[TaskProgress]:
+) -> list[TaskProgress | TaskRateLimited]:
     """The progress events one stream-json event carries (none for bookkeeping events).
 
     The CLI prints one ``assistant`` event per content block, each repeating its message's
@@ -89,6 +89,21 @@ def progress_from(
     reported once.
     """
     kind = event.get("type")
+    if kind == "system" and event.get("subtype") == "api_retry":
+        status = event.get("error_status")
+        if status in (429, 529):
+            delay = event.get("retry_delay_ms")
+            retry_after = delay / 1000 if isinstance(delay, int | float) and delay >= 0 else None
+            return [
+                TaskRateLimited(
+                    run_id=run_id,
+                    task_id=task_id,
+                    attempt=attempt,
+                    status=status,
+                    retry_after_s=retry_after,
+                )
+            ]
+        return []
     message = event.get("message")
     if kind not in ("assistant", "user") or not isinstance(message, Mapping):
         return []
@@ -109,7 +124,7 @@ def progress_from(
             usage=usage,
         )
 
-    progress: list[TaskProgress] = []
+    progress: list[TaskProgress | TaskRateLimited] = []
     for block in content:
         if not isinstance(block, Mapping):
             continue

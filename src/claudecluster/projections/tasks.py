@@ -179,4 +179,5 @@ def _advance(task: TaskView, event: TaskEvent, target: TaskState, at: datetime) 
             return replace(task, state=target, conflict_files=event.files)
         case _:
             # TaskRetryScheduled: only the state moves; the next TaskQueued opens the attempt.
+            # TaskRateLimited: the attempt goes on; the driver acts on it, not this view.
             return replace(task, state=target)

@@ -47,6 +47,7 @@ from claudecluster.events.model import (
     TaskFailed,
     TaskProgress,
     TaskQueued,
+    TaskRateLimited,
     TaskStarted,
     WorkerHeartbeat,
     WorkerJoined,
@@ -54,7 +55,7 @@ from claudecluster.events.model import (
 )
 from claudecluster.events.subjects import COMMAND_PREFIX, task_filter
 from claudecluster.events.work import WorkItem
-from claudecluster.executors.claude_code import DEFAULT_TOOLS, ClaudeCodeExecutor, ClaudeRun
+from claudecluster.executors.claude_code import DEFAULT_TOOLS, AttemptRun, ClaudeCodeExecutor
 from claudecluster.observability.logging import get_logger
 from claudecluster.projections.cluster import ClusterView, replay
 from claudecluster.projections.views import TaskView, task_key
@@ -404,11 +405,13 @@ class Worker:
             ),
         )
 
-        async def progress(update: TaskProgress) -> None:
+        async def progress(update: TaskProgress | TaskRateLimited) -> None:
+            if isinstance(update, TaskRateLimited):
+                update = msgspec.structs.replace(update, worker_id=self.config.worker_id)
             await self._record_for(live, update)
 
         outcome = await self._executor.run(
-            ClaudeRun(
+            AttemptRun(
                 run_id=item.run_id,
                 task_id=item.task_id,
                 attempt=live.attempt,
