@@ -14,21 +14,25 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-from collections.abc import Awaitable, Callable, Mapping
-from contextlib import suppress
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import anyio
 import anyio.abc
-import psutil
 from anyio.streams.text import TextReceiveStream
 
-from claudecluster.events.model import TaskLimits, TaskProgress, TaskRateLimited
+from claudecluster.executors.base import (
+    DEFAULT_TOOLS,
+    ENV_ALLOWLIST,
+    AttemptRun,
+    ProgressSink,
+    base_environment,
+)
 from claudecluster.executors.claude_stream import Outcome, classify, progress_from
+from claudecluster.executors.process import end_tree, tree_rss
 from claudecluster.observability.logging import get_logger
 
 __all__ = [
@@ -41,49 +45,10 @@ __all__ = [
     "claude_command",
 ]
 
-DEFAULT_TOOLS: Final = ("Read", "Write", "Edit", "Bash", "Glob", "Grep")
 
-#: Variables of the worker's own environment an agent may see; everything else (other
-#: services' credentials, our NATS settings) stays out. API settings come from the run.
-ENV_ALLOWLIST: Final = frozenset(
-    {"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR", "SHELL", "USER", "LOGNAME"}
-)
 _STDERR_TAIL: Final = 4096
 _MEMORY_POLL_S: Final = 0.25
 _log = get_logger(__name__)
-
-ProgressSink = Callable[[TaskProgress | TaskRateLimited], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptRun:
-    """Everything one attempt needs.
-
-    Attributes:
-        run_id: the run. task_id: the task. attempt: the attempt number.
-        prompt: the task's prompt.
-        workspace: the agent's working directory (a git worktree).
-        scratch: a private directory for HOME and CLAUDE_CONFIG_DIR.
-        session_id: a UUID chosen up front, so a transcript can be found and resumed.
-        limits: wall time, turns and memory to enforce.
-        api_environment: ANTHROPIC_* settings for this run (key, base URL).
-        resume: continue the session ``session_id`` instead of starting it.
-    """
-
-    run_id: str
-    task_id: str
-    attempt: int
-    prompt: str
-    workspace: Path
-    scratch: Path
-    session_id: str
-    limits: TaskLimits = field(default_factory=TaskLimits)
-    model: str | None = None
-    permission_mode: str = "acceptEdits"
-    allowed_tools: tuple[str, ...] = DEFAULT_TOOLS
-    append_system_prompt: str | None = None
-    api_environment: Mapping[str, str] = field(default_factory=dict)
-    resume: bool = False
 
 
 def bundled_claude() -> Path:
@@ -128,8 +93,7 @@ def child_environment(
     job: AttemptRun, parent: Mapping[str, str], *, cli_retries: int
 ) -> dict[str, str]:
     """The agent's environment: the allowlist, private dirs, the run's API settings."""
-    env = {key: value for key, value in parent.items() if key in ENV_ALLOWLIST}
-    env.update(job.api_environment)
+    env = base_environment(job, parent)
     env.update(
         HOME=str(job.scratch / "home"),
         CLAUDE_CONFIG_DIR=str(job.scratch / "claude-config"),
@@ -192,7 +156,7 @@ class ClaudeCodeExecutor:
                     )
                 group.cancel_scope.cancel()
         finally:
-            await _end_tree(process, self._kill_grace_s)
+            await end_tree(process, self._kill_grace_s)
         return state.outcome(process.returncode)
 
     @staticmethod
@@ -238,14 +202,14 @@ class ClaudeCodeExecutor:
     ) -> None:
         limit = memory_mb * 1024 * 1024
         while process.returncode is None:
-            used = _tree_rss(process.pid)
+            used = tree_rss(process.pid)
             if used > limit:
                 state.breach = (
                     "limit",
                     f"the process tree used {used // 2**20} MiB, over its memory limit "
                     f"of {memory_mb} MiB",
                 )
-                await _end_tree(process, self._kill_grace_s, close=False)
+                await end_tree(process, self._kill_grace_s, close=False)
                 return
             await anyio.sleep(_MEMORY_POLL_S)
 
@@ -280,42 +244,3 @@ class _RunState:
                 retryable=outcome.retryable,
             )
         return outcome
-
-
-def _tree_rss(pid: int) -> int:
-    try:
-        root = psutil.Process(pid)
-        members = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for member in members:
-        with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            total += member.memory_info().rss
-    return total
-
-
-async def _end_tree(process: anyio.abc.Process, grace_s: float, *, close: bool = True) -> None:
-    """SIGTERM the process group (and strays), SIGKILL after ``grace_s``; never cancelled.
-
-    With ``close=False`` the process's pipes stay open for readers still draining them.
-    """
-    with anyio.CancelScope(shield=True):
-        try:
-            strays = psutil.Process(process.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            strays = []
-        if process.returncode is None:
-            with suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGTERM)
-            with anyio.move_on_after(grace_s):
-                await process.wait()
-        if process.returncode is None:
-            with suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-        for stray in strays:  # children that left the group (setsid) are ended too
-            with suppress(psutil.NoSuchProcess):
-                stray.kill()
-        if close:
-            await process.aclose()

@@ -55,7 +55,9 @@ from claudecluster.events.model import (
 )
 from claudecluster.events.subjects import COMMAND_PREFIX, task_filter
 from claudecluster.events.work import WorkItem
-from claudecluster.executors.claude_code import DEFAULT_TOOLS, AttemptRun, ClaudeCodeExecutor
+from claudecluster.executors.base import DEFAULT_TOOLS, AttemptRun, Executor
+from claudecluster.executors.claude_code import ClaudeCodeExecutor
+from claudecluster.executors.shell import ShellExecutor
 from claudecluster.observability.logging import get_logger
 from claudecluster.projections.cluster import ClusterView, replay
 from claudecluster.projections.views import TaskView, task_key
@@ -127,7 +129,8 @@ class Worker:
         log: the event log.
         client: the NATS connection, for the work queue, artifacts, the worker registry
             and commands.
-        executor: runs the agent (the Claude Code CLI by default).
+        executor: runs agent tasks (the Claude Code CLI by default); shell tasks always
+            run in a shell.
         clock: the current time (injected so tests and simulations can control it).
     """
 
@@ -137,7 +140,7 @@ class Worker:
         log: EventLog,
         client: Client,
         *,
-        executor: ClaudeCodeExecutor | None = None,
+        executor: Executor | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.config = config
@@ -147,7 +150,8 @@ class Worker:
         self._js = js
         self._queue = WorkQueue(js, ack_wait_s=config.ack_wait_s)
         self._artifacts = ArtifactStore(js)
-        self._executor = executor or ClaudeCodeExecutor()
+        self._executor: Executor = executor or ClaudeCodeExecutor()
+        self._shell: Executor = ShellExecutor()
         self._clock = clock
         self._running: dict[str, _Attempt] = {}
         self._draining = anyio.Event()
@@ -410,7 +414,8 @@ class Worker:
                 update = msgspec.structs.replace(update, worker_id=self.config.worker_id)
             await self._record_for(live, update)
 
-        outcome = await self._executor.run(
+        executor = self._shell if item.spec.executor == "shell" else self._executor
+        outcome = await executor.run(
             AttemptRun(
                 run_id=item.run_id,
                 task_id=item.task_id,

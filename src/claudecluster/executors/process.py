@@ -1,0 +1,56 @@
+"""Process trees: measuring and ending everything an executor started.
+
+Executors start their process in a new session (its own process group), so one signal
+reaches everything it spawned; children that left the group are found and ended too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import suppress
+
+import anyio
+import anyio.abc
+import psutil
+
+__all__ = ["end_tree", "tree_rss"]
+
+
+def tree_rss(pid: int) -> int:
+    try:
+        root = psutil.Process(pid)
+        members = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for member in members:
+        with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += member.memory_info().rss
+    return total
+
+
+async def end_tree(process: anyio.abc.Process, grace_s: float, *, close: bool = True) -> None:
+    """SIGTERM the process group (and strays), SIGKILL after ``grace_s``; never cancelled.
+
+    With ``close=False`` the process's pipes stay open for readers still draining them.
+    """
+    with anyio.CancelScope(shield=True):
+        try:
+            strays = psutil.Process(process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            strays = []
+        if process.returncode is None:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGTERM)
+            with anyio.move_on_after(grace_s):
+                await process.wait()
+        if process.returncode is None:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+        for stray in strays:  # children that left the group (setsid) are ended too
+            with suppress(psutil.NoSuchProcess):
+                stray.kill()
+        if close:
+            await process.aclose()

@@ -1,0 +1,98 @@
+"""The shell executor: run the task's prompt as a command line in the workspace.
+
+For steps that need no model (formatting, code generation from a template, running a
+test suite) and for tests. Each output line becomes a progress event; exit status 0 is
+success; limits and cancellation end the process tree as for Claude Code.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Final
+
+import anyio
+from anyio.streams.text import TextReceiveStream
+
+from claudecluster.domain.outcome import Outcome
+from claudecluster.events.model import TaskProgress
+from claudecluster.executors.base import AttemptRun, ProgressSink, base_environment
+from claudecluster.executors.claude_stream import SUMMARY_CHARS
+from claudecluster.executors.process import end_tree
+
+__all__ = ["ShellExecutor"]
+
+_TAIL: Final = 2000
+
+
+class ShellExecutor:
+    """Runs ``bash -c <prompt>`` with the workspace as its working directory.
+
+    Args:
+        shell: the shell to use.
+        kill_grace_s: seconds between SIGTERM and SIGKILL when a run must end.
+    """
+
+    def __init__(self, *, shell: str = "/bin/bash", kill_grace_s: float = 5.0) -> None:
+        self._shell = shell
+        self._kill_grace_s = kill_grace_s
+
+    async def run(self, job: AttemptRun, on_progress: ProgressSink) -> Outcome:
+        """Run the command; see :class:`~claudecluster.executors.base.Executor`."""
+        env = base_environment(job, os.environ)
+        env["HOME"] = str(job.scratch / "home")
+        await anyio.Path(job.scratch / "home").mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        process = await anyio.open_process(
+            [self._shell, "-c", job.prompt],
+            cwd=Path(job.workspace),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        tail = ""
+        try:
+            with anyio.move_on_after(job.limits.wall_time_s or float("inf")) as deadline:
+                assert process.stdout is not None
+                buffered = ""
+                async for chunk in TextReceiveStream(process.stdout, errors="replace"):
+                    tail = (tail + chunk)[-_TAIL:]
+                    buffered += chunk
+                    *lines, buffered = buffered.split("\n")
+                    for line in lines:
+                        if line.strip():
+                            await on_progress(
+                                TaskProgress(
+                                    run_id=job.run_id,
+                                    task_id=job.task_id,
+                                    attempt=job.attempt,
+                                    kind="text",
+                                    text=line[:SUMMARY_CHARS],
+                                )
+                            )
+                await process.wait()
+        finally:
+            await end_tree(process, self._kill_grace_s)
+        duration_ms = int((time.monotonic() - started) * 1000)
+        if deadline.cancelled_caught:
+            return Outcome(
+                succeeded=False,
+                reason=f"the command exceeded its wall-time limit of {job.limits.wall_time_s}s",
+                failure_class="timeout",
+                retryable=True,
+                duration_ms=duration_ms,
+            )
+        last_lines = [line for line in tail.strip().splitlines() if line.strip()]
+        if process.returncode == 0:
+            summary = last_lines[-1][:SUMMARY_CHARS] if last_lines else "done"
+            return Outcome(succeeded=True, summary=summary, duration_ms=duration_ms)
+        detail = " | ".join(last_lines[-3:])[:SUMMARY_CHARS]
+        return Outcome(
+            succeeded=False,
+            reason=f"the command exited with status {process.returncode}: {detail}",
+            failure_class="agent_error",
+            duration_ms=duration_ms,
+        )
