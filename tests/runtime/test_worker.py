@@ -6,8 +6,6 @@ item, then follows the log as any reader would.
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,37 +13,30 @@ from typing import Any
 import anyio
 import msgspec
 import psutil
-import pytest
 
 from claudecluster.events import (
     CancelTask,
-    RunPlanned,
-    RunSubmitted,
     TaskAssigned,
     TaskCancelled,
     TaskFailed,
     TaskProgress,
     TaskQueued,
     TaskRetryScheduled,
-    TaskSpec,
     TaskSucceeded,
     command_subject,
     encode,
     wrap_command,
-    wrap_event,
 )
 from claudecluster.events.envelope import StoredEvent
-from claudecluster.events.model import Event
-from claudecluster.events.work import WorkItem, encode_work_item
-from claudecluster.runtime.connection import open_nats
+from claudecluster.events.work import encode_work_item
 from claudecluster.runtime.worker import Worker, WorkerConfig
 from claudecluster.scripted_model import Script, open_scripted_model
-from claudecluster.transport.artifacts import ArtifactStore, artifact_key
+from claudecluster.transport.artifacts import ArtifactStore
 from claudecluster.transport.base import read_all
 from claudecluster.transport.jetstream import JetStreamEventLog
 from claudecluster.transport.work_queue import WorkQueue
-from claudecluster.workspace.git import base_bundle, fetch_result, task_branch
-from tests.conftest import fresh_jetstream_log
+from claudecluster.workspace.git import fetch_result, task_branch
+from tests.runtime.conftest import Driver, git_output
 
 SCRIPT = Script.model_validate(
     {
@@ -86,54 +77,6 @@ SCRIPT = Script.model_validate(
 )
 
 
-def _sh(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
-    ).stdout
-
-
-@pytest.fixture
-def source(tmp_path: Path) -> Path:
-    repo = tmp_path / "source"
-    repo.mkdir()
-    _sh(repo, "init", "-q", "-b", "main")
-    (repo / "app.py").write_text("VERSION = 'v1'\n")
-    _sh(repo, "add", "-A")
-    _sh(repo, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", "base")
-    return repo
-
-
-class Driver:
-    """Just enough of a driver to hand a worker one task."""
-
-    def __init__(self, log: JetStreamEventLog, js: Any, source: Path, tmp_path: Path) -> None:
-        self.log = log
-        self.js = js
-        self.source = source
-        self.tmp_path = tmp_path
-        self.n = 0
-
-    async def record(self, event: Event) -> None:
-        self.n += 1
-        await self.log.append(wrap_event(event, event_id=f"driver-{self.n}", now=datetime.now(UTC)))
-
-    async def submit(self, run_id: str, task_id: str, prompt: str) -> WorkItem:
-        base = await base_bundle(self.source, "HEAD", run_id, self.tmp_path / "base.bundle")
-        ref = await ArtifactStore(self.js).put_file(
-            artifact_key(run_id, "_", 0, "base.bundle"), self.tmp_path / "base.bundle"
-        )
-        spec = TaskSpec(task_id=task_id, title="Add the feature", prompt=prompt)
-        await self.record(RunSubmitted(run_id=run_id, goal="feature", repo=str(self.source)))
-        await self.record(
-            RunPlanned(run_id=run_id, tasks=(spec,), base_commit=base,
-                       integration_branch=f"claudecluster/{run_id}")
-        )  # fmt: skip
-        await self.record(TaskQueued(run_id=run_id, task_id=task_id, attempt=1))
-        item = WorkItem(run_id=run_id, attempt=1, spec=spec, base_commit=base, base_bundle=ref)
-        await WorkQueue(self.js).publish(item)
-        return item
-
-
 async def _until_finished(log: JetStreamEventLog, task_id: str) -> list[StoredEvent]:
     seen: list[StoredEvent] = []
     with anyio.fail_after(90):
@@ -144,12 +87,6 @@ async def _until_finished(log: JetStreamEventLog, task_id: str) -> list[StoredEv
                 if isinstance(payload, TaskSucceeded | TaskFailed) and payload.task_id == task_id:
                     return seen
     raise AssertionError("unreachable")
-
-
-@pytest.fixture
-async def world(nats_url: str) -> AsyncIterator[tuple[JetStreamEventLog, Any]]:
-    async with fresh_jetstream_log(nats_url) as log, open_nats(nats_url) as client:
-        yield log, client
 
 
 async def test_a_worker_turns_a_queued_task_into_a_reviewable_bundle(
@@ -188,9 +125,9 @@ async def test_a_worker_turns_a_queued_task_into_a_reviewable_bundle(
     bundle = await ArtifactStore(js).get_file(succeeded.artifacts[0], tmp_path / "r.bundle")
     branch = task_branch("run1", "feature")
     await fetch_result(source, bundle, branch)
-    changed = _sh(source, "diff", "--name-status", item.base_commit, branch).split()
+    changed = git_output(source, "diff", "--name-status", item.base_commit, branch).split()
     assert changed == ["M", "app.py", "A", "lib/a.py", "A", "lib/b.py"]
-    assert _sh(source, "show", f"{branch}:app.py") == "VERSION = 'v2'\n"
+    assert git_output(source, "show", f"{branch}:app.py") == "VERSION = 'v2'\n"
     # Nothing is left behind: no workspace, no agent process.
     assert list((tmp_path / "workspaces").iterdir()) == []
     assert not [p for p in psutil.process_iter(["cwd"]) if str(tmp_path) in (p.info["cwd"] or "")]

@@ -28,6 +28,7 @@ def worker(
     workspace_root: Path = Path(".claudecluster/workspaces"),
     keep_workspaces: bool = False,
     ack_wait: float = 30.0,
+    nice: int = 5,
     config: Path | None = None,
 ) -> int:
     """Run a worker: take task attempts from a pool's queue and run them with Claude Code.
@@ -45,6 +46,7 @@ def worker(
         workspace_root: Where private workspaces are made.
         keep_workspaces: Leave workspaces on disk afterwards, for debugging.
         ack_wait: Seconds before the server redelivers the work of a silent worker.
+        nice: CPU niceness of the agents (0 to 19).
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
     flags = {"nats": {"url": nats}} if nats else None
@@ -53,6 +55,8 @@ def worker(
         raise ConfigError("nats.url", "default", "a worker needs a NATS URL (--nats URL)")
     if slots < 1:
         raise ConfigError("slots", "flag --slots", "must be at least 1")
+    if not 0 <= nice <= 19:
+        raise ConfigError("nice", "flag --nice", "must be between 0 and 19")
     configure_logging(level=settings.logging.level, redactor=Redactor(settings.secret_values()))
     worker_config = WorkerConfig(
         worker_id=new_worker_id(),
@@ -61,6 +65,7 @@ def worker(
         workspace_root=workspace_root.resolve(),
         keep_workspaces=keep_workspaces,
         ack_wait_s=ack_wait,
+        nice=nice,
         api_environment=_api_environment(settings),
     )
     anyio.run(_serve, settings, worker_config)

@@ -44,6 +44,7 @@ class AttemptRun:
         limits: wall time, turns and memory to enforce.
         api_environment: ANTHROPIC_* settings for this run (key, base URL).
         resume: continue the session ``session_id`` instead of starting it.
+        nice: CPU niceness for the agent's process tree (0 leaves it unchanged).
     """
 
     run_id: str
@@ -59,6 +60,7 @@ class AttemptRun:
     allowed_tools: tuple[str, ...] = DEFAULT_TOOLS
     append_system_prompt: str | None = None
     api_environment: Mapping[str, str] = field(default_factory=dict)
+    nice: int = 0
     resume: bool = False
 
 

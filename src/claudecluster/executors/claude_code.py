@@ -32,7 +32,7 @@ from claudecluster.executors.base import (
     base_environment,
 )
 from claudecluster.executors.claude_stream import Outcome, classify, progress_from
-from claudecluster.executors.process import end_tree, tree_rss
+from claudecluster.executors.process import end_tree, launcher, tree_rss
 from claudecluster.observability.logging import get_logger
 
 __all__ = [
@@ -134,7 +134,7 @@ class ClaudeCodeExecutor:
         for directory in (job.scratch / "home", job.scratch / "claude-config"):
             await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
         process = await anyio.open_process(
-            claude_command(job, binary),
+            [*launcher(job.nice), *claude_command(job, binary)],
             cwd=job.workspace,
             env=child_environment(job, os.environ, cli_retries=self._cli_retries),
             stdin=subprocess.DEVNULL,

@@ -7,6 +7,7 @@ reaches everything it spawned; children that left the group are found and ended 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from contextlib import suppress
 
@@ -14,7 +15,7 @@ import anyio
 import anyio.abc
 import psutil
 
-__all__ = ["end_tree", "tree_rss"]
+__all__ = ["end_tree", "launcher", "tree_rss"]
 
 
 def tree_rss(pid: int) -> int:
@@ -54,3 +55,20 @@ async def end_tree(process: anyio.abc.Process, grace_s: float, *, close: bool = 
                 stray.kill()
         if close:
             await process.aclose()
+
+
+def launcher(nice: int = 0) -> list[str]:
+    """A command prefix that ties the child's life to its worker's, and lowers its priority.
+
+    ``setpriv --pdeathsig KILL`` (util-linux) makes the kernel kill the agent if its worker
+    dies without ending it (``kill -9``), so a crashed worker leaves no agent running on.
+    Where setpriv is missing, that guarantee is absent: the worker still ends the tree on
+    every path it survives.
+    """
+    prefix: list[str] = []
+    setpriv = shutil.which("setpriv")
+    if setpriv:
+        prefix += [setpriv, "--pdeathsig", "KILL", "--"]
+    if nice > 0:
+        prefix += ["nice", "-n", str(min(nice, 19))]
+    return prefix

@@ -20,7 +20,7 @@ from claudecluster.domain.outcome import Outcome
 from claudecluster.events.model import TaskProgress
 from claudecluster.executors.base import AttemptRun, ProgressSink, base_environment
 from claudecluster.executors.claude_stream import SUMMARY_CHARS
-from claudecluster.executors.process import end_tree
+from claudecluster.executors.process import end_tree, launcher
 
 __all__ = ["ShellExecutor"]
 
@@ -46,7 +46,7 @@ class ShellExecutor:
         await anyio.Path(job.scratch / "home").mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         process = await anyio.open_process(
-            [self._shell, "-c", job.prompt],
+            [*launcher(job.nice), self._shell, "-c", job.prompt],
             cwd=Path(job.workspace),
             env=env,
             stdin=subprocess.DEVNULL,

@@ -92,6 +92,7 @@ class WorkerConfig:
         ack_wait_s: the pool consumer's ack wait; in-progress acks go out at a third of it.
         api_environment: ANTHROPIC_* settings handed to Claude Code.
         drain_deadline_s: on graceful stop, how long running attempts may go on.
+        nice: CPU niceness for agents, so a busy machine stays responsive.
     """
 
     worker_id: str
@@ -103,6 +104,7 @@ class WorkerConfig:
     ack_wait_s: float = 30.0
     api_environment: dict[str, str] = field(default_factory=dict)
     drain_deadline_s: float = 60.0
+    nice: int = 0
 
 
 class Superseded(Exception):  # noqa: N818 - a condition, not a failure of ours
@@ -431,6 +433,7 @@ class Worker:
                 append_system_prompt=item.append_system_prompt or None,
                 api_environment=self.config.api_environment,
                 resume=resumed,
+                nice=self.config.nice,
             ),
             progress,
         )

@@ -1,0 +1,75 @@
+"""Fixtures for the worker tests: a repository, a clean event log, a stand-in driver."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from claudecluster.events import RunPlanned, RunSubmitted, TaskQueued, TaskSpec, wrap_event
+from claudecluster.events.model import Event
+from claudecluster.events.work import WorkItem
+from claudecluster.runtime.connection import open_nats
+from claudecluster.transport.artifacts import ArtifactStore, artifact_key
+from claudecluster.transport.jetstream import JetStreamEventLog
+from claudecluster.transport.work_queue import WorkQueue
+from claudecluster.workspace.git import base_bundle
+from tests.conftest import fresh_jetstream_log
+
+
+def git_output(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    repo = tmp_path / "source"
+    repo.mkdir()
+    git_output(repo, "init", "-q", "-b", "main")
+    (repo / "app.py").write_text("VERSION = 'v1'\n")
+    git_output(repo, "add", "-A")
+    git_output(repo, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", "base")
+    return repo
+
+
+class Driver:
+    """Just enough of a driver to hand a worker one task."""
+
+    def __init__(self, log: JetStreamEventLog, js: Any, source: Path, tmp_path: Path) -> None:
+        self.log = log
+        self.js = js
+        self.source = source
+        self.tmp_path = tmp_path
+        self.n = 0
+
+    async def record(self, event: Event) -> None:
+        self.n += 1
+        await self.log.append(wrap_event(event, event_id=f"driver-{self.n}", now=datetime.now(UTC)))
+
+    async def submit(self, run_id: str, task_id: str, prompt: str) -> WorkItem:
+        base = await base_bundle(self.source, "HEAD", run_id, self.tmp_path / "base.bundle")
+        ref = await ArtifactStore(self.js).put_file(
+            artifact_key(run_id, "_", 0, "base.bundle"), self.tmp_path / "base.bundle"
+        )
+        spec = TaskSpec(task_id=task_id, title="Add the feature", prompt=prompt)
+        await self.record(RunSubmitted(run_id=run_id, goal="feature", repo=str(self.source)))
+        await self.record(
+            RunPlanned(run_id=run_id, tasks=(spec,), base_commit=base,
+                       integration_branch=f"claudecluster/{run_id}")
+        )  # fmt: skip
+        await self.record(TaskQueued(run_id=run_id, task_id=task_id, attempt=1))
+        item = WorkItem(run_id=run_id, attempt=1, spec=spec, base_commit=base, base_bundle=ref)
+        await WorkQueue(self.js).publish(item)
+        return item
+
+
+@pytest.fixture
+async def world(nats_url: str) -> AsyncIterator[tuple[JetStreamEventLog, Any]]:
+    async with fresh_jetstream_log(nats_url) as log, open_nats(nats_url) as client:
+        yield log, client

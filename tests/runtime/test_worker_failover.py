@@ -1,0 +1,119 @@
+"""kill -9 a worker mid-task: another worker takes the redelivered item over as a new
+attempt, the task completes once, and the dead attempt can record nothing more."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import psutil
+import pytest
+
+from claudecluster.errors import ConcurrencyError
+from claudecluster.events import TaskStarted, TaskSucceeded, task_filter, wrap_event
+from claudecluster.projections import replay
+from claudecluster.scripted_model import Script, open_scripted_model
+from claudecluster.transport.base import read_all
+from claudecluster.transport.jetstream import JetStreamEventLog
+from tests.runtime.conftest import Driver
+
+SCRIPT = Script.model_validate(
+    {
+        "tasks": [
+            {
+                "marker": "[[task:long]]",
+                "latency_s": 2,
+                "turns": [
+                    {
+                        "tools": [
+                            {
+                                "name": "Write",
+                                "input": {"file_path": "{cwd}/done.txt", "content": "ok\n"},
+                            }
+                        ]
+                    },
+                    {"text": "Wrote done.txt."},
+                ],
+            }
+        ]
+    }
+)
+CLI = str(Path(sys.executable).parent / "claudecluster")
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def _start_worker(nats_url: str, model_url: str, tmp_path: Path, name: str) -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLAUDECLUSTER_")}
+    env.update(ANTHROPIC_BASE_URL=model_url, ANTHROPIC_API_KEY="sk-x")
+    return await anyio.open_process(
+        [CLI, "worker", "--nats", nats_url, "--ack-wait", "3",
+         "--workspace-root", str(tmp_path / name)],
+        env=env,
+    )  # fmt: skip
+
+
+async def _wait_for(log: JetStreamEventLog, check: Any) -> list[Any]:
+    with anyio.fail_after(90):
+        while True:
+            events = [s.envelope.payload for s in await read_all(log)]
+            if check(events):
+                return events
+            await anyio.sleep(0.2)
+
+
+async def test_a_killed_workers_task_is_taken_over_and_completes_once(
+    world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path, nats_url: str
+) -> None:
+    log, client = world
+    driver = Driver(log, client.jetstream(), source, tmp_path)
+    async with open_scripted_model(SCRIPT) as model:
+        first = await _start_worker(nats_url, model.url, tmp_path, "a")
+        second: anyio.abc.Process | None = None
+        try:
+            await driver.submit("run5", "long", "[[task:long]] write done.txt")
+            events = await _wait_for(log, lambda es: any(isinstance(e, TaskStarted) for e in es))
+            started = next(e for e in events if isinstance(e, TaskStarted))
+            agents = psutil.Process(first.pid).children(recursive=True)
+            first.send_signal(signal.SIGKILL)  # no chance to clean up or to ack
+            await first.wait()
+            second = await _start_worker(nats_url, model.url, tmp_path, "b")
+            events = await _wait_for(log, lambda es: any(isinstance(e, TaskSucceeded) for e in es))
+        finally:
+            for process in (first, second):
+                if process is not None and process.returncode is None:
+                    process.send_signal(signal.SIGTERM)
+                    with anyio.fail_after(60):
+                        await process.wait()
+    succeeded = [e for e in events if isinstance(e, TaskSucceeded)]
+    assert len(succeeded) == 1
+    assert succeeded[0].attempt == 2  # taken over as a new attempt
+    assert succeeded[0].worker_id != started.worker_id
+    # The dead worker's agent died with it (it ran under setpriv --pdeathsig).
+    with anyio.fail_after(10):
+        # The kernel ends them; there is no event to wait on, so their state is polled.
+        while any(_alive(a) for a in agents):  # noqa: ASYNC110
+            await anyio.sleep(0.1)
+    # A late result from the dead attempt cannot be recorded: its fence has moved.
+    stored = await read_all(log, subjects=task_filter("run5", "long"))
+    dead_last = max(s.seq for s in stored if getattr(s.envelope.payload, "attempt", 0) == 1)
+    late = TaskSucceeded(run_id="run5", task_id="long", attempt=1, worker_id=started.worker_id)
+    with pytest.raises(ConcurrencyError):
+        await log.append(
+            wrap_event(late, event_id="late-1", now=datetime.now(UTC)),
+            expected_last=dead_last,
+        )
+    view = replay(await read_all(log))
+    assert view.tasks["run5/long"].attempt == 2
+    assert view.tasks["run5/long"].state.value == "succeeded"
