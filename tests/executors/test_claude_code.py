@@ -169,10 +169,12 @@ def test_the_agent_sees_only_allowlisted_variables_and_its_own_home(tmp_path: Pa
 
 
 def test_the_command_chooses_the_session_and_passes_limits(tmp_path: Path) -> None:
-    job = _job(tmp_path, "u", "[[x]]", max_turns=7)
-    command = claude_command(job, Path("/bin/claude"))
+    job = _job(tmp_path, "u", "[[x]]", max_turns=7, max_cost_usd=0.25)
+    command = claude_command(replace(job, mcp_config=tmp_path / "mcp.json"), Path("/bin/claude"))
     assert command[command.index("--session-id") + 1] == job.session_id
     assert command[command.index("--max-turns") + 1] == "7"
+    assert command[command.index("--max-budget-usd") + 1] == "0.25"
+    assert command[command.index("--mcp-config") + 1] == str(tmp_path / "mcp.json")
     assert "--dangerously-skip-permissions" not in command  # refused as root
     resumed = claude_command(
         replace(job, resume=True, model="claude-x", append_system_prompt="be brief"),

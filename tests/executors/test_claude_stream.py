@@ -122,6 +122,14 @@ def test_api_statuses_map_to_failure_classes(
     assert (outcome.failure_class, outcome.retryable) == (failure_class, retryable)
 
 
+def test_a_spent_budget_is_its_own_failure_class() -> None:
+    result = _result(_load("budget"))  # recorded with --max-budget-usd 0.0001
+    assert result["subtype"] == "error_max_budget_usd"
+    outcome = classify(result, exit_code=1)
+    assert (outcome.failure_class, outcome.retryable) == ("budget", False)
+    assert outcome.cost_usd > 0
+
+
 def test_an_error_during_execution_names_the_errors() -> None:
     result = {"subtype": "error_during_execution", "is_error": True, "errors": ["no session"]}
     outcome = classify(result, exit_code=1)

@@ -36,6 +36,9 @@ class WorkItem(msgspec.Struct, frozen=True, kw_only=True):
     permission_mode: str = "acceptEdits"
     allowed_tools: tuple[str, ...] = ()
     append_system_prompt: str = ""
+    mcp_config: Annotated[
+        str, msgspec.Meta(description="Claude Code's MCP servers JSON, or empty for none.")
+    ] = ""
 
     @property
     def task_id(self) -> str:

@@ -45,6 +45,7 @@ class AttemptRun:
         api_environment: ANTHROPIC_* settings for this run (key, base URL).
         resume: continue the session ``session_id`` instead of starting it.
         nice: CPU niceness for the agent's process tree (0 leaves it unchanged).
+        mcp_config: an MCP servers JSON file for Claude Code, if the task uses any.
     """
 
     run_id: str
@@ -61,6 +62,7 @@ class AttemptRun:
     append_system_prompt: str | None = None
     api_environment: Mapping[str, str] = field(default_factory=dict)
     nice: int = 0
+    mcp_config: Path | None = None
     resume: bool = False
 
 

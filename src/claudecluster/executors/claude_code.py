@@ -82,6 +82,10 @@ def claude_command(job: AttemptRun, binary: Path) -> list[str]:
     command += ["--resume", job.session_id] if job.resume else ["--session-id", job.session_id]
     if job.limits.max_turns is not None:
         command += ["--max-turns", str(job.limits.max_turns)]
+    if job.limits.max_cost_usd is not None:
+        command += ["--max-budget-usd", f"{job.limits.max_cost_usd:g}"]
+    if job.mcp_config is not None:
+        command += ["--mcp-config", str(job.mcp_config)]
     if job.model:
         command += ["--model", job.model]
     if job.append_system_prompt:

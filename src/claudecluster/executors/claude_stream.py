@@ -194,6 +194,13 @@ def classify(
             failure_class="max_turns",
             **common,
         )
+    if isinstance(subtype, str) and "budget" in subtype:
+        return Outcome(
+            succeeded=False,
+            reason="the attempt reached its cost limit",
+            failure_class="budget",
+            **common,
+        )
     status = result.get("api_error_status")
     if isinstance(status, int) and not isinstance(status, bool):
         return _api_failure(status, summary, common)

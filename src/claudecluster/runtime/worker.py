@@ -416,6 +416,10 @@ class Worker:
                 update = msgspec.structs.replace(update, worker_id=self.config.worker_id)
             await self._record_for(live, update)
 
+        mcp_config = None
+        if item.mcp_config:
+            mcp_config = scratch / "mcp.json"
+            await anyio.Path(mcp_config).write_text(item.mcp_config, encoding="utf-8")
         executor = self._shell if item.spec.executor == "shell" else self._executor
         outcome = await executor.run(
             AttemptRun(
@@ -434,6 +438,7 @@ class Worker:
                 api_environment=self.config.api_environment,
                 resume=resumed,
                 nice=self.config.nice,
+                mcp_config=mcp_config,
             ),
             progress,
         )
