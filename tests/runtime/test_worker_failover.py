@@ -1,5 +1,6 @@
 """kill -9 a worker mid-task: another worker takes the redelivered item over as a new
-attempt, the task completes once, and the dead attempt can record nothing more."""
+attempt, resumes the agent's conversation from its mirrored transcript, the task completes
+once, and the dead attempt can record nothing more."""
 
 from __future__ import annotations
 
@@ -14,13 +15,21 @@ import anyio
 import anyio.abc
 import psutil
 import pytest
+from claude_agent_sdk import SessionKey
 
 from claudecluster.errors import ConcurrencyError
-from claudecluster.events import TaskStarted, TaskSucceeded, task_filter, wrap_event
+from claudecluster.events import (
+    TaskProgress,
+    TaskStarted,
+    TaskSucceeded,
+    task_filter,
+    wrap_event,
+)
 from claudecluster.projections import replay
 from claudecluster.scripted_model import Script, open_scripted_model
 from claudecluster.transport.base import read_all
 from claudecluster.transport.jetstream import JetStreamEventLog
+from claudecluster.transport.session_store import JetStreamSessionStore
 from tests.runtime.conftest import Driver
 
 SCRIPT = Script.model_validate(
@@ -30,6 +39,15 @@ SCRIPT = Script.model_validate(
                 "marker": "[[task:long]]",
                 "latency_s": 2,
                 "turns": [
+                    {
+                        "text": "Step one.",
+                        "tools": [
+                            {
+                                "name": "Bash",
+                                "input": {"command": "echo one", "description": "step one"},
+                            }
+                        ],
+                    },
                     {
                         "tools": [
                             {
@@ -73,6 +91,10 @@ async def _wait_for(log: JetStreamEventLog, check: Any) -> list[Any]:
             await anyio.sleep(0.2)
 
 
+def _first_tool_result(events: list[Any]) -> bool:
+    return any(isinstance(e, TaskProgress) and e.kind == "tool_result" for e in events)
+
+
 async def test_a_killed_workers_task_is_taken_over_and_completes_once(
     world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path, nats_url: str
 ) -> None:
@@ -83,8 +105,14 @@ async def test_a_killed_workers_task_is_taken_over_and_completes_once(
         second: anyio.abc.Process | None = None
         try:
             await driver.submit("run5", "long", "[[task:long]] write done.txt")
-            events = await _wait_for(log, lambda es: any(isinstance(e, TaskStarted) for e in es))
+            events = await _wait_for(log, _first_tool_result)
             started = next(e for e in events if isinstance(e, TaskStarted))
+            store = JetStreamSessionStore(client.jetstream())
+            key: SessionKey = {"project_key": "run5/long", "session_id": started.session_id}
+            with anyio.fail_after(30):
+                # The transcript of the first turn has been mirrored to the store.
+                while len(await store.load(key) or []) < 3:  # noqa: ASYNC110
+                    await anyio.sleep(0.2)
             agents = psutil.Process(first.pid).children(recursive=True)
             first.send_signal(signal.SIGKILL)  # no chance to clean up or to ack
             await first.wait()
@@ -100,6 +128,11 @@ async def test_a_killed_workers_task_is_taken_over_and_completes_once(
     assert len(succeeded) == 1
     assert succeeded[0].attempt == 2  # taken over as a new attempt
     assert succeeded[0].worker_id != started.worker_id
+    assert [a.name for a in succeeded[0].artifacts] == ["result.bundle", "diffstat.json"]
+    resumed = [e for e in events if isinstance(e, TaskStarted) and e.attempt == 2]
+    assert [(r.resumed, r.session_id) for r in resumed] == [(True, started.session_id)]
+    # The conversation went on: the model never saw the first turn asked for again.
+    assert [s.turn for s in model.served if s.task == "[[task:long]]"].count(0) == 1
     # The dead worker's agent died with it (it ran under setpriv --pdeathsig).
     with anyio.fail_after(10):
         # The kernel ends them; there is no event to wait on, so their state is polled.

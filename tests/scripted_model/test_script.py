@@ -91,6 +91,14 @@ def test_the_working_directory_is_found_wherever_the_cli_puts_it() -> None:
     in_system = {"messages": [], "system": system}
     assert request_cwd(in_system) == "/s"
     assert request_cwd({"messages": "nonsense"}) == ""
+    resumed = _request("x", cwd="/old")
+    resumed["messages"].append(
+        {
+            "role": "system",
+            "content": [{"type": "text", "text": "Primary working directory: /new (was /old)\n"}],
+        }
+    )
+    assert request_cwd(resumed) == "/new"
 
 
 def test_streamed_events_follow_the_messages_api_order() -> None:
@@ -130,3 +138,11 @@ def test_a_script_with_duplicate_markers_or_bad_values_is_rejected_by_key(tmp_pa
     path.write_text("tasks: [")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_script(path)
+
+
+def test_consecutive_assistant_messages_are_one_turn() -> None:
+    request = _request("[[task:hello]]")
+    answer = {"role": "assistant", "content": [{"type": "text", "text": "part"}]}
+    result = {"role": "user", "content": [{"type": "tool_result", "content": "ok"}]}
+    request["messages"] += [answer, answer, result]
+    assert decide(SCRIPT, request, {}).turn == 1

@@ -14,6 +14,7 @@ recorded for the live attempt.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -29,6 +30,7 @@ import anyio.abc
 import msgspec
 import nats.errors
 import psutil
+from claude_agent_sdk import SessionKey, project_key_for_directory
 from nats.aio.client import Client
 
 from claudecluster.actors.worker import Admission, admit, finished_event
@@ -63,6 +65,7 @@ from claudecluster.projections.cluster import ClusterView, replay
 from claudecluster.projections.views import TaskView, task_key
 from claudecluster.transport.artifacts import ArtifactStore, artifact_key
 from claudecluster.transport.base import EventLog, read_all
+from claudecluster.transport.session_store import JetStreamSessionStore
 from claudecluster.transport.work_queue import Delivery, WorkQueue
 from claudecluster.workspace.git import commit_all, open_workspace, result_bundle, task_branch
 
@@ -119,6 +122,7 @@ class _Attempt:
     attempt: int
     last_seq: int
     session_id: str
+    resume: bool = False
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     cancel_reason: str = ""
 
@@ -152,6 +156,7 @@ class Worker:
         self._js = js
         self._queue = WorkQueue(js, ack_wait_s=config.ack_wait_s)
         self._artifacts = ArtifactStore(js)
+        self._sessions = JetStreamSessionStore(js)
         self._executor: Executor = executor or ClaudeCodeExecutor()
         self._shell: Executor = ShellExecutor()
         self._clock = clock
@@ -311,8 +316,15 @@ class Worker:
             )
         except ConcurrencyError:
             return None
-        # Each attempt starts a fresh session for now: resuming the previous attempt's needs
-        # its transcript on this machine, which the session store will provide.
+        previous = admission.resume_session_id or item.resume_session_id
+        restorable = bool(previous) and bool(
+            await self._sessions.load(_session_key(item, previous))
+        )
+        if restorable:
+            # The interrupted attempt's transcript was mirrored: continue that conversation.
+            return _Attempt(
+                item=item, attempt=attempt, last_seq=expected, session_id=previous, resume=True
+            )
         return _Attempt(item=item, attempt=attempt, last_seq=expected, session_id=str(uuid.uuid4()))
 
     async def _record_cancelled(self, live: _Attempt) -> None:
@@ -398,7 +410,15 @@ class Worker:
         bundle = await self._artifacts.get_file(item.base_bundle, scratch.with_suffix(".base"))
         branch = task_branch(item.run_id, item.task_id)
         workspace = await open_workspace(bundle, item.base_commit, branch, scratch / "ws")
-        resumed = False
+        resumed = live.resume and item.spec.executor == "claude_code"
+        transcript = _transcript_path(scratch, workspace, live.session_id)
+        restored = 0
+        if resumed:
+            entries = await self._sessions.load(_session_key(item, live.session_id)) or []
+            await anyio.Path(transcript.parent).mkdir(parents=True, exist_ok=True)
+            lines = "".join(json.dumps(entry) + "\n" for entry in entries).encode()
+            await anyio.Path(transcript).write_bytes(lines)
+            restored = len(lines)
         await self._record_for(
             live,
             TaskStarted(
@@ -421,27 +441,35 @@ class Worker:
             mcp_config = scratch / "mcp.json"
             await anyio.Path(mcp_config).write_text(item.mcp_config, encoding="utf-8")
         executor = self._shell if item.spec.executor == "shell" else self._executor
-        outcome = await executor.run(
-            AttemptRun(
-                run_id=item.run_id,
-                task_id=item.task_id,
-                attempt=live.attempt,
-                prompt=item.spec.prompt,
-                workspace=workspace,
-                scratch=scratch,
-                session_id=live.session_id,
-                limits=item.spec.limits,
-                model=item.model or None,
-                permission_mode=item.permission_mode,
-                allowed_tools=item.allowed_tools or DEFAULT_TOOLS,
-                append_system_prompt=item.append_system_prompt or None,
-                api_environment=self.config.api_environment,
-                resume=resumed,
-                nice=self.config.nice,
-                mcp_config=mcp_config,
-            ),
-            progress,
+        prompt = _RESUME_NOTE + item.spec.prompt if resumed else item.spec.prompt
+        mirror = _TranscriptMirror(
+            self._sessions, _session_key(item, live.session_id), transcript, restored
         )
+        async with anyio.create_task_group() as mirroring:
+            mirroring.start_soon(mirror.follow)
+            outcome = await executor.run(
+                AttemptRun(
+                    run_id=item.run_id,
+                    task_id=item.task_id,
+                    attempt=live.attempt,
+                    prompt=prompt,
+                    workspace=workspace,
+                    scratch=scratch,
+                    session_id=live.session_id,
+                    limits=item.spec.limits,
+                    model=item.model or None,
+                    permission_mode=item.permission_mode,
+                    allowed_tools=item.allowed_tools or DEFAULT_TOOLS,
+                    append_system_prompt=item.append_system_prompt or None,
+                    api_environment=self.config.api_environment,
+                    resume=resumed,
+                    nice=self.config.nice,
+                    mcp_config=mcp_config,
+                ),
+                progress,
+            )
+            mirroring.cancel_scope.cancel()
+        await mirror.sync()  # the transcript's last lines, written as the agent exited
         artifacts: tuple[ArtifactRef, ...] = ()
         if outcome.succeeded:
             outcome, artifacts = await self._collect(live, workspace, branch, outcome)
@@ -525,6 +553,56 @@ class Worker:
         except (nats.errors.Error, TimeoutError) as exc:
             # The entry expires by its TTL anyway; say so rather than fail the shutdown.
             _log.warning("worker registry entry not removed", error=repr(exc))
+
+
+_RESUME_NOTE: Final = (
+    "Your previous run of this task was interrupted and has been moved to a fresh copy of "
+    "the repository at the base commit: changes you made before are not in it. Check the "
+    "workspace and redo anything missing, then finish the task.\n\n"
+)
+_MIRROR_INTERVAL_S: Final = 0.5
+
+
+def _session_key(item: WorkItem, session_id: str) -> SessionKey:
+    # The same key on every worker: the task, not the machine's path, names the project.
+    return {"project_key": f"{item.run_id}/{item.task_id}", "session_id": session_id}
+
+
+def _transcript_path(scratch: Path, workspace: Path, session_id: str) -> Path:
+    """Where Claude Code keeps the session's transcript under our private config dir."""
+    slug = project_key_for_directory(str(workspace))
+    return scratch / "claude-config" / "projects" / slug / f"{session_id}.jsonl"
+
+
+class _TranscriptMirror:
+    """Copies the transcript's new lines into the session store as the agent writes them,
+    so another worker can resume the conversation if this one dies."""
+
+    def __init__(
+        self, store: JetStreamSessionStore, key: SessionKey, path: Path, offset: int = 0
+    ) -> None:
+        self._store = store
+        self._key = key
+        self._path = path
+        self._offset = offset  # bytes already in the store (a restored transcript)
+
+    async def follow(self) -> None:
+        while True:
+            await anyio.sleep(_MIRROR_INTERVAL_S)
+            await self.sync()
+
+    async def sync(self) -> None:
+        try:
+            data = await anyio.Path(self._path).read_bytes()
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n", self._offset) + 1  # only whole lines
+        if end <= self._offset:
+            return
+        entries = [json.loads(line) for line in data[self._offset : end].splitlines() if line]
+        self._offset = end
+        if entries:
+            await self._store.append(self._key, entries)
 
 
 def _remove(path: Path) -> None:

@@ -173,12 +173,19 @@ def request_text(request: Mapping[str, Any], role: str = "user") -> str:
 
 def request_cwd(request: Mapping[str, Any]) -> str:
     """The agent's working directory, as the request's environment section states it."""
+    # The latest statement wins: a resumed conversation still holds the environment
+    # section of the run it came from, with that run's directory.
     for role in ("system", "user"):
-        found = _CWD_RE.search(request_text(request, role))
+        found = _CWD_RE.findall(request_text(request, role))
         if found:
-            return found.group(1).strip()
-    found = _CWD_RE.search("\n".join(_texts(request.get("system"))))
-    return found.group(1).strip() if found else ""
+            return _directory(found[-1])
+    found = _CWD_RE.findall("\n".join(_texts(request.get("system"))))
+    return _directory(found[-1]) if found else ""
+
+
+def _directory(stated: str) -> str:
+    # A resumed session states "/new/dir (was /old/dir)".
+    return stated.split(" (was ", 1)[0].strip()
 
 
 def _fill(value: Any, cwd: str) -> Any:
@@ -215,12 +222,7 @@ def decide(script: Script, request: Mapping[str, Any], served: Mapping[str, int]
             ],
             latency_s=fallback.latency_s if fallback.latency_s is not None else script.latency_s,
         )
-    messages = request.get("messages")
-    turn = sum(
-        1
-        for message in (messages if isinstance(messages, list) else [])
-        if isinstance(message, Mapping) and message.get("role") == "assistant"
-    )
+    turn = _assistant_turns(request.get("messages"))
     for error in task.errors:
         if (
             error.turn == turn
@@ -245,6 +247,19 @@ def decide(script: Script, request: Mapping[str, Any], served: Mapping[str, int]
         task=task.marker,
         turn=turn,
     )
+
+
+def _assistant_turns(messages: Any) -> int:
+    """Assistant turns so far: runs of consecutive assistant messages count once, since a
+    resumed transcript may hold one message per content block of the same answer."""
+    turns = 0
+    previous = None
+    for message in messages if isinstance(messages, list) else []:
+        role = message.get("role") if isinstance(message, Mapping) else None
+        if role == "assistant" and previous != "assistant":
+            turns += 1
+        previous = role
+    return turns
 
 
 def error_key(marker: str, turn: int, kind: str) -> str:
