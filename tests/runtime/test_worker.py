@@ -6,6 +6,9 @@ item, then follows the log as any reader would.
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -274,3 +277,46 @@ async def _until_finished_or_cancelled(log: JetStreamEventLog, task_id: str) -> 
                 payload = stored.envelope.payload
                 if isinstance(payload, TaskCancelled) and payload.task_id == task_id:
                     return
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+async def test_health_and_metrics_report_the_worker_and_its_work(
+    world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path
+) -> None:
+    log, client = world
+    driver = Driver(log, client.jetstream(), source, tmp_path)
+    async with open_scripted_model(SCRIPT) as model:
+        config = WorkerConfig(
+            worker_id="w-health",
+            workspace_root=tmp_path / "workspaces",
+            health_port=0,
+            slots=2,
+            api_environment={"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-x"},
+        )
+        worker = Worker(config, log, client)
+        async with anyio.create_task_group() as group:
+            await group.start(worker.serve)
+            base = f"http://127.0.0.1:{worker.health_port}"
+            status, body = await anyio.to_thread.run_sync(_get, f"{base}/health")
+            assert status == 200
+            report = json.loads(body)
+            assert (report["status"], report["worker_id"], report["slots_free"]) == (
+                "ok",
+                "w-health",
+                2,
+            )
+            await driver.submit("run6", "feature", "[[task:feature]] go")
+            await _until_finished(log, "feature")
+            _, metrics = await anyio.to_thread.run_sync(_get, f"{base}/metrics")
+            worker.stop()
+            assert worker.health()["status"] == "draining"
+    assert "claudecluster_worker_slots 2.0" in metrics
+    assert "claudecluster_worker_attempts_started_total 1.0" in metrics
+    assert 'claudecluster_worker_attempts_finished_total{outcome="succeeded"} 1.0' in metrics

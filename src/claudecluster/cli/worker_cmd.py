@@ -29,6 +29,7 @@ def worker(
     keep_workspaces: bool = False,
     ack_wait: float = 30.0,
     nice: int = 5,
+    health_port: int = 0,
     config: Path | None = None,
 ) -> int:
     """Run a worker: take task attempts from a pool's queue and run them with Claude Code.
@@ -47,6 +48,7 @@ def worker(
         keep_workspaces: Leave workspaces on disk afterwards, for debugging.
         ack_wait: Seconds before the server redelivers the work of a silent worker.
         nice: CPU niceness of the agents (0 to 19).
+        health_port: Serve GET /health and /metrics on this loopback port; 0 disables.
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
     flags = {"nats": {"url": nats}} if nats else None
@@ -66,6 +68,7 @@ def worker(
         keep_workspaces=keep_workspaces,
         ack_wait_s=ack_wait,
         nice=nice,
+        health_port=health_port or None,
         api_environment=_api_environment(settings),
     )
     anyio.run(_serve, settings, worker_config)

@@ -63,6 +63,8 @@ from claudecluster.executors.shell import ShellExecutor
 from claudecluster.observability.logging import get_logger
 from claudecluster.projections.cluster import ClusterView, replay
 from claudecluster.projections.views import TaskView, task_key
+from claudecluster.runtime.http_server import open_http_server
+from claudecluster.runtime.worker_health import WorkerMetrics, health_app
 from claudecluster.transport.artifacts import ArtifactStore, artifact_key
 from claudecluster.transport.base import EventLog, read_all
 from claudecluster.transport.session_store import JetStreamSessionStore
@@ -96,6 +98,9 @@ class WorkerConfig:
         api_environment: ANTHROPIC_* settings handed to Claude Code.
         drain_deadline_s: on graceful stop, how long running attempts may go on.
         nice: CPU niceness for agents, so a busy machine stays responsive.
+        health_port: serve /health and /metrics on this port (0 picks a free one; None
+            serves nothing).
+        health_host: the address for /health and /metrics.
     """
 
     worker_id: str
@@ -108,6 +113,8 @@ class WorkerConfig:
     api_environment: dict[str, str] = field(default_factory=dict)
     drain_deadline_s: float = 60.0
     nice: int = 0
+    health_port: int | None = None
+    health_host: str = "127.0.0.1"
 
 
 class Superseded(Exception):  # noqa: N818 - a condition, not a failure of ours
@@ -163,6 +170,9 @@ class Worker:
         self._running: dict[str, _Attempt] = {}
         self._draining = anyio.Event()
         self._ids = 0
+        self.metrics = WorkerMetrics()
+        self.metrics.slots.set(config.slots)
+        self.health_port: int | None = None
 
     # -- events -----------------------------------------------------------------------
 
@@ -208,9 +218,11 @@ class Worker:
             )
         )
         await self._register()
-        task_status.started()
         try:
             async with anyio.create_task_group() as group:
+                if self.config.health_port is not None:
+                    await group.start(self._serve_health)
+                task_status.started()
                 group.start_soon(self._heartbeats)
                 group.start_soon(self._commands)
                 async with anyio.create_task_group() as slots:
@@ -222,6 +234,30 @@ class Worker:
                 await self._queue.close()
                 await self._record(WorkerLeft(worker_id=self.config.worker_id, reason="stopped"))
                 await self._unregister()
+
+    async def _serve_health(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        assert self.config.health_port is not None
+        app = health_app(self, self.metrics)
+        async with open_http_server(
+            app, host=self.config.health_host, port=self.config.health_port
+        ) as port:
+            self.health_port = port
+            task_status.started()
+            await anyio.sleep_forever()
+
+    def health(self) -> dict[str, object]:
+        """The /health report: 'ok' while serving, 'draining' once stopping."""
+        return {
+            "status": "draining" if self._draining.is_set() else "ok",
+            "worker_id": self.config.worker_id,
+            "pool": self.config.pool,
+            "slots": self.config.slots,
+            "slots_free": max(0, self.config.slots - len(self._running)),
+            "running": sorted(self._running),
+            "capabilities": ["claude_code", "shell"],
+        }
 
     def stop(self) -> None:
         """Stop taking work; running attempts finish (up to the drain deadline)."""
@@ -378,6 +414,8 @@ class Worker:
         key = task_key(item.run_id, item.task_id)
         scratch = self.config.workspace_root / f"{item.run_id}-{item.task_id}-{live.attempt}"
         self._running[key] = live
+        self.metrics.attempts_started.inc()
+        self.metrics.running.inc()
         try:
             await self._attempt_in(live, scratch)
         except Superseded:
@@ -399,6 +437,7 @@ class Worker:
             )
         finally:
             self._running.pop(key, None)
+            self.metrics.running.dec()
             if not self.config.keep_workspaces:
                 with anyio.CancelScope(shield=True):  # cleaned on every path, cancel included
                     await anyio.to_thread.run_sync(_remove, scratch)
@@ -470,6 +509,9 @@ class Worker:
             )
             mirroring.cancel_scope.cancel()
         await mirror.sync()  # the transcript's last lines, written as the agent exited
+        self.metrics.attempts_finished.labels(
+            outcome="succeeded" if outcome.succeeded else (outcome.failure_class or "failed")
+        ).inc()
         artifacts: tuple[ArtifactRef, ...] = ()
         if outcome.succeeded:
             outcome, artifacts = await self._collect(live, workspace, branch, outcome)

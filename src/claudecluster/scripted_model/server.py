@@ -8,14 +8,12 @@ and users' own CI use it.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,6 +21,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from claudecluster.observability.logging import get_logger
+from claudecluster.runtime.http_server import open_http_server
 from claudecluster.scripted_model.script import Reply, Script, decide, error_key
 from claudecluster.scripted_model.wire import (
     ERRORS,
@@ -35,7 +34,6 @@ from claudecluster.scripted_model.wire import (
 __all__ = ["ScriptedModel", "ServedRequest", "open_scripted_model"]
 
 _log = get_logger(__name__)
-_READY_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,35 +178,7 @@ async def open_scripted_model(
         TimeoutError: the server did not start listening in time.
     """
     model = ScriptedModel(script)
-    # Bind here rather than in uvicorn, which answers a taken port with sys.exit.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    config = uvicorn.Config(
-        model.app,
-        host=host,
-        port=port,
-        log_config=None,
-        log_level="critical",  # a cut stream is deliberate; uvicorn would report it loudly
-        access_log=False,
-        lifespan="off",
-        # A request sleeping through a long scripted latency must not hold up shutdown.
-        timeout_graceful_shutdown=1,
-    )
-    server = uvicorn.Server(config)
-    async with anyio.create_task_group() as group:
-        group.start_soon(server.serve, [sock])
-        try:
-            with anyio.fail_after(_READY_TIMEOUT_S):
-                # uvicorn exposes readiness only as a flag, not as an event to wait on.
-                while not server.started:  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
-            model.url = f"http://{host}:{sock.getsockname()[1]}"
-            _log.info("scripted model serving", url=model.url, tasks=len(script.tasks))
-            yield model
-        finally:
-            server.should_exit = True
+    async with open_http_server(model.app, host=host, port=port) as bound:
+        model.url = f"http://{host}:{bound}"
+        _log.info("scripted model serving", url=model.url, tasks=len(script.tasks))
+        yield model
