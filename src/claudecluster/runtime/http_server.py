@@ -47,13 +47,16 @@ async def open_http_server(app: ASGIApp, *, host: str, port: int) -> AsyncIterat
         timeout_graceful_shutdown=1,
     )
     server = uvicorn.Server(config)
-    async with anyio.create_task_group() as group:
-        group.start_soon(server.serve, [sock])
-        try:
-            with anyio.fail_after(_READY_TIMEOUT_S):
-                # uvicorn exposes readiness only as a flag, not as an event to wait on.
-                while not server.started:  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
-            yield int(sock.getsockname()[1])
-        finally:
-            server.should_exit = True
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(server.serve, [sock])
+            try:
+                with anyio.fail_after(_READY_TIMEOUT_S):
+                    # uvicorn exposes readiness only as a flag, not as an event to wait on.
+                    while not server.started:  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
+                yield int(sock.getsockname()[1])
+            finally:
+                server.should_exit = True
+    finally:
+        sock.close()  # uvicorn does not always close a socket it was handed
