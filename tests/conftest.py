@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import nats.js.errors
+import psutil
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -90,3 +91,19 @@ async def jetstream_log(nats_url: str) -> AsyncIterator[JetStreamEventLog]:
 def repo_root() -> Path:
     """The repository this test suite belongs to."""
     return Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind(tmp_path: Path) -> Iterator[None]:
+    """After every test, nothing it started still runs in its directories."""
+    yield
+    leftovers = []
+    for process in psutil.process_iter(["cwd", "cmdline"]):
+        try:
+            cwd = process.info["cwd"] or ""
+            alive = process.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            continue
+        if alive and cwd.startswith(str(tmp_path)):
+            leftovers.append(process.info["cmdline"])
+    assert leftovers == [], f"processes left behind: {leftovers}"

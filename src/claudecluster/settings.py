@@ -35,6 +35,7 @@ __all__ = [
     "LoggingSettings",
     "NatsSettings",
     "Settings",
+    "WorkerSettings",
     "load_settings",
 ]
 
@@ -86,6 +87,24 @@ class NatsSettings(_Section):
             yield name, redact_url(value) if name == "url" and value else value
 
 
+class WorkerSettings(_Section):
+    """How workers on this machine prepare workspaces and run agents."""
+
+    copy_from: Path | None = pydantic.Field(
+        default=None,
+        description="A directory on the worker's machine holding untracked files to copy in.",
+    )
+    copy_files: list[str] = pydantic.Field(
+        default_factory=list,
+        description="Paths or globs under copy_from (e.g. '.env') copied into every workspace; "
+        "they are excluded from the task's commits.",
+    )
+    setup_command: str | None = pydantic.Field(
+        default=None, description="A shell command run in each workspace before the agent."
+    )
+    setup_timeout_s: float = pydantic.Field(default=600.0, gt=0)
+
+
 class LoggingSettings(_Section):
     """How the processes log."""
 
@@ -107,6 +126,7 @@ class Settings(BaseSettings):
 
     nats: NatsSettings = NatsSettings()
     logging: LoggingSettings = LoggingSettings()
+    worker: WorkerSettings = WorkerSettings()
     anthropic_api_key: pydantic.SecretStr | None = pydantic.Field(
         default=None,
         validation_alias=pydantic.AliasChoices("anthropic_api_key", "ANTHROPIC_API_KEY"),

@@ -320,3 +320,67 @@ async def test_health_and_metrics_report_the_worker_and_its_work(
     assert "claudecluster_worker_slots 2.0" in metrics
     assert "claudecluster_worker_attempts_started_total 1.0" in metrics
     assert 'claudecluster_worker_attempts_finished_total{outcome="succeeded"} 1.0' in metrics
+
+
+PREPARED = Script.model_validate(
+    {
+        "tasks": [
+            {
+                "marker": "[[task:prepared]]",
+                "turns": [
+                    {
+                        "tools": [
+                            {
+                                "name": "Bash",
+                                "input": {
+                                    "command": "cat .env setup.log > seen.txt",
+                                    "description": "use the local config",
+                                },
+                            }
+                        ]
+                    },
+                    {"text": "Used the local config."},
+                ],
+            }
+        ]
+    }
+)
+
+
+async def test_untracked_files_are_copied_in_and_setup_runs_but_neither_is_committed(
+    world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path
+) -> None:
+    log, client = world
+    (source / ".gitignore").write_text("setup.log\n")
+    git_output(source, "add", "-A")
+    git_output(source, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", "ignore")
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / ".env").write_text("API_TOKEN=local-only-value\n")
+    driver = Driver(log, client.jetstream(), source, tmp_path)
+    async with open_scripted_model(PREPARED) as model:
+        config = WorkerConfig(
+            worker_id="w-prep",
+            workspace_root=tmp_path / "workspaces",
+            copy_from=local,
+            copy_files=(".env",),
+            setup_command="echo dependencies installed > setup.log",
+            api_environment={"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-x"},
+        )
+        worker = Worker(config, log, client)
+        async with anyio.create_task_group() as group:
+            await group.start(worker.serve)
+            item = await driver.submit("run7", "prepared", "[[task:prepared]] go")
+            history = await _until_finished(log, "prepared")
+            worker.stop()
+    succeeded = history[-1].envelope.payload
+    assert isinstance(succeeded, TaskSucceeded)
+    bundle = await ArtifactStore(client.jetstream()).get_file(
+        succeeded.artifacts[0], tmp_path / "r.bundle"
+    )
+    branch = task_branch("run7", "prepared")
+    await fetch_result(source, bundle, branch)
+    changed = git_output(source, "diff", "--name-only", item.base_commit, branch).split()
+    assert changed == ["seen.txt"]  # neither .env nor setup.log travels
+    seen = git_output(source, "show", f"{branch}:seen.txt")
+    assert seen == "API_TOKEN=local-only-value\ndependencies installed\n"

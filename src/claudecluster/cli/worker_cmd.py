@@ -69,6 +69,10 @@ def worker(
         ack_wait_s=ack_wait,
         nice=nice,
         health_port=health_port or None,
+        copy_from=settings.worker.copy_from,
+        copy_files=tuple(settings.worker.copy_files),
+        setup_command=settings.worker.setup_command,
+        setup_timeout_s=settings.worker.setup_timeout_s,
         api_environment=_api_environment(settings),
     )
     anyio.run(_serve, settings, worker_config)

@@ -35,7 +35,7 @@ from nats.aio.client import Client
 
 from claudecluster.actors.worker import Admission, admit, finished_event
 from claudecluster.domain.outcome import Outcome
-from claudecluster.errors import ClusterError, ConcurrencyError, EventDecodeError
+from claudecluster.errors import ClusterError, ConcurrencyError, EventDecodeError, WorkspaceError
 from claudecluster.events.codec import decode_command
 from claudecluster.events.envelope import wrap_event
 from claudecluster.events.model import (
@@ -101,6 +101,10 @@ class WorkerConfig:
         health_port: serve /health and /metrics on this port (0 picks a free one; None
             serves nothing).
         health_host: the address for /health and /metrics.
+        copy_from: a local directory with untracked files (``.env``) for workspaces.
+        copy_files: paths or globs under ``copy_from`` copied into each workspace.
+        setup_command: run in each workspace before the agent (install dependencies).
+        setup_timeout_s: how long the setup command may take.
     """
 
     worker_id: str
@@ -115,6 +119,10 @@ class WorkerConfig:
     nice: int = 0
     health_port: int | None = None
     health_host: str = "127.0.0.1"
+    copy_from: Path | None = None
+    copy_files: tuple[str, ...] = ()
+    setup_command: str | None = None
+    setup_timeout_s: float = 600.0
 
 
 class Superseded(Exception):  # noqa: N818 - a condition, not a failure of ours
@@ -449,6 +457,7 @@ class Worker:
         bundle = await self._artifacts.get_file(item.base_bundle, scratch.with_suffix(".base"))
         branch = task_branch(item.run_id, item.task_id)
         workspace = await open_workspace(bundle, item.base_commit, branch, scratch / "ws")
+        await self._prepare(workspace)
         resumed = live.resume and item.spec.executor == "claude_code"
         transcript = _transcript_path(scratch, workspace, live.session_id)
         restored = 0
@@ -526,6 +535,35 @@ class Worker:
                 artifacts=artifacts,
             ),
         )
+
+    async def _prepare(self, workspace: Path) -> None:
+        """Copy in the configured untracked files and run the setup command.
+
+        Raises:
+            WorkspaceError: a file is missing or the setup command failed.
+        """
+        copied = await anyio.to_thread.run_sync(_copy_in, self.config, workspace)
+        if copied:
+            # Copied files (secrets, local config) must never travel in the task's commits.
+            exclude = workspace / ".git" / "info" / "exclude"
+            await anyio.Path(exclude.parent).mkdir(parents=True, exist_ok=True)
+            lines = "".join(f"/{path}\n" for path in copied)
+            async with await anyio.open_file(exclude, "a", encoding="utf-8") as handle:
+                await handle.write(lines)
+        if self.config.setup_command:
+            with anyio.move_on_after(self.config.setup_timeout_s) as deadline:
+                done = await anyio.run_process(
+                    ["bash", "-c", self.config.setup_command], cwd=workspace, check=False
+                )
+            if deadline.cancelled_caught:
+                raise WorkspaceError(
+                    f"the setup command took longer than {self.config.setup_timeout_s:.0f}s"
+                )
+            if done.returncode != 0:
+                tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+                raise WorkspaceError(
+                    f"the setup command exited with status {done.returncode}: {tail[0]}"
+                )
 
     async def _collect(
         self, live: _Attempt, workspace: Path, branch: str, outcome: Outcome
@@ -645,6 +683,30 @@ class _TranscriptMirror:
         self._offset = end
         if entries:
             await self._store.append(self._key, entries)
+
+
+def _copy_in(config: WorkerConfig, workspace: Path) -> list[str]:
+    """Copy the configured files into the workspace; returns their relative paths.
+
+    Raises:
+        WorkspaceError: a configured pattern matches nothing.
+    """
+    if config.copy_from is None or not config.copy_files:
+        return []
+    copied: list[str] = []
+    for pattern in config.copy_files:
+        matches = [p for p in sorted(config.copy_from.glob(pattern)) if p.is_file()]
+        if not matches:
+            raise WorkspaceError(
+                f"copy_files pattern {pattern!r} matches nothing in {config.copy_from}"
+            )
+        for source in matches:
+            relative = source.relative_to(config.copy_from)
+            target = workspace / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+            copied.append(relative.as_posix())
+    return copied
 
 
 def _remove(path: Path) -> None:
