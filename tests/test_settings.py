@@ -297,3 +297,17 @@ def test_a_token_in_the_user_part_of_the_nats_url_is_a_secret(tmp_path: Path) ->
     )
     assert loaded.settings.secret_values() == ["s3cr3t-token-x"]
     assert "s3cr3t-token-x" not in repr(loaded.settings)
+
+
+def test_the_api_base_url_is_read_under_both_names_and_the_prefix_wins(tmp_path: Path) -> None:
+    loaded = load_settings(
+        project_dir=tmp_path,
+        environ={
+            "ANTHROPIC_BASE_URL": "http://conventional:1",
+            "CLAUDECLUSTER_ANTHROPIC_BASE_URL": "http://prefixed:2",
+        },
+    )
+    assert loaded.settings.anthropic_base_url == "http://prefixed:2"
+    assert loaded.sources["anthropic_base_url"] == "env CLAUDECLUSTER_ANTHROPIC_BASE_URL"
+    plain = load_settings(project_dir=tmp_path, environ={"ANTHROPIC_BASE_URL": "http://c:1"})
+    assert plain.sources["anthropic_base_url"] == "env ANTHROPIC_BASE_URL"

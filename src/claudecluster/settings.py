@@ -217,28 +217,35 @@ def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+_CONVENTIONAL: Final = frozenset({"ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"})
+
+
 class _EnvLayer(EnvSettingsSource):
     """The env source, also reporting which variable set which key."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         super().__init__(Settings, case_sensitive=False)
         self.env_vars = {k.lower(): v for k, v in environ.items()}
-        self._prefixed_key = f"{ENV_PREFIX}ANTHROPIC_API_KEY".lower() in self.env_vars
+        # Keys also read under a conventional name (ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL);
+        # our own prefixed name is the more specific choice and wins.
+        self._prefixed = {
+            key for key in _CONVENTIONAL if f"{ENV_PREFIX}{key}".lower() in self.env_vars
+        }
 
     def __call__(self) -> dict[str, Any]:
         data = super().__call__()
-        if self._prefixed_key:
-            # Our own prefix is the more specific choice, so it wins over the convention.
-            data["anthropic_api_key"] = self.env_vars[f"{ENV_PREFIX}ANTHROPIC_API_KEY".lower()]
+        for key in self._prefixed:
+            data[key.lower()] = self.env_vars[f"{ENV_PREFIX}{key}".lower()]
         return data
 
     def names(self, data: Mapping[str, Any]) -> dict[str, str]:
         """Env var names for the dotted keys of ``data``."""
         named: dict[str, str] = {}
         for key in _leaves(data):
-            if key == "anthropic_api_key":
-                prefix = ENV_PREFIX if self._prefixed_key else ""
-                named[key] = f"env {prefix}ANTHROPIC_API_KEY"
+            conventional = key.upper()
+            if conventional in _CONVENTIONAL:
+                prefix = ENV_PREFIX if conventional in self._prefixed else ""
+                named[key] = f"env {prefix}{conventional}"
             else:
                 named[key] = "env " + ENV_PREFIX + key.replace(".", "__").upper()
         return named
