@@ -26,6 +26,7 @@ from claudecluster.events import (
     TaskQueued,
     TaskRetryScheduled,
     TaskSucceeded,
+    WorkerHeartbeat,
     command_subject,
     encode,
     wrap_command,
@@ -296,6 +297,7 @@ async def test_health_and_metrics_report_the_worker_and_its_work(
         config = WorkerConfig(
             worker_id="w-health",
             workspace_root=tmp_path / "workspaces",
+            heartbeat_s=0.2,
             health_port=0,
             slots=2,
             api_environment={"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-x"},
@@ -312,12 +314,22 @@ async def test_health_and_metrics_report_the_worker_and_its_work(
                 "w-health",
                 2,
             )
+            registry = await client.jetstream().key_value("cc_workers")
+            entry = json.loads((await registry.get("w-health")).value or b"{}")
+            assert (entry["pool"], entry["slots"]) == ("default", 2)
             await driver.submit("run6", "feature", "[[task:feature]] go")
             await _until_finished(log, "feature")
             _, metrics = await anyio.to_thread.run_sync(_get, f"{base}/metrics")
             worker.stop()
             assert worker.health()["status"] == "draining"
     assert "claudecluster_worker_slots 2.0" in metrics
+    beats = [
+        s.envelope.payload
+        for s in await read_all(log)
+        if isinstance(s.envelope.payload, WorkerHeartbeat)
+    ]
+    assert beats  # heartbeats every heartbeat_s while serving
+    assert all(b.worker_id == "w-health" and b.memory_bytes > 0 for b in beats)
     assert "claudecluster_worker_attempts_started_total 1.0" in metrics
     assert 'claudecluster_worker_attempts_finished_total{outcome="succeeded"} 1.0' in metrics
 

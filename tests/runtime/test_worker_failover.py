@@ -73,11 +73,12 @@ def _alive(process: psutil.Process) -> bool:
 
 
 async def _start_worker(nats_url: str, model_url: str, tmp_path: Path, name: str) -> Any:
+    # Both workers share one workspace root, as workers on one machine do by default.
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLAUDECLUSTER_")}
     env.update(ANTHROPIC_BASE_URL=model_url, ANTHROPIC_API_KEY="sk-x")
     return await anyio.open_process(
         [CLI, "worker", "--nats", nats_url, "--ack-wait", "3",
-         "--workspace-root", str(tmp_path / name)],
+         "--workspace-root", str(tmp_path / "workspaces")],
         env=env,
     )  # fmt: skip
 
@@ -147,6 +148,8 @@ async def test_a_killed_workers_task_is_taken_over_and_completes_once(
             wrap_event(late, event_id="late-1", now=datetime.now(UTC)),
             expected_last=dead_last,
         )
+    # The killed worker's workspace was swept by the worker that started after it.
+    assert list((tmp_path / "workspaces").iterdir()) == []
     view = replay(await read_all(log))
     assert view.tasks["run5/long"].attempt == 2
     assert view.tasks["run5/long"].state.value == "succeeded"

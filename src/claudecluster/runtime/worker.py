@@ -226,6 +226,7 @@ class Worker:
             )
         )
         await self._register()
+        await anyio.to_thread.run_sync(_sweep_orphans, self.config.workspace_root)
         try:
             async with anyio.create_task_group() as group:
                 if self.config.health_port is not None:
@@ -454,6 +455,9 @@ class Worker:
     async def _attempt_in(self, live: _Attempt, scratch: Path) -> None:
         item = live.item
         await anyio.Path(scratch).mkdir(parents=True, exist_ok=True)
+        # Who owns this directory: a worker killed outright cannot remove it, the next
+        # worker to start on this machine does (see _sweep_orphans).
+        await anyio.Path(scratch / _OWNER_FILE).write_text(str(os.getpid()), encoding="utf-8")
         bundle = await self._artifacts.get_file(item.base_bundle, scratch.with_suffix(".base"))
         branch = task_branch(item.run_id, item.task_id)
         workspace = await open_workspace(bundle, item.base_commit, branch, scratch / "ws")
@@ -707,6 +711,31 @@ def _copy_in(config: WorkerConfig, workspace: Path) -> list[str]:
             shutil.copy2(source, target)
             copied.append(relative.as_posix())
     return copied
+
+
+_OWNER_FILE: Final = ".claudecluster-owner"
+
+
+def _sweep_orphans(root: Path) -> list[Path]:
+    """Remove workspaces (and base bundles) whose owning worker process no longer runs."""
+    if not root.is_dir():
+        return []
+    removed = []
+    for scratch in sorted(root.iterdir()):
+        owner_file = scratch / _OWNER_FILE
+        if not owner_file.is_file():
+            continue
+        try:
+            owner = int(owner_file.read_text(encoding="utf-8").strip())
+        except (OSError, ValueError):
+            continue
+        if psutil.pid_exists(owner):
+            continue
+        _remove(scratch)
+        _remove(scratch.with_suffix(".base"))
+        removed.append(scratch)
+        _log.info("orphaned workspace removed", path=str(scratch), owner=owner)
+    return removed
 
 
 def _remove(path: Path) -> None:
