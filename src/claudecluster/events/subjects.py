@@ -42,6 +42,7 @@ __all__ = [
     "command_subject",
     "event_subject",
     "run_filter",
+    "run_level_filter",
     "task_filter",
     "worker_filter",
 ]
@@ -112,6 +113,15 @@ def run_filter(run_id: str) -> str:
         InvalidIdError: the id cannot be a subject token.
     """
     return f"{EVENT_PREFIX}.{check_id('run', run_id)}.>"
+
+
+def run_level_filter(run_id: str) -> str:
+    """Only a run's own events (submitted, planned, completed, ...), no task events.
+
+    Raises:
+        InvalidIdError: the id cannot be a subject token.
+    """
+    return f"{EVENT_PREFIX}.{check_id('run', run_id)}.{RUN_SCOPE}.>"
 
 
 def worker_filter(worker_id: str = "*") -> str:

@@ -55,7 +55,7 @@ from claudecluster.events.model import (
     WorkerJoined,
     WorkerLeft,
 )
-from claudecluster.events.subjects import COMMAND_PREFIX, task_filter
+from claudecluster.events.subjects import COMMAND_PREFIX, run_level_filter, task_filter
 from claudecluster.events.work import WorkItem
 from claudecluster.executors.base import DEFAULT_TOOLS, AttemptRun, Executor
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
@@ -75,6 +75,7 @@ __all__ = ["Superseded", "Worker", "WorkerConfig", "new_worker_id"]
 
 _log = get_logger(__name__)
 _REGISTRY_BUCKET: Final = "cc_workers"
+_CAPABILITIES: Final = ("claude_code", "shell")
 
 
 def new_worker_id() -> str:
@@ -222,7 +223,7 @@ class Worker:
                 host=socket.gethostname(),
                 pid=os.getpid(),
                 slots=self.config.slots,
-                capabilities=("claude_code",),
+                capabilities=_CAPABILITIES,
             )
         )
         await self._register()
@@ -265,7 +266,7 @@ class Worker:
             "slots": self.config.slots,
             "slots_free": max(0, self.config.slots - len(self._running)),
             "running": sorted(self._running),
-            "capabilities": ["claude_code", "shell"],
+            "capabilities": list(_CAPABILITIES),
         }
 
     def stop(self) -> None:
@@ -279,9 +280,9 @@ class Worker:
                 continue
             try:
                 await self._handle_until_drained(delivery)
-            except ClusterError as exc:
-                # The log or the queue failed under this item; it was handed back (nak) and
-                # will be delivered again. The slot goes on with the next one.
+            except (ClusterError, nats.errors.Error) as exc:
+                # The log or the queue failed under this item; unless it was acked it is
+                # delivered again. The slot goes on with the next one.
                 _log.error("work item failed", item=delivery.item.message_id, error=str(exc))
 
     async def _handle_until_drained(self, delivery: Delivery) -> None:
@@ -299,7 +300,7 @@ class Worker:
     # -- one delivery ----------------------------------------------------------------
 
     async def _task_view(self, item: WorkItem) -> TaskView | None:
-        run_level = await read_all(self._log, subjects=f"cc.evt.{item.run_id}._.>")
+        run_level = await read_all(self._log, subjects=run_level_filter(item.run_id))
         task_level = await read_all(self._log, subjects=task_filter(item.run_id, item.task_id))
         view: ClusterView = replay(sorted([*run_level, *task_level], key=lambda s: s.seq))
         return view.tasks.get(task_key(item.run_id, item.task_id))
