@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import anyio
 import msgspec
 import psutil
+import pytest
 
 from claudecluster.events import (
     CancelTask,
@@ -27,12 +29,15 @@ from claudecluster.events import (
     TaskRetryScheduled,
     TaskSucceeded,
     WorkerHeartbeat,
+    WorkerJoined,
+    WorkerLeft,
     command_subject,
     encode,
     wrap_command,
 )
 from claudecluster.events.envelope import StoredEvent
 from claudecluster.events.work import encode_work_item
+from claudecluster.runtime.local_workers import open_local_workers
 from claudecluster.runtime.worker import Worker, WorkerConfig
 from claudecluster.scripted_model import Script, open_scripted_model
 from claudecluster.transport.artifacts import ArtifactStore
@@ -396,3 +401,81 @@ async def test_untracked_files_are_copied_in_and_setup_runs_but_neither_is_commi
     assert changed == ["seen.txt"]  # neither .env nor setup.log travels
     seen = git_output(source, "show", f"{branch}:seen.txt")
     assert seen == "API_TOKEN=local-only-value\ndependencies installed\n"
+
+
+async def test_local_workers_share_the_pool_and_leave_when_done(
+    world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path
+) -> None:
+    log, client = world
+    driver = Driver(log, client.jetstream(), source, tmp_path)
+    template = WorkerConfig(worker_id="template", workspace_root=tmp_path / "workspaces")
+    async with open_scripted_model(SCRIPT) as model:
+        template = replace(
+            template,
+            api_environment={"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-x"},
+        )
+        async with open_local_workers(2, template, log, client) as workers:
+            assert len({w.config.worker_id for w in workers}) == 2
+            await driver.submit("run8", "feature", "[[task:feature]] go")
+            await _until_finished(log, "feature")
+    events = [s.envelope.payload for s in await read_all(log)]
+    joined = {e.worker_id for e in events if isinstance(e, WorkerJoined)}
+    left = {e.worker_id for e in events if isinstance(e, WorkerLeft)}
+    assert joined == left == {w.config.worker_id for w in workers}
+    with pytest.raises(ValueError, match="at least one"):
+        async with open_local_workers(0, template, log, client):
+            pass
+
+
+HESITANT = Script.model_validate(
+    {
+        "tasks": [
+            {
+                "marker": "[[task:hesitant]]",
+                "latency_s": 2,
+                "turns": [
+                    {
+                        "tools": [
+                            {
+                                "name": "Write",
+                                "input": {"file_path": "{cwd}/x.txt", "content": "x\n"},
+                            }
+                        ]
+                    },
+                    {"text": "Wrote x.txt."},
+                ],
+            }
+        ]
+    }
+)
+
+
+async def test_a_draining_worker_hands_back_what_outlasts_its_deadline(
+    world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path
+) -> None:
+    log, client = world
+    driver = Driver(log, client.jetstream(), source, tmp_path)
+    async with open_scripted_model(HESITANT) as model:
+        api = {"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-x"}
+        first = Worker(
+            WorkerConfig(worker_id="w-drain", workspace_root=tmp_path / "w", drain_deadline_s=0.2,
+                         ack_wait_s=30, api_environment=api),
+            log, client,
+        )  # fmt: skip
+        async with anyio.create_task_group() as group:
+            await group.start(first.serve)
+            await driver.submit("run9", "hesitant", "[[task:hesitant]] go")
+            with anyio.fail_after(30):
+                await model.wait_requests(1)
+            first.stop()  # the attempt outlasts the 0.2 s deadline: it is handed back
+        second = Worker(
+            WorkerConfig(worker_id="w-next", workspace_root=tmp_path / "w", api_environment=api),
+            log, client,
+        )  # fmt: skip
+        async with anyio.create_task_group() as group:
+            await group.start(second.serve)
+            history = await _until_finished(log, "hesitant")
+            second.stop()
+    finished = history[-1].envelope.payload
+    assert isinstance(finished, TaskSucceeded)
+    assert (finished.worker_id, finished.attempt) == ("w-next", 2)
