@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from itertools import count
+from pathlib import Path
 
 from claudecluster.events.envelope import EventEnvelope, wrap_event
 from claudecluster.events.model import Event
 
-__all__ = ["EnvelopeFactory", "free_port", "wait_for_port"]
+__all__ = [
+    "EnvelopeFactory",
+    "commit_all",
+    "free_port",
+    "git_output",
+    "make_repo",
+    "wait_for_port",
+]
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -47,3 +56,27 @@ class EnvelopeFactory:
         return wrap_event(
             event, event_id=event_id or f"{self._prefix}-{n}", now=T0 + timedelta(seconds=n)
         )
+
+
+def git_output(repo: Path, *args: str) -> str:
+    """Run git in ``repo`` (as a test's own setup step) and return its output."""
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def make_repo(path: Path, files: dict[str, str]) -> Path:
+    """A git repository at ``path`` on branch main with one commit holding ``files``."""
+    path.mkdir(parents=True)
+    git_output(path, "init", "-q", "-b", "main")
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    commit_all(path, "base")
+    return path
+
+
+def commit_all(repo: Path, message: str) -> None:
+    """Commit everything in ``repo`` as a test user."""
+    git_output(repo, "add", "-A")
+    git_output(repo, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", message)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,23 +18,12 @@ from claudecluster.transport.jetstream import JetStreamEventLog
 from claudecluster.transport.work_queue import WorkQueue
 from claudecluster.workspace.git import base_bundle
 from tests.conftest import fresh_jetstream_log
-
-
-def git_output(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
-    ).stdout
+from tests.support import make_repo
 
 
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
-    repo = tmp_path / "source"
-    repo.mkdir()
-    git_output(repo, "init", "-q", "-b", "main")
-    (repo / "app.py").write_text("VERSION = 'v1'\n")
-    git_output(repo, "add", "-A")
-    git_output(repo, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", "base")
-    return repo
+    return make_repo(tmp_path / "source", {"app.py": "VERSION = 'v1'\n"})
 
 
 class Driver:

@@ -45,7 +45,8 @@ from claudecluster.transport.base import read_all
 from claudecluster.transport.jetstream import JetStreamEventLog
 from claudecluster.transport.work_queue import WorkQueue
 from claudecluster.workspace.git import fetch_result, task_branch
-from tests.runtime.conftest import Driver, git_output
+from tests.runtime.conftest import Driver
+from tests.support import commit_all, git_output
 
 SCRIPT = Script.model_validate(
     {
@@ -369,8 +370,7 @@ async def test_untracked_files_are_copied_in_and_setup_runs_but_neither_is_commi
 ) -> None:
     log, client = world
     (source / ".gitignore").write_text("setup.log\n")
-    git_output(source, "add", "-A")
-    git_output(source, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", "ignore")
+    commit_all(source, "ignore setup output")
     local = tmp_path / "local"
     local.mkdir()
     (local / ".env").write_text("API_TOKEN=local-only-value\n")

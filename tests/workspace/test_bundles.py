@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import msgspec
@@ -19,24 +18,12 @@ from claudecluster.workspace.git import (
     result_bundle,
     task_branch,
 )
-
-
-def _sh(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
-    ).stdout
+from tests.support import git_output, make_repo
 
 
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
-    repo = tmp_path / "source"
-    repo.mkdir()
-    _sh(repo, "init", "-q", "-b", "main")
-    (repo / "app.py").write_text("print('v1')\n")
-    (repo / "old.txt").write_text("to be removed\n")
-    _sh(repo, "add", "-A")
-    _sh(repo, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", "base")
-    return repo
+    return make_repo(tmp_path / "source", {"app.py": "print('v1')\n", "old.txt": "to be removed\n"})
 
 
 async def test_a_task_result_travels_back_as_exactly_its_changes(
@@ -63,11 +50,11 @@ async def test_a_task_result_travels_back_as_exactly_its_changes(
     ]
     fetched = await fetch_result(source, tmp_path / "t1.bundle", branch)
     assert fetched == head
-    diff = _sh(source, "diff", "--name-status", base, branch).split()
+    diff = git_output(source, "diff", "--name-status", base, branch).split()
     assert diff == ["M", "app.py", "A", "new_a.py", "D", "old.txt", "A", "pkg/b.py"]
     # The user's checked-out branch is untouched.
-    assert _sh(source, "rev-parse", "HEAD").strip() == base
-    assert _sh(source, "branch", "--show-current").strip() == "main"
+    assert git_output(source, "rev-parse", "HEAD").strip() == base
+    assert git_output(source, "branch", "--show-current").strip() == "main"
 
 
 async def test_a_workspace_without_changes_commits_nothing(source: Path, tmp_path: Path) -> None:
