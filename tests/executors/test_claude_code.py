@@ -184,3 +184,23 @@ def test_the_command_chooses_the_session_and_passes_limits(tmp_path: Path) -> No
     assert "--session-id" not in resumed
     assert resumed[resumed.index("--model") + 1] == "claude-x"
     assert resumed[resumed.index("--append-system-prompt") + 1] == "be brief"
+
+
+async def test_a_misbehaving_cli_that_prints_garbage_is_a_clear_retryable_failure(
+    tmp_path: Path,
+) -> None:
+    fake = tmp_path / "fake-claude"
+    fake.write_text("#!/bin/sh\necho 'this is not json'\necho '[1, 2]'\necho crashed >&2\nexit 3\n")
+    fake.chmod(0o755)
+
+    async def ignore(_: TaskProgress | TaskRateLimited) -> None:
+        pass
+
+    outcome = await ClaudeCodeExecutor(binary=fake).run(_job(tmp_path, "u", "[[x]]"), ignore)
+    assert (outcome.succeeded, outcome.failure_class, outcome.retryable) == (
+        False,
+        "infrastructure",
+        True,
+    )
+    assert "code 3" in outcome.reason
+    assert "2 unreadable output lines" in outcome.reason
