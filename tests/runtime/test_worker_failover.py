@@ -4,6 +4,7 @@ once, and the dead attempt can record nothing more."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -49,12 +50,15 @@ SCRIPT = Script.model_validate(
                         ],
                     },
                     {
+                        # A long think before the edit: the worker is killed in it, so the
+                        # dead attempt never writes and the mirrored transcript ends at turn 0.
+                        "latency_s": 6,
                         "tools": [
                             {
                                 "name": "Write",
                                 "input": {"file_path": "{cwd}/done.txt", "content": "ok\n"},
                             }
-                        ]
+                        ],
                     },
                     {"text": "Wrote done.txt."},
                 ],
@@ -92,6 +96,14 @@ async def _wait_for(log: JetStreamEventLog, check: Any) -> list[Any]:
             await anyio.sleep(0.2)
 
 
+def _holds_tool_result(transcript: list[Any] | None) -> bool:
+    return "tool_result" in json.dumps(transcript or [])
+
+
+def _asked_for_turn(model: Any, turn: int) -> bool:
+    return any(s.task == "[[task:long]]" and s.turn == turn for s in model.served)
+
+
 def _first_tool_result(events: list[Any]) -> bool:
     return any(isinstance(e, TaskProgress) and e.kind == "tool_result" for e in events)
 
@@ -111,9 +123,10 @@ async def test_a_killed_workers_task_is_taken_over_and_completes_once(
             store = JetStreamSessionStore(client.jetstream())
             key: SessionKey = {"project_key": "run5/long", "session_id": started.session_id}
             with anyio.fail_after(30):
-                # The transcript of the first turn has been mirrored to the store.
-                while len(await store.load(key) or []) < 3:  # noqa: ASYNC110
-                    await anyio.sleep(0.2)
+                # The transcript of the first turn has been mirrored to the store, and the
+                # agent is waiting on its second turn.
+                while not (_holds_tool_result(await store.load(key)) and _asked_for_turn(model, 1)):  # noqa: ASYNC110
+                    await anyio.sleep(0.1)
             agents = psutil.Process(first.pid).children(recursive=True)
             first.send_signal(signal.SIGKILL)  # no chance to clean up or to ack
             await first.wait()

@@ -44,7 +44,12 @@ def _request(user: str, assistant_turns: int = 0, cwd: str = "/work/ws") -> dict
                                         "text": f" - Primary working directory: {cwd}\n - x"}]},
     ]  # fmt: skip
     for _ in range(assistant_turns):
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": "..."}]})
+        messages.append(
+            {
+                "role": "assistant",
+                "content": [{"type": "text", "text": "..."}, {"type": "tool_use", "name": "Bash"}],
+            }
+        )
         messages.append({"role": "user", "content": [{"type": "tool_result", "content": "ok"}]})
     return {"model": "claude-test", "messages": messages, "stream": True}
 
@@ -142,7 +147,19 @@ def test_a_script_with_duplicate_markers_or_bad_values_is_rejected_by_key(tmp_pa
 
 def test_consecutive_assistant_messages_are_one_turn() -> None:
     request = _request("[[task:hello]]")
-    answer = {"role": "assistant", "content": [{"type": "text", "text": "part"}]}
+    text = {"role": "assistant", "content": [{"type": "text", "text": "part"}]}
+    call = {"role": "assistant", "content": [{"type": "tool_use", "name": "Write"}]}
     result = {"role": "user", "content": [{"type": "tool_result", "content": "ok"}]}
-    request["messages"] += [answer, answer, result]
+    request["messages"] += [text, call, result]
+    assert decide(SCRIPT, request, {}).turn == 1
+
+
+def test_a_resumed_sessions_synthetic_answer_is_not_a_turn() -> None:
+    # Claude Code resumes a session that ended on a tool result by inserting an answer of
+    # its own; the model never served it, so the script must not skip ahead.
+    request = _request("[[task:hello]]", assistant_turns=1)
+    request["messages"] += [
+        {"role": "assistant", "content": [{"type": "text", "text": "No response requested."}]},
+        {"role": "user", "content": "Your previous run was interrupted. [[task:hello]]"},
+    ]
     assert decide(SCRIPT, request, {}).turn == 1

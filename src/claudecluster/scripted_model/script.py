@@ -250,15 +250,29 @@ def decide(script: Script, request: Mapping[str, Any], served: Mapping[str, int]
 
 
 def _assistant_turns(messages: Any) -> int:
-    """Assistant turns so far: runs of consecutive assistant messages count once, since a
-    resumed transcript may hold one message per content block of the same answer."""
+    """Tool round trips so far: the script's position in the conversation.
+
+    Only assistant turns that called a tool count. A scripted turn without tool calls ends
+    the conversation, so a text-only assistant message in the history is either an answer
+    that ended an earlier prompt or one Claude Code inserts itself: resuming a session
+    whose last line is a tool result adds "No response requested.". Counting those would
+    skip a turn the model never served. Runs of consecutive assistant messages count once,
+    since a resumed transcript may hold one message per content block of the same answer.
+    """
     turns = 0
-    previous = None
+    in_tool_turn = False
     for message in messages if isinstance(messages, list) else []:
         role = message.get("role") if isinstance(message, Mapping) else None
-        if role == "assistant" and previous != "assistant":
+        if role != "assistant":
+            in_tool_turn = False
+            continue
+        content = message.get("content")
+        calls_tool = isinstance(content, list) and any(
+            isinstance(block, Mapping) and block.get("type") == "tool_use" for block in content
+        )
+        if calls_tool and not in_tool_turn:
             turns += 1
-        previous = role
+            in_tool_turn = True
     return turns
 
 
