@@ -33,7 +33,9 @@ def test_every_state_but_the_final_ones_has_a_way_forward() -> None:
         (TaskState.PENDING, "task.started", None),  # never runs before it is queued
         (TaskState.RUNNING, "task.queued", TaskState.QUEUED),  # requeued after a lost worker
         (TaskState.RUNNING, "task.succeeded", TaskState.SUCCEEDED),
-        (TaskState.SUCCEEDED, "task.failed", None),
+        (TaskState.SUCCEEDED, "task.failed", TaskState.FAILED),  # verify undid its merge
+        (TaskState.MERGED, "task.failed", None),  # a merged result is final
+        (TaskState.SUCCEEDED, "task.progress", None),  # a finished attempt says no more
         (TaskState.FAILED, "task.retry_scheduled", TaskState.RETRY_WAIT),
         (TaskState.CONFLICTED, "task.merged", TaskState.MERGED),
         (TaskState.MERGED, "run.rolled_back", TaskState.REVERTED),

@@ -12,6 +12,7 @@ Task states (the main paths; TASK_TRANSITIONS below is the whole truth)::
                   |                     v          v
                   +--- retry_wait <- failed    conflicted -> merged
     pending -> skipped          (any active state) -> cancelled
+    succeeded -> failed (its merge failed the verify command and was undone)
     queued/assigned/running -> queued (a new attempt after a lost worker)
 """
 
@@ -95,6 +96,8 @@ TASK_TRANSITIONS: Final[dict[tuple[TaskState, str], TaskState]] = {
     (_T.SUCCEEDED, "task.merged"): _T.MERGED,
     (_T.SUCCEEDED, "task.merge_conflict"): _T.CONFLICTED,
     (_T.SUCCEEDED, "task.cancelled"): _T.CANCELLED,
+    # The verify command failed on the merged result: the merge was undone.
+    (_T.SUCCEEDED, "task.failed"): _T.FAILED,
     (_T.CONFLICTED, "task.merged"): _T.MERGED,
     (_T.CONFLICTED, "task.failed"): _T.FAILED,
     (_T.CONFLICTED, "task.queued"): _T.QUEUED,

@@ -24,6 +24,7 @@ __all__ = [
     "ArtifactRef",
     "CancelRun",
     "CancelTask",
+    "CommandRejected",
     "Command",
     "CommandBase",
     "DrainWorker",
@@ -32,13 +33,16 @@ __all__ = [
     "FailureClass",
     "Id",
     "MergeConflict",
+    "PredictedConflict",
     "ProgressKind",
     "RollbackRun",
+    "RunBudgetReached",
     "RunCancelled",
     "RunCompleted",
     "RunEvent",
     "RunFailed",
     "RunPlanned",
+    "RunPolicy",
     "RunRolledBack",
     "RunSubmitted",
     "SubmitRun",
@@ -95,6 +99,7 @@ FailureClass = Literal[
     "cancelled",
     "agent_error",
     "infrastructure",
+    "verify",
 ]
 ProgressKind = Literal["text", "tool_use", "tool_result", "usage"]
 
@@ -147,6 +152,60 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
     ] = ()
     priority: int = 0
     limits: TaskLimits = TaskLimits()
+
+
+class RunPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """How the driver runs one run: what it retries, how it merges, when it gives up.
+
+    Recorded in RunSubmitted, so a restarted driver and a replay follow the same rules.
+    """
+
+    max_attempts: Annotated[
+        int, msgspec.Meta(ge=1, description="Attempts a task gets before it fails for good.")
+    ] = 3
+    retry_classes: Annotated[
+        tuple[FailureClass, ...],
+        msgspec.Meta(description="Failure classes that are retried (while attempts remain)."),
+    ] = ("api_error", "rate_limit", "max_turns", "timeout", "infrastructure", "verify")
+    backoff_base_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    backoff_max_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    on_task_failure: Annotated[
+        Literal["skip_dependents", "fail_run"],
+        msgspec.Meta(
+            description="A task that failed for good: skip what depends on it, or "
+            "stop the whole run."
+        ),
+    ] = "skip_dependents"
+    on_conflict: Annotated[
+        Literal["resolve", "stop"],
+        msgspec.Meta(description="A merge conflict: hand it to a resolution attempt, or stop."),
+    ] = "resolve"
+    file_overlap: Annotated[
+        Literal["serialize", "warn"],
+        msgspec.Meta(
+            description="Independent tasks that declare the same files: order them "
+            "one after the other, or only record the predicted conflict."
+        ),
+    ] = "serialize"
+    verify_command: Annotated[
+        str,
+        msgspec.Meta(description="Shell command run on the integration branch; empty for none."),
+    ] = ""
+    verify_when: Literal["each", "end"] = "each"
+    verify_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    rollback_on_failure: bool = False
+    pool: Id = "default"
+
+
+class PredictedConflict(msgspec.Struct, frozen=True, kw_only=True):
+    """Two tasks with no order between them declared overlapping files."""
+
+    first: Id
+    second: Id
+    files: tuple[str, ...]
+    serialized: Annotated[
+        bool, msgspec.Meta(description="The driver made ``second`` wait for ``first``.")
+    ] = False
 
 
 class ArtifactRef(msgspec.Struct, frozen=True, kw_only=True):
@@ -202,6 +261,14 @@ class RunSubmitted(RunEvent, frozen=True, kw_only=True, tag="run.submitted"):
     budget_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
     max_parallel: Annotated[int, msgspec.Meta(ge=1)] | None = None
     submitted_by: str = ""
+    policy: RunPolicy = RunPolicy()
+    planner_input: Annotated[
+        str,
+        msgspec.Meta(
+            description="What the planner works from: the plan file's name, the "
+            "fan-out glob and template, or empty."
+        ),
+    ] = ""
 
 
 class RunPlanned(RunEvent, frozen=True, kw_only=True, tag="run.planned"):
@@ -210,6 +277,7 @@ class RunPlanned(RunEvent, frozen=True, kw_only=True, tag="run.planned"):
     tasks: tuple[TaskSpec, ...]
     base_commit: str
     integration_branch: str
+    predicted_conflicts: tuple[PredictedConflict, ...] = ()
 
 
 class RunCompleted(RunEvent, frozen=True, kw_only=True, tag="run.completed"):
@@ -219,6 +287,34 @@ class RunCompleted(RunEvent, frozen=True, kw_only=True, tag="run.completed"):
     tasks_succeeded: Count
     tasks_failed: Count = 0
     tasks_skipped: Count = 0
+    wall_time_s: NonNegative = 0.0
+    task_time_s: Annotated[
+        float, msgspec.Meta(ge=0, description="Sum of every task's attempt durations.")
+    ] = 0.0
+    speedup: Annotated[
+        float,
+        msgspec.Meta(
+            ge=0,
+            description="task_time_s / wall_time_s: what running in "
+            "parallel saved against one task after another.",
+        ),
+    ] = 0.0
+    cost_usd: NonNegative = 0.0
+
+
+class RunBudgetReached(RunEvent, frozen=True, kw_only=True, tag="run.budget_reached"):
+    """The run spent its budget: no further task starts; running ones finish."""
+
+    budget_usd: NonNegative
+    spent_usd: NonNegative
+
+
+class CommandRejected(RunEvent, frozen=True, kw_only=True, tag="run.command_rejected"):
+    """The driver refused a command (unknown task, invalid plan, run in the wrong state)."""
+
+    command_id: str
+    command_type: str
+    reason: str
 
 
 class RunFailed(RunEvent, frozen=True, kw_only=True, tag="run.failed"):
@@ -248,6 +344,14 @@ class TaskQueued(TaskEvent, frozen=True, kw_only=True, tag="task.queued"):
 
     attempt: Attempt = 1
     pool: str = "default"
+    base_commit: Annotated[
+        str, msgspec.Meta(description="The commit the attempt starts from; empty if unknown.")
+    ] = ""
+    limits: TaskLimits | None = None
+    resume_session_id: str = ""
+    note: Annotated[
+        str, msgspec.Meta(description="Added to the prompt: why this attempt differs.")
+    ] = ""
 
 
 class TaskAssigned(TaskEvent, frozen=True, kw_only=True, tag="task.assigned"):
@@ -400,6 +504,8 @@ Event = (
     RunSubmitted
     | RunPlanned
     | RunCompleted
+    | RunBudgetReached
+    | CommandRejected
     | RunFailed
     | RunCancelled
     | RunRolledBack
@@ -445,6 +551,8 @@ class SubmitRun(CommandBase, frozen=True, kw_only=True, tag="run.submit"):
     planner: Literal["plan_file", "claude", "fanout", "inline"] = "inline"
     budget_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
     max_parallel: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    policy: RunPolicy = RunPolicy()
+    planner_input: str = ""
 
 
 class CancelRun(CommandBase, frozen=True, kw_only=True, tag="run.cancel"):

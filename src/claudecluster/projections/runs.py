@@ -16,6 +16,7 @@ from claudecluster.events.model import (
     RunPlanned,
     RunRolledBack,
     RunSubmitted,
+    TaskMerged,
     TaskQueued,
 )
 from claudecluster.projections.views import RunView
@@ -52,6 +53,13 @@ def apply_runs(runs: Runs, envelope: EventEnvelope) -> tuple[Runs, str | None]:
             if run is None or run.state is not RunState.PLANNED:
                 return runs, None
             return runs.set(run.run_id, msgspec.structs.replace(run, state=RunState.RUNNING)), None
+        case TaskMerged():
+            run = runs.get(event.run_id)
+            if run is None or run.state is not RunState.RUNNING:
+                return runs, None
+            return runs.set(
+                run.run_id, msgspec.structs.replace(run, head_commit=event.commit)
+            ), None
         case RunPlanned() | RunCompleted() | RunFailed() | RunCancelled() | RunRolledBack():
             run = runs.get(event.run_id)
             if run is None:

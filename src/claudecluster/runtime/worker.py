@@ -348,7 +348,9 @@ class Worker:
             if admission.action == "take_over":
                 expected = await self._record(
                     TaskQueued(run_id=item.run_id, task_id=item.task_id, attempt=attempt,
-                               pool=item.pool),
+                               pool=item.pool, base_commit=item.base_commit,
+                               resume_session_id=admission.resume_session_id,
+                               note="taken over after its worker went silent"),
                     expected_last=expected,
                 )  # fmt: skip
             expected = await self._record(
