@@ -31,6 +31,7 @@ __all__ = [
     "Event",
     "EventBase",
     "FailureClass",
+    "FanoutSpec",
     "Id",
     "MergeConflict",
     "PredictedConflict",
@@ -197,6 +198,18 @@ class RunPolicy(msgspec.Struct, frozen=True, kw_only=True):
     pool: Id = "default"
 
 
+class FanoutSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One task per repository file matching ``glob``, its prompt from ``prompt_template``.
+
+    The template may use ``{path}`` (the file), ``{stem}`` and ``{goal}``.
+    """
+
+    glob: Annotated[str, msgspec.Meta(min_length=1)]
+    prompt_template: Annotated[str, msgspec.Meta(min_length=1)]
+    kind: TaskKind = "refactor"
+    max_tasks: Annotated[int, msgspec.Meta(ge=1)] = 500
+
+
 class PredictedConflict(msgspec.Struct, frozen=True, kw_only=True):
     """Two tasks with no order between them declared overlapping files."""
 
@@ -262,13 +275,17 @@ class RunSubmitted(RunEvent, frozen=True, kw_only=True, tag="run.submitted"):
     max_parallel: Annotated[int, msgspec.Meta(ge=1)] | None = None
     submitted_by: str = ""
     policy: RunPolicy = RunPolicy()
-    planner_input: Annotated[
-        str,
+    plan: Annotated[
+        tuple[TaskSpec, ...] | None,
         msgspec.Meta(
-            description="What the planner works from: the plan file's name, the "
-            "fan-out glob and template, or empty."
+            description="The task graph given with the run (inline or from a plan "
+            "file); None when a planner makes it."
         ),
+    ] = None
+    plan_source: Annotated[
+        str, msgspec.Meta(description="Where the plan came from (a file name), for people.")
     ] = ""
+    fanout: FanoutSpec | None = None
 
 
 class RunPlanned(RunEvent, frozen=True, kw_only=True, tag="run.planned"):
@@ -352,6 +369,13 @@ class TaskQueued(TaskEvent, frozen=True, kw_only=True, tag="task.queued"):
     note: Annotated[
         str, msgspec.Meta(description="Added to the prompt: why this attempt differs.")
     ] = ""
+    resolves_conflict: Annotated[
+        bool,
+        msgspec.Meta(
+            description="The attempt starts from a merge with conflict markers "
+            "(``base_commit``) and must resolve them."
+        ),
+    ] = False
 
 
 class TaskAssigned(TaskEvent, frozen=True, kw_only=True, tag="task.assigned"):
@@ -552,7 +576,8 @@ class SubmitRun(CommandBase, frozen=True, kw_only=True, tag="run.submit"):
     budget_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
     max_parallel: Annotated[int, msgspec.Meta(ge=1)] | None = None
     policy: RunPolicy = RunPolicy()
-    planner_input: str = ""
+    plan_source: str = ""
+    fanout: FanoutSpec | None = None
 
 
 class CancelRun(CommandBase, frozen=True, kw_only=True, tag="run.cancel"):

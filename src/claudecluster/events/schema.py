@@ -16,6 +16,7 @@ import msgspec
 from claudecluster.events.codec import COMMAND_TYPES, EVENT_TYPES
 from claudecluster.events.envelope import CommandEnvelope, EventEnvelope, StoredEvent
 from claudecluster.events.model import CommandBase, EventBase
+from claudecluster.events.plan import PlanFile
 from claudecluster.events.subjects import COMMAND_PREFIX, EVENT_PREFIX
 
 __all__ = ["render_schemas", "write_schemas"]
@@ -73,6 +74,7 @@ def render_schemas() -> dict[str, str]:
         ("event-envelope", EventEnvelope, "An event as published on cc.evt.>"),
         ("command-envelope", CommandEnvelope, "A command as published on cc.cmd.>"),
         ("stored-event", StoredEvent, "One line of a recorded JSON Lines log"),
+        ("plan", PlanFile, "A plan file: the task graph of a run (YAML or JSON)"),
     ):
         path = f"{name}.json"
         files[path] = _dump(

@@ -1,0 +1,1109 @@
+"""The driver's decisions, free of I/O: what to record, dispatch, merge and roll back next.
+
+:func:`decide` takes one message (a stored event in log order, a command, the outcome of
+an effect, or a clock tick) and returns the effects the shell must carry out. The same
+function runs live (runtime/driver.py), after a crash (replay the log, then tick), and in
+the deterministic simulations on a virtual clock.
+
+The decisions are level-triggered: after every message the driver looks at where each
+touched run stands and asks for whatever is missing (a plan, a dispatch, a merge, a
+retry, the run's end). So a restarted driver needs no memory of what it was doing: the
+log says where things stand, and every effect is idempotent (deterministic event ids,
+appends conditional on the last sequence of their scope, work-message ids per attempt).
+While an effect is in flight its key is *pending*, and it stays pending until the log has
+caught up with what the effect recorded, so nothing is asked for twice.
+
+Scheduling rules, in order:
+
+* a task is released when every dependency has **merged** (not merely succeeded), so its
+  workspace starts from a base that contains its dependencies' changes;
+* ready tasks go by the longest remaining path first, then priority, then plan order;
+* starts are capped per run and globally, paced by a token bucket, slowed fleet-wide
+  while the API reports rate limits, and stopped when the run's budget is spent;
+* results merge one at a time per run, in the order they succeeded, which is a
+  topological order because dependents only start after their dependencies merged.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Final, Literal
+
+import msgspec
+
+from claudecluster.domain.graph import TaskGraph
+from claudecluster.domain.kinds import KIND_PROFILES
+from claudecluster.domain.lifecycle import RunState, TaskState
+from claudecluster.errors import GraphError
+from claudecluster.events.envelope import CommandEnvelope, StoredEvent
+from claudecluster.events.model import (
+    CancelRun,
+    CancelTask,
+    Command,
+    CommandRejected,
+    Event,
+    MergeConflict,
+    RollbackRun,
+    RunBudgetReached,
+    RunCancelled,
+    RunCompleted,
+    RunEvent,
+    RunFailed,
+    RunPlanned,
+    RunPolicy,
+    RunRolledBack,
+    RunSubmitted,
+    SubmitRun,
+    TaskCancelled,
+    TaskEvent,
+    TaskLimits,
+    TaskMerged,
+    TaskQueued,
+    TaskRateLimited,
+    TaskRetryScheduled,
+    TaskSkipped,
+    TaskSpec,
+    TaskSucceeded,
+    WorkerLost,
+)
+from claudecluster.events.subjects import scope_filter
+from claudecluster.projections.cluster import ClusterView, apply
+from claudecluster.projections.views import TaskView, task_key
+
+__all__ = [
+    "Dispatch",
+    "DriverConfig",
+    "DriverState",
+    "Effect",
+    "EffectFailed",
+    "EffectSettled",
+    "Merge",
+    "Message",
+    "Plan",
+    "PublishCommand",
+    "Record",
+    "Resume",
+    "Rollback",
+    "RunBook",
+    "Tick",
+    "Verify",
+    "decide",
+    "retry_limits",
+]
+
+_ACTIVE: Final = frozenset({TaskState.QUEUED, TaskState.ASSIGNED, TaskState.RUNNING})
+_DONE: Final = frozenset({TaskState.MERGED, TaskState.SKIPPED, TaskState.CANCELLED})
+_OPEN_RUN: Final = frozenset({RunState.SUBMITTED, RunState.PLANNED, RunState.RUNNING})
+_DEFAULT_MAX_TURNS: Final = 30
+_DEFAULT_WALL_TIME_S: Final = 1800.0
+
+
+@dataclass(frozen=True, slots=True)
+class DriverConfig:
+    """Fleet-wide limits the driver applies to every run.
+
+    Attributes:
+        max_running: attempts queued or running at once, all runs together.
+        starts_per_s: sustained task starts per second (token bucket rate).
+        start_burst: starts allowed at once after a quiet spell (bucket size).
+        lost_after_s: a worker silent this long is declared lost.
+        rate_limit_backoff_s: the first pause of all starts after a rate-limit report.
+        rate_limit_backoff_max_s: the longest such pause (the pause doubles per report).
+    """
+
+    max_running: int = 64
+    starts_per_s: float = 10.0
+    start_burst: int = 10
+    lost_after_s: float = 20.0
+    rate_limit_backoff_s: float = 2.0
+    rate_limit_backoff_max_s: float = 60.0
+
+
+# ----------------------------------------------------------------------------------------
+# Messages in, effects out
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed; timers (retries, liveness, pacing) may be due."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """The driver (re)started and has read the log: redo what may have been cut off."""
+
+
+@dataclass(frozen=True, slots=True)
+class EffectSettled:
+    """The shell carried out the effect with ``key``; ``seq`` is the last event it wrote."""
+
+    key: str
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EffectFailed:
+    """The shell could not carry out the effect with ``key`` (it will be asked again)."""
+
+    key: str
+    reason: str
+
+
+Message = StoredEvent | CommandEnvelope | Tick | Resume | EffectSettled | EffectFailed
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Append ``event`` with id ``event_id``, if its scope's last sequence is still
+    ``expected_last`` (a lost race is fine: the driver decides again on what won)."""
+
+    key: str
+    event: Event
+    event_id: str
+    expected_last: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Record ``queued`` and put its work item on the pool's queue.
+
+    With ``queued.resolves_conflict`` the shell first makes the conflicted merge of
+    ``conflict`` (ours, theirs) and uses it as the base commit.
+    """
+
+    key: str
+    run_id: str
+    spec: TaskSpec
+    queued: TaskQueued
+    event_id: str
+    expected_last: int
+    conflict: tuple[str, str] | None = None
+    republish: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Turn the submitted run into a validated graph and record RunPlanned (or RunFailed)."""
+
+    key: str
+    submitted: RunSubmitted
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """Merge the task's result onto the integration branch, which must be at ``head``;
+    run the verify command after it when ``verify``; record TaskMerged, MergeConflict
+    or (verify failed) TaskFailed."""
+
+    key: str
+    run_id: str
+    task_id: str
+    attempt: int
+    title: str
+    result: TaskSucceeded
+    head: str
+    integration_branch: str
+    verify: bool
+    on_conflict: Literal["resolve", "stop"]
+    expected_last: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verify:
+    """Run the verify command once on the finished integration branch, then record the
+    run's end: ``done`` if it passes, RunFailed if not."""
+
+    key: str
+    run_id: str
+    head: str
+    done: RunCompleted
+
+
+@dataclass(frozen=True, slots=True)
+class Rollback:
+    """Move the integration branch to ``event.to_commit`` and record ``event``."""
+
+    key: str
+    integration_branch: str
+    event: RunRolledBack
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PublishCommand:
+    """Publish a command to the workers (say, cancel a failed run's running tasks)."""
+
+    key: str
+    command: Command
+    command_id: str
+
+
+Effect = Record | Dispatch | Plan | Merge | Verify | Rollback | PublishCommand
+
+
+# ----------------------------------------------------------------------------------------
+# State
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RunBook:
+    """What the driver tracks of one run beyond the projections, kept incrementally so a
+    decision costs the size of what changed, not the size of the run."""
+
+    run_id: str
+    submitted: RunSubmitted
+    submitted_at: datetime
+    graph: TaskGraph | None = None
+    base_commit: str = ""
+    integration_branch: str = ""
+    head: str = ""
+    #: dependencies not yet merged, per task
+    waiting: dict[str, int] = field(default_factory=dict)
+    #: released tasks: a heap of (-remaining path, -priority, plan position, task id)
+    ready: list[tuple[float, int, int, str]] = field(default_factory=list)
+    #: attempts queued, assigned or running
+    active: set[str] = field(default_factory=set)
+    #: tasks in a state that asks for a decision: failed, waiting to retry, conflicted,
+    #: or active on a worker that was lost
+    attention: set[str] = field(default_factory=set)
+    #: merged, skipped or cancelled
+    done: set[str] = field(default_factory=set)
+    #: failed for good (no retry left, or a class that is not retried)
+    failed: set[str] = field(default_factory=set)
+    #: succeeded tasks waiting for the merge lane, in order of success
+    to_merge: list[str] = field(default_factory=list)
+    results: dict[str, TaskSucceeded] = field(default_factory=dict)
+    merged: set[str] = field(default_factory=set)
+    #: (seq, task id, commit) of each merge still on the branch, for rollback
+    merges: list[tuple[int, str, str]] = field(default_factory=list)
+    retry_at: dict[str, datetime] = field(default_factory=dict)
+    queued: dict[str, TaskQueued] = field(default_factory=dict)
+    conflicts: dict[str, MergeConflict] = field(default_factory=dict)
+    skipped_for: set[str] = field(default_factory=set)
+    budget_reached: bool = False
+    ended: bool = False
+    #: why the run must end as failed once nothing runs any more
+    stopping: str = ""
+
+    @property
+    def policy(self) -> RunPolicy:
+        """The run's policy, as submitted."""
+        return self.submitted.policy
+
+
+@dataclass(slots=True)
+class DriverState:
+    """Everything the driver knows; rebuilt by feeding the log to :func:`decide`."""
+
+    config: DriverConfig = field(default_factory=DriverConfig)
+    view: ClusterView = field(default_factory=ClusterView)
+    runs: dict[str, RunBook] = field(default_factory=dict)
+    #: scope filter -> last sequence, for conditional appends
+    scope_seq: dict[str, int] = field(default_factory=dict)
+    #: effect key -> the sequence the log must reach before the key is free (0: in flight)
+    pending: dict[str, int] = field(default_factory=dict)
+    #: dispatches in flight that start a task not yet active: effect key -> run id
+    starting: dict[str, str] = field(default_factory=dict)
+    #: handled command ids (a redelivered command is not acted on twice)
+    commands_seen: set[str] = field(default_factory=set)
+    tokens: float = 0.0
+    tokens_at: datetime | None = None
+    throttle_until: datetime | None = None
+    throttle_s: float = 0.0
+    last_rate_limit: datetime | None = None
+    now: datetime | None = None
+
+    def active_total(self) -> int:
+        """Attempts queued or running (or about to be), all open runs together."""
+        return sum(self.active_in(book) for book in self.runs.values() if not book.ended)
+
+    def active_in(self, book: RunBook) -> int:
+        """Attempts of one run queued or running, counting dispatches still in flight."""
+        prefix = f"task:{book.run_id}:"
+        in_flight = sum(
+            1
+            for key in self.starting
+            if key.startswith(prefix) and key[len(prefix) :] not in book.active
+        )
+        return len(book.active) + in_flight
+
+
+# ----------------------------------------------------------------------------------------
+# decide
+# ----------------------------------------------------------------------------------------
+
+
+def decide(state: DriverState, message: Message, now: datetime) -> list[Effect]:
+    """Fold ``message`` into ``state`` (in place) and return the effects to carry out.
+
+    Deterministic and free of I/O: the same messages at the same times give the same
+    effects, which is what replay and the simulations rely on. ``state`` belongs to one
+    caller, which feeds stored events in log order.
+    """
+    state.now = now
+    touched: set[str] = set()
+    effects: list[Effect] = []
+    match message:
+        case StoredEvent():
+            touched |= _fold(state, message)
+        case CommandEnvelope():
+            effects += _command(state, message)
+            run_id = getattr(message.payload, "run_id", None)
+            if isinstance(run_id, str):
+                touched.add(run_id)
+        case EffectSettled(key=key, seq=seq):
+            if key in state.pending:
+                state.pending[key] = max(seq, 1)
+            _release_pending(state)
+            touched |= _runs_of_key(key)
+        case EffectFailed(key=key):
+            state.pending.pop(key, None)
+            state.starting.pop(key, None)
+            touched |= _runs_of_key(key)
+        case Resume():
+            effects += _republish(state)
+            touched |= {r for r, book in state.runs.items() if not book.ended}
+        case Tick():
+            touched |= {r for r, book in state.runs.items() if not book.ended}
+            effects += _liveness(state, now)
+    for run_id in sorted(touched):
+        book = state.runs.get(run_id)
+        if book is not None and not book.ended:
+            effects += _reconcile(state, book, now)
+    for effect in effects:
+        state.pending.setdefault(effect.key, 0)
+        if isinstance(effect, Dispatch) and not effect.republish:
+            book = state.runs[effect.run_id]
+            if effect.queued.task_id not in book.active:
+                state.starting[effect.key] = effect.run_id
+    return effects
+
+
+def _runs_of_key(key: str) -> set[str]:
+    kind, _, rest = key.partition(":")
+    return {rest.split(":", 1)[0]} if kind in {"run", "task", "merge"} else set()
+
+
+def _release_pending(state: DriverState) -> None:
+    last = state.view.last_seq
+    for key in [k for k, seq in state.pending.items() if 0 < seq <= last]:
+        del state.pending[key]
+        state.starting.pop(key, None)
+
+
+def _free(state: DriverState, key: str) -> bool:
+    return key not in state.pending
+
+
+# ----------------------------------------------------------------------------------------
+# Folding the log
+# ----------------------------------------------------------------------------------------
+
+
+def _fold(state: DriverState, stored: StoredEvent) -> set[str]:
+    before = state.view
+    if stored.seq <= before.last_seq:
+        return set()
+    state.view = apply(before, stored)
+    event = stored.envelope.payload
+    state.scope_seq[scope_filter(event)] = stored.seq
+    _release_pending(state)
+    if state.view.anomaly_count != before.anomaly_count:
+        return {event.run_id} if isinstance(event, RunEvent) else set()
+    if isinstance(event, TaskRateLimited):
+        _throttle(state, event, stored.envelope.occurred_at)
+    if isinstance(event, WorkerLost):
+        runs: set[str] = set()
+        for key in event.orphaned_tasks:
+            run_id, _, task_id = key.partition("/")
+            book = state.runs.get(run_id)
+            if book is not None:
+                book.attention.add(task_id)
+                runs.add(run_id)
+        return runs
+    if not isinstance(event, RunEvent):
+        return set()
+    book = state.runs.get(event.run_id)
+    match event:
+        case RunSubmitted():
+            state.runs[event.run_id] = RunBook(
+                run_id=event.run_id, submitted=event, submitted_at=stored.envelope.occurred_at
+            )
+        case RunPlanned() if book is not None:
+            _planned(book, event)
+        case RunCompleted() | RunFailed() | RunCancelled() if book is not None:
+            book.ended = True
+        case RunRolledBack() if book is not None:
+            book.head = event.to_commit
+            reverted = set(event.reverted_tasks)
+            book.merges = [m for m in book.merges if m[1] not in reverted]
+        case RunBudgetReached() if book is not None:
+            book.budget_reached = True
+        case TaskEvent() if book is not None and book.graph is not None:
+            _task_moved(state, book, event, stored)
+        case _:
+            pass
+    return {event.run_id}
+
+
+def _planned(book: RunBook, event: RunPlanned) -> None:
+    book.graph = TaskGraph.build(event.tasks)
+    book.base_commit = event.base_commit
+    book.integration_branch = event.integration_branch
+    book.head = event.base_commit
+    for spec in event.tasks:
+        book.waiting[spec.task_id] = len(set(spec.depends_on))
+        if not spec.depends_on:
+            _release(book, spec.task_id)
+
+
+def _release(book: RunBook, task_id: str) -> None:
+    assert book.graph is not None
+    spec = book.graph.specs[task_id]
+    heapq.heappush(
+        book.ready,
+        (-book.graph.rank[task_id], -spec.priority, book.graph.position[task_id], task_id),
+    )
+
+
+def _task_moved(state: DriverState, book: RunBook, event: TaskEvent, stored: StoredEvent) -> None:
+    assert book.graph is not None
+    task_id = event.task_id
+    task = state.view.tasks[task_key(book.run_id, task_id)]
+    match event:
+        case TaskQueued():
+            book.queued[task_id] = event
+            book.retry_at.pop(task_id, None)
+            book.conflicts.pop(task_id, None)
+        case TaskRetryScheduled():
+            book.retry_at[task_id] = stored.envelope.occurred_at + timedelta(seconds=event.delay_s)
+        case TaskSucceeded():
+            book.results[task_id] = event
+            if task_id not in book.to_merge:
+                book.to_merge.append(task_id)
+        case MergeConflict():
+            book.conflicts[task_id] = event
+        case TaskMerged():
+            book.head = event.commit
+            book.merges.append((stored.seq, task_id, event.commit))
+            if task_id not in book.merged:
+                book.merged.add(task_id)
+                for child in book.graph.dependents[task_id]:
+                    book.waiting[child] -= 1
+                    if book.waiting[child] == 0:
+                        _release(book, child)
+        case _:
+            pass
+    _classify(state, book, task)
+
+
+def _classify(state: DriverState, book: RunBook, task: TaskView) -> None:
+    """Put the task in the indexes its state belongs to (and out of the others)."""
+    task_id = task.task_id
+    state_ = task.state
+    for index in (book.active, book.attention, book.done):
+        index.discard(task_id)
+    if state_ is not TaskState.SUCCEEDED:
+        _drop(book.to_merge, task_id)
+    if state_ in _ACTIVE:
+        book.active.add(task_id)
+        worker = state.view.workers.get(task.worker_id or "")
+        if worker is not None and worker.state == "lost":
+            book.attention.add(task_id)
+    elif state_ in (TaskState.FAILED, TaskState.RETRY_WAIT, TaskState.CONFLICTED):
+        book.attention.add(task_id)
+    elif state_ in _DONE:
+        book.done.add(task_id)
+        if state_ is TaskState.CANCELLED:
+            book.attention.add(task_id)  # its dependents are skipped
+
+
+def _drop(items: list[str], item: str) -> None:
+    if item in items:
+        items.remove(item)
+
+
+def _throttle(state: DriverState, event: TaskRateLimited, at: datetime) -> None:
+    """Pause every start fleet-wide; a report soon after the last doubles the pause, a
+    report after a quiet spell starts again from the base pause."""
+    config = state.config
+    quiet = max(state.throttle_s, config.rate_limit_backoff_s) * 2
+    recovering = (
+        state.last_rate_limit is None or (at - state.last_rate_limit).total_seconds() > quiet
+    )
+    base = config.rate_limit_backoff_s if recovering else state.throttle_s * 2
+    pause = min(max(base, event.retry_after_s or 0.0), config.rate_limit_backoff_max_s)
+    state.throttle_s = pause
+    state.last_rate_limit = at
+    until = at + timedelta(seconds=pause)
+    if state.throttle_until is None or until > state.throttle_until:
+        state.throttle_until = until
+
+
+# ----------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------
+
+
+def _command(state: DriverState, envelope: CommandEnvelope) -> list[Effect]:
+    if envelope.id in state.commands_seen:
+        return []
+    state.commands_seen.add(envelope.id)
+    command = envelope.payload
+    match command:
+        case SubmitRun():
+            return _submit(state, envelope.id, command)
+        case CancelRun():
+            return _cancel_run(state, envelope.id, command)
+        case CancelTask():
+            return _cancel_task(state, envelope.id, command)
+        case RollbackRun():
+            return _rollback(state, envelope.id, command)
+        case _:
+            return []  # DrainWorker: the workers act on it themselves
+
+
+def _reject(state: DriverState, run_id: str, command_id: str, kind: str, reason: str) -> Record:
+    event = CommandRejected(run_id=run_id, command_id=command_id, command_type=kind, reason=reason)
+    return _record(state, f"reject:{command_id}", event, f"rejected-{command_id}")
+
+
+def _submit(state: DriverState, command_id: str, command: SubmitRun) -> list[Effect]:
+    def reject(reason: str) -> list[Effect]:
+        return [_reject(state, command.run_id, command_id, "run.submit", reason)]
+
+    if command.run_id in state.view.runs or not _free(state, f"run:{command.run_id}:submit"):
+        return reject(f"run {command.run_id!r} already exists; choose another run id")
+    if command.plan is not None:
+        try:
+            TaskGraph.build(command.plan)
+        except GraphError as exc:
+            return reject(str(exc))
+    elif command.fanout is None and command.planner != "claude":
+        return reject("the run has no plan: give tasks, a fan-out, or the claude planner")
+    event = RunSubmitted(
+        run_id=command.run_id,
+        goal=command.goal,
+        repo=command.repo,
+        base_ref=command.base_ref,
+        planner=command.planner,
+        budget_usd=command.budget_usd,
+        max_parallel=command.max_parallel,
+        policy=command.policy,
+        plan=command.plan,
+        plan_source=command.plan_source,
+        fanout=command.fanout,
+    )
+    return [_record(state, f"run:{command.run_id}:submit", event, f"submitted-{command.run_id}")]
+
+
+def _cancel_run(state: DriverState, command_id: str, command: CancelRun) -> list[Effect]:
+    run = state.view.runs.get(command.run_id)
+    if run is None:
+        return [
+            _reject(
+                state,
+                command.run_id,
+                command_id,
+                "run.cancel",
+                f"there is no run {command.run_id!r}",
+            )
+        ]
+    if run.state not in _OPEN_RUN:
+        return [
+            _reject(
+                state,
+                command.run_id,
+                command_id,
+                "run.cancel",
+                f"run {command.run_id!r} already ended ({run.state.value})",
+            )
+        ]
+    effects: list[Effect] = []
+    reason = command.reason or "the run was cancelled"
+    for task in state.view.tasks_of(command.run_id):
+        if not task.state.terminal and task.state not in _ACTIVE:
+            effects.append(_cancel_event(state, task, reason))
+    # Running attempts: the workers got the same command and stop them themselves.
+    event = RunCancelled(run_id=command.run_id, reason=reason)
+    effects.append(
+        _record(state, f"run:{command.run_id}:end", event, f"cancelled-{command.run_id}")
+    )
+    return effects
+
+
+def _cancel_event(state: DriverState, task: TaskView, reason: str) -> Record:
+    event = TaskCancelled(run_id=task.run_id, task_id=task.task_id, reason=reason)
+    key = f"task:{task.run_id}:{task.task_id}"
+    return _record(state, key, event, f"cancelled-{task.run_id}-{task.task_id}")
+
+
+def _cancel_task(state: DriverState, command_id: str, command: CancelTask) -> list[Effect]:
+    task = state.view.tasks.get(task_key(command.run_id, command.task_id))
+
+    def reject(reason: str) -> list[Effect]:
+        return [_reject(state, command.run_id, command_id, "task.cancel", reason)]
+
+    if task is None:
+        return reject(f"run {command.run_id!r} has no task {command.task_id!r}")
+    if task.state.terminal:
+        return reject(f"task {command.task_id!r} already ended ({task.state.value})")
+    if task.state in _ACTIVE:
+        return []  # its worker got the same command: it stops the agent and records it
+    return [_cancel_event(state, task, command.reason or "cancelled on request")]
+
+
+def _rollback(state: DriverState, command_id: str, command: RollbackRun) -> list[Effect]:
+    book = state.runs.get(command.run_id)
+    run = state.view.runs.get(command.run_id)
+
+    def reject(reason: str) -> list[Effect]:
+        return [_reject(state, command.run_id, command_id, "run.rollback", reason)]
+
+    if book is None or run is None or book.graph is None:
+        return reject(f"there is no planned run {command.run_id!r}")
+    if run.state in _OPEN_RUN:
+        return reject(f"run {command.run_id!r} is still {run.state.value}: cancel it first")
+    if (command.to_task is None) == (command.to_sequence is None):
+        return reject("give exactly one of a task id or a sequence number to roll back to")
+    if command.to_task is not None:
+        index = next((i for i, m in enumerate(book.merges) if m[1] == command.to_task), None)
+        if index is None:
+            return reject(f"task {command.to_task!r} of run {command.run_id!r} is not merged")
+    else:
+        index = sum(1 for m in book.merges if m[0] <= (command.to_sequence or 0))
+    return [_rollback_effect(book, index, command.to_sequence, f"rolledback-{command_id}")]
+
+
+def _rollback_effect(book: RunBook, index: int, to_sequence: int | None, event_id: str) -> Rollback:
+    """Back to before the merge at ``index`` of the run's merge history."""
+    target = book.merges[index - 1][2] if index > 0 else book.base_commit
+    event = RunRolledBack(
+        run_id=book.run_id,
+        to_commit=target,
+        to_sequence=to_sequence,
+        reverted_tasks=tuple(m[1] for m in book.merges[index:]),
+    )
+    return Rollback(
+        key=f"run:{book.run_id}:rollback",
+        integration_branch=book.integration_branch,
+        event=event,
+        event_id=event_id,
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Reconciling a run
+# ----------------------------------------------------------------------------------------
+
+
+def _record(state: DriverState, key: str, event: Event, event_id: str) -> Record:
+    return Record(
+        key=key,
+        event=event,
+        event_id=event_id,
+        expected_last=state.scope_seq.get(scope_filter(event), 0),
+    )
+
+
+def _reconcile(state: DriverState, book: RunBook, now: datetime) -> list[Effect]:
+    run = state.view.runs.get(book.run_id)
+    if run is None:
+        return []
+    if run.state is RunState.SUBMITTED:
+        key = f"run:{book.run_id}:plan"
+        return [Plan(key=key, submitted=book.submitted)] if _free(state, key) else []
+    if run.state not in _OPEN_RUN or book.graph is None:
+        return []
+    effects: list[Effect] = []
+    attended = _attend(state, book, now)
+    effects += attended
+    starting = sum(
+        1 for e in attended if isinstance(e, Dispatch) and e.queued.task_id not in book.active
+    )
+    effects += _start_ready(state, book, now, starting)
+    effects += _merge_lane(state, book)
+    effects += _budget(state, book)
+    effects += _ending(state, book)
+    return effects
+
+
+def _attend(state: DriverState, book: RunBook, now: datetime) -> list[Effect]:
+    """Tasks whose state asks for a decision: retry, requeue, resolve, skip or stop."""
+    policy = book.policy
+    effects: list[Effect] = []
+    requeues: list[Effect] = []
+    cap = book.submitted.max_parallel or state.config.max_running
+    total = state.active_total()
+    active = state.active_in(book)
+
+    def room() -> bool:
+        # A retry or a resolution is a start like any other: the caps apply to it.
+        starts = sum(1 for e in effects if isinstance(e, Dispatch))
+        return active + starts < cap and total + starts < state.config.max_running
+
+    for task_id in sorted(book.attention):
+        task = state.view.tasks[task_key(book.run_id, task_id)]
+        key = f"task:{book.run_id}:{task_id}"
+        if not _free(state, key):
+            continue
+        match task.state:
+            case TaskState.FAILED if task_id not in book.failed:
+                if (
+                    task.failure_class in policy.retry_classes
+                    and task.attempt < policy.max_attempts
+                ):
+                    delay = min(
+                        policy.backoff_base_s * 2 ** (task.attempt - 1), policy.backoff_max_s
+                    )
+                    event = TaskRetryScheduled(
+                        run_id=book.run_id,
+                        task_id=task_id,
+                        next_attempt=task.attempt + 1,
+                        delay_s=delay,
+                        reason=f"{task.failure_class}: {task.failure}",
+                    )
+                    effects.append(
+                        _record(
+                            state, key, event, f"retry-{book.run_id}-{task_id}-{task.attempt + 1}"
+                        )
+                    )
+                else:
+                    book.failed.add(task_id)
+                    if policy.on_task_failure == "fail_run":
+                        book.stopping = book.stopping or f"task {task_id!r} failed: {task.failure}"
+            case TaskState.RETRY_WAIT:
+                due = book.retry_at.get(task_id)
+                if due is not None and now >= due and not book.stopping and room():
+                    effects.append(
+                        _dispatch(state, book, task, f"retry after {task.failure_class}")
+                    )
+            case TaskState.CONFLICTED:
+                conflict = book.conflicts.get(task_id)
+                if policy.on_conflict == "stop":
+                    files = ", ".join(task.conflict_files) or "unknown files"
+                    book.stopping = book.stopping or (
+                        f"task {task_id!r} conflicts with the integration branch in {files}"
+                    )
+                elif task.attempt > policy.max_attempts:
+                    book.stopping = book.stopping or (
+                        f"task {task_id!r} still conflicts after {task.attempt} attempts"
+                    )
+                elif conflict is not None and not book.stopping and room():
+                    effects.append(_dispatch(state, book, task, "resolve", conflict=conflict))
+            case TaskState.QUEUED | TaskState.ASSIGNED | TaskState.RUNNING:
+                worker = state.view.workers.get(task.worker_id or "")
+                if worker is not None and worker.state == "lost":
+                    # Replaces an attempt already counted as active: no room needed.
+                    requeues.append(
+                        _dispatch(state, book, task, "its worker was lost", resume=task.session_id)
+                    )
+            case _:
+                pass
+    for task_id in sorted(book.attention):
+        task = state.view.tasks[task_key(book.run_id, task_id)]
+        cancelled = task.state is TaskState.CANCELLED
+        failed = task_id in book.failed and policy.on_task_failure != "fail_run"
+        if (cancelled or failed) and task_id not in book.skipped_for:
+            effects += _skip_descendants(state, book, task)
+    return effects + requeues
+
+
+def _skip_descendants(state: DriverState, book: RunBook, blocker: TaskView) -> list[Effect]:
+    assert book.graph is not None
+    effects: list[Effect] = []
+    waiting = False
+    for task_id in book.graph.descendants(blocker.task_id):
+        task = state.view.tasks[task_key(book.run_id, task_id)]
+        key = f"task:{book.run_id}:{task_id}"
+        if task.state is not TaskState.PENDING:
+            continue
+        if not _free(state, key):
+            waiting = True
+            continue
+        why = (
+            "was cancelled"
+            if blocker.state is TaskState.CANCELLED
+            else f"failed: {blocker.failure}"
+        )
+        event = TaskSkipped(
+            run_id=book.run_id,
+            task_id=task_id,
+            reason=f"depends on {blocker.task_id!r}, which {why}",
+            blocked_by=blocker.task_id,
+        )
+        effects.append(_record(state, key, event, f"skipped-{book.run_id}-{task_id}"))
+    if not effects and not waiting:
+        book.skipped_for.add(blocker.task_id)
+    return effects
+
+
+def retry_limits(spec: TaskSpec, failure_class: str | None, attempt: int) -> TaskLimits | None:
+    """The limits of a retry: more room for what ran out, None (unchanged) otherwise."""
+    limits = spec.limits
+    if failure_class == "max_turns":
+        turns = limits.max_turns or _DEFAULT_MAX_TURNS
+        return msgspec.structs.replace(limits, max_turns=turns * 2 ** (attempt - 1))
+    if failure_class == "timeout":
+        wall = limits.wall_time_s or _DEFAULT_WALL_TIME_S
+        return msgspec.structs.replace(limits, wall_time_s=wall * 1.5 ** (attempt - 1))
+    return None
+
+
+def _take_token(state: DriverState, now: datetime) -> bool:
+    """Pace starts: a token bucket, and a full stop while the API reports rate limits."""
+    config = state.config
+    if state.throttle_until is not None and now < state.throttle_until:
+        return False
+    if state.tokens_at is None:
+        state.tokens, state.tokens_at = float(config.start_burst), now
+    elapsed = max((now - state.tokens_at).total_seconds(), 0.0)
+    state.tokens = min(float(config.start_burst), state.tokens + elapsed * config.starts_per_s)
+    state.tokens_at = now
+    if state.tokens < 1.0:
+        return False
+    state.tokens -= 1.0
+    return True
+
+
+def _start_ready(state: DriverState, book: RunBook, now: datetime, starting: int) -> list[Effect]:
+    """Start released tasks, most urgent first, as far as the caps and the pace allow."""
+    if book.stopping or book.budget_reached or not book.ready:
+        return []
+    effects: list[Effect] = []
+    running = state.active_in(book) + starting
+    total = state.active_total() + starting
+    run_cap = book.submitted.max_parallel or state.config.max_running
+    while book.ready:
+        task_id = book.ready[0][3]
+        task = state.view.tasks[task_key(book.run_id, task_id)]
+        if task.state is not TaskState.PENDING:
+            heapq.heappop(book.ready)  # skipped or cancelled meanwhile
+            continue
+        if not _free(state, f"task:{book.run_id}:{task_id}"):
+            break
+        if running >= run_cap or total >= state.config.max_running:
+            break
+        if not _take_token(state, now):
+            break
+        heapq.heappop(book.ready)
+        effects.append(_dispatch(state, book, task, ""))
+        running += 1
+        total += 1
+    return effects
+
+
+def _dispatch(
+    state: DriverState,
+    book: RunBook,
+    task: TaskView,
+    why: str,
+    *,
+    resume: str = "",
+    conflict: MergeConflict | None = None,
+) -> Dispatch:
+    assert book.graph is not None
+    spec = book.graph.specs[task.task_id]
+    attempt = task.attempt + 1
+    if conflict is not None:
+        note = (
+            f"Merging your previous result into the integration branch conflicted in "
+            f"{', '.join(conflict.files)}. The workspace holds that merge with conflict "
+            f"markers. Resolve every conflict keeping the intent of both sides, then finish."
+        )
+    else:
+        note = f"This is attempt {attempt}: {why}." if why else ""
+    queued = TaskQueued(
+        run_id=book.run_id,
+        task_id=task.task_id,
+        attempt=attempt,
+        pool=book.policy.pool,
+        base_commit="" if conflict is not None else book.head,
+        limits=retry_limits(spec, task.failure_class, attempt) if why.startswith("retry") else None,
+        resume_session_id=resume,
+        note=note,
+        resolves_conflict=conflict is not None,
+    )
+    return Dispatch(
+        key=f"task:{book.run_id}:{task.task_id}",
+        run_id=book.run_id,
+        spec=spec,
+        queued=queued,
+        event_id=f"queued-{book.run_id}-{task.task_id}-{attempt}",
+        expected_last=state.scope_seq.get(scope_filter(queued), 0),
+        conflict=(conflict.ours, conflict.theirs) if conflict is not None else None,
+    )
+
+
+def _republish(state: DriverState) -> list[Effect]:
+    """After a restart: put the work item of every queued attempt back on its queue.
+
+    The driver may have died between recording TaskQueued and publishing the item; the
+    item's id is per attempt, so an item that did get out is not duplicated.
+    """
+    effects: list[Effect] = []
+    for book in state.runs.values():
+        if book.ended or book.graph is None:
+            continue
+        for task_id in sorted(book.active):
+            task = state.view.tasks[task_key(book.run_id, task_id)]
+            queued = book.queued.get(task_id)
+            if task.state is not TaskState.QUEUED or queued is None:
+                continue
+            if queued.attempt != task.attempt:
+                continue
+            effects.append(
+                Dispatch(
+                    key=f"task:{book.run_id}:{task_id}",
+                    run_id=book.run_id,
+                    spec=book.graph.specs[task_id],
+                    queued=queued,
+                    event_id=f"queued-{book.run_id}-{task_id}-{queued.attempt}",
+                    expected_last=state.scope_seq.get(scope_filter(queued), 0),
+                    republish=True,
+                )
+            )
+    return effects
+
+
+def _merge_lane(state: DriverState, book: RunBook) -> list[Effect]:
+    """One merge at a time per run, in the order results arrived."""
+    assert book.graph is not None
+    key = f"merge:{book.run_id}"
+    if not book.to_merge or not _free(state, key) or book.stopping:
+        return []
+    task_id = book.to_merge[0]
+    task = state.view.tasks[task_key(book.run_id, task_id)]
+    result = book.results.get(task_id)
+    if task.state is not TaskState.SUCCEEDED or result is None or result.attempt != task.attempt:
+        return []
+    spec = book.graph.specs[task_id]
+    verify = (
+        bool(book.policy.verify_command)
+        and book.policy.verify_when == "each"
+        and KIND_PROFILES[spec.kind].verify
+    )
+    return [
+        Merge(
+            key=key,
+            run_id=book.run_id,
+            task_id=task_id,
+            attempt=task.attempt,
+            title=spec.title,
+            result=result,
+            head=book.head,
+            integration_branch=book.integration_branch,
+            verify=verify,
+            on_conflict=book.policy.on_conflict,
+            expected_last=state.scope_seq.get(f"cc.evt.{book.run_id}.{task_id}.>", 0),
+        )
+    ]
+
+
+def _budget(state: DriverState, book: RunBook) -> list[Effect]:
+    budget = book.submitted.budget_usd
+    if budget is None or book.budget_reached:
+        return []
+    cost = state.view.costs.get(book.run_id)
+    spent = cost.cost_usd if cost is not None else 0.0
+    key = f"run:{book.run_id}:budget"
+    if spent < budget or not _free(state, key):
+        return []
+    event = RunBudgetReached(run_id=book.run_id, budget_usd=budget, spent_usd=spent)
+    return [_record(state, key, event, f"budget-{book.run_id}")]
+
+
+def _ending(state: DriverState, book: RunBook) -> list[Effect]:
+    """Record the run's end once nothing runs, nothing waits and nothing is in flight."""
+    assert book.graph is not None
+    key = f"run:{book.run_id}:end"
+    busy = (
+        book.active
+        or book.to_merge
+        or any(
+            k.startswith((f"task:{book.run_id}:", f"merge:{book.run_id}")) for k in state.pending
+        )
+    )
+    if busy or not _free(state, key):
+        return []
+    waiting_retry = any(
+        state.view.tasks[task_key(book.run_id, t)].state is TaskState.RETRY_WAIT
+        for t in book.attention
+    )
+    unfinished = len(book.graph.specs) - len(book.done) - len(book.failed)
+    if book.stopping or (book.budget_reached and unfinished > 0):
+        reason = book.stopping or (
+            f"the run's budget of ${book.submitted.budget_usd or 0:.2f} was spent with "
+            f"{unfinished} tasks not done"
+        )
+        event = RunFailed(
+            run_id=book.run_id, reason=reason, failed_tasks=tuple(sorted(book.failed))
+        )
+        effects: list[Effect] = [_record(state, key, event, f"failed-{book.run_id}")]
+        if book.policy.rollback_on_failure and book.merges:
+            effects.append(_rollback_effect(book, 0, None, f"rolledback-{book.run_id}-on-failure"))
+        return effects
+    if unfinished > 0 or waiting_retry:
+        return []
+    done = _summary(state, book)
+    if book.policy.verify_command and book.policy.verify_when == "end":
+        return [Verify(key=key, run_id=book.run_id, head=book.head, done=done)]
+    return [_record(state, key, done, f"completed-{book.run_id}")]
+
+
+def _summary(state: DriverState, book: RunBook) -> RunCompleted:
+    tasks = state.view.tasks_of(book.run_id)
+    wall = (state.now - book.submitted_at).total_seconds() if state.now else 0.0
+    busy = sum(
+        (t.finished_at - t.started_at).total_seconds()
+        for t in tasks
+        if t.started_at is not None and t.finished_at is not None
+    )
+    cost = state.view.costs.get(book.run_id)
+    return RunCompleted(
+        run_id=book.run_id,
+        head_commit=book.head,
+        tasks_succeeded=sum(1 for t in tasks if t.state is TaskState.MERGED),
+        tasks_failed=sum(1 for t in tasks if t.state is TaskState.FAILED),
+        tasks_skipped=sum(1 for t in tasks if t.state in (TaskState.SKIPPED, TaskState.CANCELLED)),
+        wall_time_s=round(max(wall, 0.0), 3),
+        task_time_s=round(busy, 3),
+        speedup=round(busy / wall, 3) if wall > 0 else 0.0,
+        cost_usd=round(cost.cost_usd, 6) if cost is not None else 0.0,
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Worker liveness
+# ----------------------------------------------------------------------------------------
+
+
+def _liveness(state: DriverState, now: datetime) -> list[Effect]:
+    """Declare lost every active worker silent for longer than ``lost_after_s``."""
+    effects: list[Effect] = []
+    limit = timedelta(seconds=state.config.lost_after_s)
+    for worker in state.view.workers.values():
+        if worker.state != "active" or worker.last_seen_at is None:
+            continue
+        key = f"worker:{worker.worker_id}"
+        if now - worker.last_seen_at < limit or not _free(state, key):
+            continue
+        orphaned = tuple(
+            f"{book.run_id}/{task_id}"
+            for book in state.runs.values()
+            if not book.ended
+            for task_id in sorted(book.active)
+            if state.view.tasks[task_key(book.run_id, task_id)].worker_id == worker.worker_id
+        )
+        event = WorkerLost(
+            worker_id=worker.worker_id,
+            last_seen_seq=state.scope_seq.get(f"cc.evt._workers.{worker.worker_id}.>", 0),
+            reason=f"no heartbeat for {state.config.lost_after_s:g}s",
+            orphaned_tasks=orphaned,
+        )
+        effects.append(_record(state, key, event, f"lost-{worker.worker_id}-{event.last_seen_seq}"))
+    return effects
