@@ -31,6 +31,7 @@ from claudecluster.validation import config_error
 __all__ = [
     "CONFIG_FILE_NAME",
     "ENV_PREFIX",
+    "DriverSettings",
     "LoadedSettings",
     "LoggingSettings",
     "NatsSettings",
@@ -105,6 +106,30 @@ class WorkerSettings(_Section):
     setup_timeout_s: float = pydantic.Field(default=600.0, gt=0)
 
 
+class DriverSettings(_Section):
+    """How the driver paces, caps and watches the work of every run."""
+
+    max_running: int = pydantic.Field(
+        default=64, ge=1, description="Task attempts queued or running at once, all runs."
+    )
+    starts_per_s: float = pydantic.Field(
+        default=10.0, gt=0, description="Sustained task starts per second (token bucket)."
+    )
+    start_burst: int = pydantic.Field(default=10, ge=1, description="Starts allowed at once.")
+    lost_after_s: float = pydantic.Field(
+        default=20.0, gt=0, description="A worker silent this long is declared lost."
+    )
+    rate_limit_backoff_s: float = pydantic.Field(
+        default=2.0, ge=0, description="First pause of all starts after a rate-limit report."
+    )
+    rate_limit_backoff_max_s: float = pydantic.Field(default=60.0, ge=0)
+    work_dir: Path | None = pydantic.Field(
+        default=None,
+        description="Where integration worktrees and bundles live (default: "
+        "<repo>/.claudecluster/driver).",
+    )
+
+
 class LoggingSettings(_Section):
     """How the processes log."""
 
@@ -127,6 +152,7 @@ class Settings(BaseSettings):
     nats: NatsSettings = NatsSettings()
     logging: LoggingSettings = LoggingSettings()
     worker: WorkerSettings = WorkerSettings()
+    driver: DriverSettings = DriverSettings()
     anthropic_api_key: pydantic.SecretStr | None = pydantic.Field(
         default=None,
         validation_alias=pydantic.AliasChoices("anthropic_api_key", "ANTHROPIC_API_KEY"),

@@ -91,12 +91,16 @@ def test_every_valid_id_is_one_subject_token(value: str) -> None:
     assert len(event_subject(TaskQueued(run_id=value, task_id=value)).split(".")) == 6
 
 
-def test_there_is_one_schema_per_event_and_command_plus_envelopes() -> None:
+def test_there_is_one_schema_per_event_and_command_plus_envelopes_and_plan() -> None:
     files = render_schemas()
     assert {f"events/{tag}.json" for tag in EVENT_TYPES} <= files.keys()
     assert {f"commands/{tag}.json" for tag in COMMAND_TYPES} <= files.keys()
-    assert {"event-envelope.json", "command-envelope.json", "stored-event.json"} <= files.keys()
-    assert len(files) == len(EVENT_TYPES) + len(COMMAND_TYPES) + 3
+    others = {"event-envelope.json", "command-envelope.json", "stored-event.json", "plan.json"}
+    assert others <= files.keys()
+    assert len(files) == len(EVENT_TYPES) + len(COMMAND_TYPES) + len(others)
+    plan = json.loads(files["plan.json"])
+    assert plan["title"] == "PlanFile"
+    assert "tasks" in plan["$defs"]["PlanFile"]["required"]
     heartbeat = json.loads(files["events/worker.heartbeat.json"])
     assert heartbeat["x-schema-version"] == 2
     assert heartbeat["x-subject"] == "cc.evt._workers.<worker_id>.worker.heartbeat"

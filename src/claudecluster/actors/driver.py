@@ -284,8 +284,12 @@ class RunBook:
     queued: dict[str, TaskQueued] = field(default_factory=dict)
     conflicts: dict[str, MergeConflict] = field(default_factory=dict)
     skipped_for: set[str] = field(default_factory=set)
+    #: "task/attempt" of attempts told to stop because the run is failing
+    cancel_sent: set[str] = field(default_factory=set)
     budget_reached: bool = False
     ended: bool = False
+    #: the run failed and its policy says to roll back what it merged
+    roll_back: bool = False
     #: why the run must end as failed once nothing runs any more
     stopping: str = ""
 
@@ -366,6 +370,7 @@ def decide(state: DriverState, message: Message, now: datetime) -> list[Effect]:
             touched |= _runs_of_key(key)
         case Resume():
             effects += _republish(state)
+            touched |= {r for r, book in state.runs.items() if book.roll_back}
             touched |= {r for r, book in state.runs.items() if not book.ended}
         case Tick():
             touched |= {r for r, book in state.runs.items() if not book.ended}
@@ -374,8 +379,14 @@ def decide(state: DriverState, message: Message, now: datetime) -> list[Effect]:
         book = state.runs.get(run_id)
         if book is not None and not book.ended:
             effects += _reconcile(state, book, now)
+        elif book is not None and book.roll_back and _free(state, f"run:{run_id}:rollback"):
+            effects.append(_rollback_effect(book, 0, None, f"rolledback-{run_id}-on-failure"))
     for effect in effects:
         state.pending.setdefault(effect.key, 0)
+        if isinstance(effect, PublishCommand) and isinstance(effect.command, CancelTask):
+            cancelled = state.runs[effect.command.run_id]
+            task = effect.command.task_id
+            cancelled.cancel_sent.add(f"{task}/{_attempt(state, cancelled, task)}")
         if isinstance(effect, Dispatch) and not effect.republish:
             book = state.runs[effect.run_id]
             if effect.queued.task_id not in book.active:
@@ -437,7 +448,10 @@ def _fold(state: DriverState, stored: StoredEvent) -> set[str]:
             _planned(book, event)
         case RunCompleted() | RunFailed() | RunCancelled() if book is not None:
             book.ended = True
+            if isinstance(event, RunFailed) and book.policy.rollback_on_failure and book.merges:
+                book.roll_back = True
         case RunRolledBack() if book is not None:
+            book.roll_back = False
             book.head = event.to_commit
             reverted = set(event.reverted_tasks)
             book.merges = [m for m in book.merges if m[1] not in reverted]
@@ -1021,6 +1035,18 @@ def _ending(state: DriverState, book: RunBook) -> list[Effect]:
     """Record the run's end once nothing runs, nothing waits and nothing is in flight."""
     assert book.graph is not None
     key = f"run:{book.run_id}:end"
+    if book.stopping and book.active:
+        # Stop what still runs: the run is failing and its results would not be merged.
+        return [
+            PublishCommand(
+                key=f"cancel:{book.run_id}:{task_id}",
+                command=CancelTask(run_id=book.run_id, task_id=task_id, reason=book.stopping),
+                command_id=f"cancel-{book.run_id}-{task_id}-{_attempt(state, book, task_id)}",
+            )
+            for task_id in sorted(book.active)
+            if _free(state, f"cancel:{book.run_id}:{task_id}")
+            and f"{task_id}/{_attempt(state, book, task_id)}" not in book.cancel_sent
+        ]
     busy = (
         book.active
         or book.to_merge
@@ -1043,16 +1069,17 @@ def _ending(state: DriverState, book: RunBook) -> list[Effect]:
         event = RunFailed(
             run_id=book.run_id, reason=reason, failed_tasks=tuple(sorted(book.failed))
         )
-        effects: list[Effect] = [_record(state, key, event, f"failed-{book.run_id}")]
-        if book.policy.rollback_on_failure and book.merges:
-            effects.append(_rollback_effect(book, 0, None, f"rolledback-{book.run_id}-on-failure"))
-        return effects
+        return [_record(state, key, event, f"failed-{book.run_id}")]
     if unfinished > 0 or waiting_retry:
         return []
     done = _summary(state, book)
     if book.policy.verify_command and book.policy.verify_when == "end":
         return [Verify(key=key, run_id=book.run_id, head=book.head, done=done)]
     return [_record(state, key, done, f"completed-{book.run_id}")]
+
+
+def _attempt(state: DriverState, book: RunBook, task_id: str) -> int:
+    return state.view.tasks[task_key(book.run_id, task_id)].attempt
 
 
 def _summary(state: DriverState, book: RunBook) -> RunCompleted:

@@ -204,8 +204,8 @@ class FanoutSpec(msgspec.Struct, frozen=True, kw_only=True):
     The template may use ``{path}`` (the file), ``{stem}`` and ``{goal}``.
     """
 
-    glob: Annotated[str, msgspec.Meta(min_length=1)]
-    prompt_template: Annotated[str, msgspec.Meta(min_length=1)]
+    glob: str
+    prompt_template: str
     kind: TaskKind = "refactor"
     max_tasks: Annotated[int, msgspec.Meta(ge=1)] = 500
 

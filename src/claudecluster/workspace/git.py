@@ -28,6 +28,7 @@ __all__ = [
     "commit_all",
     "fetch_result",
     "git",
+    "git_status",
     "open_workspace",
     "result_bundle",
     "task_branch",
@@ -51,16 +52,10 @@ def task_branch(run_id: str, task_id: str) -> str:
     return f"claudecluster/{run_id}/{task_id}"
 
 
-async def git(repo: Path, *args: str, time_limit: float = _GIT_TIMEOUT_S) -> str:
-    """Run one git command in ``repo`` and return its standard output.
-
-    Raises:
-        WorkspaceError: git failed or took longer than ``time_limit`` seconds.
-    """
-    command = ["git", "-C", str(repo), *args]
+def _git_env() -> dict[str, str]:
     # A fixed identity and no user or system config: the same commands behave the same on
     # every worker, whatever hooks or settings its user has.
-    env = {
+    return {
         **os.environ,
         "GIT_AUTHOR_NAME": _AUTHOR[0],
         "GIT_AUTHOR_EMAIL": _AUTHOR[1],
@@ -70,18 +65,47 @@ async def git(repo: Path, *args: str, time_limit: float = _GIT_TIMEOUT_S) -> str
         "GIT_CONFIG_GLOBAL": os.devnull,
         "GIT_CONFIG_NOSYSTEM": "1",
     }
+
+
+async def git_status(
+    repo: Path, *args: str, time_limit: float = _GIT_TIMEOUT_S
+) -> tuple[int, str, str]:
+    """Run one git command in ``repo``; return its exit code, stdout and stderr.
+
+    For commands whose failure is an answer (a merge that conflicts), not an error.
+
+    Raises:
+        WorkspaceError: git took longer than ``time_limit`` seconds.
+    """
+    command = ["git", "-C", str(repo), *args]
     try:
         with anyio.fail_after(time_limit):
-            done = await anyio.run_process(command, env=env, check=False, stdin=subprocess.DEVNULL)
+            done = await anyio.run_process(
+                command, env=_git_env(), check=False, stdin=subprocess.DEVNULL
+            )
     except TimeoutError:
         raise WorkspaceError(
             f"git {' '.join(args[:2])} took longer than {time_limit:.0f}s"
         ) from None
-    if done.returncode != 0:
-        message = done.stderr.decode(errors="replace").strip().splitlines()
-        detail = message[-1] if message else f"exit code {done.returncode}"
+    return (
+        done.returncode,
+        done.stdout.decode(errors="replace"),
+        done.stderr.decode(errors="replace"),
+    )
+
+
+async def git(repo: Path, *args: str, time_limit: float = _GIT_TIMEOUT_S) -> str:
+    """Run one git command in ``repo`` and return its standard output.
+
+    Raises:
+        WorkspaceError: git failed or took longer than ``time_limit`` seconds.
+    """
+    code, out, err = await git_status(repo, *args, time_limit=time_limit)
+    if code != 0:
+        message = err.strip().splitlines()
+        detail = message[-1] if message else f"exit code {code}"
         raise WorkspaceError(f"git {' '.join(args[:2])} failed in {repo}: {detail}")
-    return done.stdout.decode(errors="replace")
+    return out
 
 
 async def base_bundle(repo: Path, ref: str, run_id: str, out: Path) -> str:
@@ -157,12 +181,17 @@ def _parse_numstat(lines: Sequence[str]) -> list[FileChange]:
     return changes
 
 
-async def fetch_result(repo: Path, bundle: Path, branch: str) -> str:
-    """Fetch a task's result bundle into ``repo`` as ``branch``; returns its head commit.
+async def fetch_result(repo: Path, bundle: Path, branch: str, dest_ref: str | None = None) -> str:
+    """Fetch a task's result bundle into ``repo``; returns its head commit.
+
+    The branch lands as ``dest_ref`` (default ``refs/heads/<branch>``). The driver keeps
+    results outside ``refs/heads``: a task branch ``claudecluster/<run>/<task>`` cannot
+    live next to the integration branch ``claudecluster/<run>`` in one repository.
 
     Raises:
         WorkspaceError: the bundle does not apply (its base is missing) or git failed.
     """
+    target = dest_ref or f"refs/heads/{branch}"
     await git(repo, "bundle", "verify", str(bundle))
-    await git(repo, "fetch", "--quiet", str(bundle), f"+{branch}:refs/heads/{branch}")
-    return (await git(repo, "rev-parse", f"refs/heads/{branch}")).strip()
+    await git(repo, "fetch", "--quiet", str(bundle), f"+{branch}:{target}")
+    return (await git(repo, "rev-parse", target)).strip()

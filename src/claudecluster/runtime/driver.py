@@ -1,0 +1,471 @@
+"""The driver actor's shell: reads the log and the commands, carries out the core's effects.
+
+One loop owns the :class:`~claudecluster.actors.driver.DriverState` and calls
+:func:`~claudecluster.actors.driver.decide` for each message, in order: the events of the
+log (from a following reader), commands (from the driver's durable consumer), clock
+ticks, and the outcomes of effects. Effects run concurrently in the same task group and
+report back through the loop's inbox, so decisions never race each other.
+
+On start the driver replays the whole log with effects discarded (they were decided on
+a partial picture), then asks the core to :class:`~claudecluster.actors.driver.Resume`:
+work items of queued attempts are published again (deduplicated per attempt), and every
+open run is reconciled. That is the whole of crash recovery.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+import anyio
+import anyio.abc
+import msgspec
+import nats.errors
+import nats.js.errors
+from anyio.streams.memory import MemoryObjectSendStream
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from claudecluster.actors.driver import (
+    Dispatch,
+    DriverConfig,
+    DriverState,
+    Effect,
+    EffectFailed,
+    EffectSettled,
+    Merge,
+    Message,
+    Plan,
+    PublishCommand,
+    Record,
+    Resume,
+    Rollback,
+    Tick,
+    Verify,
+    decide,
+)
+from claudecluster.domain.kinds import KIND_PROFILES
+from claudecluster.errors import (
+    ClusterError,
+    ConcurrencyError,
+    EventDecodeError,
+    GraphError,
+    WorkspaceError,
+)
+from claudecluster.events.codec import decode_command
+from claudecluster.events.envelope import CommandEnvelope, wrap_event
+from claudecluster.events.model import (
+    ArtifactRef,
+    Event,
+    MergeConflict,
+    RunFailed,
+    RunPlanned,
+    TaskFailed,
+    TaskMerged,
+    TaskSpec,
+)
+from claudecluster.events.subjects import ALL_COMMANDS
+from claudecluster.events.work import WorkItem
+from claudecluster.executors.base import Executor
+from claudecluster.observability.logging import get_logger
+from claudecluster.runtime.planners import ClaudePlanner, fanout_tasks, finish_plan
+from claudecluster.transport.artifacts import ArtifactStore, artifact_key
+from claudecluster.transport.base import EventLog
+from claudecluster.transport.commands import publish_command
+from claudecluster.transport.topology import COMMANDS_STREAM
+from claudecluster.transport.work_queue import WorkQueue
+from claudecluster.workspace.git import base_bundle, fetch_result, git, task_branch
+from claudecluster.workspace.integration import Integration
+
+__all__ = ["DRIVER_CONSUMER", "Driver", "DriverOptions"]
+
+_log = get_logger(__name__)
+DRIVER_CONSUMER: Final = "driver"
+_COMMAND_BATCH: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
+class DriverOptions:
+    """How one driver process works.
+
+    Attributes:
+        config: the fleet-wide limits of the decision core.
+        work_dir: integration worktrees and bundles (default ``<repo>/.claudecluster/driver``).
+        tick_s: how often timers (retries, liveness, pacing) are looked at.
+        api_environment: ANTHROPIC_* settings for the Claude planner.
+        planner_executor: runs the Claude planner's agent (None: planning with Claude fails
+            with a clear error).
+        now: the clock (a test may pin it).
+    """
+
+    config: DriverConfig = field(default_factory=DriverConfig)
+    work_dir: Path | None = None
+    tick_s: float = 0.5
+    api_environment: dict[str, str] = field(default_factory=dict)
+    planner_executor: Executor | None = None
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class _CommandMessage:
+    envelope: CommandEnvelope
+    msg: Msg
+
+
+class Driver:
+    """The driver actor: owns runs from submission to merged result.
+
+    Args:
+        log: the event log.
+        js: the JetStream context (work queue, artifacts, commands).
+        options: see :class:`DriverOptions`.
+    """
+
+    def __init__(self, log: EventLog, js: JetStreamContext, options: DriverOptions | None = None):
+        self._log = log
+        self._js = js
+        self._options = options or DriverOptions()
+        self.state = DriverState(config=self._options.config)
+        self._queue = WorkQueue(js)
+        self._artifacts = ArtifactStore(js)
+        self._integrations: dict[str, Integration] = {}
+        self._bundles: dict[str, ArtifactRef] = {}
+        self._bundle_locks: dict[str, anyio.Lock] = {}
+        self._stopped = anyio.Event()
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Recover from the log, then drive until cancelled.
+
+        Raises:
+            EventStoreError: the log cannot be read.
+        """
+        now = self._options.now
+        async with self._log.open_reader() as events:
+            async for stored in events:
+                decide(self.state, stored, now())
+        # What the replay decided was decided on a partial picture: decide again.
+        self.state.pending.clear()
+        self.state.starting.clear()
+        _log.info("driver recovered", last_seq=self.state.view.last_seq, runs=len(self.state.runs))
+        send, receive = anyio.create_memory_object_stream[Message | _CommandMessage](math.inf)
+        async with anyio.create_task_group() as group, send, receive:
+            group.start_soon(self._follow, self.state.view.last_seq + 1, send.clone())
+            group.start_soon(self._commands, send.clone())
+            group.start_soon(self._ticker, send.clone())
+            await send.send(Resume())
+            task_status.started()
+            async for message in receive:
+                if isinstance(message, _CommandMessage):
+                    effects = decide(self.state, message.envelope, now())
+                    await message.msg.ack()
+                else:
+                    effects = decide(self.state, message, now())
+                for effect in effects:
+                    group.start_soon(self._carry_out, effect, send.clone())
+
+    async def _follow(
+        self, from_seq: int, send: MemoryObjectSendStream[Message | _CommandMessage]
+    ) -> None:
+        async with send, self._log.open_reader(from_seq=from_seq, follow=True) as events:
+            async for stored in events:
+                await send.send(stored)
+
+    async def _ticker(self, send: MemoryObjectSendStream[Message | _CommandMessage]) -> None:
+        async with send:
+            while True:
+                await anyio.sleep(self._options.tick_s)
+                await send.send(Tick())
+
+    async def _commands(self, send: MemoryObjectSendStream[Message | _CommandMessage]) -> None:
+        """Commands from the durable consumer every driver shares; acked once decided."""
+        async with send:
+            subscription = await self._subscribe_commands()
+            while True:
+                try:
+                    msgs = await subscription.fetch(_COMMAND_BATCH, timeout=5)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                except nats.errors.Error as exc:
+                    _log.warning("command fetch failed; retrying", error=str(exc))
+                    await anyio.sleep(1)
+                    continue
+                for msg in msgs:
+                    try:
+                        envelope = decode_command(msg.data)
+                    except EventDecodeError as exc:
+                        _log.warning(
+                            "undecodable command dropped", subject=msg.subject, error=str(exc)
+                        )
+                        await msg.term()
+                        continue
+                    await send.send(_CommandMessage(envelope, msg))
+
+    async def _subscribe_commands(self) -> JetStreamContext.PullSubscription:
+        config = ConsumerConfig(
+            durable_name=DRIVER_CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subject=ALL_COMMANDS,
+            ack_wait=30,
+            max_ack_pending=256,
+        )
+        return await self._js.pull_subscribe(
+            ALL_COMMANDS, durable=DRIVER_CONSUMER, stream=COMMANDS_STREAM, config=config
+        )
+
+    # -- effects -------------------------------------------------------------------------
+
+    async def _carry_out(
+        self, effect: Effect, send: MemoryObjectSendStream[Message | _CommandMessage]
+    ) -> None:
+        async with send:
+            try:
+                seq = await self._effect(effect)
+            except ConcurrencyError as exc:
+                # Lost a race (a worker took over, the log moved on): decide again.
+                await send.send(EffectFailed(key=effect.key, reason=str(exc)))
+            except ClusterError as exc:
+                _log.warning("driver effect failed; it will be retried", key=effect.key,
+                             error=str(exc))  # fmt: skip
+                await anyio.sleep(1.0)  # a failing store or git: do not spin
+                await send.send(EffectFailed(key=effect.key, reason=str(exc)))
+            else:
+                await send.send(EffectSettled(key=effect.key, seq=seq))
+
+    async def _effect(self, effect: Effect) -> int:
+        match effect:
+            case Record():
+                return await self._record(effect.event, effect.event_id, effect.expected_last)
+            case Plan():
+                return await self._plan(effect)
+            case Dispatch():
+                return await self._dispatch(effect)
+            case Merge():
+                return await self._merge(effect)
+            case Verify():
+                return await self._verify(effect)
+            case Rollback():
+                await self._integration(effect.event.run_id).move_to(effect.event.to_commit)
+                return await self._record(effect.event, effect.event_id, None)
+            case PublishCommand():
+                await publish_command(
+                    self._js, effect.command, command_id=effect.command_id,
+                    now=self._options.now(),
+                )  # fmt: skip
+                return 0
+
+    async def _record(self, event: Event, event_id: str, expected_last: int | None) -> int:
+        envelope = wrap_event(event, event_id=event_id, now=self._options.now())
+        return (await self._log.append(envelope, expected_last=expected_last)).seq
+
+    # -- planning ------------------------------------------------------------------------
+
+    async def _plan(self, effect: Plan) -> int:
+        submitted = effect.submitted
+        run_id = submitted.run_id
+        repo = Path(submitted.repo)
+        try:
+            bundle_path = self._run_dir(run_id, repo) / "base.bundle"
+            await anyio.Path(bundle_path.parent).mkdir(parents=True, exist_ok=True)
+            base = await base_bundle(repo, submitted.base_ref, run_id, bundle_path)
+            ref = await self._artifacts.put_file(
+                artifact_key(run_id, "_", 0, f"base-{base[:12]}.bundle"), bundle_path
+            )
+            self._bundles[base] = ref
+            await _exclude_work_dir(repo)
+            tasks = await self._tasks_for(effect, repo, base)
+            tasks_final, conflicts = finish_plan(
+                tasks, serialize_overlaps=submitted.policy.file_overlap == "serialize"
+            )
+            await self._integration(run_id, repo).start(base)
+        except (GraphError, WorkspaceError) as exc:
+            _log.warning("run cannot be planned", run=run_id, error=str(exc))
+            failed = RunFailed(run_id=run_id, reason=f"planning failed: {exc}")
+            return await self._record(failed, f"failed-{run_id}", None)
+        planned = RunPlanned(
+            run_id=run_id,
+            tasks=tasks_final,
+            base_commit=base,
+            integration_branch=f"claudecluster/{run_id}",
+            predicted_conflicts=conflicts,
+        )
+        return await self._record(planned, f"planned-{run_id}", None)
+
+    async def _tasks_for(self, effect: Plan, repo: Path, base: str) -> list[TaskSpec]:
+        submitted = effect.submitted
+        if submitted.plan is not None:
+            return list(submitted.plan)
+        if submitted.fanout is not None:
+            return await fanout_tasks(repo, base, submitted.fanout, submitted.goal)
+        executor = self._options.planner_executor
+        if executor is None:
+            raise GraphError("the Claude planner is not available in this driver")
+        workspace = self._run_dir(submitted.run_id, repo) / "planner"
+        if not (workspace / ".git").exists():
+            await git(repo, "worktree", "add", "--quiet", "--detach", str(workspace), base)
+        try:
+            planner = ClaudePlanner(
+                executor, self._run_dir(submitted.run_id, repo) / "planner-scratch",
+                dict(self._options.api_environment),
+            )  # fmt: skip
+            return await planner.plan(submitted, workspace)
+        finally:
+            await git(repo, "worktree", "remove", "--force", str(workspace))
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    async def _dispatch(self, effect: Dispatch) -> int:
+        queued = effect.queued
+        book = self.state.runs[effect.run_id]
+        repo = Path(book.submitted.repo)
+        if effect.conflict is not None:
+            ours, theirs = effect.conflict
+            base = await self._integration(effect.run_id).conflicted_merge(
+                ours, theirs, f"Conflict of {queued.task_id} with {book.integration_branch}"
+            )
+            queued = msgspec.structs.replace(queued, base_commit=base)
+        bundle = await self._bundle(effect.run_id, repo, queued.base_commit)
+        if effect.republish:
+            seq = 0
+        else:
+            seq = await self._record(queued, effect.event_id, effect.expected_last)
+        profile = KIND_PROFILES["resolve" if queued.resolves_conflict else effect.spec.kind]
+        spec = effect.spec
+        if queued.limits is not None:
+            spec = msgspec.structs.replace(spec, limits=queued.limits)
+        if queued.note and spec.executor == "claude_code":
+            # A shell task's prompt is a command: a note would break it.
+            spec = msgspec.structs.replace(spec, prompt=f"{queued.note}\n\n{spec.prompt}")
+        item = WorkItem(
+            run_id=effect.run_id,
+            attempt=queued.attempt,
+            spec=spec,
+            base_commit=queued.base_commit,
+            base_bundle=bundle,
+            pool=queued.pool,
+            resume_session_id=queued.resume_session_id,
+            allowed_tools=profile.allowed_tools,
+            append_system_prompt=profile.system_prompt,
+        )
+        await self._queue.publish(item)
+        return seq
+
+    async def _bundle(self, run_id: str, repo: Path, commit: str) -> ArtifactRef:
+        """The bundle of ``commit`` in the object store, made once per commit."""
+        lock = self._bundle_locks.setdefault(commit, anyio.Lock())
+        async with lock:
+            if commit in self._bundles:
+                return self._bundles[commit]
+            path = self._run_dir(run_id, repo) / f"base-{commit[:12]}.bundle"
+            await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
+            await base_bundle(repo, commit, f"{run_id}-{commit[:12]}", path)
+            ref = await self._artifacts.put_file(
+                artifact_key(run_id, "_", 0, f"base-{commit[:12]}.bundle"), path
+            )
+            self._bundles[commit] = ref
+            return ref
+
+    # -- merging -------------------------------------------------------------------------
+
+    async def _merge(self, effect: Merge) -> int:
+        book = self.state.runs[effect.run_id]
+        repo = Path(book.submitted.repo)
+        integration = self._integration(effect.run_id, repo)
+        key = f"{effect.run_id}/{effect.task_id}/{effect.attempt}"
+        bundle_ref = next((a for a in effect.result.artifacts if a.name == "result.bundle"), None)
+        policy = book.policy
+        if bundle_ref is None:
+            # The task changed nothing: there is nothing to merge, and nothing to verify.
+            merged = TaskMerged(
+                run_id=effect.run_id, task_id=effect.task_id, attempt=effect.attempt,
+                commit=effect.head, integration_branch=effect.integration_branch,
+            )  # fmt: skip
+            return await self._record(
+                merged, f"merged-{key.replace('/', '-')}", effect.expected_last
+            )
+        path = (
+            self._run_dir(effect.run_id, repo) / f"result-{effect.task_id}-{effect.attempt}.bundle"
+        )
+        await self._artifacts.get_file(bundle_ref, path)
+        theirs = await fetch_result(
+            repo, path, task_branch(effect.run_id, effect.task_id),
+            f"refs/claudecluster/results/{key}",
+        )  # fmt: skip
+        outcome, verdict = await integration.merge(
+            head=effect.head,
+            theirs=theirs,
+            key=key,
+            message=f"{effect.task_id}: {effect.title}",
+            verify=policy.verify_command if effect.verify else None,
+            verify_timeout_s=policy.verify_timeout_s,
+        )
+        event_id = key.replace("/", "-")
+        if outcome.commit is not None:
+            merged = TaskMerged(
+                run_id=effect.run_id, task_id=effect.task_id, attempt=effect.attempt,
+                commit=outcome.commit, integration_branch=effect.integration_branch,
+            )  # fmt: skip
+            return await self._record(merged, f"merged-{event_id}", effect.expected_last)
+        if outcome.conflict_files:
+            conflict = MergeConflict(
+                run_id=effect.run_id, task_id=effect.task_id, attempt=effect.attempt,
+                files=outcome.conflict_files, ours=effect.head, theirs=theirs,
+                policy=effect.on_conflict,
+            )  # fmt: skip
+            return await self._record(conflict, f"conflict-{event_id}", effect.expected_last)
+        assert verdict is not None
+        failed = TaskFailed(
+            run_id=effect.run_id, task_id=effect.task_id, attempt=effect.attempt,
+            reason=f"verify failed after merging; the merge was undone: {verdict.output}",
+            failure_class="verify", retryable=True,
+        )  # fmt: skip
+        return await self._record(failed, f"verify-failed-{event_id}", effect.expected_last)
+
+    async def _verify(self, effect: Verify) -> int:
+        book = self.state.runs[effect.run_id]
+        policy = book.policy
+        verdict = await self._integration(effect.run_id).verify_head(
+            policy.verify_command, policy.verify_timeout_s
+        )
+        if verdict.passed:
+            return await self._record(effect.done, f"completed-{effect.run_id}", None)
+        failed = RunFailed(
+            run_id=effect.run_id, reason=f"the final verify failed: {verdict.output}"
+        )
+        return await self._record(failed, f"failed-{effect.run_id}", None)
+
+    # -- places --------------------------------------------------------------------------
+
+    def _run_dir(self, run_id: str, repo: Path) -> Path:
+        root = self._options.work_dir or repo / ".claudecluster" / "driver"
+        return root / run_id
+
+    def _integration(self, run_id: str, repo: Path | None = None) -> Integration:
+        if run_id not in self._integrations:
+            if repo is None:
+                repo = Path(self.state.runs[run_id].submitted.repo)
+            self._integrations[run_id] = Integration(
+                repo, self._run_dir(run_id, repo) / "integration", f"claudecluster/{run_id}"
+            )
+        return self._integrations[run_id]
+
+
+async def _exclude_work_dir(repo: Path) -> None:
+    """Keep ``.claudecluster/`` out of the user's ``git status`` without editing tracked files."""
+    common = Path((await git(repo, "rev-parse", "--git-common-dir")).strip())
+    exclude = (common if common.is_absolute() else repo / common) / "info" / "exclude"
+    current = exclude.read_text() if exclude.exists() else ""
+    if ".claudecluster/" not in current.split():
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        exclude.write_text(
+            current + ("" if current.endswith("\n") or not current else "\n") + ".claudecluster/\n"
+        )

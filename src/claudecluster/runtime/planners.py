@@ -1,0 +1,246 @@
+"""Planning strategies: turn a submitted run into a validated task graph.
+
+* **plan file / inline**: the tasks came with the run (the CLI read the file).
+* **fan-out**: one task per file of the base commit matching a glob, from a template.
+* **claude**: a read-only Claude Code task explores the repository and answers with a
+  plan as JSON; an answer that does not fit the plan schema or the graph rules is sent
+  back with the problem, a few times, then the run fails naming the last problem.
+
+Whatever the strategy, the result is validated (:func:`validate_graph`) before RunPlanned
+is recorded, and overlapping declared files are predicted as conflicts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any, Final
+
+import msgspec
+
+from claudecluster.domain.graph import predict_conflicts, validate_graph
+from claudecluster.domain.kinds import KIND_PROFILES
+from claudecluster.domain.outcome import Outcome
+from claudecluster.errors import GraphError
+from claudecluster.events.model import (
+    FanoutSpec,
+    PredictedConflict,
+    RunSubmitted,
+    TaskLimits,
+    TaskProgress,
+    TaskRateLimited,
+    TaskSpec,
+)
+from claudecluster.events.plan import PlanFile, plan_from_data, plan_to_specs
+from claudecluster.executors.base import AttemptRun, Executor
+from claudecluster.observability.logging import get_logger
+from claudecluster.workspace.git import git
+
+__all__ = ["ClaudePlanner", "extract_json", "fanout_tasks", "finish_plan", "task_id_for"]
+
+_log = get_logger(__name__)
+_ID_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def task_id_for(path: str, taken: set[str]) -> str:
+    """A task id from a file path: subject-token safe, at most 64 characters, unique."""
+    base = _ID_UNSAFE.sub("-", path).strip("-_")[:56] or "file"
+    if not base[0].isalnum():
+        base = "f" + base
+    candidate, n = base, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{base}-{n}"
+    taken.add(candidate)
+    return candidate
+
+
+def _matches(path: str, pattern: str) -> bool:
+    pure = PurePosixPath(path)
+    if pure.match(pattern):
+        return True
+    # "**/x" should also match "x" at the top level, as in most glob tools.
+    return pattern.startswith("**/") and pure.match(pattern[3:])
+
+
+async def fanout_tasks(repo: Path, commit: str, fanout: FanoutSpec, goal: str) -> list[TaskSpec]:
+    """One task per file of ``commit`` matching the fan-out's glob.
+
+    Raises:
+        GraphError: no file matches, or more than ``max_tasks`` do.
+    """
+    if not fanout.glob.strip() or not fanout.prompt_template.strip():
+        raise GraphError("fan-out: both a glob and a prompt template are needed")
+    listing = await git(repo, "ls-tree", "-r", "--name-only", commit)
+    paths = sorted(p for p in listing.splitlines() if p and _matches(p, fanout.glob))
+    if not paths:
+        raise GraphError(f"fan-out: no file of {commit[:12]} matches {fanout.glob!r}")
+    if len(paths) > fanout.max_tasks:
+        raise GraphError(
+            f"fan-out: {len(paths)} files match {fanout.glob!r}, more than the limit of "
+            f"{fanout.max_tasks}; narrow the glob or raise max_tasks"
+        )
+    taken: set[str] = set()
+    tasks = []
+    for path in paths:
+        try:
+            prompt = fanout.prompt_template.format(
+                path=path, stem=PurePosixPath(path).stem, goal=goal
+            )
+        except (KeyError, IndexError, ValueError) as exc:
+            raise GraphError(
+                f"fan-out: the prompt template cannot be filled ({exc!r}); it may use "
+                "{path}, {stem} and {goal}, and literal braces must be doubled"
+            ) from None
+        tasks.append(
+            TaskSpec(
+                task_id=task_id_for(path, taken),
+                title=f"{fanout.kind} {path}",
+                prompt=prompt,
+                kind=fanout.kind,
+                files=(path,),
+            )
+        )
+    return tasks
+
+
+def finish_plan(
+    tasks: Sequence[TaskSpec], *, serialize_overlaps: bool
+) -> tuple[tuple[TaskSpec, ...], tuple[PredictedConflict, ...]]:
+    """Validate a graph and predict its file conflicts (ordering them, per policy).
+
+    Raises:
+        GraphError: the graph is invalid.
+    """
+    validate_graph(tasks)
+    return predict_conflicts(tasks, serialize=serialize_overlaps)
+
+
+_FENCE: Final = re.compile(r"```(?:json)?\s*(\{.*?\})\s*```", re.DOTALL)
+
+
+def extract_json(text: str) -> Any:
+    """The JSON object in an agent's answer: a fenced block, or the outermost braces.
+
+    Raises:
+        GraphError: there is no JSON object in the text, or it does not parse.
+    """
+    fenced = _FENCE.search(text)
+    candidate = fenced.group(1) if fenced else None
+    if candidate is None:
+        start, end = text.find("{"), text.rfind("}")
+        if start < 0 or end <= start:
+            raise GraphError("the answer holds no JSON object")
+        candidate = text[start : end + 1]
+    try:
+        return json.loads(candidate)
+    except json.JSONDecodeError as exc:
+        raise GraphError(
+            f"the answer's JSON does not parse: {exc.msg} at line {exc.lineno}"
+        ) from None
+
+
+_PLANNER_PROMPT: Final = """\
+Plan how several agents working in parallel reach this goal in the repository in your
+working directory:
+
+{goal}
+
+Explore the repository (read-only), then answer with only a JSON object of this schema,
+in a ```json fenced block:
+
+{schema}
+
+Rules: each task is one agent's work on a separate copy of the repository, merged
+afterwards; make tasks independent where you can and name the files each will change in
+"files" so overlapping work can be ordered; use depends_on only where a task needs
+another's result; ids use letters, digits, '-' and '_'; kinds are generate, refactor,
+test or review.
+"""
+
+
+class ClaudePlanner:
+    """Asks Claude Code for a plan and validates it, feeding problems back.
+
+    Args:
+        executor: runs the planning agent (the same executor workers use).
+        scratch: a directory for the agent's private HOME and config.
+        api_environment: ANTHROPIC_* settings.
+        attempts: how many answers to try before giving up.
+        model: the model to plan with (None: Claude Code's default).
+    """
+
+    def __init__(
+        self,
+        executor: Executor,
+        scratch: Path,
+        api_environment: dict[str, str],
+        *,
+        attempts: int = 3,
+        model: str | None = None,
+        limits: TaskLimits | None = None,
+    ) -> None:
+        self._executor = executor
+        self._scratch = scratch
+        self._api = api_environment
+        self._attempts = attempts
+        self._model = model
+        self._limits = limits or TaskLimits(max_turns=30, wall_time_s=900)
+
+    async def plan(self, submitted: RunSubmitted, workspace: Path) -> list[TaskSpec]:
+        """Run the planning agent in ``workspace`` (a checkout of the base commit).
+
+        Raises:
+            GraphError: no valid plan after the configured attempts; names the last problem.
+        """
+        schema = json.dumps(msgspec.json.schema(PlanFile), separators=(",", ":"))
+        prompt = _PLANNER_PROMPT.format(goal=submitted.goal, schema=schema)
+        problem = ""
+        for attempt in range(1, self._attempts + 1):
+            asked = prompt if not problem else (
+                f"{prompt}\nYour previous answer was not a valid plan: {problem}\n"
+                "Answer again with a corrected JSON plan."
+            )  # fmt: skip
+            outcome = await self._ask(submitted.run_id, attempt, asked, workspace)
+            if not outcome.succeeded:
+                problem = f"the planning agent failed: {outcome.reason}"
+                if not outcome.retryable:
+                    break
+                continue
+            try:
+                plan = plan_from_data(extract_json(outcome.summary), "the plan")
+                tasks = list(plan_to_specs(plan))
+                validate_graph(tasks)
+            except GraphError as exc:
+                problem = str(exc)
+                _log.info("planner answer rejected", run=submitted.run_id, problem=problem)
+                continue
+            return tasks
+        raise GraphError(f"the Claude planner gave no valid plan: {problem}")
+
+    async def _ask(self, run_id: str, attempt: int, prompt: str, workspace: Path) -> Outcome:
+        profile = KIND_PROFILES["plan"]
+        job = AttemptRun(
+            run_id=run_id,
+            task_id="_plan",
+            attempt=attempt,
+            prompt=prompt,
+            workspace=workspace,
+            scratch=self._scratch / f"plan-{attempt}",
+            session_id=str(uuid.uuid4()),
+            limits=self._limits,
+            model=self._model,
+            permission_mode="default",
+            allowed_tools=profile.allowed_tools,
+            append_system_prompt=profile.system_prompt,
+            api_environment=self._api,
+        )
+        ignore: Callable[[TaskProgress | TaskRateLimited], Any] = _ignore
+        return await self._executor.run(job, ignore)
+
+
+async def _ignore(_: TaskProgress | TaskRateLimited) -> None:
+    """Planning progress is not a task's; the run's events say when planning ends."""
