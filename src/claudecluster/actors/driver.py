@@ -1049,7 +1049,7 @@ def _ending(state: DriverState, book: RunBook) -> list[Effect]:
         ]
     busy = (
         book.active
-        or book.to_merge
+        or (book.to_merge and not book.stopping)  # a failing run merges nothing more
         or any(
             k.startswith((f"task:{book.run_id}:", f"merge:{book.run_id}")) for k in state.pending
         )

@@ -47,6 +47,7 @@ from claudecluster.domain.graph import TaskGraph
 from claudecluster.domain.lifecycle import RunState, TaskState
 from claudecluster.events.envelope import StoredEvent, wrap_command, wrap_event
 from claudecluster.events.model import (
+    CancelTask,
     Event,
     FailureClass,
     MergeConflict,
@@ -136,6 +137,7 @@ class SimulatedCluster:
         conflict_chance: chance a merge conflicts.
         death_chance: chance per heartbeat that a worker dies (kill -9).
         ack_wait_s: when a dead worker's item is redelivered.
+        stall_s: a run with no event but heartbeats for this long has stalled (a bug).
     """
 
     seed: int
@@ -148,6 +150,7 @@ class SimulatedCluster:
     ack_wait_s: float = 30.0
     heartbeat_s: float = 5.0
     tick_s: float = 1.0
+    stall_s: float = 3600.0
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)  # noqa: S311 - a seeded simulation, not secrets
@@ -162,6 +165,7 @@ class SimulatedCluster:
         self._workers = [_Worker(f"w{i}") for i in range(self.workers)]
         self._graphs: dict[str, TaskGraph] = {}
         self._merged: dict[str, set[str]] = {}
+        self._last_progress = self.now
         self._inbox: list[Message] = []
         self._feeding = False
         self._active: dict[str, set[str]] = {}
@@ -202,6 +206,8 @@ class SimulatedCluster:
             envelope=wrap_event(event, event_id=event_id, now=self.now),
         )
         self.log.append(stored)
+        if not isinstance(event, (WorkerHeartbeat, WorkerJoined)):
+            self._last_progress = self.now
         self._ids[event_id] = seq
         self._scopes[scope] = seq
         self._check(stored)
@@ -250,7 +256,7 @@ class SimulatedCluster:
             case Rollback():
                 seq = self._append(effect.event, effect.event_id, None)
             case PublishCommand():
-                seq = len(self.log)
+                seq = self._cancel(effect)
         if seq is None:
             self._feed(EffectFailed(key=effect.key, reason="lost a race"))
         else:
@@ -291,6 +297,25 @@ class SimulatedCluster:
         )
 
     # -- the workers ---------------------------------------------------------------------
+
+    def _cancel(self, effect: PublishCommand) -> int:
+        """A worker running the task stops it and records that, as real workers do."""
+        command = effect.command
+        if isinstance(command, CancelTask):
+            for worker in self._workers:
+                if worker.alive and worker.busy and worker.busy[:2] == (
+                    command.run_id, command.task_id,
+                ):  # fmt: skip
+                    run_id, task_id, attempt = worker.busy
+                    worker.busy = None
+                    self._append(
+                        TaskCancelled(run_id=run_id, task_id=task_id, attempt=attempt,
+                                      reason=command.reason),
+                        f"cancelled-{run_id}-{task_id}-{attempt}",
+                        self._scopes.get(f"cc.evt.{run_id}.{task_id}.>", 0),
+                    )  # fmt: skip
+                    self._at(0.0, self._assign)
+        return len(self.log)
 
     def _heartbeat(self, worker: _Worker) -> None:
         if not worker.alive:
@@ -467,6 +492,11 @@ class SimulatedCluster:
             when, _, action = heapq.heappop(self._timers)
             if when > deadline:
                 raise InvariantBrokenError(f"run {run_id} did not end within {limit_s:.0f}s")
+            if (when - self._last_progress).total_seconds() > self.stall_s:
+                raise InvariantBrokenError(
+                    f"run {run_id} stalled: nothing happened for {self.stall_s:.0f}s "
+                    f"after seq {len(self.log)}"
+                )
             self.now = max(self.now, when)
             action()
         return self._report(run_id)

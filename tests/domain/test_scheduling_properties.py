@@ -1,0 +1,76 @@
+"""Properties of the real driver core in the simulated cluster, over random graphs.
+
+For any DAG, completion order, failures, conflicts and worker deaths: no task is queued
+before its dependencies merged, the concurrency caps hold, every task ends, each merges
+at most once and in a topological order (the simulator checks these after every event
+and raises InvariantBrokenError naming the event that broke one).
+"""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from claudecluster.actors.driver import DriverConfig
+from claudecluster.domain.lifecycle import TaskState
+from claudecluster.events import RunPolicy, TaskMerged
+from claudecluster.testing.simulated_cluster import SimulatedCluster, random_graph
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    size=st.integers(1, 40),
+    workers=st.integers(1, 6),
+    max_parallel=st.one_of(st.none(), st.integers(1, 5)),
+    max_running=st.integers(1, 8),
+    failure_chance=st.sampled_from([0.0, 0.1, 0.3]),
+    conflict_chance=st.sampled_from([0.0, 0.2]),
+    death_chance=st.sampled_from([0.0, 0.05]),
+    on_task_failure=st.sampled_from(["skip_dependents", "fail_run"]),
+)
+def test_scheduling_keeps_its_promises_on_random_graphs(
+    seed: int,
+    size: int,
+    workers: int,
+    max_parallel: int | None,
+    max_running: int,
+    failure_chance: float,
+    conflict_chance: float,
+    death_chance: float,
+    on_task_failure: str,
+) -> None:
+    tasks = random_graph(random.Random(seed), size)
+    cluster = SimulatedCluster(
+        seed=seed,
+        workers=workers,
+        config=DriverConfig(max_running=max_running, lost_after_s=15),
+        failure_chance=failure_chance,
+        conflict_chance=conflict_chance,
+        death_chance=death_chance,
+    )
+    policy = RunPolicy(on_task_failure=on_task_failure, backoff_base_s=1)  # type: ignore[arg-type]
+    cluster.submit("r", tasks, policy=policy, max_parallel=max_parallel)
+    report = cluster.run_until_done("r")
+    view = cluster.state.view
+    states = {t.task_id: t.state for t in view.tasks_of("r")}
+    if report.run_state == "completed":
+        done = {TaskState.MERGED, TaskState.SKIPPED, TaskState.CANCELLED, TaskState.FAILED}
+        assert set(states.values()) <= done
+        assert report.merged + report.failed + report.skipped == size
+    else:
+        assert report.run_state == "failed"
+        assert failure_chance > 0 or conflict_chance > 0
+    merges = [s.envelope.payload for s in cluster.log if isinstance(s.envelope.payload, TaskMerged)]
+    assert len({m.task_id for m in merges}) == len(merges)
+    assert report.makespan_s >= report.critical_path_s - 1e-6 or report.run_state == "failed"
+
+
+def test_without_failures_every_task_of_a_large_graph_merges() -> None:
+    tasks = random_graph(random.Random(7), 300, edge_chance=0.05)
+    cluster = SimulatedCluster(seed=7, workers=20, config=DriverConfig(max_running=20))
+    cluster.submit("big", tasks)
+    report = cluster.run_until_done("big")
+    assert (report.run_state, report.merged) == ("completed", 300)
+    assert report.attempts == 300  # nothing ran twice
