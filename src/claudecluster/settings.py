@@ -24,6 +24,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from claudecluster.actors.driver import DriverConfig
 from claudecluster.errors import ConfigError
 from claudecluster.observability.redaction import redact_url
 from claudecluster.validation import config_error
@@ -176,6 +177,27 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Only explicit values: :func:`load_settings` reads and merges the layers itself."""
         return (init_settings,)
+
+    def api_environment(self) -> dict[str, str]:
+        """The ANTHROPIC_* variables Claude Code gets for the configured API."""
+        env: dict[str, str] = {}
+        if self.anthropic_api_key is not None:
+            env["ANTHROPIC_API_KEY"] = self.anthropic_api_key.get_secret_value()
+        if self.anthropic_base_url:
+            env["ANTHROPIC_BASE_URL"] = self.anthropic_base_url
+        return env
+
+    def driver_config(self) -> DriverConfig:
+        """The decision core's fleet-wide limits, from the ``driver`` section."""
+        d = self.driver
+        return DriverConfig(
+            max_running=d.max_running,
+            starts_per_s=d.starts_per_s,
+            start_burst=d.start_burst,
+            lost_after_s=d.lost_after_s,
+            rate_limit_backoff_s=d.rate_limit_backoff_s,
+            rate_limit_backoff_max_s=d.rate_limit_backoff_max_s,
+        )
 
     def secret_values(self) -> list[str]:
         """Every secret this configuration holds, for the redactor."""

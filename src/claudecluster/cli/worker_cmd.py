@@ -73,19 +73,10 @@ def worker(
         copy_files=tuple(settings.worker.copy_files),
         setup_command=settings.worker.setup_command,
         setup_timeout_s=settings.worker.setup_timeout_s,
-        api_environment=_api_environment(settings),
+        api_environment=settings.api_environment(),
     )
     anyio.run(_serve, settings, worker_config)
     return EXIT_OK
-
-
-def _api_environment(settings: Settings) -> dict[str, str]:
-    env: dict[str, str] = {}
-    if settings.anthropic_api_key is not None:
-        env["ANTHROPIC_API_KEY"] = settings.anthropic_api_key.get_secret_value()
-    if settings.anthropic_base_url:
-        env["ANTHROPIC_BASE_URL"] = settings.anthropic_base_url
-    return env
 
 
 async def _serve(settings: Settings, config: WorkerConfig) -> None:

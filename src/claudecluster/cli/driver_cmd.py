@@ -1,0 +1,78 @@
+"""``claudecluster driver``: own runs from submission to merged result."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import anyio
+from rich.console import Console
+
+from claudecluster.cli.app import EXIT_OK, app
+from claudecluster.errors import ConfigError
+from claudecluster.executors.claude_code import ClaudeCodeExecutor
+from claudecluster.observability.logging import configure_logging
+from claudecluster.observability.redaction import Redactor
+from claudecluster.runtime.connection import open_jetstream_log
+from claudecluster.runtime.driver import Driver, DriverOptions
+from claudecluster.settings import Settings, load_settings
+
+__all__ = ["driver"]
+
+
+@app.command
+def driver(
+    *, nats: str | None = None, work_dir: Path | None = None, config: Path | None = None
+) -> int:
+    """Run the driver: plan submitted runs, dispatch their tasks, merge, retry, roll back.
+
+    It takes commands from the CC_COMMANDS stream and rebuilds all it knows from the event
+    log, so it can be stopped and started (or killed and restarted) at any time. Runs
+    name the repository they work on; the driver needs that repository on its disk.
+
+    Examples:
+        claudecluster driver --nats nats://10.0.0.5:4222
+
+    Args:
+        nats: NATS URL (default: nats.url from the configuration).
+        work_dir: Where integration worktrees and bundles live (default:
+            .claudecluster/driver in the run's repository).
+        config: A claudecluster.yaml to read instead of the one in this directory.
+    """
+    flags: dict[str, object] = {}
+    if nats:
+        flags["nats"] = {"url": nats}
+    if work_dir is not None:
+        flags["driver"] = {"work_dir": str(work_dir.resolve())}
+    settings = load_settings(config_file=config, flags=flags or None).settings
+    if not settings.nats.url:
+        raise ConfigError("nats.url", "default", "the driver needs a NATS URL (--nats URL)")
+    configure_logging(level=settings.logging.level, redactor=Redactor(settings.secret_values()))
+    anyio.run(_serve, settings)
+    return EXIT_OK
+
+
+async def _serve(settings: Settings) -> None:
+    assert settings.nats.url is not None
+    console = Console(stderr=True, highlight=False)
+    options = DriverOptions(
+        config=settings.driver_config(),
+        work_dir=settings.driver.work_dir,
+        api_environment=settings.api_environment(),
+        planner_executor=ClaudeCodeExecutor(),
+    )
+    async with open_jetstream_log(
+        settings.nats.url,
+        name="driver",
+        redactor=Redactor(settings.secret_values()),
+        replicas=settings.nats.replicas,
+    ) as (client, log):
+        runner = Driver(log, client.jetstream(), options)
+        async with anyio.create_task_group() as group:
+            await group.start(runner.run)
+            console.print(f"driver serving on {settings.nats.url}", markup=False)
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    console.print("driver stopping; restart it to continue", markup=False)
+                    group.cancel_scope.cancel()
+                    break
