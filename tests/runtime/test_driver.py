@@ -19,6 +19,7 @@ import anyio
 import pytest
 
 from claudecluster.actors.driver import DriverConfig
+from claudecluster.actors.scaling import ScalePolicy
 from claudecluster.events import (
     CancelRun,
     CommandRejected,
@@ -38,8 +39,11 @@ from claudecluster.events import (
     TaskSpec,
     TaskStarted,
     TaskSucceeded,
+    WorkerJoined,
+    WorkerLeft,
 )
 from claudecluster.events.model import Command, Event
+from claudecluster.runtime.autoscaler import LocalAutoscaler
 from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.runtime.local_workers import open_local_workers
 from claudecluster.runtime.worker import WorkerConfig
@@ -337,3 +341,33 @@ async def test_tasks_declaring_the_same_file_are_ordered_before_they_run(
     assert cluster.branch_file("overlap", "notes.txt") == "base\ny\nx\n"
     succeeded = [e.task_id for e in events if isinstance(e, TaskSucceeded)]
     assert succeeded == ["y", "x"]
+
+
+async def test_the_local_pool_grows_while_tasks_wait_and_shrinks_when_idle(
+    world: tuple[JetStreamEventLog, Any], repo: Path, tmp_path: Path
+) -> None:
+    log, client = world
+    template = WorkerConfig(
+        worker_id="template", workspace_root=tmp_path / "workspaces", heartbeat_s=0.5
+    )
+    policy = ScalePolicy(min_workers=1, max_workers=3, idle_after_s=1.0, settle_s=0.5)
+    scaler = LocalAutoscaler(log, client, template, policy, interval_s=0.25)
+    cluster = Cluster(log, client, repo, tmp_path)
+    tasks = [shell(f"t{i}", f"sleep 1 && echo {i} > t{i}.txt") for i in range(6)]
+    async with anyio.create_task_group() as group, running_driver(cluster):
+        await group.start(scaler.run)
+        await cluster.submit("scale", tasks)
+        events = await cluster.wait_end("scale")
+        events = await cluster.wait_for(
+            lambda es: sum(isinstance(e, WorkerLeft) for e in es) >= 2, limit_s=30
+        )
+        assert len(scaler.workers) == 1  # back to the minimum
+        group.cancel_scope.cancel()
+    joined = [e for e in events if isinstance(e, WorkerJoined)]
+    assert joined[0].reason == "keeping the minimum of 1 worker(s)"
+    assert len(joined) == 3
+    assert all("waiting for a worker" in j.reason for j in joined[1:])
+    left = [e for e in events if isinstance(e, WorkerLeft)]
+    assert all(w.reason == "idle for 1s with no task waiting" for w in left)
+    completed = next(e for e in events if isinstance(e, RunCompleted))
+    assert completed.tasks_succeeded == 6

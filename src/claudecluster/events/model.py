@@ -490,6 +490,9 @@ class WorkerJoined(WorkerEvent, frozen=True, kw_only=True, tag="worker.joined"):
     slots: Annotated[int, msgspec.Meta(ge=1)] = 1
     capabilities: tuple[str, ...] = ()
     version: str = ""
+    reason: Annotated[
+        str, msgspec.Meta(description="Why it started, when something decided to start it.")
+    ] = ""
 
 
 class WorkerHeartbeat(WorkerEvent, frozen=True, kw_only=True, tag="worker.heartbeat"):

@@ -120,6 +120,7 @@ def _advance(task: TaskView, event: TaskEvent, target: TaskState, at: datetime) 
                 task,
                 state=target,
                 attempt=event.attempt,
+                pool=event.pool,
                 queued_at=at,
                 worker_id=None,
                 started_at=None,

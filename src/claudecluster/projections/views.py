@@ -55,6 +55,7 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     depends_on: tuple[str, ...] = ()
     state: TaskState = TaskState.PENDING
     attempt: int = 0
+    pool: str = "default"
     worker_id: str | None = None
     session_id: str = ""
     queued_at: datetime | None = None

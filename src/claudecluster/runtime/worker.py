@@ -106,6 +106,7 @@ class WorkerConfig:
         copy_files: paths or globs under ``copy_from`` copied into each workspace.
         setup_command: run in each workspace before the agent (install dependencies).
         setup_timeout_s: how long the setup command may take.
+        join_reason: why it was started, recorded in WorkerJoined (an autoscaler says).
     """
 
     worker_id: str
@@ -124,6 +125,7 @@ class WorkerConfig:
     copy_files: tuple[str, ...] = ()
     setup_command: str | None = None
     setup_timeout_s: float = 600.0
+    join_reason: str = ""
 
 
 class Superseded(Exception):  # noqa: N818 - a condition, not a failure of ours
@@ -178,6 +180,7 @@ class Worker:
         self._clock = clock
         self._running: dict[str, _Attempt] = {}
         self._draining = anyio.Event()
+        self._stop_reason = "stopped"
         self._ids = 0
         self.metrics = WorkerMetrics()
         self.metrics.slots.set(config.slots)
@@ -224,6 +227,7 @@ class Worker:
                 pid=os.getpid(),
                 slots=self.config.slots,
                 capabilities=_CAPABILITIES,
+                reason=self.config.join_reason,
             )
         )
         await self._register()
@@ -242,7 +246,9 @@ class Worker:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._queue.close()
-                await self._record(WorkerLeft(worker_id=self.config.worker_id, reason="stopped"))
+                await self._record(
+                    WorkerLeft(worker_id=self.config.worker_id, reason=self._stop_reason)
+                )
                 await self._unregister()
 
     async def _serve_health(
@@ -269,8 +275,12 @@ class Worker:
             "capabilities": list(_CAPABILITIES),
         }
 
-    def stop(self) -> None:
-        """Stop taking work; running attempts finish (up to the drain deadline)."""
+    def stop(self, reason: str = "stopped") -> None:
+        """Stop taking work; running attempts finish (up to the drain deadline).
+
+        ``reason`` is recorded in WorkerLeft.
+        """
+        self._stop_reason = reason
         self._draining.set()
 
     async def _slot(self) -> None:
@@ -409,7 +419,7 @@ class Worker:
                                 live.cancel_reason = reason or f"run {run_id} cancelled"
                                 live.scope.cancel()
                     case DrainWorker(worker_id=worker_id) if worker_id == self.config.worker_id:
-                        self.stop()
+                        self.stop("drained on request")
                     case _:
                         pass  # commands for the driver or for other workers
         finally:
