@@ -18,6 +18,8 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 
     succeeded: bool
     summary: str = ""
+    #: the agent's whole final answer (``summary`` is clipped to one line for events)
+    result_text: str = ""
     reason: str = ""
     failure_class: FailureClass | None = None
     retryable: bool = False

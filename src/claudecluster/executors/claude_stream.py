@@ -186,7 +186,8 @@ def classify(
     summary = _clip(text) if isinstance(text, str) else ""
     subtype = result.get("subtype")
     if result.get("is_error") is False and subtype == "success":
-        return Outcome(succeeded=True, summary=summary, **common)
+        full = text if isinstance(text, str) else ""
+        return Outcome(succeeded=True, summary=summary, result_text=full, **common)
     if subtype == "error_max_turns" or result.get("terminal_reason") == "max_turns":
         return Outcome(
             succeeded=False,

@@ -211,7 +211,8 @@ class ClaudePlanner:
                     break
                 continue
             try:
-                plan = plan_from_data(extract_json(outcome.summary), "the plan")
+                answer = outcome.result_text or outcome.summary
+                plan = plan_from_data(extract_json(answer), "the plan")
                 tasks = list(plan_to_specs(plan))
                 validate_graph(tasks)
             except GraphError as exc:
