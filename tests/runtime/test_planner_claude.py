@@ -73,11 +73,7 @@ async def test_the_claude_planner_retries_with_the_problem_and_records_a_valid_p
         await _wait_for(log, RunPlanned, 120)
         await publish_command(js, CancelRun(run_id="planned"), command_id="c1",
                               now=datetime.now(UTC))  # fmt: skip
-        with anyio.fail_after(30):
-            while not any(
-                isinstance(s.envelope.payload, RunCancelled) for s in await read_all(log)
-            ):
-                await anyio.sleep(0.2)
+        await _wait_for(log, RunCancelled, 30)
         group.cancel_scope.cancel()
     planned = next(s.envelope.payload for s in await read_all(log)
                    if isinstance(s.envelope.payload, RunPlanned))  # fmt: skip
