@@ -7,6 +7,9 @@ rollback. tests/runtime/test_driver_claude.py runs the same driver with Claude C
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -35,12 +38,14 @@ from claudecluster.events import (
     SubmitRun,
     TaskFailed,
     TaskMerged,
+    TaskQueued,
     TaskSkipped,
     TaskSpec,
     TaskStarted,
     TaskSucceeded,
     WorkerJoined,
     WorkerLeft,
+    WorkerLost,
 )
 from claudecluster.events.model import Command, Event
 from claudecluster.runtime.autoscaler import LocalAutoscaler
@@ -53,6 +58,7 @@ from claudecluster.transport.jetstream import JetStreamEventLog
 from tests.support import git_output, make_repo
 
 _ids = count(1)
+CLI = str(Path(sys.executable).parent / "claudecluster")
 
 
 def shell(task_id: str, command: str, *deps: str, **extra: Any) -> TaskSpec:
@@ -371,3 +377,41 @@ async def test_the_local_pool_grows_while_tasks_wait_and_shrinks_when_idle(
     assert all(w.reason == "idle for 1s with no task waiting" for w in left)
     completed = next(e for e in events if isinstance(e, RunCompleted))
     assert completed.tasks_succeeded == 6
+
+
+async def test_a_killed_worker_is_declared_lost_and_its_task_requeued_as_a_new_attempt(
+    world: tuple[JetStreamEventLog, Any], repo: Path, tmp_path: Path, nats_url: str
+) -> None:
+    log, client = world
+    flag = tmp_path / "first-attempt-ran"
+    # The first attempt hangs; the one after the worker's death finishes at once.
+    command = f"if [ -e {flag} ]; then echo done > out.txt; else touch {flag}; sleep 300; fi"
+    cluster = Cluster(log, client, repo, tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLAUDECLUSTER_")}
+    doomed = await anyio.open_process(
+        [CLI, "worker", "--nats", nats_url, "--workspace-root", str(tmp_path / "doomed")],
+        env=env,
+    )
+    try:
+        config = DriverConfig(lost_after_s=8)  # the worker heartbeats every 5 s
+        async with running_driver(cluster, config=config):
+            await cluster.submit("lost", [shell("slow", command)])
+            events = await cluster.wait_for(lambda es: any(isinstance(e, TaskStarted) for e in es))
+            victim = next(e for e in events if isinstance(e, TaskStarted)).worker_id
+            doomed.send_signal(signal.SIGKILL)
+            await doomed.wait()
+            template = WorkerConfig(worker_id="t", workspace_root=tmp_path / "ws", heartbeat_s=1)
+            async with open_local_workers(1, template, log, client):
+                events = await cluster.wait_end("lost")
+    finally:
+        if doomed.returncode is None:
+            doomed.kill()
+            await doomed.wait()
+    lost = next(e for e in events if isinstance(e, WorkerLost))
+    assert (lost.worker_id, lost.orphaned_tasks) == (victim, ("lost/slow",))
+    requeued = [e for e in events if isinstance(e, TaskQueued) and e.attempt == 2]
+    assert [q.note for q in requeued] == ["This is attempt 2: its worker was lost."]
+    (succeeded,) = [e for e in events if isinstance(e, TaskSucceeded)]
+    assert succeeded.attempt == 2
+    assert succeeded.worker_id != victim
+    assert cluster.branch_file("lost", "out.txt") == "done\n"

@@ -147,7 +147,7 @@ async def test_a_killed_workers_task_is_taken_over_and_completes_once(
     assert [(r.resumed, r.session_id) for r in resumed] == [(True, started.session_id)]
     # The conversation went on: the model never saw the first turn asked for again.
     assert [s.turn for s in model.served if s.task == "[[task:long]]"].count(0) == 1
-    # The dead worker's agent died with it (it ran under setpriv --pdeathsig).
+    # The dead worker's agent died with it (it ran under the reaper).
     with anyio.fail_after(10):
         # The kernel ends them; there is no event to wait on, so their state is polled.
         while any(_alive(a) for a in agents):  # noqa: ASYNC110

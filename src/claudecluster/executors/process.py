@@ -7,13 +7,16 @@ reaches everything it spawned; children that left the group are found and ended 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
+import sys
 from contextlib import suppress
+from pathlib import Path
 
 import anyio
 import anyio.abc
 import psutil
+
+_REAPER = Path(__file__).with_name("reaper.py")
 
 __all__ = ["end_tree", "launcher", "tree_rss"]
 
@@ -58,17 +61,14 @@ async def end_tree(process: anyio.abc.Process, grace_s: float, *, close: bool = 
 
 
 def launcher(nice: int = 0) -> list[str]:
-    """A command prefix that ties the child's life to its worker's, and lowers its priority.
+    """A command prefix that ties the whole tree's life to its worker's, and lowers its
+    priority.
 
-    ``setpriv --pdeathsig KILL`` (util-linux) makes the kernel kill the agent if its worker
-    dies without ending it (``kill -9``), so a crashed worker leaves no agent running on.
-    Where setpriv is missing, that guarantee is absent: the worker still ends the tree on
-    every path it survives.
+    The prefix runs the command under :mod:`claudecluster.executors.reaper`, which the
+    kernel signals when the worker dies (even by ``kill -9``) and which then ends every
+    process below it, including ones the agent's own tools started and orphaned.
     """
-    prefix: list[str] = []
-    setpriv = shutil.which("setpriv")
-    if setpriv:
-        prefix += [setpriv, "--pdeathsig", "KILL", "--"]
+    prefix = [sys.executable, str(_REAPER), "--"]
     if nice > 0:
         prefix += ["nice", "-n", str(min(nice, 19))]
     return prefix

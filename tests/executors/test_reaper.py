@@ -1,0 +1,64 @@
+"""The reaper ends an attempt's whole process tree, even when its worker is killed."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from claudecluster.executors.process import launcher
+
+
+def _sleepers(marker: str) -> list[psutil.Process]:
+    """The sleep with this marker and the reaper supervising it."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if cmdline == ["sleep", marker] or any(f"sleep {marker}" in part for part in cmdline):
+            found.append(process)
+    return found
+
+
+def _wait_gone(marker: str, limit_s: float = 10) -> list[psutil.Process]:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        left = [p for p in _sleepers(marker) if p.status() != psutil.STATUS_ZOMBIE]
+        if not left:
+            return []
+        time.sleep(0.05)
+    return _sleepers(marker)
+
+
+def test_background_processes_the_command_left_are_ended_when_it_exits(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*launcher(), "bash", "-c", "sleep 301 & exit 3"], cwd=tmp_path, check=False, timeout=30
+    )
+    assert done.returncode == 3  # the command's status comes through
+    assert _wait_gone("301") == []
+
+
+def test_a_killed_worker_takes_the_grandchildren_of_its_attempt_with_it(tmp_path: Path) -> None:
+    # A stand-in worker starts an attempt whose shell starts a sleep, then is killed -9.
+    worker_code = (
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen({[*launcher(), 'bash', '-c', 'sleep 302; true']!r})\n"
+        "time.sleep(300)\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", worker_code], cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 10
+        attempt = lambda: [p for p in _sleepers("302") if p.pid != worker.pid]  # noqa: E731
+        while len(attempt()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the reaper, its bash and the sleep
+        assert len(attempt()) == 3, "the attempt never started"
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=10)
+        assert [p for p in _wait_gone("302") if p.pid != worker.pid] == []
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
