@@ -51,7 +51,10 @@ def test_a_killed_worker_takes_the_grandchildren_of_its_attempt_with_it(tmp_path
     worker = subprocess.Popen([sys.executable, "-c", worker_code], cwd=tmp_path)
     try:
         deadline = time.monotonic() + 10
-        attempt = lambda: [p for p in _sleepers("302") if p.pid != worker.pid]  # noqa: E731
+
+        def attempt() -> list[psutil.Process]:
+            return [p for p in _sleepers("302") if p.pid != worker.pid]
+
         while len(attempt()) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)  # the reaper, its bash and the sleep
         assert len(attempt()) == 3, "the attempt never started"
