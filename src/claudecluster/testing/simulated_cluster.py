@@ -133,7 +133,9 @@ class SimulatedCluster:
         workers: how many workers.
         config: the driver's fleet-wide limits.
         duration: samples a task attempt's duration in seconds.
-        failure_chance: chance an attempt fails (with a retryable class).
+        failure_chance: chance an attempt fails.
+        failure_classes: the classes a failure is drawn from (the default policy retries
+            api_error and timeout, not agent_error).
         conflict_chance: chance a merge conflicts.
         death_chance: chance per heartbeat that a worker dies (kill -9).
         ack_wait_s: when a dead worker's item is redelivered.
@@ -145,6 +147,7 @@ class SimulatedCluster:
     config: DriverConfig = field(default_factory=DriverConfig)
     duration: Callable[[random.Random, str], float] | None = None
     failure_chance: float = 0.0
+    failure_classes: tuple[FailureClass, ...] = ("api_error", "timeout", "agent_error")
     conflict_chance: float = 0.0
     death_chance: float = 0.0
     ack_wait_s: float = 30.0
@@ -405,7 +408,7 @@ class SimulatedCluster:
         scope = f"cc.evt.{run_id}.{task_id}.>"
         event: Event
         if fails:
-            kind: FailureClass = self.rng.choice(["api_error", "timeout", "agent_error"])
+            kind: FailureClass = self.rng.choice(self.failure_classes)
             event = TaskFailed(
                 run_id=run_id, task_id=task_id, attempt=attempt, reason=f"simulated {kind}",
                 failure_class=kind, retryable=kind != "agent_error", worker_id=worker.worker_id,

@@ -1,0 +1,55 @@
+"""The simulation scenarios under simulations/ load, and `claudecluster simulate` runs
+one end to end: a table, a JSON result, and exit 1 when an invariant breaks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from claudecluster.cli import run
+from claudecluster.errors import ConfigError
+from claudecluster.testing.scenarios import Scenario, load_scenario, run_scenario
+
+
+@pytest.mark.parametrize(
+    "name", ["scheduler-1k.yaml", "scheduler-10k.yaml", "chains-under-faults.yaml"]
+)
+def test_the_committed_scenarios_load(repo_root: Path, name: str) -> None:
+    scenario = load_scenario(repo_root / "simulations" / "scenarios" / name)
+    assert scenario.name == name.removesuffix(".yaml")
+
+
+def test_a_scenario_runs_deterministically_and_within_its_bounds() -> None:
+    scenario = Scenario(name="small", tasks=60, workers=6, failure_chance=0.1,
+                        conflict_chance=0.1, death_chance=0.02, seeds=[5])  # fmt: skip
+    first = run_scenario(scenario, 5)
+    again = run_scenario(scenario, 5)
+    for volatile in ("events_per_s", "simulated_in_s"):
+        first.pop(volatile)
+        again.pop(volatile)
+    assert first == again
+    assert first["run_state"] == "completed"
+    assert first["makespan_s"] >= first["lower_bound_s"]
+    assert first["merged"] + first["failed"] + first["skipped"] == 60
+
+
+def test_simulate_prints_a_table_and_writes_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = tmp_path / "tiny.yaml"
+    scenario.write_text("name: tiny\ntasks: 30\nworkers: 4\nseeds: [1, 2]\n")
+    assert run(["simulate", str(scenario), "--out", str(tmp_path / "results")]) == 0
+    assert "tiny" in capsys.readouterr().out
+    record = json.loads((tmp_path / "results" / "tiny.json").read_text())
+    assert [r["seed"] for r in record["results"]] == [1, 2]
+    assert all(r["merged"] == 30 for r in record["results"])
+
+
+def test_a_bad_scenario_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ntasks: 0\nworkers: 1\n")
+    with pytest.raises(ConfigError, match="tasks"):
+        load_scenario(bad)
+    assert run(["simulate", str(bad)]) == 2
