@@ -67,13 +67,12 @@ from claudecluster.events.model import (
     RunPlanned,
     TaskFailed,
     TaskMerged,
-    TaskSpec,
 )
 from claudecluster.events.subjects import ALL_COMMANDS
 from claudecluster.events.work import WorkItem
 from claudecluster.executors.base import Executor
 from claudecluster.observability.logging import get_logger
-from claudecluster.runtime.planners import ClaudePlanner, fanout_tasks, finish_plan
+from claudecluster.runtime.planners import finish_plan, planner_for
 from claudecluster.transport.artifacts import ArtifactStore, artifact_key
 from claudecluster.transport.base import EventLog
 from claudecluster.transport.commands import publish_command
@@ -282,7 +281,13 @@ class Driver:
             )
             self._bundles[base] = ref
             await _exclude_work_dir(repo)
-            tasks = await self._tasks_for(effect, repo, base)
+            planner = planner_for(
+                submitted,
+                executor=self._options.planner_executor,
+                work_dir=self._run_dir(run_id, repo),
+                api_environment=dict(self._options.api_environment),
+            )
+            tasks = await planner.tasks(submitted, repo, base)
             tasks_final, conflicts = finish_plan(
                 tasks, serialize_overlaps=submitted.policy.file_overlap == "serialize"
             )
@@ -299,27 +304,6 @@ class Driver:
             predicted_conflicts=conflicts,
         )
         return await self._record(planned, f"planned-{run_id}", None)
-
-    async def _tasks_for(self, effect: Plan, repo: Path, base: str) -> list[TaskSpec]:
-        submitted = effect.submitted
-        if submitted.plan is not None:
-            return list(submitted.plan)
-        if submitted.fanout is not None:
-            return await fanout_tasks(repo, base, submitted.fanout, submitted.goal)
-        executor = self._options.planner_executor
-        if executor is None:
-            raise GraphError("the Claude planner is not available in this driver")
-        workspace = self._run_dir(submitted.run_id, repo) / "planner"
-        if not (workspace / ".git").exists():
-            await git(repo, "worktree", "add", "--quiet", "--detach", str(workspace), base)
-        try:
-            planner = ClaudePlanner(
-                executor, self._run_dir(submitted.run_id, repo) / "planner-scratch",
-                dict(self._options.api_environment),
-            )  # fmt: skip
-            return await planner.plan(submitted, workspace)
-        finally:
-            await git(repo, "worktree", "remove", "--force", str(workspace))
 
     # -- dispatch ------------------------------------------------------------------------
 

@@ -17,9 +17,10 @@ import re
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
+import yaml
 
 from claudecluster.domain.graph import predict_conflicts, validate_graph
 from claudecluster.domain.kinds import KIND_PROFILES
@@ -39,7 +40,19 @@ from claudecluster.executors.base import AttemptRun, Executor
 from claudecluster.observability.logging import get_logger
 from claudecluster.workspace.git import git
 
-__all__ = ["ClaudePlanner", "extract_json", "fanout_tasks", "finish_plan", "task_id_for"]
+__all__ = [
+    "ClaudeCodePlanner",
+    "ClaudePlanner",
+    "FanoutPlanner",
+    "GivenPlan",
+    "Planner",
+    "extract_json",
+    "fanout_tasks",
+    "finish_plan",
+    "load_plan_file",
+    "planner_for",
+    "task_id_for",
+]
 
 _log = get_logger(__name__)
 _ID_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_-]+")
@@ -245,3 +258,109 @@ class ClaudePlanner:
 
 async def _ignore(_: TaskProgress | TaskRateLimited) -> None:
     """Planning progress is not a task's; the run's events say when planning ends."""
+
+
+# ----------------------------------------------------------------------------------------
+# One interface for the strategies
+# ----------------------------------------------------------------------------------------
+
+
+class Planner(Protocol):
+    """A planning strategy: the tasks of a submitted run, before validation."""
+
+    async def tasks(self, submitted: RunSubmitted, repo: Path, base_commit: str) -> list[TaskSpec]:
+        """Make the run's tasks from the repository at ``base_commit``.
+
+        Raises:
+            GraphError: no plan could be made; the message says why.
+            WorkspaceError: git failed.
+        """
+        ...
+
+
+class GivenPlan:
+    """The tasks came with the run: inline, or read from a plan file by the client."""
+
+    async def tasks(self, submitted: RunSubmitted, repo: Path, base_commit: str) -> list[TaskSpec]:
+        """The submitted tasks as they are."""
+        del repo, base_commit
+        if submitted.plan is None:
+            raise GraphError("the run was submitted without tasks")
+        return list(submitted.plan)
+
+
+class FanoutPlanner:
+    """One task per matching file of the base commit."""
+
+    async def tasks(self, submitted: RunSubmitted, repo: Path, base_commit: str) -> list[TaskSpec]:
+        """See :func:`fanout_tasks`."""
+        if submitted.fanout is None:
+            raise GraphError("a fan-out run needs a glob and a prompt template")
+        return await fanout_tasks(repo, base_commit, submitted.fanout, submitted.goal)
+
+
+class ClaudeCodePlanner:
+    """The Claude planner in a throwaway checkout of the base commit.
+
+    Args:
+        executor: runs the planning agent.
+        work_dir: where the checkout and the agent's private HOME go.
+        api_environment: ANTHROPIC_* settings.
+    """
+
+    def __init__(self, executor: Executor, work_dir: Path, api_environment: dict[str, str]):
+        self._executor = executor
+        self._work_dir = work_dir
+        self._api = api_environment
+
+    async def tasks(self, submitted: RunSubmitted, repo: Path, base_commit: str) -> list[TaskSpec]:
+        """Check out the base commit, ask the agent, remove the checkout."""
+        workspace = self._work_dir / "planner"
+        if not (workspace / ".git").exists():
+            await git(repo, "worktree", "add", "--quiet", "--detach", str(workspace), base_commit)
+        try:
+            planner = ClaudePlanner(self._executor, self._work_dir / "planner-scratch", self._api)
+            return await planner.plan(submitted, workspace)
+        finally:
+            await git(repo, "worktree", "remove", "--force", str(workspace))
+
+
+def planner_for(
+    submitted: RunSubmitted,
+    *,
+    executor: Executor | None,
+    work_dir: Path,
+    api_environment: dict[str, str],
+) -> Planner:
+    """The strategy the run asked for.
+
+    Raises:
+        GraphError: it asked for the Claude planner and this driver has no executor.
+    """
+    if submitted.plan is not None:
+        return GivenPlan()
+    if submitted.fanout is not None:
+        return FanoutPlanner()
+    if executor is None:
+        raise GraphError("the Claude planner is not available in this driver")
+    return ClaudeCodePlanner(executor, work_dir, api_environment)
+
+
+def load_plan_file(path: Path) -> PlanFile:
+    """Read a plan file (YAML, or JSON by its ``.json`` suffix) and check its shape.
+
+    Raises:
+        GraphError: the file is missing, does not parse, or does not fit the schema; the
+            message names the file and, for a shape problem, the field.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise GraphError(f"{path}: cannot read the plan file ({exc.strerror})") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise GraphError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except yaml.YAMLError as exc:
+        raise GraphError(f"{path}: not valid YAML: {exc}") from None
+    return plan_from_data(data, str(path))
