@@ -21,8 +21,11 @@ from claudecluster.events import (
     MergeConflict,
     RollbackRun,
     RunCompleted,
+    RunFailed,
+    RunPolicy,
     RunRolledBack,
     SubmitRun,
+    TaskFailed,
     TaskMerged,
     TaskQueued,
     TaskSpec,
@@ -157,3 +160,71 @@ async def test_claude_tasks_merge_through_a_conflict_and_a_driver_kill_then_roll
     assert rolled.reverted_tasks == ("join",)
     assert rolled.to_commit == merged[order[-2]]
     assert git_output(repo, "rev-parse", "claudecluster/demo").strip() == rolled.to_commit
+
+
+STOP_SCRIPT = Script.model_validate(
+    {
+        "latency_s": 0.2,
+        "tasks": [
+            {"marker": "[[task:one]]", **_write("shared.txt", "one\n")},
+            {"marker": "[[task:two]]", "latency_s": 1.0, **_write("shared.txt", "two\n")},
+            {"marker": "[[task:debug]]", **_write("debug.flag", "on\n")},
+            {"marker": "[[task:docs]]", **_write("docs.txt", "documented\n")},
+        ],
+    }
+)
+
+
+async def test_claude_runs_stop_on_a_conflict_and_undo_a_merge_that_fails_verify(
+    world: tuple[JetStreamEventLog, Any], tmp_path: Path, nats_url: str
+) -> None:
+    """Two runs at once on three workers: one stops at its conflict under the ``stop``
+    policy; in the other, the verify command rejects one task's result, which is undone
+    and retried, and fails for good while the other task's result stays merged."""
+    log, client = world
+    js = client.jetstream()
+    repo = make_repo(tmp_path / "repo", {"shared.txt": "base\n"})
+    stop = SubmitRun(
+        run_id="stops", goal="clash", repo=str(repo),
+        plan=(_task("one"), _task("two")), policy=RunPolicy(on_conflict="stop"),
+    )  # fmt: skip
+    verify = SubmitRun(
+        run_id="verified", goal="verify", repo=str(repo),
+        plan=(_task("debug"), _task("docs")),
+        policy=RunPolicy(verify_command="test ! -e debug.flag", max_attempts=2,
+                         backoff_base_s=0),
+    )  # fmt: skip
+    async with open_scripted_model(STOP_SCRIPT) as model:
+        template = WorkerConfig(
+            worker_id="template",
+            workspace_root=tmp_path / "workspaces",
+            heartbeat_s=1.0,
+            api_environment={"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-x"},
+        )
+        async with open_local_workers(3, template, log, client):
+            driver = await _start_driver(nats_url, tmp_path / "driver")
+            try:
+                for command in (stop, verify):
+                    await publish_command(js, command, command_id=f"submit-{command.run_id}",
+                                          now=datetime.now(UTC))  # fmt: skip
+                ends = (RunCompleted, RunFailed)
+                events = await _wait_for(log, lambda es: sum(isinstance(e, ends) for e in es) == 2)
+            finally:
+                driver.send_signal(signal.SIGTERM)
+                with anyio.fail_after(30):
+                    await driver.wait()
+    stopped = next(e for e in events if isinstance(e, RunFailed) and e.run_id == "stops")
+    conflict = next(e for e in events if isinstance(e, MergeConflict) and e.run_id == "stops")
+    assert conflict.files == ("shared.txt",)
+    assert conflict.policy == "stop"
+    assert f"task {conflict.task_id!r} conflicts" in stopped.reason
+    assert "shared.txt" in stopped.reason
+    rejected = [e for e in events if isinstance(e, TaskFailed) and e.run_id == "verified"]
+    assert [(f.task_id, f.attempt, f.failure_class) for f in rejected] == [
+        ("debug", 1, "verify"), ("debug", 2, "verify"),
+    ]  # fmt: skip
+    done = next(e for e in events if isinstance(e, RunCompleted) and e.run_id == "verified")
+    assert (done.tasks_succeeded, done.tasks_failed) == (1, 1)
+    files = git_output(repo, "ls-tree", "--name-only", "claudecluster/verified").split()
+    assert "docs.txt" in files
+    assert "debug.flag" not in files
