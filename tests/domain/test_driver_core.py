@@ -401,3 +401,26 @@ def test_an_event_from_a_superseded_attempt_changes_nothing() -> None:
     effects = log.event(TaskSucceeded(run_id="r", task_id="a", attempt=1, worker_id="w1"))
     assert [e for e in effects if isinstance(e, Merge)] == []
     assert log.state.runs["r"].to_merge == []
+
+
+def test_a_failed_run_with_rollback_on_failure_goes_back_to_its_base() -> None:
+    log = Log()
+    policy = RunPolicy(on_task_failure="fail_run", max_attempts=1, rollback_on_failure=True)
+    for effect in log.plan([spec("a"), spec("b", "a")], policy=policy):
+        log.settle(effect)
+    log.run_task("a")
+    log.event(TaskSucceeded(run_id="r", task_id="a", attempt=1, worker_id="w1"))
+    merge = log.take(Merge)
+    log.event(TaskMerged(run_id="r", task_id="a", attempt=1, commit="m1",
+                         integration_branch="claudecluster/r"))  # fmt: skip
+    log.settle(merge)
+    log.settle(log.take(Dispatch))
+    log.run_task("b")
+    log.event(TaskFailed(run_id="r", task_id="b", attempt=1, reason="boom",
+                         failure_class="agent_error"))  # fmt: skip
+    failed = log.take(Record)
+    assert isinstance(failed.event, RunFailed)
+    effects = log.settle(failed)
+    (rollback,) = [e for e in effects if isinstance(e, Rollback)]
+    assert (rollback.event.to_commit, rollback.event.reverted_tasks) == ("base", ("a",))
+    assert rollback.event_id == "rolledback-r-on-failure"
