@@ -64,7 +64,8 @@ def test_scheduling_keeps_its_promises_on_random_graphs(
         assert failure_chance > 0 or conflict_chance > 0
     merges = [s.envelope.payload for s in cluster.log if isinstance(s.envelope.payload, TaskMerged)]
     assert len({m.task_id for m in merges}) == len(merges)
-    assert report.makespan_s >= report.critical_path_s - 1e-6 or report.run_state == "failed"
+    if report.merged == size:  # the bound holds only when every task ran to the end
+        assert report.makespan_s >= report.critical_path_s - 1e-6
 
 
 def test_without_failures_every_task_of_a_large_graph_merges() -> None:

@@ -44,8 +44,9 @@ def test_background_processes_the_command_left_are_ended_when_it_exits(tmp_path:
 def test_a_killed_worker_takes_the_grandchildren_of_its_attempt_with_it(tmp_path: Path) -> None:
     # A stand-in worker starts an attempt whose shell starts a sleep, then is killed -9.
     worker_code = (
-        "import subprocess, sys, time\n"
-        f"subprocess.Popen({[*launcher(), 'bash', '-c', 'sleep 302; true']!r})\n"
+        "import subprocess, time\n"
+        "from claudecluster.executors.process import launcher\n"
+        "subprocess.Popen([*launcher(), 'bash', '-c', 'sleep 302; true'])\n"
         "time.sleep(300)\n"
     )
     worker = subprocess.Popen([sys.executable, "-c", worker_code], cwd=tmp_path)
@@ -65,3 +66,17 @@ def test_a_killed_worker_takes_the_grandchildren_of_its_attempt_with_it(tmp_path
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+
+
+def test_an_attempt_whose_worker_died_before_the_reaper_started_does_not_run(
+    tmp_path: Path,
+) -> None:
+    # The reaper is told its worker's pid; a different parent means the worker is gone.
+    prefix = launcher()
+    position = prefix.index("--parent") + 1
+    prefix[position] = "1"  # not this process: as if the worker had died meanwhile
+    done = subprocess.run(
+        [*prefix, "bash", "-c", "touch ran"], cwd=tmp_path, check=False, timeout=30
+    )
+    assert done.returncode == 143
+    assert not (tmp_path / "ran").exists()

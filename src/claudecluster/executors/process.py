@@ -68,7 +68,7 @@ def launcher(nice: int = 0) -> list[str]:
     kernel signals when the worker dies (even by ``kill -9``) and which then ends every
     process below it, including ones the agent's own tools started and orphaned.
     """
-    prefix = [sys.executable, str(_REAPER), "--"]
+    prefix = [sys.executable, str(_REAPER), "--parent", str(os.getpid()), "--"]
     if nice > 0:
         prefix += ["nice", "-n", str(min(nice, 19))]
     return prefix

@@ -1,6 +1,6 @@
 """A supervisor between a worker and the process tree of one attempt.
 
-Run as a script (``python reaper.py -- COMMAND ...``), not imported: it starts in a few
+Run as a script (``python reaper.py --parent PID -- COMMAND ...``), not imported: it starts in a few
 milliseconds and needs only the standard library and psutil.
 
 Why it exists: a worker killed with SIGKILL cannot end what it started. The kernel's
@@ -59,15 +59,18 @@ def _end_descendants() -> None:
 
 def main(argv: list[str]) -> int:
     """Run ``argv`` (after ``--``) under supervision; return its exit status."""
+    options = argv[: argv.index("--")] if "--" in argv else []
     command = argv[argv.index("--") + 1 :] if "--" in argv else argv
     if not command:
         sys.stderr.write("reaper: no command given\n")
         return 2
-    parent = os.getppid()
+    # The worker's pid comes from the worker: reading getppid() here would be too late if
+    # the worker died while this interpreter was still starting.
+    parent = int(options[options.index("--parent") + 1]) if "--parent" in options else None
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # the worker died before the signal was armed
-        return 143
+    if parent is not None and os.getppid() != parent:
+        return 143  # the worker died before the signal was armed: run nothing
 
     stopping = False
 
