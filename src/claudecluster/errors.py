@@ -30,6 +30,7 @@ __all__ = [
     "ClusterError",
     "ConcurrencyError",
     "ConfigError",
+    "DriverUnavailableError",
     "EventDecodeError",
     "EventStoreError",
     "GraphError",
@@ -128,6 +129,10 @@ class UnknownEntityError(LocalError):
         self.kind = kind
         self.entity_id = entity_id
         super().__init__(f"unknown {kind} id {entity_id!r}: no event records it")
+
+
+class DriverUnavailableError(RemoteError):
+    """No driver answered a command in time (none runs on this NATS, or it is stuck)."""
 
 
 class ConcurrencyError(RemoteError):

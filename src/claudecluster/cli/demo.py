@@ -1,140 +1,186 @@
-"""``claudecluster demo``: the README's main command.
+"""``claudecluster demo``: the README's main command, offline and with no API key.
 
-Until the driver and workers exist, the demo shows the foundation end to end: it starts the
-embedded nats-server (or uses the configured one), records a six-task sample run on the
-durable event log with optimistic-concurrency appends, follows the log live into a
-projection, rebuilds the same projection from a full replay, checks both agree, and prints
-the projected status.
+It makes a small sample repository, starts the scripted Messages API in this process
+(with a per-turn latency, so the parallelism shows), and runs a goal of eight tasks with
+dependencies on three local workers: the real driver, real workers, the real Claude Code
+CLI, the embedded nats-server (or the configured one). Two of the tasks edit the same
+lines of the changelog; the merge conflicts and a resolution attempt merges both sides.
+It ends with the summary, the speedup, and the branch to look at.
 """
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 from rich.console import Console
 
 from claudecluster.cli.app import EXIT_FAILED, EXIT_OK, app
-from claudecluster.cli.render import run_table, tasks_table, workers_table
-from claudecluster.events.envelope import EventEnvelope
-from claudecluster.events.model import RunEvent
-from claudecluster.events.subjects import scope_filter
+from claudecluster.cli.follow import RunEnd, follow_run, renderer_for
+from claudecluster.cli.run_cmd import print_summary
+from claudecluster.events.model import RunCompleted, SubmitRun, TaskSpec
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
-from claudecluster.projections.cluster import ClusterView, apply, replay
-from claudecluster.runtime.connection import open_configured_log
+from claudecluster.runtime.connection import open_configured_cluster
+from claudecluster.runtime.local_cluster import open_local_services
+from claudecluster.scripted_model import Script, open_scripted_model
 from claudecluster.settings import Settings, load_settings
-from claudecluster.testing.sample_runs import LogBuilder, happy_path
-from claudecluster.transport.base import EventLog, read_all
+from claudecluster.workspace.git import git
 
-__all__ = ["demo"]
+__all__ = ["DEMO_SCRIPT", "DEMO_TASKS", "demo"]
 
-_CATCH_UP_TIMEOUT_S = 10.0
+_LATENCY_S = 1.0
+_BASE_FILES = {
+    "README.md": "# inventory\n\nA tiny inventory service.\n",
+    "CHANGELOG.md": "# Changelog\n\n## Unreleased\n",
+    "app/__init__.py": "",
+}
+
+
+def _task(task_id: str, title: str, *deps: str, kind: str = "generate") -> TaskSpec:
+    return TaskSpec(
+        task_id=task_id,
+        title=title,
+        prompt=f"[[demo:{task_id}]] {title} in the inventory service.",
+        depends_on=deps,
+        kind=kind,  # type: ignore[arg-type]
+    )
+
+
+DEMO_TASKS = (
+    _task("models", "Define the Item and Stock models"),
+    _task("store", "Add an in-memory store for stock levels", "models"),
+    _task("api", "Add the HTTP API", "models"),
+    _task("cli", "Add the command line", "models"),
+    _task("tests", "Test the store and the API", "store", "api", kind="test"),
+    _task("docs", "Document the API and the command line", "api", "cli"),
+    # These two edit the same line of CHANGELOG.md: the second to merge conflicts.
+    _task("note-api", "Note the HTTP API in the changelog", kind="refactor"),
+    _task("note-cli", "Note the command line in the changelog", kind="refactor"),
+)
+
+
+def _writes(path: str, content: str, done: str) -> list[dict[str, Any]]:
+    tool = {"name": "Write", "input": {"file_path": "{cwd}/" + path, "content": content}}
+    return [{"text": f"Writing {path}.", "tools": [tool]}, {"text": done}]
+
+
+_CHANGELOG = "# Changelog\n\n## Unreleased\n"
+DEMO_SCRIPT = Script.model_validate(
+    {
+        "latency_s": _LATENCY_S,
+        "tasks": [
+            {   # a resolution attempt's prompt names the conflicting file: it goes first
+                "marker": "conflicted in CHANGELOG.md",
+                "turns": _writes(
+                    "CHANGELOG.md",
+                    _CHANGELOG + "- Added the HTTP API.\n- Added the command line.\n",
+                    "Kept both entries and removed the conflict markers.",
+                ),
+            },
+            {"marker": "[[demo:models]]", "turns": _writes(
+                "app/models.py",
+                "from dataclasses import dataclass\n\n\n@dataclass(frozen=True)\nclass Item:\n"
+                "    sku: str\n    name: str\n\n\n@dataclass\nclass Stock:\n    item: Item\n"
+                "    count: int = 0\n", "Added Item and Stock.")},
+            {"marker": "[[demo:store]]", "turns": _writes(
+                "app/store.py",
+                "from app.models import Item, Stock\n\n\nclass Store:\n    def __init__(self):\n"
+                "        self.stock: dict[str, Stock] = {}\n\n    def add(self, item: Item, n: int)"
+                " -> None:\n        self.stock.setdefault(item.sku, Stock(item)).count += n\n",
+                "Added the store.")},
+            {"marker": "[[demo:api]]", "turns": _writes(
+                "app/api.py",
+                "from app.store import Store\n\nSTORE = Store()\n\n\n"
+                "def get_stock(sku: str) -> int:\n    stock = STORE.stock.get(sku)\n"
+                "    return stock.count if stock else 0\n",
+                "Added the API.")},
+            {"marker": "[[demo:cli]]", "turns": _writes(
+                "app/cli.py",
+                "import sys\n\nfrom app.api import get_stock\n\n\ndef main() -> None:\n"
+                "    print(get_stock(sys.argv[1]))\n", "Added the command line.")},
+            {"marker": "[[demo:tests]]", "turns": _writes(
+                "tests/test_store.py",
+                "from app.models import Item\nfrom app.store import Store\n\n\ndef test_add() -> "
+                "None:\n    store = Store()\n    store.add(Item('a', 'A'), 2)\n"
+                "    assert store.stock['a'].count == 2\n", "Added a test.")},
+            {"marker": "[[demo:docs]]", "turns": _writes(
+                "docs/usage.md",
+                "# Usage\n\n`python -m app.cli SKU` prints the stock of SKU.\n",
+                "Documented the API and the command line.")},
+            {"marker": "[[demo:note-api]]", "turns": _writes(
+                "CHANGELOG.md", _CHANGELOG + "- Added the HTTP API.\n", "Noted the API.")},
+            {"marker": "[[demo:note-cli]]", "turns": _writes(
+                "CHANGELOG.md", _CHANGELOG + "- Added the command line.\n", "Noted the CLI.")},
+        ],
+    }
+)  # fmt: skip
 
 
 @app.command
-def demo(*, config: Path | None = None, nats_url: str | None = None) -> int:
-    """Record a sample run on the event log and show its projected status.
+def demo(*, config: Path | None = None, nats_url: str | None = None, json: bool = False) -> int:
+    """Run a real goal offline: 8 tasks, 3 workers, the Claude Code CLI on a scripted model.
 
-    Starts the embedded nats-server under .claudecluster/nats (or uses --nats-url), so it
-    needs nothing else. Run it twice: the second run reuses the same durable log.
+    Needs no API key and no network: a scripted Messages API answers Claude Code. Makes a
+    sample repository under .claudecluster/demo/, starts the embedded nats-server (or uses
+    --nats-url), a driver and three workers in this process, and runs a goal whose tasks
+    depend on each other; two of them conflict and the conflict is resolved. Ends with the
+    summary, the speedup and the branch holding the result.
 
     Examples:
         claudecluster demo
-        claudecluster demo --nats-url nats://127.0.0.1:4222
+        claudecluster demo --json > events.jsonl
 
     Args:
         config: A claudecluster.yaml to read instead of the one in this directory.
         nats_url: Use this NATS server instead of starting the embedded one.
+        json: Print every event of the run as JSON Lines instead of progress.
     """
     flags = {"nats": {"url": nats_url}} if nats_url else None
-    loaded = load_settings(config_file=config, flags=flags)
-    settings = loaded.settings
-    log_format = settings.logging.format
+    settings = load_settings(config_file=config, flags=flags).settings
     configure_logging(
-        level=settings.logging.level if settings.logging.level != "INFO" else "WARNING",
-        json=None if log_format == "auto" else log_format == "json",
+        level="WARNING" if settings.logging.level == "INFO" else settings.logging.level,
         redactor=Redactor(settings.secret_values()),
     )
-    ok: bool = anyio.run(_demo, settings, Console(highlight=False))
+    console = Console(highlight=False, stderr=json)
+    end, repo = anyio.run(_demo, settings, console, json)
+    print_summary(console, end)
+    ok = isinstance(end.event, RunCompleted) and end.event.tasks_succeeded == len(DEMO_TASKS)
+    console.print(f"the sample repository is {repo}", markup=False)
     return EXIT_OK if ok else EXIT_FAILED
 
 
-async def _demo(settings: Settings, console: Console) -> bool:
+async def _demo(settings: Settings, console: Console, json: bool) -> tuple[RunEnd, Path]:
     stamp = datetime.now(UTC)
-    run_id = f"demo-{stamp:%Y%m%d-%H%M%S}-{stamp.microsecond // 1000:03d}"
-    sample = happy_path(run_id=run_id, prefix=run_id)
-    sample = _restamp(sample, stamp)
-    async with open_configured_log(settings, name="claudecluster-demo") as (url, log):
-        console.print(f"event log: {url}", markup=False)
-        start = await log.last_seq() + 1
-        live = ClusterView(last_seq=start - 1)
-        caught_up = anyio.Event()
-        final_seq = 0
-
-        async def follow() -> None:
-            nonlocal live
-            async with log.open_reader(from_seq=start, follow=True) as events:
-                async for stored in events:
-                    live = apply(live, stored)
-                    if final_seq and live.last_seq >= final_seq:
-                        caught_up.set()
-                        return
-
-        began = time.perf_counter()
-        async with anyio.create_task_group() as group:
-            group.start_soon(follow)
-            final_seq = await _record(log, sample.envelopes)
-            if live.last_seq >= final_seq:
-                caught_up.set()
-            with anyio.fail_after(_CATCH_UP_TIMEOUT_S):
-                await caught_up.wait()
-            group.cancel_scope.cancel()
-        elapsed = time.perf_counter() - began
-        replayed = replay(await read_all(log, from_seq=start), ClusterView(last_seq=start - 1))
-
-    durability = "" if settings.nats.url else ", each fsynced before acknowledgement"
-    console.print(
-        f"recorded {len(sample.envelopes)} events (seq {start}..{final_seq}) "
-        f"in {elapsed * 1000:.0f} ms{durability}",
-        markup=False,
-    )
-    run = replayed.runs[run_id]
-    console.print(run_table(replayed, run))
-    console.print(tasks_table(replayed, run_id))
-    console.print(workers_table(replayed))
-    agree = live == replayed
-    verdict = "agree" if agree else "DISAGREE"
-    console.print(f"live projection and full replay {verdict}", markup=False)
-    console.print(
-        "the events stay in the log: run the demo again and both runs are there", markup=False
-    )
-    return agree and replayed.anomaly_count == 0
+    run_id = f"demo-{stamp:%Y%m%d-%H%M%S}"
+    project = Path.cwd()
+    async with open_configured_cluster(settings, project_dir=project, name="demo") as conn:
+        repo = await _sample_repo(project / ".claudecluster" / "demo" / run_id)
+        if not json:
+            console.print(f"cluster at {conn.url}; sample repository {repo}", markup=False)
+        async with open_scripted_model(DEMO_SCRIPT) as model:
+            api = {"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-demo-offline"}
+            async with open_local_services(
+                conn, settings, workers=3, project_dir=project, api_environment=api
+            ):
+                command = SubmitRun(
+                    run_id=run_id, goal="Build a tiny inventory service", repo=str(repo),
+                    plan=DEMO_TASKS, planner="inline",
+                )  # fmt: skip
+                renderer = renderer_for(console, run_id, json=json)
+                end = await follow_run(conn, command, renderer, command_id=f"submit-{run_id}")
+    return end, repo
 
 
-def _restamp(sample: LogBuilder, start: datetime) -> LogBuilder:
-    """The same history shifted to start now, so the recorded times are today's."""
-    shift = start - sample.envelopes[0].occurred_at
-    restamped = LogBuilder(now=start, prefix=sample.prefix)
-    for envelope in sample.envelopes:
-        restamped.now = envelope.occurred_at + shift
-        restamped.emit(envelope.payload)
-    return restamped
-
-
-async def _record(log: EventLog, envelopes: list[EventEnvelope]) -> int:
-    """Append every event; run and task events conditionally, as a driver would."""
-    last_in_scope: dict[str, int] = {}
-    seq = 0
-    for envelope in envelopes:
-        event = envelope.payload
-        if isinstance(event, RunEvent):
-            scope = scope_filter(event)
-            result = await log.append(envelope, expected_last=last_in_scope.get(scope, 0))
-            last_in_scope[scope] = result.seq
-        else:
-            result = await log.append(envelope)
-        seq = result.seq
-    return seq
+async def _sample_repo(where: Path) -> Path:
+    await anyio.Path(where).mkdir(parents=True, exist_ok=True)
+    await git(where, "init", "--quiet", "--initial-branch", "main")
+    for name, content in _BASE_FILES.items():
+        path = anyio.Path(where / name)
+        await path.parent.mkdir(parents=True, exist_ok=True)
+        await path.write_text(content, encoding="utf-8")
+    await git(where, "add", "--all")
+    await git(where, "commit", "--quiet", "-m", "The inventory service, before the run")
+    return where

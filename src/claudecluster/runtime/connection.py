@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,7 +26,13 @@ from claudecluster.settings import Settings
 from claudecluster.transport.jetstream import JetStreamEventLog
 from claudecluster.transport.topology import Topology, apply_topology, load_topology
 
-__all__ = ["open_configured_log", "open_jetstream_log", "open_nats"]
+__all__ = [
+    "Connection",
+    "open_configured_cluster",
+    "open_configured_log",
+    "open_jetstream_log",
+    "open_nats",
+]
 
 _log = get_logger(__name__)
 _DEFAULT_PORTS = {"nats": 4222, "tls": 4222, "ws": 80, "wss": 443}
@@ -121,6 +128,53 @@ async def open_jetstream_log(
         yield client, JetStreamEventLog(js, redactor=redactor)
 
 
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """An open connection to the cluster's NATS and its event log.
+
+    Attributes:
+        url: the NATS URL in use.
+        client: the NATS client (for JetStream: work queue, commands, artifacts).
+        log: the event log.
+        embedded: the server was started by this process (it stops when the process does).
+    """
+
+    url: str
+    client: Client
+    log: JetStreamEventLog
+    embedded: bool
+
+
+@asynccontextmanager
+async def open_configured_cluster(
+    settings: Settings, *, project_dir: Path | None = None, name: str = "claudecluster"
+) -> AsyncIterator[Connection]:
+    """Connect to what the configuration names: an external NATS URL, or the embedded
+    server (started, or adopted if this project's server already runs).
+
+    Raises:
+        NatsServerError: the server cannot be started or reached.
+        EventStoreError: the topology could not be applied.
+    """
+    redactor = Redactor(settings.secret_values())
+    if settings.nats.url:
+        async with open_jetstream_log(
+            settings.nats.url, name=name, redactor=redactor, replicas=settings.nats.replicas
+        ) as (client, log):
+            yield Connection(settings.nats.url, client, log, embedded=False)
+        return
+    store_dir = settings.nats.store_dir
+    if not store_dir.is_absolute():
+        store_dir = (project_dir or Path.cwd()) / store_dir
+    async with (
+        open_embedded_nats(
+            store_dir, port=settings.nats.port, binary=settings.nats.server_binary
+        ) as server,
+        open_jetstream_log(server.url, name=name, redactor=redactor) as (client, log),
+    ):
+        yield Connection(server.url, client, log, embedded=True)
+
+
 @asynccontextmanager
 async def open_configured_log(
     settings: Settings, *, project_dir: Path | None = None, name: str = "claudecluster"
@@ -134,20 +188,5 @@ async def open_configured_log(
         NatsServerError: the server cannot be started or reached.
         EventStoreError: the topology could not be applied.
     """
-    redactor = Redactor(settings.secret_values())
-    if settings.nats.url:
-        async with open_jetstream_log(
-            settings.nats.url, name=name, redactor=redactor, replicas=settings.nats.replicas
-        ) as (_client, log):
-            yield settings.nats.url, log
-        return
-    store_dir = settings.nats.store_dir
-    if not store_dir.is_absolute():
-        store_dir = (project_dir or Path.cwd()) / store_dir
-    async with (
-        open_embedded_nats(
-            store_dir, port=settings.nats.port, binary=settings.nats.server_binary
-        ) as server,
-        open_jetstream_log(server.url, name=name, redactor=redactor) as (_client, log),
-    ):
-        yield server.url, log
+    async with open_configured_cluster(settings, project_dir=project_dir, name=name) as conn:
+        yield conn.url, conn.log

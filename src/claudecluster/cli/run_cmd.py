@@ -1,0 +1,204 @@
+"""``claudecluster run``: reach a goal with many Claude Code agents in parallel."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import anyio
+from rich.console import Console
+
+from claudecluster.cli.app import EXIT_FAILED, EXIT_OK, app
+from claudecluster.cli.follow import RunEnd, follow_run, renderer_for
+from claudecluster.domain.graph import validate_graph
+from claudecluster.errors import ConfigError
+from claudecluster.events.model import FanoutSpec, RunCompleted, RunPolicy, SubmitRun, TaskKind
+from claudecluster.events.plan import plan_to_specs
+from claudecluster.observability.logging import configure_logging
+from claudecluster.observability.redaction import Redactor
+from claudecluster.runtime.connection import open_configured_cluster
+from claudecluster.runtime.local_cluster import open_local_services
+from claudecluster.runtime.planners import load_plan_file
+from claudecluster.settings import Settings, load_settings
+from claudecluster.workspace.git import git_status
+
+__all__ = ["print_summary", "run"]
+
+
+@app.command(name="run")
+def run(
+    goal: str,
+    *,
+    plan: Path | None = None,
+    fanout: str | None = None,
+    prompt: str | None = None,
+    kind: TaskKind = "refactor",
+    claude_planner: bool = False,
+    workers: int = 3,
+    repo: Path = Path(),
+    run_id: str | None = None,
+    budget: float | None = None,
+    max_parallel: int | None = None,
+    on_conflict: Literal["resolve", "stop"] = "resolve",
+    verify: str | None = None,
+    nats: str | None = None,
+    json: bool = False,
+    config: Path | None = None,
+) -> int:
+    """Split a goal into tasks, run them in parallel with Claude Code, merge the results.
+
+    Give the tasks as a plan file, as a fan-out over files, or let a read-only Claude Code
+    planner make them. Without a NATS URL this starts the embedded nats-server, a driver
+    and N local workers; with --nats it submits to the driver and workers already running
+    there. The result is the branch claudecluster/RUN in the repository; your checkout is
+    never touched.
+
+    Exit codes: 0 every task merged; 1 the run failed or some task did not merge; 2 a
+    usage or configuration error; 130 interrupted.
+
+    Examples:
+        claudecluster run "Add type hints" --plan plan.yaml
+        claudecluster run "Add docstrings" --fanout "src/**/*.py" --prompt "Document {path}"
+        claudecluster run "Split the monolith" --claude-planner --workers 5
+        claudecluster run "Port the endpoints" --plan plan.yaml --nats nats://10.0.0.5:4222
+
+    Args:
+        goal: What the run should achieve, in a sentence.
+        plan: A plan file (YAML or JSON; see docs/driver.md).
+        fanout: One task per file of the repository matching this glob.
+        prompt: The fan-out's prompt template; may use {path}, {stem} and {goal}.
+        kind: The fan-out tasks' kind.
+        claude_planner: Let a read-only Claude Code agent plan the tasks.
+        workers: Local workers to start (embedded cluster only).
+        repo: The git repository to work on.
+        run_id: The run's id (default: run-YYYYmmdd-HHMMSS).
+        budget: Stop starting tasks once the run has cost this many USD.
+        max_parallel: Tasks of this run running at once (default: the fleet's cap).
+        on_conflict: resolve: a resolution attempt merges conflicting changes; stop: fail.
+        verify: A shell command run on the merged result after each task (e.g. "make test").
+        nats: NATS URL of a running cluster (default: nats.url, else the embedded server).
+        json: Print every event of the run as JSON Lines instead of progress.
+        config: A claudecluster.yaml to read instead of the one in the repository.
+    """
+    repo = repo.resolve()
+    flags = {"nats": {"url": nats}} if nats else None
+    settings = load_settings(config_file=config, project_dir=repo, flags=flags).settings
+    configure_logging(
+        level="WARNING" if settings.logging.level == "INFO" else settings.logging.level,
+        redactor=Redactor(settings.secret_values()),
+    )
+    command = _submit_command(
+        goal, repo=repo, plan=plan, fanout=fanout, prompt=prompt, kind=kind,
+        claude_planner=claude_planner, run_id=run_id, budget=budget,
+        max_parallel=max_parallel, on_conflict=on_conflict, verify=verify,
+    )  # fmt: skip
+    if workers < 1:
+        raise ConfigError("workers", "flag --workers", "must be at least 1")
+    console = Console(highlight=False, stderr=json)
+    end: RunEnd = anyio.run(_run, settings, command, repo, workers, json, console)
+    print_summary(console, end)
+    return _exit_code(end)
+
+
+def _submit_command(
+    goal: str,
+    *,
+    repo: Path,
+    plan: Path | None,
+    fanout: str | None,
+    prompt: str | None,
+    kind: TaskKind,
+    claude_planner: bool,
+    run_id: str | None,
+    budget: float | None,
+    max_parallel: int | None,
+    on_conflict: Literal["resolve", "stop"],
+    verify: str | None,
+) -> SubmitRun:
+    """Check everything that can be checked here, so mistakes fail fast with exit 2."""
+    chosen = [name for name, given in
+              (("--plan", plan), ("--fanout", fanout), ("--claude-planner", claude_planner))
+              if given]  # fmt: skip
+    if len(chosen) != 1:
+        raise ConfigError(
+            "plan", "flags", "give exactly one of --plan FILE, --fanout GLOB --prompt TEXT, "
+            f"or --claude-planner (got {', '.join(chosen) or 'none'})",
+        )  # fmt: skip
+    if not (repo / ".git").exists():
+        raise ConfigError("repo", "flag --repo", f"{repo} is not a git repository")
+    stamp = datetime.now(UTC)
+    run_id = run_id or f"run-{stamp:%Y%m%d-%H%M%S}"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", run_id):
+        raise ConfigError("run_id", "flag --run-id", "use letters, digits, '-' and '_' only")
+    policy = RunPolicy(on_conflict=on_conflict, verify_command=verify or "")
+    common = {"run_id": run_id, "goal": goal, "repo": str(repo), "budget_usd": budget,
+              "max_parallel": max_parallel, "policy": policy}  # fmt: skip
+    if plan is not None:
+        specs = plan_to_specs(load_plan_file(plan))
+        validate_graph(specs)
+        return SubmitRun(**common, plan=specs, planner="plan_file", plan_source=str(plan))  # type: ignore[arg-type]
+    if fanout is not None:
+        if not prompt:
+            raise ConfigError("prompt", "flags", "--fanout needs --prompt TEMPLATE")
+        spec = FanoutSpec(glob=fanout, prompt_template=prompt, kind=kind)
+        return SubmitRun(**common, planner="fanout", fanout=spec)  # type: ignore[arg-type]
+    return SubmitRun(**common, planner="claude")  # type: ignore[arg-type]
+
+
+async def _run(
+    settings: Settings,
+    command: SubmitRun,
+    repo: Path,
+    workers: int,
+    json: bool,
+    console: Console,
+) -> RunEnd:
+    code, _, _ = await git_status(repo, "rev-parse", "--verify", "-q", "HEAD^{commit}")
+    if code != 0:
+        raise ConfigError("repo", str(repo), "the repository has no commit yet")
+    async with open_configured_cluster(
+        settings, project_dir=repo, name="claudecluster-run"
+    ) as conn:
+        renderer = renderer_for(console, command.run_id, json=json)
+        if not json:
+            where = "embedded cluster" if conn.embedded else "cluster"
+            console.print(f"{where} at {conn.url}", markup=False)
+        if conn.embedded:
+            async with open_local_services(conn, settings, workers=workers, project_dir=repo):
+                return await follow_run(conn, command, renderer,
+                                        command_id=f"submit-{command.run_id}")  # fmt: skip
+        return await follow_run(conn, command, renderer, command_id=f"submit-{command.run_id}")
+
+
+def print_summary(console: Console, end: RunEnd) -> None:
+    """The run's outcome in a few lines: counts, branch, speedup, spend."""
+    event = end.event
+    run = end.view.runs.get(event.run_id)
+    branch = run.integration_branch if run is not None else f"claudecluster/{event.run_id}"
+    if isinstance(event, RunCompleted):
+        console.print(
+            f"run {event.run_id} completed: {event.tasks_succeeded} merged, "
+            f"{event.tasks_failed} failed, {event.tasks_skipped} skipped",
+            markup=False,
+        )
+        console.print(
+            f"wall time {event.wall_time_s:.1f}s for {event.task_time_s:.1f}s of task time: "
+            f"speedup {event.speedup:.2f}x; cost ${event.cost_usd:.4f}",
+            markup=False,
+        )
+        console.print(f"result: branch {branch} at {event.head_commit[:12]}", markup=False)
+        console.print(f"review it with: git log --stat {branch}", markup=False)
+        return
+    console.print(f"run {event.run_id} {type(event).__name__.removeprefix('Run').lower()}: "
+                  f"{event.reason}", markup=False)  # fmt: skip
+    if run is not None and run.head_commit:
+        console.print(f"what merged is on branch {branch} at {run.head_commit[:12]}", markup=False)
+
+
+def _exit_code(end: RunEnd) -> int:
+    event = end.event
+    if isinstance(event, RunCompleted) and event.tasks_failed == 0 and event.tasks_skipped == 0:
+        return EXIT_OK
+    return EXIT_FAILED
