@@ -6,6 +6,7 @@ neither the developer's configuration nor the repository's files can change an o
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -284,3 +285,85 @@ def test_the_demo_in_process_uses_the_nats_url_flag(
     assert f"cluster at {nats_url}" in out
     assert "completed: 8 merged" in out
     assert not (tmp_path / ".claudecluster" / "nats").exists()  # no embedded server
+
+
+def _repo_with_plan(tmp_path: Path, plan: str) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "notes.txt").write_text("base\n")
+    for args in (["init", "-q"], ["add", "."], ["-c", "user.email=t@t", "-c", "user.name=t",
+                                                "commit", "-qm", "base"]):  # fmt: skip
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+    (tmp_path / "plan.yaml").write_text(plan)
+    return repo
+
+
+DIAMOND = """\
+tasks:
+  - {id: a, prompt: "echo a > a.txt", executor: shell}
+  - {id: b, prompt: "cat a.txt > b.txt", executor: shell, depends_on: [a]}
+  - {id: c, prompt: "cat a.txt > c.txt", executor: shell, depends_on: [a]}
+  - {id: d, prompt: "cat b.txt c.txt > d.txt", executor: shell, depends_on: [b, c]}
+"""
+
+
+def test_run_with_a_plan_file_merges_the_graph_onto_its_branch(tmp_path: Path) -> None:
+    repo = _repo_with_plan(tmp_path, DIAMOND)
+    result = cli("run", "diamond", "--plan", str(tmp_path / "plan.yaml"), "--run-id", "r1",
+                 "--workers", "2", cwd=repo)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "planned 4 tasks" in result.stdout
+    assert "run r1 completed: 4 merged, 0 failed, 0 skipped" in result.stdout
+    assert branch_file(repo, "d.txt") == "a\na\n"
+    status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    assert status.stdout == ""  # the user's working tree is as it was
+
+
+def test_run_json_streams_the_runs_events_as_json_lines(tmp_path: Path) -> None:
+    repo = _repo_with_plan(tmp_path, DIAMOND)
+    result = cli("run", "diamond", "--plan", str(tmp_path / "plan.yaml"), "--run-id", "j1",
+                 "--json", cwd=repo)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    types = [json.loads(line)["envelope"]["payload"]["type"] for line in result.stdout.splitlines()]
+    assert types[0] == "run.submitted"
+    assert types[-1] == "run.completed"
+    assert types.count("task.merged") == 4
+
+
+@pytest.mark.parametrize(
+    ("plan", "args", "message"),
+    [
+        (None, ["--plan", "missing.yaml"], "cannot read the plan file"),
+        ("tasks: [", ["--plan", "PLAN"], "not valid YAML"),
+        (
+            "tasks:\n  - {id: a, prompt: x, depends_on: [b]}\n  - {id: b, prompt: y, "
+            "depends_on: [a]}\n",
+            ["--plan", "PLAN"],
+            "cycle: a -> b -> a",
+        ),
+        (None, [], "give exactly one of --plan"),
+        (None, ["--fanout", "*.py"], "--fanout needs --prompt"),
+    ],
+)
+def test_bad_run_inputs_are_one_line_and_exit_2(
+    tmp_path: Path, plan: str | None, args: list[str], message: str
+) -> None:
+    repo = _repo_with_plan(tmp_path, plan or "tasks: []\n")
+    args = [str(tmp_path / "plan.yaml") if a == "PLAN" else a for a in args]
+    result = cli("run", "goal", *args, cwd=repo)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_run_against_an_unreachable_nats_url_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    repo = _repo_with_plan(tmp_path, DIAMOND)
+    url = f"nats://127.0.0.1:{free_port()}"
+    result = cli("run", "goal", "--plan", str(tmp_path / "plan.yaml"), "--nats", url, cwd=repo)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "cannot reach NATS" in lines[0]

@@ -39,6 +39,7 @@ from claudecluster.events.model import (
     TaskSkipped,
     TaskStarted,
     TaskSucceeded,
+    WorkerEvent,
     WorkerLost,
 )
 from claudecluster.projections.cluster import ClusterView, apply
@@ -131,6 +132,8 @@ async def watch_run(
                     event = stored.envelope.payload
                     if isinstance(event, CommandRejected) and event.command_id == command_id:
                         raise ConfigError("run", "the driver", event.reason)
+                    if isinstance(event, WorkerEvent) and not isinstance(event, WorkerLost):
+                        continue  # folded into the view; the run's own story is shown
                     if getattr(event, "run_id", run_id) != run_id:
                         continue
                     if isinstance(event, RunSubmitted):

@@ -362,5 +362,14 @@ def load_plan_file(path: Path) -> PlanFile:
     except json.JSONDecodeError as exc:
         raise GraphError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}") from None
     except yaml.YAMLError as exc:
-        raise GraphError(f"{path}: not valid YAML: {exc}") from None
+        raise GraphError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     return plan_from_data(data, str(path))
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: the problem and where it is."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(problem)
