@@ -28,6 +28,7 @@ from __future__ import annotations
 
 __all__ = [
     "ClusterError",
+    "CommandRefusedError",
     "ConcurrencyError",
     "ConfigError",
     "DriverUnavailableError",
@@ -129,6 +130,15 @@ class UnknownEntityError(LocalError):
         self.kind = kind
         self.entity_id = entity_id
         super().__init__(f"unknown {kind} id {entity_id!r}: no event records it")
+
+
+class CommandRefusedError(LocalError):
+    """The driver refused a command (CommandRejected); the message is its reason."""
+
+    def __init__(self, command: str, reason: str) -> None:
+        self.command = command
+        self.reason = reason
+        super().__init__(f"the driver refused {command}: {reason}")
 
 
 class DriverUnavailableError(RemoteError):

@@ -34,6 +34,11 @@ events_app = App(name="events", help="The event catalogue for other tools: JSON 
 app.command(events_app)
 
 
+def _first(group: BaseExceptionGroup[ClusterError]) -> ClusterError:
+    error = group.exceptions[0]
+    return _first(error) if isinstance(error, BaseExceptionGroup) else error
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run one command line and return its exit code (never raises for user errors)."""
     tokens = list(sys.argv[1:] if argv is None else argv)
@@ -42,7 +47,16 @@ def run(argv: Sequence[str] | None = None) -> int:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     configure_logging(level="WARNING")  # commands reconfigure from their settings
     try:
-        result = app(tokens, exit_on_error=False, print_error=True, result_action="return_value")
+        try:
+            result = app(
+                tokens, exit_on_error=False, print_error=True, result_action="return_value"
+            )
+        except BaseExceptionGroup as group:
+            # A task group wraps what one of its tasks raised: report that error itself.
+            cluster = group.subgroup(ClusterError)
+            if cluster is None or debug:
+                raise
+            raise _first(cluster) from group
     except CycloptsError:
         return EXIT_USAGE
     except ClusterError as exc:

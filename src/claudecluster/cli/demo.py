@@ -5,7 +5,7 @@ It makes a small sample repository, starts the scripted Messages API in this pro
 dependencies on three local workers: the real driver, real workers, the real Claude Code
 CLI, the embedded nats-server (or the configured one). Two of the tasks edit the same
 lines of the changelog; the merge conflicts and a resolution attempt merges both sides.
-It ends with the summary, the speedup, and the branch to look at.
+It ends with the summary, the speedup, the branch to look at, and an HTML report.
 """
 
 from __future__ import annotations
@@ -19,14 +19,17 @@ from rich.console import Console
 
 from claudecluster.cli.app import EXIT_FAILED, EXIT_OK, app
 from claudecluster.cli.follow import RunEnd, follow_run, renderer_for
+from claudecluster.cli.report import fetch_diffstats, render_html, run_record
 from claudecluster.cli.run_cmd import print_summary
 from claudecluster.events.model import RunCompleted, SubmitRun, TaskSpec
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
+from claudecluster.projections.cluster import replay
 from claudecluster.runtime.connection import open_configured_cluster
 from claudecluster.runtime.local_cluster import open_local_services
 from claudecluster.scripted_model import Script, open_scripted_model
 from claudecluster.settings import Settings, load_settings
+from claudecluster.transport.base import read_all
 from claudecluster.workspace.git import git
 
 __all__ = ["DEMO_SCRIPT", "DEMO_TASKS", "demo"]
@@ -127,7 +130,7 @@ def demo(*, config: Path | None = None, nats_url: str | None = None, json: bool 
     sample repository under .claudecluster/demo/, starts the embedded nats-server (or uses
     --nats-url), a driver and three workers in this process, and runs a goal whose tasks
     depend on each other; two of them conflict and the conflict is resolved. Ends with the
-    summary, the speedup and the branch holding the result.
+    summary, the speedup and the branch holding the result, and writes the HTML report.
 
     Examples:
         claudecluster demo
@@ -149,6 +152,7 @@ def demo(*, config: Path | None = None, nats_url: str | None = None, json: bool 
     print_summary(console, end)
     ok = isinstance(end.event, RunCompleted) and end.event.tasks_succeeded == len(DEMO_TASKS)
     console.print(f"the sample repository is {repo}", markup=False)
+    console.print(f"the report is {repo.parent / 'report.html'}", markup=False)
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -171,6 +175,12 @@ async def _demo(settings: Settings, console: Console, json: bool) -> tuple[RunEn
                 )  # fmt: skip
                 renderer = renderer_for(console, run_id, json=json)
                 end = await follow_run(conn, command, renderer, command_id=f"submit-{run_id}")
+        stored = await read_all(conn.log)
+        record = run_record(
+            replay(stored), stored, run_id, await fetch_diffstats(conn, stored, run_id)
+        )
+        report = repo.parent / "report.html"
+        await anyio.Path(report).write_text(render_html(record), encoding="utf-8")
     return end, repo
 
 

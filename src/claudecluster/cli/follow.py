@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from claudecluster.domain.lifecycle import TaskState
-from claudecluster.errors import ConfigError, DriverUnavailableError
+from claudecluster.errors import CommandRefusedError, DriverUnavailableError
 from claudecluster.events.envelope import StoredEvent
 from claudecluster.events.model import (
     CommandRejected,
@@ -87,7 +87,7 @@ async def follow_run(
     """Submit ``command`` and follow its run to the end.
 
     Raises:
-        ConfigError: the driver refused the run (the message is the driver's reason).
+        CommandRefusedError: the driver refused the run (the message is its reason).
         DriverUnavailableError: no driver recorded the submission in time.
     """
     start = await conn.log.last_seq() + 1
@@ -109,6 +109,7 @@ async def watch_run(
     view = ClusterView(last_seq=from_seq - 1)
     accepted = anyio.Event()
     end: RunEnd | None = None
+    refused = ""
 
     async def watchdog() -> None:
         with anyio.move_on_after(_ACCEPT_TIMEOUT_S):
@@ -131,7 +132,9 @@ async def watch_run(
                     view = apply(view, stored)
                     event = stored.envelope.payload
                     if isinstance(event, CommandRejected) and event.command_id == command_id:
-                        raise ConfigError("run", "the driver", event.reason)
+                        refused = event.reason
+                        group.cancel_scope.cancel()
+                        break
                     if isinstance(event, WorkerEvent) and not isinstance(event, WorkerLost):
                         continue  # folded into the view; the run's own story is shown
                     if getattr(event, "run_id", run_id) != run_id:
@@ -145,6 +148,8 @@ async def watch_run(
                         break
     finally:
         renderer.close()
+    if refused:
+        raise CommandRefusedError("run.submit", refused)
     assert end is not None
     return end
 

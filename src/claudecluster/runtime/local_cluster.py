@@ -35,11 +35,7 @@ async def open_local_services(
     project_dir: Path,
     api_environment: dict[str, str] | None = None,
 ) -> AsyncIterator[LocalAutoscaler]:
-    """Run a driver and ``workers`` local workers until the context exits.
-
-    Raises:
-        ValueError: ``workers`` is below 1.
-    """
+    """Run a driver and ``workers`` local workers (none for 0) until the context exits."""
     api = settings.api_environment() if api_environment is None else api_environment
     driver = Driver(
         conn.log,
@@ -61,12 +57,14 @@ async def open_local_services(
         setup_timeout_s=settings.worker.setup_timeout_s,
         heartbeat_s=2.0,
     )
+    size = max(workers, 1)
     scaler = LocalAutoscaler(
-        conn.log, conn.client, template, ScalePolicy(min_workers=workers, max_workers=workers)
+        conn.log, conn.client, template, ScalePolicy(min_workers=size, max_workers=size)
     )
     async with anyio.create_task_group() as group:
         await group.start(driver.run)
-        await group.start(scaler.run)
+        if workers > 0:  # 0: a driver alone, to act on a command (cancel, rollback)
+            await group.start(scaler.run)
         try:
             yield scaler
         finally:

@@ -1,0 +1,337 @@
+"""Reading the cluster: ``status``, ``logs``, ``replay`` and ``export``.
+
+Each rebuilds what it shows from the event log (a replay into the same projections every
+actor uses), so what it says is what the log says, on the embedded server or a cluster.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import anyio
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from claudecluster.cli.app import EXIT_OK, app
+from claudecluster.cli.render import run_table, tasks_table
+from claudecluster.cli.report import fetch_diffstats, render_html, render_markdown, run_record
+from claudecluster.errors import ConfigError, UnknownEntityError
+from claudecluster.events.envelope import StoredEvent
+from claudecluster.events.model import TaskProgress
+from claudecluster.observability.logging import configure_logging
+from claudecluster.observability.redaction import Redactor
+from claudecluster.projections.cluster import ClusterView, apply, replay
+from claudecluster.projections.progress import run_progress
+from claudecluster.projections.views import TaskView
+from claudecluster.runtime.connection import open_configured_cluster
+from claudecluster.settings import Settings, load_settings
+from claudecluster.transport.base import read_all
+
+__all__ = ["export", "find_task", "logs", "replay_cmd", "status"]
+
+
+def _settings(nats: str | None, config: Path | None) -> Settings:
+    flags = {"nats": {"url": nats}} if nats else None
+    settings = load_settings(config_file=config, flags=flags).settings
+    configure_logging(level="WARNING", redactor=Redactor(settings.secret_values()))
+    return settings
+
+
+def find_task(view: ClusterView, ref: str) -> TaskView:
+    """A task by ``run/task``, or by a task id that only one run has.
+
+    Raises:
+        UnknownEntityError: no such task, or the id is ambiguous (the message says).
+    """
+    if "/" in ref:
+        task = view.tasks.get(ref)
+        if task is None:
+            raise UnknownEntityError("task", ref)
+        return task
+    matches = [t for t in view.tasks.values() if t.task_id == ref]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        runs = ", ".join(sorted(t.run_id for t in matches))
+        raise ConfigError("task", ref, f"several runs have a task {ref!r} ({runs}): use RUN/TASK")
+    raise UnknownEntityError("task", ref)
+
+
+@app.command
+def status(ref: str | None = None, *, nats: str | None = None, config: Path | None = None) -> int:
+    """Show runs, one run with its tasks, or one task.
+
+    Examples:
+        claudecluster status
+        claudecluster status run-20261124-101500
+        claudecluster status run-20261124-101500/api
+
+    Args:
+        ref: A run id, a task as RUN/TASK, or a task id unique across runs.
+        nats: NATS URL (default: nats.url, else the embedded server of this directory).
+        config: A claudecluster.yaml to read instead of the one in this directory.
+    """
+    settings = _settings(nats, config)
+    view: ClusterView = anyio.run(_view, settings)
+    console = Console(highlight=False)
+    now = datetime.now(UTC)
+    if ref is None:
+        table = Table(title="runs", title_justify="left")
+        for column in ("run", "state", "done", "elapsed", "cost", "goal"):
+            table.add_column(column)
+        for run in sorted(view.runs.values(), key=lambda r: r.submitted_at):
+            progress = run_progress(view, run.run_id, now)
+            assert progress is not None
+            table.add_row(
+                run.run_id,
+                run.state.value,
+                f"{progress.finished}/{progress.total}",
+                f"{progress.elapsed_s:.0f}s",
+                f"${progress.cost_usd:.4f}",
+                run.goal,
+            )
+        console.print(table)
+        return EXIT_OK
+    shown = view.runs.get(ref)
+    if shown is not None:
+        console.print(run_table(view, shown))
+        console.print(tasks_table(view, ref))
+        progress = run_progress(view, ref, now)
+        if progress is not None and progress.remaining_path:
+            estimate = (
+                f", about {progress.remaining_s:.0f}s at the pace so far"
+                if progress.remaining_s is not None
+                else ""
+            )
+            console.print(
+                f"{progress.remaining_path} task(s) on the longest chain still ahead{estimate}",
+                markup=False,
+            )
+        return EXIT_OK
+    task = find_task(view, ref)
+    table = Table(
+        title=f"task {task.run_id}/{task.task_id}", show_header=False, title_justify="left"
+    )
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    for key, value in msgspec.structs.asdict(task).items():
+        if value not in (None, "", (), 0):
+            table.add_row(key, str(value.value if hasattr(value, "value") else value))
+    console.print(table)
+    return EXIT_OK
+
+
+async def _view(settings: Settings) -> ClusterView:
+    async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
+        return replay(await read_all(conn.log))
+
+
+@app.command
+def logs(
+    task: str, *, follow: bool = False, nats: str | None = None, config: Path | None = None
+) -> int:
+    """Print what a task's agent said and did: text, tool calls and their results.
+
+    Examples:
+        claudecluster logs run-20261124-101500/api
+        claudecluster logs api -f
+
+    Args:
+        task: The task as RUN/TASK, or a task id unique across runs.
+        follow: Keep printing as the agent works, until the task ends.
+        nats: NATS URL (default: nats.url, else the embedded server of this directory).
+        config: A claudecluster.yaml to read instead of the one in this directory.
+    """
+    settings = _settings(nats, config)
+    console = Console(highlight=False, soft_wrap=True)
+    anyio.run(_logs, settings, task, follow, console)
+    return EXIT_OK
+
+
+async def _logs(settings: Settings, ref: str, follow: bool, console: Console) -> None:
+    async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
+        stored = await read_all(conn.log)
+        view = replay(stored)
+        task = find_task(view, ref)
+        for event in stored:
+            _print_progress(console, event, task)
+        if not follow or task.state.terminal:
+            return
+        async with conn.log.open_reader(from_seq=view.last_seq + 1, follow=True) as events:
+            async for event in events:
+                view = apply(view, event)
+                _print_progress(console, event, task)
+                if view.tasks[f"{task.run_id}/{task.task_id}"].state.terminal:
+                    return
+
+
+def _print_progress(console: Console, stored: StoredEvent, task: TaskView) -> None:
+    event = stored.envelope.payload
+    if getattr(event, "run_id", None) != task.run_id:
+        return
+    if getattr(event, "task_id", None) != task.task_id:
+        return
+    at = stored.envelope.occurred_at.strftime("%H:%M:%S")
+    if isinstance(event, TaskProgress):
+        label = {
+            "text": "agent",
+            "tool_use": f"tool {event.tool}",
+            "tool_result": "result",
+            "usage": "usage",
+        }[event.kind]
+        text = event.text
+        if event.kind == "usage" and event.usage is not None:
+            text = f"{event.usage.input_tokens} in / {event.usage.output_tokens} out"
+        console.print(f"{at} [{event.attempt}] {label}: {text}", markup=False)
+        return
+    kind = type(event).__name__
+    console.print(f"{at} {kind} {_brief(event)}", markup=False)
+
+
+def _brief(event: object) -> str:
+    parts = []
+    for field in ("attempt", "worker_id", "reason", "summary", "commit", "files"):
+        value = getattr(event, field, None)
+        if value not in (None, "", ()):
+            parts.append(f"{field}={value}")
+    return " ".join(parts)
+
+
+@app.command(name="replay")
+def replay_cmd(
+    *,
+    run: str | None = None,
+    until: str | None = None,
+    type: str | None = None,
+    nats: str | None = None,
+    config: Path | None = None,
+) -> int:
+    """Replay the event log: print the events, then the state they add up to.
+
+    Event-replay debugging: stop at a sequence number or a time to see the projections
+    exactly as they were then.
+
+    Examples:
+        claudecluster replay --run run-20261124-101500
+        claudecluster replay --run run-20261124-101500 --until 120
+        claudecluster replay --until 2026-11-24T10:15:30Z --type task.failed
+
+    Args:
+        run: Only this run's events (and its state at the end).
+        until: Stop after this sequence number, or at this ISO time.
+        type: Print only events of this wire type (e.g. task.merged); all are replayed.
+        nats: NATS URL (default: nats.url, else the embedded server of this directory).
+        config: A claudecluster.yaml to read instead of the one in this directory.
+    """
+    settings = _settings(nats, config)
+    limit_seq, limit_time = _until(until)
+    stored: list[StoredEvent] = anyio.run(_all_events, settings)
+    console = Console(highlight=False, soft_wrap=True)
+    view = ClusterView()
+    for event in stored:
+        if limit_seq is not None and event.seq > limit_seq:
+            break
+        if limit_time is not None and event.envelope.occurred_at > limit_time:
+            break
+        view = apply(view, event)
+        payload = event.envelope.payload
+        tag = str(type_tag(payload))
+        if run is not None and getattr(payload, "run_id", None) != run:
+            continue
+        if type is not None and tag != type:
+            continue
+        scope = getattr(payload, "task_id", None) or getattr(payload, "worker_id", "")
+        console.print(
+            f"{event.seq:6d} {event.envelope.occurred_at:%H:%M:%S.%f}"[:-3]
+            + f" {tag:22} {scope} {_brief(payload)}",
+            markup=False,
+        )
+    console.print(
+        f"state after seq {view.last_seq} ({view.anomaly_count} anomalies):", markup=False
+    )
+    runs = [view.runs[run]] if run is not None and run in view.runs else list(view.runs.values())
+    if run is not None and run not in view.runs:
+        raise UnknownEntityError("run", run)
+    for shown in runs:
+        console.print(run_table(view, shown))
+        console.print(tasks_table(view, shown.run_id))
+    return EXIT_OK
+
+
+def type_tag(payload: object) -> str:
+    """The wire tag of an event (``task.merged``)."""
+    return str(type(payload).__struct_config__.tag)  # type: ignore[attr-defined]
+
+
+def _until(until: str | None) -> tuple[int | None, datetime | None]:
+    if until is None:
+        return None, None
+    if until.isdigit():
+        return int(until), None
+    try:
+        moment = datetime.fromisoformat(until.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            "until", "flag --until", "give a sequence number or an ISO time"
+        ) from None
+    return None, moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+async def _record(settings: Settings, run: str) -> dict[str, object]:
+    async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
+        stored = await read_all(conn.log)
+        view = replay(stored)
+        if run not in view.runs:
+            raise UnknownEntityError("run", run)
+        diffstats = await fetch_diffstats(conn, stored, run)
+        return run_record(view, stored, run, diffstats)
+
+
+async def _all_events(settings: Settings) -> list[StoredEvent]:
+    async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
+        return await read_all(conn.log)
+
+
+@app.command
+def export(
+    run: str,
+    *,
+    format: Literal["json", "md", "html"] = "html",
+    out: Path | None = None,
+    nats: str | None = None,
+    config: Path | None = None,
+) -> int:
+    """Export a run's report: JSON for tools, Markdown for notes, or one HTML file.
+
+    The HTML report is self-contained (no network, no scripts): a timeline of tasks per
+    worker, the task graph, per-task files changed, cost and tokens, failures and
+    conflicts.
+
+    Examples:
+        claudecluster export run-20261124-101500 --out report.html
+        claudecluster export run-20261124-101500 --format md
+
+    Args:
+        run: The run id.
+        format: json, md or html.
+        out: The file to write (default: print to standard output).
+        nats: NATS URL (default: nats.url, else the embedded server of this directory).
+        config: A claudecluster.yaml to read instead of the one in this directory.
+    """
+    settings = _settings(nats, config)
+    record = anyio.run(_record, settings, run)
+    if format == "json":
+        text = msgspec.json.format(msgspec.json.encode(record), indent=2).decode() + "\n"
+    elif format == "md":
+        text = render_markdown(record)
+    else:
+        text = render_html(record)
+    if out is None:
+        Console(highlight=False, soft_wrap=True).out(text, end="")
+    else:
+        out.write_text(text, encoding="utf-8")
+        Console(highlight=False, stderr=True).print(f"wrote {out}", markup=False)
+    return EXIT_OK
