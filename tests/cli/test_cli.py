@@ -367,3 +367,57 @@ def test_run_against_an_unreachable_nats_url_is_one_line_and_exit_2(tmp_path: Pa
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "cannot reach NATS" in lines[0]
+
+
+def test_a_finished_run_can_be_inspected_exported_and_rolled_back(tmp_path: Path) -> None:
+    repo = _repo_with_plan(tmp_path, DIAMOND)
+    plan = str(tmp_path / "plan.yaml")
+    assert cli("run", "diamond", "--plan", plan, "--run-id", "r9", cwd=repo).returncode == 0
+
+    listed = cli("status", cwd=repo)
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"r9\s.*completed\s.*4/4", listed.stdout), listed.stdout
+    shown = cli("status", "r9", cwd=repo)
+    assert re.search(r"^\W*d\W+merged\W", shown.stdout, re.MULTILINE), shown.stdout
+    task = cli("status", "r9/b", cwd=repo)
+    assert "merged_commit" in task.stdout
+
+    logs = cli("logs", "r9/a", cwd=repo)
+    assert logs.returncode == 0
+    assert "TaskSucceeded attempt=1" in logs.stdout
+
+    replayed = cli("replay", "--run", "r9", "--type", "task.merged", cwd=repo)
+    assert replayed.returncode == 0
+    assert replayed.stdout.count("task.merged") == 4
+    early = cli("replay", "--run", "r9", "--until", "5", cwd=repo)
+    assert "state after seq 5" in early.stdout
+
+    exported = cli("export", "r9", "--format", "json", cwd=repo)
+    record = json.loads(exported.stdout)
+    assert [t["state"] for t in record["tasks"]] == ["merged"] * 4
+    assert record["tasks"][3]["files"] == [{"path": "d.txt", "added": 2, "deleted": 0}]
+    assert "| d | merged |" in cli("export", "r9", "--format", "md", cwd=repo).stdout
+    report = tmp_path / "report.html"
+    assert cli("export", "r9", "--out", str(report), cwd=repo).returncode == 0
+    page = report.read_text()
+    assert page.startswith("<!doctype html>")
+    assert '<svg class="gantt"' in page
+    assert "<script" not in page  # self-contained and inert
+
+    back = cli("rollback", "r9", "--to", "b", cwd=repo)
+    assert back.returncode == 0, back.stderr
+    assert "reverted:" in back.stdout
+    refused = cli("cancel", "r9", cwd=repo)
+    assert refused.returncode == 2
+    assert "the driver refused run.cancel" in refused.stderr
+
+
+@pytest.mark.parametrize("command", [["status", "nope"], ["logs", "nope"], ["export", "nope"],
+                                     ["rollback", "nope"]])  # fmt: skip
+def test_an_unknown_id_is_one_line_and_exit_2(tmp_path: Path, command: list[str]) -> None:
+    result = cli(*command, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "unknown" in lines[0]
+    assert "'nope'" in lines[0]
