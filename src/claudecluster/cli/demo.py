@@ -161,9 +161,10 @@ async def _demo(settings: Settings, console: Console, json: bool) -> tuple[RunEn
     run_id = f"demo-{stamp:%Y%m%d-%H%M%S}"
     project = Path.cwd()
     async with open_configured_cluster(settings, project_dir=project, name="demo") as conn:
-        repo = await _sample_repo(project / ".claudecluster" / "demo" / run_id)
+        repo = await _sample_repo(project / ".claudecluster" / "demo" / run_id / "repo")
         if not json:
-            console.print(f"cluster at {conn.url}; sample repository {repo}", markup=False)
+            console.print(f"cluster at {conn.url}", markup=False)
+            console.print(f"sample repository {repo}", markup=False)
         async with open_scripted_model(DEMO_SCRIPT) as model:
             api = {"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-demo-offline"}
             async with open_local_services(
