@@ -11,9 +11,11 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import psutil
 import pytest
 import structlog
 
@@ -421,3 +423,53 @@ def test_an_unknown_id_is_one_line_and_exit_2(tmp_path: Path, command: list[str]
     assert len(lines) == 1, result.stderr
     assert "unknown" in lines[0]
     assert "'nope'" in lines[0]
+
+
+def test_config_shows_where_each_value_came_from_and_sets_only_valid_values(
+    tmp_path: Path,
+) -> None:
+    env = clean_env(CLAUDECLUSTER_DRIVER__LOST_AFTER_S="45")
+    assert cli("config", "set", "driver.max_running", "8", cwd=tmp_path).returncode == 0
+    shown = cli("config", "show", cwd=tmp_path, env=env)
+    assert re.search(r"driver\.max_running\s.*8\s.*file .*claudecluster\.yaml", shown.stdout)
+    assert re.search(r"driver\.lost_after_s\s.*45\.0\s.*env CLAUDECLUSTER_DRIVER__LOST_AFTER_S",
+                     shown.stdout), shown.stdout  # fmt: skip
+    assert re.search(r"driver\.start_burst\s.*10\s.*default", shown.stdout)
+    got = cli("config", "get", "driver.max_running", cwd=tmp_path)
+    assert got.stdout.strip() == "8"
+    refused = cli("config", "set", "driver.max_running", "0", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "driver.max_running" in refused.stderr
+    assert cli("config", "get", "driver.max_running", cwd=tmp_path).stdout.strip() == "8"
+    unknown = cli("config", "get", "driver.nope", cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert "no such setting" in unknown.stderr
+    assert "configuration is valid" in cli("config", "validate", cwd=tmp_path).stdout
+
+
+@pytest.mark.nats
+def test_workers_add_starts_a_worker_that_list_shows_and_rm_drains(
+    tmp_path: Path, nats_url: str
+) -> None:
+    assert cli("workers", "add", cwd=tmp_path).returncode == 2  # no cluster to serve
+    added = cli("workers", "add", "1", "--nats", nats_url, cwd=tmp_path)
+    assert added.returncode == 0, added.stderr
+    pid = int(re.search(r"started worker process (\d+)", added.stdout).group(1))  # type: ignore[union-attr]
+    worker_id = ""
+    for _ in range(100):
+        listed = cli("workers", "list", "--nats", nats_url, cwd=tmp_path)
+        found = re.findall(rf"(\S+-{pid}-\S+)\W+active", listed.stdout)
+        if found:
+            worker_id = found[0]
+            break
+        time.sleep(0.2)
+    assert worker_id, listed.stdout
+    removed = cli("workers", "rm", worker_id, "--nats", nats_url, cwd=tmp_path)
+    assert removed.returncode == 0, removed.stderr
+    assert f"worker {worker_id} left: drained on request" in removed.stdout
+    for _ in range(100):
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the drained worker process did not exit")

@@ -398,6 +398,11 @@ async def test_a_killed_worker_is_declared_lost_and_its_task_requeued_as_a_new_a
             await cluster.submit("lost", [shell("slow", command)])
             events = await cluster.wait_for(lambda es: any(isinstance(e, TaskStarted) for e in es))
             victim = next(e for e in events if isinstance(e, TaskStarted)).worker_id
+            with anyio.fail_after(30):
+                # TaskStarted is recorded just before the command starts: wait for the
+                # command itself, or the kill could land before it ran at all.
+                while not flag.exists():  # noqa: ASYNC110 - a file, no event to wait on
+                    await anyio.sleep(0.05)
             doomed.send_signal(signal.SIGKILL)
             await doomed.wait()
             template = WorkerConfig(worker_id="t", workspace_root=tmp_path / "ws", heartbeat_s=1)

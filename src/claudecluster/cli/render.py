@@ -56,18 +56,28 @@ def tasks_table(view: ClusterView, run_id: str) -> Table:
     return table
 
 
-def workers_table(view: ClusterView) -> Table:
-    """Every worker the log knows: state, pool, load, running tasks."""
+def workers_table(view: ClusterView, now: datetime | None = None) -> Table:
+    """Every worker the log knows: state, host, last heartbeat, load, slots, running tasks."""
     table = Table(title="workers", title_justify="left")
-    for column in ("worker", "state", "pool", "cpu", "memory", "running"):
+    for column in ("worker", "state", "pool", "host", "seen", "cpu", "load", "memory", "slots",
+                   "running"):  # fmt: skip
         table.add_column(column)
     for worker in sorted(view.workers.values(), key=lambda w: w.worker_id):
+        seen = "-"
+        if worker.last_seen_at is not None and now is not None:
+            seen = f"{(now - worker.last_seen_at).total_seconds():.0f}s ago"
+        elif worker.last_seen_at is not None:
+            seen = worker.last_seen_at.strftime("%H:%M:%S")
         table.add_row(
             worker.worker_id,
             worker.state,
             worker.pool,
+            worker.host or "-",
+            seen,
             f"{worker.cpu_percent:.0f}%",
+            f"{worker.load_avg:.2f}",
             f"{worker.memory_bytes / 2**20:.0f} MiB",
+            f"{worker.slots_free}/{worker.slots}",
             ", ".join(worker.running_tasks) or "-",
         )
     return table

@@ -90,14 +90,21 @@ async def _serve(settings: Settings, config: WorkerConfig) -> None:
     ) as (client, log):
         runner = Worker(config, log, client)
         async with anyio.create_task_group() as group:
-            await group.start(runner.serve)
-            console.print(
-                f"worker {config.worker_id} serving pool {config.pool!r} with {config.slots} "
-                f"slot(s)",
-                markup=False,
-            )
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    console.print("draining: no new work; running attempts finish", markup=False)
-                    runner.stop()
-                    break
+            group.start_soon(_drain_on_signal, runner, console)
+            async with anyio.create_task_group() as serving:
+                await serving.start(runner.serve)
+                console.print(
+                    f"worker {config.worker_id} serving pool {config.pool!r} with "
+                    f"{config.slots} slot(s)",
+                    markup=False,
+                )
+            # Served to the end: a signal, or a DrainWorker command from the CLI.
+            group.cancel_scope.cancel()
+
+
+async def _drain_on_signal(runner: Worker, console: Console) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            console.print("draining: no new work; running attempts finish", markup=False)
+            runner.stop("stopped by a signal")
+            return
