@@ -473,3 +473,21 @@ def test_workers_add_starts_a_worker_that_list_shows_and_rm_drains(
         time.sleep(0.1)
     else:
         raise AssertionError("the drained worker process did not exit")
+
+
+def test_init_writes_a_valid_commented_config_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    (tmp_path / ".gitignore").write_text("node_modules/")
+    first = cli("init", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / ".gitignore").read_text() == "node_modules/\n.claudecluster/\n"
+    text = (tmp_path / "claudecluster.yaml").read_text()
+    assert "# driver:" in text
+    assert "ANTHROPIC_API_KEY" in text
+    again = cli("init", cwd=tmp_path)
+    assert again.returncode == 2
+    assert "use --force" in again.stderr
+    forced = cli("init", "--force", "--nats", "nats://10.0.0.5:4222", cwd=tmp_path)
+    assert forced.returncode == 0
+    got = cli("config", "get", "nats.url", cwd=tmp_path)
+    assert got.stdout.strip() == "nats://10.0.0.5:4222"
+    assert (tmp_path / ".gitignore").read_text().count(".claudecluster/") == 1
