@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -491,3 +492,33 @@ def test_init_writes_a_valid_commented_config_and_refuses_to_overwrite(tmp_path:
     got = cli("config", "get", "nats.url", cwd=tmp_path)
     assert got.stdout.strip() == "nats://10.0.0.5:4222"
     assert (tmp_path / ".gitignore").read_text().count(".claudecluster/") == 1
+
+
+def test_ctrl_c_during_a_run_without_a_terminal_detaches_with_exit_130(tmp_path: Path) -> None:
+    repo = _repo_with_plan(
+        tmp_path, "tasks:\n  - {id: slow, prompt: 'sleep 30', executor: shell}\n"
+    )
+    process = subprocess.Popen(
+        [str(SCRIPT), "run", "slow", "--plan", str(tmp_path / "plan.yaml"), "--run-id", "c1"],
+        cwd=repo, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "slow: started" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, err
+    assert "run c1 goes on without this command" in out
+
+
+def test_detach_needs_a_cluster_that_outlives_the_command(tmp_path: Path) -> None:
+    repo = _repo_with_plan(tmp_path, DIAMOND)
+    result = cli("run", "x", "--plan", str(tmp_path / "plan.yaml"), "--detach", cwd=repo)
+    assert result.returncode == 2
+    assert "--detach" in result.stderr or "detach" in result.stderr

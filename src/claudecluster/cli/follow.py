@@ -46,7 +46,7 @@ from claudecluster.projections.cluster import ClusterView, apply
 from claudecluster.runtime.connection import Connection
 from claudecluster.transport.commands import publish_command
 
-__all__ = ["RunEnd", "follow_run", "renderer_for"]
+__all__ = ["Renderer", "RunEnd", "follow_run", "renderer_for", "submit_only", "watch_run"]
 
 _ACCEPT_TIMEOUT_S: Final = 20.0
 _ENDS = (RunCompleted, RunFailed, RunCancelled)
@@ -95,6 +95,34 @@ async def follow_run(
         conn.client.jetstream(), command, command_id=command_id, now=datetime.now(UTC)
     )
     return await watch_run(conn, command.run_id, renderer, from_seq=start, command_id=command_id)
+
+
+async def submit_only(conn: Connection, command: SubmitRun, *, command_id: str) -> None:
+    """Submit ``command`` and return once the driver recorded it (``run --detach``).
+
+    Raises:
+        CommandRefusedError: the driver refused the run.
+        DriverUnavailableError: no driver recorded the submission in time.
+    """
+    start = await conn.log.last_seq() + 1
+    await publish_command(
+        conn.client.jetstream(), command, command_id=command_id, now=datetime.now(UTC)
+    )
+    try:
+        with anyio.fail_after(_ACCEPT_TIMEOUT_S):
+            async with conn.log.open_reader(from_seq=start, follow=True) as events:
+                async for stored in events:
+                    event = stored.envelope.payload
+                    if isinstance(event, CommandRejected) and event.command_id == command_id:
+                        raise CommandRefusedError("run.submit", event.reason)
+                    if isinstance(event, RunSubmitted) and event.run_id == command.run_id:
+                        return
+    except TimeoutError:
+        pass
+    raise DriverUnavailableError(
+        f"no driver took run {command.run_id!r} within {_ACCEPT_TIMEOUT_S:.0f}s: start one "
+        f"with 'claudecluster driver --nats {conn.url}'"
+    )
 
 
 async def watch_run(

@@ -3,25 +3,36 @@
 from __future__ import annotations
 
 import re
+import signal
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 import anyio
 from rich.console import Console
+from rich.prompt import Prompt
 
-from claudecluster.cli.app import EXIT_FAILED, EXIT_OK, app
-from claudecluster.cli.follow import RunEnd, follow_run, renderer_for
+from claudecluster.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, app
+from claudecluster.cli.follow import Renderer, RunEnd, follow_run, renderer_for, submit_only
 from claudecluster.domain.graph import validate_graph
 from claudecluster.errors import ConfigError
-from claudecluster.events.model import FanoutSpec, RunCompleted, RunPolicy, SubmitRun, TaskKind
+from claudecluster.events.model import (
+    CancelRun,
+    FanoutSpec,
+    RunCompleted,
+    RunPolicy,
+    SubmitRun,
+    TaskKind,
+)
 from claudecluster.events.plan import plan_to_specs
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
-from claudecluster.runtime.connection import open_configured_cluster
+from claudecluster.runtime.connection import Connection, open_configured_cluster
 from claudecluster.runtime.local_cluster import open_local_services
 from claudecluster.runtime.planners import load_plan_file
 from claudecluster.settings import Settings, load_settings
+from claudecluster.transport.commands import publish_command
 from claudecluster.workspace.git import git_status
 
 __all__ = ["print_summary", "run"]
@@ -44,6 +55,7 @@ def run(
     on_conflict: Literal["resolve", "stop"] = "resolve",
     verify: str | None = None,
     nats: str | None = None,
+    detach: bool = False,
     json: bool = False,
     config: Path | None = None,
 ) -> int:
@@ -54,6 +66,9 @@ def run(
     and N local workers; with --nats it submits to the driver and workers already running
     there. The result is the branch claudecluster/RUN in the repository; your checkout is
     never touched.
+
+    Ctrl-C asks whether to cancel the run or detach from it (on the embedded cluster a
+    detached run pauses and goes on the next time a driver and workers run).
 
     Exit codes: 0 every task merged; 1 the run failed or some task did not merge; 2 a
     usage or configuration error; 130 interrupted.
@@ -79,6 +94,7 @@ def run(
         on_conflict: resolve: a resolution attempt merges conflicting changes; stop: fail.
         verify: A shell command run on the merged result after each task (e.g. "make test").
         nats: NATS URL of a running cluster (default: nats.url, else the embedded server).
+        detach: Submit, wait until the driver took the run, and return (needs --nats).
         json: Print every event of the run as JSON Lines instead of progress.
         config: A claudecluster.yaml to read instead of the one in the repository.
     """
@@ -96,8 +112,22 @@ def run(
     )  # fmt: skip
     if workers < 1:
         raise ConfigError("workers", "flag --workers", "must be at least 1")
+    if detach and not settings.nats.url:
+        raise ConfigError(
+            "detach", "flag --detach",
+            "the embedded cluster stops with this command; give --nats URL of a cluster "
+            "that keeps running, or leave --detach out",
+        )  # fmt: skip
     console = Console(highlight=False, stderr=json)
-    end: RunEnd = anyio.run(_run, settings, command, repo, workers, json, console)
+    try:
+        end: RunEnd = anyio.run(_run, settings, command, repo, workers, json, console, detach)
+    except Detached as left:
+        console.print(f"run {left.run_id} goes on without this command; follow it with "
+                      f"'claudecluster status {left.run_id}' or 'claudecluster logs "
+                      f"{left.run_id}/TASK -f'", markup=False)  # fmt: skip
+        if left.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_OK
     print_summary(console, end)
     return _exit_code(end)
 
@@ -147,6 +177,15 @@ def _submit_command(
     return SubmitRun(**common, planner="claude")  # type: ignore[arg-type]
 
 
+class Detached(Exception):  # noqa: N818 - an outcome, not a failure
+    """The user left the run to go on without this command (``--detach`` or Ctrl-C)."""
+
+    def __init__(self, run_id: str, *, interrupted: bool) -> None:
+        self.run_id = run_id
+        self.interrupted = interrupted
+        super().__init__(run_id)
+
+
 async def _run(
     settings: Settings,
     command: SubmitRun,
@@ -154,22 +193,73 @@ async def _run(
     workers: int,
     json: bool,
     console: Console,
+    detach: bool = False,
 ) -> RunEnd:
+    """Submit and follow; raises :class:`Detached` when the user lets the run go on."""
     code, _, _ = await git_status(repo, "rev-parse", "--verify", "-q", "HEAD^{commit}")
     if code != 0:
         raise ConfigError("repo", str(repo), "the repository has no commit yet")
     async with open_configured_cluster(
         settings, project_dir=repo, name="claudecluster-run"
     ) as conn:
-        renderer = renderer_for(console, command.run_id, json=json)
         if not json:
             where = "embedded cluster" if conn.embedded else "cluster"
             console.print(f"{where} at {conn.url}", markup=False)
+        if detach:
+            await submit_only(conn, command, command_id=f"submit-{command.run_id}")
+            raise Detached(command.run_id, interrupted=False)
+        renderer = renderer_for(console, command.run_id, json=json)
         if conn.embedded:
             async with open_local_services(conn, settings, workers=workers, project_dir=repo):
-                return await follow_run(conn, command, renderer,
-                                        command_id=f"submit-{command.run_id}")  # fmt: skip
-        return await follow_run(conn, command, renderer, command_id=f"submit-{command.run_id}")
+                end = await _follow_interruptibly(conn, command, renderer)
+        else:
+            end = await _follow_interruptibly(conn, command, renderer)
+    if end is None:  # raised out here, not through the task groups above
+        raise Detached(command.run_id, interrupted=True)
+    return end
+
+
+async def _follow_interruptibly(
+    conn: Connection, command: SubmitRun, renderer: Renderer
+) -> RunEnd | None:
+    """Follow the run; on Ctrl-C ask whether to cancel it or detach (detach if no TTY).
+
+    Returns None when the user detached.
+    """
+    result: list[RunEnd] = []
+    detached = False
+    async with anyio.create_task_group() as group:
+
+        async def follow() -> None:
+            result.append(
+                await follow_run(conn, command, renderer, command_id=f"submit-{command.run_id}")
+            )
+            group.cancel_scope.cancel()
+
+        group.start_soon(follow)
+        with anyio.open_signal_receiver(signal.SIGINT) as interrupts:
+            async for _ in interrupts:
+                renderer.close()
+                if await anyio.to_thread.run_sync(_wants_cancel):
+                    await publish_command(
+                        conn.client.jetstream(),
+                        CancelRun(run_id=command.run_id, reason="cancelled with Ctrl-C"),
+                        command_id=f"cancel-{command.run_id}-ctrl-c",
+                        now=datetime.now(UTC),
+                    )
+                    continue  # follow it to its end: cancelled
+                detached = True
+                group.cancel_scope.cancel()
+                break
+    return None if detached else result[0]
+
+
+def _wants_cancel() -> bool:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return False
+    answer = Prompt.ask("\ninterrupted: [c]ancel the run or [d]etach from it?",
+                        choices=["c", "d"], default="d")  # fmt: skip
+    return answer == "c"
 
 
 def print_summary(console: Console, end: RunEnd) -> None:
