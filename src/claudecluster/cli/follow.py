@@ -49,6 +49,7 @@ from claudecluster.transport.commands import publish_command
 __all__ = ["Renderer", "RunEnd", "follow_run", "renderer_for", "submit_only", "watch_run"]
 
 _ACCEPT_TIMEOUT_S: Final = 20.0
+_PLAN_LINES: Final = 30
 _ENDS = (RunCompleted, RunFailed, RunCancelled)
 
 
@@ -275,7 +276,13 @@ def _describe(stored: StoredEvent, view: ClusterView) -> str:
         case RunPlanned():
             overlaps = len(event.predicted_conflicts)
             extra = f", {overlaps} predicted overlap(s) ordered" if overlaps else ""
-            return f"planned {len(event.tasks)} tasks from {event.base_commit[:12]}{extra}"
+            lines = [f"planned {len(event.tasks)} tasks from {event.base_commit[:12]}{extra}:"]
+            for spec in event.tasks[:_PLAN_LINES]:
+                after = f" (after {', '.join(spec.depends_on)})" if spec.depends_on else ""
+                lines.append(f"           {spec.task_id}{after}: {spec.title}")
+            if len(event.tasks) > _PLAN_LINES:
+                lines.append(f"           ... and {len(event.tasks) - _PLAN_LINES} more")
+            return "\n".join(lines)
         case TaskStarted():
             resumed = " (resumed)" if event.resumed else ""
             return (
