@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import heapq
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ import msgspec
 
 from claudecluster.errors import GraphError
 from claudecluster.events.model import PredictedConflict, TaskSpec
+
+_WILDCARDS = re.compile(r"[*?\[]")
 
 __all__ = [
     "TaskGraph",
@@ -215,7 +218,14 @@ def patterns_overlap(a: str, b: str) -> bool:
     if a == b or fnmatch.fnmatchcase(a, b) or fnmatch.fnmatchcase(b, a):
         return True
     # A directory covers what is under it.
-    return a.startswith(b + "/") or b.startswith(a + "/")
+    if a.startswith(b + "/") or b.startswith(a + "/"):
+        return True
+    # Two globs may name a common file without matching each other as text
+    # ("a/*.py" and "*/b.py"): when their literal prefixes agree, assume they do.
+    if _WILDCARDS.search(a) and _WILDCARDS.search(b):
+        fixed_a, fixed_b = _WILDCARDS.split(a, 1)[0], _WILDCARDS.split(b, 1)[0]
+        return fixed_a.startswith(fixed_b) or fixed_b.startswith(fixed_a)
+    return False
 
 
 def predict_conflicts(

@@ -59,12 +59,14 @@ class LocalAutoscaler:
         self._view = ClusterView()
         self._workers: dict[str, Worker] = {}
         self._idle_since: dict[str, datetime | None] = {}
+        #: workers told to stop and still draining: no longer counted as the pool's
+        self._stopping: set[str] = set()
         self._last_change: datetime | None = None
 
     @property
     def workers(self) -> list[Worker]:
-        """The local workers serving now."""
-        return list(self._workers.values())
+        """The local workers serving now (not the ones draining to stop)."""
+        return [w for k, w in self._workers.items() if k not in self._stopping]
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -93,15 +95,17 @@ class LocalAutoscaler:
     async def _scale(self, group: anyio.abc.TaskGroup) -> None:
         now = self._now()
         for worker_id, worker in self._workers.items():
+            if worker_id in self._stopping:
+                continue
             busy = bool(worker.health()["running"])
             if busy:
                 self._idle_since[worker_id] = None
             elif self._idle_since.get(worker_id) is None:
                 self._idle_since[worker_id] = now
+        serving = {k: v for k, v in self._idle_since.items() if k not in self._stopping}
         decision = decide_scale(
-            self._view, self._template.pool, dict(self._idle_since), self._policy, now,
-            self._last_change,
-        )  # fmt: skip
+            self._view, self._template.pool, serving, self._policy, now, self._last_change
+        )
         if decision is None:
             return
         self._last_change = now
@@ -114,6 +118,7 @@ class LocalAutoscaler:
             self._idle_since[config.worker_id] = now
             group.start_soon(self._serve, worker)
         for worker_id in decision.stop:
+            self._stopping.add(worker_id)
             self._workers[worker_id].stop(decision.reason)
 
     async def _serve(self, worker: Worker) -> None:
@@ -123,3 +128,4 @@ class LocalAutoscaler:
         finally:
             self._workers.pop(worker_id, None)
             self._idle_since.pop(worker_id, None)
+            self._stopping.discard(worker_id)
