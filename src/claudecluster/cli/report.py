@@ -19,6 +19,7 @@ from claudecluster.events.model import (
     RunCompleted,
     TaskCancelled,
     TaskFailed,
+    TaskMerged,
     TaskStarted,
     TaskSucceeded,
 )
@@ -27,9 +28,9 @@ from claudecluster.projections.progress import run_progress
 from claudecluster.runtime.connection import Connection
 from claudecluster.transport.artifacts import ArtifactStore
 
-__all__ = ["fetch_diffstats", "render_html", "render_markdown", "run_record"]
+__all__ = ["OUTCOME_COLOURS", "fetch_diffstats", "render_html", "render_markdown", "run_record"]
 
-_COLOURS: Final = {
+OUTCOME_COLOURS: Final = {
     "succeeded": "#3a9d5d",
     "failed": "#d64545",
     "cancelled": "#999999",
@@ -68,6 +69,7 @@ def run_record(
     attempts: dict[tuple[str, int], dict[str, Any]] = {}
     problems: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
+    merged_files: dict[str, list[dict[str, Any]]] = {}
     for event in stored:
         payload = event.envelope.payload
         if getattr(payload, "run_id", None) != run_id:
@@ -110,6 +112,8 @@ def run_record(
                         "detail": f"{', '.join(payload.files)} (policy {payload.policy})",
                     }
                 )
+            case TaskMerged():
+                merged_files[payload.task_id] = [msgspec.structs.asdict(f) for f in payload.files]
             case RunCompleted():
                 summary = msgspec.structs.asdict(payload)
             case _:
@@ -129,7 +133,9 @@ def run_record(
                 "turns": task.turns,
                 "cost_usd": round(task.cost_usd, 6),
                 "tokens": msgspec.structs.asdict(task.usage),
-                "files": (diffstats or {}).get(task.task_id, []),
+                # What the merge changed; logs from before TaskMerged.files fall back to
+                # the diffstat of the attempt's own workspace.
+                "files": merged_files.get(task.task_id) or (diffstats or {}).get(task.task_id, []),
                 "failure": task.failure,
             }
         )
@@ -216,7 +222,7 @@ def _timeline(record: dict[str, Any]) -> str:
         for attempt in (a for a in attempts if a["worker"] == worker):
             x = left + attempt["start_s"] * scale
             w = max(((attempt["end_s"] or end) - attempt["start_s"]) * scale, 2)
-            colour = _COLOURS.get(attempt["outcome"], "#888")
+            colour = OUTCOME_COLOURS.get(attempt["outcome"], "#888")
             label = f"{attempt['task']}" + (
                 f" #{attempt['attempt']}" if attempt["attempt"] > 1 else ""
             )

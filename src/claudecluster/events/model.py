@@ -22,6 +22,7 @@ import msgspec
 __all__ = [
     "ID_PATTERN",
     "ArtifactRef",
+    "ChangedFile",
     "CancelRun",
     "CancelTask",
     "CommandRejected",
@@ -219,6 +220,14 @@ class PredictedConflict(msgspec.Struct, frozen=True, kw_only=True):
     serialized: Annotated[
         bool, msgspec.Meta(description="The driver made ``second`` wait for ``first``.")
     ] = False
+
+
+class ChangedFile(msgspec.Struct, frozen=True, kw_only=True):
+    """One file a commit changed, with the lines added and deleted (None for binary)."""
+
+    path: str
+    added: int | None = None
+    deleted: int | None = None
 
 
 class ArtifactRef(msgspec.Struct, frozen=True, kw_only=True):
@@ -469,6 +478,13 @@ class TaskMerged(TaskEvent, frozen=True, kw_only=True, tag="task.merged"):
     attempt: Attempt
     commit: str
     integration_branch: str
+    files: Annotated[
+        tuple[ChangedFile, ...],
+        msgspec.Meta(
+            description="What the merge changed on the integration branch: for a resolution "
+            "attempt this is the task's change, not the edit that removed conflict markers."
+        ),
+    ] = ()
 
 
 class MergeConflict(TaskEvent, frozen=True, kw_only=True, tag="task.merge_conflict"):

@@ -6,6 +6,7 @@ hand; a test regenerates them in memory and fails when the committed copy differ
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,7 +34,25 @@ def _schema_for(cls: type[Any], title: str, extra: Mapping[str, Any]) -> dict[st
 
 
 def _dump(schema: Mapping[str, Any]) -> str:
-    return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return json.dumps(_cleaned(schema), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _cleaned(value: Any) -> Any:
+    """Descriptions with docstring indentation removed.
+
+    msgspec releases differ in whether they dedent the docstrings they copy into schemas;
+    cleaning them here keeps the committed files the same whichever release renders them.
+    """
+    if isinstance(value, Mapping):
+        return {
+            key: inspect.cleandoc(item)
+            if key == "description" and isinstance(item, str)
+            else _cleaned(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_cleaned(item) for item in value]
+    return value
 
 
 def _message_schema(

@@ -61,6 +61,7 @@ from claudecluster.events.codec import decode_command
 from claudecluster.events.envelope import CommandEnvelope, wrap_event
 from claudecluster.events.model import (
     ArtifactRef,
+    ChangedFile,
     Event,
     MergeConflict,
     RunFailed,
@@ -78,7 +79,13 @@ from claudecluster.transport.base import EventLog
 from claudecluster.transport.commands import publish_command
 from claudecluster.transport.topology import COMMANDS_STREAM
 from claudecluster.transport.work_queue import WorkQueue
-from claudecluster.workspace.git import base_bundle, fetch_result, git, task_branch
+from claudecluster.workspace.git import (
+    base_bundle,
+    commit_changes,
+    fetch_result,
+    git,
+    task_branch,
+)
 from claudecluster.workspace.integration import Integration
 
 __all__ = ["DRIVER_CONSUMER", "Driver", "DriverOptions"]
@@ -394,9 +401,14 @@ class Driver:
         )
         event_id = key.replace("/", "-")
         if outcome.commit is not None:
+            files = tuple(
+                ChangedFile(path=change.path, added=change.added, deleted=change.deleted)
+                for change in await commit_changes(repo, outcome.commit)
+            )
             merged = TaskMerged(
                 run_id=effect.run_id, task_id=effect.task_id, attempt=effect.attempt,
                 commit=outcome.commit, integration_branch=effect.integration_branch,
+                files=files,
             )  # fmt: skip
             return await self._record(merged, f"merged-{event_id}", effect.expected_last)
         if outcome.conflict_files:

@@ -26,6 +26,7 @@ __all__ = [
     "FileChange",
     "base_bundle",
     "commit_all",
+    "commit_changes",
     "fetch_result",
     "git",
     "git_status",
@@ -161,6 +162,16 @@ async def result_bundle(
     """
     await git(workspace, "bundle", "create", str(out), f"{base_commit}..{branch}")
     numstat = await git(workspace, "diff", "--numstat", base_commit, branch)
+    return _parse_numstat(numstat.splitlines())
+
+
+async def commit_changes(repo: Path, commit: str) -> list[FileChange]:
+    """What one commit changed against its first parent.
+
+    Raises:
+        WorkspaceError: git failed (an unknown commit, say).
+    """
+    numstat = await git(repo, "diff", "--numstat", f"{commit}^", commit)
     return _parse_numstat(numstat.splitlines())
 
 
