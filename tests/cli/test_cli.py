@@ -19,9 +19,11 @@ from pathlib import Path
 import psutil
 import pytest
 import structlog
+from PIL import Image
 
 from claudecluster.cli import run
 from claudecluster.events.schema import render_schemas
+from tests.browser import SUCCEEDED_GREEN, headless_chromium
 from tests.support import free_port
 
 SCRIPT = Path(sys.executable).parent / "claudecluster"
@@ -98,8 +100,19 @@ def test_an_unknown_command_is_a_usage_error(tmp_path: Path) -> None:
     assert "frobnicate" in result.stdout + result.stderr
 
 
-def test_the_demo_runs_eight_tasks_through_a_conflict_offline(tmp_path: Path) -> None:
-    result = cli("demo", cwd=tmp_path)
+@pytest.fixture(scope="module")
+def demo_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """One real demo run, shared by the tests that look at what it printed and wrote."""
+    where = tmp_path_factory.mktemp("demo")
+    return cli("demo", cwd=where), where
+
+
+def test_the_demo_runs_eight_tasks_through_a_conflict_offline(
+    demo_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    result, tmp_path = demo_run
 
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -116,6 +129,34 @@ def test_the_demo_runs_eight_tasks_through_a_conflict_offline(tmp_path: Path) ->
     store = tmp_path / ".claudecluster" / "nats"
     assert (store / "jetstream").is_dir()
     assert not (store / "server.json").exists()  # the demo stopped the server it started
+
+
+def test_the_demo_report_renders_in_headless_chromium(
+    demo_run: tuple[subprocess.CompletedProcess[str], Path], tmp_path: Path
+) -> None:
+    result, _ = demo_run
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = re.search(r"the report is (\S+)", result.stdout)
+    assert found is not None, result.stdout
+    report = Path(found.group(1))
+    browser = headless_chromium()
+
+    dom = browser.dump_dom(report, tmp_path)
+    assert dom.count("<h2>") == 4, dom
+    assert dom.count('<rect x="') >= 8 + 8  # one bar per attempt on the timeline, one node per task
+    for task in ("models", "store", "api", "cli", "tests", "docs", "note-api", "note-cli"):
+        assert f"<td>{task}</td>" in dom
+    # Each note's merge added its line, whichever one needed a resolution attempt.
+    assert dom.count("CHANGELOG.md <small>+1/-0</small>") == 2, dom
+
+    shot = browser.screenshot(report, tmp_path / "report.png", width=1280, height=1600)
+    with Image.open(shot) as image:
+        assert image.size == (1280, 1600)
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None
+    painted = {colour for _, colour in colours}
+    assert len(painted) > 50  # text, bars and tables, not a blank or error page
+    assert SUCCEEDED_GREEN in painted  # the timeline's bars for succeeded attempts
 
 
 def test_the_demo_reports_an_unreachable_nats_url_in_one_line(tmp_path: Path) -> None:
