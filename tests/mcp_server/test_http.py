@@ -1,0 +1,174 @@
+"""The MCP server over streamable HTTP: a real uvicorn on loopback, real KV sessions.
+
+The SDK's client speaks to it as any HTTP MCP client would; the checks an MCP client would
+not make on purpose (no token, a foreign Origin, an unknown session) use plain HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types.version import LATEST_HANDSHAKE_VERSION
+
+from claudecluster.mcp_server.http_endpoint import (
+    McpHttpEndpoint,
+    SessionLogLevels,
+    loopback_security,
+)
+from claudecluster.mcp_server.server import build_mcp_server
+from claudecluster.runtime.front_door import FrontDoor
+from claudecluster.runtime.http_server import open_http_server
+from claudecluster.transport.mcp_sessions import JetStreamMcpSessionStore
+
+pytestmark = pytest.mark.nats
+
+TOKENS = {"alice-token": "alice", "bob-token": "bob"}
+
+
+async def check_token(token: str) -> str | None:
+    return TOKENS.get(token)
+
+
+@asynccontextmanager
+async def serving(door: FrontDoor) -> AsyncIterator[str]:
+    """One MCP endpoint on a free loopback port; yields its URL."""
+    sessions = JetStreamMcpSessionStore(door.connection.client.jetstream())
+    server = build_mcp_server(door, default_repo="/repo", log_levels=SessionLogLevels(sessions))
+    endpoint = McpHttpEndpoint(
+        server, sessions, security=loopback_security(), check_token=check_token
+    )
+    async with endpoint.open(), open_http_server(endpoint, host="127.0.0.1", port=0) as port:
+        yield f"http://127.0.0.1:{port}/mcp"
+
+
+def headers(token: str | None = "alice-token", **extra: str) -> dict[str, str]:
+    found = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    if token:
+        found["Authorization"] = f"Bearer {token}"
+    return found | extra
+
+
+def initialize() -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": LATEST_HANDSHAKE_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "test", "version": "1"},
+        },
+    }
+
+
+def call(name: str, arguments: dict[str, Any], request_id: int = 2) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments},
+    }
+
+
+def message_of(response: httpx2.Response) -> dict[str, Any]:
+    """The JSON-RPC message of a response, whether it came as JSON or as one SSE event."""
+    if response.headers["content-type"].startswith("application/json"):
+        found: dict[str, Any] = response.json()
+        return found
+    for line in response.text.splitlines():
+        if line.startswith("data: "):
+            found = json.loads(line.removeprefix("data: "))
+            if "id" in found:
+                return found
+    raise AssertionError(f"no JSON-RPC response in {response.text!r}")
+
+
+async def test_the_sdk_client_calls_tools_over_http_with_a_token(door: FrontDoor) -> None:
+    async with serving(door) as url:
+        for mode in ("legacy", "auto"):
+            http = httpx2.AsyncClient(headers={"Authorization": "Bearer alice-token"})
+            async with http, Client(streamable_http_client(url, http_client=http), mode=mode) as c:
+                result = await c.call_tool("run_status", {"run_id": "sample-happy"})
+                tools = await c.list_tools()
+                resources = await c.list_resources()
+            assert (result.structured_content or {})["state"] == "completed", mode
+            assert len(tools.tools) == 8
+            assert [str(r.uri) for r in resources.resources] == ["claudecluster://runs"]
+
+
+async def test_a_request_without_a_valid_token_is_refused(door: FrontDoor) -> None:
+    async with serving(door) as url, httpx2.AsyncClient() as http:
+        missing = await http.post(url, json=initialize(), headers=headers(token=None))
+        wrong = await http.post(url, json=initialize(), headers=headers(token="forged"))
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    assert wrong.status_code == 401
+    assert "mcp-session-id" not in wrong.headers
+
+
+async def test_a_foreign_origin_or_host_is_refused(door: FrontDoor) -> None:
+    async with serving(door) as url, httpx2.AsyncClient() as http:
+        origin = await http.post(
+            url, json=initialize(), headers=headers(Origin="http://evil.example")
+        )
+        host = await http.post(url, json=initialize(), headers=headers(Host="evil.example"))
+        local = await http.post(
+            url, json=initialize(), headers=headers(Origin="http://localhost:3000")
+        )
+    assert origin.status_code == 403
+    assert host.status_code == 421
+    assert local.status_code == 200
+
+
+async def test_sessions_survive_a_restart_of_the_server(door: FrontDoor) -> None:
+    async with serving(door) as url, httpx2.AsyncClient() as http:
+        opened = await http.post(url, json=initialize(), headers=headers())
+        session = opened.headers["mcp-session-id"]
+        assert message_of(opened)["result"]["protocolVersion"] == LATEST_HANDSHAKE_VERSION
+    # A new server (new process state, new port) serves the same session from KV.
+    async with serving(door) as url, httpx2.AsyncClient() as http:
+        served = await http.post(
+            url,
+            json=call("run_status", {"run_id": "sample-happy"}),
+            headers=headers(**{"Mcp-Session-Id": session}),
+        )
+        stranger = await http.post(
+            url,
+            json=call("list_workers", {}),
+            headers=headers(token="bob-token", **{"Mcp-Session-Id": session}),
+        )
+        unknown = await http.post(
+            url, json=call("list_workers", {}), headers=headers(**{"Mcp-Session-Id": "0" * 32})
+        )
+        missing = await http.post(url, json=call("list_workers", {}), headers=headers())
+        ended = await http.delete(url, headers=headers(**{"Mcp-Session-Id": session}))
+        after = await http.post(
+            url, json=call("list_workers", {}), headers=headers(**{"Mcp-Session-Id": session})
+        )
+    assert served.status_code == 200
+    assert message_of(served)["result"]["structuredContent"]["state"] == "completed"
+    assert stranger.status_code == 404
+    assert unknown.status_code == 404
+    assert missing.status_code == 400
+    assert ended.status_code == 200
+    assert after.status_code == 404
+
+
+async def test_the_endpoint_sends_nothing_outside_a_response(door: FrontDoor) -> None:
+    async with serving(door) as url, httpx2.AsyncClient() as http:
+        opened = await http.post(url, json=initialize(), headers=headers())
+        stream = await http.get(
+            url,
+            headers=headers(
+                Accept="text/event-stream", **{"Mcp-Session-Id": opened.headers["mcp-session-id"]}
+            ),
+        )
+    assert stream.status_code == 405
+    assert stream.headers["allow"] == "POST, DELETE"
