@@ -39,11 +39,11 @@ ALLOWED_INTERNAL = {
         "events", "domain", "projections", "actors", "runtime", "transport", "errors",
         "observability", "resources", "settings", "validation", "executors", "workspace",
     },
-    # A front door: tools on runtime's FrontDoor. It borrows the run report from cli
-    # (cli.report) until the report has a home below both.
+    # A front door: tools on runtime's FrontDoor, the gateway's token check (auth). It
+    # borrows the run report from cli (cli.report) until the report has a home below both.
     "mcp_server": {
         "events", "domain", "projections", "runtime", "transport", "errors",
-        "observability", "settings", "mcp_server", "cli",
+        "observability", "settings", "auth", "mcp_server", "cli",
     },
 }  # fmt: skip
 

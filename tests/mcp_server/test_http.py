@@ -1,4 +1,5 @@
-"""The MCP server over streamable HTTP: a real uvicorn on loopback, real KV sessions.
+"""The MCP server at /mcp of the real gateway: uvicorn on loopback, the gateway's JWTs,
+sessions in JetStream KV.
 
 The SDK's client speaks to it as any HTTP MCP client would; the checks an MCP client would
 not make on purpose (no token, a foreign Origin, an unknown session) use plain HTTP.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx2
@@ -17,41 +19,39 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types.version import LATEST_HANDSHAKE_VERSION
 
-from claudecluster.mcp_server.http_endpoint import (
-    McpHttpEndpoint,
-    SessionLogLevels,
-    loopback_security,
-)
-from claudecluster.mcp_server.server import build_mcp_server
+from claudecluster.auth import Scope, TokenSigner, TokenVerifier
+from claudecluster.gateway import open_gateway
+from claudecluster.mcp_server.http_endpoint import mcp_for_gateway
 from claudecluster.runtime.front_door import FrontDoor
-from claudecluster.runtime.http_server import open_http_server
-from claudecluster.transport.mcp_sessions import JetStreamMcpSessionStore
 
 pytestmark = pytest.mark.nats
 
-TOKENS = {"alice-token": "alice", "bob-token": "bob"}
+SECRET = "test-secret-at-least-32-bytes-long-for-hs256"
+SIGNER = TokenSigner("HS256", SECRET, "claudecluster", "claudecluster-gateway")
+VERIFIER = TokenVerifier("HS256", SECRET, "claudecluster", "claudecluster-gateway")
 
 
-async def check_token(token: str) -> str | None:
-    return TOKENS.get(token)
+def token(subject: str = "alice", scope: Scope = "read") -> str:
+    return SIGNER.mint(subject=subject, scope=scope, ttl=timedelta(hours=1), now=datetime.now(UTC))
+
+
+ALICE = token()
 
 
 @asynccontextmanager
 async def serving(door: FrontDoor) -> AsyncIterator[str]:
-    """One MCP endpoint on a free loopback port; yields its URL."""
-    sessions = JetStreamMcpSessionStore(door.connection.client.jetstream())
-    server = build_mcp_server(door, default_repo="/repo", log_levels=SessionLogLevels(sessions))
-    endpoint = McpHttpEndpoint(
-        server, sessions, security=loopback_security(), check_token=check_token
-    )
-    async with endpoint.open(), open_http_server(endpoint, host="127.0.0.1", port=0) as port:
-        yield f"http://127.0.0.1:{port}/mcp"
+    """A gateway with the MCP endpoint on a free loopback port; yields the MCP URL."""
+    mcp = mcp_for_gateway(door, VERIFIER, host="127.0.0.1", port=0, default_repo="/repo")
+    async with open_gateway(
+        door, VERIFIER, extra_routes=[mcp.route], extra_lifespans=[mcp.lifespan]
+    ) as gateway:
+        yield f"{gateway.url}/mcp"
 
 
-def headers(token: str | None = "alice-token", **extra: str) -> dict[str, str]:
+def headers(bearer: str | None = ALICE, **extra: str) -> dict[str, str]:
     found = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-    if token:
-        found["Authorization"] = f"Bearer {token}"
+    if bearer:
+        found["Authorization"] = f"Bearer {bearer}"
     return found | extra
 
 
@@ -93,7 +93,7 @@ def message_of(response: httpx2.Response) -> dict[str, Any]:
 async def test_the_sdk_client_calls_tools_over_http_with_a_token(door: FrontDoor) -> None:
     async with serving(door) as url:
         for mode in ("legacy", "auto"):
-            http = httpx2.AsyncClient(headers={"Authorization": "Bearer alice-token"})
+            http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {ALICE}"})
             async with http, Client(streamable_http_client(url, http_client=http), mode=mode) as c:
                 result = await c.call_tool("run_status", {"run_id": "sample-happy"})
                 tools = await c.list_tools()
@@ -105,8 +105,18 @@ async def test_the_sdk_client_calls_tools_over_http_with_a_token(door: FrontDoor
 
 async def test_a_request_without_a_valid_token_is_refused(door: FrontDoor) -> None:
     async with serving(door) as url, httpx2.AsyncClient() as http:
-        missing = await http.post(url, json=initialize(), headers=headers(token=None))
-        wrong = await http.post(url, json=initialize(), headers=headers(token="forged"))
+        missing = await http.post(url, json=initialize(), headers=headers(bearer=None))
+        forged = TokenSigner("HS256", "another-secret-of-32-bytes-or-more!!", "claudecluster",
+                             "claudecluster-gateway")  # fmt: skip
+        wrong = await http.post(
+            url,
+            json=initialize(),
+            headers=headers(
+                bearer=forged.mint(
+                    subject="eve", scope="admin", ttl=timedelta(hours=1), now=datetime.now(UTC)
+                )
+            ),
+        )
     assert missing.status_code == 401
     assert missing.headers["www-authenticate"].startswith("Bearer")
     assert wrong.status_code == 401
@@ -142,7 +152,7 @@ async def test_sessions_survive_a_restart_of_the_server(door: FrontDoor) -> None
         stranger = await http.post(
             url,
             json=call("list_workers", {}),
-            headers=headers(token="bob-token", **{"Mcp-Session-Id": session}),
+            headers=headers(bearer=token("bob"), **{"Mcp-Session-Id": session}),
         )
         unknown = await http.post(
             url, json=call("list_workers", {}), headers=headers(**{"Mcp-Session-Id": "0" * 32})
@@ -172,3 +182,24 @@ async def test_the_endpoint_sends_nothing_outside_a_response(door: FrontDoor) ->
         )
     assert stream.status_code == 405
     assert stream.headers["allow"] == "POST, DELETE"
+
+
+async def test_tools_that_change_things_need_the_gateways_scopes(door: FrontDoor) -> None:
+    async with serving(door) as url, httpx2.AsyncClient() as http:
+        opened = await http.post(url, json=initialize(), headers=headers())
+        session = {"Mcp-Session-Id": opened.headers["mcp-session-id"]}
+        refused = await http.post(
+            url,
+            json=call("rollback", {"run_id": "sample-happy"}),
+            headers=headers(**session),
+        )
+        plan = "tasks:\n  - {id: a, prompt: 'true', executor: shell}\n"
+        submit = await http.post(
+            url, json=call("submit_plan", {"plan": plan}, 3), headers=headers(**session)
+        )
+    rollback_result = message_of(refused)["result"]
+    assert rollback_result["isError"] is True
+    assert "'admin' scope" in rollback_result["content"][0]["text"]
+    submit_result = message_of(submit)["result"]
+    assert submit_result["isError"] is True
+    assert "'submit' scope" in submit_result["content"][0]["text"]

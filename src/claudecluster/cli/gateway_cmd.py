@@ -18,6 +18,7 @@ from claudecluster.auth import Scope, TokenSigner, TokenVerifier
 from claudecluster.cli.app import EXIT_FAILED, EXIT_OK, app
 from claudecluster.errors import ConfigError
 from claudecluster.gateway import open_gateway, openapi_text
+from claudecluster.mcp_server.http_endpoint import mcp_for_gateway
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
 from claudecluster.runtime.connection import open_configured_cluster
@@ -100,11 +101,22 @@ async def _serve(settings: Settings, verifier: TokenVerifier, workers: int) -> N
             await stack.enter_async_context(
                 open_local_services(conn, settings, workers=workers, project_dir=Path.cwd())
             )
+        mcp = mcp_for_gateway(
+            door, verifier, host=gateway.host, port=gateway.port, default_repo=str(Path.cwd())
+        )
         served = await stack.enter_async_context(
-            open_gateway(door, verifier, host=gateway.host, port=gateway.port)
+            open_gateway(
+                door,
+                verifier,
+                host=gateway.host,
+                port=gateway.port,
+                extra_routes=[mcp.route],
+                extra_lifespans=[mcp.lifespan],
+            )
         )
         where = "embedded cluster" if conn.embedded else "cluster"
         console.print(f"gateway at {served.url} on the {where} at {conn.url}", markup=False)
+        console.print(f"MCP server at {served.url}/mcp (streamable HTTP)", markup=False)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
                 console.print("gateway stopping", markup=False)

@@ -19,14 +19,18 @@ so a restart ends every session. This endpoint runs the SDK's manager in statele
 Before any of that, each request must pass two checks the spec requires of an HTTP MCP
 server: the ``Host`` and ``Origin`` headers must be ones we serve (DNS-rebinding
 protection, the SDK's :class:`TransportSecuritySettings`), and, when the endpoint has a
-token check, a valid ``Authorization: Bearer`` token (the gateway's own).
+token verifier, a valid ``Authorization: Bearer`` token with at least the ``read`` scope,
+checked by the gateway's own :func:`claudecluster.auth.authenticate` (401 without a valid
+token, 403 without the scope). The principal goes with the request to the tools, which
+ask for more where they change things (``submit``, ``admin``), as the gateway's routes do.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 from uuid import uuid4
@@ -36,26 +40,36 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from claudecluster.transport.mcp_sessions import McpSession, McpSessionStore
+from claudecluster.auth import Principal, TokenVerifier, authenticate
+from claudecluster.errors import AuthenticationError, PermissionDeniedError
+from claudecluster.mcp_server.server import PRINCIPAL_STATE_KEY, build_mcp_server
+from claudecluster.runtime.front_door import FrontDoor
+from claudecluster.transport.mcp_sessions import (
+    JetStreamMcpSessionStore,
+    McpSession,
+    McpSessionStore,
+)
 
 __all__ = [
     "MCP_SESSION_HEADER",
+    "GatewayMount",
     "McpHttpEndpoint",
     "SessionLogLevels",
-    "TokenCheck",
+    "endpoint_security",
     "loopback_security",
+    "mcp_for_gateway",
 ]
 
 MCP_SESSION_HEADER: Final = "mcp-session-id"
 _VERSION_HEADER: Final = "mcp-protocol-version"
 _MAX_BODY: Final = 4 * 1024 * 1024
-
-TokenCheck = Callable[[str], Awaitable[str | None]]
-"""Checks a bearer token: the caller's identity (a subject), or None to refuse it."""
+_LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def loopback_security(port: int | None = None) -> TransportSecuritySettings:
@@ -72,6 +86,27 @@ def loopback_security(port: int | None = None) -> TransportSecuritySettings:
         allowed_hosts=hosts,
         allowed_origins=[f"http://{host}" for host in hosts]
         + [f"https://{host}" for host in hosts],
+    )
+
+
+def endpoint_security(
+    host: str, port: int, *, hosts: Sequence[str] = (), origins: Sequence[str] = ()
+) -> TransportSecuritySettings:
+    """Host and Origin checks for an endpoint listening on ``host:port``.
+
+    The loopback names are always accepted; a server reached under another name (a
+    host on the network, a proxy) must name it in ``hosts`` (``name:port`` or
+    ``name:*``) and the browser origins it trusts in ``origins``: anything else is
+    refused, which is the point.
+    """
+    base = loopback_security(port or None)
+    extra_hosts = list(hosts)
+    if host not in _LOOPBACK and host not in ("0.0.0.0", "::", ""):  # noqa: S104
+        extra_hosts.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=base.allowed_hosts + extra_hosts,
+        allowed_origins=base.allowed_origins + list(origins),
     )
 
 
@@ -134,8 +169,8 @@ class McpHttpEndpoint:
             with ``log_levels=SessionLogLevels(sessions)``).
         sessions: where sessions live; JetStream KV so that they outlive the process.
         security: the Host and Origin values to accept.
-        check_token: the bearer-token check; None serves without authentication (only
-            for an endpoint on loopback).
+        verifier: how bearer tokens are checked (the gateway's); None serves without
+            authentication (only for an endpoint on loopback, e.g. in tests).
         now: the clock for session records.
     """
 
@@ -145,12 +180,12 @@ class McpHttpEndpoint:
         sessions: McpSessionStore,
         *,
         security: TransportSecuritySettings,
-        check_token: TokenCheck | None,
+        verifier: TokenVerifier | None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._sessions = sessions
         self._security = TransportSecurityMiddleware(security)
-        self._check_token = check_token
+        self._verifier = verifier
         self._now = now
         self._manager = StreamableHTTPSessionManager(
             server._lowlevel_server,
@@ -173,14 +208,19 @@ class McpHttpEndpoint:
         if refused is not None:
             await refused(scope, receive, send)
             return
-        owner = await self._caller(request)
-        if owner is None:
-            await _error(
-                401,
-                "Unauthorized: send a valid bearer token (Authorization: Bearer <token>)",
-                {"WWW-Authenticate": 'Bearer realm="claudecluster"'},
-            )(scope, receive, send)
+        try:
+            principal = self._caller(request)
+        except AuthenticationError as exc:
+            await _error(401, f"Unauthorized: {exc}", {"WWW-Authenticate": "Bearer"})(
+                scope, receive, send
+            )
             return
+        except PermissionDeniedError as exc:
+            await _error(403, f"Forbidden: {exc}")(scope, receive, send)
+            return
+        owner = principal.subject if principal else ""
+        if principal is not None:
+            scope = {**scope, "state": {**scope.get("state", {}), PRINCIPAL_STATE_KEY: principal}}
         version = request.headers.get(_VERSION_HEADER)
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
             # 2026-07-28 and later: one self-contained request, no session to keep.
@@ -214,14 +254,16 @@ class McpHttpEndpoint:
             scope = _with_header(scope, _VERSION_HEADER, session.protocol_version)
         await self._manager.handle_request(scope, replay, send)
 
-    async def _caller(self, request: Request) -> str | None:
-        """The caller's identity: the token's subject, "" without a token check, or None."""
-        if self._check_token is None:
-            return ""
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+    def _caller(self, request: Request) -> Principal | None:
+        """Who calls: the token's principal, or None on an endpoint without tokens.
+
+        Raises:
+            AuthenticationError: no valid bearer token.
+            PermissionDeniedError: the token lacks even the ``read`` scope.
+        """
+        if self._verifier is None:
             return None
-        return await self._check_token(token.strip())
+        return authenticate(request.headers.get("authorization"), "read", self._verifier)
 
     @staticmethod
     async def _body(request: Request) -> bytes | None:
@@ -334,3 +376,61 @@ def _with_header(scope: Scope, name: str, value: str) -> Scope:
     headers = [(k, v) for k, v in scope["headers"] if k != name.encode()]
     headers.append((name.encode(), value.encode()))
     return {**scope, "headers": headers}
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayMount:
+    """The MCP endpoint as the gateway takes it: a route and a lifespan.
+
+    Attributes:
+        route: ``/mcp`` (exactly: a ``Mount`` would redirect ``/mcp`` to ``/mcp/``,
+            which not every MCP client follows).
+        lifespan: runs the endpoint for the gateway application's lifetime.
+        endpoint: the endpoint itself.
+    """
+
+    route: Route
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]]
+    endpoint: McpHttpEndpoint
+
+
+def mcp_for_gateway(
+    door: FrontDoor,
+    verifier: TokenVerifier,
+    *,
+    host: str,
+    port: int,
+    default_repo: str,
+    hosts: Sequence[str] = (),
+    origins: Sequence[str] = (),
+) -> GatewayMount:
+    """The MCP server at ``/mcp`` of a gateway: same front door, same bearer tokens,
+    sessions in JetStream KV, Host and Origin checked for where the gateway listens.
+
+    Args:
+        door: the gateway's front door.
+        verifier: the gateway's token verifier.
+        host: the address the gateway listens on.
+        port: its port (0: any port is accepted in ``Host`` for the loopback names).
+        default_repo: the repository runs work on when a tool call names none.
+        hosts: more ``Host`` values to accept (a DNS name, a proxy's).
+        origins: browser origins to accept.
+    """
+    sessions = JetStreamMcpSessionStore(door.connection.client.jetstream())
+    server = build_mcp_server(
+        door, default_repo=default_repo, log_levels=SessionLogLevels(sessions)
+    )
+    endpoint = McpHttpEndpoint(
+        server,
+        sessions,
+        security=endpoint_security(host, port, hosts=hosts, origins=origins),
+        verifier=verifier,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        async with endpoint.open():
+            yield
+
+    route = Route("/mcp", endpoint, methods=["GET", "POST", "DELETE"], name="mcp")
+    return GatewayMount(route=route, lifespan=lifespan, endpoint=endpoint)

@@ -30,8 +30,15 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field
+from starlette.requests import Request
 
-from claudecluster.errors import ClusterError, GraphError, UnknownEntityError
+from claudecluster.auth import Principal, Scope
+from claudecluster.errors import (
+    ClusterError,
+    GraphError,
+    PermissionDeniedError,
+    UnknownEntityError,
+)
 from claudecluster.events.model import RunCancelled, TaskCancelled, TaskProgress
 from claudecluster.events.plan import plan_from_data, plan_to_specs
 from claudecluster.events.subjects import run_filter
@@ -57,6 +64,7 @@ from claudecluster.transport.base import read_all
 
 __all__ = [
     "LOG_LEVELS",
+    "PRINCIPAL_STATE_KEY",
     "LogLevelBook",
     "ProcessLogLevel",
     "build_mcp_server",
@@ -68,6 +76,22 @@ _FINISHED_RUN_STATES: Final = frozenset({"completed", "failed", "cancelled", "ro
 _FINISHED_TASK_STATES: Final = frozenset({"merged", "skipped", "cancelled", "failed"})
 _MAX_WAIT_S: Final = 6 * 3600.0
 _T = TypeVar("_T")
+#: Where an HTTP request's :class:`~claudecluster.auth.Principal` travels to the tools (in
+#: the ASGI scope's ``state``); absent on stdio and on an endpoint without tokens.
+PRINCIPAL_STATE_KEY: Final = "claudecluster_principal"
+
+
+def _require(ctx: Context[Any], needed: Scope) -> None:
+    """Refuse the call unless the caller's token holds ``needed`` (as the gateway's routes
+    do: ``submit`` to start or cancel, ``admin`` to roll back).
+
+    Over stdio there is no token: the client is the user who started the server.
+    """
+    request = ctx.request_context.request
+    state = request.scope.get("state", {}) if isinstance(request, Request) else {}
+    principal = state.get(PRINCIPAL_STATE_KEY)
+    if isinstance(principal, Principal) and needed not in principal.scopes:
+        raise ToolError(str(PermissionDeniedError(needed, principal.scopes)))
 
 
 class LogLevelBook(Protocol):
@@ -222,6 +246,7 @@ def build_mcp_server(
         Returns the run id at once, or with wait=true follows the run (sending progress
         notifications) and returns its final status.
         """
+        _require(ctx, "submit")
 
         async def submit() -> str:
             command = submit_run_command(
@@ -264,6 +289,7 @@ def build_mcp_server(
         Returns the run id at once, or with wait=true follows the run (sending progress
         notifications) and returns its final status.
         """
+        _require(ctx, "submit")
         try:
             data = yaml.safe_load(plan)
         except yaml.YAMLError as exc:
@@ -337,9 +363,11 @@ def build_mcp_server(
     @server.tool(annotations=mcp_types.ToolAnnotations(destructive_hint=True))
     async def cancel(
         target: TaskRef,
+        ctx: Context[Any],
         reason: Annotated[str, Field(max_length=2000)] = "",
     ) -> CancelResult:
         """Cancel a run (by run id), or one task (RUN/TASK); a task's dependents are skipped."""
+        _require(ctx, "submit")
 
         async def ask() -> CancelResult:
             event = await door.cancel(target, reason=reason)
@@ -364,6 +392,7 @@ def build_mcp_server(
     @server.tool(annotations=mcp_types.ToolAnnotations(destructive_hint=True))
     async def rollback(
         run_id: RunId,
+        ctx: Context[Any],
         to_task: Annotated[
             str | None, Field(description="Go back to before this task merged.")
         ] = None,
@@ -373,6 +402,7 @@ def build_mcp_server(
     ) -> RollbackResult:
         """Move a finished run's branch back: before a task merged, to a log sequence, or
         (neither given) to the run's base commit."""
+        _require(ctx, "admin")
         if to_task is not None and to_sequence is not None:
             raise ToolError("rollback: give to_task or to_sequence, not both")
 
