@@ -10,6 +10,7 @@ started from the client makes progress without anything else running.
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
@@ -62,10 +63,13 @@ async def _serve(settings: Settings, project: Path, workers: int) -> None:
     async with (
         open_configured_cluster(settings, project_dir=project, name="claudecluster-mcp") as conn,
         open_front_door(conn) as door,
+        AsyncExitStack() as stack,
     ):
+        if conn.embedded:  # nothing else acts on commands there: run a driver and workers
+            await stack.enter_async_context(
+                open_local_services(conn, settings, workers=workers, project_dir=project)
+            )
         server = build_mcp_server(door, default_repo=str(project))
-        if not conn.embedded:
-            await server.run_stdio_async()
-            return
-        async with open_local_services(conn, settings, workers=workers, project_dir=project):
-            await server.run_stdio_async()
+        # Returns when the client closes our stdin, the way a client ends a stdio server;
+        # the workers and an embedded nats-server then stop with the contexts above.
+        await server.run_stdio_async()
