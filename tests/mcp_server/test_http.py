@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -23,6 +24,7 @@ from claudecluster.auth import Scope, TokenSigner, TokenVerifier
 from claudecluster.gateway import open_gateway
 from claudecluster.mcp_server.http_endpoint import mcp_for_gateway
 from claudecluster.runtime.front_door import FrontDoor
+from tests.mcp_server.claude_client import ask_claude_for_status
 
 pytestmark = pytest.mark.nats
 
@@ -203,3 +205,13 @@ async def test_tools_that_change_things_need_the_gateways_scopes(door: FrontDoor
     submit_result = message_of(submit)["result"]
     assert submit_result["isError"] is True
     assert "'submit' scope" in submit_result["content"][0]["text"]
+
+
+async def test_claude_code_calls_run_status_over_http_with_a_token(
+    door: FrontDoor, tmp_path: Path
+) -> None:
+    async with serving(door) as url:
+        await ask_claude_for_status(
+            tmp_path,
+            {"type": "http", "url": url, "headers": {"Authorization": f"Bearer {ALICE}"}},
+        )
