@@ -24,6 +24,7 @@ from claudecluster.auth import Scope, TokenSigner, TokenVerifier
 from claudecluster.gateway import open_gateway
 from claudecluster.mcp_server.http_endpoint import mcp_for_gateway
 from claudecluster.runtime.front_door import FrontDoor
+from claudecluster.transport.mcp_sessions import JetStreamMcpSessionStore
 from tests.mcp_server.claude_client import ask_claude_for_status
 
 pytestmark = pytest.mark.nats
@@ -215,3 +216,26 @@ async def test_claude_code_calls_run_status_over_http_with_a_token(
             tmp_path,
             {"type": "http", "url": url, "headers": {"Authorization": f"Bearer {ALICE}"}},
         )
+
+
+async def test_set_level_is_kept_with_the_session_in_kv(door: FrontDoor) -> None:
+    store = JetStreamMcpSessionStore(door.connection.client.jetstream())
+    async with serving(door) as url, httpx2.AsyncClient() as http:
+        opened = await http.post(url, json=initialize(), headers=headers())
+        session_id = opened.headers["mcp-session-id"]
+        answer = await http.post(
+            url,
+            json={"jsonrpc": "2.0", "id": 5, "method": "logging/setLevel",
+                  "params": {"level": "error"}},
+            headers=headers(**{"Mcp-Session-Id": session_id}),
+        )  # fmt: skip
+        ping = await http.post(
+            url,
+            json={"jsonrpc": "2.0", "id": 6, "method": "ping"},
+            headers=headers(**{"Mcp-Session-Id": session_id}),
+        )
+    assert message_of(answer)["result"] == {}
+    assert message_of(ping)["result"] == {}
+    session = await store.get(session_id)
+    assert session is not None
+    assert (session.log_level, session.owner, session.client_name) == ("error", "alice", "test")

@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from uuid import uuid4
 
+import msgspec
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -146,16 +147,7 @@ class SessionLogLevels:
         """
         session = await self._session(ctx)
         if session is not None:
-            await self._sessions.put(
-                McpSession(
-                    session_id=session.session_id,
-                    protocol_version=session.protocol_version,
-                    owner=session.owner,
-                    log_level=level,
-                    client_name=session.client_name,
-                    created_at=session.created_at,
-                )
-            )
+            await self._sessions.put(msgspec.structs.replace(session, log_level=level))
 
 
 class McpHttpEndpoint:

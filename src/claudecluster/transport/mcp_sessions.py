@@ -84,7 +84,13 @@ class MemoryMcpSessionStore:
         self._sessions: dict[str, McpSession] = {}
 
     async def put(self, session: McpSession) -> None:
-        """Store ``session``."""
+        """Store ``session``.
+
+        Raises:
+            ValueError: the session id is not 32 lower-case hex digits.
+        """
+        if not _valid_id(session.session_id):
+            raise ValueError(f"MCP session id {session.session_id!r} is not 32 hex digits")
         self._sessions[session.session_id] = session
 
     async def get(self, session_id: str) -> McpSession | None:
