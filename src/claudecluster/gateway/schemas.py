@@ -33,15 +33,22 @@ __all__ = [
 ]
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
+# A path relative to the driver's working directory means nothing to an HTTP client.
+Repo = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^(/|[A-Za-z][A-Za-z0-9+.-]*://|[^@/\s]+@[^:/\s]+:)",
+        max_length=4096,
+        description="Absolute repository path on the driver's machine, or a git URL.",
+    ),
+]
 
 
 class SubmitRunBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A run to submit: a goal and exactly one way of planning it."""
 
     goal: Annotated[Text, msgspec.Meta(description="What the run should achieve.")]
-    repo: Annotated[
-        Text, msgspec.Meta(description="Repository path (on the driver's machine) or URL.")
-    ]
+    repo: Repo
     plan: Annotated[
         Annotated[list[TaskSpec], msgspec.Meta(min_length=1, max_length=500)] | None,
         msgspec.Meta(description="Explicit tasks (a task graph)."),
@@ -61,9 +68,7 @@ class SubmitRunBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 class SubmitTaskBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A single task, submitted as a run of one task."""
 
-    repo: Annotated[
-        Text, msgspec.Meta(description="Repository path (on the driver's machine) or URL.")
-    ]
+    repo: Repo
     prompt: Annotated[
         Text, msgspec.Meta(description="The agent's prompt, or the shell executor's command.")
     ]
