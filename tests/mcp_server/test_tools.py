@@ -86,6 +86,7 @@ async def test_a_bad_argument_is_refused_with_the_argument_named(door: FrontDoor
         bad_id = await client.call_tool("run_status", {"run_id": "no spaces allowed"})
         missing = await client.call_tool("task_status", {})
         bad_limit = await client.call_tool("task_logs", {"task": "api", "limit": 0})
+        relative = await client.call_tool("run_goal", {"goal": "x", "repo": "some/dir"})
     assert bad_id.is_error
     assert "run_id" in text_of(bad_id)
     assert "pattern" in text_of(bad_id)
@@ -93,6 +94,8 @@ async def test_a_bad_argument_is_refused_with_the_argument_named(door: FrontDoor
     assert "task" in text_of(missing)
     assert bad_limit.is_error
     assert "limit" in text_of(bad_limit)
+    assert relative.is_error
+    assert "repo" in text_of(relative)
 
 
 async def test_an_unknown_run_is_a_tool_error_naming_it(door: FrontDoor) -> None:

@@ -60,8 +60,12 @@ Goal = Annotated[
 RepoPath = Annotated[
     str,
     Field(
-        min_length=1,
-        description="The git repository the run works on: a path the driver can reach.",
+        # As the gateway's bodies: a relative path would resolve against the driver's
+        # working directory, which an MCP client cannot know.
+        pattern=r"^(/|[A-Za-z][A-Za-z0-9+.-]*://|[^@/\s]+@[^:/\s]+:)",
+        max_length=4096,
+        description="The repository the run works on: an absolute path on the driver's "
+        "machine, or a git URL. Default: the directory the MCP server was started in.",
     ),
 ]
 
