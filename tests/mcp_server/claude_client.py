@@ -62,6 +62,8 @@ async def ask_claude_for_status(tmp_path: Path, server: dict[str, Any]) -> None:
             ANTHROPIC_API_KEY="sk-scripted-test",
             CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
             CLAUDE_CODE_MAX_RETRIES="0",
+            # Room for the MCP server to start on a loaded 2-core machine (milliseconds).
+            MCP_TIMEOUT="60000",
         )
         with anyio.fail_after(CLAUDE_TIMEOUT_S):
             done = await anyio.run_process(
@@ -85,8 +87,9 @@ async def ask_claude_for_status(tmp_path: Path, server: dict[str, Any]) -> None:
             )
     lines = [json.loads(line) for line in done.stdout.decode().splitlines() if line.strip()]
     init = next(e for e in lines if e["type"] == "system" and e.get("subtype") == "init")
-    servers = {entry["name"]: entry["status"] for entry in init["mcp_servers"]}
-    assert servers == {"claudecluster": "connected"}, done.stderr.decode()[-2000:]
+    # Only the server's presence: the init line may be written before a server slowed
+    # by a loaded machine has finished connecting; the tool result below is the proof.
+    assert [entry["name"] for entry in init["mcp_servers"]] == ["claudecluster"]
     results = [
         block
         for event in lines
