@@ -22,7 +22,7 @@ from mcp.types.version import LATEST_HANDSHAKE_VERSION
 
 from claudecluster.auth import Scope, TokenSigner, TokenVerifier
 from claudecluster.gateway import open_gateway
-from claudecluster.mcp_server.http_endpoint import mcp_for_gateway
+from claudecluster.mcp_server.http_endpoint import endpoint_security, mcp_for_gateway
 from claudecluster.runtime.front_door import FrontDoor
 from claudecluster.transport.mcp_sessions import JetStreamMcpSessionStore
 from tests.mcp_server.claude_client import ask_claude_for_status
@@ -239,3 +239,26 @@ async def test_set_level_is_kept_with_the_session_in_kv(door: FrontDoor) -> None
     session = await store.get(session_id)
     assert session is not None
     assert (session.log_level, session.owner, session.client_name) == ("error", "alice", "test")
+
+
+async def test_odd_requests_get_the_status_that_says_why(door: FrontDoor) -> None:
+    async with serving(door) as url, httpx2.AsyncClient() as http:
+        too_big = await http.post(
+            url, content=b"[" + b" " * (4 * 1024 * 1024) + b"]", headers=headers()
+        )
+        put = await http.put(url, json=initialize(), headers=headers())
+        no_read_scope = await http.post(url, json=initialize(), headers=headers(bearer="x.y.z"))
+        not_json = await http.post(url, content=b"{not json", headers=headers())
+    assert too_big.status_code == 413
+    assert put.status_code == 405
+    assert no_read_scope.status_code == 401
+    assert not_json.status_code == 400
+
+
+def test_an_endpoint_on_a_named_host_accepts_that_host_and_loopback() -> None:
+    security = endpoint_security("10.1.2.3", 8080, hosts=["mcp.example:443"])
+    assert "10.1.2.3:8080" in security.allowed_hosts
+    assert "mcp.example:443" in security.allowed_hosts
+    assert "127.0.0.1:8080" in security.allowed_hosts
+    wildcard = endpoint_security("0.0.0.0", 8080)
+    assert not any(host.startswith("0.0.0.0") for host in wildcard.allowed_hosts)
