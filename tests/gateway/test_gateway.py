@@ -231,6 +231,7 @@ async def test_unknown_ids_are_404_problems_and_invalid_input_is_4xx_naming_the_
             ({"goal": "g", "repo": repo, "plan": [{**task[0], "task_id": "a b"}]},
              "$.plan[0].task_id"),
             ({"goal": "g", "repo": repo, "plan": task, "surprise": 1}, "$.surprise"),
+            ({"goal": "g\u0000", "repo": repo, "plan": task}, "$.goal"),
             ({"goal": "g", "repo": repo}, "$.plan"),
             ({"goal": "g", "repo": repo, "plan": task, "claude_planner": True}, "$.plan"),
             ({"goal": "g", "repo": repo,

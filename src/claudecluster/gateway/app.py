@@ -183,7 +183,7 @@ def _decode(data: bytes, kind: type[Any], *, required: bool) -> Any:
             raise _invalid("$", "a JSON body is required")
         return msgspec.convert({}, kind)
     try:
-        return msgspec.json.decode(data, type=kind)
+        decoded = msgspec.json.decode(data, type=kind)
     except msgspec.ValidationError as exc:
         message = str(exc)
         at = _AT.search(message)
@@ -194,6 +194,28 @@ def _decode(data: bytes, kind: type[Any], *, required: bool) -> Any:
     except msgspec.DecodeError as exc:
         raise _Problem(400, "Bad Request", f"the body is not valid JSON: {exc}",
                        [ProblemField(field="$", problem=str(exc))]) from None  # fmt: skip
+    # A NUL cannot travel on to a path, an argument or a command line (the OS refuses it).
+    nul = _nul_field(msgspec.to_builtins(decoded), "$")
+    if nul is not None:
+        raise _invalid(nul, "a NUL character (\\u0000) is not allowed here")
+    return decoded
+
+
+def _nul_field(value: Any, path: str) -> str | None:
+    """The JSON path of the first string holding a NUL character, if any."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _nul_field(item, f"{path}.{key}")
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_field(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _problem_for(exc: ClusterError) -> _Problem:

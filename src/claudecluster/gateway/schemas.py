@@ -37,7 +37,7 @@ Text = Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
 Repo = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^(/|[A-Za-z][A-Za-z0-9+.-]*://|[^@/\s]+@[^:/\s]+:)",
+        pattern=r"^(/|[A-Za-z][A-Za-z0-9+.-]*://|[^@/\s]+@[^:/\s]+:)[^\x00-\x1f\x7f]*$",
         max_length=4096,
         description="Absolute repository path on the driver's machine, or a git URL.",
     ),
