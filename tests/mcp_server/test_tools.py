@@ -87,6 +87,7 @@ async def test_a_bad_argument_is_refused_with_the_argument_named(door: FrontDoor
         missing = await client.call_tool("task_status", {})
         bad_limit = await client.call_tool("task_logs", {"task": "api", "limit": 0})
         relative = await client.call_tool("run_goal", {"goal": "x", "repo": "some/dir"})
+        nul = await client.call_tool("run_goal", {"goal": "a\x00b", "repo": "/repo"})
     assert bad_id.is_error
     assert "run_id" in text_of(bad_id)
     assert "pattern" in text_of(bad_id)
@@ -96,6 +97,8 @@ async def test_a_bad_argument_is_refused_with_the_argument_named(door: FrontDoor
     assert "limit" in text_of(bad_limit)
     assert relative.is_error
     assert "repo" in text_of(relative)
+    assert nul.is_error
+    assert "goal" in text_of(nul)
 
 
 async def test_an_unknown_run_is_a_tool_error_naming_it(door: FrontDoor) -> None:

@@ -11,7 +11,7 @@ schema) and as its JSON text, which is what Claude Code shows the model.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +19,7 @@ from claudecluster.events.model import ID_PATTERN
 from claudecluster.projections.views import RunView, TaskView, WorkerView
 
 __all__ = [
+    "NO_NUL",
     "CancelResult",
     "Goal",
     "LogLine",
@@ -53,16 +54,23 @@ TaskRef = Annotated[
         description="A task as RUN/TASK, or a task id that only one run has.",
     ),
 ]
+#: Free text that goes on to prompts, files and command lines, where the OS refuses a NUL.
+NO_NUL: Final = r"^[^\x00]*$"
 Goal = Annotated[
     str,
-    Field(min_length=1, max_length=20_000, description="What the run should achieve."),
+    Field(
+        min_length=1,
+        max_length=20_000,
+        pattern=NO_NUL,
+        description="What the run should achieve.",
+    ),
 ]
 RepoPath = Annotated[
     str,
     Field(
         # As the gateway's bodies: a relative path would resolve against the driver's
         # working directory, which an MCP client cannot know.
-        pattern=r"^(/|[A-Za-z][A-Za-z0-9+.-]*://|[^@/\s]+@[^:/\s]+:)",
+        pattern=r"^(/|[A-Za-z][A-Za-z0-9+.-]*://|[^@/\s]+@[^:/\s]+:)[^\x00-\x1f\x7f]*$",
         max_length=4096,
         description="The repository the run works on: an absolute path on the driver's "
         "machine, or a git URL. Default: the directory the MCP server was started in.",

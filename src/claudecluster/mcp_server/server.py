@@ -43,6 +43,7 @@ from claudecluster.events.model import RunCancelled, TaskCancelled, TaskProgress
 from claudecluster.events.plan import plan_from_data, plan_to_specs
 from claudecluster.events.subjects import run_filter
 from claudecluster.mcp_server.models import (
+    NO_NUL,
     CancelResult,
     Goal,
     LogLine,
@@ -270,6 +271,7 @@ def build_mcp_server(
             str,
             Field(
                 min_length=1,
+                pattern=NO_NUL,
                 description=(
                     "A plan file's text, YAML or JSON: {goal, tasks: [{id, prompt, "
                     "depends_on, files, kind, executor, limits}]}."
@@ -278,7 +280,7 @@ def build_mcp_server(
         ],
         ctx: Context[Any],
         repo: RepoPath | None = None,
-        goal: Annotated[str, Field(description="Overrides the plan's goal.")] = "",
+        goal: Annotated[str, Field(pattern=NO_NUL, description="Overrides the plan's goal.")] = "",
         budget_usd: Annotated[float | None, Field(gt=0)] = None,
         max_parallel: Annotated[int | None, Field(ge=1, le=1000)] = None,
         wait: bool = False,
@@ -364,7 +366,7 @@ def build_mcp_server(
     async def cancel(
         target: TaskRef,
         ctx: Context[Any],
-        reason: Annotated[str, Field(max_length=2000)] = "",
+        reason: Annotated[str, Field(max_length=2000, pattern=NO_NUL)] = "",
     ) -> CancelResult:
         """Cancel a run (by run id), or one task (RUN/TASK); a task's dependents are skipped."""
         _require(ctx, "submit")
