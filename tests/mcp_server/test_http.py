@@ -26,6 +26,7 @@ from claudecluster.mcp_server.http_endpoint import endpoint_security, mcp_for_ga
 from claudecluster.runtime.front_door import FrontDoor
 from claudecluster.transport.mcp_sessions import JetStreamMcpSessionStore
 from tests.mcp_server.claude_client import ask_claude_for_status
+from tests.mcp_server.conftest import Live
 
 pytestmark = pytest.mark.nats
 
@@ -262,3 +263,20 @@ def test_an_endpoint_on_a_named_host_accepts_that_host_and_loopback() -> None:
     assert "127.0.0.1:8080" in security.allowed_hosts
     wildcard = endpoint_security("0.0.0.0", 8080)
     assert not any(host.startswith("0.0.0.0") for host in wildcard.allowed_hosts)
+
+
+async def test_progress_of_a_followed_run_arrives_over_http(live: Live) -> None:
+    reported: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reported.append(progress)
+
+    plan = "tasks:\n  - {id: a, prompt: 'echo a > a.txt', executor: shell}\n"
+    arguments = {"plan": plan, "repo": str(live.repo), "wait": True, "timeout_s": 60}
+    async with serving(live.door) as url:
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token(scope='submit')}"})
+        async with http, Client(streamable_http_client(url, http_client=http)) as client:
+            result = await client.call_tool("submit_plan", arguments, progress_callback=on_progress)
+    assert not result.is_error, result.content
+    assert (result.structured_content or {})["status"]["state"] == "completed"
+    assert reported[-1] == 1
