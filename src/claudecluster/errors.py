@@ -11,8 +11,12 @@ without parsing messages::
     │   ├── UnknownEventTypeError  a wire tag no version of the catalogue knows
     │   ├── GraphError             a task graph is invalid (cycle, unknown dependency, ...)
     │   ├── InvalidIdError         an id that cannot be a NATS subject token
-    │   └── UnknownEntityError     a run, task or worker id that nothing recorded
+    │   ├── UnknownEntityError     a run, task or worker id that nothing recorded
+    │   ├── CommandRefusedError    the driver refused a command (its reason is the message)
+    │   ├── AuthenticationError    no bearer token, or one that is invalid or expired
+    │   └── PermissionDeniedError  a valid token without the scope the operation needs
     └── RemoteError                a peer or the infrastructure failed; retrying may help
+        ├── DriverUnavailableError no driver answered a command in time
         ├── ConcurrencyError       an optimistic append lost a race (expected sequence moved)
         ├── EventStoreError        the event store refused or failed an operation
         ├── WorkspaceError         git could not build, commit or bundle a workspace
@@ -27,6 +31,7 @@ details as attributes so programs need not parse the text.
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "ClusterError",
     "CommandRefusedError",
     "ConcurrencyError",
@@ -40,6 +45,7 @@ __all__ = [
     "NatsBinaryMissingError",
     "NatsPortInUseError",
     "NatsServerError",
+    "PermissionDeniedError",
     "RemoteError",
     "UnknownEntityError",
     "UnknownEventTypeError",
@@ -139,6 +145,26 @@ class CommandRefusedError(LocalError):
         self.command = command
         self.reason = reason
         super().__init__(f"the driver refused {command}: {reason}")
+
+
+class AuthenticationError(LocalError):
+    """A request carried no bearer token, or one that is malformed, forged or expired."""
+
+
+class PermissionDeniedError(LocalError):
+    """A valid token that lacks the scope an operation needs.
+
+    Attributes:
+        needed: the scope the operation needs.
+        granted: the scopes the token has.
+    """
+
+    def __init__(self, needed: str, granted: tuple[str, ...]) -> None:
+        self.needed = needed
+        self.granted = granted
+        super().__init__(
+            f"this needs the {needed!r} scope; the token has {', '.join(granted) or 'none'}"
+        )
 
 
 class DriverUnavailableError(RemoteError):

@@ -33,6 +33,7 @@ __all__ = [
     "CONFIG_FILE_NAME",
     "ENV_PREFIX",
     "DriverSettings",
+    "GatewaySettings",
     "LoadedSettings",
     "LoggingSettings",
     "NatsSettings",
@@ -131,6 +132,32 @@ class DriverSettings(_Section):
     )
 
 
+class GatewaySettings(_Section):
+    """The HTTP/WebSocket gateway: where it listens and how it checks bearer tokens.
+
+    Tokens are JWTs signed either with a shared secret (HS256: ``jwt_secret``) or with an
+    RSA key pair (RS256: the gateway needs only ``jwt_public_key``; minting needs
+    ``jwt_private_key``). Secrets come from the configuration file or the environment
+    (``CLAUDECLUSTER_GATEWAY__JWT_SECRET``), never from the repository.
+    """
+
+    host: str = pydantic.Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = pydantic.Field(default=8080, ge=0, le=65535, description="0 picks a free one.")
+    jwt_secret: pydantic.SecretStr | None = pydantic.Field(
+        default=None, description="HS256 signing secret; never written to logs or events."
+    )
+    jwt_public_key: Path | None = pydantic.Field(
+        default=None, description="PEM file of the RS256 public key that verifies tokens."
+    )
+    jwt_private_key: Path | None = pydantic.Field(
+        default=None, description="PEM file of the RS256 private key that mints tokens."
+    )
+    issuer: str = pydantic.Field(default="claudecluster", description="The tokens' iss claim.")
+    audience: str = pydantic.Field(
+        default="claudecluster-gateway", description="The tokens' aud claim."
+    )
+
+
 class LoggingSettings(_Section):
     """How the processes log."""
 
@@ -154,6 +181,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     worker: WorkerSettings = WorkerSettings()
     driver: DriverSettings = DriverSettings()
+    gateway: GatewaySettings = GatewaySettings()
     anthropic_api_key: pydantic.SecretStr | None = pydantic.Field(
         default=None,
         validation_alias=pydantic.AliasChoices("anthropic_api_key", "ANTHROPIC_API_KEY"),
@@ -204,6 +232,8 @@ class Settings(BaseSettings):
         secrets: list[str] = []
         if self.anthropic_api_key is not None:
             secrets.append(self.anthropic_api_key.get_secret_value())
+        if self.gateway.jwt_secret is not None:
+            secrets.append(self.gateway.jwt_secret.get_secret_value())
         for part in (self.nats.url or "").split(","):
             split = urlsplit(part.strip())
             if split.password:

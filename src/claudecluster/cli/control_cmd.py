@@ -8,7 +8,8 @@ as long as the answer takes.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final
 
@@ -16,28 +17,13 @@ import anyio
 from rich.console import Console
 
 from claudecluster.cli.app import EXIT_OK, app
-from claudecluster.cli.inspect_cmd import find_task
-from claudecluster.errors import CommandRefusedError, DriverUnavailableError, UnknownEntityError
-from claudecluster.events.model import (
-    CancelRun,
-    CancelTask,
-    Command,
-    CommandRejected,
-    Event,
-    RollbackRun,
-    RunCancelled,
-    RunRolledBack,
-    TaskCancelled,
-    TaskSkipped,
-)
+from claudecluster.events.model import RollbackRun, RunRolledBack
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
-from claudecluster.projections.cluster import replay
-from claudecluster.runtime.connection import Connection, open_configured_cluster
+from claudecluster.runtime.connection import open_configured_cluster
+from claudecluster.runtime.front_door import FrontDoor, open_front_door
 from claudecluster.runtime.local_cluster import open_local_services
 from claudecluster.settings import Settings, load_settings
-from claudecluster.transport.base import read_all
-from claudecluster.transport.commands import publish_command
 
 __all__ = ["cancel", "rollback"]
 
@@ -74,17 +60,8 @@ def cancel(
 
 
 async def _cancel(settings: Settings, ref: str, reason: str) -> str:
-    async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
-        view = replay(await read_all(conn.log))
-        command: Command
-        if ref in view.runs:
-            command = CancelRun(run_id=ref, reason=reason)
-            done: tuple[type[Event], ...] = (RunCancelled,)
-        else:
-            task = find_task(view, ref)
-            command = CancelTask(run_id=task.run_id, task_id=task.task_id, reason=reason)
-            done = (TaskCancelled, TaskSkipped)
-        event = await _ask(conn, settings, command, done)
+    async with _front_door(settings) as door:
+        event = await door.cancel(ref, reason=reason)
         return f"{type(event).__name__}: {getattr(event, 'reason', '') or 'done'}"
 
 
@@ -124,55 +101,25 @@ def rollback(
 
 
 async def _rollback(settings: Settings, command: RollbackRun) -> RunRolledBack:
-    async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
-        view = replay(await read_all(conn.log))
-        if command.run_id not in view.runs:
-            raise UnknownEntityError("run", command.run_id)
-        event = await _ask(conn, settings, command, (RunRolledBack,))
-        assert isinstance(event, RunRolledBack)
-        return event
-
-
-async def _ask(
-    conn: Connection, settings: Settings, command: Command, done: tuple[type[Event], ...]
-) -> Event:
-    """Publish ``command`` and wait for the driver's answer (starting one if embedded)."""
-    start = await conn.log.last_seq() + 1
-    command_id = f"cli-{type(command).__name__.lower()}-{datetime.now(UTC):%Y%m%d%H%M%S%f}"
-    target_run = getattr(command, "run_id", None)
-    target_task = getattr(command, "task_id", None)
-
-    async def answer() -> Event:
-        async with conn.log.open_reader(from_seq=start, follow=True) as events:
-            async for stored in events:
-                event = stored.envelope.payload
-                if isinstance(event, CommandRejected) and event.command_id == command_id:
-                    return event
-                if not isinstance(event, done) or getattr(event, "run_id", None) != target_run:
-                    continue
-                if target_task is None or getattr(event, "task_id", None) == target_task:
-                    return event
-        raise DriverUnavailableError("the event log closed before the driver answered")
-
-    async def publish() -> None:
-        await publish_command(
-            conn.client.jetstream(), command, command_id=command_id, now=datetime.now(UTC)
+    async with _front_door(settings) as door:
+        return await door.rollback(
+            command.run_id, to_task=command.to_task, to_sequence=command.to_sequence
         )
 
-    try:
-        with anyio.fail_after(_ANSWER_TIMEOUT_S):
-            if conn.embedded:
-                async with open_local_services(conn, settings, workers=0, project_dir=Path.cwd()):
-                    await publish()
-                    got = await answer()
-            else:
-                await publish()
-                got = await answer()
-    except TimeoutError:
-        raise DriverUnavailableError(
-            f"no driver answered within {_ANSWER_TIMEOUT_S:.0f}s: start one with "
-            f"'claudecluster driver --nats {conn.url}'"
-        ) from None
-    if isinstance(got, CommandRejected):
-        raise CommandRefusedError(got.command_type, got.reason)
-    return got
+
+@asynccontextmanager
+async def _front_door(settings: Settings) -> AsyncIterator[FrontDoor]:
+    """A front door on the configured cluster, with a driver beside it if embedded.
+
+    On the embedded server no driver runs between commands, so one runs in this process
+    for as long as the answer takes.
+    """
+    async with (
+        open_configured_cluster(settings, name="claudecluster-cli") as conn,
+        open_front_door(conn, answer_timeout_s=_ANSWER_TIMEOUT_S) as door,
+    ):
+        if not conn.embedded:
+            yield door
+            return
+        async with open_local_services(conn, settings, workers=0, project_dir=Path.cwd()):
+            yield door

@@ -23,14 +23,14 @@ from claudecluster.events.envelope import StoredEvent
 from claudecluster.events.model import TaskProgress
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
-from claudecluster.projections.cluster import ClusterView, apply, replay
+from claudecluster.projections.cluster import ClusterView, apply, find_task, replay
 from claudecluster.projections.progress import run_progress
 from claudecluster.projections.views import TaskView
 from claudecluster.runtime.connection import open_configured_cluster
 from claudecluster.settings import Settings, load_settings
 from claudecluster.transport.base import read_all
 
-__all__ = ["export", "find_task", "logs", "replay_cmd", "status"]
+__all__ = ["export", "logs", "replay_cmd", "status"]
 
 
 def _settings(nats: str | None, config: Path | None) -> Settings:
@@ -38,26 +38,6 @@ def _settings(nats: str | None, config: Path | None) -> Settings:
     settings = load_settings(config_file=config, flags=flags).settings
     configure_logging(level="WARNING", redactor=Redactor(settings.secret_values()))
     return settings
-
-
-def find_task(view: ClusterView, ref: str) -> TaskView:
-    """A task by ``run/task``, or by a task id that only one run has.
-
-    Raises:
-        UnknownEntityError: no such task, or the id is ambiguous (the message says).
-    """
-    if "/" in ref:
-        task = view.tasks.get(ref)
-        if task is None:
-            raise UnknownEntityError("task", ref)
-        return task
-    matches = [t for t in view.tasks.values() if t.task_id == ref]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        runs = ", ".join(sorted(t.run_id for t in matches))
-        raise ConfigError("task", ref, f"several runs have a task {ref!r} ({runs}): use RUN/TASK")
-    raise UnknownEntityError("task", ref)
 
 
 @app.command

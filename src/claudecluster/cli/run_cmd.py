@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import sys
 from datetime import UTC, datetime
@@ -15,7 +14,6 @@ from rich.prompt import Prompt
 
 from claudecluster.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, app
 from claudecluster.cli.follow import Renderer, RunEnd, follow_run, renderer_for, submit_only
-from claudecluster.domain.graph import validate_graph
 from claudecluster.errors import ConfigError
 from claudecluster.events.model import (
     CancelRun,
@@ -29,6 +27,7 @@ from claudecluster.events.plan import plan_to_specs
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
 from claudecluster.runtime.connection import Connection, open_configured_cluster
+from claudecluster.runtime.front_door import submit_run_command
 from claudecluster.runtime.local_cluster import open_local_services
 from claudecluster.runtime.planners import load_plan_file
 from claudecluster.settings import Settings, load_settings
@@ -158,23 +157,24 @@ def _submit_command(
         )  # fmt: skip
     if not (repo / ".git").exists():
         raise ConfigError("repo", "flag --repo", f"{repo} is not a git repository")
-    stamp = datetime.now(UTC)
-    run_id = run_id or f"run-{stamp:%Y%m%d-%H%M%S}"
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", run_id):
-        raise ConfigError("run_id", "flag --run-id", "use letters, digits, '-' and '_' only")
-    policy = RunPolicy(on_conflict=on_conflict, verify_command=verify or "")
-    common = {"run_id": run_id, "goal": goal, "repo": str(repo), "budget_usd": budget,
-              "max_parallel": max_parallel, "policy": policy}  # fmt: skip
-    if plan is not None:
-        specs = plan_to_specs(load_plan_file(plan))
-        validate_graph(specs)
-        return SubmitRun(**common, plan=specs, planner="plan_file", plan_source=str(plan))  # type: ignore[arg-type]
-    if fanout is not None:
-        if not prompt:
-            raise ConfigError("prompt", "flags", "--fanout needs --prompt TEMPLATE")
-        spec = FanoutSpec(glob=fanout, prompt_template=prompt, kind=kind)
-        return SubmitRun(**common, planner="fanout", fanout=spec)  # type: ignore[arg-type]
-    return SubmitRun(**common, planner="claude")  # type: ignore[arg-type]
+    if fanout is not None and not prompt:
+        raise ConfigError("prompt", "flags", "--fanout needs --prompt TEMPLATE")
+    return submit_run_command(
+        goal,
+        repo=str(repo),
+        plan=plan_to_specs(load_plan_file(plan)) if plan is not None else None,
+        fanout=FanoutSpec(glob=fanout, prompt_template=prompt, kind=kind)
+        if fanout is not None and prompt
+        else None,
+        claude_planner=claude_planner,
+        run_id=run_id or f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}",
+        budget_usd=budget,
+        max_parallel=max_parallel,
+        policy=RunPolicy(on_conflict=on_conflict, verify_command=verify or ""),
+        plan_source=str(plan) if plan is not None else "",
+        source="flags",
+        now=datetime.now(UTC),
+    )
 
 
 class Detached(Exception):  # noqa: N818 - an outcome, not a failure

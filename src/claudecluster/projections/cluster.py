@@ -18,6 +18,7 @@ from typing import Any, Final
 import msgspec
 from immutables import Map
 
+from claudecluster.errors import ConfigError, UnknownEntityError
 from claudecluster.events.envelope import StoredEvent
 from claudecluster.events.model import TaskEvent
 from claudecluster.projections.costs import Costs, apply_costs
@@ -33,7 +34,15 @@ from claudecluster.projections.views import (
 )
 from claudecluster.projections.workers import Workers, apply_workers
 
-__all__ = ["RECENT_ANOMALIES", "ClusterView", "apply", "from_snapshot", "replay", "to_snapshot"]
+__all__ = [
+    "RECENT_ANOMALIES",
+    "ClusterView",
+    "apply",
+    "find_task",
+    "from_snapshot",
+    "replay",
+    "to_snapshot",
+]
 
 #: How many of the latest anomalies a view keeps in full (the count covers all of them).
 RECENT_ANOMALIES: Final = 50
@@ -67,6 +76,30 @@ class ClusterView:
         if run is None:
             return []
         return [self.tasks[task_key(run_id, task_id)] for task_id in run.task_ids]
+
+
+def find_task(view: ClusterView, ref: str) -> TaskView:
+    """A task by ``run/task``, or by a task id that only one run has.
+
+    Every front door (CLI, gateway, MCP server) resolves a task reference this way, so a
+    reference that works in one works in all.
+
+    Raises:
+        UnknownEntityError: no such task.
+        ConfigError: the task id is ambiguous (several runs have it); the message says so.
+    """
+    if "/" in ref:
+        task = view.tasks.get(ref)
+        if task is None:
+            raise UnknownEntityError("task", ref)
+        return task
+    matches = [t for t in view.tasks.values() if t.task_id == ref]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        runs = ", ".join(sorted(t.run_id for t in matches))
+        raise ConfigError("task", ref, f"several runs have a task {ref!r} ({runs}): use RUN/TASK")
+    raise UnknownEntityError("task", ref)
 
 
 def apply(view: ClusterView, stored: StoredEvent) -> ClusterView:

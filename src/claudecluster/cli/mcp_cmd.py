@@ -1,0 +1,99 @@
+"""``claudecluster mcp``: the MCP server over stdio, for Claude Code and other MCP clients.
+
+The client starts this command and speaks JSON-RPC on its stdin and stdout, so nothing
+else may be written to stdout: logs go to stderr. With an external NATS (``--nats`` or
+``nats.url``) the server only talks to the driver and workers already running there. On
+the embedded server of this directory it also runs a driver and a local worker pool for
+as long as the client keeps it open, exactly as ``claudecluster run`` does, so a run
+started from the client makes progress without anything else running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import anyio
+import psutil
+
+from claudecluster.cli.app import EXIT_OK, app
+from claudecluster.errors import ConfigError
+from claudecluster.mcp_server.server import build_mcp_server
+from claudecluster.observability.logging import configure_logging
+from claudecluster.observability.redaction import Redactor
+from claudecluster.runtime.connection import open_configured_cluster
+from claudecluster.runtime.front_door import open_front_door
+from claudecluster.runtime.local_cluster import open_local_services
+from claudecluster.settings import Settings, load_settings
+
+__all__ = ["mcp"]
+
+
+@app.command
+def mcp(
+    *,
+    repo: Path | None = None,
+    workers: int = 3,
+    nats: str | None = None,
+    config: Path | None = None,
+) -> int:
+    """Serve the MCP tools over stdio (for `claude mcp add`).
+
+    Examples:
+        claude mcp add claudecluster -- claudecluster mcp
+        claudecluster mcp --nats nats://cluster:4222
+
+    Args:
+        repo: The repository runs work on when a tool call names none (default: here).
+        workers: Local workers to run beside the server (embedded cluster only).
+        nats: NATS URL (default: nats.url, else the embedded server of this directory).
+        config: A claudecluster.yaml to read instead of the one in this directory.
+    """
+    if workers < 0:
+        raise ConfigError("workers", "flag --workers", "must be 0 or more")
+    flags = {"nats": {"url": nats}} if nats else None
+    settings = load_settings(config_file=config, flags=flags).settings
+    # stderr only: stdout carries the protocol.
+    configure_logging(level="WARNING", redactor=Redactor(settings.secret_values()))
+    project = (repo or Path.cwd()).resolve()
+    previous = {sig: signal.signal(sig, _stop_children) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        anyio.run(_serve, settings, project, workers)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return EXIT_OK
+
+
+def _stop_children(signum: int, frame: object) -> None:
+    """On SIGINT or SIGTERM, ask our child processes (an embedded nats-server) to stop,
+    then unwind as for Ctrl-C.
+
+    Claude Code ends a stdio server with SIGINT, SIGTERM 100 ms later and then kills it
+    (measured with Claude Code 2.1.330), which leaves no time for an orderly shutdown;
+    a nats-server we started would outlive us. Told to stop now, it flushes its store
+    and exits on its own, whatever becomes of this process.
+    """
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):  # already gone: nothing to stop
+            if child.name().startswith("nats-server"):
+                child.terminate()
+    raise KeyboardInterrupt
+
+
+async def _serve(settings: Settings, project: Path, workers: int) -> None:
+    async with (
+        open_configured_cluster(settings, project_dir=project, name="claudecluster-mcp") as conn,
+        open_front_door(conn) as door,
+        AsyncExitStack() as stack,
+    ):
+        if conn.embedded:  # nothing else acts on commands there: run a driver and workers
+            await stack.enter_async_context(
+                open_local_services(conn, settings, workers=workers, project_dir=project)
+            )
+        server = build_mcp_server(door, default_repo=str(project))
+        # Returns when the client closes our stdin, the way a client ends a stdio server;
+        # the workers and an embedded nats-server then stop with the contexts above.
+        await server.run_stdio_async()
