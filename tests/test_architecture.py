@@ -39,6 +39,11 @@ ALLOWED_INTERNAL = {
         "events", "domain", "projections", "actors", "runtime", "transport", "errors",
         "observability", "resources", "settings", "validation", "executors", "workspace",
     },
+    # A front door: commands out, projections in, through the runtime's front-door service.
+    "gateway": {
+        "gateway", "auth", "runtime", "events", "domain", "projections", "errors",
+        "observability", "settings",
+    },
 }  # fmt: skip
 
 
