@@ -45,6 +45,11 @@ ALLOWED_INTERNAL = {
         "events", "domain", "projections", "runtime", "transport", "errors",
         "observability", "settings", "auth", "mcp_server", "cli",
     },
+    # A front door: commands out, projections in, through the runtime's front-door service.
+    "gateway": {
+        "gateway", "auth", "runtime", "events", "domain", "projections", "errors",
+        "observability", "settings",
+    },
 }  # fmt: skip
 
 

@@ -64,6 +64,27 @@ def _read_key(path: Path, key: str) -> str:
         raise ConfigError(key, str(path), f"cannot read the key file: {exc.strerror}") from None
 
 
+def _configured_key(
+    gateway: GatewaySettings, rsa_key: Path | None, rsa_setting: str, purpose: str
+) -> tuple[Literal["HS256", "RS256"], str]:
+    """The algorithm and key to ``purpose`` tokens with: the RSA key file if one is
+    configured, else the shared secret.
+
+    Raises:
+        ConfigError: neither is configured, or the key file cannot be read.
+    """
+    if rsa_key is not None:
+        return "RS256", _read_key(rsa_key, rsa_setting)
+    if gateway.jwt_secret is not None:
+        return "HS256", gateway.jwt_secret.get_secret_value()
+    raise ConfigError(
+        "gateway.jwt_secret",
+        "configuration",
+        f"set gateway.jwt_secret (env CLAUDECLUSTER_GATEWAY__JWT_SECRET) or {rsa_setting} "
+        f"to {purpose} tokens",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TokenVerifier:
     """Checks tokens: the algorithm, the key that verifies it, issuer and audience."""
@@ -81,18 +102,9 @@ class TokenVerifier:
             ConfigError: neither a secret nor a public key is configured, or a key file
                 cannot be read.
         """
-        if gateway.jwt_public_key is not None:
-            key = _read_key(gateway.jwt_public_key, "gateway.jwt_public_key")
-            return cls("RS256", key, gateway.issuer, gateway.audience)
-        if gateway.jwt_secret is not None:
-            return cls("HS256", gateway.jwt_secret.get_secret_value(), gateway.issuer,
-                       gateway.audience)  # fmt: skip
-        raise ConfigError(
-            "gateway.jwt_secret",
-            "configuration",
-            "set gateway.jwt_secret (env CLAUDECLUSTER_GATEWAY__JWT_SECRET) or "
-            "gateway.jwt_public_key so the gateway can check tokens",
-        )
+        algorithm, key = _configured_key(gateway, gateway.jwt_public_key,
+                                         "gateway.jwt_public_key", "check")  # fmt: skip
+        return cls(algorithm, key, gateway.issuer, gateway.audience)
 
     def verify(self, token: str) -> Principal:
         """The principal a token names.
@@ -136,18 +148,9 @@ class TokenSigner:
             ConfigError: neither a secret nor a private key is configured, or a key file
                 cannot be read.
         """
-        if gateway.jwt_private_key is not None:
-            key = _read_key(gateway.jwt_private_key, "gateway.jwt_private_key")
-            return cls("RS256", key, gateway.issuer, gateway.audience)
-        if gateway.jwt_secret is not None:
-            return cls("HS256", gateway.jwt_secret.get_secret_value(), gateway.issuer,
-                       gateway.audience)  # fmt: skip
-        raise ConfigError(
-            "gateway.jwt_secret",
-            "configuration",
-            "set gateway.jwt_secret (env CLAUDECLUSTER_GATEWAY__JWT_SECRET) or "
-            "gateway.jwt_private_key to mint tokens",
-        )
+        algorithm, key = _configured_key(gateway, gateway.jwt_private_key,
+                                         "gateway.jwt_private_key", "mint")  # fmt: skip
+        return cls(algorithm, key, gateway.issuer, gateway.audience)
 
     def mint(self, *, subject: str, scope: Scope, ttl: timedelta, now: datetime) -> str:
         """A signed token for ``subject`` holding ``scope`` (and the weaker scopes).

@@ -575,11 +575,10 @@ async def _run_events(websocket: WebSocket) -> None:
         async with anyio.create_task_group() as group:
 
             async def until_closed() -> None:
-                try:
-                    while True:
-                        await websocket.receive_text()
-                except WebSocketDisconnect:
-                    group.cancel_scope.cancel()
+                # What a client sends is ignored; its leaving ends the stream.
+                while (await websocket.receive())["type"] != "websocket.disconnect":
+                    pass
+                group.cancel_scope.cancel()
 
             group.start_soon(until_closed)
             async with door.open_run_events(run_id, from_seq=int(raw)) as events:
