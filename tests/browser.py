@@ -16,7 +16,7 @@ from typing import Final
 
 import pytest
 
-from claudecluster.cli.report import OUTCOME_COLOURS
+from claudecluster.reporting import OUTCOME_COLOURS
 
 __all__ = ["SUCCEEDED_GREEN", "HeadlessChromium", "headless_chromium"]
 

@@ -39,11 +39,15 @@ ALLOWED_INTERNAL = {
         "events", "domain", "projections", "actors", "runtime", "transport", "errors",
         "observability", "resources", "settings", "validation", "executors", "workspace",
     },
-    # A front door: tools on runtime's FrontDoor, the gateway's token check (auth). It
-    # borrows the run report from cli (cli.report) until the report has a home below both.
+    # A front door: tools on runtime's FrontDoor, the gateway's token check (auth), the
+    # run report (reporting).
     "mcp_server": {
         "events", "domain", "projections", "runtime", "transport", "errors",
-        "observability", "settings", "auth", "mcp_server", "cli",
+        "observability", "settings", "auth", "mcp_server", "reporting",
+    },
+    # The run report every front door shows: projections and artifacts in, text out.
+    "reporting": {
+        "reporting", "events", "domain", "projections", "runtime", "transport", "errors",
     },
     # A front door: commands out, projections in, through the runtime's front-door service.
     "gateway": {

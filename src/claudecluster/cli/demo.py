@@ -19,12 +19,12 @@ from rich.console import Console
 
 from claudecluster.cli.app import EXIT_FAILED, EXIT_OK, app
 from claudecluster.cli.follow import RunEnd, follow_run, renderer_for
-from claudecluster.cli.report import fetch_diffstats, render_html, run_record
 from claudecluster.cli.run_cmd import print_summary
 from claudecluster.events.model import RunCompleted, SubmitRun, TaskSpec
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
 from claudecluster.projections.cluster import replay
+from claudecluster.reporting import fetch_diffstats, render_html, run_record
 from claudecluster.runtime.connection import open_configured_cluster
 from claudecluster.runtime.local_cluster import open_local_services
 from claudecluster.scripted_model import Script, open_scripted_model

@@ -17,7 +17,6 @@ from rich.table import Table
 
 from claudecluster.cli.app import EXIT_OK, app
 from claudecluster.cli.render import run_table, tasks_table
-from claudecluster.cli.report import fetch_diffstats, render_html, render_markdown, run_record
 from claudecluster.errors import ConfigError, UnknownEntityError
 from claudecluster.events.envelope import StoredEvent
 from claudecluster.events.model import TaskProgress
@@ -26,6 +25,7 @@ from claudecluster.observability.redaction import Redactor
 from claudecluster.projections.cluster import ClusterView, apply, find_task, replay
 from claudecluster.projections.progress import run_progress
 from claudecluster.projections.views import TaskView
+from claudecluster.reporting import fetch_diffstats, render_html, render_markdown, run_record
 from claudecluster.runtime.connection import open_configured_cluster
 from claudecluster.settings import Settings, load_settings
 from claudecluster.transport.base import read_all

@@ -60,6 +60,7 @@ from claudecluster.mcp_server.models import (
     task_result,
     worker_result,
 )
+from claudecluster.reporting import render_markdown, run_record
 from claudecluster.runtime.front_door import FrontDoor, submit_run_command
 from claudecluster.transport.base import read_all
 
@@ -445,10 +446,6 @@ def build_mcp_server(
             raise ResourceNotFoundError(str(exc)) from exc
         except ClusterError as exc:
             raise ResourceError(str(exc)) from exc
-        # The report lives in the cli package, whose __init__ registers `claudecluster mcp`
-        # (which imports this module): imported here, not at the top, to avoid the cycle.
-        from claudecluster.cli.report import render_markdown, run_record
-
         stored = await read_all(door.connection.log, subjects=run_filter(run_id))
         return render_markdown(run_record(door.view, stored, run_id))
 
