@@ -125,18 +125,24 @@ async def test_cancelling_a_task_and_then_its_run_answers_with_the_drivers_event
     with anyio.fail_after(30):
         async with served.ws("/runs/r3/events") as ws:
             started = await receive_until(ws, "task.started")
-    await served.door.wait_caught_up(started[-1]["seq"])
-    running = started[-1]["envelope"]["payload"]["task_id"]
-    cancelled = await served.http.request(
-        "DELETE", f"/tasks/{running}", params={"run_id": "r3"}, json={"reason": "not needed"},
-        headers=bearer("submit"),
-    )  # fmt: skip
-    assert cancelled.status_code == 200, cancelled.text
-    assert cancelled.json()["event"] == "task.cancelled"
-    assert cancelled.json()["task_id"] == running
-    run = await served.http.delete("/runs/r3", headers=bearer("submit"))
-    assert run.status_code == 200, run.text
-    assert run.json()["event"] == "run.cancelled"
+            await served.door.wait_caught_up(started[-1]["seq"])
+            running = started[-1]["envelope"]["payload"]["task_id"]
+            cancelled = await served.http.request(
+                "DELETE", f"/tasks/{running}", params={"run_id": "r3"},
+                json={"reason": "not needed"}, headers=bearer("submit"),
+            )  # fmt: skip
+            assert cancelled.status_code == 200, cancelled.text
+            assert cancelled.json()["event"] == "task.cancelled"
+            assert cancelled.json()["task_id"] == running
+            # The worker takes the other task next. Cancel the run while that one runs,
+            # so its worker stops it (one started after the cancellation would run on).
+            other = (await receive_until(ws, "task.started"))[-1]["envelope"]["payload"]
+            assert other["task_id"] != running
+            run = await served.http.delete("/runs/r3", headers=bearer("submit"))
+            assert run.status_code == 200, run.text
+            assert run.json()["event"] == "run.cancelled"
+            stopped = await receive_until(ws, "task.cancelled")
+            assert stopped[-1]["envelope"]["payload"]["task_id"] == other["task_id"]
     again = await served.http.delete("/runs/r3", headers=bearer("submit"))
     assert again.status_code == 409
     assert again.headers["content-type"] == "application/problem+json"
