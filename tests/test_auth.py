@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from claudecluster.auth import TokenSigner, TokenVerifier, authenticate, scopes_granted
 from claudecluster.errors import AuthenticationError, ConfigError, PermissionDeniedError
-from claudecluster.settings import GatewaySettings
+from claudecluster.settings import GatewaySettings, load_settings
 
 SECRET = "auth-test-secret-0123456789abcdef-0123456789"
 NOW = datetime.now(UTC)
@@ -114,3 +114,17 @@ def test_without_a_secret_or_key_the_configuration_error_names_the_setting(
     signer = TokenSigner("HS256", SECRET, "i", "a")
     with pytest.raises(ConfigError, match="positive"):
         signer.mint(subject="a", scope="read", ttl=timedelta(0), now=NOW)
+
+
+def test_the_jwt_secret_from_the_environment_is_a_secret_value_and_never_shown(
+    tmp_path: Path,
+) -> None:
+    loaded = load_settings(
+        project_dir=tmp_path, environ={"CLAUDECLUSTER_GATEWAY__JWT_SECRET": SECRET}
+    )
+    gateway = loaded.settings.gateway
+    assert gateway.jwt_secret is not None
+    assert gateway.jwt_secret.get_secret_value() == SECRET
+    assert loaded.source_of("gateway.jwt_secret") == "env CLAUDECLUSTER_GATEWAY__JWT_SECRET"
+    assert SECRET in loaded.settings.secret_values()
+    assert SECRET not in repr(loaded.settings)

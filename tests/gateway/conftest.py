@@ -64,9 +64,15 @@ class Served:
 
 @asynccontextmanager
 async def serve_cluster(
-    nats_url: str, tmp_path: Path, *, workers: int = 1
+    nats_url: str,
+    tmp_path: Path,
+    *,
+    workers: int = 1,
+    driver: bool = True,
+    answer_timeout_s: float = 20,
+    **gateway_options: Any,
 ) -> AsyncIterator[Served]:
-    """Fresh streams, a driver, ``workers`` shell-capable workers (0: none), the gateway."""
+    """Fresh streams, a driver (unless not), ``workers`` workers (0: none), the gateway."""
     repo = make_repo(tmp_path / "repo", {"app.py": "VERSION = 1\n"})
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(fresh_jetstream_log(nats_url))
@@ -76,10 +82,13 @@ async def serve_cluster(
         cluster = Cluster(log, client, repo, tmp_path)
         if workers:
             await stack.enter_async_context(open_cluster((log, client), repo, tmp_path, workers))
-        await stack.enter_async_context(running_driver(cluster))
+        if driver:
+            await stack.enter_async_context(running_driver(cluster))
         conn = Connection(nats_url, client, log, embedded=False)
-        door = await stack.enter_async_context(open_front_door(conn, answer_timeout_s=20))
-        gateway = await stack.enter_async_context(open_gateway(door, VERIFIER))
+        door = await stack.enter_async_context(
+            open_front_door(conn, answer_timeout_s=answer_timeout_s)
+        )
+        gateway = await stack.enter_async_context(open_gateway(door, VERIFIER, **gateway_options))
         http = await stack.enter_async_context(httpx.AsyncClient(base_url=gateway.url, timeout=30))
         yield Served(gateway.url, gateway.app, http, door, log, repo)
 

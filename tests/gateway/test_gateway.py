@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,10 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
-from starlette.routing import Route
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Mount, Route
 from websockets.exceptions import InvalidStatus
 
 from claudecluster.events.subjects import run_filter
@@ -120,18 +125,24 @@ async def test_cancelling_a_task_and_then_its_run_answers_with_the_drivers_event
     with anyio.fail_after(30):
         async with served.ws("/runs/r3/events") as ws:
             started = await receive_until(ws, "task.started")
-    await served.door.wait_caught_up(started[-1]["seq"])
-    running = started[-1]["envelope"]["payload"]["task_id"]
-    cancelled = await served.http.request(
-        "DELETE", f"/tasks/{running}", params={"run_id": "r3"}, json={"reason": "not needed"},
-        headers=bearer("submit"),
-    )  # fmt: skip
-    assert cancelled.status_code == 200, cancelled.text
-    assert cancelled.json()["event"] == "task.cancelled"
-    assert cancelled.json()["task_id"] == running
-    run = await served.http.delete("/runs/r3", headers=bearer("submit"))
-    assert run.status_code == 200, run.text
-    assert run.json()["event"] == "run.cancelled"
+            await served.door.wait_caught_up(started[-1]["seq"])
+            running = started[-1]["envelope"]["payload"]["task_id"]
+            cancelled = await served.http.request(
+                "DELETE", f"/tasks/{running}", params={"run_id": "r3"},
+                json={"reason": "not needed"}, headers=bearer("submit"),
+            )  # fmt: skip
+            assert cancelled.status_code == 200, cancelled.text
+            assert cancelled.json()["event"] == "task.cancelled"
+            assert cancelled.json()["task_id"] == running
+            # The worker takes the other task next. Cancel the run while that one runs,
+            # so its worker stops it (one started after the cancellation would run on).
+            other = (await receive_until(ws, "task.started"))[-1]["envelope"]["payload"]
+            assert other["task_id"] != running
+            run = await served.http.delete("/runs/r3", headers=bearer("submit"))
+            assert run.status_code == 200, run.text
+            assert run.json()["event"] == "run.cancelled"
+            stopped = await receive_until(ws, "task.cancelled")
+            assert stopped[-1]["envelope"]["payload"]["task_id"] == other["task_id"]
     again = await served.http.delete("/runs/r3", headers=bearer("submit"))
     assert again.status_code == 409
     assert again.headers["content-type"] == "application/problem+json"
@@ -271,3 +282,43 @@ async def test_the_openapi_document_matches_the_routes_and_the_committed_file(
     assert routes == documented
     served_doc = await served.http.get("/openapi.json", headers=bearer("read"))
     assert served_doc.json() == json.loads(committed)
+
+
+async def test_without_a_driver_a_submission_is_a_503_to_retry_not_a_client_error(
+    nats_url: str, tmp_path: Path
+) -> None:
+    async with serve_cluster(nats_url, tmp_path, workers=0, driver=False,
+                             answer_timeout_s=0.5) as served:  # fmt: skip
+        plan = shell_plan(("a", "true", []))
+        answer = await served.http.post(
+            "/runs", json={"goal": "g", "repo": str(served.repo), "plan": plan},
+            headers=bearer("submit"),
+        )  # fmt: skip
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "5"
+    assert "no driver answered" in answer.json()["detail"]
+
+
+async def test_extra_routes_and_lifespans_are_mounted_beside_the_gateway(
+    nats_url: str, tmp_path: Path
+) -> None:
+    lifespan_states: list[str] = []
+
+    @asynccontextmanager
+    async def extra_lifespan(app: Starlette) -> AsyncIterator[None]:
+        del app
+        lifespan_states.append("entered")
+        yield
+        lifespan_states.append("exited")
+
+    async def extra(request: Request) -> Response:
+        del request
+        return PlainTextResponse("mounted")
+
+    mount = Mount("/mcp", routes=[Route("/", extra)])
+    async with serve_cluster(nats_url, tmp_path, workers=0, extra_routes=[mount],
+                             extra_lifespans=[extra_lifespan]) as served:  # fmt: skip
+        answer = await served.http.get("/mcp/")
+        assert (answer.status_code, answer.text) == (200, "mounted")
+        assert lifespan_states == ["entered"]
+    assert lifespan_states == ["entered", "exited"]

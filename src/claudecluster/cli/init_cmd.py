@@ -38,6 +38,12 @@ _TEMPLATE: Final = """\
 logging:
   level: INFO                # DEBUG, INFO, WARNING or ERROR
 
+# gateway:                   # claudecluster gateway (docs/api.md)
+#   host: 127.0.0.1
+#   port: 8080
+#   jwt_public_key: keys/gateway.pub.pem   # RS256; or the HS256 secret from the
+#                                          # environment: CLAUDECLUSTER_GATEWAY__JWT_SECRET
+
 # The API key is read from ANTHROPIC_API_KEY; keep it out of this file.
 """
 _EMBEDDED: Final = """\
