@@ -23,14 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import anyio.abc
 import msgspec
 import nats.errors
 import psutil
-from claude_agent_sdk import SessionKey, project_key_for_directory
 from nats.aio.client import Client
 
 from claudecluster.actors.worker import Admission, admit, finished_event
@@ -70,6 +69,12 @@ from claudecluster.transport.base import EventLog, read_all
 from claudecluster.transport.session_store import JetStreamSessionStore
 from claudecluster.transport.work_queue import Delivery, WorkQueue
 from claudecluster.workspace.git import commit_all, open_workspace, result_bundle, task_branch
+
+if TYPE_CHECKING:
+    # claude_agent_sdk loads the mcp package (about 30 MB and 0.3-0.8 s): an idle worker
+    # should not carry it, nor every CLI command that imports this module. It is imported
+    # when the first attempt runs.
+    from claude_agent_sdk import SessionKey
 
 __all__ = ["Superseded", "Worker", "WorkerConfig", "new_worker_id"]
 
@@ -667,6 +672,8 @@ def _session_key(item: WorkItem, session_id: str) -> SessionKey:
 
 def _transcript_path(scratch: Path, workspace: Path, session_id: str) -> Path:
     """Where Claude Code keeps the session's transcript under our private config dir."""
+    from claude_agent_sdk import project_key_for_directory  # heavy: see the imports
+
     slug = project_key_for_directory(str(workspace))
     return scratch / "claude-config" / "projects" / slug / f"{session_id}.jsonl"
 
