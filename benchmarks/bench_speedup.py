@@ -184,6 +184,13 @@ async def naive(
     return {"wall_s": wall}
 
 
+def _first_error(exc: BaseException) -> str:
+    """The innermost first error of an exception group, as a line for the report."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every configuration, side by side; returns the report."""
     tasks = plan(1, 1, 2) if args.quick else plan(16, 4, 2)
@@ -199,7 +206,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             api = {"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-bench-offline"}
             for n in counts:
                 row: dict[str, Any] = {"workers": n}
-                row |= await ours(tmp, tasks, n, api, timeout)
+                try:
+                    row |= await ours(tmp, tasks, n, api, timeout)
+                except Exception as exc:  # reported in the row; the others still run
+                    row["error"] = _first_error(exc)
+                    if n == 1:
+                        raise  # no baseline, no speedups
                 if not args.no_naive and (n in args.naive_at or not args.naive_at):
                     row["naive_wall_s"] = (await naive(tmp, tasks, n, api, timeout))["wall_s"]
                 rows.append(row)
@@ -207,6 +219,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     base = rows[0]["wall_s"]
     for row in rows:
         n = row["workers"]
+        if "error" in row:
+            continue
         bound = len(tasks) / max(cp, math.ceil(len(tasks) / n))
         row["speedup"] = round(base / row["wall_s"], 2)
         row["efficiency"] = round(base / row["wall_s"] / n, 3)
@@ -242,6 +256,9 @@ def main() -> None:
     columns = ["workers", "wall_s", "speedup", "efficiency", "critical_path_bound_speedup",
                "naive_wall_s", "ours_over_naive"]  # fmt: skip
     print_table(columns, [[r.get(c, "-") for c in columns] for r in report["results"]])
+    for row in report["results"]:
+        if "error" in row:
+            print(f"{row['workers']} workers failed: {row['error']}")
     print(f"written {write_results('speedup', report, quick=args.quick)}")
 
 
