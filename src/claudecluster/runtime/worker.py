@@ -36,13 +36,14 @@ from claudecluster.actors.worker import Admission, admit, finished_event
 from claudecluster.domain.outcome import Outcome
 from claudecluster.errors import ClusterError, ConcurrencyError, EventDecodeError, WorkspaceError
 from claudecluster.events.codec import decode_command
-from claudecluster.events.envelope import wrap_event
+from claudecluster.events.envelope import StoredEvent, wrap_event
 from claudecluster.events.model import (
     ArtifactRef,
     CancelRun,
     CancelTask,
     DrainWorker,
     Event,
+    RunPlanned,
     TaskAssigned,
     TaskCancelled,
     TaskFailed,
@@ -81,6 +82,7 @@ __all__ = ["Superseded", "Worker", "WorkerConfig", "new_worker_id"]
 _log = get_logger(__name__)
 _REGISTRY_BUCKET: Final = "cc_workers"
 _CAPABILITIES: Final = ("claude_code", "shell")
+_RUNS_KEPT: Final = 8
 
 
 def new_worker_id() -> str:
@@ -187,6 +189,8 @@ class Worker:
         self._draining = anyio.Event()
         self._stop_reason = "stopped"
         self._ids = 0
+        #: run id -> its run-level events so far, oldest run first (see _run_level)
+        self._run_events: dict[str, list[StoredEvent]] = {}
         self.metrics = WorkerMetrics()
         self.metrics.slots.set(config.slots)
         self.health_port: int | None = None
@@ -315,10 +319,26 @@ class Worker:
     # -- one delivery ----------------------------------------------------------------
 
     async def _task_view(self, item: WorkItem) -> TaskView | None:
-        run_level = await read_all(self._log, subjects=run_level_filter(item.run_id))
+        run_level = [_one_task(s, item.task_id) for s in await self._run_level(item.run_id)]
         task_level = await read_all(self._log, subjects=task_filter(item.run_id, item.task_id))
         view: ClusterView = replay(sorted([*run_level, *task_level], key=lambda s: s.seq))
         return view.tasks.get(task_key(item.run_id, item.task_id))
+
+    async def _run_level(self, run_id: str) -> list[StoredEvent]:
+        """The run's run-level events, read once and then only what is new.
+
+        They hold the plan, which for thousands of tasks is megabytes: fetched and decoded
+        for every work item, it made each pickup cost in proportion to the plan. Events
+        never change, so the ones already read are kept, for the latest few runs. Each
+        list is complete from the run's first event, so slots that read at once are safe.
+        """
+        known = self._run_events.pop(run_id, [])
+        start = known[-1].seq + 1 if known else 1
+        known = known + await read_all(self._log, from_seq=start, subjects=run_level_filter(run_id))
+        self._run_events[run_id] = known
+        while len(self._run_events) > _RUNS_KEPT:
+            del self._run_events[next(iter(self._run_events))]
+        return known
 
     async def _handle(self, delivery: Delivery) -> None:
         item = delivery.item
@@ -663,6 +683,22 @@ _RESUME_NOTE: Final = (
     "workspace and redo anything missing, then finish the task.\n\n"
 )
 _MIRROR_INTERVAL_S: Final = 0.5
+
+
+def _one_task(stored: StoredEvent, task_id: str) -> StoredEvent:
+    """``stored``, with a plan cut down to ``task_id``'s own entry.
+
+    Admission looks at one task; folding a plan of thousands to find it would build a
+    view of every one of them for each work item.
+    """
+    event = stored.envelope.payload
+    if not isinstance(event, RunPlanned):
+        return stored
+    mine = tuple(spec for spec in event.tasks if spec.task_id == task_id)
+    payload = msgspec.structs.replace(event, tasks=mine)
+    return msgspec.structs.replace(
+        stored, envelope=msgspec.structs.replace(stored.envelope, payload=payload)
+    )
 
 
 def _session_key(item: WorkItem, session_id: str) -> SessionKey:
