@@ -40,6 +40,9 @@ from claudecluster.workspace.git import git
 #: where results go; BENCH_RESULTS_DIR moves them (the smoke tests write to a temp dir)
 RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR") or Path(__file__).resolve().parent / "results")
 
+#: the load when the benchmark started: the figures were made between this and the end's
+_LOAD_AT_START = [round(x, 2) for x in os.getloadavg()]
+
 # The actors log at INFO; a benchmark's output is its table.
 configure_logging(level="WARNING")
 
@@ -65,6 +68,7 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "loadavg_1_5_15": [round(load1, 2), round(load5, 2), round(load15, 2)],
+        "loadavg_1_5_15_at_start": _LOAD_AT_START,
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
