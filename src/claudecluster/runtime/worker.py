@@ -330,12 +330,14 @@ class Worker:
         They hold the plan, which for thousands of tasks is megabytes: fetched and decoded
         for every work item, it made each pickup cost in proportion to the plan. Events
         never change, so the ones already read are kept, for the latest few runs. Each
-        list is complete from the run's first event, so slots that read at once are safe.
+        list is complete from the run's first event: of two slots that read at once, the
+        one that saw more is kept, and neither empties the cache for the other meanwhile.
         """
-        known = self._run_events.pop(run_id, [])
+        known = self._run_events.get(run_id, [])
         start = known[-1].seq + 1 if known else 1
         known = known + await read_all(self._log, from_seq=start, subjects=run_level_filter(run_id))
-        self._run_events[run_id] = known
+        kept = self._run_events.pop(run_id, [])  # re-inserted: the latest run goes last
+        self._run_events[run_id] = known if len(known) >= len(kept) else kept
         while len(self._run_events) > _RUNS_KEPT:
             del self._run_events[next(iter(self._run_events))]
         return known
