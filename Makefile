@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck browser unit schema golden clean
+.PHONY: demo test lint typecheck browser unit schema golden bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,13 @@ schema: $(STAMP)
 
 golden: $(STAMP)
 	$(BIN)/python -m claudecluster.testing.record_samples
+
+# Every benchmark at full size, one after the other (about half an hour on 2 cores): each
+# prints its table and writes benchmarks/results/<name>.json. See docs/performance.md.
+bench: $(STAMP)
+	@set -e; for script in benchmarks/bench_*.py; do \
+		echo "== $$script"; $(BIN)/python $$script; \
+	done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .coverage htmlcov

@@ -23,27 +23,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import anyio.abc
 import msgspec
 import nats.errors
 import psutil
-from claude_agent_sdk import SessionKey, project_key_for_directory
 from nats.aio.client import Client
 
 from claudecluster.actors.worker import Admission, admit, finished_event
 from claudecluster.domain.outcome import Outcome
 from claudecluster.errors import ClusterError, ConcurrencyError, EventDecodeError, WorkspaceError
 from claudecluster.events.codec import decode_command
-from claudecluster.events.envelope import wrap_event
+from claudecluster.events.envelope import StoredEvent, wrap_event
 from claudecluster.events.model import (
     ArtifactRef,
     CancelRun,
     CancelTask,
     DrainWorker,
     Event,
+    RunPlanned,
     TaskAssigned,
     TaskCancelled,
     TaskFailed,
@@ -71,11 +71,18 @@ from claudecluster.transport.session_store import JetStreamSessionStore
 from claudecluster.transport.work_queue import Delivery, WorkQueue
 from claudecluster.workspace.git import commit_all, open_workspace, result_bundle, task_branch
 
+if TYPE_CHECKING:
+    # claude_agent_sdk loads the mcp package (about 30 MB and 0.3-0.8 s): an idle worker
+    # should not carry it, nor every CLI command that imports this module. It is imported
+    # when the first attempt runs.
+    from claude_agent_sdk import SessionKey
+
 __all__ = ["Superseded", "Worker", "WorkerConfig", "new_worker_id"]
 
 _log = get_logger(__name__)
 _REGISTRY_BUCKET: Final = "cc_workers"
 _CAPABILITIES: Final = ("claude_code", "shell")
+_RUNS_KEPT: Final = 8
 
 
 def new_worker_id() -> str:
@@ -182,6 +189,8 @@ class Worker:
         self._draining = anyio.Event()
         self._stop_reason = "stopped"
         self._ids = 0
+        #: run id -> its run-level events so far, oldest run first (see _run_level)
+        self._run_events: dict[str, list[StoredEvent]] = {}
         self.metrics = WorkerMetrics()
         self.metrics.slots.set(config.slots)
         self.health_port: int | None = None
@@ -310,10 +319,28 @@ class Worker:
     # -- one delivery ----------------------------------------------------------------
 
     async def _task_view(self, item: WorkItem) -> TaskView | None:
-        run_level = await read_all(self._log, subjects=run_level_filter(item.run_id))
+        run_level = [_one_task(s, item.task_id) for s in await self._run_level(item.run_id)]
         task_level = await read_all(self._log, subjects=task_filter(item.run_id, item.task_id))
         view: ClusterView = replay(sorted([*run_level, *task_level], key=lambda s: s.seq))
         return view.tasks.get(task_key(item.run_id, item.task_id))
+
+    async def _run_level(self, run_id: str) -> list[StoredEvent]:
+        """The run's run-level events, read once and then only what is new.
+
+        They hold the plan, which for thousands of tasks is megabytes: fetched and decoded
+        for every work item, it made each pickup cost in proportion to the plan. Events
+        never change, so the ones already read are kept, for the latest few runs. Each
+        list is complete from the run's first event: of two slots that read at once, the
+        one that saw more is kept, and neither empties the cache for the other meanwhile.
+        """
+        known = self._run_events.get(run_id, [])
+        start = known[-1].seq + 1 if known else 1
+        known = known + await read_all(self._log, from_seq=start, subjects=run_level_filter(run_id))
+        kept = self._run_events.pop(run_id, [])  # re-inserted: the latest run goes last
+        self._run_events[run_id] = known if len(known) >= len(kept) else kept
+        while len(self._run_events) > _RUNS_KEPT:
+            del self._run_events[next(iter(self._run_events))]
+        return known
 
     async def _handle(self, delivery: Delivery) -> None:
         item = delivery.item
@@ -660,6 +687,22 @@ _RESUME_NOTE: Final = (
 _MIRROR_INTERVAL_S: Final = 0.5
 
 
+def _one_task(stored: StoredEvent, task_id: str) -> StoredEvent:
+    """``stored``, with a plan cut down to ``task_id``'s own entry.
+
+    Admission looks at one task; folding a plan of thousands to find it would build a
+    view of every one of them for each work item.
+    """
+    event = stored.envelope.payload
+    if not isinstance(event, RunPlanned):
+        return stored
+    mine = tuple(spec for spec in event.tasks if spec.task_id == task_id)
+    payload = msgspec.structs.replace(event, tasks=mine)
+    return msgspec.structs.replace(
+        stored, envelope=msgspec.structs.replace(stored.envelope, payload=payload)
+    )
+
+
 def _session_key(item: WorkItem, session_id: str) -> SessionKey:
     # The same key on every worker: the task, not the machine's path, names the project.
     return {"project_key": f"{item.run_id}/{item.task_id}", "session_id": session_id}
@@ -667,6 +710,8 @@ def _session_key(item: WorkItem, session_id: str) -> SessionKey:
 
 def _transcript_path(scratch: Path, workspace: Path, session_id: str) -> Path:
     """Where Claude Code keeps the session's transcript under our private config dir."""
+    from claude_agent_sdk import project_key_for_directory  # heavy: see the imports
+
     slug = project_key_for_directory(str(workspace))
     return scratch / "claude-config" / "projects" / slug / f"{session_id}.jsonl"
 

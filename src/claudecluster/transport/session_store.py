@@ -20,23 +20,27 @@ from __future__ import annotations
 import base64
 import json
 import time
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import nats.errors
 import nats.js.errors
-from claude_agent_sdk import (
-    SessionKey,
-    SessionListSubkeysKey,
-    SessionStoreEntry,
-    SessionStoreListEntry,
-    SessionSummaryEntry,
-    fold_session_summary,
-)
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from claudecluster.errors import EventStoreError
 from claudecluster.transport.ordered import last_sequence, open_ordered
+
+if TYPE_CHECKING:
+    # Importing claude_agent_sdk loads the mcp package: about 30 MB and 0.3-0.8 s. Workers,
+    # the driver and every CLI command import this module and most never touch a session,
+    # so the SDK is imported where a summary is folded, not here.
+    from claude_agent_sdk import (
+        SessionKey,
+        SessionListSubkeysKey,
+        SessionStoreEntry,
+        SessionStoreListEntry,
+        SessionSummaryEntry,
+    )
 
 __all__ = ["SESSIONS_BUCKET", "SESSIONS_STREAM", "JetStreamSessionStore"]
 
@@ -114,10 +118,12 @@ class JetStreamSessionStore:
             except nats.js.errors.KeyNotFoundError:
                 entry = None
             previous = (
-                cast(SessionSummaryEntry, json.loads(entry.value))
+                cast("SessionSummaryEntry", json.loads(entry.value))
                 if entry is not None and entry.value
                 else None
             )
+            from claude_agent_sdk import fold_session_summary  # heavy: see the imports
+
             folded = dict(fold_session_summary(previous, key, entries))
             folded["mtime"] = now
             value = json.dumps(folded).encode()
@@ -185,7 +191,7 @@ class JetStreamSessionStore:
             except nats.js.errors.KeyNotFoundError:
                 continue
             if entry.value:
-                summaries.append(cast(SessionSummaryEntry, json.loads(entry.value)))
+                summaries.append(cast("SessionSummaryEntry", json.loads(entry.value)))
         return summaries
 
     async def list_subkeys(self, key: SessionListSubkeysKey) -> list[str]:
