@@ -165,6 +165,22 @@ def test_an_invalid_inline_plan_is_refused_naming_the_problem() -> None:
     assert "unknown task 'ghost'" in refusal.event.reason
 
 
+@pytest.mark.parametrize(
+    ("repo", "base_ref", "named"),
+    [("", "HEAD", "names no repository"), ("/re\x00po", "HEAD", "repo '/re\\x00po'"),
+     ("/repo", "main\n", "base_ref 'main\\n'")],
+)  # fmt: skip
+def test_a_run_on_an_unusable_repository_or_ref_is_refused_naming_it(
+    repo: str, base_ref: str, named: str
+) -> None:
+    log = Log()
+    bad = SubmitRun(run_id="r", goal="g", repo=repo, base_ref=base_ref, plan=(spec("a"),))
+    (refusal,) = log.command(bad)
+    assert isinstance(refusal, Record)
+    assert isinstance(refusal.event, CommandRejected)
+    assert named in refusal.event.reason
+
+
 def test_a_submitted_run_is_planned_then_its_roots_start_longest_path_first() -> None:
     log = Log()
     effects = log.event(RunSubmitted(run_id="r", goal="g", repo="/repo", plan=(spec("a"),)))

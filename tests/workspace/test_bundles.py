@@ -70,6 +70,14 @@ async def test_an_unknown_ref_names_the_problem(source: Path, tmp_path: Path) ->
         await base_bundle(source, "no-such-branch", "r1", tmp_path / "x.bundle")
 
 
+async def test_a_nul_character_in_an_argument_is_a_workspace_error(source: Path) -> None:
+    # A process cannot take it; the adapter says so instead of letting ValueError escape.
+    with pytest.raises(WorkspaceError, match="NUL character"):
+        await git(source, "rev-parse", "HEAD\x00")
+    with pytest.raises(WorkspaceError, match="NUL character"):
+        await git(source.with_name("so\x00urce"), "status")
+
+
 async def test_a_result_bundle_whose_base_is_missing_does_not_apply(
     source: Path, tmp_path: Path
 ) -> None:

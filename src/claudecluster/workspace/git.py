@@ -76,9 +76,12 @@ async def git_status(
     For commands whose failure is an answer (a merge that conflicts), not an error.
 
     Raises:
-        WorkspaceError: git took longer than ``time_limit`` seconds.
+        WorkspaceError: an argument holds a NUL character (no process can take it), or git
+            took longer than ``time_limit`` seconds.
     """
     command = ["git", "-C", str(repo), *args]
+    if any("\x00" in part for part in command):
+        raise WorkspaceError(f"git {' '.join(args[:2])}: an argument contains a NUL character")
     try:
         with anyio.fail_after(time_limit):
             done = await anyio.run_process(
