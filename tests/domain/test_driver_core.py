@@ -29,10 +29,12 @@ from claudecluster.actors.driver import (
     retry_limits,
 )
 from claudecluster.events import (
+    CancelRun,
     CancelTask,
     CommandRejected,
     RollbackRun,
     RunBudgetReached,
+    RunCancelled,
     RunCompleted,
     RunFailed,
     RunPlanned,
@@ -59,7 +61,7 @@ from claudecluster.events import (
 )
 from claudecluster.events.envelope import StoredEvent
 from claudecluster.events.model import Event
-from claudecluster.events.subjects import event_subject
+from claudecluster.events.subjects import event_subject, scope_filter
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -196,6 +198,31 @@ def test_a_submitted_run_is_planned_then_its_roots_start_longest_path_first() ->
     assert (first.queued.attempt, first.queued.base_commit, first.event_id) == (
         1, "base", "queued-r-long-1",
     )  # fmt: skip
+
+
+def test_a_queued_task_is_cancelled_by_the_driver_and_a_running_one_left_to_its_worker() -> None:
+    log = Log()
+    for effect in log.plan([spec("a"), spec("b")]):
+        log.settle(effect)
+    log.run_task("a")
+    assert log.command(CancelTask(run_id="r", task_id="a"), command_id="c1") == []
+    (cancel,) = log.command(CancelTask(run_id="r", task_id="b"), command_id="c2")
+    assert isinstance(cancel, Record)
+    assert isinstance(cancel.event, TaskCancelled)
+    assert (cancel.event.task_id, cancel.expected_last) == ("b", log.state.scope_seq[
+        scope_filter(cancel.event)])  # fmt: skip
+
+
+def test_cancelling_a_run_records_its_queued_tasks_cancelled_too() -> None:
+    log = Log()
+    for effect in log.plan([spec("a"), spec("b"), spec("c", "a")]):
+        log.settle(effect)
+    log.run_task("a")
+    effects = log.command(CancelRun(run_id="r"))
+    cancelled = {e.event.task_id for e in effects
+                 if isinstance(e, Record) and isinstance(e.event, TaskCancelled)}  # fmt: skip
+    assert cancelled == {"b", "c"}  # queued and pending; "a" is its worker's to stop
+    assert any(isinstance(e, Record) and isinstance(e.event, RunCancelled) for e in effects)
 
 
 def test_a_task_starts_only_after_every_dependency_merged_from_the_new_head() -> None:

@@ -94,6 +94,11 @@ __all__ = [
 ]
 
 _ACTIVE: Final = frozenset({TaskState.QUEUED, TaskState.ASSIGNED, TaskState.RUNNING})
+# A worker holds these attempts: it stops the agent on a cancel and records it. A queued
+# attempt is still only a message, so the driver records its cancellation; a worker that
+# takes the message later finds the task cancelled and drops it (its claim is
+# conditional on the history it read, so the two cannot both win).
+_HELD_BY_WORKER: Final = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
 _DONE: Final = frozenset({TaskState.MERGED, TaskState.SKIPPED, TaskState.CANCELLED})
 _OPEN_RUN: Final = frozenset({RunState.SUBMITTED, RunState.PLANNED, RunState.RUNNING})
 _DEFAULT_MAX_TURNS: Final = 30
@@ -645,7 +650,7 @@ def _cancel_run(state: DriverState, command_id: str, command: CancelRun) -> list
     effects: list[Effect] = []
     reason = command.reason or "the run was cancelled"
     for task in state.view.tasks_of(command.run_id):
-        if not task.state.terminal and task.state not in _ACTIVE:
+        if not task.state.terminal and task.state not in _HELD_BY_WORKER:
             effects.append(_cancel_event(state, task, reason))
     # Running attempts: the workers got the same command and stop them themselves.
     event = RunCancelled(run_id=command.run_id, reason=reason)
@@ -671,7 +676,7 @@ def _cancel_task(state: DriverState, command_id: str, command: CancelTask) -> li
         return reject(f"run {command.run_id!r} has no task {command.task_id!r}")
     if task.state.terminal:
         return reject(f"task {command.task_id!r} already ended ({task.state.value})")
-    if task.state in _ACTIVE:
+    if task.state in _HELD_BY_WORKER:
         return []  # its worker got the same command: it stops the agent and records it
     return [_cancel_event(state, task, command.reason or "cancelled on request")]
 
