@@ -23,10 +23,12 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import msgspec
 
 from claudecluster.events import (
     RunCompleted,
     RunFailed,
+    RunPlanned,
     RunPolicy,
     SubmitRun,
     TaskMerged,
@@ -34,7 +36,7 @@ from claudecluster.events import (
     TaskStarted,
     TaskSucceeded,
 )
-from claudecluster.events.model import Event
+from claudecluster.events.model import Event, TaskEvent
 from claudecluster.runtime.connection import open_jetstream_log
 from claudecluster.transport.commands import publish_command
 from claudecluster.transport.jetstream import JetStreamEventLog
@@ -301,4 +303,18 @@ def logs_on_failure(rig: FaultRig) -> str:
     for path in sorted((rig.tmp_path / "logs").glob("*.log")):
         tail = path.read_text(errors="replace").splitlines()[-15:]
         parts.append(f"--- {path.name}\n" + "\n".join(tail))
+    last: dict[str, str] = {}
+    for event in rig.watch.events:
+        if isinstance(event, RunPlanned):
+            last.update({f"{event.run_id}/{t.task_id}": "(nothing)" for t in event.tasks})
+    for event in rig.watch.events:
+        if isinstance(event, TaskEvent):
+            last[f"{event.run_id}/{event.task_id}"] = type(event).__name__
+    unfinished = {k: v for k, v in last.items() if v not in ("TaskMerged", "TaskSkipped")}
+    parts.append(f"--- tasks not merged: {unfinished}")
+    recent = [
+        f"{seq} {type(e).__name__} {msgspec.json.encode(e).decode()[:160]}"
+        for (seq, _), e in zip(rig.watch.stored[-25:], rig.watch.events[-25:], strict=True)
+    ]
+    parts.append("--- the last events\n" + "\n".join(recent))
     return "\n".join(parts)
