@@ -19,6 +19,7 @@ import msgspec
 import psutil
 import pytest
 
+from claudecluster.actors.worker import admit
 from claudecluster.events import (
     CancelTask,
     TaskAssigned,
@@ -479,3 +480,26 @@ async def test_a_draining_worker_hands_back_what_outlasts_its_deadline(
     finished = history[-1].envelope.payload
     assert isinstance(finished, TaskSucceeded)
     assert (finished.worker_id, finished.attempt) == ("w-next", 2)
+
+
+async def test_a_take_over_decided_before_the_task_finished_is_refused_and_records_nothing(
+    world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path
+) -> None:
+    # A copy of a running attempt's item arrives; the worker reads the task as running and
+    # decides to take it over. Before it records the claim, the holder records success.
+    # The claim is conditional on the history the decision saw, so it must fail.
+    log, client = world
+    driver = Driver(log, client.jetstream(), source, tmp_path)
+    item = await driver.submit("race", "feature", "[[task:feature]] go")
+    await driver.record(TaskAssigned(run_id="race", task_id="feature", attempt=1,
+                                     worker_id="holder"))  # fmt: skip
+    worker = Worker(WorkerConfig(worker_id="w-late", workspace_root=tmp_path / "ws"), log, client)
+    task, seen = await worker._task_view(item)
+    admission = admit(task, item.attempt)
+    assert admission.action == "take_over"
+    await driver.record(TaskSucceeded(run_id="race", task_id="feature", attempt=1,
+                                      worker_id="holder"))  # fmt: skip
+    assert await worker._claim(item, admission, seen) is None
+    events = [s.envelope.payload for s in await read_all(log)]
+    assert [e.attempt for e in events if isinstance(e, TaskQueued)] == [1]
+    assert not [e for e in events if isinstance(e, TaskAssigned) and e.worker_id == "w-late"]

@@ -309,17 +309,24 @@ class Worker:
 
     # -- one delivery ----------------------------------------------------------------
 
-    async def _task_view(self, item: WorkItem) -> TaskView | None:
+    async def _task_view(self, item: WorkItem) -> tuple[TaskView | None, int]:
+        """The task as its history tells it, and the last sequence of that history.
+
+        The sequence is what a claim must be conditional on: the decision was taken on
+        exactly that history, so anything recorded after it voids the decision.
+        """
         run_level = await read_all(self._log, subjects=run_level_filter(item.run_id))
         task_level = await read_all(self._log, subjects=task_filter(item.run_id, item.task_id))
         view: ClusterView = replay(sorted([*run_level, *task_level], key=lambda s: s.seq))
-        return view.tasks.get(task_key(item.run_id, item.task_id))
+        last = max((s.seq for s in task_level), default=0)
+        return view.tasks.get(task_key(item.run_id, item.task_id)), last
 
     async def _handle(self, delivery: Delivery) -> None:
         item = delivery.item
         settled = False
         try:
-            admission = admit(await self._task_view(item), item.attempt)
+            task, seen = await self._task_view(item)
+            admission = admit(task, item.attempt)
             if admission.action == "drop":
                 _log.info("work item dropped", item=item.message_id, reason=admission.reason)
                 await delivery.ack()
@@ -329,7 +336,7 @@ class Worker:
                 await delivery.nak(delay_s=1.0)
                 settled = True
                 return
-            live = await self._claim(item, admission)
+            live = await self._claim(item, admission, seen)
             if live is None:
                 await delivery.nak(delay_s=0.5)  # someone else moved the task: decide again
                 settled = True
@@ -351,8 +358,15 @@ class Worker:
                 with anyio.CancelScope(shield=True):
                     await delivery.nak()
 
-    async def _claim(self, item: WorkItem, admission: Admission) -> _Attempt | None:
-        expected = await self._log.last_seq(task_filter(item.run_id, item.task_id))
+    async def _claim(self, item: WorkItem, admission: Admission, seen: int) -> _Attempt | None:
+        """Record the claim of the attempt, conditional on the history ``admission`` saw.
+
+        Returns None when the task moved on since (another holder finished or took it
+        over): the caller hands the item back to be decided again.
+        """
+        # Not a fresh read of the last sequence: a result recorded between the admission
+        # and the claim would then be overwritten by a take-over of a finished task.
+        expected = seen
         attempt = admission.attempt
         try:
             if admission.action == "take_over":
