@@ -176,6 +176,7 @@ class FaultRig:
     workers: list[anyio.abc.Process] = field(default_factory=list)
     driver: anyio.abc.Process | None = None
     log: JetStreamEventLog | None = None
+    client: Any = None
     js: Any = None
 
     async def _start(self, *args: str, env: dict[str, str] | None = None) -> anyio.abc.Process:
@@ -290,7 +291,7 @@ async def open_rig(
             stack=stack,
         )
         client, log = await stack.enter_async_context(open_jetstream_log(url, name="fault-test"))
-        rig.log, rig.js = log, client.jetstream()
+        rig.log, rig.client, rig.js = log, client, client.jetstream()
         group = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(group.cancel_scope.cancel)
         group.start_soon(rig.watch.follow, log)

@@ -64,7 +64,7 @@ async def test_a_run_completes_across_driver_kills_without_rerunning_a_success(
     assert max(merged_at_kill) < TASKS, "the driver died after the run, not during it"
     assert verdict.completed is not None
     assert verdict.completed.tasks_succeeded == TASKS
-    assert verdict.completion_rate == 1.0
+    assert verdict.completion_rate == 1.0, verdict
     # No task started again once it had succeeded: with only the driver dying, every
     # task ran exactly one attempt.
     assert verdict.started == {(t.task_id, 1): 1 for t in tasks}

@@ -107,5 +107,5 @@ async def test_a_run_completes_across_a_server_kill_and_loses_no_acknowledged_ev
     assert sorted(s.envelope.id for s in probes) == sorted(acked)  # each once, none lost
     assert verdict.completed is not None
     assert verdict.completed.tasks_succeeded == TASKS
-    assert verdict.completion_rate == 1.0
+    assert verdict.completion_rate == 1.0, verdict
     assert set(verdict.trailers.values()) == {1}

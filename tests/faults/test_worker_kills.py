@@ -74,7 +74,7 @@ async def test_a_run_survives_a_worker_killed_every_few_seconds(
     assert kills >= 3, "the run ended before the faults it is meant to survive"
     assert verdict.completed is not None
     assert verdict.completed.tasks_succeeded == TASKS
-    assert verdict.completion_rate == 1.0
+    assert verdict.completion_rate == 1.0, verdict
     assert set(verdict.merges.values()) == {1}
     assert set(verdict.trailers.values()) == {1}
     assert sorted(verdict.trailers) == sorted(verdict.planned)
