@@ -285,7 +285,13 @@ class Worker:
 
     async def _slot(self) -> None:
         while not self._draining.is_set():
-            delivery = await self._queue.fetch(self.config.pool, wait_s=1.0)
+            try:
+                delivery = await self._queue.fetch(self.config.pool, wait_s=1.0)
+            except ClusterError as exc:
+                # The queue's server is failing over or restarting: wait, then ask again.
+                _log.warning("work fetch failed; trying again", error=str(exc))
+                await anyio.sleep(1.0)
+                continue
             if delivery is None:
                 continue
             try:
@@ -443,7 +449,13 @@ class Worker:
     async def _keep_alive(self, delivery: Delivery) -> None:
         while True:
             await anyio.sleep(self.config.ack_wait_s / 3)
-            await delivery.in_progress()
+            try:
+                await delivery.in_progress()
+            except (nats.errors.Error, TimeoutError) as exc:
+                # A server failing over: the attempt goes on, the next tick tries again
+                # (two more before the ack wait runs out).
+                _log.warning("in-progress ack failed", item=delivery.item.message_id,
+                             error=repr(exc))  # fmt: skip
 
     async def _run_attempt(self, live: _Attempt) -> None:
         item = live.item
@@ -635,17 +647,22 @@ class Worker:
                 load = os.getloadavg()[0]
             except OSError:
                 load = 0.0
-            await self._record(
-                WorkerHeartbeat(
-                    worker_id=self.config.worker_id,
-                    cpu_percent=psutil.cpu_percent(None),
-                    memory_bytes=process.memory_info().rss,
-                    load_avg=load,
-                    running_tasks=running,
-                    slots_free=max(0, self.config.slots - len(running)),
+            try:
+                await self._record(
+                    WorkerHeartbeat(
+                        worker_id=self.config.worker_id,
+                        cpu_percent=psutil.cpu_percent(None),
+                        memory_bytes=process.memory_info().rss,
+                        load_avg=load,
+                        running_tasks=running,
+                        slots_free=max(0, self.config.slots - len(running)),
+                    )
                 )
-            )
-            await self._register()
+                await self._register()
+            except (ClusterError, nats.errors.Error, TimeoutError) as exc:
+                # The store is failing over or restarting. A missed beat is harmless (the
+                # driver waits lost_after_s); ending the worker over it is not.
+                _log.warning("heartbeat not recorded; trying again", error=str(exc))
 
     async def _register(self) -> None:
         kv = await self._js.key_value(_REGISTRY_BUCKET)
