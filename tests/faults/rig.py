@@ -274,6 +274,7 @@ async def open_rig(
     *,
     ack_wait_s: float = 3.0,
     env: dict[str, str] | None = None,
+    replicas: int | None = None,
 ) -> AsyncIterator[FaultRig]:
     """A rig on ``url`` whose processes all end when the context exits, on every path.
 
@@ -290,7 +291,9 @@ async def open_rig(
             ack_wait_s=ack_wait_s,
             stack=stack,
         )
-        client, log = await stack.enter_async_context(open_jetstream_log(url, name="fault-test"))
+        client, log = await stack.enter_async_context(
+            open_jetstream_log(url, name="fault-test", replicas=replicas)
+        )
         rig.log, rig.client, rig.js = log, client, client.jetstream()
         group = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(group.cancel_scope.cancel)
