@@ -296,10 +296,12 @@ class Worker:
                 continue
             try:
                 await self._handle_until_drained(delivery)
-            except (ClusterError, nats.errors.Error) as exc:
+            except* (ClusterError, nats.errors.Error) as failed:
                 # The log or the queue failed under this item; unless it was acked it is
-                # delivered again. The slot goes on with the next one.
-                _log.error("work item failed", item=delivery.item.message_id, error=str(exc))
+                # delivered again. The slot goes on with the next one. (except*: the
+                # failure arrives wrapped in the task group's ExceptionGroup.)
+                _log.error("work item failed", item=delivery.item.message_id,
+                           error="; ".join(str(exc) for exc in failed.exceptions))  # fmt: skip
 
     async def _handle_until_drained(self, delivery: Delivery) -> None:
         async with anyio.create_task_group() as group:
