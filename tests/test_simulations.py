@@ -11,6 +11,7 @@ import pytest
 from claudecluster.cli import run
 from claudecluster.errors import ConfigError
 from claudecluster.testing.scenarios import Scenario, load_scenario, run_scenario
+from claudecluster.testing.simulated_cluster import InvariantBrokenError
 
 
 @pytest.mark.parametrize(
@@ -53,3 +54,28 @@ def test_a_bad_scenario_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="tasks"):
         load_scenario(bad)
     assert run(["simulate", str(bad)]) == 2
+
+
+def test_a_broken_invariant_prints_the_command_that_replays_its_seed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scenario = tmp_path / "tiny.yaml"
+    scenario.write_text("name: tiny\ntasks: 20\nworkers: 3\nseeds: [1, 2]\n")
+    real = run_scenario
+
+    def breaks_on_seed_2(loaded: Scenario, seed: int) -> dict[str, object]:
+        if seed == 2:
+            raise InvariantBrokenError("task t3 merged twice (event 41)")
+        return real(loaded, seed)
+
+    monkeypatch.setattr("claudecluster.cli.simulate_cmd.run_scenario", breaks_on_seed_2)
+    monkeypatch.chdir(tmp_path)
+    assert run(["simulate", str(scenario), "--out", ""]) == 1
+    assert not (tmp_path / "tiny.json").exists()  # --out "" writes no results
+    printed = capsys.readouterr().out
+    assert "tiny seed 2: INVARIANT BROKEN: task t3 merged twice (event 41)" in printed
+    assert f"reproduce: claudecluster simulate {scenario} --seed 2" in printed
+    # The printed command runs that seed alone.
+    assert run(["simulate", str(scenario), "--seed", "1", "--out", str(tmp_path / "r")]) == 0
+    record = json.loads((tmp_path / "r" / "tiny.json").read_text())
+    assert [(r["seed"], r["completion_rate"]) for r in record["results"]] == [(1, 1.0)]
