@@ -19,8 +19,8 @@ from tests.faults.rig import RecordProperty, kill_9, logs_on_failure, open_rig, 
 
 pytestmark = pytest.mark.faults
 
-TASKS = 24
-KILL_AT_MERGED = (4, 12)
+TASKS = 16
+KILL_AT_MERGED = (4, 10)
 
 
 async def test_a_run_completes_across_driver_kills_without_rerunning_a_success(

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.faults
 
 TASKS = 40
 WORKERS = 4
-KILL_EVERY_S = 2.0
+KILL_EVERY_S = 3.0
 
 
 async def test_a_run_survives_a_worker_killed_every_few_seconds(
