@@ -27,8 +27,8 @@ from tests.faults.rig import RecordProperty, kill_9, logs_on_failure, open_rig, 
 
 pytestmark = pytest.mark.faults
 
-TASKS = 24
-KILL_AT_MERGED = 6
+TASKS = 16
+KILL_AT_MERGED = 5
 
 
 async def _probe(log: JetStreamEventLog, acked: list[str]) -> None:

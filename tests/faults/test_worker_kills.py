@@ -40,7 +40,7 @@ async def test_a_run_survives_a_worker_killed_every_few_seconds(
     tasks = [
         shell_task(
             f"t{i}",
-            f"sleep 0.2 && echo {i} > t{i}.txt" + (f" && test -s t{i - 8}.txt" if i >= 8 else ""),
+            f"sleep 0.1 && echo {i} > t{i}.txt" + (f" && test -s t{i - 8}.txt" if i >= 8 else ""),
             *((f"t{i - 8}",) if i >= 8 else ()),
         )
         for i in range(TASKS)
