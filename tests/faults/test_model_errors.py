@@ -15,7 +15,13 @@ from typing import Any
 import anyio.abc
 import pytest
 
-from claudecluster.events import RunPolicy, TaskFailed, TaskRateLimited, TaskSpec
+from claudecluster.events import (
+    RunPolicy,
+    TaskFailed,
+    TaskRateLimited,
+    TaskRetryScheduled,
+    TaskSpec,
+)
 from claudecluster.runtime.embedded_nats import EmbeddedNats
 from claudecluster.scripted_model import Script, open_scripted_model
 from tests.faults.rig import RecordProperty, logs_on_failure, open_rig
@@ -82,5 +88,9 @@ async def test_every_task_completes_through_bursts_of_api_errors_and_cut_streams
     failed = {(e.task_id, e.failure_class) for e in events if isinstance(e, TaskFailed)}
     assert failed == {("burst429", "rate_limit"), ("burst500", "api_error")}
     assert any(isinstance(e, TaskRateLimited) for e in events)
+    # The driver's retries waited: each was scheduled with the run's backoff.
+    retries = {(e.task_id, e.next_attempt, e.delay_s) for e in events
+               if isinstance(e, TaskRetryScheduled)}  # fmt: skip
+    assert retries == {("burst429", 2, 0.5), ("burst500", 2, 0.5)}
     # The bursts cost one more attempt each; the rest ran once.
     assert {task for (task, attempt) in verdict.started if attempt > 1} == {"burst429", "burst500"}
