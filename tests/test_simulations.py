@@ -48,14 +48,6 @@ def test_simulate_prints_a_table_and_writes_json(
     assert all(r["merged"] == 30 for r in record["results"])
 
 
-def test_a_bad_scenario_is_a_clear_error(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("name: bad\ntasks: 0\nworkers: 1\n")
-    with pytest.raises(ConfigError, match="tasks"):
-        load_scenario(bad)
-    assert run(["simulate", str(bad)]) == 2
-
-
 def test_a_broken_invariant_prints_the_command_that_replays_its_seed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -79,3 +71,11 @@ def test_a_broken_invariant_prints_the_command_that_replays_its_seed(
     assert run(["simulate", str(scenario), "--seed", "1", "--out", str(tmp_path / "r")]) == 0
     record = json.loads((tmp_path / "r" / "tiny.json").read_text())
     assert [(r["seed"], r["completion_rate"]) for r in record["results"]] == [(1, 1.0)]
+
+
+def test_a_bad_scenario_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ntasks: 0\nworkers: 1\n")
+    with pytest.raises(ConfigError, match="tasks"):
+        load_scenario(bad)
+    assert run(["simulate", str(bad)]) == 2
