@@ -1136,11 +1136,21 @@ def _liveness(state: DriverState, now: datetime) -> list[Effect]:
     """Declare lost every active worker silent for longer than ``lost_after_s``."""
     effects: list[Effect] = []
     limit = timedelta(seconds=state.config.lost_after_s)
-    for worker in state.view.workers.values():
-        if worker.state != "active" or worker.last_seen_at is None:
-            continue
+    # In id order: the workers map iterates in hash order, which changes from process
+    # to process, and the order of the losses decides the order of the requeues.
+    silent = sorted(
+        (
+            worker
+            for worker in state.view.workers.values()
+            if worker.state == "active"
+            and worker.last_seen_at is not None
+            and now - worker.last_seen_at >= limit
+        ),
+        key=lambda worker: worker.worker_id,
+    )
+    for worker in silent:
         key = f"worker:{worker.worker_id}"
-        if now - worker.last_seen_at < limit or not _free(state, key):
+        if not _free(state, key):
             continue
         orphaned = tuple(
             f"{book.run_id}/{task_id}"
