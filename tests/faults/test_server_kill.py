@@ -104,7 +104,12 @@ async def test_a_run_completes_across_a_server_kill_and_loses_no_acknowledged_ev
     assert [(seq, stored.get(event_id)) for seq, event_id in seen_before] == [
         (seq, seq) for seq, _ in seen_before
     ]
-    assert sorted(s.envelope.id for s in probes) == sorted(acked)  # each once, none lost
+    probe_ids = [s.envelope.id for s in probes]
+    assert len(probe_ids) == len(set(probe_ids))  # a retried append was stored once
+    # Every acknowledged append is there. The log may hold one more: the append in flight
+    # when the probe was stopped, stored by the server but never acknowledged to it.
+    assert set(acked) <= set(probe_ids)
+    assert len(probe_ids) - len(acked) <= 1
     assert verdict.completed is not None
     assert verdict.completed.tasks_succeeded == TASKS
     assert verdict.completion_rate == 1.0, verdict
