@@ -18,11 +18,13 @@ from claudecluster.actors.driver import (
     DriverConfig,
     DriverState,
     Effect,
+    EffectFailed,
     EffectSettled,
     Merge,
     Plan,
     PublishCommand,
     Record,
+    Resume,
     Rollback,
     Tick,
     decide,
@@ -467,3 +469,31 @@ def test_a_failed_run_with_rollback_on_failure_goes_back_to_its_base() -> None:
     (rollback,) = [e for e in effects if isinstance(e, Rollback)]
     assert (rollback.event.to_commit, rollback.event.reverted_tasks) == ("base", ("a",))
     assert rollback.event_id == "rolledback-r-on-failure"
+
+
+def test_a_task_released_while_replaying_after_a_crash_is_started_on_resume() -> None:
+    # The old driver recorded a's merge and died before it queued b. A new driver replays
+    # the log (its decisions then are discarded), so the start of b decided during the
+    # replay never happened: Resume must decide it again.
+    log = Log()
+    for effect in log.plan([spec("a"), spec("b", "a")]):
+        log.settle(effect)
+    log.run_task("a")
+    log.event(TaskSucceeded(run_id="r", task_id="a", attempt=1, worker_id="w1"))
+    log.event(TaskMerged(run_id="r", task_id="a", attempt=1, commit="m1",
+                         integration_branch="claudecluster/r"))  # fmt: skip
+    assert "b" in dispatched(log.outbox)  # decided during the replay, then discarded
+    log.state.pending.clear()  # what the shell does after replaying
+    log.state.starting.clear()
+    log.outbox.clear()
+    effects = log._out(decide(log.state, Resume(), log.now))
+    (start,) = [e for e in effects if isinstance(e, Dispatch)]
+    assert (start.queued.task_id, start.queued.attempt, start.queued.base_commit) == ("b", 1, "m1")
+
+
+def test_a_start_whose_dispatch_failed_is_decided_again() -> None:
+    log = Log()
+    (start,) = [e for e in log.plan([spec("a")]) if isinstance(e, Dispatch)]
+    assert log.tick() == []  # the dispatch is in flight: nothing more to start
+    effects = log._out(decide(log.state, EffectFailed(key=start.key, reason="nats down"), log.now))
+    assert dispatched(effects) == ["a"]

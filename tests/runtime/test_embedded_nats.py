@@ -233,6 +233,17 @@ async def test_connecting_to_a_port_nobody_listens_on_fails_with_a_clear_message
     assert url in str(caught.value)
 
 
+async def test_a_comma_separated_url_of_a_cluster_connects_to_a_server_that_answers(
+    nats_url: str,
+) -> None:
+    url = f"nats://127.0.0.1:{free_port()}, {nats_url}"  # the first server is down
+
+    async with open_nats(url, connect_timeout=2.0) as client:
+        assert client.is_connected
+        assert client.connected_url is not None
+        assert client.connected_url.port == int(nats_url.rsplit(":", 1)[1])
+
+
 async def test_the_configured_url_is_used_when_set(
     nats_url: str, jetstream_log: JetStreamEventLog, tmp_path: Path
 ) -> None:

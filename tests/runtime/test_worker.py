@@ -19,6 +19,8 @@ import msgspec
 import psutil
 import pytest
 
+from claudecluster.actors.worker import admit
+from claudecluster.errors import EventStoreError
 from claudecluster.events import (
     CancelTask,
     TaskAssigned,
@@ -479,3 +481,66 @@ async def test_a_draining_worker_hands_back_what_outlasts_its_deadline(
     finished = history[-1].envelope.payload
     assert isinstance(finished, TaskSucceeded)
     assert (finished.worker_id, finished.attempt) == ("w-next", 2)
+
+
+async def test_a_take_over_decided_before_the_task_finished_is_refused_and_records_nothing(
+    world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path
+) -> None:
+    # A copy of a running attempt's item arrives; the worker reads the task as running and
+    # decides to take it over. Before it records the claim, the holder records success.
+    # The claim is conditional on the history the decision saw, so it must fail.
+    log, client = world
+    driver = Driver(log, client.jetstream(), source, tmp_path)
+    item = await driver.submit("race", "feature", "[[task:feature]] go")
+    await driver.record(TaskAssigned(run_id="race", task_id="feature", attempt=1,
+                                     worker_id="holder"))  # fmt: skip
+    worker = Worker(WorkerConfig(worker_id="w-late", workspace_root=tmp_path / "ws"), log, client)
+    task, seen = await worker._task_view(item)
+    admission = admit(task, item.attempt)
+    assert admission.action == "take_over"
+    await driver.record(TaskSucceeded(run_id="race", task_id="feature", attempt=1,
+                                      worker_id="holder"))  # fmt: skip
+    assert await worker._claim(item, admission, seen) is None
+    events = [s.envelope.payload for s in await read_all(log)]
+    assert [e.attempt for e in events if isinstance(e, TaskQueued)] == [1]
+    assert not [e for e in events if isinstance(e, TaskAssigned) and e.worker_id == "w-late"]
+
+
+class _ReadFailsOnce:
+    """The event log, except that the first read of a run's events fails, as a store
+    failing over does."""
+
+    def __init__(self, log: JetStreamEventLog) -> None:
+        self._log = log
+        self.failed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    def open_reader(self, **kw: Any) -> Any:
+        if not self.failed and kw.get("subjects", "").endswith("._.>"):
+            self.failed = True
+            raise EventStoreError("cannot read CC_EVENTS: TimeoutError()")
+        return self._log.open_reader(**kw)
+
+
+async def test_a_store_failure_under_one_item_does_not_end_the_worker(
+    world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path
+) -> None:
+    log, client = world
+    driver = Driver(log, client.jetstream(), source, tmp_path)
+    flaky = _ReadFailsOnce(log)
+    async with open_scripted_model(SCRIPT) as model:
+        config = WorkerConfig(
+            worker_id="w-flaky", workspace_root=tmp_path / "workspaces", ack_wait_s=2.0,
+            api_environment={"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-x"},
+        )  # fmt: skip
+        worker = Worker(config, flaky, client)
+        async with anyio.create_task_group() as group:
+            await group.start(worker.serve)
+            await driver.submit("flaky", "feature", "[[task:feature]] go")
+            # The first delivery fails in the worker; it is handed back and runs again.
+            history = await _until_finished(log, "feature")
+            worker.stop()
+    assert flaky.failed
+    assert isinstance(history[-1].envelope.payload, TaskSucceeded)

@@ -88,15 +88,15 @@ async def test_run_events_after_the_first_item_are_still_seen(
         TaskMerged(run_id="r", task_id="t0", attempt=1, commit="c1", integration_branch="b"),
     ):
         await record(event)
-    first = await worker._task_view(item("t0"))
+    first, _ = await worker._task_view(item("t0"))
     assert first is not None
     assert first.state is TaskState.MERGED
-    assert await worker._task_view(item("t2")) is not None  # same run: from what it kept
+    assert (await worker._task_view(item("t2")))[0] is not None  # same run: from what it kept
 
     # A run-level event after the worker kept the plan changes the task: it must show.
     await record(RunCompleted(run_id="r", head_commit="c1", tasks_succeeded=1))
     await record(RunRolledBack(run_id="r", to_commit="c0", reverted_tasks=("t0",)))
-    again = await worker._task_view(item("t0"))
+    again, _ = await worker._task_view(item("t0"))
     assert again is not None
     assert again.state is TaskState.REVERTED
     assert again == replay(await read_all(log)).tasks["r/t0"]  # what the whole log says
@@ -106,4 +106,4 @@ async def test_run_events_after_the_first_item_are_still_seen(
         run_id="r", attempt=1, base_commit="c0", base_bundle=bundle,
         spec=TaskSpec(task_id="t9", title="not planned", prompt="true"),
     )  # fmt: skip
-    assert await worker._task_view(missing) is None
+    assert (await worker._task_view(missing))[0] is None

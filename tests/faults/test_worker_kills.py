@@ -1,0 +1,80 @@
+"""kill -9 a random worker every few seconds during a 40-task run.
+
+Every task must still complete and be merged exactly once: a killed worker's item comes
+back after the ack wait and another worker takes it over as a new attempt, and the dead
+attempt's fence keeps anything it might still say out of the log.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import pytest
+
+from claudecluster.runtime.embedded_nats import EmbeddedNats
+from tests.faults.rig import RecordProperty, kill_9, logs_on_failure, open_rig, shell_task
+
+pytestmark = pytest.mark.faults
+
+TASKS = 40
+WORKERS = 4
+KILL_EVERY_S = 3.0
+
+
+async def test_a_run_survives_a_worker_killed_every_few_seconds(
+    server: tuple[anyio.abc.Process, EmbeddedNats],
+    repo: Path,
+    tmp_path: Path,
+    record_property: RecordProperty,
+) -> None:
+    seed = int(os.environ.get("FAULT_SEED", random.randrange(2**32)))
+    print(f"worker kills: seed {seed} (FAULT_SEED={seed} reproduces the choice of victims)")
+    record_property("seed", seed)
+    chooser = random.Random(seed)
+    # Eight chains of five: later tasks need their predecessor's file, so a task that ran
+    # before its dependency merged, or ran twice, shows in the files as well as the log.
+    tasks = [
+        shell_task(
+            f"t{i}",
+            f"sleep 0.1 && echo {i} > t{i}.txt" + (f" && test -s t{i - 8}.txt" if i >= 8 else ""),
+            *((f"t{i - 8}",) if i >= 8 else ()),
+        )
+        for i in range(TASKS)
+    ]
+    _, nats = server
+    kills = 0
+    async with open_rig(tmp_path, repo, nats.url) as rig:
+        for _ in range(WORKERS):
+            await rig.start_worker()
+        await rig.start_driver()
+        await rig.submit("kills", tasks)
+
+        async def keep_killing() -> None:
+            nonlocal kills
+            while True:
+                await anyio.sleep(KILL_EVERY_S)
+                victim = chooser.choice([w for w in rig.workers if w.returncode is None])
+                await kill_9(victim)
+                kills += 1
+                await rig.start_worker()
+
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(keep_killing)
+                await rig.wait_end("kills", limit_s=100)
+                group.cancel_scope.cancel()
+        except TimeoutError:
+            pytest.fail(f"the run did not end\n{logs_on_failure(rig)}")
+        verdict = rig.verdict("kills", tasks)
+    verdict.report(f"worker kills ({kills} workers killed)", record_property)
+    assert kills >= 3, "the run ended before the faults it is meant to survive"
+    assert verdict.completed is not None
+    assert verdict.completed.tasks_succeeded == TASKS
+    assert verdict.completion_rate == 1.0, verdict
+    assert set(verdict.merges.values()) == {1}
+    assert set(verdict.trailers.values()) == {1}
+    assert sorted(verdict.trailers) == sorted(verdict.planned)
