@@ -264,3 +264,19 @@ def test_a_password_in_a_url_is_redacted_and_the_rest_kept() -> None:
 
 def test_a_token_in_the_user_part_of_a_url_is_redacted() -> None:
     assert redact_url("nats://tok-123456789@host:4222") == f"nats://{REDACTED}@host:4222"
+
+
+def test_logging_follows_stderr_when_it_is_replaced_and_the_old_one_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first, second = StringIO(), StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    configure_logging(level="INFO", json=True)
+    get_logger("t").info("before")
+    monkeypatch.setattr("sys.stderr", second)
+    first.close()  # as pytest's capture closes the stream it swapped in
+    try:
+        get_logger("t").info("after")
+    finally:
+        structlog.reset_defaults()
+    assert json.loads(second.getvalue())["event"] == "after"

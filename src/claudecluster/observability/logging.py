@@ -7,16 +7,35 @@ secret can reach a log only by a path that does not log.
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 
 from claudecluster.observability.redaction import Redactor
 
 __all__ = ["configure_logging", "get_logger"]
+
+
+class _CurrentStderr(io.TextIOBase):
+    """Whatever ``sys.stderr`` is when a record is written, not when logging was set up.
+
+    Programs that embed the CLI, and pytest's capture, swap ``sys.stderr`` and close the
+    stream they swapped in; a logger holding the object it was configured with would then
+    write to a closed file.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
 
 
 def _redacting(redactor: Redactor) -> structlog.types.Processor:
@@ -47,7 +66,8 @@ def configure_logging(
         redactor: secrets to strip from every record.
         stream: where to write (default stderr).
     """
-    out = stream or sys.stderr
+    # TextIOBase is a text stream at run time; typing's TextIO is a separate protocol.
+    out = stream or cast(TextIO, _CurrentStderr())
     use_json = json if json is not None else not out.isatty()
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
