@@ -63,6 +63,26 @@ def shell_task(task_id: str, command: str, *deps: str) -> TaskSpec:
     )
 
 
+def chained_shell_tasks(
+    prefix: str, count: int, *, chains: int, pause_s: float = 0.0
+) -> list[TaskSpec]:
+    """``count`` tasks in ``chains`` chains; each writes its file and needs its predecessor's.
+
+    A task that ran before its dependency merged, or ran twice, then shows in the files
+    as well as in the log.
+    """
+    pause = f"sleep {pause_s} && " if pause_s else ""
+    return [
+        shell_task(
+            f"{prefix}{i}",
+            f"{pause}echo {i} > {prefix}{i}.txt"
+            + (f" && test -s {prefix}{i - chains}.txt" if i >= chains else ""),
+            *((f"{prefix}{i - chains}",) if i >= chains else ()),
+        )
+        for i in range(count)
+    ]
+
+
 async def kill_9(process: anyio.abc.Process) -> None:
     """SIGKILL the process and reap it: it gets no chance to clean up or acknowledge."""
     if process.returncode is None:

@@ -15,7 +15,7 @@ import pytest
 
 from claudecluster.events import TaskStarted, TaskSucceeded
 from claudecluster.runtime.embedded_nats import EmbeddedNats
-from tests.faults.rig import RecordProperty, kill_9, logs_on_failure, open_rig, shell_task
+from tests.faults.rig import RecordProperty, chained_shell_tasks, kill_9, logs_on_failure, open_rig
 
 pytestmark = pytest.mark.faults
 
@@ -30,14 +30,7 @@ async def test_a_run_completes_across_driver_kills_without_rerunning_a_success(
     record_property: RecordProperty,
 ) -> None:
     # Four chains of six, so merges and releases keep happening while the driver dies.
-    tasks = [
-        shell_task(
-            f"d{i}",
-            f"echo {i} > d{i}.txt" + (f" && test -s d{i - 4}.txt" if i >= 4 else ""),
-            *((f"d{i - 4}",) if i >= 4 else ()),
-        )
-        for i in range(TASKS)
-    ]
+    tasks = chained_shell_tasks("d", TASKS, chains=4)
     _, nats = server
     merged_at_kill: list[int] = []
     async with open_rig(tmp_path, repo, nats.url) as rig:

@@ -23,7 +23,7 @@ from claudecluster.resources import data_dir
 from claudecluster.runtime.connection import open_nats
 from claudecluster.runtime.embedded_nats import find_nats_server
 from claudecluster.transport.topology import EVENTS_STREAM, WORK_STREAM
-from tests.faults.rig import RecordProperty, kill_9, logs_on_failure, open_rig, shell_task
+from tests.faults.rig import RecordProperty, chained_shell_tasks, kill_9, logs_on_failure, open_rig
 from tests.support import free_port, wait_for_port
 
 pytestmark = pytest.mark.faults
@@ -112,14 +112,7 @@ def test_the_committed_cluster_configs_route_to_each_other_with_distinct_stores(
 async def test_a_run_on_a_replicated_cluster_completes_when_the_log_leader_is_killed(
     repo: Path, tmp_path: Path, record_property: RecordProperty
 ) -> None:
-    tasks = [
-        shell_task(
-            f"c{i}",
-            f"echo {i} > c{i}.txt" + (f" && test -s c{i - 4}.txt" if i >= 4 else ""),
-            *((f"c{i - 4}",) if i >= 4 else ()),
-        )
-        for i in range(TASKS)
-    ]
+    tasks = chained_shell_tasks("c", TASKS, chains=4)
     async with (
         open_cluster(tmp_path) as (servers, url),
         open_rig(tmp_path, repo, url, env={"CLAUDECLUSTER_NATS__REPLICAS": "3"}, replicas=3) as rig,

@@ -23,7 +23,7 @@ from claudecluster.events import WorkerHeartbeat, wrap_event
 from claudecluster.runtime.embedded_nats import EmbeddedNats, start_nats_server
 from claudecluster.transport.base import read_all
 from claudecluster.transport.jetstream import JetStreamEventLog
-from tests.faults.rig import RecordProperty, kill_9, logs_on_failure, open_rig, shell_task
+from tests.faults.rig import RecordProperty, chained_shell_tasks, kill_9, logs_on_failure, open_rig
 
 pytestmark = pytest.mark.faults
 
@@ -54,14 +54,7 @@ async def test_a_run_completes_across_a_server_kill_and_loses_no_acknowledged_ev
     tmp_path: Path,
     record_property: RecordProperty,
 ) -> None:
-    tasks = [
-        shell_task(
-            f"s{i}",
-            f"echo {i} > s{i}.txt" + (f" && test -s s{i - 4}.txt" if i >= 4 else ""),
-            *((f"s{i - 4}",) if i >= 4 else ()),
-        )
-        for i in range(TASKS)
-    ]
+    tasks = chained_shell_tasks("s", TASKS, chains=4)
     process, nats = server
     restarted: anyio.abc.Process | None = None
     acked: list[str] = []

@@ -16,7 +16,7 @@ import anyio.abc
 import pytest
 
 from claudecluster.runtime.embedded_nats import EmbeddedNats
-from tests.faults.rig import RecordProperty, kill_9, logs_on_failure, open_rig, shell_task
+from tests.faults.rig import RecordProperty, chained_shell_tasks, kill_9, logs_on_failure, open_rig
 
 pytestmark = pytest.mark.faults
 
@@ -37,14 +37,7 @@ async def test_a_run_survives_a_worker_killed_every_few_seconds(
     chooser = random.Random(seed)
     # Eight chains of five: later tasks need their predecessor's file, so a task that ran
     # before its dependency merged, or ran twice, shows in the files as well as the log.
-    tasks = [
-        shell_task(
-            f"t{i}",
-            f"sleep 0.1 && echo {i} > t{i}.txt" + (f" && test -s t{i - 8}.txt" if i >= 8 else ""),
-            *((f"t{i - 8}",) if i >= 8 else ()),
-        )
-        for i in range(TASKS)
-    ]
+    tasks = chained_shell_tasks("t", TASKS, chains=8, pause_s=0.1)
     _, nats = server
     kills = 0
     async with open_rig(tmp_path, repo, nats.url) as rig:
