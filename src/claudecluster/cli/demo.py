@@ -151,8 +151,8 @@ def demo(*, config: Path | None = None, nats_url: str | None = None, json: bool 
     end, repo = anyio.run(_demo, settings, console, json)
     print_summary(console, end)
     ok = isinstance(end.event, RunCompleted) and end.event.tasks_succeeded == len(DEMO_TASKS)
-    console.print(f"the sample repository is {repo}", markup=False)
-    console.print(f"the report is {repo.parent / 'report.html'}", markup=False)
+    console.print(f"the sample repository is {repo}", markup=False, soft_wrap=True)
+    console.print(f"the report is {repo.parent / 'report.html'}", markup=False, soft_wrap=True)
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -164,7 +164,7 @@ async def _demo(settings: Settings, console: Console, json: bool) -> tuple[RunEn
         repo = await _sample_repo(project / ".claudecluster" / "demo" / run_id / "repo")
         if not json:
             console.print(f"cluster at {conn.url}", markup=False)
-            console.print(f"sample repository {repo}", markup=False)
+            console.print(f"sample repository {repo}", markup=False, soft_wrap=True)
         async with open_scripted_model(DEMO_SCRIPT) as model:
             api = {"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-demo-offline"}
             async with open_local_services(

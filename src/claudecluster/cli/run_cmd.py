@@ -278,13 +278,19 @@ def print_summary(console: Console, end: RunEnd) -> None:
             f"speedup {event.speedup:.2f}x; cost ${event.cost_usd:.4f}",
             markup=False,
         )
-        console.print(f"result: branch {branch} at {event.head_commit[:12]}", markup=False)
-        console.print(f"review it with: git log --stat {branch}", markup=False)
+        console.print(
+            f"result: branch {branch} at {event.head_commit[:12]}", markup=False, soft_wrap=True
+        )
+        console.print(f"review it with: git log --stat {branch}", markup=False, soft_wrap=True)
         return
     console.print(f"run {event.run_id} {type(event).__name__.removeprefix('Run').lower()}: "
                   f"{event.reason}", markup=False)  # fmt: skip
     if run is not None and run.head_commit:
-        console.print(f"what merged is on branch {branch} at {run.head_commit[:12]}", markup=False)
+        console.print(
+            f"what merged is on branch {branch} at {run.head_commit[:12]}",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def _exit_code(end: RunEnd) -> int:
