@@ -78,6 +78,14 @@ _PROBLEM: Final = "application/problem+json"
 _AT = re.compile(r" - at `(?P<path>[^`]*)`$")
 _NAMED = re.compile(r"(?:missing required|unknown) field `(?P<name>[^`]*)`")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_REGEX = re.compile(r"Expected `str` matching regex .*")
+# What a pattern asks for, in words, by the field it guards: a regex is no help to a user.
+_PATTERN_MEANS = {
+    "repo": "expected an absolute path on the driver's machine or a git URL, "
+    "without control characters",
+    "run_id": "expected letters, digits, '-' and '_', starting with a letter or digit, at most 64",
+    "task_id": "expected letters, digits, '-' and '_', starting with a letter or digit, at most 64",
+}
 #: WebSocket close codes: 4000 + the HTTP status the same problem would have.
 WS_CLOSE_BASE: Final = 4000
 
@@ -190,7 +198,11 @@ def _decode(data: bytes, kind: type[Any], *, required: bool) -> Any:
         path = at.group("path") if at else "$"
         named = _NAMED.search(message)
         field = f"{path}.{named.group('name')}" if named else path
-        raise _invalid(field, _AT.sub("", message)) from None
+        problem = _AT.sub("", message)
+        means = _PATTERN_MEANS.get(re.split(r"[.\[]", field)[-1])
+        if means is not None:
+            problem = _REGEX.sub(means, problem)
+        raise _invalid(field, problem) from None
     except msgspec.DecodeError as exc:
         raise _Problem(400, "Bad Request", f"the body is not valid JSON: {exc}",
                        [ProblemField(field="$", problem=str(exc))]) from None  # fmt: skip
