@@ -8,6 +8,7 @@ and ``logging/setLevel`` live.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import mcp.types as mcp_types
@@ -16,8 +17,13 @@ from mcp import Client, MCPDeprecationWarning
 from mcp.types.version import LATEST_HANDSHAKE_VERSION
 
 from claudecluster.mcp_server.server import build_mcp_server
-from claudecluster.runtime.front_door import FrontDoor
+from claudecluster.runtime.connection import Connection
+from claudecluster.runtime.front_door import FrontDoor, open_front_door
+from claudecluster.runtime.local_cluster import open_local_services
+from claudecluster.scripted_model import Script, open_scripted_model
+from claudecluster.settings import Settings
 from tests.mcp_server.conftest import Live
+from tests.support import make_repo
 
 pytestmark = pytest.mark.nats
 
@@ -185,3 +191,51 @@ async def test_submit_plan_with_wait_reports_progress_until_the_run_ends(live: L
     assert reported[-1][:2] == (2, 2)
     assert [done for done, _, _ in reported] == sorted(done for done, _, _ in reported)
     assert any(line.endswith("/b: merged") for line in logs)
+
+
+PLANNED = {
+    "goal": "two files",
+    "tasks": [
+        {"id": "a", "prompt": "echo a > a.txt", "executor": "shell"},
+        {"id": "b", "prompt": "cat a.txt > b.txt", "executor": "shell", "depends_on": ["a"]},
+    ],
+}
+
+
+async def test_run_goal_with_wait_plans_with_claude_and_follows_the_run_to_its_end(
+    connection: Connection, tmp_path: Path
+) -> None:
+    # The real Claude Code CLI plans on the scripted model; the plan's shell tasks run on a
+    # local worker; the tool follows the run and reports progress until it ends.
+    answer = "Here is the plan.\n```json\n" + json.dumps(PLANNED) + "\n```"
+    script = Script.model_validate(
+        {"tasks": [{"marker": "Plan how several agents", "turns": [{"text": answer}]}]}
+    )
+    repo = make_repo(tmp_path / "repo", {"README.md": "hello\n"})
+    settings = Settings.model_validate({"driver": {"work_dir": str(tmp_path / "driver")}})
+    reported: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reported.append(progress)
+
+    async with (
+        open_scripted_model(script) as model,
+        open_front_door(connection, answer_timeout_s=30) as door,
+        open_local_services(
+            connection, settings, workers=1, project_dir=tmp_path,
+            api_environment={"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-x"},
+        ),
+    ):  # fmt: skip
+        server = build_mcp_server(door, default_repo=str(repo))
+        async with Client(server) as client:
+            result = await client.call_tool(
+                "run_goal",
+                {"goal": "two files", "wait": True, "timeout_s": 120},
+                progress_callback=on_progress,
+            )
+    assert not result.is_error, text_of(result)
+    submitted: dict[str, Any] = result.structured_content or {}
+    assert submitted["status"]["state"] == "completed"
+    assert submitted["status"]["counts"] == {"merged": 2}
+    assert reported[-1:] == [2]
+    assert [s.task for s in model.served if s.task is not None] == ["Plan how several agents"]
