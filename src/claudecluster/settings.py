@@ -156,6 +156,16 @@ class GatewaySettings(_Section):
     audience: str = pydantic.Field(
         default="claudecluster-gateway", description="The tokens' aud claim."
     )
+    mcp_allowed_hosts: list[str] = pydantic.Field(
+        default_factory=list,
+        description="More Host values /mcp accepts besides loopback and the listen address, "
+        "as name:port or name:* (a DNS name, a proxy's); others get 421.",
+    )
+    mcp_allowed_origins: list[str] = pydantic.Field(
+        default_factory=list,
+        description="Browser origins /mcp accepts (e.g. https://tools.example.com); "
+        "requests from other origins get 403.",
+    )
 
 
 class LoggingSettings(_Section):

@@ -78,9 +78,11 @@ def test_gateway_openapi_check_passes_on_the_committed_file_and_names_a_stale_on
 
 
 def test_the_gateway_command_serves_until_sigterm(tmp_path: Path, nats_url: str) -> None:
+    # A proxy's name for the MCP endpoint comes from the configuration.
+    env = {**_env(), "CLAUDECLUSTER_GATEWAY__MCP_ALLOWED_HOSTS": '["tools.example:*"]'}
     with subprocess.Popen(
         [str(SCRIPT), "gateway", "--port", "0", "--nats", nats_url],
-        cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     ) as process:  # fmt: skip
         try:
             assert process.stderr is not None
@@ -96,6 +98,14 @@ def test_the_gateway_command_serves_until_sigterm(tmp_path: Path, nats_url: str)
             token = cli("token", "create", cwd=tmp_path, env=_env()).stdout.strip()
             auth = {"Authorization": f"Bearer {token}"}
             assert httpx.get(f"{url}/runs", headers=auth, timeout=10).status_code == 200
+            ping = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+            mcp = {**auth, "Accept": "application/json, text/event-stream"}
+            named = httpx.post(f"{url}/mcp", json=ping, timeout=10,
+                               headers={**mcp, "Host": "tools.example:443"})  # fmt: skip
+            assert named.status_code != 421, named.text  # the configured name passes the check
+            other = httpx.post(f"{url}/mcp", json=ping, timeout=10,
+                               headers={**mcp, "Host": "evil.example:443"})  # fmt: skip
+            assert other.status_code == 421, other.text
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=30) == 0
         finally:

@@ -102,7 +102,13 @@ async def _serve(settings: Settings, verifier: TokenVerifier, workers: int) -> N
                 open_local_services(conn, settings, workers=workers, project_dir=Path.cwd())
             )
         mcp = mcp_for_gateway(
-            door, verifier, host=gateway.host, port=gateway.port, default_repo=str(Path.cwd())
+            door,
+            verifier,
+            host=gateway.host,
+            port=gateway.port,
+            default_repo=str(Path.cwd()),
+            hosts=gateway.mcp_allowed_hosts,
+            origins=gateway.mcp_allowed_origins,
         )
         served = await stack.enter_async_context(
             open_gateway(
