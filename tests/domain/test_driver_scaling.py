@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from claudecluster.actors.driver import Dispatch, DriverConfig, Effect, Plan, Record, decide
+from claudecluster.actors.driver import Dispatch, DriverConfig, Effect, Merge, Plan, Record, decide
 from claudecluster.events import (
     RunPlanned,
     RunPolicy,
     SubmitRun,
+    TaskAssigned,
     TaskFailed,
     TaskRetryScheduled,
+    TaskStarted,
+    TaskSucceeded,
     wrap_command,
 )
 from tests.domain.test_driver_core import Log, spec
@@ -80,3 +83,53 @@ def test_a_tick_looks_only_at_the_run_whose_retry_came_due() -> None:
     assert looked_at(log, lambda: effects.extend(log.tick())) == 1
     (again,) = [e for e in effects if isinstance(e, Dispatch)]
     assert (again.run_id, again.queued.attempt) == ("r0500", 2)
+
+
+def test_a_slot_freed_under_the_global_cap_wakes_only_the_runs_with_tasks_to_start() -> None:
+    # Every slot is taken; two runs more have a task each ready to start.
+    log = many_open_runs(DriverConfig(max_running=OPEN_RUNS, start_burst=10 * OPEN_RUNS))
+    open_run(log, "s1")
+    open_run(log, "s2")
+    assert sorted(log.state.want_start) == ["s1", "s2"]
+    log.at(1)
+    assert looked_at(log, log.tick) == 0  # no slot: nothing can start, nobody is looked at
+    log.event(TaskAssigned(run_id="r0007", task_id="t0", attempt=1, worker_id="w1"))
+    log.event(TaskStarted(run_id="r0007", task_id="t0", attempt=1, worker_id="w1",
+                          session_id="s"))  # fmt: skip
+    log.event(TaskSucceeded(run_id="r0007", task_id="t0", attempt=1, worker_id="w1"))
+    # The slot is free once the task succeeded; its merge does not wait for a tick.
+    (merge,) = [e for e in log.outbox if isinstance(e, Merge)]
+    log.at(2)
+    effects: list[Effect] = []
+    assert looked_at(log, lambda: effects.extend(log.tick())) == 1
+    # The first in run order takes the one free slot; the other is not looked at.
+    assert [(e.run_id, e.queued.task_id) for e in effects if isinstance(e, Dispatch)] == [
+        ("s1", "t0")
+    ]
+    assert sorted(log.state.want_start) == ["s2"]
+    log.settle(merge)
+
+
+def test_a_due_retry_that_found_no_slot_is_woken_when_one_frees() -> None:
+    log = Log(DriverConfig(max_running=1))
+    open_run(log, "a")  # takes the one slot
+    open_run(log, "b")  # waits for it
+    log.event(TaskAssigned(run_id="a", task_id="t0", attempt=1, worker_id="w1"))
+    log.event(TaskFailed(run_id="a", task_id="t0", attempt=1, reason="overloaded",
+                         failure_class="api_error", retryable=True))  # fmt: skip
+    retry = next(e for e in log.outbox if isinstance(e, Record))
+    assert isinstance(retry.event, TaskRetryScheduled)
+    log.settle(retry)
+    (start,) = [e for e in log.tick() if isinstance(e, Dispatch)]  # b takes the free slot
+    assert start.run_id == "b"
+    log.settle(start)
+    log.at(retry.event.delay_s + 1)
+    assert not [e for e in log.tick() if isinstance(e, Dispatch)]  # due, but no slot
+    assert log.state.want_room == {"a"}
+    log.event(TaskAssigned(run_id="b", task_id="t0", attempt=1, worker_id="w1"))
+    log.event(TaskStarted(run_id="b", task_id="t0", attempt=1, worker_id="w1", session_id="s"))
+    log.event(TaskSucceeded(run_id="b", task_id="t0", attempt=1, worker_id="w1"))
+    effects: list[Effect] = []
+    assert looked_at(log, lambda: effects.extend(log.tick())) == 1
+    (again,) = [e for e in effects if isinstance(e, Dispatch)]
+    assert (again.run_id, again.queued.attempt) == ("a", 2)

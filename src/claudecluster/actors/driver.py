@@ -420,10 +420,12 @@ def decide(state: DriverState, message: Message, now: datetime) -> list[Effect]:
             effects += _liveness(state, now)
             if state.active_total() < state.config.max_running:
                 wake = state.want_room | state.want_start
+    _asked(state, effects)
+    asked = len(effects)
     for run_id in sorted(touched | wake):
         book = state.runs.get(run_id)
-        if run_id not in touched and run_id not in state.want_room and not _pace_allows(state, now):
-            continue  # it waits only for a start, and the pace allows none this tick
+        if run_id not in touched and not _may_start(state, run_id, now):
+            continue  # woken for a start, but the slots or the pace went to runs before it
         if book is not None and not book.ended:
             state.reconciled += 1
             effects += _reconcile(state, book, now)
@@ -431,6 +433,17 @@ def decide(state: DriverState, message: Message, now: datetime) -> list[Effect]:
             effects.append(_rollback_effect(book, 0, None, f"rolledback-{run_id}-on-failure"))
         if book is not None:
             _note_wants(state, book, now)
+        _asked(state, effects[asked:])
+        asked = len(effects)
+    return effects
+
+
+def _asked(state: DriverState, effects: list[Effect]) -> None:
+    """Note effects as asked for: their keys pending, their starts counted.
+
+    Done after each run is looked at, not once at the end, so the next run of the same
+    message sees the starts just decided under the global cap.
+    """
     for effect in effects:
         state.pending.setdefault(effect.key, 0)
         if isinstance(effect, PublishCommand) and isinstance(effect.command, CancelTask):
@@ -441,7 +454,6 @@ def decide(state: DriverState, message: Message, now: datetime) -> list[Effect]:
             book = state.runs[effect.run_id]
             if effect.queued.task_id not in book.active:
                 state.starting[effect.key] = effect.run_id
-    return effects
 
 
 def _runs_of_key(key: str) -> set[str]:
@@ -472,6 +484,14 @@ def _due(state: DriverState, now: datetime) -> set[str]:
         if book is not None and not book.ended:
             runs.add(run_id)
     return runs
+
+
+def _may_start(state: DriverState, run_id: str, now: datetime) -> bool:
+    """Whether a run waiting for a start could get one: a free slot under the global cap,
+    and a token unless what it waits to start is a retry or a resolution (not paced)."""
+    if state.active_total() >= state.config.max_running:
+        return False
+    return run_id in state.want_room or _pace_allows(state, now)
 
 
 def _pace_allows(state: DriverState, now: datetime) -> bool:
