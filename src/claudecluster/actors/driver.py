@@ -489,9 +489,9 @@ def _due(state: DriverState, now: datetime) -> set[str]:
 def _may_start(state: DriverState, run_id: str, now: datetime) -> bool:
     """Whether a run waiting for a start could get one: a free slot under the global cap,
     and a token unless what it waits to start is a retry or a resolution (not paced)."""
-    if state.active_total() >= state.config.max_running:
-        return False
-    return run_id in state.want_room or _pace_allows(state, now)
+    if run_id not in state.want_room and not _pace_allows(state, now):
+        return False  # checked first: it is O(1), the slot count is O(starts in flight)
+    return state.active_total() < state.config.max_running
 
 
 def _pace_allows(state: DriverState, now: datetime) -> bool:
