@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from claudecluster.actors.driver import DriverConfig
@@ -75,3 +75,50 @@ def test_without_failures_every_task_of_a_large_graph_merges() -> None:
     report = cluster.run_until_done("big")
     assert (report.run_state, report.merged) == ("completed", 300)
     assert report.attempts == 300  # nothing ran twice
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    runs=st.integers(2, 4),
+    size=st.integers(1, 8),
+    workers=st.integers(1, 4),
+    max_parallel=st.one_of(st.none(), st.integers(1, 3)),
+    max_running=st.integers(1, 6),
+    starts_per_s=st.sampled_from([0.5, 10.0]),
+    failure_chance=st.sampled_from([0.0, 0.3]),
+    conflict_chance=st.sampled_from([0.0, 0.2]),
+    death_chance=st.sampled_from([0.0, 0.05]),
+)
+def test_a_tick_leaves_no_run_with_anything_to_decide(
+    seed: int,
+    runs: int,
+    size: int,
+    workers: int,
+    max_parallel: int | None,
+    max_running: int,
+    starts_per_s: float,
+    failure_chance: float,
+    conflict_chance: float,
+    death_chance: float,
+) -> None:
+    # Ticks look only at runs with a timer due or waiting for a slot or the pace; the
+    # simulator checks after each one that a look at every open run would decide nothing.
+    cluster = SimulatedCluster(
+        seed=seed,
+        workers=workers,
+        config=DriverConfig(
+            max_running=max_running, lost_after_s=15, starts_per_s=starts_per_s, start_burst=2
+        ),
+        failure_chance=failure_chance,
+        conflict_chance=conflict_chance,
+        death_chance=death_chance,
+        duration=lambda rng, _task: rng.uniform(1, 8),  # fewer ticks, each one checked
+        check_ticks=True,
+    )
+    rng = random.Random(seed)
+    for n in range(runs):
+        policy = RunPolicy(backoff_base_s=1)
+        cluster.submit(f"r{n}", random_graph(rng, size), policy=policy, max_parallel=max_parallel)
+    for n in range(runs):
+        assert cluster.run_until_done(f"r{n}").run_state in ("completed", "failed")

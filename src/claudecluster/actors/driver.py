@@ -13,6 +13,11 @@ appends conditional on the last sequence of their scope, work-message ids per at
 While an effect is in flight its key is *pending*, and it stays pending until the log has
 caught up with what the effect recorded, so nothing is asked for twice.
 
+A message costs what it concerns, not the number of open runs: a :class:`Tick` looks only
+at runs with a timer due (a retry) and, while the caps and the pace allow a start, at
+runs waiting for one (``want_start``, ``want_room``). Every other change to a run comes
+with a message that touches it, so a tick has nothing to find there.
+
 Scheduling rules, in order:
 
 * a task is released when every dependency has **merged** (not merely succeeded), so its
@@ -319,6 +324,20 @@ class DriverState:
     starting: dict[str, str] = field(default_factory=dict)
     #: handled command ids (a redelivered command is not acted on twice)
     commands_seen: set[str] = field(default_factory=set)
+    #: attempts queued, assigned or running in open runs (the sum of their ``active``),
+    #: kept as each task moves so the global cap costs nothing to check
+    active_count: int = 0
+    #: (seq, key) of settled effects waiting for the log to reach seq (a heap; entries
+    #: whose key was released or re-asked for meanwhile are skipped when popped)
+    settling: list[tuple[int, str]] = field(default_factory=list)
+    #: (when, run id): a run has something to do at that time (a retry comes due); a heap
+    timers: list[tuple[datetime, str]] = field(default_factory=list)
+    #: open runs with released tasks waiting for a start (caps, token bucket, rate limit)
+    want_start: set[str] = field(default_factory=set)
+    #: open runs with a due retry or a conflict to resolve waiting for room under the caps
+    want_room: set[str] = field(default_factory=set)
+    #: how many times a run was reconciled, all runs together: what a message cost
+    reconciled: int = 0
     tokens: float = 0.0
     tokens_at: datetime | None = None
     throttle_until: datetime | None = None
@@ -327,8 +346,17 @@ class DriverState:
     now: datetime | None = None
 
     def active_total(self) -> int:
-        """Attempts queued or running (or about to be), all open runs together."""
-        return sum(self.active_in(book) for book in self.runs.values() if not book.ended)
+        """Attempts queued or running (or about to be), all open runs together.
+
+        Costs the number of dispatches in flight, not the number of runs: it is asked for
+        on every start decision, and a tick once asked it for every open run.
+        """
+        in_flight = 0
+        for key, run_id in self.starting.items():
+            book = self.runs.get(run_id)
+            if book is not None and not book.ended:
+                in_flight += key[len(f"task:{run_id}:") :] not in book.active
+        return self.active_count + in_flight
 
     def active_in(self, book: RunBook) -> int:
         """Attempts of one run queued or running, counting dispatches still in flight."""
@@ -356,9 +384,11 @@ def decide(state: DriverState, message: Message, now: datetime) -> list[Effect]:
     state.now = now
     touched: set[str] = set()
     effects: list[Effect] = []
+    wake: set[str] = set()
     match message:
         case StoredEvent():
             touched |= _fold(state, message)
+            touched |= _release_pending(state)
         case CommandEnvelope():
             effects += _command(state, message)
             run_id = getattr(message.payload, "run_id", None)
@@ -367,7 +397,8 @@ def decide(state: DriverState, message: Message, now: datetime) -> list[Effect]:
         case EffectSettled(key=key, seq=seq):
             if key in state.pending:
                 state.pending[key] = max(seq, 1)
-            _release_pending(state)
+                heapq.heappush(state.settling, (max(seq, 1), key))
+            touched |= _release_pending(state)
             touched |= _runs_of_key(key)
         case EffectFailed(key=key):
             state.pending.pop(key, None)
@@ -383,14 +414,36 @@ def decide(state: DriverState, message: Message, now: datetime) -> list[Effect]:
             touched |= {r for r, book in state.runs.items() if book.roll_back}
             touched |= {r for r, book in state.runs.items() if not book.ended}
         case Tick():
-            touched |= {r for r, book in state.runs.items() if not book.ended}
+            # Only what time can change: retries that came due, and runs waiting for a
+            # slot or the pace. Everything else moves only on a message that touches it.
+            touched |= _due(state, now)
             effects += _liveness(state, now)
-    for run_id in sorted(touched):
+            if state.active_total() < state.config.max_running:
+                wake = state.want_room | state.want_start
+    _asked(state, effects)
+    asked = len(effects)
+    for run_id in sorted(touched | wake):
         book = state.runs.get(run_id)
+        if run_id not in touched and not _may_start(state, run_id, now):
+            continue  # woken for a start, but the slots or the pace went to runs before it
         if book is not None and not book.ended:
+            state.reconciled += 1
             effects += _reconcile(state, book, now)
         elif book is not None and book.roll_back and _free(state, f"run:{run_id}:rollback"):
             effects.append(_rollback_effect(book, 0, None, f"rolledback-{run_id}-on-failure"))
+        if book is not None:
+            _note_wants(state, book, now)
+        _asked(state, effects[asked:])
+        asked = len(effects)
+    return effects
+
+
+def _asked(state: DriverState, effects: list[Effect]) -> None:
+    """Note effects as asked for: their keys pending, their starts counted.
+
+    Done after each run is looked at, not once at the end, so the next run of the same
+    message sees the starts just decided under the global cap.
+    """
     for effect in effects:
         state.pending.setdefault(effect.key, 0)
         if isinstance(effect, PublishCommand) and isinstance(effect.command, CancelTask):
@@ -401,7 +454,6 @@ def decide(state: DriverState, message: Message, now: datetime) -> list[Effect]:
             book = state.runs[effect.run_id]
             if effect.queued.task_id not in book.active:
                 state.starting[effect.key] = effect.run_id
-    return effects
 
 
 def _runs_of_key(key: str) -> set[str]:
@@ -409,11 +461,84 @@ def _runs_of_key(key: str) -> set[str]:
     return {rest.split(":", 1)[0]} if kind in {"run", "task", "merge"} else set()
 
 
-def _release_pending(state: DriverState) -> None:
+def _release_pending(state: DriverState) -> set[str]:
+    """Free the keys of settled effects whose events the log has reached; returns their
+    runs, which may now decide what those keys held back."""
     last = state.view.last_seq
-    for key in [k for k, seq in state.pending.items() if 0 < seq <= last]:
-        del state.pending[key]
-        state.starting.pop(key, None)
+    runs: set[str] = set()
+    while state.settling and state.settling[0][0] <= last:
+        seq, key = heapq.heappop(state.settling)
+        if state.pending.get(key) == seq:
+            del state.pending[key]
+            state.starting.pop(key, None)
+            runs |= _runs_of_key(key)
+    return runs
+
+
+def _due(state: DriverState, now: datetime) -> set[str]:
+    """The open runs whose timers came due (each timer fires once)."""
+    runs: set[str] = set()
+    while state.timers and state.timers[0][0] <= now:
+        run_id = heapq.heappop(state.timers)[1]
+        book = state.runs.get(run_id)
+        if book is not None and not book.ended:
+            runs.add(run_id)
+    return runs
+
+
+def _may_start(state: DriverState, run_id: str, now: datetime) -> bool:
+    """Whether a run waiting for a start could get one: a free slot under the global cap,
+    and a token unless what it waits to start is a retry or a resolution (not paced)."""
+    if run_id not in state.want_room and not _pace_allows(state, now):
+        return False  # checked first: it is O(1), the slot count is O(starts in flight)
+    return state.active_total() < state.config.max_running
+
+
+def _pace_allows(state: DriverState, now: datetime) -> bool:
+    """Whether :func:`_take_token` would grant a start now (without taking it)."""
+    config = state.config
+    if state.throttle_until is not None and now < state.throttle_until:
+        return False
+    if state.tokens_at is None:
+        return config.start_burst >= 1
+    elapsed = max((now - state.tokens_at).total_seconds(), 0.0)
+    return min(float(config.start_burst), state.tokens + elapsed * config.starts_per_s) >= 1.0
+
+
+def _note_wants(state: DriverState, book: RunBook, now: datetime) -> None:
+    """After a run was looked at: note whether it waits for a slot or the pace, so a tick
+    wakes it (and only it) when one may be free."""
+    run = state.view.runs.get(book.run_id)
+    open_ = (
+        not book.ended
+        and not book.stopping
+        and book.graph is not None
+        and run is not None
+        and run.state in _OPEN_RUN
+    )
+    if open_ and book.ready and not book.budget_reached:
+        state.want_start.add(book.run_id)
+    else:
+        state.want_start.discard(book.run_id)
+    if open_ and any(_waits_for_room(state, book, task_id, now) for task_id in book.attention):
+        state.want_room.add(book.run_id)
+    else:
+        state.want_room.discard(book.run_id)
+
+
+def _waits_for_room(state: DriverState, book: RunBook, task_id: str, now: datetime) -> bool:
+    """A due retry or a resolvable conflict: started by :func:`_attend` when the caps
+    leave room."""
+    task = state.view.tasks[task_key(book.run_id, task_id)]
+    if task.state is TaskState.RETRY_WAIT:
+        due = book.retry_at.get(task_id)
+        return due is not None and now >= due
+    return (
+        task.state is TaskState.CONFLICTED
+        and book.policy.on_conflict != "stop"
+        and task.attempt <= book.policy.max_attempts
+        and task_id in book.conflicts
+    )
 
 
 def _free(state: DriverState, key: str) -> bool:
@@ -432,7 +557,6 @@ def _fold(state: DriverState, stored: StoredEvent) -> set[str]:
     state.view = apply(before, stored)
     event = stored.envelope.payload
     state.scope_seq[scope_filter(event)] = stored.seq
-    _release_pending(state)
     if state.view.anomaly_count != before.anomaly_count:
         return {event.run_id} if isinstance(event, RunEvent) else set()
     if isinstance(event, TaskRateLimited):
@@ -451,12 +575,16 @@ def _fold(state: DriverState, stored: StoredEvent) -> set[str]:
     book = state.runs.get(event.run_id)
     match event:
         case RunSubmitted():
+            if book is not None and not book.ended:
+                state.active_count -= len(book.active)
             state.runs[event.run_id] = RunBook(
                 run_id=event.run_id, submitted=event, submitted_at=stored.envelope.occurred_at
             )
         case RunPlanned() if book is not None:
             _planned(book, event)
         case RunCompleted() | RunFailed() | RunCancelled() if book is not None:
+            if not book.ended:
+                state.active_count -= len(book.active)
             book.ended = True
             if isinstance(event, RunFailed) and book.policy.rollback_on_failure and book.merges:
                 book.roll_back = True
@@ -522,7 +650,9 @@ def _task_moved(state: DriverState, book: RunBook, event: TaskEvent, stored: Sto
             book.retry_at.pop(task_id, None)
             book.conflicts.pop(task_id, None)
         case TaskRetryScheduled():
-            book.retry_at[task_id] = stored.envelope.occurred_at + timedelta(seconds=event.delay_s)
+            due = stored.envelope.occurred_at + timedelta(seconds=event.delay_s)
+            book.retry_at[task_id] = due
+            heapq.heappush(state.timers, (due, book.run_id))
         case TaskSucceeded():
             book.results[task_id] = event
             if task_id not in book.to_merge:
@@ -547,12 +677,15 @@ def _classify(state: DriverState, book: RunBook, task: TaskView) -> None:
     """Put the task in the indexes its state belongs to (and out of the others)."""
     task_id = task.task_id
     state_ = task.state
+    if not book.ended:
+        state.active_count -= task_id in book.active
     for index in (book.active, book.attention, book.done):
         index.discard(task_id)
     if state_ is not TaskState.SUCCEEDED:
         _drop(book.to_merge, task_id)
     if state_ in _ACTIVE:
         book.active.add(task_id)
+        state.active_count += not book.ended
         worker = state.view.workers.get(task.worker_id or "")
         if worker is not None and worker.state == "lost":
             book.attention.add(task_id)
