@@ -227,6 +227,46 @@ def test_cancelling_a_run_records_its_queued_tasks_cancelled_too() -> None:
     assert any(isinstance(e, Record) and isinstance(e.event, RunCancelled) for e in effects)
 
 
+def test_a_work_item_whose_publish_failed_after_its_task_queued_is_published_again() -> None:
+    log = Log()
+    for effect in log.plan([spec("a"), spec("b")]):
+        if isinstance(effect, Dispatch) and effect.queued.task_id == "b":
+            continue
+        log.settle(effect)
+    (start,) = [e for e in log.outbox if isinstance(e, Dispatch)]
+    log.outbox.remove(start)
+    # TaskQueued was recorded, then the publish failed and the effect with it.
+    log.event(start.queued)
+    effects = log._out(decide(log.state, EffectFailed(key=start.key, reason="no stream"), log.now))
+    (again,) = [e for e in effects if isinstance(e, Dispatch)]
+    assert (again.queued, again.republish) == (start.queued, True)
+    # Settled, it is not published a third time.
+    assert not [e for e in log.settle(again) if isinstance(e, Dispatch)]
+
+
+def test_a_failed_dispatch_read_back_late_goes_out_again_as_the_same_attempt() -> None:
+    log = Log()
+    for effect in log.plan([spec("a"), spec("b")]):
+        if isinstance(effect, Dispatch) and effect.queued.task_id == "b":
+            continue
+        log.settle(effect)
+    (start,) = [e for e in log.outbox if isinstance(e, Dispatch)]
+    log.outbox.remove(start)
+    # The effect failed before its TaskQueued (recorded or not) was read back: the task
+    # looks pending, so it is started again as the same attempt (the same event id, so a
+    # recorded TaskQueued is not recorded twice).
+    failed = decide(log.state, EffectFailed(key=start.key, reason="no stream"), log.now)
+    (redo,) = [e for e in failed if isinstance(e, Dispatch)]
+    assert (redo.event_id, redo.queued.attempt, redo.republish) == (start.event_id, 1, False)
+    log.event(start.queued)  # read back now; the redo is still in flight: nothing more
+    settled = decide(log.state, EffectSettled(key=redo.key, seq=log.state.view.last_seq),
+                     log.now)  # fmt: skip
+    # At most the item once more, as a republish of the same attempt; then nothing.
+    assert all(e.republish and e.queued == start.queued
+               for e in settled if isinstance(e, Dispatch))  # fmt: skip
+    assert not [e for e in log.tick() if isinstance(e, Dispatch)]
+
+
 def test_a_task_starts_only_after_every_dependency_merged_from_the_new_head() -> None:
     log = Log()
     effects = log.plan([spec("a"), spec("b"), spec("c", "a", "b")])

@@ -296,6 +296,8 @@ class RunBook:
     skipped_for: set[str] = field(default_factory=set)
     #: "task/attempt" of attempts told to stop because the run is failing
     cancel_sent: set[str] = field(default_factory=set)
+    #: tasks whose effect failed: a recorded TaskQueued may have no work item out yet
+    unsent: set[str] = field(default_factory=set)
     budget_reached: bool = False
     ended: bool = False
     #: the run failed and its policy says to roll back what it merged
@@ -407,6 +409,10 @@ def decide(state: DriverState, message: Message, now: datetime) -> list[Effect]:
             for run_id in _runs_of_key(key):
                 if run_id in state.runs:
                     _restore_ready(state, state.runs[run_id])
+            kind, _, scope = key.partition(":")
+            run_id, _, task_id = scope.partition(":")
+            if kind == "task" and run_id in state.runs and task_id:
+                state.runs[run_id].unsent.add(task_id)
         case Resume():
             effects += _republish(state)
             for resumed in state.runs.values():
@@ -899,7 +905,7 @@ def _reconcile(state: DriverState, book: RunBook, now: datetime) -> list[Effect]
         return [Plan(key=key, submitted=book.submitted)] if _free(state, key) else []
     if run.state not in _OPEN_RUN or book.graph is None:
         return []
-    effects: list[Effect] = []
+    effects: list[Effect] = _resend_unsent(state, book) if book.unsent else []
     attended = _attend(state, book, now)
     effects += attended
     starting = sum(
@@ -1130,23 +1136,50 @@ def _republish(state: DriverState) -> list[Effect]:
         if book.ended or book.graph is None:
             continue
         for task_id in sorted(book.active):
-            task = state.view.tasks[task_key(book.run_id, task_id)]
-            queued = book.queued.get(task_id)
-            if task.state is not TaskState.QUEUED or queued is None:
-                continue
-            if queued.attempt != task.attempt:
-                continue
-            effects.append(
-                Dispatch(
-                    key=f"task:{book.run_id}:{task_id}",
-                    run_id=book.run_id,
-                    spec=book.graph.specs[task_id],
-                    queued=queued,
-                    event_id=f"queued-{book.run_id}-{task_id}-{queued.attempt}",
-                    expected_last=state.scope_seq.get(scope_filter(queued), 0),
-                    republish=True,
-                )
-            )
+            resent = _resend(state, book, task_id)
+            if resent is not None:
+                effects.append(resent)
+    return effects
+
+
+def _resend(state: DriverState, book: RunBook, task_id: str) -> Dispatch | None:
+    """The work item of the task's queued attempt, published again; None if not queued."""
+    assert book.graph is not None
+    task = state.view.tasks[task_key(book.run_id, task_id)]
+    queued = book.queued.get(task_id)
+    if task.state is not TaskState.QUEUED or queued is None or queued.attempt != task.attempt:
+        return None
+    return Dispatch(
+        key=f"task:{book.run_id}:{task_id}",
+        run_id=book.run_id,
+        spec=book.graph.specs[task_id],
+        queued=queued,
+        event_id=f"queued-{book.run_id}-{task_id}-{queued.attempt}",
+        expected_last=state.scope_seq.get(scope_filter(queued), 0),
+        republish=True,
+    )
+
+
+def _resend_unsent(state: DriverState, book: RunBook) -> list[Effect]:
+    """Work items whose publish failed after their TaskQueued was recorded.
+
+    A Dispatch records TaskQueued, then publishes the item; when the publish fails (the
+    work stream's leader is being elected, say) the task is queued with no message for any
+    worker to take. Until its TaskQueued is read back the task still looks pending (and
+    is released again); once it reads as queued, the item is published again, and again
+    after each failure, until it gets out or the task moves on.
+    """
+    effects: list[Effect] = []
+    for task_id in sorted(book.unsent):
+        task = state.view.tasks[task_key(book.run_id, task_id)]
+        if task.state is TaskState.PENDING:
+            continue  # its TaskQueued, if it was recorded, is not read back yet
+        if not _free(state, f"task:{book.run_id}:{task_id}"):
+            continue
+        book.unsent.discard(task_id)
+        resent = _resend(state, book, task_id)
+        if resent is not None:
+            effects.append(resent)
     return effects
 
 
