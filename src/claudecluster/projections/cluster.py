@@ -113,8 +113,16 @@ def apply(view: ClusterView, stored: StoredEvent) -> ClusterView:
     costs, _ = apply_costs(view.costs, envelope)
     problems = [p for p in (run_problem, task_problem, worker_problem) if p is not None]
     if not problems:
-        return replace(
-            view, last_seq=stored.seq, runs=runs, tasks=tasks, workers=workers, costs=costs
+        # Built directly rather than with dataclasses.replace, which inspects the fields
+        # on every call: this line runs once per event of every replay.
+        return ClusterView(
+            last_seq=stored.seq,
+            runs=runs,
+            tasks=tasks,
+            workers=workers,
+            costs=costs,
+            anomaly_count=view.anomaly_count,
+            recent_anomalies=view.recent_anomalies,
         )
     # An event that does not fit changes no projection, so one bad event cannot leave them
     # disagreeing. The one exception is money: a superseded attempt of a known task was
