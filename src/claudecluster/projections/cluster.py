@@ -12,7 +12,6 @@ continues exactly as the original would have (property-tested).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import msgspec
@@ -48,9 +47,12 @@ __all__ = [
 RECENT_ANOMALIES: Final = 50
 
 
-@dataclass(frozen=True, slots=True)
-class ClusterView:
+class ClusterView(msgspec.Struct, frozen=True, kw_only=True):
     """All projections at one point of the log.
+
+    A frozen msgspec Struct rather than a dataclass: a replay makes one per event, and a
+    Struct is built about ten times faster than a frozen dataclass, whose ``__init__``
+    goes through ``object.__setattr__`` for every field.
 
     Attributes:
         last_seq: the stream sequence of the last event applied (0 before any).
@@ -63,10 +65,10 @@ class ClusterView:
     """
 
     last_seq: int = 0
-    runs: Runs = field(default_factory=Map)
-    tasks: Tasks = field(default_factory=Map)
-    workers: Workers = field(default_factory=Map)
-    costs: Costs = field(default_factory=Map)
+    runs: Runs = msgspec.field(default_factory=Map)
+    tasks: Tasks = msgspec.field(default_factory=Map)
+    workers: Workers = msgspec.field(default_factory=Map)
+    costs: Costs = msgspec.field(default_factory=Map)
     anomaly_count: int = 0
     recent_anomalies: tuple[Anomaly, ...] = ()
 
@@ -125,8 +127,8 @@ def apply(view: ClusterView, stored: StoredEvent) -> ClusterView:
         costs, _ = apply_costs(costs, envelope)
     problems = [p for p in (run_problem, task_problem, worker_problem) if p is not None]
     if not problems:
-        # Built directly rather than with dataclasses.replace, which inspects the fields
-        # on every call: this line runs once per event of every replay.
+        # Built directly rather than with a replace: this line runs once per event of
+        # every replay.
         return ClusterView(
             last_seq=stored.seq,
             runs=runs,
@@ -149,7 +151,7 @@ def apply(view: ClusterView, stored: StoredEvent) -> ClusterView:
         type=str(type(payload).__struct_config__.tag),
         reason="; ".join(problems),
     )
-    return replace(
+    return msgspec.structs.replace(
         view,
         last_seq=stored.seq,
         costs=costs if billed else view.costs,
