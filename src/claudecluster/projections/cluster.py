@@ -125,8 +125,7 @@ def apply(view: ClusterView, stored: StoredEvent) -> ClusterView:
         workers, worker_problem = apply_workers(workers, envelope)
     if kind in COSTS_READS:
         costs, _ = apply_costs(costs, envelope)
-    problems = [p for p in (run_problem, task_problem, worker_problem) if p is not None]
-    if not problems:
+    if run_problem is None and task_problem is None and worker_problem is None:
         # Built directly rather than with a replace: this line runs once per event of
         # every replay.
         return ClusterView(
@@ -145,6 +144,7 @@ def apply(view: ClusterView, stored: StoredEvent) -> ClusterView:
     billed = isinstance(payload, TaskEvent) and (
         task_key(payload.run_id, payload.task_id) in view.tasks
     )
+    problems = [p for p in (run_problem, task_problem, worker_problem) if p is not None]
     anomaly = Anomaly(
         seq=stored.seq,
         event_id=envelope.id,

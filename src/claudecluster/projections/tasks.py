@@ -70,11 +70,18 @@ def apply_tasks(tasks: Tasks, envelope: EventEnvelope) -> tuple[Tasks, str | Non
     problem = _attempt_problem(task, event)
     if problem is not None:
         return tasks, problem
-    tag = str(type(event).__struct_config__.tag)
+    tag = _TAGS[type(event)]
     target = next_task_state(task.state, tag)
     if target is None:
         return tasks, f"task {key!r} cannot take {tag!r} while {task.state.value}"
     return tasks.set(key, _advance(task, event, target, envelope.occurred_at)), None
+
+
+#: Each task event type's wire tag, looked up once rather than read from the class's
+#: struct config on every event.
+_TAGS: Final[dict[type[EventBase], str]] = {
+    cls: str(cls.__struct_config__.tag) for cls in TASKS_READS
+}
 
 
 def _plan(tasks: Tasks, event: RunPlanned) -> tuple[Tasks, str | None]:
