@@ -12,7 +12,6 @@ continues exactly as the original would have (property-tested).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import msgspec
@@ -21,9 +20,9 @@ from immutables import Map
 from claudecluster.errors import ConfigError, UnknownEntityError
 from claudecluster.events.envelope import StoredEvent
 from claudecluster.events.model import TaskEvent
-from claudecluster.projections.costs import Costs, apply_costs
-from claudecluster.projections.runs import Runs, apply_runs
-from claudecluster.projections.tasks import Tasks, apply_tasks
+from claudecluster.projections.costs import COSTS_READS, Costs, apply_costs
+from claudecluster.projections.runs import RUNS_READS, Runs, apply_runs
+from claudecluster.projections.tasks import TASKS_READS, Tasks, apply_tasks
 from claudecluster.projections.views import (
     Anomaly,
     CostView,
@@ -32,7 +31,7 @@ from claudecluster.projections.views import (
     WorkerView,
     task_key,
 )
-from claudecluster.projections.workers import Workers, apply_workers
+from claudecluster.projections.workers import WORKERS_READS, Workers, apply_workers
 
 __all__ = [
     "RECENT_ANOMALIES",
@@ -48,9 +47,12 @@ __all__ = [
 RECENT_ANOMALIES: Final = 50
 
 
-@dataclass(frozen=True, slots=True)
-class ClusterView:
+class ClusterView(msgspec.Struct, frozen=True, kw_only=True):
     """All projections at one point of the log.
+
+    A frozen msgspec Struct rather than a dataclass: a replay makes one per event, and a
+    Struct is built about ten times faster than a frozen dataclass, whose ``__init__``
+    goes through ``object.__setattr__`` for every field.
 
     Attributes:
         last_seq: the stream sequence of the last event applied (0 before any).
@@ -63,10 +65,10 @@ class ClusterView:
     """
 
     last_seq: int = 0
-    runs: Runs = field(default_factory=Map)
-    tasks: Tasks = field(default_factory=Map)
-    workers: Workers = field(default_factory=Map)
-    costs: Costs = field(default_factory=Map)
+    runs: Runs = msgspec.field(default_factory=Map)
+    tasks: Tasks = msgspec.field(default_factory=Map)
+    workers: Workers = msgspec.field(default_factory=Map)
+    costs: Costs = msgspec.field(default_factory=Map)
     anomaly_count: int = 0
     recent_anomalies: tuple[Anomaly, ...] = ()
 
@@ -107,14 +109,33 @@ def apply(view: ClusterView, stored: StoredEvent) -> ClusterView:
     if stored.seq <= view.last_seq:
         return view
     envelope = stored.envelope
-    runs, run_problem = apply_runs(view.runs, envelope)
-    tasks, task_problem = apply_tasks(view.tasks, envelope)
-    workers, worker_problem = apply_workers(view.workers, envelope)
-    costs, _ = apply_costs(view.costs, envelope)
-    problems = [p for p in (run_problem, task_problem, worker_problem) if p is not None]
-    if not problems:
-        return replace(
-            view, last_seq=stored.seq, runs=runs, tasks=tasks, workers=workers, costs=costs
+    # Each projection folds a few event types and leaves the rest alone; asking only the
+    # ones that read this type is the same fold without most of the calls (a heartbeat
+    # concerns one projection of four).
+    kind = type(envelope.payload)
+    runs, tasks, workers, costs = view.runs, view.tasks, view.workers, view.costs
+    run_problem: str | None = None
+    task_problem: str | None = None
+    worker_problem: str | None = None
+    if kind in RUNS_READS:
+        runs, run_problem = apply_runs(runs, envelope)
+    if kind in TASKS_READS:
+        tasks, task_problem = apply_tasks(tasks, envelope)
+    if kind in WORKERS_READS:
+        workers, worker_problem = apply_workers(workers, envelope)
+    if kind in COSTS_READS:
+        costs, _ = apply_costs(costs, envelope)
+    if run_problem is None and task_problem is None and worker_problem is None:
+        # Built directly rather than with a replace: this line runs once per event of
+        # every replay.
+        return ClusterView(
+            last_seq=stored.seq,
+            runs=runs,
+            tasks=tasks,
+            workers=workers,
+            costs=costs,
+            anomaly_count=view.anomaly_count,
+            recent_anomalies=view.recent_anomalies,
         )
     # An event that does not fit changes no projection, so one bad event cannot leave them
     # disagreeing. The one exception is money: a superseded attempt of a known task was
@@ -123,13 +144,14 @@ def apply(view: ClusterView, stored: StoredEvent) -> ClusterView:
     billed = isinstance(payload, TaskEvent) and (
         task_key(payload.run_id, payload.task_id) in view.tasks
     )
+    problems = [p for p in (run_problem, task_problem, worker_problem) if p is not None]
     anomaly = Anomaly(
         seq=stored.seq,
         event_id=envelope.id,
         type=str(type(payload).__struct_config__.tag),
         reason="; ".join(problems),
     )
-    return replace(
+    return msgspec.structs.replace(
         view,
         last_seq=stored.seq,
         costs=costs if billed else view.costs,

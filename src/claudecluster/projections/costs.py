@@ -6,15 +6,21 @@ attempts: the money was spent whether or not the result is used.
 
 from __future__ import annotations
 
+from typing import Final
+
 from immutables import Map
 
 from claudecluster.events.envelope import EventEnvelope
-from claudecluster.events.model import TaskFailed, TaskSucceeded
+from claudecluster.events.model import EventBase, TaskFailed, TaskSucceeded
 from claudecluster.projections.views import CostView
 
-__all__ = ["Costs", "apply_costs"]
+__all__ = ["COSTS_READS", "Costs", "apply_costs"]
 
 Costs = Map[str, CostView]
+
+#: The event types :func:`apply_costs` folds; any other leaves the projection as it is,
+#: so the cluster fold does not call it for them (property-tested).
+COSTS_READS: Final[frozenset[type[EventBase]]] = frozenset({TaskSucceeded, TaskFailed})
 
 
 def apply_costs(costs: Costs, envelope: EventEnvelope) -> tuple[Costs, None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Final
 
 import msgspec
 from immutables import Map
@@ -10,6 +11,7 @@ from immutables import Map
 from claudecluster.domain.lifecycle import RunState, next_run_state
 from claudecluster.events.envelope import EventEnvelope
 from claudecluster.events.model import (
+    EventBase,
     RunCancelled,
     RunCompleted,
     RunFailed,
@@ -21,10 +23,25 @@ from claudecluster.events.model import (
 )
 from claudecluster.projections.views import RunView
 
-__all__ = ["Runs", "apply_runs"]
+__all__ = ["RUNS_READS", "Runs", "apply_runs"]
 
 Runs = Map[str, RunView]
 _RunChange = RunPlanned | RunCompleted | RunFailed | RunCancelled | RunRolledBack
+
+#: The event types :func:`apply_runs` folds; any other leaves the projection as it is, so
+#: the cluster fold does not call it for them (property-tested).
+RUNS_READS: Final[frozenset[type[EventBase]]] = frozenset(
+    {
+        RunSubmitted,
+        TaskQueued,
+        TaskMerged,
+        RunPlanned,
+        RunCompleted,
+        RunFailed,
+        RunCancelled,
+        RunRolledBack,
+    }
+)
 
 
 def apply_runs(runs: Runs, envelope: EventEnvelope) -> tuple[Runs, str | None]:

@@ -8,6 +8,7 @@ Everything else is an anomaly: recorded by the caller, and the task is left as i
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Final, get_args
 
 import msgspec
 from immutables import Map
@@ -15,6 +16,8 @@ from immutables import Map
 from claudecluster.domain.lifecycle import TaskState, next_task_state
 from claudecluster.events.envelope import EventEnvelope
 from claudecluster.events.model import (
+    Event,
+    EventBase,
     MergeConflict,
     RunPlanned,
     RunRolledBack,
@@ -33,12 +36,18 @@ from claudecluster.events.model import (
 )
 from claudecluster.projections.views import TaskView, task_key
 
-__all__ = ["PROGRESS_PREVIEW_CHARS", "Tasks", "apply_tasks"]
+__all__ = ["PROGRESS_PREVIEW_CHARS", "TASKS_READS", "Tasks", "apply_tasks"]
 
 Tasks = Map[str, TaskView]
 
 #: How much of the latest agent output a task view keeps for status displays.
 PROGRESS_PREVIEW_CHARS = 200
+
+#: The event types :func:`apply_tasks` folds (plans, rollbacks and every task event); any
+#: other leaves the projection as it is, so the cluster fold does not call it for them.
+TASKS_READS: Final[frozenset[type[EventBase]]] = frozenset[type[EventBase]](
+    {RunPlanned, RunRolledBack}
+).union(cls for cls in get_args(Event) if issubclass(cls, TaskEvent))
 
 
 def apply_tasks(tasks: Tasks, envelope: EventEnvelope) -> tuple[Tasks, str | None]:
@@ -61,11 +70,18 @@ def apply_tasks(tasks: Tasks, envelope: EventEnvelope) -> tuple[Tasks, str | Non
     problem = _attempt_problem(task, event)
     if problem is not None:
         return tasks, problem
-    tag = str(type(event).__struct_config__.tag)
+    tag = _TAGS[type(event)]
     target = next_task_state(task.state, tag)
     if target is None:
         return tasks, f"task {key!r} cannot take {tag!r} while {task.state.value}"
     return tasks.set(key, _advance(task, event, target, envelope.occurred_at)), None
+
+
+#: Each task event type's wire tag, looked up once rather than read from the class's
+#: struct config on every event.
+_TAGS: Final[dict[type[EventBase], str]] = {
+    cls: str(cls.__struct_config__.tag) for cls in TASKS_READS
+}
 
 
 def _plan(tasks: Tasks, event: RunPlanned) -> tuple[Tasks, str | None]:

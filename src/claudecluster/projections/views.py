@@ -2,6 +2,11 @@
 
 They are frozen msgspec Structs so a projection can be snapshotted (encoded) and compared
 for equality, and so a fold can only make a new record, never change one in place.
+
+They are not tracked by the cyclic garbage collector (``gc=False``): their fields are
+strings, numbers, times and tuples of those, so they can never be part of a reference
+cycle, and a view of a big log holds hundreds of thousands of them that every full
+collection would otherwise walk.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ def task_key(run_id: str, task_id: str) -> str:
     return f"{run_id}/{task_id}"
 
 
-class RunView(msgspec.Struct, frozen=True, kw_only=True):
+class RunView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What is known about one run."""
 
     run_id: str
@@ -42,7 +47,7 @@ class RunView(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
 
 
-class TaskView(msgspec.Struct, frozen=True, kw_only=True):
+class TaskView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What is known about one task: its state, live attempt, timings and spend.
 
     ``usage`` counts the live attempt's tokens; ``cost_usd`` sums every attempt's cost.
@@ -73,7 +78,7 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     conflict_files: tuple[str, ...] = ()
 
 
-class WorkerView(msgspec.Struct, frozen=True, kw_only=True):
+class WorkerView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What is known about one worker, from its own reports and the driver's verdicts."""
 
     worker_id: str
@@ -93,7 +98,7 @@ class WorkerView(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
 
 
-class CostView(msgspec.Struct, frozen=True, kw_only=True):
+class CostView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Money and tokens one run has spent, failed and superseded attempts included."""
 
     run_id: str

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import msgspec
 from immutables import Map
 
 from claudecluster.events.envelope import EventEnvelope
-from claudecluster.events.model import WorkerHeartbeat, WorkerJoined, WorkerLeft, WorkerLost
+from claudecluster.events.model import (
+    EventBase,
+    WorkerHeartbeat,
+    WorkerJoined,
+    WorkerLeft,
+    WorkerLost,
+)
 from claudecluster.projections.views import WorkerView
 
-__all__ = ["Workers", "apply_workers"]
+__all__ = ["WORKERS_READS", "Workers", "apply_workers"]
 
 Workers = Map[str, WorkerView]
+
+#: The event types :func:`apply_workers` folds; any other leaves the projection as it is,
+#: so the cluster fold does not call it for them (property-tested).
+WORKERS_READS: Final[frozenset[type[EventBase]]] = frozenset(
+    {WorkerJoined, WorkerHeartbeat, WorkerLeft, WorkerLost}
+)
 
 
 def apply_workers(workers: Workers, envelope: EventEnvelope) -> tuple[Workers, str | None]:
