@@ -114,10 +114,18 @@ class Log:
         effects: list[Effect] = []
         if isinstance(effect, Record):
             effects += self.event(effect.event)
-        elif isinstance(effect, Dispatch):
-            effects += self.event(effect.queued)
+        elif isinstance(effect, Dispatch) and not effect.republish:
+            effects += self.event(effect.queued)  # a republish records nothing
         settled = EffectSettled(key=effect.key, seq=self.state.view.last_seq)
         return effects + self._out(decide(self.state, settled, self.now))
+
+    def fail(self, effect: Effect) -> list[Effect]:
+        """Tell the driver the effect failed (what it recorded, if anything, is up to the
+        caller)."""
+        if effect in self.outbox:
+            self.outbox.remove(effect)
+        failed = EffectFailed(key=effect.key, reason="the store did not answer")
+        return self._out(decide(self.state, failed, self.now))
 
     def command(self, command: Any, command_id: str = "c1") -> list[Effect]:
         envelope = wrap_command(command, command_id=command_id, now=self.now, correlation_id="x")
@@ -227,18 +235,19 @@ def test_cancelling_a_run_records_its_queued_tasks_cancelled_too() -> None:
     assert any(isinstance(e, Record) and isinstance(e.event, RunCancelled) for e in effects)
 
 
+def _first_start(log: Log) -> Dispatch:
+    """A one-task run's start, taken out of the outbox and not yet carried out."""
+    log.plan([spec("a")])
+    start: Dispatch = log.take(Dispatch)
+    return start
+
+
 def test_a_work_item_whose_publish_failed_after_its_task_queued_is_published_again() -> None:
     log = Log()
-    for effect in log.plan([spec("a"), spec("b")]):
-        if isinstance(effect, Dispatch) and effect.queued.task_id == "b":
-            continue
-        log.settle(effect)
-    (start,) = [e for e in log.outbox if isinstance(e, Dispatch)]
-    log.outbox.remove(start)
+    start = _first_start(log)
     # TaskQueued was recorded, then the publish failed and the effect with it.
     log.event(start.queued)
-    effects = log._out(decide(log.state, EffectFailed(key=start.key, reason="no stream"), log.now))
-    (again,) = [e for e in effects if isinstance(e, Dispatch)]
+    (again,) = [e for e in log.fail(start) if isinstance(e, Dispatch)]
     assert (again.queued, again.republish) == (start.queued, True)
     # Settled, it is not published a third time.
     assert not [e for e in log.settle(again) if isinstance(e, Dispatch)]
@@ -246,17 +255,11 @@ def test_a_work_item_whose_publish_failed_after_its_task_queued_is_published_aga
 
 def test_a_failed_dispatch_read_back_late_goes_out_again_as_the_same_attempt() -> None:
     log = Log()
-    for effect in log.plan([spec("a"), spec("b")]):
-        if isinstance(effect, Dispatch) and effect.queued.task_id == "b":
-            continue
-        log.settle(effect)
-    (start,) = [e for e in log.outbox if isinstance(e, Dispatch)]
-    log.outbox.remove(start)
+    start = _first_start(log)
     # The effect failed before its TaskQueued (recorded or not) was read back: the task
     # looks pending, so it is started again as the same attempt (the same event id, so a
     # recorded TaskQueued is not recorded twice).
-    failed = decide(log.state, EffectFailed(key=start.key, reason="no stream"), log.now)
-    (redo,) = [e for e in failed if isinstance(e, Dispatch)]
+    (redo,) = [e for e in log.fail(start) if isinstance(e, Dispatch)]
     assert (redo.event_id, redo.queued.attempt, redo.republish) == (start.event_id, 1, False)
     log.event(start.queued)  # read back now; the redo is still in flight: nothing more
     settled = decide(log.state, EffectSettled(key=redo.key, seq=log.state.view.last_seq),
