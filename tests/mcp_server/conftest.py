@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from mcp.types.version import LATEST_HANDSHAKE_VERSION
 
 from claudecluster.runtime.connection import Connection, open_nats
 from claudecluster.runtime.front_door import FrontDoor, open_front_door
@@ -56,3 +58,17 @@ async def live(connection: Connection, tmp_path: Path) -> AsyncIterator[Live]:
         open_local_services(connection, settings, workers=1, project_dir=tmp_path),
     ):
         yield Live(front, repo)
+
+
+def initialize() -> dict[str, Any]:
+    """The JSON-RPC initialize request of a handshake-era client."""
+    return {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": LATEST_HANDSHAKE_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "test", "version": "1"},
+        },
+    }

@@ -26,7 +26,7 @@ from claudecluster.mcp_server.http_endpoint import endpoint_security, mcp_for_ga
 from claudecluster.runtime.front_door import FrontDoor
 from claudecluster.transport.mcp_sessions import JetStreamMcpSessionStore
 from tests.mcp_server.claude_client import ask_claude_for_status
-from tests.mcp_server.conftest import Live
+from tests.mcp_server.conftest import Live, initialize
 
 pytestmark = pytest.mark.nats
 
@@ -57,19 +57,6 @@ def headers(bearer: str | None = ALICE, **extra: str) -> dict[str, str]:
     if bearer:
         found["Authorization"] = f"Bearer {bearer}"
     return found | extra
-
-
-def initialize() -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": LATEST_HANDSHAKE_VERSION,
-            "capabilities": {},
-            "clientInfo": {"name": "test", "version": "1"},
-        },
-    }
 
 
 def call(name: str, arguments: dict[str, Any], request_id: int = 2) -> dict[str, Any]:

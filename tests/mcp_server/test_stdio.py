@@ -14,10 +14,10 @@ import anyio
 import psutil
 import pytest
 from mcp import Client, StdioServerParameters
-from mcp.types.version import LATEST_HANDSHAKE_VERSION
 
 from claudecluster.runtime.front_door import FrontDoor
 from tests.mcp_server.claude_client import ask_claude_for_status
+from tests.mcp_server.conftest import initialize
 
 pytestmark = pytest.mark.nats
 
@@ -59,22 +59,12 @@ async def test_the_embedded_nats_server_stops_when_claude_code_ends_the_server(
 ) -> None:
     """Claude Code ends a stdio server with SIGINT, SIGTERM 100 ms later, then SIGKILL;
     the nats-server that ``claudecluster mcp`` started for the project must not outlive it."""
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": LATEST_HANDSHAKE_VERSION,
-            "capabilities": {},
-            "clientInfo": {"name": "test", "version": "1"},
-        },
-    }
     async with await anyio.open_process(
         [CLI, "mcp", "--workers", "0"], cwd=tmp_path, stderr=subprocess.DEVNULL
     ) as process:
         assert process.stdin is not None
         assert process.stdout is not None
-        await process.stdin.send(json.dumps(initialize).encode() + b"\n")
+        await process.stdin.send(json.dumps(initialize()).encode() + b"\n")
         with anyio.fail_after(60):
             answer = await process.stdout.receive()
         assert b'"protocolVersion"' in answer

@@ -6,8 +6,12 @@ the path a replay of a big log takes once the reader falls behind.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import anyio
 import nats
+from nats.aio.client import Client
 
 from claudecluster.events import TaskQueued
 from claudecluster.transport.jetstream import JetStreamEventLog
@@ -23,22 +27,29 @@ async def _fill(log: JetStreamEventLog) -> None:
         await log.append(make(TaskQueued(run_id="r1", task_id=f"t{index}")))
 
 
-async def test_a_reader_behind_delivery_gets_every_message_once_and_in_order(
-    jetstream_log: JetStreamEventLog, nats_url: str
-) -> None:
-    await _fill(jetstream_log)
-    errors: list[Exception] = []
+@asynccontextmanager
+async def _client(nats_url: str, errors: list[Exception]) -> AsyncIterator[Client]:
+    """A client whose asynchronous errors (a failed delivery, say) land in ``errors``."""
 
     async def record(exc: Exception) -> None:
         errors.append(exc)
 
     client = await nats.connect(nats_url, error_cb=record)
     try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def test_a_reader_behind_delivery_gets_every_message_once_and_in_order(
+    jetstream_log: JetStreamEventLog, nats_url: str
+) -> None:
+    await _fill(jetstream_log)
+    errors: list[Exception] = []
+    async with _client(nats_url, errors) as client:
         with anyio.fail_after(10):
             async with open_ordered(client.jetstream(), "CC_EVENTS", "cc.evt.>", buffer=3) as got:
                 seqs = [msg.metadata.sequence.stream async for msg in got]
-    finally:
-        await client.close()
     assert seqs == list(range(1, _EVENTS + 1))
     assert errors == []
 
@@ -48,12 +59,7 @@ async def test_a_reader_left_while_delivery_waits_for_room_ends_without_an_error
 ) -> None:
     await _fill(jetstream_log)
     errors: list[Exception] = []
-
-    async def record(exc: Exception) -> None:
-        errors.append(exc)
-
-    client = await nats.connect(nats_url, error_cb=record)
-    try:
+    async with _client(nats_url, errors) as client:
         with anyio.fail_after(10):
             async with open_ordered(client.jetstream(), "CC_EVENTS", "cc.evt.>", buffer=2) as got:
                 async for msg in got:
@@ -61,6 +67,4 @@ async def test_a_reader_left_while_delivery_waits_for_room_ends_without_an_error
                     break
             # A round trip: anything the abandoned delivery raised has been reported by now.
             await client.flush()
-    finally:
-        await client.close()
     assert errors == []
