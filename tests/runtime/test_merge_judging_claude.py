@@ -25,6 +25,7 @@ from claudecluster.events import (
     RunFailed,
     RunPolicy,
     SubmitRun,
+    TaskFailed,
     TaskMerged,
     TaskQueued,
     TaskSpec,
@@ -158,3 +159,69 @@ async def test_claude_resolutions_are_judged_refused_retried_and_kept_on_purpose
     # Nothing that reached a branch holds a conflict marker.
     for run in ("nothing", "markers", "keep"):
         assert "<<<<<<<" not in git_output(repo, "show", f"claudecluster/{run}:{run}.txt")
+
+
+def _writes(*files: tuple[str, str]) -> dict[str, Any]:
+    tools = [
+        {"name": "Write", "input": {"file_path": "{cwd}/" + path, "content": content}}
+        for path, content in files
+    ]
+    return {"turns": [{"tools": tools}, {"text": "Done."}]}
+
+
+BATCH_SCRIPT = Script.model_validate(
+    {
+        "latency_s": 0.1,
+        "tasks": [
+            {"marker": "[[task:gate]]", **_writes(("gate.txt", "gate\n"))},
+            *(
+                {
+                    "marker": f"[[task:t{i}]]",
+                    **_writes((f"t{i}.txt", f"{i}\n"), *([("bad.txt", "x\n")] if i == 2 else [])),
+                }
+                for i in range(4)
+            ),
+        ],
+    }
+)
+
+
+async def test_claude_results_verified_in_a_batch_reject_only_the_member_that_breaks_it(
+    world: tuple[JetStreamEventLog, Any], tmp_path: Path
+) -> None:
+    log, client = world
+    repo = make_repo(tmp_path / "repo", {"README.md": "demo\n"})
+    plan = (
+        TaskSpec(task_id="gate", title="gate", prompt="[[task:gate]] write"),
+        *(
+            TaskSpec(task_id=f"t{i}", title=f"t{i}", prompt=f"[[task:t{i}]] write",
+                     depends_on=("gate",))
+            for i in range(4)
+        ),
+    )  # fmt: skip
+    policy = RunPolicy(verify_command="test ! -e bad.txt", max_attempts=1)
+    async with open_scripted_model(BATCH_SCRIPT) as model:
+        template = WorkerConfig(
+            worker_id="template",
+            workspace_root=tmp_path / "workspaces",
+            heartbeat_s=1.0,
+            api_environment={"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-x"},
+        )
+        async with open_local_workers(4, template, log, client):
+            cluster = Cluster(log, client, repo, tmp_path)
+            async with running_driver(cluster):
+                await cluster.send(
+                    SubmitRun(run_id="batch", goal="batch", repo=str(repo), plan=plan,
+                              policy=policy)
+                )  # fmt: skip
+                events = await cluster.wait_end("batch", limit_s=180)
+    merged = [e.task_id for e in events if isinstance(e, TaskMerged)]
+    assert merged[0] == "gate"
+    assert sorted(merged) == ["gate", "t0", "t1", "t3"]
+    failed = [(e.task_id, e.failure_class) for e in events if isinstance(e, TaskFailed)]
+    assert failed == [("t2", "verify")]
+    files = git_output(repo, "ls-tree", "--name-only", "claudecluster/batch").split()
+    assert {"gate.txt", "t0.txt", "t1.txt", "t3.txt"} <= set(files)
+    assert "bad.txt" not in files
+    subjects = git_output(repo, "log", "--format=%s", "claudecluster/batch").splitlines()
+    assert subjects[: len(merged)] == [f"{t}: {t}" for t in reversed(merged)]
