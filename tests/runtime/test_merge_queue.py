@@ -125,3 +125,45 @@ def test_bisection_finds_the_first_breaking_result_of_any_batch(size: int) -> No
             search = search.record(probe, passed=probe <= culprit)
         assert (search.culprit, search.good) == (culprit, culprit)
         assert probes <= max(size - 1, 0).bit_length()
+
+
+@pytest.mark.parametrize(("size", "at_once"), [(n, k) for n in (2, 5, 19, 40) for k in (2, 4)])
+def test_probes_at_once_find_the_culprit_in_log_k_plus_one_rounds(size: int, at_once: int) -> None:
+    for culprit in range(size):
+        search, rounds = Bisection(good=0, bad=size), 0
+        while probes := search.probes(at_once):
+            assert len(probes) <= at_once
+            assert all(search.good < p < search.bad for p in probes)
+            rounds += 1
+            search = search.record_all({p: p <= culprit for p in probes})
+        assert search.culprit == culprit
+        limit, reach = 0, 1
+        while reach < size:  # rounds needed to cut ``size`` into single results
+            reach *= at_once + 1
+            limit += 1
+        assert rounds <= limit + 1
+
+
+async def test_probes_run_at_once_each_in_its_own_worktree(tmp_path: Path) -> None:
+    results = {f"t{i}": {f"f{i}.txt": f"{i}\n"} for i in range(8)}
+    results["t5"]["bad.txt"] = "broken\n"
+    repo = make_repo(tmp_path / "repo", {"app.py": "VERSION = 1\n"})
+    base = git_output(repo, "rev-parse", "HEAD").strip()
+    commits = {task: _result(repo, base, task, files) for task, files in results.items()}
+    git_output(repo, "checkout", "-q", "main")
+    integration = Integration(repo, tmp_path / "integration", "claudecluster/r")
+    await integration.start(base)
+    log = _Log()
+
+    async def theirs_of(item: Merge) -> str | None:
+        return commits[item.task_id]
+
+    merger = BatchMerger(integration, repo, log.record, theirs_of, "test ! -e bad.txt", 60.0, 4)
+    items = tuple(_item(t, base) for t in results)
+    await merger.run(MergeBatch(key="merge:r", run_id="r", items=items, head=base, verify=True))
+    assert [e.task_id for e in log.events if isinstance(e, TaskMerged)] == [
+        "t0", "t1", "t2", "t3", "t4",
+    ]  # fmt: skip
+    assert [e.task_id for e in log.events if isinstance(e, TaskFailed)] == ["t5"]
+    assert merger.verify_runs == 5  # the batch, then one round of four probes
+    assert "probe-" not in git_output(repo, "worktree", "list")

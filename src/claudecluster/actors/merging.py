@@ -178,6 +178,27 @@ class Bisection(msgspec.Struct, frozen=True, kw_only=True):
         """The prefix to verify next, or None once the culprit is known."""
         return None if self.bad - self.good <= 1 else (self.good + self.bad) // 2
 
+    def probes(self, at_once: int) -> tuple[int, ...]:
+        """Up to ``at_once`` prefixes to verify together, evenly spread over what is still
+        unknown: with k runs at a time the culprit is found in log_(k+1)(n) rounds."""
+        inside = self.bad - self.good - 1
+        if inside <= 0:
+            return ()
+        count = min(max(at_once, 1), inside)
+        step = (self.bad - self.good) / (count + 1)
+        return tuple(sorted({self.good + max(1, round(step * (i + 1))) for i in range(count)}))
+
+    def record_all(self, results: dict[int, bool]) -> Bisection:
+        """What a round of probes taught (prefix -> passed)."""
+        search = self
+        for prefix, passed in sorted(results.items()):
+            search = search.record(prefix, passed)
+        if search.good >= search.bad:
+            # A pass above a failure: the build is not monotonic; trust the failures.
+            below = [p for p, ok in results.items() if ok and p < search.bad]
+            search = Bisection(good=max(below, default=self.good), bad=search.bad)
+        return search
+
     @property
     def culprit(self) -> int:
         """The index in the batch of the first result that breaks it (when ``probe`` is None)."""

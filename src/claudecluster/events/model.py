@@ -203,6 +203,14 @@ class RunPolicy(msgspec.Struct, frozen=True, kw_only=True):
             "1 verifies every result on its own.",
         ),
     ] = 8
+    verify_parallel: Annotated[
+        int,
+        msgspec.Meta(
+            ge=1,
+            description="Verify runs at once while bisecting a failed batch, each in its own "
+            "worktree: k runs find the culprit in log_(k+1) of the batch size rounds.",
+        ),
+    ] = 4
     verify_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     rollback_on_failure: bool = False
     pool: Id = "default"

@@ -463,6 +463,7 @@ class Driver:
         merger = BatchMerger(
             self._integration(effect.run_id, repo), repo, self._record, self._theirs_of,
             book.policy.verify_command, book.policy.verify_timeout_s,
+            book.policy.verify_parallel,
         )  # fmt: skip
         seq = await merger.run(effect)
         self.verify_runs += merger.verify_runs

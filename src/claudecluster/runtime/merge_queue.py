@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+
+import anyio
 
 from claudecluster.actors.driver import Merge, MergeBatch
 from claudecluster.actors.merging import Bisection, MergeFacts, MergeVerdict, judge_merge
@@ -92,6 +95,7 @@ class BatchMerger:
         theirs_of: TheirsOf,
         verify_command: str,
         verify_timeout_s: float,
+        verify_parallel: int = 1,
     ) -> None:
         self._integration = integration
         self._repo = repo
@@ -99,6 +103,7 @@ class BatchMerger:
         self._theirs_of = theirs_of
         self._verify_command = verify_command
         self._verify_timeout_s = verify_timeout_s
+        self._parallel = verify_parallel
         #: verify runs carried out, for the benchmarks and the tests
         self.verify_runs = 0
 
@@ -185,21 +190,27 @@ class BatchMerger:
         output of the run that failed (empty if all pass)."""
         outputs: dict[int, str] = {}
 
-        async def passes(prefix: int) -> bool:
+        results: dict[int, bool] = {}
+
+        async def passes(prefix: int, *, isolated: bool) -> bool:
             commit = stack[prefix - 1].commit if prefix else head
             self.verify_runs += 1
-            verdict = await self._integration.verify_at(
-                commit, self._verify_command, self._verify_timeout_s
-            )
+            verify = self._integration.verify_isolated if isolated else self._integration.verify_at
+            verdict = await verify(commit, self._verify_command, self._verify_timeout_s)
             if not verdict.passed:
                 outputs[prefix] = verdict.output
+            results[prefix] = verdict.passed
             return verdict.passed
 
-        if await passes(len(stack)):
+        if await passes(len(stack), isolated=False):
             return len(stack), ""
         search = Bisection(good=0, bad=len(stack))
-        while (probe := search.probe) is not None:
-            search = search.record(probe, await passes(probe))
+        while probes := search.probes(self._parallel):
+            results.clear()
+            async with anyio.create_task_group() as group:
+                for prefix in probes:
+                    group.start_soon(partial(passes, prefix, isolated=len(probes) > 1))
+            search = search.record_all(dict(results))
         _log.info(
             "batch bisected", culprit=stack[search.culprit].item.task_id, merged=search.good,
             of=len(stack), verify_runs=self.verify_runs,

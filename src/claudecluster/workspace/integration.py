@@ -83,6 +83,8 @@ class Integration:
         self.repo = repo
         self.worktree = worktree
         self.branch = branch
+        # git's worktree commands are not safe to run at once on one repository.
+        self._worktrees = anyio.Lock()
 
     async def start(self, base_commit: str) -> None:
         """Create the branch at ``base_commit``, unless it already exists there or later.
@@ -260,6 +262,25 @@ class Integration:
         await self._checkout(await self.head())
         return await self._verify(command, timeout_s)
 
+    async def verify_isolated(self, commit: str, command: str, timeout_s: float) -> VerifyOutcome:
+        """Run the verify command on ``commit`` in a worktree of its own, removed after.
+
+        For verify runs at once (bisecting a batch): each needs its own tree.
+
+        Raises:
+            WorkspaceError: git failed to make the worktree.
+        """
+        where = self.worktree.parent / f"probe-{commit[:12]}"
+        async with self._worktrees:
+            await git_status(self.repo, "worktree", "remove", "--force", str(where))
+            await git(self.repo, "worktree", "add", "--quiet", "--detach", str(where), commit)
+        try:
+            return await self._verify(command, timeout_s, where)
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with self._worktrees:
+                    await git_status(self.repo, "worktree", "remove", "--force", str(where))
+
     async def move_to(self, commit: str) -> None:
         """Point the branch at ``commit`` (a rollback).
 
@@ -277,12 +298,14 @@ class Integration:
         out = await git(self.worktree, "diff", "--name-only", "--diff-filter=U")
         return tuple(line for line in out.splitlines() if line)
 
-    async def _verify(self, command: str, timeout_s: float) -> VerifyOutcome:
+    async def _verify(
+        self, command: str, timeout_s: float, where: Path | None = None
+    ) -> VerifyOutcome:
         try:
             with anyio.fail_after(timeout_s):
                 done = await anyio.run_process(
                     ["bash", "-c", command],
-                    cwd=self.worktree,
+                    cwd=where or self.worktree,
                     check=False,
                     stdin=subprocess.DEVNULL,
                     stderr=subprocess.STDOUT,
