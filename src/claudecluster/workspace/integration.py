@@ -85,6 +85,9 @@ class Integration:
         self.branch = branch
         # git's worktree commands are not safe to run at once on one repository.
         self._worktrees = anyio.Lock()
+        #: the commit the worktree is known to be clean at (a commit just made there), so
+        #: the next result of a batch stacks on it without a reset, clean and checkout
+        self._clean_at: str | None = None
 
     async def start(self, base_commit: str) -> None:
         """Create the branch at ``base_commit``, unless it already exists there or later.
@@ -116,6 +119,9 @@ class Integration:
 
     async def _checkout(self, commit: str) -> None:
         """A clean worktree at ``commit`` (detached: the branch moves only by CAS)."""
+        clean, self._clean_at = self._clean_at, None  # whoever checks out changes the tree
+        if commit == clean:
+            return
         if not (self.worktree / ".git").exists():
             await anyio.Path(self.worktree.parent).mkdir(parents=True, exist_ok=True)
             await git_status(self.repo, "worktree", "prune")
@@ -202,6 +208,7 @@ class Integration:
             "-m", f"{message}\n\n{_TRAILER}: {key}",
         )  # fmt: skip
         merged = (await git(self.worktree, "rev-parse", "HEAD")).strip()
+        self._clean_at = merged
         return MergeOutcome(commit=merged, changed_files=changed)
 
     async def advance(self, to: str, expected: str) -> None:
@@ -301,6 +308,8 @@ class Integration:
     async def _verify(
         self, command: str, timeout_s: float, where: Path | None = None
     ) -> VerifyOutcome:
+        if where is None:
+            self._clean_at = None  # the command may leave files behind
         try:
             with anyio.fail_after(timeout_s):
                 done = await anyio.run_process(
