@@ -124,10 +124,12 @@ class Integration:
             return
         if not (self.worktree / ".git").exists():
             await anyio.Path(self.worktree.parent).mkdir(parents=True, exist_ok=True)
-            await git_status(self.repo, "worktree", "prune")
-            await git(
-                self.repo, "worktree", "add", "--quiet", "--detach", str(self.worktree), commit
-            )
+            async with self._worktrees:
+                await git_status(self.repo, "worktree", "prune")
+                await git(
+                    self.repo, "worktree", "add", "--quiet", "--detach", str(self.worktree),
+                    commit,
+                )  # fmt: skip
             return
         await git_status(self.worktree, "merge", "--abort")
         await git(self.worktree, "reset", "--quiet", "--hard")
@@ -252,16 +254,27 @@ class Integration:
         """A commit holding the merge of ``theirs`` into ``ours`` with its conflict markers.
 
         A resolution attempt starts from it: the agent sees both sides where they collide.
+        It is made in a worktree of its own, removed after: resolutions are dispatched while
+        the run's merge lane uses the integration worktree, and the two must not share one.
 
         Raises:
             WorkspaceError: git failed.
         """
-        await self._checkout(ours)
-        await git_status(self.worktree, "merge", "--no-ff", "--no-commit", "--quiet", theirs)
-        await git(self.worktree, "add", "--all")
-        await git(self.worktree, "commit", "--quiet", "--no-verify", "--allow-empty", "-m", message)
-        commit = (await git(self.worktree, "rev-parse", "HEAD")).strip()
-        await git(self.repo, "update-ref", f"refs/claudecluster/conflict/{commit}", commit)
+        where = self.worktree.parent / f"conflict-{ours[:12]}-{theirs[:12]}"
+        await anyio.Path(where.parent).mkdir(parents=True, exist_ok=True)
+        async with self._worktrees:
+            await git_status(self.repo, "worktree", "remove", "--force", str(where))
+            await git(self.repo, "worktree", "add", "--quiet", "--detach", str(where), ours)
+        try:
+            await git_status(where, "merge", "--no-ff", "--no-commit", "--quiet", theirs)
+            await git(where, "add", "--all")
+            await git(where, "commit", "--quiet", "--no-verify", "--allow-empty", "-m", message)
+            commit = (await git(where, "rev-parse", "HEAD")).strip()
+            await git(self.repo, "update-ref", f"refs/claudecluster/conflict/{commit}", commit)
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with self._worktrees:
+                    await git_status(self.repo, "worktree", "remove", "--force", str(where))
         return commit
 
     async def verify_head(self, command: str, timeout_s: float) -> VerifyOutcome:
