@@ -265,7 +265,7 @@ def main() -> None:
         0.2 if args.quick else 30.0
     )  # fmt: skip
     args.task_seconds = args.task_seconds if args.task_seconds is not None else (
-        0.1 if args.quick else 3.0
+        1.0 if args.quick else 3.0
     )  # fmt: skip
     args.tasks = 20 if not args.quick else 16
     args.pairs = 8 if not args.quick else 2

@@ -114,8 +114,10 @@ def test_merge_queue_compares_verify_each_with_batches_and_counts_collisions(
         batched["wall_s"] / each["wall_s"], rel=0.02
     )
     free, declared = report["collisions"]
-    assert free["conflicts"] == report["pairs"]  # each pair collides at merge
-    assert free["resolution_attempts"] == report["pairs"]
+    # A pair collides at merge when its two tasks ran at once (nearly always: they start
+    # together and work for a second), and each collision took one resolution attempt.
+    assert 1 <= free["conflicts"] <= report["pairs"]
+    assert free["resolution_attempts"] == free["conflicts"]
     assert free["wasted_task_s"] > 0
     assert (declared["conflicts"], declared["wasted_task_s"]) == (0, 0)
     assert free["merged"] == declared["merged"] == 2 * report["pairs"]
