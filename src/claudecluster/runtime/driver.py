@@ -146,8 +146,6 @@ class Driver:
         self._bundles: dict[str, ArtifactRef] = {}
         self._bundle_locks: dict[str, anyio.Lock] = {}
         self._stopped = anyio.Event()
-        #: verify command runs after merges (batches and single merges), for benchmarks
-        self.verify_runs = 0
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -395,7 +393,6 @@ class Driver:
             verify=policy.verify_command if effect.verify else None,
             verify_timeout_s=policy.verify_timeout_s,
         )
-        self.verify_runs += verdict is not None
         if outcome.commit is None and not outcome.conflict_files and verdict is None:
             facts = MergeFacts(
                 changed_files=outcome.changed_files,
@@ -465,9 +462,7 @@ class Driver:
             book.policy.verify_command, book.policy.verify_timeout_s,
             book.policy.verify_parallel,
         )  # fmt: skip
-        seq = await merger.run(effect)
-        self.verify_runs += merger.verify_runs
-        return seq
+        return await merger.run(effect)
 
     async def _record_unchanged(self, effect: Merge, judged: MergeVerdict, event_id: str) -> int:
         """Record a merge that leaves the branch where it was, saying why."""

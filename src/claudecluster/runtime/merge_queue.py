@@ -104,7 +104,7 @@ class BatchMerger:
         self._verify_command = verify_command
         self._verify_timeout_s = verify_timeout_s
         self._parallel = verify_parallel
-        #: verify runs carried out, for the benchmarks and the tests
+        #: verify runs carried out (logged with each bisection)
         self.verify_runs = 0
 
     async def run(self, batch: MergeBatch) -> int:
