@@ -167,3 +167,34 @@ async def test_probes_run_at_once_each_in_its_own_worktree(tmp_path: Path) -> No
     assert [e.task_id for e in log.events if isinstance(e, TaskFailed)] == ["t5"]
     assert merger.verify_runs == 5  # the batch, then one round of four probes
     assert "probe-" not in git_output(repo, "worktree", "list")
+
+
+async def test_probes_of_the_same_commit_at_once_do_not_share_a_worktree(tmp_path: Path) -> None:
+    # b changes nothing, so prefixes 1 and 2 are the same commit and may be probed at once.
+    results = {
+        "a": {"a.txt": "a\n"},
+        "b": {"a.txt": "a\n"},
+        "c": {"c.txt": "c\n"},
+        "d": {"d.txt": "d\n", "bad.txt": "x\n"},
+        "e": {"e.txt": "e\n"},
+    }
+    repo = make_repo(tmp_path / "repo", {"app.py": "VERSION = 1\n"})
+    base = git_output(repo, "rev-parse", "HEAD").strip()
+    commits = {task: _result(repo, base, task, files) for task, files in results.items()}
+    git_output(repo, "checkout", "-q", "main")
+    integration = Integration(repo, tmp_path / "integration", "claudecluster/r")
+    await integration.start(base)
+    log = _Log()
+
+    async def theirs_of(item: Merge) -> str | None:
+        return commits[item.task_id]
+
+    merger = BatchMerger(integration, repo, log.record, theirs_of, "test ! -e bad.txt", 60.0, 4)
+    items = tuple(_item(t, base) for t in results)
+    await merger.run(MergeBatch(key="merge:r", run_id="r", items=items, head=base, verify=True))
+    merged = [e for e in log.events if isinstance(e, TaskMerged)]
+    assert [(m.task_id, m.brought_changes) for m in merged] == [
+        ("a", True), ("b", False), ("c", True),
+    ]  # fmt: skip
+    assert merged[1].note == "its changes were already on the integration branch"
+    assert [e.task_id for e in log.events if isinstance(e, TaskFailed)] == ["d"]

@@ -88,6 +88,8 @@ class Integration:
         #: the commit the worktree is known to be clean at (a commit just made there), so
         #: the next result of a batch stacks on it without a reset, clean and checkout
         self._clean_at: str | None = None
+        #: numbers the throwaway worktrees, so two at once never share a directory
+        self._scratch = 0
 
     async def start(self, base_commit: str) -> None:
         """Create the branch at ``base_commit``, unless it already exists there or later.
@@ -260,7 +262,7 @@ class Integration:
         Raises:
             WorkspaceError: git failed.
         """
-        where = self.worktree.parent / f"conflict-{ours[:12]}-{theirs[:12]}"
+        where = self._scratch_dir("conflict", theirs)
         await anyio.Path(where.parent).mkdir(parents=True, exist_ok=True)
         async with self._worktrees:
             await git_status(self.repo, "worktree", "remove", "--force", str(where))
@@ -290,7 +292,7 @@ class Integration:
         Raises:
             WorkspaceError: git failed to make the worktree.
         """
-        where = self.worktree.parent / f"probe-{commit[:12]}"
+        where = self._scratch_dir("probe", commit)
         async with self._worktrees:
             await git_status(self.repo, "worktree", "remove", "--force", str(where))
             await git(self.repo, "worktree", "add", "--quiet", "--detach", str(where), commit)
@@ -300,6 +302,12 @@ class Integration:
             with anyio.CancelScope(shield=True):
                 async with self._worktrees:
                     await git_status(self.repo, "worktree", "remove", "--force", str(where))
+
+    def _scratch_dir(self, purpose: str, commit: str) -> Path:
+        """A directory for a throwaway worktree that no other one uses at the same time
+        (two probes of one batch may verify the same commit)."""
+        self._scratch += 1
+        return self.worktree.parent / f"{purpose}-{self._scratch}-{commit[:12]}"
 
     async def move_to(self, commit: str) -> None:
         """Point the branch at ``commit`` (a rollback).
