@@ -197,4 +197,8 @@ async def test_probes_of_the_same_commit_at_once_do_not_share_a_worktree(tmp_pat
         ("a", True), ("b", False), ("c", True),
     ]  # fmt: skip
     assert merged[1].note == "its changes were already on the integration branch"
+    # Recorded at the commit the branch holds at that point, so the driver's idea of the
+    # head after the batch is the branch's: the last merge recorded is on it.
+    assert merged[1].commit == merged[0].commit
+    assert merged[-1].commit == git_output(repo, "rev-parse", "claudecluster/r").strip()
     assert [e.task_id for e in log.events if isinstance(e, TaskFailed)] == ["d"]

@@ -158,7 +158,7 @@ class BatchMerger:
         if new_head != batch.head:
             await self._integration.advance(new_head, batch.head)
         for entry in stack[:good]:
-            seq = await self._merged(entry, batch.head if not entry.changed else entry.commit)
+            seq = await self._merged(entry, entry.commit)
         if good < len(stack):
             culprit = stack[good].item
             failed = TaskFailed(
