@@ -202,3 +202,25 @@ async def test_probes_of_the_same_commit_at_once_do_not_share_a_worktree(tmp_pat
     assert merged[1].commit == merged[0].commit
     assert merged[-1].commit == git_output(repo, "rev-parse", "claudecluster/r").strip()
     assert [e.task_id for e in log.events if isinstance(e, TaskFailed)] == ["d"]
+
+
+async def test_a_batch_carried_out_again_after_a_crash_records_what_is_on_the_branch(
+    tmp_path: Path,
+) -> None:
+    # The driver moved the branch, then died before recording the merges: the batch is
+    # asked for again from the old head, and the commits are found by their trailers.
+    results = {f"t{i}": {f"f{i}.txt": f"{i}\n"} for i in range(3)}
+    first, _, repo, base = await _merge(tmp_path, results, "true")
+    head = git_output(repo, "rev-parse", "claudecluster/r").strip()
+    again = _Log()
+    integration = Integration(repo, tmp_path / "integration", "claudecluster/r")
+
+    async def unused(item: Merge) -> str | None:
+        raise AssertionError(f"{item.task_id} was fetched again")
+
+    rerun = BatchMerger(integration, repo, again.record, unused, "true", 60.0)
+    items = tuple(_item(t, base) for t in results)
+    await rerun.run(MergeBatch(key="merge:r", run_id="r", items=items, head=base, verify=True))
+    assert again.events == first.events  # the same merges, at the same commits
+    assert rerun.verify_runs == 0
+    assert git_output(repo, "rev-parse", "claudecluster/r").strip() == head
