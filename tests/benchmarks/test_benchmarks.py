@@ -96,3 +96,28 @@ def test_footprint_measures_real_processes(tmp_path: Path) -> None:
     for key in ("idle_worker_mb", "driver_idle_mb", "claude_process_peak_mb"):
         assert 10 < results[key] < 4096, key
     assert results["driver_peak_mb"] >= results["driver_idle_mb"]
+
+
+def test_merge_queue_compares_verify_each_with_batches_and_counts_collisions(
+    tmp_path: Path,
+) -> None:
+    report = run_quick("merge_queue", tmp_path)
+    each, batched = report["verify"]
+    assert (each["queue"], batched["queue"]) == ("each_in_turn", "batched")
+    for row in (each, batched):
+        # The bad task is found and rejected; every other task merged.
+        assert row["rejected"] == [report["bad_task"]]
+        assert row["merged"] == report["tasks"] - 1
+    assert each["verify_runs"] == report["tasks"]  # one per result, in turn
+    assert batched["verify_runs"] < each["verify_runs"]
+    assert batched["wall_over_each_in_turn"] == pytest.approx(
+        batched["wall_s"] / each["wall_s"], rel=0.02
+    )
+    free, declared = report["collisions"]
+    # A pair collides at merge when its two tasks ran at once (nearly always: they start
+    # together and work for a second), and each collision took one resolution attempt.
+    assert 1 <= free["conflicts"] <= report["pairs"]
+    assert free["resolution_attempts"] == free["conflicts"]
+    assert free["wasted_task_s"] > 0
+    assert (declared["conflicts"], declared["wasted_task_s"]) == (0, 0)
+    assert free["merged"] == declared["merged"] == 2 * report["pairs"]

@@ -270,3 +270,21 @@ def test_encoded_events_are_plain_json_other_tools_can_read() -> None:
     data = msgspec.json.decode(encode(_queued()))
     assert data["payload"]["type"] == "task.queued"
     assert data["occurred_at"] == "2026-01-01T00:00:00Z"
+
+
+def test_merge_events_written_before_merges_were_judged_decode_with_defaults() -> None:
+    from claudecluster.events.model import MergeConflict as _Conflict
+    from claudecluster.events.model import TaskMerged as _Merged
+
+    merged = msgspec.json.decode(
+        b'{"type":"task.merged","run_id":"r","task_id":"t","attempt":1,"commit":"c",'
+        b'"integration_branch":"claudecluster/r","files":[]}',
+        type=_Merged,
+    )
+    assert (merged.brought_changes, merged.note) == (True, "")
+    conflict = msgspec.json.decode(
+        b'{"type":"task.merge_conflict","run_id":"r","task_id":"t","attempt":1,'
+        b'"files":["a"],"ours":"o","theirs":"t"}',
+        type=_Conflict,
+    )
+    assert conflict.problem == ""

@@ -38,6 +38,7 @@ from typing import Final, Literal
 
 import msgspec
 
+from claudecluster.actors.merging import resolution_note, stop_reason
 from claudecluster.domain.graph import TaskGraph
 from claudecluster.domain.kinds import KIND_PROFILES
 from claudecluster.domain.lifecycle import RunState, TaskState
@@ -85,6 +86,7 @@ __all__ = [
     "EffectFailed",
     "EffectSettled",
     "Merge",
+    "MergeBatch",
     "Message",
     "Plan",
     "PublishCommand",
@@ -219,6 +221,28 @@ class Merge:
     verify: bool
     on_conflict: Literal["resolve", "stop"]
     expected_last: int
+    #: the conflict this attempt was asked to resolve: its result is judged against it
+    resolving: MergeConflict | None = None
+    #: the commit a resolution attempt started from (what it hands back if it changed nothing)
+    resolution_base: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MergeBatch:
+    """Merge several results at once, in order, and verify them once together.
+
+    The shell stacks ``items`` as one commit each on ``head``, runs the verify command on
+    the top, and on a failure bisects to the first result that breaks it: the results
+    before it merge, it alone is recorded as failed (class ``verify``), the ones after it
+    wait for the next batch. A result that conflicts, or is refused, after the first one
+    ends the batch there: it is merged first in the next batch, onto a verified head.
+    """
+
+    key: str
+    run_id: str
+    items: tuple[Merge, ...]
+    head: str
+    verify: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +275,7 @@ class PublishCommand:
     command_id: str
 
 
-Effect = Record | Dispatch | Plan | Merge | Verify | Rollback | PublishCommand
+Effect = Record | Dispatch | Plan | Merge | MergeBatch | Verify | Rollback | PublishCommand
 
 
 # ----------------------------------------------------------------------------------------
@@ -293,6 +317,8 @@ class RunBook:
     retry_at: dict[str, datetime] = field(default_factory=dict)
     queued: dict[str, TaskQueued] = field(default_factory=dict)
     conflicts: dict[str, MergeConflict] = field(default_factory=dict)
+    #: the conflict each live resolution attempt was queued to resolve
+    resolving: dict[str, MergeConflict] = field(default_factory=dict)
     skipped_for: set[str] = field(default_factory=set)
     #: "task/attempt" of attempts told to stop because the run is failing
     cancel_sent: set[str] = field(default_factory=set)
@@ -654,7 +680,11 @@ def _task_moved(state: DriverState, book: RunBook, event: TaskEvent, stored: Sto
         case TaskQueued():
             book.queued[task_id] = event
             book.retry_at.pop(task_id, None)
-            book.conflicts.pop(task_id, None)
+            conflict = book.conflicts.pop(task_id, None)
+            if event.resolves_conflict and conflict is not None:
+                book.resolving[task_id] = conflict
+            else:
+                book.resolving.pop(task_id, None)
         case TaskRetryScheduled():
             due = stored.envelope.occurred_at + timedelta(seconds=event.delay_s)
             book.retry_at[task_id] = due
@@ -972,13 +1002,16 @@ def _attend(state: DriverState, book: RunBook, now: datetime) -> list[Effect]:
                 conflict = book.conflicts.get(task_id)
                 if policy.on_conflict == "stop":
                     files = ", ".join(task.conflict_files) or "unknown files"
+                    problem = f" ({conflict.problem})" if conflict and conflict.problem else ""
                     book.stopping = book.stopping or (
-                        f"task {task_id!r} conflicts with the integration branch in {files}"
+                        f"task {task_id!r} conflicts with the integration branch in "
+                        f"{files}{problem}"
                     )
                 elif task.attempt > policy.max_attempts:
-                    book.stopping = book.stopping or (
-                        f"task {task_id!r} still conflicts after {task.attempt} attempts"
-                    )
+                    book.stopping = book.stopping or stop_reason(
+                        task_id, conflict, task.conflict_files, task.attempt,
+                        book.integration_branch,
+                    )  # fmt: skip
                 elif conflict is not None and not book.stopping and room():
                     effects.append(_dispatch(state, book, task, "resolve", conflict=conflict))
             case TaskState.QUEUED | TaskState.ASSIGNED | TaskState.RUNNING:
@@ -1096,11 +1129,7 @@ def _dispatch(
     spec = book.graph.specs[task.task_id]
     attempt = task.attempt + 1
     if conflict is not None:
-        note = (
-            f"Merging your previous result into the integration branch conflicted in "
-            f"{', '.join(conflict.files)}. The workspace holds that merge with conflict "
-            f"markers. Resolve every conflict keeping the intent of both sides, then finish."
-        )
+        note = resolution_note(conflict)
     else:
         note = f"This is attempt {attempt}: {why}." if why else ""
     queued = TaskQueued(
@@ -1184,37 +1213,62 @@ def _resend_unsent(state: DriverState, book: RunBook) -> list[Effect]:
 
 
 def _merge_lane(state: DriverState, book: RunBook) -> list[Effect]:
-    """One merge at a time per run, in the order results arrived."""
-    assert book.graph is not None
+    """One merge at a time per run, in the order results arrived.
+
+    With a verify command run after each merge, the results waiting at the front of the
+    lane (up to the policy's ``merge_batch``) go together, verified once.
+    """
     key = f"merge:{book.run_id}"
     if not book.to_merge or not _free(state, key) or book.stopping:
         return []
-    task_id = book.to_merge[0]
+    policy = book.policy
+    limit = policy.merge_batch if policy.verify_command and policy.verify_when == "each" else 1
+    items: list[Merge] = []
+    for task_id in book.to_merge[:limit]:
+        item = _merge_item(state, book, task_id, key)
+        if item is None:
+            break
+        items.append(item)
+    if len(items) > 1:
+        verify = any(item.verify for item in items)
+        return [
+            MergeBatch(key=key, run_id=book.run_id, items=tuple(items), head=book.head,
+                       verify=verify)
+        ]  # fmt: skip
+    return list(items)
+
+
+def _merge_item(state: DriverState, book: RunBook, task_id: str, key: str) -> Merge | None:
+    """The merge of the task's result, or None if the task has no current result."""
+    assert book.graph is not None
     task = state.view.tasks[task_key(book.run_id, task_id)]
     result = book.results.get(task_id)
     if task.state is not TaskState.SUCCEEDED or result is None or result.attempt != task.attempt:
-        return []
+        return None
     spec = book.graph.specs[task_id]
+    queued = book.queued.get(task_id)
+    resolving = book.resolving.get(task_id)
+    resolves = resolving is not None and queued is not None and queued.attempt == task.attempt
     verify = (
         bool(book.policy.verify_command)
         and book.policy.verify_when == "each"
         and KIND_PROFILES[spec.kind].verify
     )
-    return [
-        Merge(
-            key=key,
-            run_id=book.run_id,
-            task_id=task_id,
-            attempt=task.attempt,
-            title=spec.title,
-            result=result,
-            head=book.head,
-            integration_branch=book.integration_branch,
-            verify=verify,
-            on_conflict=book.policy.on_conflict,
-            expected_last=state.scope_seq.get(f"cc.evt.{book.run_id}.{task_id}.>", 0),
-        )
-    ]
+    return Merge(
+        key=key,
+        run_id=book.run_id,
+        task_id=task_id,
+        attempt=task.attempt,
+        title=spec.title,
+        result=result,
+        head=book.head,
+        integration_branch=book.integration_branch,
+        verify=verify,
+        on_conflict=book.policy.on_conflict,
+        expected_last=state.scope_seq.get(f"cc.evt.{book.run_id}.{task_id}.>", 0),
+        resolving=resolving if resolves else None,
+        resolution_base=queued.base_commit if resolves and queued is not None else "",
+    )
 
 
 def _budget(state: DriverState, book: RunBook) -> list[Effect]:

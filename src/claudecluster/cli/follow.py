@@ -43,6 +43,7 @@ from claudecluster.events.model import (
     WorkerLost,
 )
 from claudecluster.projections.cluster import ClusterView, apply
+from claudecluster.projections.progress import merge_warnings
 from claudecluster.runtime.connection import Connection
 from claudecluster.transport.commands import publish_command
 
@@ -299,14 +300,23 @@ def _describe(stored: StoredEvent, view: ClusterView) -> str:
             return f"{event.task_id}: retry as attempt {event.next_attempt} in {event.delay_s:g}s"
         case TaskSkipped():
             return f"{event.task_id}: skipped: {event.reason}"
+        case TaskMerged() if not event.brought_changes:
+            return (
+                f"{event.task_id}: merged WITHOUT CHANGES, the branch stays at "
+                f"{event.commit[:12]}: {event.note or 'the merge changed nothing'}"
+            )
         case TaskMerged():
             return f"{event.task_id}: merged as {event.commit[:12]}"
+        case MergeConflict() if event.problem:
+            return f"{event.task_id}: merge refused: {event.problem}; policy: {event.policy}"
         case MergeConflict():
             return f"{event.task_id}: conflicts in {', '.join(event.files)}; policy: {event.policy}"
         case WorkerLost():
             return f"worker {event.worker_id} lost: {event.reason}"
         case RunCompleted():
-            return f"run completed: {event.tasks_succeeded} merged"
+            unchanged = len(merge_warnings(view, event.run_id))
+            extra = f" ({unchanged} without changes)" if unchanged else ""
+            return f"run completed: {event.tasks_succeeded} merged{extra}"
         case RunFailed():
             return f"run failed: {event.reason}"
         case RunCancelled():

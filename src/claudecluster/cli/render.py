@@ -7,9 +7,10 @@ from datetime import datetime
 from rich.table import Table
 
 from claudecluster.projections.cluster import ClusterView
+from claudecluster.projections.progress import merge_warnings
 from claudecluster.projections.views import RunView
 
-__all__ = ["run_table", "tasks_table", "workers_table"]
+__all__ = ["merge_warning_lines", "run_table", "tasks_table", "workers_table"]
 
 
 def _elapsed(start: datetime | None, end: datetime | None) -> str:
@@ -44,9 +45,10 @@ def tasks_table(view: ClusterView, run_id: str) -> Table:
     for column in ("task", "state", "attempt", "worker", "elapsed", "turns", "cost"):
         table.add_column(column, justify="right" if column in {"turns", "cost"} else "left")
     for task in view.tasks_of(run_id):
+        unchanged = task.state.value == "merged" and task.merge_note
         table.add_row(
             task.task_id,
-            task.state.value,
+            f"{task.state.value} (no change)" if unchanged else task.state.value,
             str(task.attempt),
             task.worker_id or "-",
             _elapsed(task.started_at, task.finished_at),
@@ -54,6 +56,14 @@ def tasks_table(view: ClusterView, run_id: str) -> Table:
             f"${task.cost_usd:.4f}",
         )
     return table
+
+
+def merge_warning_lines(view: ClusterView, run_id: str) -> list[str]:
+    """One warning per task counted as merged although its merge changed nothing."""
+    return [
+        f"warning: {task_id} merged without changes: {why}"
+        for task_id, why in merge_warnings(view, run_id)
+    ]
 
 
 def workers_table(view: ClusterView, now: datetime | None = None) -> Table:

@@ -14,6 +14,7 @@ from rich.prompt import Prompt
 
 from claudecluster.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, app
 from claudecluster.cli.follow import Renderer, RunEnd, follow_run, renderer_for, submit_only
+from claudecluster.cli.render import merge_warning_lines
 from claudecluster.errors import ConfigError
 from claudecluster.events.model import (
     CancelRun,
@@ -267,12 +268,16 @@ def print_summary(console: Console, end: RunEnd) -> None:
     event = end.event
     run = end.view.runs.get(event.run_id)
     branch = run.integration_branch if run is not None else f"claudecluster/{event.run_id}"
+    warnings = merge_warning_lines(end.view, event.run_id)
     if isinstance(event, RunCompleted):
+        unchanged = f" ({len(warnings)} without changes)" if warnings else ""
         console.print(
-            f"run {event.run_id} completed: {event.tasks_succeeded} merged, "
+            f"run {event.run_id} completed: {event.tasks_succeeded} merged{unchanged}, "
             f"{event.tasks_failed} failed, {event.tasks_skipped} skipped",
             markup=False,
         )
+        for line in warnings:
+            console.print(line, markup=False, style="yellow")
         console.print(
             f"wall time {event.wall_time_s:.1f}s for {event.task_time_s:.1f}s of task time: "
             f"speedup {event.speedup:.2f}x; cost ${event.cost_usd:.4f}",

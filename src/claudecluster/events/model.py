@@ -194,6 +194,23 @@ class RunPolicy(msgspec.Struct, frozen=True, kw_only=True):
         msgspec.Meta(description="Shell command run on the integration branch; empty for none."),
     ] = ""
     verify_when: Literal["each", "end"] = "each"
+    merge_batch: Annotated[
+        int,
+        msgspec.Meta(
+            ge=1,
+            description="With verify_when 'each': how many ready results are merged and "
+            "verified together at most; a failing batch is bisected to its culprit. "
+            "1 verifies every result on its own.",
+        ),
+    ] = 8
+    verify_parallel: Annotated[
+        int,
+        msgspec.Meta(
+            ge=1,
+            description="Verify runs at once while bisecting a failed batch, each in its own "
+            "worktree: k runs find the culprit in log_(k+1) of the batch size rounds.",
+        ),
+    ] = 4
     verify_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     rollback_on_failure: bool = False
     pool: Id = "default"
@@ -473,7 +490,12 @@ class TaskSkipped(TaskEvent, frozen=True, kw_only=True, tag="task.skipped"):
 
 
 class TaskMerged(TaskEvent, frozen=True, kw_only=True, tag="task.merged"):
-    """The task's commits were merged into the integration branch."""
+    """The task's commits were merged into the integration branch.
+
+    With ``brought_changes`` false the branch did not move (``commit`` is the head it was
+    already at): the task changed nothing, or a resolution kept the integration side on
+    purpose. ``note`` says which; status displays show it as a warning.
+    """
 
     attempt: Attempt
     commit: str
@@ -485,6 +507,17 @@ class TaskMerged(TaskEvent, frozen=True, kw_only=True, tag="task.merged"):
             "attempt this is the task's change, not the edit that removed conflict markers."
         ),
     ] = ()
+    brought_changes: Annotated[
+        bool,
+        msgspec.Meta(
+            description="The merge changed the integration branch. False when the task "
+            "changed nothing or a resolution kept the integration side; logs written "
+            "before this field existed read as true."
+        ),
+    ] = True
+    note: Annotated[
+        str, msgspec.Meta(description="Why a merge brought no change; empty otherwise.")
+    ] = ""
 
 
 class MergeConflict(TaskEvent, frozen=True, kw_only=True, tag="task.merge_conflict"):
@@ -495,6 +528,14 @@ class MergeConflict(TaskEvent, frozen=True, kw_only=True, tag="task.merge_confli
     ours: Annotated[str, msgspec.Meta(description="Integration branch commit.")]
     theirs: Annotated[str, msgspec.Meta(description="The task's commit.")]
     policy: Literal["resolve", "stop"] = "stop"
+    problem: Annotated[
+        str,
+        msgspec.Meta(
+            description="Why the merge was refused although git merged it: a resolution "
+            "that changed nothing or left conflict markers, or markers in the task's own "
+            "result. Empty for a conflict git reported."
+        ),
+    ] = ""
 
 
 class WorkerJoined(WorkerEvent, frozen=True, kw_only=True, tag="worker.joined"):

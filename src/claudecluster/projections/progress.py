@@ -12,11 +12,12 @@ from datetime import datetime
 
 import msgspec
 
+from claudecluster.domain.kinds import KIND_PROFILES, READ_ONLY_TOOLS
 from claudecluster.domain.lifecycle import TaskState
 from claudecluster.events.model import TokenUsage
 from claudecluster.projections.cluster import ClusterView
 
-__all__ = ["RunProgress", "run_progress"]
+__all__ = ["RunProgress", "merge_warnings", "run_progress"]
 
 _FINISHED = frozenset({TaskState.MERGED, TaskState.SKIPPED, TaskState.CANCELLED, TaskState.FAILED})
 
@@ -98,3 +99,18 @@ def run_progress(view: ClusterView, run_id: str, now: datetime) -> RunProgress |
         usage=usage,
         cost_usd=cost.cost_usd if cost is not None else 0.0,
     )
+
+
+def merge_warnings(view: ClusterView, run_id: str) -> list[tuple[str, str]]:
+    """(task id, why) for each task of the run counted as merged although its merge
+    changed nothing: a task that made no change, or a resolution that kept the
+    integration side. Read-only kinds (review, plan) change nothing by design and are left
+    out. Every display of a run shows these, so that "merged" never hides a missing change.
+    """
+    return [
+        (task.task_id, task.merge_note)
+        for task in view.tasks_of(run_id)
+        if task.state is TaskState.MERGED
+        and task.merge_note
+        and KIND_PROFILES[task.kind].allowed_tools != READ_ONLY_TOOLS
+    ]

@@ -191,7 +191,14 @@ def _advance(task: TaskView, event: TaskEvent, target: TaskState, at: datetime) 
         case TaskSkipped():
             return replace(task, state=target, finished_at=at, failure=event.reason)
         case TaskMerged():
-            return replace(task, state=target, merged_commit=event.commit, conflict_files=())
+            note = "" if event.brought_changes else event.note or "the merge changed nothing"
+            return replace(
+                task,
+                state=target,
+                merged_commit=event.commit,
+                conflict_files=(),
+                merge_note=note,
+            )
         case MergeConflict():
             return replace(task, state=target, conflict_files=event.files)
         case _:

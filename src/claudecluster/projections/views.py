@@ -76,6 +76,8 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     retryable: bool = False
     merged_commit: str | None = None
     conflict_files: tuple[str, ...] = ()
+    #: why the task counts as merged although the merge changed nothing (empty otherwise)
+    merge_note: str = ""
 
 
 class WorkerView(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -24,7 +24,7 @@ from claudecluster.events.model import (
     TaskSucceeded,
 )
 from claudecluster.projections.cluster import ClusterView
-from claudecluster.projections.progress import run_progress
+from claudecluster.projections.progress import merge_warnings, run_progress
 from claudecluster.runtime.connection import Connection
 from claudecluster.transport.artifacts import ArtifactStore
 
@@ -108,8 +108,11 @@ def run_record(
                     {
                         "task": payload.task_id,
                         "attempt": payload.attempt,
-                        "kind": "merge conflict",
-                        "detail": f"{', '.join(payload.files)} (policy {payload.policy})",
+                        "kind": "merge refused" if payload.problem else "merge conflict",
+                        "detail": (
+                            f"{payload.problem or ', '.join(payload.files)} "
+                            f"(policy {payload.policy})"
+                        ),
                     }
                 )
             case TaskMerged():
@@ -158,6 +161,11 @@ def run_record(
         "tasks": tasks,
         "attempts": sorted(attempts.values(), key=lambda a: (a["start_s"], a["task"])),
         "problems": problems,
+        # Tasks counted as merged although their merge changed nothing: never silent.
+        "warnings": [
+            {"task": task_id, "detail": f"merged without changes: {why}"}
+            for task_id, why in merge_warnings(view, run_id)
+        ],
     }
 
 
@@ -194,6 +202,9 @@ def render_markdown(record: dict[str, Any]) -> str:
             f"| {task['id']} | {task['state']} | {task['attempts']} | "
             f"{task['worker'] or '-'} | {task['turns']} | ${task['cost_usd']:.4f} | {files} |"
         )
+    if record.get("warnings"):
+        lines += ["", "## Warnings", ""]
+        lines += [f"- {w['task']}: {w['detail']}" for w in record["warnings"]]
     if record["problems"]:
         lines += ["", "## Failures and conflicts", ""]
         lines += [
@@ -293,6 +304,7 @@ table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;pad
 text-align:left;vertical-align:top}th{background:#f4f4f4}.num{text-align:right}
 svg text{font:12px system-ui,sans-serif;fill:#222}svg text.bar{fill:#fff}
 svg text.tick{fill:#666;font-size:11px}.edge{stroke:#999;stroke-width:1.5}
+.warnings{color:#8a5a00;background:#fff6e0;padding:.5rem 2rem}
 .summary span{display:inline-block;margin-right:1.5rem}code{background:#f4f4f4;padding:0 3px}
 """
 
@@ -326,6 +338,10 @@ def render_html(record: dict[str, Any]) -> str:
         )
         or "<tr><td colspan=4>None.</td></tr>"
     )
+    warnings = "".join(
+        f"<li><b>{esc(w['task'])}</b>: {esc(w['detail'])}</li>" for w in record.get("warnings", [])
+    )
+    warned = f'<h2>Warnings</h2><ul class="warnings">{warnings}</ul>' if warnings else ""
     speed = (
         (
             f"<span>speedup <b>{summary['speedup']:.2f}x</b></span>"
@@ -343,6 +359,7 @@ def render_html(record: dict[str, Any]) -> str:
 <span>cost ${run["cost_usd"]:.4f}</span>
 <span>branch <code>{esc(run["branch"])}</code> at <code>{esc(run["head"][:12])}</code></span></p>
 {f"<p>{esc(run['reason'])}</p>" if run["reason"] else ""}
+{warned}
 <h2>Timeline</h2>{_timeline(record)}
 <h2>Task graph</h2>{_graph(record)}
 <h2>Tasks</h2>

@@ -39,6 +39,7 @@ from claudecluster.actors.driver import (
     EffectFailed,
     EffectSettled,
     Merge,
+    MergeBatch,
     Message,
     Plan,
     PublishCommand,
@@ -49,6 +50,7 @@ from claudecluster.actors.driver import (
     Verify,
     decide,
 )
+from claudecluster.actors.merging import MergeFacts, MergeVerdict, judge_merge
 from claudecluster.domain.kinds import KIND_PROFILES
 from claudecluster.errors import (
     ClusterError,
@@ -73,6 +75,7 @@ from claudecluster.events.subjects import ALL_COMMANDS
 from claudecluster.events.work import WorkItem
 from claudecluster.executors.base import Executor
 from claudecluster.observability.logging import get_logger
+from claudecluster.runtime.merge_queue import BatchMerger, refused_conflict
 from claudecluster.runtime.planners import finish_plan, planner_for
 from claudecluster.transport.artifacts import ArtifactStore, artifact_key
 from claudecluster.transport.base import EventLog
@@ -257,6 +260,8 @@ class Driver:
                 return await self._dispatch(effect)
             case Merge():
                 return await self._merge(effect)
+            case MergeBatch():
+                return await self._merge_batch(effect)
             case Verify():
                 return await self._verify(effect)
             case Rollback():
@@ -372,25 +377,14 @@ class Driver:
         repo = Path(book.submitted.repo)
         integration = self._integration(effect.run_id, repo)
         key = f"{effect.run_id}/{effect.task_id}/{effect.attempt}"
-        bundle_ref = next((a for a in effect.result.artifacts if a.name == "result.bundle"), None)
         policy = book.policy
-        if bundle_ref is None:
+        event_id = key.replace("/", "-")
+        theirs = await self._theirs_of(effect)
+        if theirs is None:
             # The task changed nothing: there is nothing to merge, and nothing to verify.
-            merged = TaskMerged(
-                run_id=effect.run_id, task_id=effect.task_id, attempt=effect.attempt,
-                commit=effect.head, integration_branch=effect.integration_branch,
-            )  # fmt: skip
-            return await self._record(
-                merged, f"merged-{key.replace('/', '-')}", effect.expected_last
-            )
-        path = (
-            self._run_dir(effect.run_id, repo) / f"result-{effect.task_id}-{effect.attempt}.bundle"
-        )
-        await self._artifacts.get_file(bundle_ref, path)
-        theirs = await fetch_result(
-            repo, path, task_branch(effect.run_id, effect.task_id),
-            f"refs/claudecluster/results/{key}",
-        )  # fmt: skip
+            facts = MergeFacts(result_is_base=True)
+            judged = judge_merge(facts, resolving=None, summary=effect.result.summary)
+            return await self._record_unchanged(effect, judged, event_id)
         outcome, verdict = await integration.merge(
             head=effect.head,
             theirs=theirs,
@@ -399,7 +393,20 @@ class Driver:
             verify=policy.verify_command if effect.verify else None,
             verify_timeout_s=policy.verify_timeout_s,
         )
-        event_id = key.replace("/", "-")
+        if outcome.commit is None and not outcome.conflict_files and verdict is None:
+            facts = MergeFacts(
+                changed_files=outcome.changed_files,
+                marker_files=outcome.marker_files,
+                result_is_base=theirs == effect.resolution_base,
+            )
+            judged = judge_merge(facts, resolving=effect.resolving, summary=effect.result.summary)
+            if judged.accepted:
+                return await self._record_unchanged(effect, judged, event_id)
+            # Refused: a conflict again, with what was wrong, so the policy decides and the
+            # next resolution attempt is told.
+            refused = refused_conflict(effect, outcome, judged, theirs)
+            _log.warning("merge refused", task=key, problem=judged.problem)
+            return await self._record(refused, f"conflict-{event_id}", effect.expected_last)
         if outcome.commit is not None:
             files = tuple(
                 ChangedFile(path=change.path, added=change.added, deleted=change.deleted)
@@ -425,6 +432,46 @@ class Driver:
             failure_class="verify", retryable=True,
         )  # fmt: skip
         return await self._record(failed, f"verify-failed-{event_id}", effect.expected_last)
+
+    async def _theirs_of(self, effect: Merge) -> str | None:
+        """The commit holding the attempt's result in the driver's repository.
+
+        None when a task's own attempt changed nothing. A resolution attempt that changed
+        nothing hands back the conflicted merge it started from, markers and all, so that
+        it is judged like any other result.
+        """
+        bundle_ref = next((a for a in effect.result.artifacts if a.name == "result.bundle"), None)
+        if bundle_ref is None:
+            return effect.resolution_base if effect.resolving is not None else None
+        repo = Path(self.state.runs[effect.run_id].submitted.repo)
+        key = f"{effect.run_id}/{effect.task_id}/{effect.attempt}"
+        path = self._run_dir(effect.run_id, repo) / (
+            f"result-{effect.task_id}-{effect.attempt}.bundle"
+        )
+        await self._artifacts.get_file(bundle_ref, path)
+        return await fetch_result(
+            repo, path, task_branch(effect.run_id, effect.task_id),
+            f"refs/claudecluster/results/{key}",
+        )  # fmt: skip
+
+    async def _merge_batch(self, effect: MergeBatch) -> int:
+        book = self.state.runs[effect.run_id]
+        repo = Path(book.submitted.repo)
+        merger = BatchMerger(
+            self._integration(effect.run_id, repo), repo, self._record, self._theirs_of,
+            book.policy.verify_command, book.policy.verify_timeout_s,
+            book.policy.verify_parallel,
+        )  # fmt: skip
+        return await merger.run(effect)
+
+    async def _record_unchanged(self, effect: Merge, judged: MergeVerdict, event_id: str) -> int:
+        """Record a merge that leaves the branch where it was, saying why."""
+        merged = TaskMerged(
+            run_id=effect.run_id, task_id=effect.task_id, attempt=effect.attempt,
+            commit=effect.head, integration_branch=effect.integration_branch,
+            brought_changes=False, note=judged.note,
+        )  # fmt: skip
+        return await self._record(merged, f"merged-{event_id}", effect.expected_last)
 
     async def _verify(self, effect: Verify) -> int:
         book = self.state.runs[effect.run_id]

@@ -34,6 +34,7 @@ from claudecluster.actors.driver import (
     EffectFailed,
     EffectSettled,
     Merge,
+    MergeBatch,
     Message,
     Plan,
     PublishCommand,
@@ -284,6 +285,14 @@ class SimulatedCluster:
                 seq = self._dispatch(effect)
             case Merge():
                 seq = self._merge(effect)
+            case MergeBatch():
+                # No verify command is simulated: each result merges in turn, and the
+                # batch ends at the first that conflicts, as the real one does.
+                seq = None
+                for item in effect.items:
+                    seq = self._merge(item)
+                    if seq is None or isinstance(self.log[-1].envelope.payload, MergeConflict):
+                        break
             case Verify():
                 seq = self._append(effect.done, f"completed-{effect.run_id}", None)
             case Rollback():

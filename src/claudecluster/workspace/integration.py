@@ -6,11 +6,17 @@ ref ``refs/heads/claudecluster/<run>`` moves, and only with a compare-and-swap o
 old value. Each merge is one squashed commit per task whose message carries a
 ``ClaudeCluster-Task: <run>/<task>/<attempt>`` trailer, so a driver that crashed after
 moving the branch but before recording the merge finds it again instead of merging twice.
+
+No merge commits a tree in which a file it changes holds more conflict blocks than it did
+before (see :mod:`claudecluster.workspace.markers`), whatever the task or a resolution
+attempt left behind, and a merge that would change nothing does not move the branch: the
+outcome says so, and the caller decides whether that counts.
 """
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -19,15 +25,19 @@ import anyio
 
 from claudecluster.errors import WorkspaceError
 from claudecluster.workspace.git import git, git_status
+from claudecluster.workspace.markers import conflict_blocks
 
 __all__ = [
     "Integration",
+    "clip_output",
     "MergeOutcome",
     "VerifyOutcome",
 ]
 
 _TRAILER: Final = "ClaudeCluster-Task"
 _OUTPUT_TAIL: Final = 2000
+#: A file whose first bytes hold a NUL is binary: git writes no markers into it.
+_BINARY_PROBE: Final = 8000
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,14 +45,21 @@ class MergeOutcome:
     """How merging one task result went.
 
     Attributes:
-        commit: the integration branch's new head (None on a conflict).
+        commit: the integration branch's new head (None when it did not move).
         conflict_files: the files that conflicted (empty on success).
         already: the merge had been made before (found by its trailer).
+        changed_files: the files the merge changes against the head.
+        marker_files: changed files that hold more conflict blocks than before; the merge
+            was refused.
+        unchanged: the merge would change nothing; the branch was left as it was.
     """
 
     commit: str | None
     conflict_files: tuple[str, ...] = ()
     already: bool = False
+    changed_files: tuple[str, ...] = ()
+    marker_files: tuple[str, ...] = ()
+    unchanged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +83,13 @@ class Integration:
         self.repo = repo
         self.worktree = worktree
         self.branch = branch
+        # git's worktree commands are not safe to run at once on one repository.
+        self._worktrees = anyio.Lock()
+        #: the commit the worktree is known to be clean at (a commit just made there), so
+        #: the next result of a batch stacks on it without a reset, clean and checkout
+        self._clean_at: str | None = None
+        #: numbers the throwaway worktrees, so two at once never share a directory
+        self._scratch = 0
 
     async def start(self, base_commit: str) -> None:
         """Create the branch at ``base_commit``, unless it already exists there or later.
@@ -97,12 +121,17 @@ class Integration:
 
     async def _checkout(self, commit: str) -> None:
         """A clean worktree at ``commit`` (detached: the branch moves only by CAS)."""
+        clean, self._clean_at = self._clean_at, None  # whoever checks out changes the tree
+        if commit == clean:
+            return
         if not (self.worktree / ".git").exists():
             await anyio.Path(self.worktree.parent).mkdir(parents=True, exist_ok=True)
-            await git_status(self.repo, "worktree", "prune")
-            await git(
-                self.repo, "worktree", "add", "--quiet", "--detach", str(self.worktree), commit
-            )
+            async with self._worktrees:
+                await git_status(self.repo, "worktree", "prune")
+                await git(
+                    self.repo, "worktree", "add", "--quiet", "--detach", str(self.worktree),
+                    commit,
+                )  # fmt: skip
             return
         await git_status(self.worktree, "merge", "--abort")
         await git(self.worktree, "reset", "--quiet", "--hard")
@@ -123,8 +152,11 @@ class Integration:
     ) -> tuple[MergeOutcome, VerifyOutcome | None]:  # fmt: skip
         """Squash-merge ``theirs`` onto the branch, expected at ``head``.
 
-        With ``verify``, the command runs on the merged tree first; if it fails the branch
-        does not move (the merge is undone) and the verdict says why.
+        A merge that leaves conflict markers in a file it changes is refused
+        (``marker_files``), and one that changes nothing is not committed (``unchanged``);
+        in both cases the branch stays at ``head``. With ``verify``, the command runs on
+        the merged tree first; if it fails the branch does not move (the merge is undone)
+        and the verdict says why.
 
         Raises:
             WorkspaceError: git failed, or the branch moved away from ``head`` meanwhile.
@@ -138,47 +170,144 @@ class Integration:
                 f"branch {self.branch} is at {current[:12]}, expected {head[:12]}: "
                 "something else moved it"
             )
-        await self._checkout(head)
+        stacked = await self.stack(onto=head, theirs=theirs, key=key, message=message)
+        if stacked.commit is None:
+            return stacked, None
+        verdict = None
+        if verify:
+            verdict = await self._verify(verify, verify_timeout_s)
+            if not verdict.passed:
+                return MergeOutcome(commit=None, changed_files=stacked.changed_files), verdict
+        await self.advance(stacked.commit, head)
+        return stacked, verdict
+
+    async def stack(self, *, onto: str, theirs: str, key: str, message: str) -> MergeOutcome:
+        """Squash-merge ``theirs`` onto the commit ``onto`` without moving the branch.
+
+        The merge queue stacks a batch of results this way, one commit per task, verifies
+        the top, and moves the branch with :meth:`advance` to the last commit that passed.
+        The worktree is left at the new commit. A conflict, leftover markers or no change
+        at all make no commit (``commit`` is None; the outcome says which).
+
+        Raises:
+            WorkspaceError: git failed.
+        """
+        await self._checkout(onto)
         code, _, _ = await git_status(self.worktree, "merge", "--squash", "--quiet", theirs)
         if code != 0:
             files = await self._conflicted()
             await git(self.worktree, "reset", "--quiet", "--hard")
             if files:
-                return MergeOutcome(commit=None, conflict_files=files), None
+                return MergeOutcome(commit=None, conflict_files=files)
             raise WorkspaceError(f"git merge of {theirs[:12]} failed without conflicting files")
+        changed = await self._staged_changes()
+        markers = await self._marker_files(onto, changed)
+        if markers or not changed:
+            await git(self.worktree, "reset", "--quiet", "--hard")
+            return MergeOutcome(
+                commit=None, changed_files=changed, marker_files=markers, unchanged=not changed
+            )
         await git(
             self.worktree, "commit", "--quiet", "--no-verify", "--allow-empty",
             "-m", f"{message}\n\n{_TRAILER}: {key}",
         )  # fmt: skip
         merged = (await git(self.worktree, "rev-parse", "HEAD")).strip()
-        verdict = None
-        if verify:
-            verdict = await self._verify(verify, verify_timeout_s)
-            if not verdict.passed:
-                return MergeOutcome(commit=None), verdict
-        await git(self.repo, "update-ref", self.ref, merged, head)
-        return MergeOutcome(commit=merged), verdict
+        self._clean_at = merged
+        return MergeOutcome(commit=merged, changed_files=changed)
+
+    async def advance(self, to: str, expected: str) -> None:
+        """Move the branch from ``expected`` to ``to`` (compare-and-swap).
+
+        Raises:
+            WorkspaceError: the branch is no longer at ``expected``, or git failed.
+        """
+        await git(self.repo, "update-ref", self.ref, to, expected)
+
+    async def verify_at(self, commit: str, command: str, timeout_s: float) -> VerifyOutcome:
+        """Run the verify command on ``commit``'s tree (a commit the queue stacked)."""
+        await self._checkout(commit)
+        return await self._verify(command, timeout_s)
+
+    async def _staged_changes(self) -> tuple[str, ...]:
+        """The files the staged merge changes against the worktree's HEAD."""
+        out = await git(self.worktree, "diff", "--cached", "--name-only", "--no-renames", "-z")
+        return tuple(sorted(name for name in out.split("\0") if name))
+
+    async def _marker_files(self, head: str, changed: tuple[str, ...]) -> tuple[str, ...]:
+        """The changed files holding more complete conflict blocks than they did at ``head``.
+
+        Compared with the file's old content, so a file that already held markers on
+        purpose (a test fixture of a merge tool, say) can still be edited.
+        """
+        found: list[str] = []
+        for name in changed:
+            new = await _read_text(self.worktree / name)
+            if new is None:
+                continue  # deleted, or binary
+            blocks = conflict_blocks(new)
+            if blocks == 0:
+                continue
+            code, old, _ = await git_status(self.worktree, "show", f"{head}:{name}")
+            if blocks > (conflict_blocks(old) if code == 0 else 0):
+                found.append(name)
+        return tuple(found)
 
     async def conflicted_merge(self, ours: str, theirs: str, message: str) -> str:
         """A commit holding the merge of ``theirs`` into ``ours`` with its conflict markers.
 
         A resolution attempt starts from it: the agent sees both sides where they collide.
+        It is made in a worktree of its own, removed after: resolutions are dispatched while
+        the run's merge lane uses the integration worktree, and the two must not share one.
 
         Raises:
             WorkspaceError: git failed.
         """
-        await self._checkout(ours)
-        await git_status(self.worktree, "merge", "--no-ff", "--no-commit", "--quiet", theirs)
-        await git(self.worktree, "add", "--all")
-        await git(self.worktree, "commit", "--quiet", "--no-verify", "--allow-empty", "-m", message)
-        commit = (await git(self.worktree, "rev-parse", "HEAD")).strip()
-        await git(self.repo, "update-ref", f"refs/claudecluster/conflict/{commit}", commit)
+        where = self._scratch_dir("conflict", theirs)
+        await anyio.Path(where.parent).mkdir(parents=True, exist_ok=True)
+        async with self._worktrees:
+            await git_status(self.repo, "worktree", "remove", "--force", str(where))
+            await git(self.repo, "worktree", "add", "--quiet", "--detach", str(where), ours)
+        try:
+            await git_status(where, "merge", "--no-ff", "--no-commit", "--quiet", theirs)
+            await git(where, "add", "--all")
+            await git(where, "commit", "--quiet", "--no-verify", "--allow-empty", "-m", message)
+            commit = (await git(where, "rev-parse", "HEAD")).strip()
+            await git(self.repo, "update-ref", f"refs/claudecluster/conflict/{commit}", commit)
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with self._worktrees:
+                    await git_status(self.repo, "worktree", "remove", "--force", str(where))
         return commit
 
     async def verify_head(self, command: str, timeout_s: float) -> VerifyOutcome:
         """Run the verify command on the branch's current head."""
         await self._checkout(await self.head())
         return await self._verify(command, timeout_s)
+
+    async def verify_isolated(self, commit: str, command: str, timeout_s: float) -> VerifyOutcome:
+        """Run the verify command on ``commit`` in a worktree of its own, removed after.
+
+        For verify runs at once (bisecting a batch): each needs its own tree.
+
+        Raises:
+            WorkspaceError: git failed to make the worktree.
+        """
+        where = self._scratch_dir("probe", commit)
+        async with self._worktrees:
+            await git_status(self.repo, "worktree", "remove", "--force", str(where))
+            await git(self.repo, "worktree", "add", "--quiet", "--detach", str(where), commit)
+        try:
+            return await self._verify(command, timeout_s, where)
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with self._worktrees:
+                    await git_status(self.repo, "worktree", "remove", "--force", str(where))
+
+    def _scratch_dir(self, purpose: str, commit: str) -> Path:
+        """A directory for a throwaway worktree that no other one uses at the same time
+        (two probes of one batch may verify the same commit)."""
+        self._scratch += 1
+        return self.worktree.parent / f"{purpose}-{self._scratch}-{commit[:12]}"
 
     async def move_to(self, commit: str) -> None:
         """Point the branch at ``commit`` (a rollback).
@@ -197,21 +326,52 @@ class Integration:
         out = await git(self.worktree, "diff", "--name-only", "--diff-filter=U")
         return tuple(line for line in out.splitlines() if line)
 
-    async def _verify(self, command: str, timeout_s: float) -> VerifyOutcome:
+    async def _verify(
+        self, command: str, timeout_s: float, where: Path | None = None
+    ) -> VerifyOutcome:
+        if where is None:
+            self._clean_at = None  # the command may leave files behind
         try:
             with anyio.fail_after(timeout_s):
                 done = await anyio.run_process(
                     ["bash", "-c", command],
-                    cwd=self.worktree,
+                    cwd=where or self.worktree,
                     check=False,
                     stdin=subprocess.DEVNULL,
                     stderr=subprocess.STDOUT,
                 )
         except TimeoutError:
             return VerifyOutcome(False, f"the verify command took longer than {timeout_s:.0f}s")
-        output = done.stdout.decode(errors="replace")[-_OUTPUT_TAIL:]
+        output = clip_output(done.stdout)
         if done.returncode != 0:
             return VerifyOutcome(
                 False, f"the verify command exited with status {done.returncode}: {output}"
             )
         return VerifyOutcome(True, output)
+
+
+async def _read_text(path: Path) -> str | None:
+    """A file's text, or None if it is missing, not a regular file, or binary."""
+    target = anyio.Path(path)
+    if await target.is_symlink() or not await target.is_file():
+        return None
+    data = await target.read_bytes()
+    if b"\0" in data[:_BINARY_PROBE]:
+        return None
+    return data.decode(errors="replace")
+
+
+def clip_output(
+    raw: bytes, *, limit: int = _OUTPUT_TAIL, redact: Callable[[str], str] | None = None
+) -> str:
+    """What is kept of a command's output before it is recorded: redacted, then its end.
+
+    The one place the verify command's output is cut down, so that every caller records
+    it the same way. ``redact`` (a :class:`~claudecluster.observability.redaction.Redactor`'s
+    ``text``, say) runs on the whole text first, so a secret cut in half by the
+    limit cannot slip through.
+    """
+    text = raw.decode(errors="replace")
+    if redact is not None:
+        text = redact(text)
+    return text[-limit:] if len(text) > limit else text
