@@ -22,6 +22,7 @@ from typing import Any, Final
 import anyio
 import anyio.abc
 
+from claudecluster.events.model import TaskLimits
 from claudecluster.executors.cgroups import (
     AttemptCgroup,
     CgroupLimits,
@@ -29,7 +30,6 @@ from claudecluster.executors.cgroups import (
     create_attempt_cgroup,
 )
 from claudecluster.executors.confinement import Confinement, Sandbox, api_inside, bwrap_command
-from claudecluster.events.model import TaskLimits
 from claudecluster.observability.logging import get_logger
 
 __all__ = ["ConfinedProcess", "cgroup_limits", "open_confined_process", "serve_api_tunnel"]
@@ -205,4 +205,3 @@ async def _with_api(
             f"127.0.0.1 localhost {mapped}\n::1 localhost\n", encoding="utf-8"
         )
     return replace(sandbox, api_socket=socket_path, api_port=inside_port, hosts_file=hosts_file)
-

@@ -348,8 +348,9 @@ def probe_mechanism() -> Mechanism | str:
         sandbox = Sandbox(workspace=root / "ws", home=root / "home", tmp=root / "tmp")
         try:
             done = subprocess.run(
-                bwrap_command(sandbox, ["/bin/sh", "-c", "test ! -e /proc/1/environ || true"],
-                              mechanism),  # fmt: skip
+                bwrap_command(
+                    sandbox, ["/bin/sh", "-c", "test ! -e /proc/1/environ || true"], mechanism
+                ),  # fmt: skip
                 capture_output=True,
                 timeout=30,
                 check=False,
