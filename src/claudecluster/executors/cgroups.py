@@ -252,9 +252,12 @@ def create_attempt_cgroup(limits: CgroupLimits) -> AttemptCgroup | None:
             _write(where / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
         if ok:
             limited.append("memory")
-    if limits.max_processes is not None and (where := place("pids")) is not None:
-        if _write(where / "pids.max", str(limits.max_processes)):
-            limited.append("pids")
+    if (
+        limits.max_processes is not None
+        and (where := place("pids")) is not None
+        and _write(where / "pids.max", str(limits.max_processes))
+    ):
+        limited.append("pids")
     if limits.cpus is not None and (where := place("cpu")) is not None:
         quota = max(1000, int(limits.cpus * _CPU_PERIOD_US))
         if where == unified:

@@ -185,21 +185,19 @@ def bwrap_command(sandbox: Sandbox, command: list[str], mechanism: Mechanism) ->
             argv += ["--symlink", entry[1], entry[2]]
         else:
             argv += ["--ro-bind", entry[1], entry[1]]
-    for path in SYSTEM_ETC:
-        argv += ["--ro-bind-try", path, path]
+    for etc in SYSTEM_ETC:
+        argv += ["--ro-bind-try", etc, etc]
     if sandbox.hosts_file is not None:
         argv += ["--ro-bind", str(sandbox.hosts_file), "/etc/hosts"]
     else:
         argv += ["--ro-bind-try", "/etc/hosts", "/etc/hosts"]
     if sandbox.network == "host":
         argv += ["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
-    argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/run", "--tmpfs", "/tmp"]
-    for path in (sandbox.workspace, sandbox.home, sandbox.tmp, *sandbox.writable):
-        argv += ["--bind", str(path), str(path)]
-    for path in sandbox.readable:
-        argv += ["--ro-bind", str(path), str(path)]
-    for path in sandbox.read_only:
-        argv += ["--ro-bind", str(path), str(path)]
+    argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/run", "--tmpfs", "/tmp"]  # noqa: S108
+    for writable in (sandbox.workspace, sandbox.home, sandbox.tmp, *sandbox.writable):
+        argv += ["--bind", str(writable), str(writable)]
+    for readable in (*sandbox.readable, *sandbox.read_only):
+        argv += ["--ro-bind", str(readable), str(readable)]
     argv += ["--chdir", str(sandbox.workspace)]
     inner = list(command)
     if sandbox.network == "api":
@@ -348,9 +346,7 @@ def probe_mechanism() -> Mechanism | str:
         sandbox = Sandbox(workspace=root / "ws", home=root / "home", tmp=root / "tmp")
         try:
             done = subprocess.run(
-                bwrap_command(
-                    sandbox, ["/bin/sh", "-c", "test ! -e /proc/1/environ || true"], mechanism
-                ),  # fmt: skip
+                bwrap_command(sandbox, ["/bin/true"], mechanism),
                 capture_output=True,
                 timeout=30,
                 check=False,
