@@ -11,7 +11,10 @@ On every exit path the cgroup is killed and removed, and the forwarder stops.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
@@ -29,10 +32,28 @@ from claudecluster.executors.cgroups import (
     cgroup_prefix,
     create_attempt_cgroup,
 )
-from claudecluster.executors.confinement import Confinement, Sandbox, api_inside, bwrap_command
+from claudecluster.executors.confinement import (
+    Confinement,
+    Sandbox,
+    api_inside,
+    bwrap_command,
+    confined_environment,
+    default_confinement,
+)
+from claudecluster.executors.process import end_tree, launcher
 from claudecluster.observability.logging import get_logger
+from claudecluster.observability.redaction import REDACTED, SECRET_KEY_PATTERN
 
-__all__ = ["ConfinedProcess", "cgroup_limits", "open_confined_process", "serve_api_tunnel"]
+__all__ = [
+    "CommandResult",
+    "ConfinedVerify",
+    "ConfinedProcess",
+    "cgroup_limits",
+    "mask_secrets",
+    "open_confined_process",
+    "run_confined",
+    "serve_api_tunnel",
+]
 
 _CONNECT_TIMEOUT_S: Final = 30.0
 _CHUNK: Final = 65536
@@ -205,3 +226,115 @@ async def _with_api(
             f"127.0.0.1 localhost {mapped}\n::1 localhost\n", encoding="utf-8"
         )
     return replace(sandbox, api_socket=socket_path, api_port=inside_port, hosts_file=hosts_file)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """How a confined one-shot command (setup, verify) ended.
+
+    Attributes:
+        returncode: its exit status (None: it ran out of time and was ended).
+        output: the end of its combined stdout and stderr.
+    """
+
+    returncode: int | None
+    output: str
+
+
+async def run_confined(
+    confinement: Confinement,
+    sandbox: Sandbox,
+    command: list[str],
+    *,
+    env: Mapping[str, str],
+    timeout_s: float,
+    limits: CgroupLimits | None = None,
+    output_tail: int = 4000,
+    kill_grace_s: float = 2.0,
+) -> CommandResult:
+    """Run ``command`` confined to its end or ``timeout_s``; the whole tree ends either way.
+
+    Raises:
+        OSError: the command could not be started.
+    """
+    tail = b""
+    async with open_confined_process(
+        confinement,
+        sandbox,
+        command,
+        prefix=launcher(),
+        env=env,
+        limits=limits or CgroupLimits(max_processes=confinement.max_processes),
+        cwd=sandbox.workspace,
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    ) as confined:
+        process = confined.process
+        try:
+            with anyio.move_on_after(timeout_s) as deadline:
+                assert process.stdout is not None
+                async for chunk in process.stdout:
+                    tail = (tail + chunk)[-output_tail:]
+                await process.wait()
+        finally:
+            await end_tree(process, kill_grace_s)
+    text = tail.decode(errors="replace")
+    return CommandResult(None if deadline.cancelled_caught else process.returncode, text)
+
+
+#: ``NAME=value`` or ``NAME: value`` where NAME says it holds a secret (an ``env`` dump).
+_ASSIGNMENT: Final = re.compile(
+    r"(?P<name>[A-Za-z_][A-Za-z0-9_.-]*)(?P<sep>\s*[=:]\s*)(?P<value>\S+)"
+)
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with the values of secret-named assignments (``API_TOKEN=...``) replaced.
+
+    Configured secrets are replaced by value when an event is stored; this catches the
+    ones nobody configured, as an ``env`` or a config dump prints them.
+    """
+
+    def mask(match: re.Match[str]) -> str:
+        if SECRET_KEY_PATTERN.search(match["name"]):
+            return f"{match['name']}{match['sep']}{REDACTED}"
+        return match[0]
+
+    return _ASSIGNMENT.sub(mask, text)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfinedVerify:
+    """Runs verify commands confined: a :class:`~claudecluster.workspace.integration.VerifyRunner`.
+
+    The worktree is writable, the repository's git directory readable, home and temp dir
+    private (next to the worktree), no network, a minimal environment, its own cgroup.
+
+    Attributes:
+        confinement: how to confine (None: this machine's sandbox, which must work).
+    """
+
+    confinement: Confinement | None = None
+
+    async def __call__(
+        self, worktree: Path, git_dir: Path, command: str, timeout_s: float
+    ) -> tuple[int | None, str]:
+        """Run ``command``; see the protocol."""
+        confinement = self.confinement or default_confinement()
+        private = worktree.parent / "verify"
+        sandbox = Sandbox(
+            workspace=worktree, home=private / "home", tmp=private / "tmp", readable=(git_dir,)
+        )
+        for directory in (sandbox.home, sandbox.tmp):
+            await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
+        done = await run_confined(
+            confinement,
+            sandbox,
+            ["/bin/bash", "-c", command],
+            env=confined_environment(
+                os.environ, home=sandbox.home, tmp=sandbox.tmp, passed=confinement.pass_env
+            ),
+            timeout_s=timeout_s,
+        )
+        return done.returncode, mask_secrets(done.output)

@@ -39,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "ENV_PASSED",
+    "SANDBOX_ENABLED_VARIABLE",
     "SYSTEM_ETC",
     "Confinement",
     "Mechanism",
@@ -359,14 +360,22 @@ def probe_mechanism() -> Mechanism | str:
     return mechanism
 
 
+#: The environment variable of the ``sandbox.enabled`` setting; ``false`` is the operator's
+#: explicit ``--no-sandbox`` for processes that build executors without the settings.
+SANDBOX_ENABLED_VARIABLE: Final = "CLAUDECLUSTER_SANDBOX__ENABLED"
+
+
 @functools.cache
 def default_confinement() -> Confinement:
     """The confinement executors use when none is given: this machine's mechanism.
 
+    Unconfined only when the operator said so (``CLAUDECLUSTER_SANDBOX__ENABLED=false``).
+
     Raises:
-        SandboxUnavailableError: the mechanism is missing (an operator who accepts that
-            passes ``Confinement.unconfined()`` explicitly).
+        SandboxUnavailableError: the mechanism is missing and nobody chose to go without.
     """
+    if os.environ.get(SANDBOX_ENABLED_VARIABLE, "").strip().lower() in ("false", "0", "no"):
+        return Confinement.unconfined()
     return Confinement.required()
 
 

@@ -6,14 +6,18 @@ ref ``refs/heads/claudecluster/<run>`` moves, and only with a compare-and-swap o
 old value. Each merge is one squashed commit per task whose message carries a
 ``ClaudeCluster-Task: <run>/<task>/<attempt>`` trailer, so a driver that crashed after
 moving the branch but before recording the merge finds it again instead of merging twice.
+
+The verify command runs code from the merged tree, that is code agents wrote, so it is
+never started here: a :class:`VerifyRunner` the driver hands in runs it confined like an
+attempt (``executors/confined.py``) and returns its masked output, which this module cuts
+to a short tail before it goes into a verdict (and so into a recorded event).
 """
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 
@@ -24,10 +28,26 @@ __all__ = [
     "Integration",
     "MergeOutcome",
     "VerifyOutcome",
+    "VerifyRunner",
 ]
 
 _TRAILER: Final = "ClaudeCluster-Task"
 _OUTPUT_TAIL: Final = 2000
+
+
+class VerifyRunner(Protocol):
+    """Runs a verify command in a worktree, confined; says how it ended."""
+
+    async def __call__(
+        self, worktree: Path, git_dir: Path, command: str, timeout_s: float
+    ) -> tuple[int | None, str]:
+        """Run ``command`` in ``worktree`` (``git_dir`` readable) for up to ``timeout_s``.
+
+        Returns:
+            its exit status (None: it ran out of time and was ended) and the end of its
+            output, with secrets masked.
+        """
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +80,16 @@ class Integration:
         repo: the user's repository.
         worktree: a private directory for the integration worktree.
         branch: the integration branch (``claudecluster/<run>``).
+        run_verify: runs verify commands confined (None: a verify command is refused).
     """
 
-    def __init__(self, repo: Path, worktree: Path, branch: str) -> None:
+    def __init__(
+        self, repo: Path, worktree: Path, branch: str, *, run_verify: VerifyRunner | None = None
+    ) -> None:
         self.repo = repo
         self.worktree = worktree
         self.branch = branch
+        self._run_verify = run_verify
 
     async def start(self, base_commit: str) -> None:
         """Create the branch at ``base_commit``, unless it already exists there or later.
@@ -198,20 +222,15 @@ class Integration:
         return tuple(line for line in out.splitlines() if line)
 
     async def _verify(self, command: str, timeout_s: float) -> VerifyOutcome:
-        try:
-            with anyio.fail_after(timeout_s):
-                done = await anyio.run_process(
-                    ["bash", "-c", command],
-                    cwd=self.worktree,
-                    check=False,
-                    stdin=subprocess.DEVNULL,
-                    stderr=subprocess.STDOUT,
-                )
-        except TimeoutError:
+        if self._run_verify is None:
+            raise WorkspaceError("a verify command needs a runner to confine it; none is set")
+        common = Path((await git(self.worktree, "rev-parse", "--git-common-dir")).strip())
+        if not common.is_absolute():
+            common = (self.worktree / common).resolve()
+        code, output = await self._run_verify(self.worktree, common, command, timeout_s)
+        output = output[-_OUTPUT_TAIL:]
+        if code is None:
             return VerifyOutcome(False, f"the verify command took longer than {timeout_s:.0f}s")
-        output = done.stdout.decode(errors="replace")[-_OUTPUT_TAIL:]
-        if done.returncode != 0:
-            return VerifyOutcome(
-                False, f"the verify command exited with status {done.returncode}: {output}"
-            )
+        if code != 0:
+            return VerifyOutcome(False, f"the verify command exited with status {code}: {output}")
         return VerifyOutcome(True, output)
