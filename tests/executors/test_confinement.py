@@ -71,7 +71,8 @@ def test_the_agent_reaches_only_a_forwarder_to_the_api(tmp_path: Path) -> None:
     assert argv[argv.index(str(tmp_path / "api.sock")) + 1] == "/run/cc/api.sock"
     inner = argv[argv.index("--") + 1 :]
     assert inner[:2] == ["/bin/sh", "-c"]
-    assert "TCP-LISTEN:" in inner[2] and "UNIX-CONNECT:/run/cc/api.sock" in inner[2]
+    assert "TCP-LISTEN:" in inner[2]
+    assert "UNIX-CONNECT:/run/cc/api.sock" in inner[2]
     assert inner[-3:] == ["4100", "claude", "-p"]
 
 

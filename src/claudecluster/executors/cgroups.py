@@ -198,7 +198,32 @@ def _controllers(directory: Path) -> set[str]:
         return set()
 
 
+def _sweep(parent: Path) -> None:
+    """Remove empty attempt cgroups of processes that died without removing them."""
+    try:
+        entries = list(parent.glob("attempt-*-*"))
+    except OSError:
+        return
+    for entry in entries:
+        owner = entry.name.split("-")[1]
+        if owner.isdigit() and not _alive(int(owner)):
+            with contextlib.suppress(OSError):  # not empty: something still runs there
+                entry.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _make(parent: Path, name: str) -> Path | None:
+    if (parent / _PARENT).is_dir():
+        _sweep(parent / _PARENT)
     try:
         (parent / _PARENT).mkdir(exist_ok=True)
         directory = parent / _PARENT / name
