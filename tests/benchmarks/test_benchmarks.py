@@ -96,3 +96,16 @@ def test_footprint_measures_real_processes(tmp_path: Path) -> None:
     for key in ("idle_worker_mb", "driver_idle_mb", "claude_process_peak_mb"):
         assert 10 < results[key] < 4096, key
     assert results["driver_peak_mb"] >= results["driver_idle_mb"]
+
+
+def test_confinement_compares_every_variant_side_by_side(tmp_path: Path, sandbox: object) -> None:
+    results = run_quick("confinement", tmp_path)["results"]
+    variants = {(row["attempt"], row["variant"]) for row in results}
+    assert variants == {
+        (kind, name)
+        for kind in ("shell", "agent")
+        for name in ("reaper only", "cgroup", "bwrap + cgroup")
+    }
+    assert all(row["median_ms"] > 0 for row in results)
+    baselines = [row for row in results if row["variant"] == "reaper only"]
+    assert all(row["ratio"] == 1.0 for row in baselines)
