@@ -233,6 +233,21 @@ def _make(parent: Path, name: str) -> Path | None:
     return directory
 
 
+_said: list[bool] = []
+
+
+def _say_no_cgroup_once(layout: _Layout) -> None:
+    if _said:
+        return
+    _said.append(True)
+    _log.warning(
+        "no writable cgroup hierarchy: attempts run without memory, pids and CPU cgroup "
+        "limits; the wall time, the RSS watch and the reaper remain",
+        unified=str(layout.unified),
+        v1=sorted(layout.v1),
+    )
+
+
 def create_attempt_cgroup(limits: CgroupLimits) -> AttemptCgroup | None:
     """A new cgroup for one attempt with ``limits``, or None where none can be made.
 
@@ -294,5 +309,6 @@ def create_attempt_cgroup(limits: CgroupLimits) -> AttemptCgroup | None:
         if ok:
             limited.append("cpu")
     if unified is None and not v1:
+        _say_no_cgroup_once(layout)
         return None
     return AttemptCgroup(unified=unified, v1=v1, limited=tuple(limited))

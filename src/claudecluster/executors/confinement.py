@@ -32,7 +32,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -286,13 +286,15 @@ class Confinement:
             commands (shell tasks, setup, verify) on top of :data:`ENV_PASSED`.
         setup_network: give the setup command the machine's network (installing
             dependencies); otherwise it gets none.
+        cgroups: put each process in a cgroup of its own where a hierarchy is writable
+            (also without the sandbox; off only to measure what cgroups cost).
     """
 
     mechanism: Mechanism | None
     max_processes: int | None = _DEFAULT_PROCESSES
     pass_env: tuple[str, ...] = ()
     setup_network: bool = False
-    cgroups: bool = field(default=True)
+    cgroups: bool = True
 
     @property
     def confined(self) -> bool:
