@@ -14,7 +14,7 @@ import pytest
 
 from claudecluster.events import TaskFailed, TaskProgress, TaskSucceeded
 from claudecluster.events.envelope import StoredEvent
-from claudecluster.executors.confinement import Mechanism
+from claudecluster.executors.confinement import Confinement, Mechanism
 from claudecluster.runtime.worker import Worker, WorkerConfig
 from claudecluster.transport.jetstream import JetStreamEventLog
 from tests.escapes import PROBES, EscapeTargets, parse_report
@@ -97,3 +97,43 @@ async def test_the_setup_command_gets_a_minimal_environment_and_no_network(
     finished = history[-1].envelope.payload
     assert isinstance(finished, TaskSucceeded), finished
     assert finished.summary == "prepared"
+
+
+async def test_an_unconfined_task_that_plants_git_programs_does_not_get_them_run(
+    world: tuple[JetStreamEventLog, Any],
+    source: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Even with --no-sandbox (the task can write .git), the worker's commit, bundle and
+    diff run none of a core.fsmonitor, a post-commit hook or a filter the task planted."""
+    log, client = world
+    monkeypatch.setenv("CLAUDECLUSTER_NATS__URL", "nats://u:hunter2-password@127.0.0.1:4222")
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    evil = markers / "evil.sh"
+    evil.write_text('#!/bin/sh\nenv > "$1"\n')
+    evil.chmod(0o755)
+    plant = (
+        f"git config core.fsmonitor '{evil} {markers}/fsmonitor' && "
+        f"git config filter.evil.clean '{evil} {markers}/filter; cat' && "
+        "echo '* filter=evil' > .gitattributes && mkdir -p .git/hooks && "
+        f"printf '#!/bin/sh\\n{evil} {markers}/hook\\n' > .git/hooks/post-commit && "
+        "chmod +x .git/hooks/post-commit && echo changed > app.py && echo planted"
+    )
+    driver = Driver(log, client.jetstream(), source, tmp_path)
+    config = WorkerConfig(
+        worker_id="w-open",
+        workspace_root=tmp_path / "workspaces",
+        confinement=Confinement.unconfined(),
+    )
+    worker = Worker(config, log, client)
+    async with anyio.create_task_group() as group:
+        await group.start(worker.serve)
+        await driver.submit("run-plant", "plant", plant, executor="shell")
+        history = await _until_finished(log, "plant")
+        worker.stop()
+    finished = history[-1].envelope.payload
+    assert isinstance(finished, TaskSucceeded), finished
+    assert finished.summary == "planted"  # the plants were in place when the worker committed
+    assert sorted(p.name for p in markers.iterdir()) == ["evil.sh"]
