@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck browser unit schema golden bench clean
+.PHONY: demo test lint typecheck browser sandbox unit schema golden bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,10 +13,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/claudecluster demo
+# Agents run confined by bubblewrap, with socat as their only way to the model API
+# (docs/security.md). Both are installed here when missing and possible (Debian, as root);
+# elsewhere the demo says it runs unconfined and passes --no-sandbox itself.
+demo: $(STAMP) sandbox
+	@if command -v bwrap >/dev/null 2>&1 && command -v socat >/dev/null 2>&1; then \
+		$(BIN)/claudecluster demo; \
+	else \
+		echo "bubblewrap or socat is missing: the demo runs the agents UNCONFINED (--no-sandbox)"; \
+		$(BIN)/claudecluster demo --no-sandbox; \
+	fi
 
-test: lint typecheck browser unit
+test: lint typecheck browser sandbox unit
+
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 && command -v socat >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's bubblewrap and socat to confine the agents"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends bubblewrap socat >/dev/null; \
+	else \
+		echo "no bubblewrap or socat, and no way to install them: agents run unconfined"; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -49,6 +49,7 @@ from claudecluster.events.model import (
     TaskStarted,
     TaskSucceeded,
 )
+from claudecluster.executors.confinement import Confinement
 from claudecluster.runtime.connection import Connection
 from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.runtime.local_workers import open_local_workers
@@ -125,8 +126,10 @@ async def _cluster_runs(
         )
         driver = Driver(
             conn.log, conn.client.jetstream(),
+            # Verify commands count their runs in a file outside the worktree, which a
+            # confined verify may not write: this measures the queue, not the sandbox.
             DriverOptions(config=DriverConfig(max_running=64), work_dir=where / "driver",
-                          tick_s=0.2),
+                          tick_s=0.2, confinement=Confinement.unconfined()),
         )  # fmt: skip
         async with (
             open_local_workers(workers, template, conn.log, conn.client),

@@ -19,6 +19,11 @@ import psutil
 import pytest
 from hypothesis import HealthCheck, settings
 
+from claudecluster.executors.confinement import (
+    SANDBOX_ENABLED_VARIABLE,
+    Mechanism,
+    probe_mechanism,
+)
 from claudecluster.runtime.connection import open_jetstream_log
 from claudecluster.runtime.embedded_nats import find_nats_server, render_server_config
 from claudecluster.transport.jetstream import JetStreamEventLog
@@ -36,6 +41,24 @@ settings.register_profile(
 )
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+# Attempts run confined by default. Where bubblewrap cannot work (no package, no root to
+# install it) the suite runs everything else unconfined, as an operator's --no-sandbox
+# would, and the confinement tests skip with the reason; under CI that is a failure
+# (see `sandbox` below), so CI cannot pass by skipping them.
+SANDBOX_MISSING = probe_mechanism()
+if isinstance(SANDBOX_MISSING, str) and not os.environ.get("CI"):
+    os.environ[SANDBOX_ENABLED_VARIABLE] = "false"
+
+
+@pytest.fixture
+def sandbox() -> Mechanism:
+    """This machine's confinement mechanism; skips without one, or fails under CI."""
+    if isinstance(SANDBOX_MISSING, str):
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must confine attempts: {SANDBOX_MISSING}")
+        pytest.skip(f"agents cannot be confined here: {SANDBOX_MISSING}")
+    return SANDBOX_MISSING
 
 
 @pytest.fixture

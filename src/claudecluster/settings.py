@@ -37,6 +37,7 @@ __all__ = [
     "LoadedSettings",
     "LoggingSettings",
     "NatsSettings",
+    "SandboxSettings",
     "Settings",
     "WorkerSettings",
     "load_settings",
@@ -106,6 +107,33 @@ class WorkerSettings(_Section):
         default=None, description="A shell command run in each workspace before the agent."
     )
     setup_timeout_s: float = pydantic.Field(default=600.0, gt=0)
+
+
+class SandboxSettings(_Section):
+    """How attempts, setup and verify commands are confined (docs/security.md)."""
+
+    enabled: bool = pydantic.Field(
+        default=True,
+        description="Confine every attempt, setup and verify command with bubblewrap and "
+        "a cgroup; false (the --no-sandbox flag) runs them as this user, unconfined. A "
+        "worker or driver refuses to start where it is true and bubblewrap is missing.",
+    )
+    max_processes: int = pydantic.Field(
+        default=1024,
+        ge=16,
+        description="Default pids.max of an attempt's cgroup (threads count); a task's "
+        "limits.max_processes overrides it.",
+    )
+    pass_env: list[str] = pydantic.Field(
+        default_factory=list,
+        description="Names of this process's environment variables passed on to shell "
+        "tasks, setup and verify commands (besides PATH, locale and TZ).",
+    )
+    setup_network: bool = pydantic.Field(
+        default=False,
+        description="Give the setup command the machine's network (to install "
+        "dependencies); otherwise setup, verify and shell tasks have none.",
+    )
 
 
 class DriverSettings(_Section):
@@ -192,6 +220,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     driver: DriverSettings = DriverSettings()
     gateway: GatewaySettings = GatewaySettings()
+    sandbox: SandboxSettings = SandboxSettings()
     anthropic_api_key: pydantic.SecretStr | None = pydantic.Field(
         default=None,
         validation_alias=pydantic.AliasChoices("anthropic_api_key", "ANTHROPIC_API_KEY"),

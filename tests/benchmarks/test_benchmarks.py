@@ -121,3 +121,16 @@ def test_merge_queue_compares_verify_each_with_batches_and_counts_collisions(
     assert free["wasted_task_s"] > 0
     assert (declared["conflicts"], declared["wasted_task_s"]) == (0, 0)
     assert free["merged"] == declared["merged"] == 2 * report["pairs"]
+
+
+def test_confinement_compares_every_variant_side_by_side(tmp_path: Path, sandbox: object) -> None:
+    results = run_quick("confinement", tmp_path)["results"]
+    variants = {(row["attempt"], row["variant"]) for row in results}
+    assert variants == {
+        (kind, name)
+        for kind in ("shell", "agent")
+        for name in ("reaper only", "cgroup", "bwrap + cgroup")
+    }
+    assert all(row["median_ms"] > 0 for row in results)
+    baselines = [row for row in results if row["variant"] == "reaper only"]
+    assert all(row["ratio"] == 1.0 for row in baselines)

@@ -40,12 +40,19 @@ class Driver:
         self.n += 1
         await self.log.append(wrap_event(event, event_id=f"driver-{self.n}", now=datetime.now(UTC)))
 
-    async def submit(self, run_id: str, task_id: str, prompt: str) -> WorkItem:
+    async def submit(
+        self, run_id: str, task_id: str, prompt: str, *, executor: str = "claude_code"
+    ) -> WorkItem:
         base = await base_bundle(self.source, "HEAD", run_id, self.tmp_path / "base.bundle")
         ref = await ArtifactStore(self.js).put_file(
             artifact_key(run_id, "_", 0, "base.bundle"), self.tmp_path / "base.bundle"
         )
-        spec = TaskSpec(task_id=task_id, title="Add the feature", prompt=prompt)
+        spec = TaskSpec(
+            task_id=task_id,
+            title="Add the feature",
+            prompt=prompt,
+            executor=executor,  # type: ignore[arg-type]
+        )
         await self.record(RunSubmitted(run_id=run_id, goal="feature", repo=str(self.source)))
         await self.record(
             RunPlanned(run_id=run_id, tasks=(spec,), base_commit=base,

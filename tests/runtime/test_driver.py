@@ -48,6 +48,7 @@ from claudecluster.events import (
     WorkerLost,
 )
 from claudecluster.events.model import Command, Event
+from claudecluster.executors.confinement import Confinement
 from claudecluster.runtime.autoscaler import LocalAutoscaler
 from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.runtime.local_workers import open_local_workers
@@ -126,11 +127,18 @@ async def running_driver(cluster: Cluster, **options: Any) -> AsyncIterator[Driv
 
 @asynccontextmanager
 async def open_cluster(
-    world: tuple[JetStreamEventLog, Any], repo: Path, tmp_path: Path, workers: int = 3
+    world: tuple[JetStreamEventLog, Any],
+    repo: Path,
+    tmp_path: Path,
+    workers: int = 3,
+    confinement: Confinement | None = None,
 ) -> AsyncIterator[Cluster]:
     log, client = world
     template = WorkerConfig(
-        worker_id="template", workspace_root=tmp_path / "workspaces", heartbeat_s=1.0
+        worker_id="template",
+        workspace_root=tmp_path / "workspaces",
+        heartbeat_s=1.0,
+        confinement=confinement,
     )
     async with open_local_workers(workers, template, log, client):
         yield Cluster(log, client, repo, tmp_path)
@@ -383,9 +391,13 @@ async def test_a_killed_worker_is_declared_lost_and_its_task_requeued_as_a_new_a
     world: tuple[JetStreamEventLog, Any], repo: Path, tmp_path: Path, nats_url: str
 ) -> None:
     log, client = world
-    flag = tmp_path / "first-attempt-ran"
-    # The first attempt hangs; the one after the worker's death finishes at once.
-    command = f"if [ -e {flag} ]; then echo done > out.txt; else touch {flag}; sleep 300; fi"
+    # The first attempt (on the doomed worker) hangs; the one after the worker's death
+    # finishes at once. Attempts are confined to their workspace, so the first one leaves
+    # its flag there, under the doomed worker's workspace root, where the test looks.
+    command = (
+        'case "$PWD" in */doomed/*) touch first-attempt-ran; sleep 300;; '
+        "*) echo done > out.txt;; esac"
+    )
     cluster = Cluster(log, client, repo, tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLAUDECLUSTER_")}
     doomed = await anyio.open_process(
@@ -401,7 +413,7 @@ async def test_a_killed_worker_is_declared_lost_and_its_task_requeued_as_a_new_a
             with anyio.fail_after(30):
                 # TaskStarted is recorded just before the command starts: wait for the
                 # command itself, or the kill could land before it ran at all.
-                while not flag.exists():  # noqa: ASYNC110 - a file, no event to wait on
+                while not list((tmp_path / "doomed").rglob("first-attempt-ran")):  # noqa: ASYNC110 - a file, no event to wait on
                     await anyio.sleep(0.05)
             doomed.send_signal(signal.SIGKILL)
             await doomed.wait()

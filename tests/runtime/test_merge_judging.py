@@ -25,6 +25,7 @@ from claudecluster.events import (
     TaskMerged,
     TaskQueued,
 )
+from claudecluster.executors.confinement import Confinement
 from claudecluster.transport.jetstream import JetStreamEventLog
 from tests.runtime.test_driver import open_cluster, running_driver, shell
 from tests.support import git_output, make_repo
@@ -81,13 +82,19 @@ async def test_a_resolution_that_leaves_markers_is_refused_and_the_next_one_coun
     world: tuple[JetStreamEventLog, Any], repo: Path, tmp_path: Path
 ) -> None:
     # The first resolution appends a line and keeps the markers; the second (it finds the
-    # flag the first left outside the workspaces) resolves by keeping both names.
+    # flag the first left outside the workspaces) resolves by keeping both names. That flag
+    # is state shared between attempts, which confinement forbids by design, so these
+    # workers run unconfined: what is judged here is the merge, not the sandbox.
     flag = tmp_path / "tried"
     resolve = (
         f"if [ -e {flag} ]; then grep -v '^[<=>]\\{{7\\}}' notes.txt > t && mv t notes.txt; "
         f"else touch {flag} && echo extra >> notes.txt; fi"
     )
-    async with open_cluster(world, repo, tmp_path) as cluster, running_driver(cluster):
+    unconfined = Confinement.unconfined()
+    async with (
+        open_cluster(world, repo, tmp_path, confinement=unconfined) as cluster,
+        running_driver(cluster),
+    ):
         await cluster.submit("markers", _pair(resolve))
         events = await cluster.wait_end("markers")
     refused = [e for e in events if isinstance(e, MergeConflict) and e.problem]

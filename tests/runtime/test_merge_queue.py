@@ -12,9 +12,17 @@ from claudecluster.actors.driver import Merge, MergeBatch
 from claudecluster.actors.merging import Bisection
 from claudecluster.events import TaskFailed, TaskMerged, TaskSucceeded
 from claudecluster.events.model import Event, MergeConflict
+from claudecluster.executors.confined import ConfinedVerify
 from claudecluster.runtime.merge_queue import BatchMerger
 from claudecluster.workspace.integration import Integration
 from tests.support import commit_all, git_output, make_repo
+
+
+def _integration(repo: Path, tmp_path: Path) -> Integration:
+    """The run's integration branch, its verify commands confined as the driver's are."""
+    return Integration(
+        repo, tmp_path / "integration", "claudecluster/r", run_verify=ConfinedVerify()
+    )
 
 
 def _result(repo: Path, base: str, task_id: str, files: dict[str, str]) -> str:
@@ -51,7 +59,7 @@ async def _merge(tmp_path: Path, results: dict[str, dict[str, str]], verify: str
     base = git_output(repo, "rev-parse", "HEAD").strip()
     commits = {task: _result(repo, base, task, files) for task, files in results.items()}
     git_output(repo, "checkout", "-q", "main")
-    integration = Integration(repo, tmp_path / "integration", "claudecluster/r")
+    integration = _integration(repo, tmp_path)
     await integration.start(base)
     log = _Log()
 
@@ -151,7 +159,7 @@ async def test_probes_run_at_once_each_in_its_own_worktree(tmp_path: Path) -> No
     base = git_output(repo, "rev-parse", "HEAD").strip()
     commits = {task: _result(repo, base, task, files) for task, files in results.items()}
     git_output(repo, "checkout", "-q", "main")
-    integration = Integration(repo, tmp_path / "integration", "claudecluster/r")
+    integration = _integration(repo, tmp_path)
     await integration.start(base)
     log = _Log()
 
@@ -182,7 +190,7 @@ async def test_probes_of_the_same_commit_at_once_do_not_share_a_worktree(tmp_pat
     base = git_output(repo, "rev-parse", "HEAD").strip()
     commits = {task: _result(repo, base, task, files) for task, files in results.items()}
     git_output(repo, "checkout", "-q", "main")
-    integration = Integration(repo, tmp_path / "integration", "claudecluster/r")
+    integration = _integration(repo, tmp_path)
     await integration.start(base)
     log = _Log()
 
@@ -213,7 +221,7 @@ async def test_a_batch_carried_out_again_after_a_crash_records_what_is_on_the_br
     first, _, repo, base = await _merge(tmp_path, results, "true")
     head = git_output(repo, "rev-parse", "claudecluster/r").strip()
     again = _Log()
-    integration = Integration(repo, tmp_path / "integration", "claudecluster/r")
+    integration = _integration(repo, tmp_path)
 
     async def unused(item: Merge) -> str | None:
         raise AssertionError(f"{item.task_id} was fetched again")

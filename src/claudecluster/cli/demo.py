@@ -27,6 +27,7 @@ from claudecluster.projections.cluster import replay
 from claudecluster.reporting import fetch_diffstats, render_html, run_record
 from claudecluster.runtime.connection import open_configured_cluster
 from claudecluster.runtime.local_cluster import open_local_services
+from claudecluster.runtime.sandboxing import NO_SANDBOX_NOTE, confinement_for
 from claudecluster.scripted_model import Script, open_scripted_model
 from claudecluster.settings import Settings, load_settings
 from claudecluster.transport.base import read_all
@@ -123,7 +124,13 @@ DEMO_SCRIPT = Script.model_validate(
 
 
 @app.command
-def demo(*, config: Path | None = None, nats_url: str | None = None, json: bool = False) -> int:
+def demo(
+    *,
+    config: Path | None = None,
+    nats_url: str | None = None,
+    json: bool = False,
+    no_sandbox: bool = False,
+) -> int:
     """Run a real goal offline: 8 tasks, 3 workers, the Claude Code CLI on a scripted model.
 
     Needs no API key and no network: a scripted Messages API answers Claude Code. Makes a
@@ -140,14 +147,25 @@ def demo(*, config: Path | None = None, nats_url: str | None = None, json: bool 
         config: A claudecluster.yaml to read instead of the one in this directory.
         nats_url: Use this NATS server instead of starting the embedded one.
         json: Print every event of the run as JSON Lines instead of progress.
+        no_sandbox: Run the agents unconfined, as this user (``make demo`` passes it
+            where bubblewrap is missing and cannot be installed, and says so).
     """
-    flags = {"nats": {"url": nats_url}} if nats_url else None
-    settings = load_settings(config_file=config, flags=flags).settings
+    flags: dict[str, object] = {"nats": {"url": nats_url}} if nats_url else {}
+    if no_sandbox:
+        flags["sandbox"] = {"enabled": False}
+    settings = load_settings(config_file=config, flags=flags or None).settings
     configure_logging(
         level="WARNING" if settings.logging.level == "INFO" else settings.logging.level,
         redactor=Redactor(settings.secret_values()),
     )
     console = Console(highlight=False, stderr=json)
+    confinement_for(settings)  # refuse before anything starts, with what to do instead
+    console.print(
+        "agents confined by bubblewrap and a cgroup each"
+        if settings.sandbox.enabled
+        else f"UNCONFINED: {NO_SANDBOX_NOTE}",
+        markup=False,
+    )
     end, repo = anyio.run(_demo, settings, console, json)
     print_summary(console, end)
     ok = isinstance(end.event, RunCompleted) and end.event.tasks_succeeded == len(DEMO_TASKS)

@@ -11,10 +11,12 @@ from rich.console import Console
 from claudecluster.cli.app import EXIT_OK, app
 from claudecluster.errors import ConfigError
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
+from claudecluster.executors.confinement import Confinement
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
 from claudecluster.runtime.connection import open_jetstream_log
 from claudecluster.runtime.driver import Driver, DriverOptions
+from claudecluster.runtime.sandboxing import NO_SANDBOX_NOTE, confinement_for
 from claudecluster.settings import Settings, load_settings
 
 __all__ = ["driver"]
@@ -22,7 +24,11 @@ __all__ = ["driver"]
 
 @app.command
 def driver(
-    *, nats: str | None = None, work_dir: Path | None = None, config: Path | None = None
+    *,
+    nats: str | None = None,
+    work_dir: Path | None = None,
+    no_sandbox: bool = False,
+    config: Path | None = None,
 ) -> int:
     """Run the driver: plan submitted runs, dispatch their tasks, merge, retry, roll back.
 
@@ -37,6 +43,8 @@ def driver(
         nats: NATS URL (default: nats.url from the configuration).
         work_dir: Where integration worktrees and bundles live (default:
             .claudecluster/driver in the run's repository).
+        no_sandbox: Run verify commands and the planner unconfined (sandbox.enabled:
+            false). Without it the driver refuses to start where bubblewrap is missing.
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
     flags: dict[str, object] = {}
@@ -44,22 +52,28 @@ def driver(
         flags["nats"] = {"url": nats}
     if work_dir is not None:
         flags["driver"] = {"work_dir": str(work_dir.resolve())}
+    if no_sandbox:
+        flags["sandbox"] = {"enabled": False}
     settings = load_settings(config_file=config, flags=flags or None).settings
     if not settings.nats.url:
         raise ConfigError("nats.url", "default", "the driver needs a NATS URL (--nats URL)")
     configure_logging(level=settings.logging.level, redactor=Redactor(settings.secret_values()))
-    anyio.run(_serve, settings)
+    confinement = confinement_for(settings)
+    if not settings.sandbox.enabled:
+        Console(stderr=True, highlight=False).print(NO_SANDBOX_NOTE, markup=False)
+    anyio.run(_serve, settings, confinement)
     return EXIT_OK
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, confinement: Confinement) -> None:
     assert settings.nats.url is not None
     console = Console(stderr=True, highlight=False)
     options = DriverOptions(
         config=settings.driver_config(),
         work_dir=settings.driver.work_dir,
         api_environment=settings.api_environment(),
-        planner_executor=ClaudeCodeExecutor(),
+        planner_executor=ClaudeCodeExecutor(confinement=confinement),
+        confinement=confinement,
     )
     async with open_jetstream_log(
         settings.nats.url,

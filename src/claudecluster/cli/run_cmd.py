@@ -57,6 +57,7 @@ def run(
     nats: str | None = None,
     detach: bool = False,
     json: bool = False,
+    no_sandbox: bool = False,
     config: Path | None = None,
 ) -> int:
     """Split a goal into tasks, run them in parallel with Claude Code, merge the results.
@@ -96,11 +97,15 @@ def run(
         nats: NATS URL of a running cluster (default: nats.url, else the embedded server).
         detach: Submit, wait until the driver took the run, and return (needs --nats).
         json: Print every event of the run as JSON Lines instead of progress.
+        no_sandbox: Run the local workers' agents, shell tasks, setup and verify commands
+            unconfined, as this user (sandbox.enabled: false; see docs/security.md).
         config: A claudecluster.yaml to read instead of the one in the repository.
     """
     repo = repo.resolve()
-    flags = {"nats": {"url": nats}} if nats else None
-    settings = load_settings(config_file=config, project_dir=repo, flags=flags).settings
+    flags: dict[str, object] = {"nats": {"url": nats}} if nats else {}
+    if no_sandbox:
+        flags["sandbox"] = {"enabled": False}
+    settings = load_settings(config_file=config, project_dir=repo, flags=flags or None).settings
     configure_logging(
         level="WARNING" if settings.logging.level == "INFO" else settings.logging.level,
         redactor=Redactor(settings.secret_values()),

@@ -13,6 +13,7 @@ from claudecluster.errors import ConfigError
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
 from claudecluster.runtime.connection import open_jetstream_log
+from claudecluster.runtime.sandboxing import NO_SANDBOX_NOTE, confinement_for
 from claudecluster.runtime.worker import Worker, WorkerConfig, new_worker_id
 from claudecluster.settings import Settings, load_settings
 
@@ -30,6 +31,7 @@ def worker(
     ack_wait: float = 30.0,
     nice: int = 5,
     health_port: int = 0,
+    no_sandbox: bool = False,
     config: Path | None = None,
 ) -> int:
     """Run a worker: take task attempts from a pool's queue and run them with Claude Code.
@@ -49,10 +51,14 @@ def worker(
         ack_wait: Seconds before the server redelivers the work of a silent worker.
         nice: CPU niceness of the agents (0 to 19).
         health_port: Serve GET /health and /metrics on this loopback port; 0 disables.
+        no_sandbox: Run attempts unconfined, as this user (sandbox.enabled: false). Without
+            it the worker refuses to start where bubblewrap is missing. See docs/security.md.
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
-    flags = {"nats": {"url": nats}} if nats else None
-    settings = load_settings(config_file=config, flags=flags).settings
+    flags: dict[str, object] = {"nats": {"url": nats}} if nats else {}
+    if no_sandbox:
+        flags["sandbox"] = {"enabled": False}
+    settings = load_settings(config_file=config, flags=flags or None).settings
     if not settings.nats.url:
         raise ConfigError("nats.url", "default", "a worker needs a NATS URL (--nats URL)")
     if slots < 1:
@@ -74,7 +80,10 @@ def worker(
         setup_command=settings.worker.setup_command,
         setup_timeout_s=settings.worker.setup_timeout_s,
         api_environment=settings.api_environment(),
+        confinement=confinement_for(settings),
     )
+    if not settings.sandbox.enabled:
+        Console(stderr=True, highlight=False).print(NO_SANDBOX_NOTE, markup=False)
     anyio.run(_serve, settings, worker_config)
     return EXIT_OK
 

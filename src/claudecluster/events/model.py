@@ -137,6 +137,19 @@ class TaskLimits(msgspec.Struct, frozen=True, kw_only=True):
     max_turns: Annotated[int, msgspec.Meta(ge=1)] | None = None
     max_cost_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
     memory_mb: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_processes: (
+        Annotated[
+            int,
+            msgspec.Meta(ge=1, description="pids.max of the attempt's cgroup (threads count)."),
+        ]
+        | None
+    ) = None
+    cpus: (
+        Annotated[
+            float, msgspec.Meta(gt=0, description="CPUs the attempt may use (cgroup cpu.max).")
+        ]
+        | None
+    ) = None
 
 
 class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):

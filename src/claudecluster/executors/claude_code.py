@@ -32,6 +32,12 @@ from claudecluster.executors.base import (
     base_environment,
 )
 from claudecluster.executors.claude_stream import Outcome, classify, progress_from
+from claudecluster.executors.confined import cgroup_limits, open_confined_process
+from claudecluster.executors.confinement import (
+    Confinement,
+    attempt_sandbox,
+    default_confinement,
+)
 from claudecluster.executors.process import end_tree, launcher, tree_rss
 from claudecluster.observability.logging import get_logger
 
@@ -47,6 +53,8 @@ __all__ = [
 
 
 _STDERR_TAIL: Final = 4096
+#: Where Claude Code sends requests when ANTHROPIC_BASE_URL is not set.
+_DEFAULT_API: Final = "https://api.anthropic.com"
 _MEMORY_POLL_S: Final = 0.25
 _log = get_logger(__name__)
 
@@ -100,6 +108,7 @@ def child_environment(
     env = base_environment(job, parent)
     env.update(
         HOME=str(job.scratch / "home"),
+        TMPDIR=str(job.scratch / "tmp"),
         CLAUDE_CONFIG_DIR=str(job.scratch / "claude-config"),
         CLAUDE_CODE_MAX_RETRIES=str(cli_retries),
         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
@@ -115,14 +124,22 @@ class ClaudeCodeExecutor:
         binary: the ``claude`` executable (default: the one bundled with claude-agent-sdk).
         cli_retries: CLAUDE_CODE_MAX_RETRIES for the CLI's own API retries.
         kill_grace_s: seconds between SIGTERM and SIGKILL when a run must end.
+        confinement: how to confine the CLI (default: this machine's sandbox, required).
+            Confined, it reaches the model API (through a forwarder) and nothing else.
     """
 
     def __init__(
-        self, *, binary: Path | None = None, cli_retries: int = 2, kill_grace_s: float = 5.0
+        self,
+        *,
+        binary: Path | None = None,
+        cli_retries: int = 2,
+        kill_grace_s: float = 5.0,
+        confinement: Confinement | None = None,
     ) -> None:
         self._binary = binary
         self._cli_retries = cli_retries
         self._kill_grace_s = kill_grace_s
+        self._confinement = confinement
 
     async def run(self, job: AttemptRun, on_progress: ProgressSink) -> Outcome:
         """Run one attempt to its end and say how it ended.
@@ -135,32 +152,58 @@ class ClaudeCodeExecutor:
             FileNotFoundError: no Claude Code executable.
         """
         binary = self._binary or bundled_claude()
-        for directory in (job.scratch / "home", job.scratch / "claude-config"):
+        confinement = self._confinement or default_confinement()
+        config_dir = job.scratch / "claude-config"
+        readable = [binary.parent]
+        if job.mcp_config is not None:
+            readable.append(job.mcp_config)
+        sandbox = attempt_sandbox(
+            job.workspace,
+            job.scratch,
+            network="api",
+            writable=(config_dir,),
+            readable=tuple(readable),
+        )
+        for directory in (sandbox.home, sandbox.tmp, config_dir):
             await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
-        process = await anyio.open_process(
-            [*launcher(job.nice), *claude_command(job, binary)],
+        env = child_environment(job, os.environ, cli_retries=self._cli_retries)
+        async with open_confined_process(
+            confinement,
+            sandbox,
+            claude_command(job, binary),
+            prefix=launcher(job.nice),
+            env=env,
+            limits=cgroup_limits(job.limits, confinement),
+            api_base_url=env.get("ANTHROPIC_BASE_URL") or _DEFAULT_API,
             cwd=job.workspace,
-            env=child_environment(job, os.environ, cli_retries=self._cli_retries),
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-        )
-        state = _RunState()
-        try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(self._collect_stderr, process, state)
-                if job.limits.memory_mb is not None:
-                    group.start_soon(self._watch_memory, process, job.limits.memory_mb, state)
-                with anyio.move_on_after(job.limits.wall_time_s or float("inf")) as deadline:
-                    await self._read_stream(process, job, on_progress, state)
-                    await process.wait()
-                if deadline.cancelled_caught:
-                    state.breach = (
-                        "timeout",
-                        f"the attempt exceeded its wall-time limit of {job.limits.wall_time_s}s",
-                    )
-                group.cancel_scope.cancel()
-        finally:
-            await end_tree(process, self._kill_grace_s)
+        ) as confined:
+            process = confined.process
+            state = _RunState()
+            try:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self._collect_stderr, process, state)
+                    if job.limits.memory_mb is not None:
+                        group.start_soon(self._watch_memory, process, job.limits.memory_mb, state)
+                    with anyio.move_on_after(job.limits.wall_time_s or float("inf")) as deadline:
+                        await self._read_stream(process, job, on_progress, state)
+                        await process.wait()
+                    if deadline.cancelled_caught:
+                        state.breach = (
+                            "timeout",
+                            "the attempt exceeded its wall-time limit of "
+                            f"{job.limits.wall_time_s}s",
+                        )
+                    group.cancel_scope.cancel()
+            finally:
+                await end_tree(process, self._kill_grace_s)
+            if state.breach is None and process.returncode != 0 and confined.oom_killed():
+                state.breach = (
+                    "limit",
+                    f"the attempt went over its memory limit of {job.limits.memory_mb} MiB "
+                    "and the kernel ended it",
+                )
         return state.outcome(process.returncode)
 
     @staticmethod

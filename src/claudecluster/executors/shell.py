@@ -18,8 +18,19 @@ from anyio.streams.text import TextReceiveStream
 
 from claudecluster.domain.outcome import Outcome
 from claudecluster.events.model import TaskProgress
-from claudecluster.executors.base import AttemptRun, ProgressSink, base_environment
+from claudecluster.executors.base import AttemptRun, ProgressSink
 from claudecluster.executors.claude_stream import SUMMARY_CHARS
+from claudecluster.executors.confined import (
+    ConfinedProcess,
+    cgroup_limits,
+    open_confined_process,
+)
+from claudecluster.executors.confinement import (
+    Confinement,
+    attempt_sandbox,
+    confined_environment,
+    default_confinement,
+)
 from claudecluster.executors.process import end_tree, launcher
 
 __all__ = ["ShellExecutor"]
@@ -30,29 +41,55 @@ _TAIL: Final = 2000
 class ShellExecutor:
     """Runs ``bash -c <prompt>`` with the workspace as its working directory.
 
+    The command runs confined (:mod:`.confinement`): its workspace, a private home and
+    temp directory, no network, a minimal environment (no API key: a shell task needs
+    none), in its own cgroup.
+
     Args:
         shell: the shell to use.
         kill_grace_s: seconds between SIGTERM and SIGKILL when a run must end.
+        confinement: how to confine it (default: this machine's sandbox, required).
     """
 
-    def __init__(self, *, shell: str = "/bin/bash", kill_grace_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        shell: str = "/bin/bash",
+        kill_grace_s: float = 5.0,
+        confinement: Confinement | None = None,
+    ) -> None:
         self._shell = shell
         self._kill_grace_s = kill_grace_s
+        self._confinement = confinement
 
     async def run(self, job: AttemptRun, on_progress: ProgressSink) -> Outcome:
         """Run the command; see :class:`~claudecluster.executors.base.Executor`."""
-        env = base_environment(job, os.environ)
-        env["HOME"] = str(job.scratch / "home")
-        await anyio.Path(job.scratch / "home").mkdir(parents=True, exist_ok=True)
+        confinement = self._confinement or default_confinement()
+        sandbox = attempt_sandbox(job.workspace, job.scratch)
+        for directory in (sandbox.home, sandbox.tmp):
+            await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
+        env = confined_environment(
+            os.environ, home=sandbox.home, tmp=sandbox.tmp, passed=confinement.pass_env
+        )
         started = time.monotonic()
-        process = await anyio.open_process(
-            [*launcher(job.nice), self._shell, "-c", job.prompt],
-            cwd=Path(job.workspace),
+        async with open_confined_process(
+            confinement,
+            sandbox,
+            [self._shell, "-c", job.prompt],
+            prefix=launcher(job.nice),
             env=env,
+            limits=cgroup_limits(job.limits, confinement),
+            cwd=Path(job.workspace),
             stdin=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-        )
+        ) as confined:
+            return await self._follow(job, confined, on_progress, started)
+
+    async def _follow(
+        self, job: AttemptRun, confined: ConfinedProcess, on_progress: ProgressSink, started: float
+    ) -> Outcome:
+        process = confined.process
         tail = ""
         try:
             with anyio.move_on_after(job.limits.wall_time_s or float("inf")) as deadline:
@@ -83,6 +120,14 @@ class ShellExecutor:
                 reason=f"the command exceeded its wall-time limit of {job.limits.wall_time_s}s",
                 failure_class="timeout",
                 retryable=True,
+                duration_ms=duration_ms,
+            )
+        if process.returncode != 0 and confined.oom_killed():
+            return Outcome(
+                succeeded=False,
+                reason=f"the command went over its memory limit of {job.limits.memory_mb} MiB "
+                "and the kernel ended it",
+                failure_class="limit",
                 duration_ms=duration_ms,
             )
         last_lines = [line for line in tail.strip().splitlines() if line.strip()]

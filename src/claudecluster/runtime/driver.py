@@ -74,6 +74,8 @@ from claudecluster.events.model import (
 from claudecluster.events.subjects import ALL_COMMANDS
 from claudecluster.events.work import WorkItem
 from claudecluster.executors.base import Executor
+from claudecluster.executors.confined import ConfinedVerify
+from claudecluster.executors.confinement import Confinement
 from claudecluster.observability.logging import get_logger
 from claudecluster.runtime.merge_queue import BatchMerger, refused_conflict
 from claudecluster.runtime.planners import finish_plan, planner_for
@@ -110,6 +112,7 @@ class DriverOptions:
         planner_executor: runs the Claude planner's agent (None: planning with Claude fails
             with a clear error).
         now: the clock (a test may pin it).
+        confinement: how verify commands are confined (None: this machine's sandbox).
     """
 
     config: DriverConfig = field(default_factory=DriverConfig)
@@ -118,6 +121,7 @@ class DriverOptions:
     api_environment: dict[str, str] = field(default_factory=dict)
     planner_executor: Executor | None = None
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    confinement: Confinement | None = None
 
 
 @dataclass(slots=True)
@@ -497,7 +501,10 @@ class Driver:
             if repo is None:
                 repo = Path(self.state.runs[run_id].submitted.repo)
             self._integrations[run_id] = Integration(
-                repo, self._run_dir(run_id, repo) / "integration", f"claudecluster/{run_id}"
+                repo,
+                self._run_dir(run_id, repo) / "integration",
+                f"claudecluster/{run_id}",
+                run_verify=ConfinedVerify(self._options.confinement),
             )
         return self._integrations[run_id]
 

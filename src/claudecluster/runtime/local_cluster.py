@@ -20,6 +20,7 @@ from claudecluster.executors.claude_code import ClaudeCodeExecutor
 from claudecluster.runtime.autoscaler import LocalAutoscaler
 from claudecluster.runtime.connection import Connection
 from claudecluster.runtime.driver import Driver, DriverOptions
+from claudecluster.runtime.sandboxing import confinement_for
 from claudecluster.runtime.worker import WorkerConfig
 from claudecluster.settings import Settings
 
@@ -35,8 +36,13 @@ async def open_local_services(
     project_dir: Path,
     api_environment: dict[str, str] | None = None,
 ) -> AsyncIterator[LocalAutoscaler]:
-    """Run a driver and ``workers`` local workers (none for 0) until the context exits."""
+    """Run a driver and ``workers`` local workers (none for 0) until the context exits.
+
+    Raises:
+        ConfigError: the sandbox is enabled but cannot work here (see ``--no-sandbox``).
+    """
     api = settings.api_environment() if api_environment is None else api_environment
+    confinement = confinement_for(settings)
     driver = Driver(
         conn.log,
         conn.client.jetstream(),
@@ -44,7 +50,8 @@ async def open_local_services(
             config=settings.driver_config(),
             work_dir=settings.driver.work_dir,
             api_environment=api,
-            planner_executor=ClaudeCodeExecutor(),
+            planner_executor=ClaudeCodeExecutor(confinement=confinement),
+            confinement=confinement,
         ),
     )
     template = WorkerConfig(
@@ -56,6 +63,7 @@ async def open_local_services(
         setup_command=settings.worker.setup_command,
         setup_timeout_s=settings.worker.setup_timeout_s,
         heartbeat_s=2.0,
+        confinement=confinement,
     )
     size = max(workers, 1)
     scaler = LocalAutoscaler(

@@ -59,6 +59,13 @@ from claudecluster.events.subjects import COMMAND_PREFIX, run_level_filter, task
 from claudecluster.events.work import WorkItem
 from claudecluster.executors.base import DEFAULT_TOOLS, AttemptRun, Executor
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
+from claudecluster.executors.confined import run_confined
+from claudecluster.executors.confinement import (
+    Confinement,
+    attempt_sandbox,
+    confined_environment,
+    default_confinement,
+)
 from claudecluster.executors.shell import ShellExecutor
 from claudecluster.observability.logging import get_logger
 from claudecluster.projections.cluster import ClusterView, replay
@@ -114,6 +121,9 @@ class WorkerConfig:
         setup_command: run in each workspace before the agent (install dependencies).
         setup_timeout_s: how long the setup command may take.
         join_reason: why it was started, recorded in WorkerJoined (an autoscaler says).
+        confinement: how attempts and the setup command are confined (None: this
+            machine's sandbox, which must work; ``Confinement.unconfined()`` is the
+            operator's ``--no-sandbox``).
     """
 
     worker_id: str
@@ -133,6 +143,7 @@ class WorkerConfig:
     setup_command: str | None = None
     setup_timeout_s: float = 600.0
     join_reason: str = ""
+    confinement: Confinement | None = None
 
 
 class Superseded(Exception):  # noqa: N818 - a condition, not a failure of ours
@@ -182,8 +193,10 @@ class Worker:
         self._queue = WorkQueue(js, ack_wait_s=config.ack_wait_s)
         self._artifacts = ArtifactStore(js)
         self._sessions = JetStreamSessionStore(js)
-        self._executor: Executor = executor or ClaudeCodeExecutor()
-        self._shell: Executor = ShellExecutor()
+        # Refuses to start where the sandbox is missing, unless the operator chose none.
+        self._confinement = config.confinement or default_confinement()
+        self._executor: Executor = executor or ClaudeCodeExecutor(confinement=self._confinement)
+        self._shell: Executor = ShellExecutor(confinement=self._confinement)
         self._clock = clock
         self._running: dict[str, _Attempt] = {}
         self._draining = anyio.Event()
@@ -529,7 +542,7 @@ class Worker:
         bundle = await self._artifacts.get_file(item.base_bundle, scratch.with_suffix(".base"))
         branch = task_branch(item.run_id, item.task_id)
         workspace = await open_workspace(bundle, item.base_commit, branch, scratch / "ws")
-        await self._prepare(workspace)
+        await self._prepare(workspace, scratch)
         resumed = live.resume and item.spec.executor == "claude_code"
         transcript = _transcript_path(scratch, workspace, live.session_id)
         restored = 0
@@ -608,8 +621,12 @@ class Worker:
             ),
         )
 
-    async def _prepare(self, workspace: Path) -> None:
+    async def _prepare(self, workspace: Path, scratch: Path) -> None:
         """Copy in the configured untracked files and run the setup command.
+
+        The setup command runs confined like an attempt (its workspace, the attempt's
+        private home and temp dir, a minimal environment, no network unless
+        ``sandbox.setup_network``): it runs the repository's own scripts.
 
         Raises:
             WorkspaceError: a file is missing or the setup command failed.
@@ -623,18 +640,29 @@ class Worker:
             async with await anyio.open_file(exclude, "a", encoding="utf-8") as handle:
                 await handle.write(lines)
         if self.config.setup_command:
-            with anyio.move_on_after(self.config.setup_timeout_s) as deadline:
-                done = await anyio.run_process(
-                    ["bash", "-c", self.config.setup_command], cwd=workspace, check=False
-                )
-            if deadline.cancelled_caught:
+            confinement = self._confinement
+            sandbox = attempt_sandbox(
+                workspace, scratch, network="host" if confinement.setup_network else "none"
+            )
+            for directory in (sandbox.home, sandbox.tmp):
+                await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
+            done = await run_confined(
+                confinement,
+                sandbox,
+                ["/bin/bash", "-c", self.config.setup_command],
+                env=confined_environment(
+                    os.environ, home=sandbox.home, tmp=sandbox.tmp, passed=confinement.pass_env
+                ),
+                timeout_s=self.config.setup_timeout_s,
+            )
+            if done.returncode is None:
                 raise WorkspaceError(
                     f"the setup command took longer than {self.config.setup_timeout_s:.0f}s"
                 )
             if done.returncode != 0:
-                tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+                tail = done.output.strip().splitlines()[-1:] or [""]
                 raise WorkspaceError(
-                    f"the setup command exited with status {done.returncode}: {tail[0]}"
+                    f"the setup command exited with status {done.returncode}: {tail[0][:500]}"
                 )
 
     async def _collect(

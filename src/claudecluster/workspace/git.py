@@ -7,11 +7,22 @@ fetches that bundle into its repository to merge. Only git and files travel; not
 assumes the two sides share a disk.
 
 Every git call has a timeout and a clear error naming the command and git's own message.
+
+A workspace is a tree the agent controls, ``.git`` included where it runs unconfined. So
+no git call of ours runs anything a repository's config names: each runs with a minimal
+environment (no secrets for a hook to read), without user or system config, and with the
+settings that start programs (``core.fsmonitor``, ``core.hooksPath``, the pager, askpass,
+credential helpers, external diff) overridden on the command line, which git ranks above
+any config file. What cannot be overridden by name (filters, diff and merge drivers
+defined under a name the tree's ``.gitattributes`` picks, ``include.path``) is removed
+before the worker touches a workspace the agent used: :func:`distrust_git_dir` writes a
+fresh config and empties the hooks.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,9 +38,11 @@ __all__ = [
     "base_bundle",
     "commit_all",
     "commit_changes",
+    "distrust_git_dir",
     "fetch_result",
     "git",
     "git_status",
+    "SAFE_CONFIG",
     "open_workspace",
     "result_bundle",
     "task_branch",
@@ -53,11 +66,36 @@ def task_branch(run_id: str, task_id: str) -> str:
     return f"claudecluster/{run_id}/{task_id}"
 
 
+#: Settings that make git start a program, fixed on the command line (which outranks
+#: every config file, the repository's own included).
+SAFE_CONFIG: Final = (
+    "core.fsmonitor=false",
+    f"core.hooksPath={os.devnull}",
+    "core.pager=cat",
+    "core.askPass=",
+    "core.sshCommand=ssh",
+    "core.gitProxy=",
+    "credential.helper=",
+    "diff.external=",
+    "gc.auto=0",
+    "protocol.ext.allow=never",
+    "uploadpack.packObjectsHook=",
+)
+
+#: What ``git init`` writes, and all a workspace needs: no remote, filter, driver,
+#: include or hook path the agent may have added survives.
+_FRESH_CONFIG: Final = (
+    "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n"
+    "\tlogallrefupdates = true\n"
+)
+
+
 def _git_env() -> dict[str, str]:
-    # A fixed identity and no user or system config: the same commands behave the same on
-    # every worker, whatever hooks or settings its user has.
+    # A fixed identity, no user or system config, and only what git needs of our own
+    # environment: a hook that somehow ran would find no credentials in it.
+    passed = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
     return {
-        **os.environ,
+        **{key: value for key, value in os.environ.items() if key in passed},
         "GIT_AUTHOR_NAME": _AUTHOR[0],
         "GIT_AUTHOR_EMAIL": _AUTHOR[1],
         "GIT_COMMITTER_NAME": _AUTHOR[0],
@@ -66,6 +104,38 @@ def _git_env() -> dict[str, str]:
         "GIT_CONFIG_GLOBAL": os.devnull,
         "GIT_CONFIG_NOSYSTEM": "1",
     }
+
+
+def _config_flags() -> list[str]:
+    flags: list[str] = []
+    for setting in SAFE_CONFIG:
+        flags += ["-c", setting]
+    return flags
+
+
+def distrust_git_dir(workspace: Path) -> None:
+    """Reset what an agent could have planted in ``workspace``'s git directory.
+
+    A fresh config (dropping filters, diff and merge drivers, includes, aliases, remotes),
+    no hooks, no ``info/attributes``, no per-worktree config and no alternates; the
+    ``info/exclude`` list the worker wrote stays.
+
+    Raises:
+        WorkspaceError: ``.git`` is not a plain directory (a symlink or a ``gitdir:`` file
+            the agent put there to lead git elsewhere).
+    """
+    git_dir = workspace / ".git"
+    if git_dir.is_symlink() or not git_dir.is_dir():
+        raise WorkspaceError(f"{git_dir} is not a plain git directory: it was replaced")
+    (git_dir / "config").unlink(missing_ok=True)  # a symlink is removed, not followed
+    (git_dir / "config").write_text(_FRESH_CONFIG, encoding="utf-8")
+    for planted in ("config.worktree", "info/attributes", "objects/info/alternates", "commondir"):
+        (git_dir / planted).unlink(missing_ok=True)
+    hooks = git_dir / "hooks"
+    if hooks.is_symlink() or hooks.is_file():
+        hooks.unlink()
+    elif hooks.is_dir():
+        shutil.rmtree(hooks)
 
 
 async def git_status(
@@ -79,7 +149,7 @@ async def git_status(
         WorkspaceError: an argument holds a NUL character (no process can take it), or git
             took longer than ``time_limit`` seconds.
     """
-    command = ["git", "-C", str(repo), *args]
+    command = ["git", *_config_flags(), "-C", str(repo), *args]
     if any("\x00" in part for part in command):
         raise WorkspaceError(f"git {' '.join(args[:2])}: an argument contains a NUL character")
     try:
@@ -145,9 +215,13 @@ async def open_workspace(bundle: Path, base_commit: str, branch: str, where: Pat
 async def commit_all(workspace: Path, message: str) -> str | None:
     """Commit every change in the workspace; returns the new commit, or None if unchanged.
 
+    The workspace's git directory is reset first (:func:`distrust_git_dir`): the agent
+    had it, and ``git add`` would run a filter its config defines.
+
     Raises:
-        WorkspaceError: git failed.
+        WorkspaceError: git failed, or ``.git`` was replaced.
     """
+    await anyio.to_thread.run_sync(distrust_git_dir, workspace)
     await git(workspace, "add", "--all")
     if not (await git(workspace, "status", "--porcelain")).strip():
         return None

@@ -11,15 +11,19 @@ No merge commits a tree in which a file it changes holds more conflict blocks th
 before (see :mod:`claudecluster.workspace.markers`), whatever the task or a resolution
 attempt left behind, and a merge that would change nothing does not move the branch: the
 outcome says so, and the caller decides whether that counts.
+
+The verify command runs code from the merged tree, that is code agents wrote, so it is
+never started here: a :class:`VerifyRunner` the driver hands in runs it confined like an
+attempt (``executors/confined.py``) and returns its masked output, which this module cuts
+to a short tail before it goes into a verdict (and so into a recorded event).
 """
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 
@@ -32,12 +36,28 @@ __all__ = [
     "clip_output",
     "MergeOutcome",
     "VerifyOutcome",
+    "VerifyRunner",
 ]
 
 _TRAILER: Final = "ClaudeCluster-Task"
 _OUTPUT_TAIL: Final = 2000
 #: A file whose first bytes hold a NUL is binary: git writes no markers into it.
 _BINARY_PROBE: Final = 8000
+
+
+class VerifyRunner(Protocol):
+    """Runs a verify command in a worktree, confined; says how it ended."""
+
+    async def __call__(
+        self, worktree: Path, git_dir: Path, command: str, timeout_s: float
+    ) -> tuple[int | None, str]:
+        """Run ``command`` in ``worktree`` (``git_dir`` readable) for up to ``timeout_s``.
+
+        Returns:
+            its exit status (None: it ran out of time and was ended) and the end of its
+            output, with secrets masked.
+        """
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +97,12 @@ class Integration:
         repo: the user's repository.
         worktree: a private directory for the integration worktree.
         branch: the integration branch (``claudecluster/<run>``).
+        run_verify: runs verify commands confined (None: a verify command is refused).
     """
 
-    def __init__(self, repo: Path, worktree: Path, branch: str) -> None:
+    def __init__(
+        self, repo: Path, worktree: Path, branch: str, *, run_verify: VerifyRunner | None = None
+    ) -> None:
         self.repo = repo
         self.worktree = worktree
         self.branch = branch
@@ -90,6 +113,7 @@ class Integration:
         self._clean_at: str | None = None
         #: numbers the throwaway worktrees, so two at once never share a directory
         self._scratch = 0
+        self._run_verify = run_verify
 
     async def start(self, base_commit: str) -> None:
         """Create the branch at ``base_commit``, unless it already exists there or later.
@@ -329,24 +353,20 @@ class Integration:
     async def _verify(
         self, command: str, timeout_s: float, where: Path | None = None
     ) -> VerifyOutcome:
+        if self._run_verify is None:
+            raise WorkspaceError("a verify command needs a runner to confine it; none is set")
         if where is None:
             self._clean_at = None  # the command may leave files behind
-        try:
-            with anyio.fail_after(timeout_s):
-                done = await anyio.run_process(
-                    ["bash", "-c", command],
-                    cwd=where or self.worktree,
-                    check=False,
-                    stdin=subprocess.DEVNULL,
-                    stderr=subprocess.STDOUT,
-                )
-        except TimeoutError:
+        tree = where or self.worktree
+        common = Path((await git(tree, "rev-parse", "--git-common-dir")).strip())
+        if not common.is_absolute():
+            common = (tree / common).resolve()
+        code, output = await self._run_verify(tree, common, command, timeout_s)
+        output = clip_output(output)
+        if code is None:
             return VerifyOutcome(False, f"the verify command took longer than {timeout_s:.0f}s")
-        output = clip_output(done.stdout)
-        if done.returncode != 0:
-            return VerifyOutcome(
-                False, f"the verify command exited with status {done.returncode}: {output}"
-            )
+        if code != 0:
+            return VerifyOutcome(False, f"the verify command exited with status {code}: {output}")
         return VerifyOutcome(True, output)
 
 
@@ -362,7 +382,7 @@ async def _read_text(path: Path) -> str | None:
 
 
 def clip_output(
-    raw: bytes, *, limit: int = _OUTPUT_TAIL, redact: Callable[[str], str] | None = None
+    raw: bytes | str, *, limit: int = _OUTPUT_TAIL, redact: Callable[[str], str] | None = None
 ) -> str:
     """What is kept of a command's output before it is recorded: redacted, then its end.
 
@@ -371,7 +391,7 @@ def clip_output(
     ``text``, say) runs on the whole text first, so a secret cut in half by the
     limit cannot slip through.
     """
-    text = raw.decode(errors="replace")
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
     if redact is not None:
         text = redact(text)
     return text[-limit:] if len(text) > limit else text
