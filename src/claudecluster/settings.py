@@ -37,6 +37,7 @@ __all__ = [
     "LoadedSettings",
     "LoggingSettings",
     "NatsSettings",
+    "NatsTlsSettings",
     "Settings",
     "WorkerSettings",
     "load_settings",
@@ -50,8 +51,22 @@ class _Section(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
 
+class NatsTlsSettings(_Section):
+    """TLS to a NATS server or cluster (used with ``tls://`` URLs)."""
+
+    ca: Path | None = pydantic.Field(
+        default=None,
+        description="CA certificate file (PEM) the server's certificate must chain to; "
+        "unset: the system's trust store.",
+    )
+    cert: Path | None = pydantic.Field(
+        default=None, description="Client certificate (PEM), for servers that verify clients."
+    )
+    key: Path | None = pydantic.Field(default=None, description="The client certificate's key.")
+
+
 class NatsSettings(_Section):
-    """Where the event log lives."""
+    """Where the event log lives, and how to prove who we are to it."""
 
     url: str | None = pydantic.Field(
         default=None,
@@ -71,6 +86,27 @@ class NatsSettings(_Section):
     replicas: int | None = pydantic.Field(
         default=None, ge=1, le=5, description="Stream replicas; 3 on a three-server cluster."
     )
+    creds: Path | None = pydantic.Field(
+        default=None,
+        description="Credentials file for nats.url: a NATS .creds file (user JWT and seed) "
+        "or an nkey seed file (as 'claudecluster creds' writes).",
+    )
+    nkey_seed: Path | None = pydantic.Field(
+        default=None, description="An nkey seed file for nats.url (same as a seed in creds)."
+    )
+    user: str | None = pydantic.Field(
+        default=None, description="User name for nats.url (kept out of the URL)."
+    )
+    password: pydantic.SecretStr | None = pydantic.Field(
+        default=None,
+        description="Password for nats.user; best from the environment "
+        "(CLAUDECLUSTER_NATS__PASSWORD). Redacted everywhere.",
+    )
+    inbox_prefix: str | None = pydantic.Field(
+        default=None,
+        description="Reply-subject prefix; unset: _INBOX_<role>, as nats/permissions.yaml allows.",
+    )
+    tls: NatsTlsSettings = pydantic.Field(default_factory=NatsTlsSettings)
 
     @pydantic.field_validator("url")
     @classmethod
@@ -244,6 +280,8 @@ class Settings(BaseSettings):
             secrets.append(self.anthropic_api_key.get_secret_value())
         if self.gateway.jwt_secret is not None:
             secrets.append(self.gateway.jwt_secret.get_secret_value())
+        if self.nats.password is not None:
+            secrets.append(self.nats.password.get_secret_value())
         for part in (self.nats.url or "").split(","):
             split = urlsplit(part.strip())
             if split.password:

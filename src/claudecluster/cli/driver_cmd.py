@@ -12,8 +12,8 @@ from claudecluster.cli.app import EXIT_OK, app
 from claudecluster.errors import ConfigError
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
 from claudecluster.observability.logging import configure_logging
-from claudecluster.observability.redaction import Redactor
-from claudecluster.runtime.connection import open_jetstream_log
+from claudecluster.observability.redaction import Redactor, redact_url
+from claudecluster.runtime.connection import configured_auth, open_jetstream_log
 from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.settings import Settings, load_settings
 
@@ -66,11 +66,12 @@ async def _serve(settings: Settings) -> None:
         name="driver",
         redactor=Redactor(settings.secret_values()),
         replicas=settings.nats.replicas,
+        auth=configured_auth(settings, "driver"),
     ) as (client, log):
         runner = Driver(log, client.jetstream(), options)
         async with anyio.create_task_group() as group:
             await group.start(runner.run)
-            console.print(f"driver serving on {settings.nats.url}", markup=False)
+            console.print(f"driver serving on {redact_url(settings.nats.url)}", markup=False)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     console.print("driver stopping; restart it to continue", markup=False)

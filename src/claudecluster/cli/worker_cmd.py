@@ -12,7 +12,7 @@ from claudecluster.cli.app import EXIT_OK, app
 from claudecluster.errors import ConfigError
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
-from claudecluster.runtime.connection import open_jetstream_log
+from claudecluster.runtime.connection import configured_auth, open_jetstream_log
 from claudecluster.runtime.worker import Worker, WorkerConfig, new_worker_id
 from claudecluster.settings import Settings, load_settings
 
@@ -23,6 +23,7 @@ __all__ = ["worker"]
 def worker(
     *,
     nats: str | None = None,
+    creds: Path | None = None,
     pool: str = "default",
     slots: int = 1,
     workspace_root: Path = Path(".claudecluster/workspaces"),
@@ -39,9 +40,12 @@ def worker(
 
     Examples:
         claudecluster worker --nats nats://10.0.0.5:4222 --pool default --slots 4
+        claudecluster worker --nats tls://nats.example:4222 --creds worker.nk
 
     Args:
         nats: NATS URL (default: nats.url from the configuration).
+        creds: A credentials file for it: a NATS .creds file or an nkey seed file
+            ('claudecluster creds worker' writes one); default: nats.creds.
         pool: The pool whose queue to serve.
         slots: Attempts to run at once.
         workspace_root: Where private workspaces are made.
@@ -51,7 +55,12 @@ def worker(
         health_port: Serve GET /health and /metrics on this loopback port; 0 disables.
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
-    flags = {"nats": {"url": nats}} if nats else None
+    nats_flags: dict[str, object] = {}
+    if nats:
+        nats_flags["url"] = nats
+    if creds is not None:
+        nats_flags["creds"] = creds
+    flags = {"nats": nats_flags} if nats_flags else None
     settings = load_settings(config_file=config, flags=flags).settings
     if not settings.nats.url:
         raise ConfigError("nats.url", "default", "a worker needs a NATS URL (--nats URL)")
@@ -87,6 +96,8 @@ async def _serve(settings: Settings, config: WorkerConfig) -> None:
         name=f"worker-{config.worker_id}",
         redactor=Redactor(settings.secret_values()),
         replicas=settings.nats.replicas,
+        auth=(auth := configured_auth(settings, "worker")),
+        apply=not auth.authenticated,
     ) as (client, log):
         runner = Worker(config, log, client)
         async with anyio.create_task_group() as group:
