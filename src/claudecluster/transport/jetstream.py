@@ -33,6 +33,7 @@ from claudecluster.events.subjects import (
     QUARANTINE_PREFIX,
     event_subject,
     scope_filter,
+    subject_problem,
 )
 from claudecluster.observability.logging import get_logger
 from claudecluster.observability.redaction import Redactor
@@ -158,6 +159,10 @@ class JetStreamEventLog:
             envelope = decode_event(msg.data)
         except EventDecodeError as exc:
             await self._quarantine(msg.subject, seq, str(exc), msg.data)
+            return None
+        misplaced = subject_problem(msg.subject, envelope.payload)
+        if misplaced is not None:  # permissions are per subject: hold the payload to it
+            await self._quarantine(msg.subject, seq, misplaced, msg.data)
             return None
         return StoredEvent(seq=seq, subject=msg.subject, envelope=envelope)
 

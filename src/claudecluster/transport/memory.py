@@ -20,6 +20,7 @@ from claudecluster.events.subjects import (
     event_subject,
     scope_filter,
     subject_matches,
+    subject_problem,
 )
 from claudecluster.observability.redaction import Redactor
 from claudecluster.transport.base import AppendResult, QuarantinedMessage
@@ -99,11 +100,14 @@ class MemoryEventLog:
     def _decode(self, seq: int, subject: str, data: bytes) -> StoredEvent | None:
         try:
             envelope = decode_event(data)
+            reason = subject_problem(subject, envelope.payload)
         except EventDecodeError as exc:
+            reason = str(exc)
+        if reason is not None:
             self._quarantine.setdefault(
                 seq,
                 QuarantinedMessage(
-                    origin_subject=subject, origin_seq=seq, reason=str(exc), data=data
+                    origin_subject=subject, origin_seq=seq, reason=reason, data=data
                 ),
             )
             return None
