@@ -21,10 +21,12 @@ import msgspec
 
 from claudecluster.domain.lifecycle import TaskState
 from claudecluster.domain.outcome import Outcome
-from claudecluster.events.model import ArtifactRef, TaskFailed, TaskSucceeded
+from claudecluster.events.envelope import EventEnvelope
+from claudecluster.events.model import ArtifactRef, TaskEvent, TaskFailed, TaskSucceeded
+from claudecluster.events.signing import verify_envelope
 from claudecluster.projections.views import TaskView
 
-__all__ = ["Admission", "admit", "finished_event"]
+__all__ = ["Admission", "admit", "finished_event", "only_forgeries"]
 
 _RUNNING_STATES: Final = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
 
@@ -106,3 +108,19 @@ def finished_event(
         cost_usd=outcome.cost_usd,
         usage=outcome.usage,
     )
+
+
+def only_forgeries(newer: list[EventEnvelope], attempt: int, public_key: str) -> bool:
+    """Whether everything recorded on a held attempt's task since our last append is a
+    forgery: events naming our attempt that our key did not sign.
+
+    Readers refuse those, so the attempt goes on (appending after them); anything else
+    (a take-over, a cancel, the driver's verdict) means it was superseded.
+    """
+    for envelope in newer:
+        event = envelope.payload
+        if not isinstance(event, TaskEvent) or getattr(event, "attempt", None) != attempt:
+            return False
+        if verify_envelope(envelope, public_key) is None:
+            return False  # signed by us: not a forgery (and not expected either)
+    return bool(newer)

@@ -76,6 +76,8 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     retryable: bool = False
     merged_commit: str | None = None
     conflict_files: tuple[str, ...] = ()
+    #: the live attempt's holder's public key: its later events must be signed with it
+    worker_key: str = ""
 
 
 class WorkerView(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -9,7 +9,14 @@ worker knows the sequence of the task's last event (its own), and if anything el
 there (the driver re-queued the task, another worker took it over, a cancel), the next
 append raises ``ConcurrencyError``. The worker then knows its attempt is superseded: it
 stops the agent and records nothing more. So a late result of a silent worker is never
-recorded for the live attempt.
+recorded for the live attempt. What landed may also be a forgery (an event naming our
+attempt that our key did not sign): readers refuse those, so the worker appends after it
+and the attempt goes on.
+
+Signing. Each worker has an nkey of its own, made when it starts and never written
+anywhere; its claim (``task.assigned``) names the public key, and every later event of
+the attempt is signed with it (:mod:`claudecluster.events.signing`), over the envelope as
+the log will store it (after redaction).
 """
 
 from __future__ import annotations
@@ -29,14 +36,15 @@ import anyio
 import anyio.abc
 import msgspec
 import nats.errors
+import nkeys
 import psutil
 from nats.aio.client import Client
 
-from claudecluster.actors.worker import Admission, admit, finished_event
+from claudecluster.actors.worker import Admission, admit, finished_event, only_forgeries
 from claudecluster.domain.outcome import Outcome
 from claudecluster.errors import ClusterError, ConcurrencyError, EventDecodeError, WorkspaceError
-from claudecluster.events.codec import decode_command
-from claudecluster.events.envelope import StoredEvent, wrap_event
+from claudecluster.events.codec import decode_command, decode_event, encode
+from claudecluster.events.envelope import EventEnvelope, StoredEvent, wrap_event
 from claudecluster.events.model import (
     ArtifactRef,
     CancelRun,
@@ -55,14 +63,17 @@ from claudecluster.events.model import (
     WorkerJoined,
     WorkerLeft,
 )
+from claudecluster.events.signing import signature_of, signed_bytes
 from claudecluster.events.subjects import COMMAND_PREFIX, run_level_filter, task_filter
 from claudecluster.events.work import WorkItem
 from claudecluster.executors.base import DEFAULT_TOOLS, AttemptRun, Executor
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
 from claudecluster.executors.shell import ShellExecutor
 from claudecluster.observability.logging import get_logger
+from claudecluster.observability.redaction import Redactor
 from claudecluster.projections.cluster import ClusterView, replay
 from claudecluster.projections.views import TaskView, task_key
+from claudecluster.runtime.credentials import new_user_seed
 from claudecluster.runtime.http_server import open_http_server
 from claudecluster.runtime.worker_health import WorkerMetrics, health_app
 from claudecluster.transport.artifacts import ArtifactStore, artifact_key
@@ -83,6 +94,8 @@ _log = get_logger(__name__)
 _REGISTRY_BUCKET: Final = "cc_workers"
 _CAPABILITIES: Final = ("claude_code", "shell")
 _RUNS_KEPT: Final = 8
+#: Forgeries in a row an append steps over before it gives the attempt up.
+_FORGERIES_STEPPED_OVER: Final = 16
 
 
 def new_worker_id() -> str:
@@ -194,29 +207,57 @@ class Worker:
         self.metrics = WorkerMetrics()
         self.metrics.slots.set(config.slots)
         self.health_port: int | None = None
+        # This process's attempt key: in memory only, new at every start.
+        self._key = nkeys.from_seed(new_user_seed())
+        self.public_key: str = self._key.public_key.decode()
+        found = getattr(log, "redactor", None)
+        self._redactor = found if isinstance(found, Redactor) else Redactor()
 
     # -- events -----------------------------------------------------------------------
 
-    async def _record(self, event: Event, *, expected_last: int | None = None) -> int:
+    async def _record(
+        self, event: Event, *, expected_last: int | None = None, signed: bool = False
+    ) -> int:
         self._ids += 1
         envelope = wrap_event(
             event,
             event_id=f"{self.config.worker_id}-{self._ids}-{uuid.uuid4().hex[:8]}",
             now=self._clock(),
         )
+        if signed:
+            envelope = self._sign(envelope)
         return (await self._log.append(envelope, expected_last=expected_last)).seq
 
+    def _sign(self, envelope: EventEnvelope) -> EventEnvelope:
+        """The envelope as the log will store it (redacted), signed with our attempt key."""
+        stored = decode_event(self._redactor.data(encode(envelope)))
+        signature = signature_of(self._key.sign(signed_bytes(stored)))
+        return msgspec.structs.replace(stored, signature=signature)
+
     async def _record_for(self, live: _Attempt, event: Event) -> None:
-        """Append an attempt's event only if nothing else happened to its task meanwhile.
+        """Append an attempt's event only if nothing else happened to its task meanwhile,
+        forgeries apart (readers refuse them; the append goes after them).
 
         Raises:
             Superseded: something else did.
         """
-        try:
-            live.last_seq = await self._record(event, expected_last=live.last_seq)
-        except ConcurrencyError:
-            key = task_key(live.item.run_id, live.item.task_id)
-            raise Superseded(f"{key} moved on; {type(event).__name__} not recorded") from None
+        item = live.item
+        for _ in range(_FORGERIES_STEPPED_OVER):
+            try:
+                live.last_seq = await self._record(event, expected_last=live.last_seq, signed=True)
+            except ConcurrencyError:
+                scope = task_filter(item.run_id, item.task_id)
+                newer = await read_all(self._log, from_seq=live.last_seq + 1, subjects=scope)
+                envelopes = [stored.envelope for stored in newer]
+                if not only_forgeries(envelopes, live.attempt, self.public_key):
+                    break
+                _log.warning("stepping over forged events", item=item.message_id,
+                             seqs=[stored.seq for stored in newer])  # fmt: skip
+                live.last_seq = newer[-1].seq
+            else:
+                return
+        key = task_key(item.run_id, item.task_id)
+        raise Superseded(f"{key} moved on; {type(event).__name__} not recorded")
 
     # -- serving ----------------------------------------------------------------------
 
@@ -418,6 +459,7 @@ class Worker:
                     task_id=item.task_id,
                     attempt=attempt,
                     worker_id=self.config.worker_id,
+                    worker_key=self.public_key,
                 ),
                 expected_last=expected,
             )

@@ -76,6 +76,11 @@ class JetStreamEventLog:
         self._redactor = redactor or Redactor()
         self._timeout = timeout
 
+    @property
+    def redactor(self) -> Redactor:
+        """What every append strips; a signer signs what the log will store."""
+        return self._redactor
+
     async def append(
         self, envelope: EventEnvelope, *, expected_last: int | None = None
     ) -> AppendResult:
@@ -186,6 +191,10 @@ class JetStreamEventLog:
             # The reader must go on past a poison message even if the record of it is lost;
             # the message itself stays in the event log, so nothing is destroyed.
             _log.error("quarantine record not written", subject=subject, seq=seq, error=repr(exc))
+
+    async def quarantine_refused(self, stored: StoredEvent, reason: str) -> None:
+        """Record a refused event; see :class:`~claudecluster.transport.base.EventLog`."""
+        await self._quarantine(stored.subject, stored.seq, reason, encode(stored.envelope))
 
     async def last_seq(self, subjects: str = ALL_EVENTS) -> int:
         """The last sequence matching ``subjects`` (0 if none).

@@ -38,6 +38,11 @@ class MemoryEventLog:
         self._quarantine: dict[int, QuarantinedMessage] = {}
         self._appended = anyio.Event()
 
+    @property
+    def redactor(self) -> Redactor:
+        """What every append strips; a signer signs what the log will store."""
+        return self._redactor
+
     async def append(
         self, envelope: EventEnvelope, *, expected_last: int | None = None
     ) -> AppendResult:
@@ -119,6 +124,18 @@ class MemoryEventLog:
             if subject_matches(subjects, self._messages[index][0]):
                 return index + 1
         return 0
+
+    async def quarantine_refused(self, stored: StoredEvent, reason: str) -> None:
+        """Record a refused event; see :class:`~claudecluster.transport.base.EventLog`."""
+        self._quarantine.setdefault(
+            stored.seq,
+            QuarantinedMessage(
+                origin_subject=stored.subject,
+                origin_seq=stored.seq,
+                reason=reason,
+                data=encode(stored.envelope),
+            ),
+        )
 
     async def quarantined(self) -> list[QuarantinedMessage]:
         """Quarantine records, oldest first."""
