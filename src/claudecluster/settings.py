@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from claudecluster.actors.driver import DriverConfig
+from claudecluster.actors.worker import DEFAULT_PERMISSION_MODES
 from claudecluster.errors import ConfigError
 from claudecluster.observability.redaction import redact_url
 from claudecluster.validation import config_error
@@ -142,6 +143,16 @@ class WorkerSettings(_Section):
         default=None, description="A shell command run in each workspace before the agent."
     )
     setup_timeout_s: float = pydantic.Field(default=600.0, gt=0)
+    permission_modes: list[str] = pydantic.Field(
+        default_factory=lambda: list(DEFAULT_PERMISSION_MODES),
+        description="Claude Code permission modes a work item may ask for; an item asking "
+        "for another is refused with the reason (bypassPermissions only if listed here).",
+    )
+    allow_plan_mcp_servers: bool = pydantic.Field(
+        default=False,
+        description="Run MCP servers a work item names (mcp_config); off: such items are "
+        "refused with the reason.",
+    )
 
 
 class DriverSettings(_Section):

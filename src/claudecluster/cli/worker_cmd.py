@@ -82,6 +82,8 @@ def worker(
         copy_files=tuple(settings.worker.copy_files),
         setup_command=settings.worker.setup_command,
         setup_timeout_s=settings.worker.setup_timeout_s,
+        permission_modes=tuple(settings.worker.permission_modes),
+        allow_plan_mcp_servers=settings.worker.allow_plan_mcp_servers,
         api_environment=settings.api_environment(),
     )
     anyio.run(_serve, settings, worker_config)

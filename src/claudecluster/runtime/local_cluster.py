@@ -83,6 +83,8 @@ async def _services(
         copy_files=tuple(settings.worker.copy_files),
         setup_command=settings.worker.setup_command,
         setup_timeout_s=settings.worker.setup_timeout_s,
+        permission_modes=tuple(settings.worker.permission_modes),
+        allow_plan_mcp_servers=settings.worker.allow_plan_mcp_servers,
         heartbeat_s=2.0,
     )
     size = max(workers, 1)

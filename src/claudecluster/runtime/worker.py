@@ -40,7 +40,14 @@ import nkeys
 import psutil
 from nats.aio.client import Client
 
-from claudecluster.actors.worker import Admission, admit, finished_event, only_forgeries
+from claudecluster.actors.worker import (
+    DEFAULT_PERMISSION_MODES,
+    Admission,
+    admit,
+    finished_event,
+    item_problem,
+    only_forgeries,
+)
 from claudecluster.domain.outcome import Outcome
 from claudecluster.errors import ClusterError, ConcurrencyError, EventDecodeError, WorkspaceError
 from claudecluster.events.codec import decode_command, decode_event, encode
@@ -127,6 +134,8 @@ class WorkerConfig:
         setup_command: run in each workspace before the agent (install dependencies).
         setup_timeout_s: how long the setup command may take.
         join_reason: why it was started, recorded in WorkerJoined (an autoscaler says).
+        permission_modes: Claude Code permission modes a work item may ask for.
+        allow_plan_mcp_servers: run the MCP servers a work item names (``mcp_config``).
     """
 
     worker_id: str
@@ -146,6 +155,8 @@ class WorkerConfig:
     setup_command: str | None = None
     setup_timeout_s: float = 600.0
     join_reason: str = ""
+    permission_modes: tuple[str, ...] = DEFAULT_PERMISSION_MODES
+    allow_plan_mcp_servers: bool = False
 
 
 class Superseded(Exception):  # noqa: N818 - a condition, not a failure of ours
@@ -417,6 +428,16 @@ class Worker:
                 await delivery.nak(delay_s=0.5)  # someone else moved the task: decide again
                 settled = True
                 return
+            refused = item_problem(
+                item,
+                permission_modes=self.config.permission_modes,
+                allow_mcp_config=self.config.allow_plan_mcp_servers,
+            )
+            if refused is not None:
+                await self._refuse(live, refused)
+                await delivery.ack()
+                settled = True
+                return
             async with anyio.create_task_group() as group:
                 group.start_soon(self._keep_alive, delivery)
                 try:
@@ -475,6 +496,26 @@ class Worker:
                 item=item, attempt=attempt, last_seq=expected, session_id=previous, resume=True
             )
         return _Attempt(item=item, attempt=attempt, last_seq=expected, session_id=str(uuid.uuid4()))
+
+    async def _refuse(self, live: _Attempt, reason: str) -> None:
+        """Record that this worker will not run the item as it is (it would be the same
+        on a retry, so the failure is final)."""
+        _log.warning("work item refused", item=live.item.message_id, reason=reason)
+        try:
+            await self._record_for(
+                live,
+                TaskFailed(
+                    run_id=live.item.run_id,
+                    task_id=live.item.task_id,
+                    attempt=live.attempt,
+                    worker_id=self.config.worker_id,
+                    reason=f"refused by worker {self.config.worker_id}: {reason}",
+                    failure_class="agent_error",
+                    retryable=False,
+                ),
+            )
+        except Superseded as exc:
+            _log.info("attempt superseded", item=live.item.message_id, reason=str(exc))
 
     async def _record_cancelled(self, live: _Attempt) -> None:
         """The agent was stopped on request (its process tree ended, its workspace removed)."""
