@@ -12,6 +12,7 @@ from claudecluster.domain.lifecycle import TaskState
 from claudecluster.events.codec import decode_event, encode
 from claudecluster.events.envelope import EventEnvelope, StoredEvent
 from claudecluster.events.model import (
+    Event,
     RunPlanned,
     RunSubmitted,
     TaskAssigned,
@@ -82,7 +83,7 @@ SPEC = TaskSpec(task_id="t1", title="t", prompt="p")
 
 def held(key: str) -> tuple[ClusterView, list[StoredEvent]]:
     """A view where attempt 1 of r1/t1 runs on w1, claimed with ``key``."""
-    events = [
+    events: list[Event] = [
         RunSubmitted(run_id="r1", goal="g", repo="/r"),
         RunPlanned(run_id="r1", tasks=(SPEC,), base_commit="abc", integration_branch="b"),
         TaskQueued(run_id="r1", task_id="t1", attempt=1),
