@@ -306,8 +306,9 @@ async def open_rig(
     The test's own connection follows the log from the start, so ``rig.watch`` sees every
     event; it reconnects by itself when a server dies. With ``credentials`` (an embedded
     server's identities) every process connects as its own role: the driver and the
-    workers with their seed files (``CLAUDECLUSTER_NATS__CREDS``), the test itself as a
-    front door, after applying the topology as the driver.
+    workers with their seed files (``CLAUDECLUSTER_NATS__CREDS``). The test itself, which
+    submits, watches and injects faults (duplicate work items, probes), connects as the
+    operator's ``admin``.
     """
     (tmp_path / "logs").mkdir(exist_ok=True)
     async with AsyncExitStack() as stack:
@@ -325,15 +326,9 @@ async def open_rig(
                 role: {"CLAUDECLUSTER_NATS__CREDS": str(credentials.seed_file(role))}
                 for role in ("driver", "worker")
             }
-            async with open_jetstream_log(
-                url, name="fault-topology", auth=embedded_auth(credentials, "driver")
-            ):
-                pass  # the topology is applied by the driver's identity
-            auth = embedded_auth(credentials, "frontdoor")
+            auth = embedded_auth(credentials, "admin")
         client, log = await stack.enter_async_context(
-            open_jetstream_log(
-                url, name="fault-test", replicas=replicas, auth=auth, apply=auth is None
-            )
+            open_jetstream_log(url, name="fault-test", replicas=replicas, auth=auth)
         )
         rig.log, rig.client, rig.js = log, client, client.jetstream()
         group = await stack.enter_async_context(anyio.create_task_group())

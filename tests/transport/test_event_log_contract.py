@@ -219,9 +219,7 @@ async def test_a_payload_on_a_subject_where_it_does_not_belong_is_quarantined(
     stored = await read_all(log)
     assert [s.seq for s in stored] == [2]
     records = await log.quarantined()
-    assert [(r.origin_seq, r.origin_subject) for r in records] == [
-        (1, "cc.evt.r1.a.task.progress")
-    ]
+    assert [(r.origin_seq, r.origin_subject) for r in records] == [(1, "cc.evt.r1.a.task.progress")]
     assert "cc.evt.r1._.run.planned" in records[0].reason
 
 

@@ -24,7 +24,7 @@ from typing import Final
 import nkeys
 
 from claudecluster.errors import ConfigError
-from claudecluster.transport.permissions import ROLES, BusUser, Role
+from claudecluster.transport.permissions import ROLES, BusUser, Role, render_authorization
 
 __all__ = [
     "CREDS_DIR",
@@ -33,6 +33,7 @@ __all__ = [
     "mint_identity",
     "new_user_seed",
     "public_key_of",
+    "write_cluster_authorization",
 ]
 
 CREDS_DIR: Final = "creds"
@@ -174,3 +175,19 @@ def mint_identity(store_dir: Path, role: Role, pool: str = "default") -> tuple[B
     user = _add(credentials.directory, users, role, pool)
     _save_users(credentials.directory, users)
     return user, credentials.directory / f"{user.name}.nk"
+
+
+def write_cluster_authorization(directory: Path) -> tuple[Credentials, Path]:
+    """Identities for the cluster configs of ``nats/cluster/`` in ``directory``.
+
+    Makes (or keeps) ``directory/creds/<role>.nk`` and writes
+    ``directory/authorization.conf``, which every node's config includes.
+
+    Raises:
+        ConfigError: ``users.json`` is damaged.
+    """
+    credentials = ensure_credentials(directory)
+    conf = directory / "authorization.conf"
+    text = "# Made by 'claudecluster creds cluster': public keys only, one per role.\n"
+    conf.write_text(text + render_authorization(credentials.bus_users()), encoding="utf-8")
+    return credentials, conf

@@ -36,9 +36,10 @@ __all__ = [
     "role_grant",
 ]
 
-Role = Literal["driver", "worker", "frontdoor", "reader"]
-#: Every role, in the order the server config lists them.
-ROLES: Final[tuple[Role, ...]] = ("driver", "worker", "frontdoor", "reader")
+Role = Literal["driver", "worker", "frontdoor", "reader", "admin"]
+#: Every role, in the order the server config lists them. ``admin`` is the operator's
+#: (the nats CLI, repairs, fault-injecting test harnesses): no actor connects with it.
+ROLES: Final[tuple[Role, ...]] = ("driver", "worker", "frontdoor", "reader", "admin")
 
 
 class _Spec(pydantic.BaseModel):
