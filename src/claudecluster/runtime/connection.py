@@ -238,7 +238,9 @@ async def open_nats(
                 **options,
             )
     except (nats.errors.Error, OSError, TimeoutError) as exc:
-        why = f"{exc!r}" + (f" ({refusals[-1]})" if refusals else "")
+        # The first refusal is the server's reason (an authorization violation, a TLS
+        # failure); what follows is mostly the connection being closed after it.
+        why = f"{exc!r}" + (f" ({refusals[0]})" if refusals else "")
         raise NatsServerError(f"cannot connect to NATS at {shown}: {why}") from None
     try:
         yield client
