@@ -364,6 +364,24 @@ def test_run_with_a_plan_file_merges_the_graph_onto_its_branch(tmp_path: Path) -
     assert status.stdout == ""  # the user's working tree is as it was
 
 
+def test_a_run_on_the_embedded_server_needs_no_permission_it_lacks(tmp_path: Path) -> None:
+    # The embedded server admits only its generated identities; run connects the driver,
+    # the workers and the front door each as its own role. Everything must still work,
+    # and the server must have refused nothing any of them asked for.
+    repo = _repo_with_plan(tmp_path, DIAMOND)
+    result = cli("run", "diamond", "--plan", str(tmp_path / "plan.yaml"), "--run-id", "r2",
+                 "--workers", "2", cwd=repo)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "run r2 completed: 4 merged, 0 failed, 0 skipped" in result.stdout
+    store = repo / ".claudecluster" / "nats"
+    server_log = (store / "nats-server.log").read_text(encoding="utf-8")
+    assert "Violation" not in server_log, server_log
+    assert "authorization" in (store / "nats-server.conf").read_text(encoding="utf-8")
+    assert sorted(p.name for p in (store / "creds").glob("*.nk")) == [
+        "admin.nk", "driver.nk", "frontdoor.nk", "reader.nk", "worker.nk"
+    ]  # fmt: skip
+
+
 def test_run_json_streams_the_runs_events_as_json_lines(tmp_path: Path) -> None:
     repo = _repo_with_plan(tmp_path, DIAMOND)
     result = cli("run", "diamond", "--plan", str(tmp_path / "plan.yaml"), "--run-id", "j1",
