@@ -35,6 +35,7 @@ from claudecluster.runtime.connection import embedded_auth, open_jetstream_log, 
 from claudecluster.runtime.credentials import ensure_credentials
 from claudecluster.runtime.embedded_nats import EmbeddedNats, open_embedded_nats
 from claudecluster.transport.base import read_all
+from claudecluster.transport.mcp_sessions import JetStreamMcpSessionStore, McpSession
 from claudecluster.transport.permissions import (
     ROLES,
     Role,
@@ -356,3 +357,23 @@ async def test_an_unprivileged_local_user_can_neither_connect_nor_read_the_crede
     for role in ("driver", "worker", "frontdoor", "reader"):
         assert found[f"{role}.nk"] == "PermissionError"
     assert found["listing"] == "PermissionError"
+
+
+async def test_a_front_door_keeps_its_mcp_sessions_and_a_worker_its_registry_entry(
+    server: EmbeddedNats,
+) -> None:
+    assert server.credentials is not None
+    session = McpSession(session_id="ab" * 16, protocol_version="2025-06-18", created_at=NOW)
+    front = embedded_auth(server.credentials, "frontdoor")
+    async with open_nats(server.url, auth=front) as client:
+        store = JetStreamMcpSessionStore(client.jetstream())
+        await store.put(session)
+        assert await store.get(session.session_id) == session
+        await store.delete(session.session_id)
+        assert await store.get(session.session_id) is None
+    worker = embedded_auth(server.credentials, "worker")
+    async with open_nats(server.url, auth=worker) as client:
+        registry = await client.jetstream().key_value("cc_workers")
+        await registry.put("w1", b"{}")
+        assert (await registry.get("w1")).value == b"{}"
+        await registry.delete("w1")
