@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -581,3 +582,30 @@ def test_detach_needs_a_cluster_that_outlives_the_command(tmp_path: Path) -> Non
     result = cli("run", "x", "--plan", str(tmp_path / "plan.yaml"), "--detach", cwd=repo)
     assert result.returncode == 2
     assert "--detach" in result.stderr or "detach" in result.stderr
+
+
+def test_creds_mints_a_worker_identity_for_another_pool_and_cluster_authorization(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "gpu-worker.nk"
+    minted = cli("creds", "worker", "--pool", "gpu", "--out", str(out), cwd=tmp_path)
+    assert minted.returncode == 0, minted.stderr
+    assert minted.stdout.strip() == str(out)
+    assert out.read_bytes().startswith(b"SU")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    users = json.loads((tmp_path / ".claudecluster/nats/creds/users.json").read_text())
+    assert {u["name"]: u["pool"] for u in users}["worker-gpu"] == "gpu"
+    again = cli("creds", "worker", "--pool", "gpu", "--out", str(out), cwd=tmp_path)
+    assert again.returncode == 2
+    assert "exists already" in again.stderr
+
+    made = cli("creds", "cluster", "--dir", str(tmp_path / "cluster"), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    conf = (tmp_path / "cluster" / "authorization.conf").read_text()
+    keys = [
+        u["public_key"] for u in json.loads((tmp_path / "cluster/creds/users.json").read_text())
+    ]
+    assert len(keys) == 5
+    assert all(key in conf for key in keys)
+    for seed in (tmp_path / "cluster" / "creds").glob("*.nk"):
+        assert seed.read_text().strip() not in conf  # public keys only

@@ -49,8 +49,8 @@ def _hand_out(role: Role, pool: str, out: Path | None, config: Path | None) -> i
         with os.fdopen(fd, "wb") as handle, seed.open("rb") as source:
             shutil.copyfileobj(source, handle)
         seed = out
-    console.out(str(seed))
-    console.print(
+    console.out(str(seed))  # alone on stdout, so $(claudecluster creds worker) is the path
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
         f"{user.name}: public key {user.public_key}"
         + ("; the running server now admits it" if reloaded else ""),
         markup=False,
