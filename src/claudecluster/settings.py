@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from claudecluster.actors.driver import DriverConfig
+from claudecluster.actors.worker import DEFAULT_PERMISSION_MODES
 from claudecluster.errors import ConfigError
 from claudecluster.observability.redaction import redact_url
 from claudecluster.validation import config_error
@@ -38,6 +39,7 @@ __all__ = [
     "LoggingSettings",
     "NatsSettings",
     "SandboxSettings",
+    "NatsTlsSettings",
     "Settings",
     "WorkerSettings",
     "load_settings",
@@ -51,8 +53,22 @@ class _Section(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
 
+class NatsTlsSettings(_Section):
+    """TLS to a NATS server or cluster (used with ``tls://`` URLs)."""
+
+    ca: Path | None = pydantic.Field(
+        default=None,
+        description="CA certificate file (PEM) the server's certificate must chain to; "
+        "unset: the system's trust store.",
+    )
+    cert: Path | None = pydantic.Field(
+        default=None, description="Client certificate (PEM), for servers that verify clients."
+    )
+    key: Path | None = pydantic.Field(default=None, description="The client certificate's key.")
+
+
 class NatsSettings(_Section):
-    """Where the event log lives."""
+    """Where the event log lives, and how to prove who we are to it."""
 
     url: str | None = pydantic.Field(
         default=None,
@@ -72,6 +88,27 @@ class NatsSettings(_Section):
     replicas: int | None = pydantic.Field(
         default=None, ge=1, le=5, description="Stream replicas; 3 on a three-server cluster."
     )
+    creds: Path | None = pydantic.Field(
+        default=None,
+        description="Credentials file for nats.url: a NATS .creds file (user JWT and seed) "
+        "or an nkey seed file (as 'claudecluster creds' writes).",
+    )
+    nkey_seed: Path | None = pydantic.Field(
+        default=None, description="An nkey seed file for nats.url (same as a seed in creds)."
+    )
+    user: str | None = pydantic.Field(
+        default=None, description="User name for nats.url (kept out of the URL)."
+    )
+    password: pydantic.SecretStr | None = pydantic.Field(
+        default=None,
+        description="Password for nats.user; best from the environment "
+        "(CLAUDECLUSTER_NATS__PASSWORD). Redacted everywhere.",
+    )
+    inbox_prefix: str | None = pydantic.Field(
+        default=None,
+        description="Reply-subject prefix; unset: _INBOX_<role>, as nats/permissions.yaml allows.",
+    )
+    tls: NatsTlsSettings = pydantic.Field(default_factory=NatsTlsSettings)
 
     @pydantic.field_validator("url")
     @classmethod
@@ -107,6 +144,16 @@ class WorkerSettings(_Section):
         default=None, description="A shell command run in each workspace before the agent."
     )
     setup_timeout_s: float = pydantic.Field(default=600.0, gt=0)
+    permission_modes: list[str] = pydantic.Field(
+        default_factory=lambda: list(DEFAULT_PERMISSION_MODES),
+        description="Claude Code permission modes a work item may ask for; an item asking "
+        "for another is refused with the reason (bypassPermissions only if listed here).",
+    )
+    allow_plan_mcp_servers: bool = pydantic.Field(
+        default=False,
+        description="Run MCP servers a work item names (mcp_config); off: such items are "
+        "refused with the reason.",
+    )
 
 
 class SandboxSettings(_Section):
@@ -273,6 +320,8 @@ class Settings(BaseSettings):
             secrets.append(self.anthropic_api_key.get_secret_value())
         if self.gateway.jwt_secret is not None:
             secrets.append(self.gateway.jwt_secret.get_secret_value())
+        if self.nats.password is not None:
+            secrets.append(self.nats.password.get_secret_value())
         for part in (self.nats.url or "").split(","):
             split = urlsplit(part.strip())
             if split.password:

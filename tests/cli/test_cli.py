@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -364,6 +365,24 @@ def test_run_with_a_plan_file_merges_the_graph_onto_its_branch(tmp_path: Path) -
     assert status.stdout == ""  # the user's working tree is as it was
 
 
+def test_a_run_on_the_embedded_server_needs_no_permission_it_lacks(tmp_path: Path) -> None:
+    # The embedded server admits only its generated identities; run connects the driver,
+    # the workers and the front door each as its own role. Everything must still work,
+    # and the server must have refused nothing any of them asked for.
+    repo = _repo_with_plan(tmp_path, DIAMOND)
+    result = cli("run", "diamond", "--plan", str(tmp_path / "plan.yaml"), "--run-id", "r2",
+                 "--workers", "2", cwd=repo)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "run r2 completed: 4 merged, 0 failed, 0 skipped" in result.stdout
+    store = repo / ".claudecluster" / "nats"
+    server_log = (store / "nats-server.log").read_text(encoding="utf-8")
+    assert "Violation" not in server_log, server_log
+    assert "authorization" in (store / "nats-server.conf").read_text(encoding="utf-8")
+    assert sorted(p.name for p in (store / "creds").glob("*.nk")) == [
+        "admin.nk", "driver.nk", "frontdoor.nk", "reader.nk", "worker.nk"
+    ]  # fmt: skip
+
+
 def test_run_json_streams_the_runs_events_as_json_lines(tmp_path: Path) -> None:
     repo = _repo_with_plan(tmp_path, DIAMOND)
     result = cli("run", "diamond", "--plan", str(tmp_path / "plan.yaml"), "--run-id", "j1",
@@ -563,3 +582,30 @@ def test_detach_needs_a_cluster_that_outlives_the_command(tmp_path: Path) -> Non
     result = cli("run", "x", "--plan", str(tmp_path / "plan.yaml"), "--detach", cwd=repo)
     assert result.returncode == 2
     assert "--detach" in result.stderr or "detach" in result.stderr
+
+
+def test_creds_mints_a_worker_identity_for_another_pool_and_cluster_authorization(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "gpu-worker.nk"
+    minted = cli("creds", "worker", "--pool", "gpu", "--out", str(out), cwd=tmp_path)
+    assert minted.returncode == 0, minted.stderr
+    assert minted.stdout.strip() == str(out)
+    assert out.read_bytes().startswith(b"SU")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    users = json.loads((tmp_path / ".claudecluster/nats/creds/users.json").read_text())
+    assert {u["name"]: u["pool"] for u in users}["worker-gpu"] == "gpu"
+    again = cli("creds", "worker", "--pool", "gpu", "--out", str(out), cwd=tmp_path)
+    assert again.returncode == 2
+    assert "exists already" in again.stderr
+
+    made = cli("creds", "cluster", "--dir", str(tmp_path / "cluster"), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    conf = (tmp_path / "cluster" / "authorization.conf").read_text()
+    keys = [
+        u["public_key"] for u in json.loads((tmp_path / "cluster/creds/users.json").read_text())
+    ]
+    assert len(keys) == 5
+    assert all(key in conf for key in keys)
+    for seed in (tmp_path / "cluster" / "creds").glob("*.nk"):
+        assert seed.read_text().strip() not in conf  # public keys only

@@ -37,7 +37,8 @@ from claudecluster.events import (
     TaskSucceeded,
 )
 from claudecluster.events.model import Event, TaskEvent
-from claudecluster.runtime.connection import open_jetstream_log
+from claudecluster.runtime.connection import BusAuth, embedded_auth, open_jetstream_log
+from claudecluster.runtime.credentials import Credentials
 from claudecluster.transport.commands import publish_command
 from claudecluster.transport.jetstream import JetStreamEventLog
 from tests.support import git_output
@@ -198,14 +199,17 @@ class FaultRig:
     log: JetStreamEventLog | None = None
     client: Any = None
     js: Any = None
+    #: extra environment per command (``driver``, ``worker``): each role's credentials
+    role_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     async def _start(self, *args: str, env: dict[str, str] | None = None) -> anyio.abc.Process:
         name = f"{args[0]}-{next(_ids)}"
+        env = {**(env or self.env), **self.role_env.get(args[0], {})}
         out = (self.tmp_path / "logs" / f"{name}.log").open("wb")
         self.stack.callback(out.close)
         process = await anyio.open_process(
             [CLI, *args, "--nats", self.url],
-            env=env or self.env,
+            env=env,
             cwd=self.tmp_path,
             stdout=out,
             stderr=out,
@@ -295,11 +299,16 @@ async def open_rig(
     ack_wait_s: float = 3.0,
     env: dict[str, str] | None = None,
     replicas: int | None = None,
+    credentials: Credentials | None = None,
 ) -> AsyncIterator[FaultRig]:
     """A rig on ``url`` whose processes all end when the context exits, on every path.
 
     The test's own connection follows the log from the start, so ``rig.watch`` sees every
-    event; it reconnects by itself when a server dies.
+    event; it reconnects by itself when a server dies. With ``credentials`` (an embedded
+    server's identities) every process connects as its own role: the driver and the
+    workers with their seed files (``CLAUDECLUSTER_NATS__CREDS``). The test itself, which
+    submits, watches and injects faults (duplicate work items, probes), connects as the
+    operator's ``admin``.
     """
     (tmp_path / "logs").mkdir(exist_ok=True)
     async with AsyncExitStack() as stack:
@@ -311,8 +320,15 @@ async def open_rig(
             ack_wait_s=ack_wait_s,
             stack=stack,
         )
+        auth: BusAuth | None = None
+        if credentials is not None:
+            rig.role_env = {
+                role: {"CLAUDECLUSTER_NATS__CREDS": str(credentials.seed_file(role))}
+                for role in ("driver", "worker")
+            }
+            auth = embedded_auth(credentials, "admin")
         client, log = await stack.enter_async_context(
-            open_jetstream_log(url, name="fault-test", replicas=replicas)
+            open_jetstream_log(url, name="fault-test", replicas=replicas, auth=auth)
         )
         rig.log, rig.client, rig.js = log, client, client.jetstream()
         group = await stack.enter_async_context(anyio.create_task_group())

@@ -33,7 +33,7 @@ async def test_a_run_completes_across_driver_kills_without_rerunning_a_success(
     tasks = chained_shell_tasks("d", TASKS, chains=4)
     _, nats = server
     merged_at_kill: list[int] = []
-    async with open_rig(tmp_path, repo, nats.url) as rig:
+    async with open_rig(tmp_path, repo, nats.url, credentials=nats.credentials) as rig:
         for _ in range(3):
             await rig.start_worker()
         driver = await rig.start_driver()

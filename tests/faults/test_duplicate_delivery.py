@@ -40,7 +40,7 @@ async def test_each_task_runs_once_per_attempt_when_every_work_message_is_duplic
     tasks = [shell_task(f"w{i}", f"sleep 0.3 && echo {i} > w{i}.txt") for i in range(TASKS)]
     _, nats = server
     copies: list[str] = []
-    async with open_rig(tmp_path, repo, nats.url) as rig:
+    async with open_rig(tmp_path, repo, nats.url, credentials=nats.credentials) as rig:
         js = rig.js
 
         async def duplicate(msg: Any) -> None:

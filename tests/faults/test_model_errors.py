@@ -68,7 +68,7 @@ async def test_every_task_completes_through_bursts_of_api_errors_and_cut_streams
     _, nats = server
     async with open_scripted_model(SCRIPT) as model:
         api = {"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-scripted"}
-        async with open_rig(tmp_path, repo, nats.url, env=api) as rig:
+        async with open_rig(tmp_path, repo, nats.url, env=api, credentials=nats.credentials) as rig:
             for _ in range(2):
                 await rig.start_worker()
             await rig.start_driver()

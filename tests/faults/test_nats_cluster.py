@@ -20,7 +20,8 @@ import nats.js.errors
 import pytest
 
 from claudecluster.resources import data_dir
-from claudecluster.runtime.connection import open_nats
+from claudecluster.runtime.connection import embedded_auth, open_nats
+from claudecluster.runtime.credentials import Credentials, write_cluster_authorization
 from claudecluster.runtime.embedded_nats import find_nats_server
 from claudecluster.transport.topology import EVENTS_STREAM, WORK_STREAM
 from tests.faults.rig import RecordProperty, chained_shell_tasks, kill_9, logs_on_failure, open_rig
@@ -33,8 +34,10 @@ TASKS = 12
 KILL_AT_MERGED = 4
 
 
-def render_cluster(tmp_path: Path) -> tuple[dict[str, Path], dict[str, int]]:
-    """Write the three committed configs with free ports and stores under ``tmp_path``."""
+def render_cluster(tmp_path: Path) -> tuple[dict[str, Path], dict[str, int], Credentials]:
+    """Write the three committed configs with free ports and stores under ``tmp_path``,
+    and the identities they include (as ``claudecluster creds cluster`` makes them)."""
+    credentials, _ = write_cluster_authorization(tmp_path)
     ports: dict[int, int] = {}
     texts = {
         node: (data_dir("nats") / "cluster" / f"node-{node}.conf").read_text(encoding="utf-8")
@@ -52,13 +55,15 @@ def render_cluster(tmp_path: Path) -> tuple[dict[str, Path], dict[str, int]]:
         configs[node] = tmp_path / f"node-{node}.conf"
         configs[node].write_text(moved, encoding="utf-8")
         client_ports[node] = int(re.findall(r"^listen: 127\.0\.0\.1:(\d+)", moved, re.M)[0])
-    return configs, client_ports
+    return configs, client_ports, credentials
 
 
 @asynccontextmanager
-async def open_cluster(tmp_path: Path) -> AsyncIterator[tuple[dict[str, anyio.abc.Process], str]]:
+async def open_cluster(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[dict[str, anyio.abc.Process], str, Credentials]]:
     """Three servers, up with a JetStream leader; each stopped on exit if still running."""
-    configs, ports = render_cluster(tmp_path)
+    configs, ports, credentials = render_cluster(tmp_path)
     processes: dict[str, anyio.abc.Process] = {}
     try:
         for node in NODES:
@@ -72,7 +77,7 @@ async def open_cluster(tmp_path: Path) -> AsyncIterator[tuple[dict[str, anyio.ab
         for port in ports.values():
             await anyio.to_thread.run_sync(wait_for_port, port)
         url = ",".join(f"nats://127.0.0.1:{ports[node]}" for node in NODES)
-        async with open_nats(url) as client:
+        async with open_nats(url, auth=embedded_auth(credentials, "driver")) as client:
             js = client.jetstream()
             with anyio.fail_after(30):
                 while True:  # JetStream answers once the servers elected a meta leader
@@ -81,7 +86,7 @@ async def open_cluster(tmp_path: Path) -> AsyncIterator[tuple[dict[str, anyio.ab
                         break
                     except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
                         await anyio.sleep(0.2)
-        yield processes, url
+        yield processes, url, credentials
     finally:
         with anyio.CancelScope(shield=True):
             for process in processes.values():
@@ -107,6 +112,8 @@ def test_the_committed_cluster_configs_route_to_each_other_with_distinct_stores(
     (route_list,) = routes  # every node knows the same three routes
     assert set(route_list) == listens
     assert all("sync_interval: always" in t for t in texts)
+    # Authorization ships with them: no node starts without its users.
+    assert all("include ./authorization.conf" in t for t in texts)
 
 
 async def test_a_run_on_a_replicated_cluster_completes_when_the_log_leader_is_killed(
@@ -114,8 +121,15 @@ async def test_a_run_on_a_replicated_cluster_completes_when_the_log_leader_is_ki
 ) -> None:
     tasks = chained_shell_tasks("c", TASKS, chains=4)
     async with (
-        open_cluster(tmp_path) as (servers, url),
-        open_rig(tmp_path, repo, url, env={"CLAUDECLUSTER_NATS__REPLICAS": "3"}, replicas=3) as rig,
+        open_cluster(tmp_path) as (servers, url, credentials),
+        open_rig(
+            tmp_path,
+            repo,
+            url,
+            env={"CLAUDECLUSTER_NATS__REPLICAS": "3"},
+            replicas=3,
+            credentials=credentials,
+        ) as rig,
     ):
         for stream in (EVENTS_STREAM, WORK_STREAM):
             assert (await rig.js.stream_info(stream)).config.num_replicas == 3

@@ -59,7 +59,7 @@ async def test_a_run_completes_across_a_server_kill_and_loses_no_acknowledged_ev
     restarted: anyio.abc.Process | None = None
     acked: list[str] = []
     try:
-        async with open_rig(tmp_path, repo, nats.url) as rig:
+        async with open_rig(tmp_path, repo, nats.url, credentials=nats.credentials) as rig:
             assert rig.log is not None
             for _ in range(3):
                 await rig.start_worker()

@@ -42,7 +42,7 @@ async def test_a_run_survives_a_worker_killed_every_few_seconds(
     tasks = chained_shell_tasks("t", TASKS, chains=8, pause_s=0.5)
     _, nats = server
     kills = 0
-    async with open_rig(tmp_path, repo, nats.url) as rig:
+    async with open_rig(tmp_path, repo, nats.url, credentials=nats.credentials) as rig:
         for _ in range(WORKERS):
             await rig.start_worker()
         await rig.start_driver()

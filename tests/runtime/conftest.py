@@ -41,7 +41,13 @@ class Driver:
         await self.log.append(wrap_event(event, event_id=f"driver-{self.n}", now=datetime.now(UTC)))
 
     async def submit(
-        self, run_id: str, task_id: str, prompt: str, *, executor: str = "claude_code"
+        self,
+        run_id: str,
+        task_id: str,
+        prompt: str,
+        *,
+        executor: str = "claude_code",
+        **item: Any,
     ) -> WorkItem:
         base = await base_bundle(self.source, "HEAD", run_id, self.tmp_path / "base.bundle")
         ref = await ArtifactStore(self.js).put_file(
@@ -59,9 +65,11 @@ class Driver:
                        integration_branch=f"claudecluster/{run_id}")
         )  # fmt: skip
         await self.record(TaskQueued(run_id=run_id, task_id=task_id, attempt=1))
-        item = WorkItem(run_id=run_id, attempt=1, spec=spec, base_commit=base, base_bundle=ref)
-        await WorkQueue(self.js).publish(item)
-        return item
+        work = WorkItem(
+            run_id=run_id, attempt=1, spec=spec, base_commit=base, base_bundle=ref, **item
+        )
+        await WorkQueue(self.js).publish(work)
+        return work
 
 
 @pytest.fixture

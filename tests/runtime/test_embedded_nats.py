@@ -44,6 +44,15 @@ def is_running(pid: int) -> bool:
         return False
 
 
+def as_driver(server: EmbeddedNats) -> dict[str, str]:
+    """nats.connect's arguments for the server's driver identity."""
+    assert server.credentials is not None
+    return {
+        "nkeys_seed": str(server.credentials.seed_file("driver")),
+        "inbox_prefix": "_INBOX_driver",
+    }
+
+
 def queued(run_id: str) -> TaskQueued:
     return TaskQueued(run_id=run_id, task_id="t1")
 
@@ -133,8 +142,9 @@ async def test_the_embedded_server_accepts_jetstream_clients_and_stops_on_exit(
             "port": server.port,
             "url": server.url,
             "owner_pid": os.getpid(),
+            "auth": True,
         }
-        client = await nats.connect(server.url)
+        client = await nats.connect(server.url, **as_driver(server))
         try:
             info = await client.jetstream().account_info()
         finally:
@@ -160,7 +170,7 @@ async def test_a_second_open_on_the_same_store_reuses_the_running_server(
         # Leaving the reusing context must not stop the server it did not start.
         assert is_running(outer.pid)
         assert (store / "server.json").exists()
-        client = await nats.connect(outer.url)
+        client = await nats.connect(outer.url, **as_driver(outer))
         await client.close()
 
     assert not is_running(outer.pid)
@@ -264,7 +274,9 @@ async def test_without_a_url_the_embedded_server_runs_under_the_project(tmp_path
     envelope = EnvelopeFactory("embedded")(queued("r-embedded"))
     store = tmp_path / ".claudecluster" / "nats"
 
-    async with open_configured_log(Settings(), project_dir=tmp_path, name="test") as (url, log):
+    async with open_configured_log(
+        Settings(), project_dir=tmp_path, name="test", role="driver"
+    ) as (url, log):
         state = json.loads((store / "server.json").read_text(encoding="utf-8"))
         result = await log.append(envelope)
         stored = await read_all(log)

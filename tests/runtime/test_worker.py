@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from claudecluster.actors.worker import admit
+from claudecluster.domain.outcome import Outcome
 from claudecluster.errors import EventStoreError
 from claudecluster.events import (
     CancelTask,
@@ -39,6 +40,7 @@ from claudecluster.events import (
 )
 from claudecluster.events.envelope import StoredEvent
 from claudecluster.events.work import encode_work_item
+from claudecluster.executors.base import AttemptRun
 from claudecluster.runtime.local_workers import open_local_workers
 from claudecluster.runtime.worker import Worker, WorkerConfig
 from claudecluster.scripted_model import Script, open_scripted_model
@@ -544,3 +546,47 @@ async def test_a_store_failure_under_one_item_does_not_end_the_worker(
             worker.stop()
     assert flaky.failed
     assert isinstance(history[-1].envelope.payload, TaskSucceeded)
+
+
+class _MustNotRun:
+    """An executor that records being asked: a refused item must never reach it."""
+
+    def __init__(self) -> None:
+        self.jobs: list[AttemptRun] = []
+
+    async def run(self, job: AttemptRun, on_progress: Any) -> Outcome:
+        self.jobs.append(job)
+        return Outcome(succeeded=True)
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"permission_mode": "bypassPermissions"}, "permission mode 'bypassPermissions'"),
+        ({"mcp_config": '{"mcpServers": {"x": {"command": "sh"}}}'}, "MCP servers"),
+    ],
+    ids=["a permission mode not allowed", "plan-provided MCP servers"],
+)
+async def test_a_work_item_asking_for_what_the_worker_does_not_allow_is_refused_with_the_reason(
+    world: tuple[JetStreamEventLog, Any],
+    source: Path,
+    tmp_path: Path,
+    fields: dict[str, str],
+    reason: str,
+) -> None:
+    log, client = world
+    driver = Driver(log, client.jetstream(), source, tmp_path)
+    executor = _MustNotRun()
+    config = WorkerConfig(worker_id="w-strict", workspace_root=tmp_path / "ws", heartbeat_s=0.5)
+    worker = Worker(config, log, client, executor=executor)
+    async with anyio.create_task_group() as group:
+        await group.start(worker.serve)
+        await driver.submit("run-refused", "feature", "go", **fields)
+        history = await _until_finished(log, "feature")
+        worker.stop()
+    failed = [s.envelope.payload for s in history if isinstance(s.envelope.payload, TaskFailed)]
+    assert len(failed) == 1
+    assert reason in failed[0].reason
+    assert failed[0].reason.startswith("refused by worker w-strict")
+    assert not failed[0].retryable
+    assert executor.jobs == []

@@ -7,18 +7,34 @@ on disk; docs/operations.md explains the choice.
 from __future__ import annotations
 
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import pytest
+from nats.aio.client import Client
 
 from claudecluster.events import TaskProgress, TaskQueued, WorkerHeartbeat
-from claudecluster.runtime.connection import open_jetstream_log
-from claudecluster.runtime.embedded_nats import open_embedded_nats, start_nats_server
+from claudecluster.runtime.connection import embedded_auth, open_jetstream_log
+from claudecluster.runtime.embedded_nats import EmbeddedNats, open_embedded_nats, start_nats_server
 from claudecluster.transport import read_all
+from claudecluster.transport.jetstream import JetStreamEventLog
 from tests.support import EnvelopeFactory
 
 N = 300
+
+
+@asynccontextmanager
+async def worker_log(server: EmbeddedNats) -> AsyncIterator[tuple[Client, JetStreamEventLog]]:
+    """The log as a worker sees it (the role that records progress and heartbeats), once
+    the driver's identity has applied the topology."""
+    assert server.credentials is not None
+    async with open_jetstream_log(server.url, auth=embedded_auth(server.credentials, "driver")):
+        pass
+    auth = embedded_auth(server.credentials, "worker")
+    async with open_jetstream_log(server.url, auth=auth, apply=False) as opened:
+        yield opened
 
 
 async def _kill_hard(process: anyio.abc.Process) -> None:
@@ -33,7 +49,7 @@ async def test_every_acknowledged_append_survives_kill_9_of_the_server(tmp_path:
     process, server = await start_nats_server(store)
     sent = []
     try:
-        async with open_jetstream_log(server.url) as (_, log):
+        async with worker_log(server) as (_, log):
             for index in range(N):
                 envelope = make(
                     TaskProgress(run_id="r1", task_id="t1", attempt=1, kind="text", text=str(index))
@@ -48,7 +64,7 @@ async def test_every_acknowledged_append_survives_kill_9_of_the_server(tmp_path:
 
     async with (
         open_embedded_nats(store, reuse=False) as restarted,
-        open_jetstream_log(restarted.url) as (_, log),
+        worker_log(restarted) as (_, log),
     ):
         stored = await read_all(log)
     assert [s.envelope for s in stored] == sent
@@ -62,7 +78,7 @@ async def test_a_following_reader_resumes_after_the_server_restarts(tmp_path: Pa
     before_seen = anyio.Event()
     after_restart = anyio.Event()
     try:
-        async with open_jetstream_log(server.url) as (_, log):
+        async with worker_log(server) as (_, log):
 
             async def follow() -> None:
                 async with log.open_reader(follow=True) as events:
@@ -105,7 +121,7 @@ async def test_reopening_the_embedded_server_keeps_the_log(tmp_path: Path, resta
     for round_ in range(restarts):
         async with (
             open_embedded_nats(store, reuse=False) as server,
-            open_jetstream_log(server.url) as (_, log),
+            worker_log(server) as (_, log),
         ):
             assert len(await read_all(log)) == round_
             await log.append(make(TaskQueued(run_id="r1", task_id=f"t{round_}")))

@@ -13,6 +13,7 @@ import pytest
 
 from claudecluster.errors import ConcurrencyError
 from claudecluster.events import (
+    RunPlanned,
     TaskAssigned,
     TaskProgress,
     TaskQueued,
@@ -21,6 +22,7 @@ from claudecluster.events import (
     run_filter,
     task_filter,
 )
+from claudecluster.events.codec import encode
 from claudecluster.runtime.connection import open_nats
 from claudecluster.transport import EventLog, MemoryEventLog, read_all
 from tests.conftest import fresh_jetstream_log
@@ -204,6 +206,21 @@ async def test_a_malformed_message_is_quarantined_and_reading_goes_on(
     assert records[0].data == b"{not json"
     assert "malformed" in records[0].reason
     assert "task.teleported" in records[1].reason
+
+
+async def test_a_payload_on_a_subject_where_it_does_not_belong_is_quarantined(
+    log: EventLog, inject: RawInjector
+) -> None:
+    # Permissions are per subject: a worker may publish task.progress, not run.planned. A
+    # run.planned put on a progress subject must not count as the driver's plan.
+    plan = RunPlanned(run_id="r1", tasks=(), base_commit="abc", integration_branch="b")
+    await inject("cc.evt.r1.a.task.progress", encode(make(plan)))
+    await log.append(make(TaskQueued(run_id="r1", task_id="a")))
+    stored = await read_all(log)
+    assert [s.seq for s in stored] == [2]
+    records = await log.quarantined()
+    assert [(r.origin_seq, r.origin_subject) for r in records] == [(1, "cc.evt.r1.a.task.progress")]
+    assert "cc.evt.r1._.run.planned" in records[0].reason
 
 
 async def test_a_following_reader_sees_new_events_as_they_are_appended(log: EventLog) -> None:

@@ -21,10 +21,24 @@ import msgspec
 
 from claudecluster.domain.lifecycle import TaskState
 from claudecluster.domain.outcome import Outcome
-from claudecluster.events.model import ArtifactRef, TaskFailed, TaskSucceeded
+from claudecluster.events.envelope import EventEnvelope
+from claudecluster.events.model import ArtifactRef, TaskEvent, TaskFailed, TaskSucceeded
+from claudecluster.events.signing import verify_envelope
+from claudecluster.events.work import WorkItem
 from claudecluster.projections.views import TaskView
 
-__all__ = ["Admission", "admit", "finished_event"]
+__all__ = [
+    "DEFAULT_PERMISSION_MODES",
+    "Admission",
+    "admit",
+    "finished_event",
+    "item_problem",
+    "only_forgeries",
+]
+
+#: Claude Code permission modes a worker accepts unless configured otherwise. Not
+#: ``bypassPermissions``: a work item must not be able to switch Claude Code's checks off.
+DEFAULT_PERMISSION_MODES: Final = ("default", "acceptEdits", "plan")
 
 _RUNNING_STATES: Final = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
 
@@ -106,3 +120,42 @@ def finished_event(
         cost_usd=outcome.cost_usd,
         usage=outcome.usage,
     )
+
+
+def only_forgeries(newer: list[EventEnvelope], attempt: int, public_key: str) -> bool:
+    """Whether everything recorded on a held attempt's task since our last append is a
+    forgery: events naming our attempt that our key did not sign.
+
+    Readers refuse those, so the attempt goes on (appending after them); anything else
+    (a take-over, a cancel, the driver's verdict) means it was superseded.
+    """
+    for envelope in newer:
+        event = envelope.payload
+        if not isinstance(event, TaskEvent) or getattr(event, "attempt", None) != attempt:
+            return False
+        if verify_envelope(envelope, public_key) is None:
+            return False  # signed by us: not a forgery (and not expected either)
+    return bool(newer)
+
+
+def item_problem(
+    item: WorkItem, *, permission_modes: tuple[str, ...], allow_mcp_config: bool
+) -> str | None:
+    """Why this worker refuses to hand ``item`` to Claude Code as it is, or None.
+
+    Only the driver may publish work items, and this is the second line: whatever the
+    item says, the agent runs only with a permission mode the worker's settings allow,
+    and with MCP servers from the plan only where the worker's settings allow those.
+    """
+    if item.permission_mode not in permission_modes:
+        allowed = ", ".join(permission_modes) or "none"
+        return (
+            f"permission mode {item.permission_mode!r} is not allowed on this worker "
+            f"(worker.permission_modes: {allowed})"
+        )
+    if item.mcp_config and not allow_mcp_config:
+        return (
+            "the item asks for MCP servers (mcp_config), which this worker does not run "
+            "(worker.allow_plan_mcp_servers is false)"
+        )
+    return None

@@ -4,6 +4,7 @@ import sys
 
 from claudecluster.cli import admin_cmd as _admin  # noqa: F401 - registers the commands
 from claudecluster.cli import control_cmd as _control  # noqa: F401 - registers the commands
+from claudecluster.cli import creds_cmd as _creds  # noqa: F401 - registers the commands
 from claudecluster.cli import demo as _demo  # noqa: F401 - registers the command
 from claudecluster.cli import driver_cmd as _driver  # noqa: F401 - registers it
 from claudecluster.cli import events_cmd as _events  # noqa: F401 - registers the commands

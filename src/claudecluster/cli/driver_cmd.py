@@ -13,8 +13,8 @@ from claudecluster.errors import ConfigError
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
 from claudecluster.executors.confinement import Confinement
 from claudecluster.observability.logging import configure_logging
-from claudecluster.observability.redaction import Redactor
-from claudecluster.runtime.connection import open_jetstream_log
+from claudecluster.observability.redaction import Redactor, redact_url
+from claudecluster.runtime.connection import configured_auth, open_jetstream_log
 from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.runtime.sandboxing import NO_SANDBOX_NOTE, confinement_for
 from claudecluster.settings import Settings, load_settings
@@ -80,11 +80,12 @@ async def _serve(settings: Settings, confinement: Confinement) -> None:
         name="driver",
         redactor=Redactor(settings.secret_values()),
         replicas=settings.nats.replicas,
+        auth=configured_auth(settings, "driver"),
     ) as (client, log):
         runner = Driver(log, client.jetstream(), options)
         async with anyio.create_task_group() as group:
             await group.start(runner.run)
-            console.print(f"driver serving on {settings.nats.url}", markup=False)
+            console.print(f"driver serving on {redact_url(settings.nats.url)}", markup=False)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     console.print("driver stopping; restart it to continue", markup=False)

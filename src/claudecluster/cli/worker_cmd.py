@@ -12,7 +12,7 @@ from claudecluster.cli.app import EXIT_OK, app
 from claudecluster.errors import ConfigError
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
-from claudecluster.runtime.connection import open_jetstream_log
+from claudecluster.runtime.connection import configured_auth, open_jetstream_log
 from claudecluster.runtime.sandboxing import NO_SANDBOX_NOTE, confinement_for
 from claudecluster.runtime.worker import Worker, WorkerConfig, new_worker_id
 from claudecluster.settings import Settings, load_settings
@@ -24,6 +24,7 @@ __all__ = ["worker"]
 def worker(
     *,
     nats: str | None = None,
+    creds: Path | None = None,
     pool: str = "default",
     slots: int = 1,
     workspace_root: Path = Path(".claudecluster/workspaces"),
@@ -41,9 +42,12 @@ def worker(
 
     Examples:
         claudecluster worker --nats nats://10.0.0.5:4222 --pool default --slots 4
+        claudecluster worker --nats tls://nats.example:4222 --creds worker.nk
 
     Args:
         nats: NATS URL (default: nats.url from the configuration).
+        creds: A credentials file for it: a NATS .creds file or an nkey seed file
+            ('claudecluster creds worker' writes one); default: nats.creds.
         pool: The pool whose queue to serve.
         slots: Attempts to run at once.
         workspace_root: Where private workspaces are made.
@@ -55,7 +59,12 @@ def worker(
             it the worker refuses to start where bubblewrap is missing. See docs/security.md.
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
-    flags: dict[str, object] = {"nats": {"url": nats}} if nats else {}
+    nats_flags: dict[str, object] = {}
+    if nats:
+        nats_flags["url"] = nats
+    if creds is not None:
+        nats_flags["creds"] = creds
+    flags: dict[str, object] = {"nats": nats_flags} if nats_flags else {}
     if no_sandbox:
         flags["sandbox"] = {"enabled": False}
     settings = load_settings(config_file=config, flags=flags or None).settings
@@ -79,6 +88,8 @@ def worker(
         copy_files=tuple(settings.worker.copy_files),
         setup_command=settings.worker.setup_command,
         setup_timeout_s=settings.worker.setup_timeout_s,
+        permission_modes=tuple(settings.worker.permission_modes),
+        allow_plan_mcp_servers=settings.worker.allow_plan_mcp_servers,
         api_environment=settings.api_environment(),
         confinement=confinement_for(settings),
     )
@@ -96,6 +107,8 @@ async def _serve(settings: Settings, config: WorkerConfig) -> None:
         name=f"worker-{config.worker_id}",
         redactor=Redactor(settings.secret_values()),
         replicas=settings.nats.replicas,
+        auth=(auth := configured_auth(settings, "worker")),
+        apply=not auth.authenticated,
     ) as (client, log):
         runner = Worker(config, log, client)
         async with anyio.create_task_group() as group:

@@ -21,7 +21,12 @@ __all__ = ["CommandEnvelope", "EventEnvelope", "StoredEvent", "wrap_command", "w
 
 
 class EventEnvelope(msgspec.Struct, frozen=True, kw_only=True):
-    """One event as it travels and is stored."""
+    """One event as it travels and is stored.
+
+    ``signature`` is set on the events a worker records for an attempt it holds: an
+    ed25519 signature by the key its claim named, over the envelope with an empty
+    signature (see :mod:`claudecluster.events.signing`). Empty everywhere else.
+    """
 
     id: str
     occurred_at: datetime
@@ -29,6 +34,7 @@ class EventEnvelope(msgspec.Struct, frozen=True, kw_only=True):
     correlation_id: str
     causation_id: str | None = None
     payload: Event
+    signature: str = ""
 
 
 class CommandEnvelope(msgspec.Struct, frozen=True, kw_only=True):

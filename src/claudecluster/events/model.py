@@ -418,10 +418,22 @@ class TaskQueued(TaskEvent, frozen=True, kw_only=True, tag="task.queued"):
 
 
 class TaskAssigned(TaskEvent, frozen=True, kw_only=True, tag="task.assigned"):
-    """A worker took the attempt off the work queue."""
+    """A worker took the attempt off the work queue.
+
+    ``worker_key`` (added later, empty in older logs) is the public key of the worker
+    process's nkey: every later event of the attempt must be signed by it, so a result
+    from anyone else is refused. An attempt claimed without a key is not checked.
+    """
 
     attempt: Attempt
     worker_id: Id
+    worker_key: Annotated[
+        str,
+        msgspec.Meta(
+            description="The claiming worker's nkey public key (U...); the attempt's later "
+            "events are signed with it. Empty: an older worker, not checked."
+        ),
+    ] = ""
 
 
 class TaskStarted(TaskEvent, frozen=True, kw_only=True, tag="task.started"):

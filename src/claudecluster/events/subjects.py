@@ -39,6 +39,7 @@ __all__ = [
     "check_id",
     "scope_filter",
     "subject_matches",
+    "subject_problem",
     "command_subject",
     "event_subject",
     "run_filter",
@@ -154,3 +155,21 @@ def subject_matches(pattern: str, subject: str) -> bool:
         if index >= len(have) or (token != "*" and token != have[index]):
             return False
     return len(want) == len(have)
+
+
+def subject_problem(subject: str, event: EventBase) -> str | None:
+    """Why ``event`` does not belong on ``subject``, or None when it does.
+
+    The server's permissions are per subject (a worker may publish task results, not run
+    plans), so a reader must hold every message to the subject it arrived on: a payload
+    published where it does not belong is refused, whatever it says.
+    """
+    try:
+        expected = event_subject(event)
+    except InvalidIdError as exc:
+        return str(exc)
+    if expected != subject:
+        return (
+            f"published on {subject!r}, but a {_tag(event)} of this scope belongs on {expected!r}"
+        )
+    return None

@@ -22,7 +22,7 @@ from claudecluster.events.envelope import StoredEvent
 from claudecluster.events.model import TaskEvent
 from claudecluster.projections.costs import COSTS_READS, Costs, apply_costs
 from claudecluster.projections.runs import RUNS_READS, Runs, apply_runs
-from claudecluster.projections.tasks import TASKS_READS, Tasks, apply_tasks
+from claudecluster.projections.tasks import NOT_THE_HOLDER, TASKS_READS, Tasks, apply_tasks
 from claudecluster.projections.views import (
     Anomaly,
     CostView,
@@ -141,8 +141,11 @@ def apply(view: ClusterView, stored: StoredEvent) -> ClusterView:
     # disagreeing. The one exception is money: a superseded attempt of a known task was
     # paid for all the same, so its reported cost is still counted.
     payload = envelope.payload
-    billed = isinstance(payload, TaskEvent) and (
-        task_key(payload.run_id, payload.task_id) in view.tasks
+    billed = (
+        isinstance(payload, TaskEvent)
+        and task_key(payload.run_id, payload.task_id) in view.tasks
+        # A forged result reports a cost nobody paid.
+        and not (task_problem or "").startswith(NOT_THE_HOLDER)
     )
     problems = [p for p in (run_problem, task_problem, worker_problem) if p is not None]
     anomaly = Anomaly(

@@ -28,15 +28,17 @@ from claudecluster.events.model import (
     TaskMerged,
     TaskProgress,
     TaskQueued,
+    TaskRateLimited,
     TaskRetryScheduled,
     TaskSkipped,
     TaskStarted,
     TaskSucceeded,
     TokenUsage,
 )
+from claudecluster.events.signing import verify_envelope
 from claudecluster.projections.views import TaskView, task_key
 
-__all__ = ["PROGRESS_PREVIEW_CHARS", "TASKS_READS", "Tasks", "apply_tasks"]
+__all__ = ["NOT_THE_HOLDER", "PROGRESS_PREVIEW_CHARS", "TASKS_READS", "Tasks", "apply_tasks"]
 
 Tasks = Map[str, TaskView]
 
@@ -67,7 +69,7 @@ def apply_tasks(tasks: Tasks, envelope: EventEnvelope) -> tuple[Tasks, str | Non
     task = tasks.get(key)
     if task is None:
         return tasks, f"task {key!r} is not in any recorded plan"
-    problem = _attempt_problem(task, event)
+    problem = _attempt_problem(task, event) or _holder_problem(task, envelope)
     if problem is not None:
         return tasks, problem
     tag = _TAGS[type(event)]
@@ -128,6 +130,34 @@ def _attempt_problem(task: TaskView, event: TaskEvent) -> str | None:
     return None
 
 
+#: The start of the reason given for an event of a held attempt that its holder did not
+#: sign: a forgery (or a bug), refused, and not billed.
+NOT_THE_HOLDER: Final = "refused: not from the worker holding the attempt"
+
+_HELD: Final = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
+#: Events that move a held attempt or the driver's decisions, so only its holder may
+#: record them. Progress is signed too but not checked: it moves nothing, and there is a
+#: lot of it (the check costs an encode and an ed25519 verification per event).
+_HOLDER_EVENTS: Final = (TaskStarted, TaskRateLimited, TaskSucceeded, TaskFailed, TaskCancelled)
+
+
+def _holder_problem(task: TaskView, envelope: EventEnvelope) -> str | None:
+    """Why an event of a held attempt is not its holder's, or None.
+
+    An attempt claimed with a key (``task.assigned`` carries it) accepts its results
+    only when they are signed with that key; one claimed without (an older worker, an
+    older log) is not checked.
+    """
+    if not task.worker_key or task.state not in _HELD:
+        return None
+    if not isinstance(envelope.payload, _HOLDER_EVENTS):
+        return None
+    why = verify_envelope(envelope, task.worker_key)
+    if why is None:
+        return None
+    return f"{NOT_THE_HOLDER} ({task.worker_id}, attempt {task.attempt}): {why}"
+
+
 def _advance(task: TaskView, event: TaskEvent, target: TaskState, at: datetime) -> TaskView:
     replace = msgspec.structs.replace
     match event:
@@ -139,6 +169,7 @@ def _advance(task: TaskView, event: TaskEvent, target: TaskState, at: datetime) 
                 pool=event.pool,
                 queued_at=at,
                 worker_id=None,
+                worker_key="",
                 started_at=None,
                 finished_at=None,
                 failure=None,
@@ -148,7 +179,9 @@ def _advance(task: TaskView, event: TaskEvent, target: TaskState, at: datetime) 
                 usage=TokenUsage(),
             )
         case TaskAssigned():
-            return replace(task, state=target, worker_id=event.worker_id)
+            return replace(
+                task, state=target, worker_id=event.worker_id, worker_key=event.worker_key
+            )
         case TaskStarted():
             return replace(
                 task,

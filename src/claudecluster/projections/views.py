@@ -78,6 +78,8 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     conflict_files: tuple[str, ...] = ()
     #: why the task counts as merged although the merge changed nothing (empty otherwise)
     merge_note: str = ""
+    #: the live attempt's holder's public key: its later events must be signed with it
+    worker_key: str = ""
 
 
 class WorkerView(msgspec.Struct, frozen=True, kw_only=True, gc=False):

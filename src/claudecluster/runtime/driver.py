@@ -60,7 +60,7 @@ from claudecluster.errors import (
     WorkspaceError,
 )
 from claudecluster.events.codec import decode_command
-from claudecluster.events.envelope import CommandEnvelope, wrap_event
+from claudecluster.events.envelope import CommandEnvelope, StoredEvent, wrap_event
 from claudecluster.events.model import (
     ArtifactRef,
     ChangedFile,
@@ -77,6 +77,7 @@ from claudecluster.executors.base import Executor
 from claudecluster.executors.confined import ConfinedVerify
 from claudecluster.executors.confinement import Confinement
 from claudecluster.observability.logging import get_logger
+from claudecluster.projections.tasks import NOT_THE_HOLDER
 from claudecluster.runtime.merge_queue import BatchMerger, refused_conflict
 from claudecluster.runtime.planners import finish_plan, planner_for
 from claudecluster.transport.artifacts import ArtifactStore, artifact_key
@@ -181,9 +182,22 @@ class Driver:
                     effects = decide(self.state, message.envelope, now())
                     await message.msg.ack()
                 else:
+                    anomalies = self.state.view.anomaly_count
                     effects = decide(self.state, message, now())
+                    if isinstance(message, StoredEvent):
+                        await self._quarantine_forged(message, anomalies)
                 for effect in effects:
                     group.start_soon(self._carry_out, effect, send.clone())
+
+    async def _quarantine_forged(self, stored: StoredEvent, anomalies_before: int) -> None:
+        """A result the core refused as not its attempt's holder's goes to quarantine."""
+        view = self.state.view
+        if view.anomaly_count == anomalies_before or not view.recent_anomalies:
+            return
+        anomaly = view.recent_anomalies[-1]
+        if anomaly.seq == stored.seq and anomaly.reason.startswith(NOT_THE_HOLDER):
+            _log.warning("forged event refused", seq=stored.seq, reason=anomaly.reason)
+            await self._log.quarantine_refused(stored, anomaly.reason)
 
     async def _follow(
         self, from_seq: int, send: MemoryObjectSendStream[Message | _CommandMessage]

@@ -33,11 +33,14 @@ import psutil
 from claudecluster.errors import NatsBinaryMissingError, NatsPortInUseError, NatsServerError
 from claudecluster.observability.logging import get_logger
 from claudecluster.resources import data_dir
+from claudecluster.runtime.credentials import Credentials, ensure_credentials
+from claudecluster.transport.permissions import render_authorization
 
 __all__ = [
     "EmbeddedNats",
     "find_nats_server",
     "open_embedded_nats",
+    "reload_embedded_nats",
     "render_server_config",
     "start_nats_server",
 ]
@@ -58,6 +61,8 @@ class EmbeddedNats:
         store_dir: the JetStream store directory.
         pid: the server's process id.
         owned: this process started it and will stop it; False when reused.
+        credentials: the identities clients connect with (None: a server started
+            without authorization, which only tests ask for).
     """
 
     url: str
@@ -65,6 +70,7 @@ class EmbeddedNats:
     store_dir: Path
     pid: int
     owned: bool
+    credentials: Credentials | None = None
 
 
 def find_nats_server(configured: Path | None = None) -> Path:
@@ -143,15 +149,22 @@ async def _running(store_dir: Path) -> _Running | None:
     if not psutil.pid_exists(pid) or not await _accepts_nats(port):
         return None
     server = EmbeddedNats(
-        url=f"nats://127.0.0.1:{port}", port=port, store_dir=store_dir, pid=pid, owned=False
+        url=f"nats://127.0.0.1:{port}",
+        port=port,
+        store_dir=store_dir,
+        pid=pid,
+        owned=False,
+        credentials=ensure_credentials(store_dir) if state.get("auth", True) else None,
     )
     return _Running(server=server, owner_alive=owner > 0 and psutil.pid_exists(owner))
 
 
-async def _write_state(store_dir: Path, pid: int, port: int, url: str) -> None:
+async def _write_state(
+    store_dir: Path, pid: int, port: int, url: str, *, auth: bool = True
+) -> None:
     """Record the server and its owner (this process), whole or not at all."""
     state = store_dir / f".{_STATE_FILE}.{os.getpid()}"
-    record = {"pid": pid, "port": port, "url": url, "owner_pid": os.getpid()}
+    record = {"pid": pid, "port": port, "url": url, "owner_pid": os.getpid(), "auth": auth}
     await anyio.Path(state).write_text(json.dumps(record), encoding="utf-8")
     os.replace(state, store_dir / _STATE_FILE)
 
@@ -159,8 +172,9 @@ async def _write_state(store_dir: Path, pid: int, port: int, url: str) -> None:
 @asynccontextmanager
 async def _start_lock(store_dir: Path) -> AsyncIterator[None]:
     """Serialise start-up per store directory across processes (two servers on one store
-    would corrupt it)."""
+    would corrupt it). The directory is the user's alone (0700): it holds the creds."""
     await anyio.Path(store_dir).mkdir(parents=True, exist_ok=True)
+    os.chmod(store_dir, 0o700)
     with (store_dir / ".start.lock").open("a") as handle:
         with anyio.fail_after(60):
             await anyio.to_thread.run_sync(fcntl.flock, handle.fileno(), fcntl.LOCK_EX)
@@ -184,14 +198,47 @@ async def _stop_pid(pid: int) -> None:
                 process.kill()
 
 
-def render_server_config(port: int, store_dir: Path) -> str:
-    """The embedded server's configuration (``nats/embedded.conf`` filled in)."""
+def render_server_config(port: int, store_dir: Path, credentials: Credentials | None = None) -> str:
+    """The embedded server's configuration (``nats/embedded.conf`` filled in).
+
+    Args:
+        port: the client port.
+        store_dir: the JetStream store directory.
+        credentials: the identities allowed in, each with its role's permissions; None
+            writes no authorization (a test server that anyone on loopback may use).
+    """
     template = (data_dir("nats") / "embedded.conf").read_text(encoding="utf-8")
+    authorization = render_authorization(credentials.bus_users()) if credentials else ""
     return (
         template.replace("{port}", str(port))
         .replace("{store_dir}", str(store_dir))
         .replace("{server_name}", f"claudecluster-{port}")
+        .replace("{authorization}", authorization)
     )
+
+
+async def _write_config(path: Path, text: str) -> None:
+    """Write the server config readable by the user alone (it names every identity)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    await anyio.Path(partial).write_text(text, encoding="utf-8")
+    os.chmod(partial, 0o600)
+    os.replace(partial, path)
+
+
+async def reload_embedded_nats(store_dir: Path) -> bool:
+    """Render the running embedded server's config again and have it reload it (SIGHUP).
+
+    How an identity minted while the server runs is let in. Returns False when no
+    server runs for ``store_dir`` (the next start renders the config anyway).
+    """
+    running = await _running(store_dir)
+    if running is None or running.server.credentials is None:
+        return False
+    credentials = ensure_credentials(store_dir)
+    text = render_server_config(running.server.port, store_dir, credentials)
+    await _write_config(store_dir / "nats-server.conf", text)
+    os.kill(running.server.pid, signal.SIGHUP)
+    return True
 
 
 async def start_nats_server(
@@ -200,10 +247,13 @@ async def start_nats_server(
     port: int = 0,
     binary: Path | None = None,
     ready_timeout: float = 15.0,
+    auth: bool = True,
 ) -> tuple[anyio.abc.Process, EmbeddedNats]:
     """Start a nats-server and wait until it accepts clients.
 
-    The caller owns the process and must stop it (:func:`open_embedded_nats` does).
+    The caller owns the process and must stop it (:func:`open_embedded_nats` does). With
+    ``auth`` (the default) the server admits only the identities of
+    :func:`~claudecluster.runtime.credentials.ensure_credentials`, made now if missing.
 
     Raises:
         NatsBinaryMissingError: no executable.
@@ -216,8 +266,9 @@ async def start_nats_server(
         raise NatsPortInUseError(port)
     chosen = port or _free_port()
     config_path = store_dir / "nats-server.conf"
-    config_text = render_server_config(chosen, store_dir)
-    await anyio.Path(config_path).write_text(config_text, encoding="utf-8")
+    credentials = ensure_credentials(store_dir) if auth else None
+    config_text = render_server_config(chosen, store_dir, credentials)
+    await _write_config(config_path, config_text)
     log_path = store_dir / _LOG_FILE
     with log_path.open("ab") as log_file:
         process = await anyio.open_process(
@@ -236,8 +287,9 @@ async def start_nats_server(
             store_dir=store_dir,
             pid=process.pid,
             owned=True,
+            credentials=credentials,
         )
-        await _write_state(store_dir, process.pid, chosen, server.url)
+        await _write_state(store_dir, process.pid, chosen, server.url, auth=auth)
         handed_over = True
     finally:
         # Timeout, early exit, cancellation: the process must not outlive a failed start.
@@ -300,6 +352,7 @@ async def open_embedded_nats(
     binary: Path | None = None,
     reuse: bool = True,
     ready_timeout: float = 15.0,
+    auth: bool = True,
 ) -> AsyncIterator[EmbeddedNats]:
     """Run (or reuse) a private nats-server for the duration of the context.
 
@@ -311,6 +364,7 @@ async def open_embedded_nats(
             one. A reused server stays up when this context exits; one whose owner died
             (kill -9) is adopted and stopped on exit.
         ready_timeout: seconds to wait for the server to accept clients.
+        auth: require credentials (the default; see :func:`start_nats_server`).
 
     Raises:
         NatsBinaryMissingError: no executable.
@@ -328,7 +382,7 @@ async def open_embedded_nats(
             )
         if running is None:
             process, server = await start_nats_server(
-                store_dir, port=port, binary=binary, ready_timeout=ready_timeout
+                store_dir, port=port, binary=binary, ready_timeout=ready_timeout, auth=auth
             )
         elif running.owner_alive:
             server = running.server
@@ -336,7 +390,9 @@ async def open_embedded_nats(
         else:
             # Its owner died without stopping it (kill -9): adopt it, so someone stops it.
             server = replace(running.server, owned=True)
-            await _write_state(store_dir, server.pid, server.port, server.url)
+            await _write_state(
+                store_dir, server.pid, server.port, server.url, auth=server.credentials is not None
+            )
             _log.info("adopted orphaned nats-server", url=server.url, pid=server.pid)
     if not server.owned:
         yield server

@@ -2,9 +2,12 @@
 embedded nats-server, for ``claudecluster run`` and ``claudecluster demo``.
 
 They are the same actors that run as separate processes elsewhere (``claudecluster
-driver``, ``claudecluster worker``); here they share this process and its NATS
-connection, and they stop with it. The run itself is in the durable log, so a run left
-unfinished continues whenever a driver and workers run again on the same store.
+driver``, ``claudecluster worker``); here they share this process and stop with it. Each
+role connects with its own identity (the embedded server's driver and worker seeds), so
+the driver and the workers are held to their permissions here as on separate machines;
+on a server without identities they share the caller's connection. The run itself is in
+the durable log, so a run left unfinished continues whenever a driver and workers run
+again on the same store.
 """
 
 from __future__ import annotations
@@ -14,15 +17,18 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+from nats.aio.client import Client
 
 from claudecluster.actors.scaling import ScalePolicy
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
+from claudecluster.executors.confinement import Confinement
 from claudecluster.runtime.autoscaler import LocalAutoscaler
-from claudecluster.runtime.connection import Connection
+from claudecluster.runtime.connection import Connection, open_role_log
 from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.runtime.sandboxing import confinement_for
 from claudecluster.runtime.worker import WorkerConfig
 from claudecluster.settings import Settings
+from claudecluster.transport.jetstream import JetStreamEventLog
 
 __all__ = ["open_local_services"]
 
@@ -43,9 +49,33 @@ async def open_local_services(
     """
     api = settings.api_environment() if api_environment is None else api_environment
     confinement = confinement_for(settings)
+    async with (
+        open_role_log(conn, "driver", name="driver") as (driver_client, driver_log),
+        open_role_log(conn, "worker", name="workers") as (worker_client, worker_log),
+        _services(
+            settings, driver_client, driver_log, worker_client, worker_log,
+            workers=workers, project_dir=project_dir, api=api, confinement=confinement,
+        ) as scaler,
+    ):  # fmt: skip
+        yield scaler
+
+
+@asynccontextmanager
+async def _services(
+    settings: Settings,
+    driver_client: Client,
+    driver_log: JetStreamEventLog,
+    worker_client: Client,
+    worker_log: JetStreamEventLog,
+    *,
+    workers: int,
+    project_dir: Path,
+    api: dict[str, str],
+    confinement: Confinement,
+) -> AsyncIterator[LocalAutoscaler]:
     driver = Driver(
-        conn.log,
-        conn.client.jetstream(),
+        driver_log,
+        driver_client.jetstream(),
         DriverOptions(
             config=settings.driver_config(),
             work_dir=settings.driver.work_dir,
@@ -62,12 +92,14 @@ async def open_local_services(
         copy_files=tuple(settings.worker.copy_files),
         setup_command=settings.worker.setup_command,
         setup_timeout_s=settings.worker.setup_timeout_s,
+        permission_modes=tuple(settings.worker.permission_modes),
+        allow_plan_mcp_servers=settings.worker.allow_plan_mcp_servers,
         heartbeat_s=2.0,
         confinement=confinement,
     )
     size = max(workers, 1)
     scaler = LocalAutoscaler(
-        conn.log, conn.client, template, ScalePolicy(min_workers=size, max_workers=size)
+        worker_log, worker_client, template, ScalePolicy(min_workers=size, max_workers=size)
     )
     async with anyio.create_task_group() as group:
         await group.start(driver.run)

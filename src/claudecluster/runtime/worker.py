@@ -9,7 +9,14 @@ worker knows the sequence of the task's last event (its own), and if anything el
 there (the driver re-queued the task, another worker took it over, a cancel), the next
 append raises ``ConcurrencyError``. The worker then knows its attempt is superseded: it
 stops the agent and records nothing more. So a late result of a silent worker is never
-recorded for the live attempt.
+recorded for the live attempt. What landed may also be a forgery (an event naming our
+attempt that our key did not sign): readers refuse those, so the worker appends after it
+and the attempt goes on.
+
+Signing. Each worker has an nkey of its own, made when it starts and never written
+anywhere; its claim (``task.assigned``) names the public key, and every later event of
+the attempt is signed with it (:mod:`claudecluster.events.signing`), over the envelope as
+the log will store it (after redaction).
 """
 
 from __future__ import annotations
@@ -29,14 +36,22 @@ import anyio
 import anyio.abc
 import msgspec
 import nats.errors
+import nkeys
 import psutil
 from nats.aio.client import Client
 
-from claudecluster.actors.worker import Admission, admit, finished_event
+from claudecluster.actors.worker import (
+    DEFAULT_PERMISSION_MODES,
+    Admission,
+    admit,
+    finished_event,
+    item_problem,
+    only_forgeries,
+)
 from claudecluster.domain.outcome import Outcome
 from claudecluster.errors import ClusterError, ConcurrencyError, EventDecodeError, WorkspaceError
-from claudecluster.events.codec import decode_command
-from claudecluster.events.envelope import StoredEvent, wrap_event
+from claudecluster.events.codec import decode_command, decode_event, encode
+from claudecluster.events.envelope import EventEnvelope, StoredEvent, wrap_event
 from claudecluster.events.model import (
     ArtifactRef,
     CancelRun,
@@ -55,6 +70,7 @@ from claudecluster.events.model import (
     WorkerJoined,
     WorkerLeft,
 )
+from claudecluster.events.signing import signature_of, signed_bytes
 from claudecluster.events.subjects import COMMAND_PREFIX, run_level_filter, task_filter
 from claudecluster.events.work import WorkItem
 from claudecluster.executors.base import DEFAULT_TOOLS, AttemptRun, Executor
@@ -68,8 +84,10 @@ from claudecluster.executors.confinement import (
 )
 from claudecluster.executors.shell import ShellExecutor
 from claudecluster.observability.logging import get_logger
+from claudecluster.observability.redaction import Redactor
 from claudecluster.projections.cluster import ClusterView, replay
 from claudecluster.projections.views import TaskView, task_key
+from claudecluster.runtime.credentials import new_user_seed
 from claudecluster.runtime.http_server import open_http_server
 from claudecluster.runtime.worker_health import WorkerMetrics, health_app
 from claudecluster.transport.artifacts import ArtifactStore, artifact_key
@@ -90,6 +108,8 @@ _log = get_logger(__name__)
 _REGISTRY_BUCKET: Final = "cc_workers"
 _CAPABILITIES: Final = ("claude_code", "shell")
 _RUNS_KEPT: Final = 8
+#: Forgeries in a row an append steps over before it gives the attempt up.
+_FORGERIES_STEPPED_OVER: Final = 16
 
 
 def new_worker_id() -> str:
@@ -124,6 +144,8 @@ class WorkerConfig:
         confinement: how attempts and the setup command are confined (None: this
             machine's sandbox, which must work; ``Confinement.unconfined()`` is the
             operator's ``--no-sandbox``).
+        permission_modes: Claude Code permission modes a work item may ask for.
+        allow_plan_mcp_servers: run the MCP servers a work item names (``mcp_config``).
     """
 
     worker_id: str
@@ -144,6 +166,8 @@ class WorkerConfig:
     setup_timeout_s: float = 600.0
     join_reason: str = ""
     confinement: Confinement | None = None
+    permission_modes: tuple[str, ...] = DEFAULT_PERMISSION_MODES
+    allow_plan_mcp_servers: bool = False
 
 
 class Superseded(Exception):  # noqa: N818 - a condition, not a failure of ours
@@ -207,29 +231,57 @@ class Worker:
         self.metrics = WorkerMetrics()
         self.metrics.slots.set(config.slots)
         self.health_port: int | None = None
+        # This process's attempt key: in memory only, new at every start.
+        self._key = nkeys.from_seed(new_user_seed())
+        self.public_key: str = self._key.public_key.decode()
+        found = getattr(log, "redactor", None)
+        self._redactor = found if isinstance(found, Redactor) else Redactor()
 
     # -- events -----------------------------------------------------------------------
 
-    async def _record(self, event: Event, *, expected_last: int | None = None) -> int:
+    async def _record(
+        self, event: Event, *, expected_last: int | None = None, signed: bool = False
+    ) -> int:
         self._ids += 1
         envelope = wrap_event(
             event,
             event_id=f"{self.config.worker_id}-{self._ids}-{uuid.uuid4().hex[:8]}",
             now=self._clock(),
         )
+        if signed:
+            envelope = self._sign(envelope)
         return (await self._log.append(envelope, expected_last=expected_last)).seq
 
+    def _sign(self, envelope: EventEnvelope) -> EventEnvelope:
+        """The envelope as the log will store it (redacted), signed with our attempt key."""
+        stored = decode_event(self._redactor.data(encode(envelope)))
+        signature = signature_of(self._key.sign(signed_bytes(stored)))
+        return msgspec.structs.replace(stored, signature=signature)
+
     async def _record_for(self, live: _Attempt, event: Event) -> None:
-        """Append an attempt's event only if nothing else happened to its task meanwhile.
+        """Append an attempt's event only if nothing else happened to its task meanwhile,
+        forgeries apart (readers refuse them; the append goes after them).
 
         Raises:
             Superseded: something else did.
         """
-        try:
-            live.last_seq = await self._record(event, expected_last=live.last_seq)
-        except ConcurrencyError:
-            key = task_key(live.item.run_id, live.item.task_id)
-            raise Superseded(f"{key} moved on; {type(event).__name__} not recorded") from None
+        item = live.item
+        for _ in range(_FORGERIES_STEPPED_OVER):
+            try:
+                live.last_seq = await self._record(event, expected_last=live.last_seq, signed=True)
+            except ConcurrencyError:
+                scope = task_filter(item.run_id, item.task_id)
+                newer = await read_all(self._log, from_seq=live.last_seq + 1, subjects=scope)
+                envelopes = [stored.envelope for stored in newer]
+                if not only_forgeries(envelopes, live.attempt, self.public_key):
+                    break
+                _log.warning("stepping over forged events", item=item.message_id,
+                             seqs=[stored.seq for stored in newer])  # fmt: skip
+                live.last_seq = newer[-1].seq
+            else:
+                return
+        key = task_key(item.run_id, item.task_id)
+        raise Superseded(f"{key} moved on; {type(event).__name__} not recorded")
 
     # -- serving ----------------------------------------------------------------------
 
@@ -389,6 +441,16 @@ class Worker:
                 await delivery.nak(delay_s=0.5)  # someone else moved the task: decide again
                 settled = True
                 return
+            refused = item_problem(
+                item,
+                permission_modes=self.config.permission_modes,
+                allow_mcp_config=self.config.allow_plan_mcp_servers,
+            )
+            if refused is not None:
+                await self._refuse(live, refused)
+                await delivery.ack()
+                settled = True
+                return
             async with anyio.create_task_group() as group:
                 group.start_soon(self._keep_alive, delivery)
                 try:
@@ -431,6 +493,7 @@ class Worker:
                     task_id=item.task_id,
                     attempt=attempt,
                     worker_id=self.config.worker_id,
+                    worker_key=self.public_key,
                 ),
                 expected_last=expected,
             )
@@ -446,6 +509,26 @@ class Worker:
                 item=item, attempt=attempt, last_seq=expected, session_id=previous, resume=True
             )
         return _Attempt(item=item, attempt=attempt, last_seq=expected, session_id=str(uuid.uuid4()))
+
+    async def _refuse(self, live: _Attempt, reason: str) -> None:
+        """Record that this worker will not run the item as it is (it would be the same
+        on a retry, so the failure is final)."""
+        _log.warning("work item refused", item=live.item.message_id, reason=reason)
+        try:
+            await self._record_for(
+                live,
+                TaskFailed(
+                    run_id=live.item.run_id,
+                    task_id=live.item.task_id,
+                    attempt=live.attempt,
+                    worker_id=self.config.worker_id,
+                    reason=f"refused by worker {self.config.worker_id}: {reason}",
+                    failure_class="agent_error",
+                    retryable=False,
+                ),
+            )
+        except Superseded as exc:
+            _log.info("attempt superseded", item=live.item.message_id, reason=str(exc))
 
     async def _record_cancelled(self, live: _Attempt) -> None:
         """The agent was stopped on request (its process tree ended, its workspace removed)."""

@@ -99,6 +99,14 @@ class EventLog(Protocol):
         """
         ...
 
+    async def quarantine_refused(self, stored: StoredEvent, reason: str) -> None:
+        """Record that a stored event was refused (a forged result, say), with the reason.
+
+        The event stays in the log; the record says why readers skip it. Recording the
+        same sequence twice writes one record. Never raises: a lost record is logged.
+        """
+        ...
+
 
 async def read_all(
     log: EventLog, *, from_seq: int = 1, subjects: str = ALL_EVENTS

@@ -33,6 +33,7 @@ from claudecluster.events.subjects import (
     QUARANTINE_PREFIX,
     event_subject,
     scope_filter,
+    subject_problem,
 )
 from claudecluster.observability.logging import get_logger
 from claudecluster.observability.redaction import Redactor
@@ -74,6 +75,11 @@ class JetStreamEventLog:
         self._quarantine_stream = quarantine_stream
         self._redactor = redactor or Redactor()
         self._timeout = timeout
+
+    @property
+    def redactor(self) -> Redactor:
+        """What every append strips; a signer signs what the log will store."""
+        return self._redactor
 
     async def append(
         self, envelope: EventEnvelope, *, expected_last: int | None = None
@@ -159,6 +165,10 @@ class JetStreamEventLog:
         except EventDecodeError as exc:
             await self._quarantine(msg.subject, seq, str(exc), msg.data)
             return None
+        misplaced = subject_problem(msg.subject, envelope.payload)
+        if misplaced is not None:  # permissions are per subject: hold the payload to it
+            await self._quarantine(msg.subject, seq, misplaced, msg.data)
+            return None
         return StoredEvent(seq=seq, subject=msg.subject, envelope=envelope)
 
     async def _quarantine(self, subject: str, seq: int, reason: str, data: bytes) -> None:
@@ -181,6 +191,10 @@ class JetStreamEventLog:
             # The reader must go on past a poison message even if the record of it is lost;
             # the message itself stays in the event log, so nothing is destroyed.
             _log.error("quarantine record not written", subject=subject, seq=seq, error=repr(exc))
+
+    async def quarantine_refused(self, stored: StoredEvent, reason: str) -> None:
+        """Record a refused event; see :class:`~claudecluster.transport.base.EventLog`."""
+        await self._quarantine(stored.subject, stored.seq, reason, encode(stored.envelope))
 
     async def last_seq(self, subjects: str = ALL_EVENTS) -> int:
         """The last sequence matching ``subjects`` (0 if none).

@@ -20,6 +20,7 @@ from claudecluster.events.subjects import (
     event_subject,
     scope_filter,
     subject_matches,
+    subject_problem,
 )
 from claudecluster.observability.redaction import Redactor
 from claudecluster.transport.base import AppendResult, QuarantinedMessage
@@ -36,6 +37,11 @@ class MemoryEventLog:
         self._by_id: dict[str, int] = {}
         self._quarantine: dict[int, QuarantinedMessage] = {}
         self._appended = anyio.Event()
+
+    @property
+    def redactor(self) -> Redactor:
+        """What every append strips; a signer signs what the log will store."""
+        return self._redactor
 
     async def append(
         self, envelope: EventEnvelope, *, expected_last: int | None = None
@@ -99,11 +105,14 @@ class MemoryEventLog:
     def _decode(self, seq: int, subject: str, data: bytes) -> StoredEvent | None:
         try:
             envelope = decode_event(data)
+            reason = subject_problem(subject, envelope.payload)
         except EventDecodeError as exc:
+            reason = str(exc)
+        if reason is not None:
             self._quarantine.setdefault(
                 seq,
                 QuarantinedMessage(
-                    origin_subject=subject, origin_seq=seq, reason=str(exc), data=data
+                    origin_subject=subject, origin_seq=seq, reason=reason, data=data
                 ),
             )
             return None
@@ -115,6 +124,18 @@ class MemoryEventLog:
             if subject_matches(subjects, self._messages[index][0]):
                 return index + 1
         return 0
+
+    async def quarantine_refused(self, stored: StoredEvent, reason: str) -> None:
+        """Record a refused event; see :class:`~claudecluster.transport.base.EventLog`."""
+        self._quarantine.setdefault(
+            stored.seq,
+            QuarantinedMessage(
+                origin_subject=stored.subject,
+                origin_seq=stored.seq,
+                reason=reason,
+                data=encode(stored.envelope),
+            ),
+        )
 
     async def quarantined(self) -> list[QuarantinedMessage]:
         """Quarantine records, oldest first."""

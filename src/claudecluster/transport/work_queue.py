@@ -96,6 +96,10 @@ class WorkQueue:
         found = self._subscriptions.get(pool)
         if found is None:
             config = ConsumerConfig(
+                # Named, so the request's subject carries the name and the filter
+                # ($JS.API.CONSUMER.CREATE.CC_WORK.<name>.<filter>): that is what lets the
+                # server's permissions hold a worker to its own pool's queue.
+                name=consumer_name(pool),
                 durable_name=consumer_name(pool),
                 filter_subject=work_subject(pool),
                 ack_policy=AckPolicy.EXPLICIT,
