@@ -46,8 +46,12 @@ browser:
 # Coverage is combined across the workers and the processes the tests start.
 TEST_WORKERS ?= 4
 
+# --tb=native: on Python 3.11.7, pytest's own traceback formatting can hit a CPython bug
+# (SystemError: AST constructor recursion depth mismatch, python/cpython#106905) on an
+# xdist worker, which then aborts the whole session and loses every result after it.
 unit: $(STAMP)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25 --cov --cov-report=term
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25 --tb=native \
+		--cov --cov-report=term
 
 # Regenerate the checked-in catalogue and golden projections after a deliberate change.
 schema: $(STAMP)
