@@ -4,13 +4,16 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# The exact versions the suite was last verified with (every package, transitive included).
+# pyproject.toml keeps ranges for people who install the package; `make lock` renews this.
+CONSTRAINTS ?= constraints.txt
 
-.PHONY: demo test lint typecheck browser sandbox unit schema golden bench clean
+.PHONY: demo test lint typecheck browser sandbox unit schema golden bench lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --upgrade pip -c $(CONSTRAINTS)
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -c $(CONSTRAINTS)
 	touch $(STAMP)
 
 # Agents run confined by bubblewrap, with socat as their only way to the model API
@@ -56,8 +59,17 @@ browser:
 		echo "no chromium, and no way to install it: the report rendering test is skipped"; \
 	fi
 
+# pytest-xdist workers: many tests wait on real nats-server and Claude Code processes, so
+# more workers than cores keeps both busy (docs/operations.md says what was measured).
+# Coverage is combined across the workers and the processes the tests start.
+TEST_WORKERS ?= 3
+
+# --tb=native: on Python 3.11.7, pytest's own traceback formatting can hit a CPython bug
+# (SystemError: AST constructor recursion depth mismatch, python/cpython#106905) on an
+# xdist worker, which then aborts the whole session and loses every result after it.
 unit: $(STAMP)
-	$(BIN)/pytest --cov --cov-report=term
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25 --tb=native \
+		--cov --cov-report=term
 
 # Regenerate the checked-in catalogue and golden projections after a deliberate change.
 schema: $(STAMP)
@@ -73,5 +85,23 @@ bench: $(STAMP)
 		echo "== $$script"; $(BIN)/python $$script; \
 	done
 
+# Renew constraints.txt deliberately: the newest versions pyproject.toml allows, installed
+# into a scratch venv, frozen, and kept only if the whole suite passes on exactly that set.
+LOCK_VENV := .venv-lock
+
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	{ echo "# The tested set: written by 'make lock' on Python $$($(LOCK_VENV)/bin/python -c 'import platform; print(platform.python_version())'), $$(date -u +%F)."; \
+	  echo "# Do not edit by hand; the Makefile installs with -c this file."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable --exclude setuptools; \
+	} > $(LOCK_VENV)/constraints.txt
+	$(MAKE) test VENV=$(LOCK_VENV) CONSTRAINTS=$(LOCK_VENV)/constraints.txt
+	mv $(LOCK_VENV)/constraints.txt constraints.txt
+	rm -rf $(LOCK_VENV)
+	@echo "constraints.txt renewed and verified; commit it (git diff constraints.txt shows what moved)"
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .coverage htmlcov
+	rm -rf $(VENV) $(LOCK_VENV) .mypy_cache .ruff_cache .pytest_cache .coverage htmlcov

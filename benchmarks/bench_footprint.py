@@ -42,23 +42,13 @@ from claudecluster.events.model import (
     WorkerJoined,
 )
 from claudecluster.executors.claude_code import bundled_claude
+from claudecluster.executors.process import tree_rss
 from claudecluster.runtime.connection import Connection
 from claudecluster.runtime.worker import Worker, WorkerConfig
 from claudecluster.scripted_model import Script, open_scripted_model
 from claudecluster.transport.commands import publish_command
 
 _MB = 2**20
-
-
-def rss(process: psutil.Process) -> int:
-    """Resident bytes of ``process`` and its children (0 for any that already ended)."""
-    total = 0
-    for each in [process, *process.children(recursive=True)]:
-        try:
-            total += each.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return total
 
 
 async def _wait_for_event(
@@ -110,7 +100,7 @@ async def idle_worker(conn: Connection, where: Path, *, heartbeat: bool) -> int:
         worker_id = getattr(joined, "worker_id", "")
         if heartbeat:
             await _wait_for_event(conn, WorkerHeartbeat, 60, worker_id=worker_id)
-        return rss(psutil.Process(process.pid))
+        return tree_rss(process.pid)
     finally:
         await _stop(process)
 
@@ -131,7 +121,7 @@ async def driver(
             # it records nothing while idle: its command consumer appearing is the sign
             while not await _driver_serving(conn):  # noqa: ASYNC110
                 await anyio.sleep(0.1)
-        idle = rss(watched)
+        idle = tree_rss(watched)
         plan = tuple(
             TaskSpec(task_id=f"n{i:05d}", title="no-op", prompt="true", executor="shell")
             for i in range(tasks)
@@ -158,7 +148,7 @@ async def driver(
             async def sample() -> None:
                 nonlocal peak
                 while True:
-                    peak = max(peak, rss(watched))
+                    peak = max(peak, tree_rss(watched))
                     await anyio.sleep(0.2)
 
             group.start_soon(sample)
@@ -176,7 +166,7 @@ async def driver(
             group.cancel_scope.cancel()
         return {
             "driver_idle_mb": round(idle / _MB, 1),
-            "driver_peak_mb": round(max(peak, rss(watched)) / _MB, 1),
+            "driver_peak_mb": round(max(peak, tree_rss(watched)) / _MB, 1),
             "driver_run_tasks": tasks,
             "driver_run_tasks_merged_in_window": merged,
             "driver_run_completed": ended,
@@ -222,7 +212,7 @@ async def claude_process(where: Path, latency_s: float, runs: int) -> list[int]:
             peak = 0
             with anyio.fail_after(120):
                 while process.returncode is None:
-                    peak = max(peak, rss(watched))
+                    peak = max(peak, tree_rss(watched))
                     with anyio.move_on_after(0.05):
                         await process.wait()
             out.close()

@@ -155,7 +155,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await group.start(driver.run)
                 for worker in workers:
                     await group.start(worker.serve)
-                timeout = 60 + args.tasks * 0.5
+                # Generous: --quick runs in the test suite, beside the rest of it on 2 cores.
+                timeout = 300 + args.tasks * 0.5
                 wall, _, _ = await whole_path(
                     conn, repo, noop_plan(args.tasks, "t"), "overhead-throughput",
                     max_parallel=None, timeout_s=timeout,

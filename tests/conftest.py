@@ -61,6 +61,19 @@ def sandbox() -> Mechanism:
     return SANDBOX_MISSING
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the fault suite runs on one worker, one test after another.
+
+    Each fault test runs a driver, four or more workers and its own servers, and kills
+    them on a schedule while waiting out ack waits: two at once on two cores starve each
+    other's processes into timeouts, while beside one fault test the light tests still
+    fit. (Every fault test kills only processes it started itself.)
+    """
+    for item in items:
+        if item.get_closest_marker("faults"):
+            item.add_marker(pytest.mark.xdist_group("faults"))
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     """Async tests run on asyncio unless a module asks for more."""

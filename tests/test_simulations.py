@@ -76,21 +76,38 @@ def test_a_broken_invariant_prints_the_command_that_replays_its_seed(
     assert [(r["seed"], r["completion_rate"]) for r in record["results"]] == [(1, 1.0)]
 
 
+# Each simulation takes ~20 s of one core; a loaded 2-core machine may take several times that.
+SIMULATION_ENDS_WITHIN_S = 300.0
+
+
 def test_a_seed_gives_the_same_run_in_every_process(repo_root: Path, tmp_path: Path) -> None:
     # "Reproducible from the printed seed" must hold in a fresh process, whose string
     # hashes (and so the iteration order of sets and maps) differ from this one's. The
     # committed 1k scenario loses workers at the same moment, where order mattered.
     scenario = repo_root / "simulations" / "scenarios" / "scheduler-1k.yaml"
-    results = []
+    # Both processes at once: each is one core's work, and nothing ties them together.
+    running = {}
     for hash_seed in ("1", "2"):
         out = tmp_path / f"out-{hash_seed}"
-        subprocess.run(
-            [sys.executable, "-m", "claudecluster", "simulate", str(scenario), "--seed", "1",
-             "--out", str(out)],
-            env={**os.environ, "PYTHONHASHSEED": hash_seed},
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
+        with (tmp_path / f"err-{hash_seed}").open("wb") as err:  # the child has its own copy
+            running[hash_seed] = subprocess.Popen(
+                [sys.executable, "-m", "claudecluster", "simulate", str(scenario), "--seed", "1",
+                 "--out", str(out)],
+                env={**os.environ, "PYTHONHASHSEED": hash_seed},
+                stdout=subprocess.DEVNULL, stderr=err,
+            )  # fmt: skip
+    try:
+        for process in running.values():
+            process.wait(timeout=SIMULATION_ENDS_WITHIN_S)
+    finally:
+        for process in running.values():  # on every path, neither outlives the test
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    results = []
+    for hash_seed, process in running.items():
+        assert process.returncode == 0, (tmp_path / f"err-{hash_seed}").read_text()[-2000:]
+        out = tmp_path / f"out-{hash_seed}"
         (result,) = json.loads((out / "scheduler-1k.json").read_text())["results"]
         for volatile in ("events_per_s", "simulated_in_s"):
             result.pop(volatile)

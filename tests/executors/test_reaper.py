@@ -13,24 +13,39 @@ import psutil
 from claudecluster.executors.process import launcher
 
 
-def _sleepers(marker: str) -> list[psutil.Process]:
-    """The sleep with this marker and the reaper supervising it."""
+def _sleepers(marker: str, where: Path) -> list[psutil.Process]:
+    """The living sleep with this marker started in ``where``, and the reaper supervising it.
+
+    Matched by working directory too: other test runs on the machine start the same
+    commands, and their processes are not this test's.
+    """
     found = []
-    for process in psutil.process_iter(["cmdline"]):
+    for process in psutil.process_iter(["cmdline", "cwd"]):
         cmdline = process.info["cmdline"] or []
-        if cmdline == ["sleep", marker] or any(f"sleep {marker}" in part for part in cmdline):
-            found.append(process)
+        mine = (process.info["cwd"] or "").startswith(str(where))
+        if mine and (
+            cmdline == ["sleep", marker] or any(f"sleep {marker}" in part for part in cmdline)
+        ):
+            try:
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    found.append(process)
+            except psutil.Error:  # it ended while we looked: gone is what we wait for
+                continue
     return found
 
 
-def _wait_gone(marker: str, limit_s: float = 10) -> list[psutil.Process]:
-    deadline = time.monotonic() + limit_s
+# How long a loaded machine may take to end a tree, and to start one (reaper, bash, sleep).
+GONE_WITHIN_S = 30.0
+STARTED_WITHIN_S = 30.0
+
+
+def _wait_gone(marker: str, where: Path) -> list[psutil.Process]:
+    deadline = time.monotonic() + GONE_WITHIN_S
     while time.monotonic() < deadline:
-        left = [p for p in _sleepers(marker) if p.status() != psutil.STATUS_ZOMBIE]
-        if not left:
+        if not _sleepers(marker, where):
             return []
         time.sleep(0.05)
-    return _sleepers(marker)
+    return _sleepers(marker, where)
 
 
 def test_background_processes_the_command_left_are_ended_when_it_exits(tmp_path: Path) -> None:
@@ -38,7 +53,7 @@ def test_background_processes_the_command_left_are_ended_when_it_exits(tmp_path:
         [*launcher(), "bash", "-c", "sleep 301 & exit 3"], cwd=tmp_path, check=False, timeout=30
     )
     assert done.returncode == 3  # the command's status comes through
-    assert _wait_gone("301") == []
+    assert _wait_gone("301", tmp_path) == []
 
 
 def test_a_killed_worker_takes_the_grandchildren_of_its_attempt_with_it(tmp_path: Path) -> None:
@@ -51,17 +66,17 @@ def test_a_killed_worker_takes_the_grandchildren_of_its_attempt_with_it(tmp_path
     )
     worker = subprocess.Popen([sys.executable, "-c", worker_code], cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + STARTED_WITHIN_S
 
         def attempt() -> list[psutil.Process]:
-            return [p for p in _sleepers("302") if p.pid != worker.pid]
+            return [p for p in _sleepers("302", tmp_path) if p.pid != worker.pid]
 
         while len(attempt()) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)  # the reaper, its bash and the sleep
         assert len(attempt()) == 3, "the attempt never started"
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=10)
-        assert [p for p in _wait_gone("302") if p.pid != worker.pid] == []
+        assert [p for p in _wait_gone("302", tmp_path) if p.pid != worker.pid] == []
     finally:
         if worker.poll() is None:
             worker.kill()

@@ -43,10 +43,26 @@ from claudecluster.transport.commands import publish_command
 from claudecluster.transport.jetstream import JetStreamEventLog
 from tests.support import git_output
 
-__all__ = ["CLI", "FaultRig", "RecordProperty", "RunVerdict", "open_rig", "shell_task"]
+__all__ = [
+    "CLI",
+    "PROGRESS_WITHIN_S",
+    "RUN_ENDS_WITHIN_S",
+    "FaultRig",
+    "RecordProperty",
+    "RunVerdict",
+    "open_rig",
+    "shell_task",
+]
 
 CLI = str(Path(sys.executable).parent / "claudecluster")
 _STOP_GRACE_S = 20.0
+# How long a run may take to end, and to reach the point a test waits for before it
+# strikes. A quiet machine needs well under a minute for either; a loaded 2-core CI
+# machine (the rest of the suite on other xdist workers, other runs beside it) was seen
+# to need several times what a quiet one does. Generous, since a run that is stuck for
+# good fails all the same, and says so with the processes' logs.
+RUN_ENDS_WITHIN_S = 300.0
+PROGRESS_WITHIN_S = 180.0
 
 #: pytest's ``record_property`` fixture: puts a value in the test report (junit XML).
 RecordProperty = Callable[[str, object], None]

@@ -15,7 +15,15 @@ import pytest
 
 from claudecluster.events import TaskStarted, TaskSucceeded
 from claudecluster.runtime.embedded_nats import EmbeddedNats
-from tests.faults.rig import RecordProperty, chained_shell_tasks, kill_9, logs_on_failure, open_rig
+from tests.faults.rig import (
+    PROGRESS_WITHIN_S,
+    RUN_ENDS_WITHIN_S,
+    RecordProperty,
+    chained_shell_tasks,
+    kill_9,
+    logs_on_failure,
+    open_rig,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -44,11 +52,11 @@ async def test_a_run_completes_across_driver_kills_without_rerunning_a_success(
                 def reached(_: object, n: int = merged) -> bool:
                     return rig.merged_count("drv") >= n
 
-                await rig.watch.wait_for(reached, 60)
+                await rig.watch.wait_for(reached, PROGRESS_WITHIN_S)
                 await kill_9(driver)
                 merged_at_kill.append(rig.merged_count("drv"))
                 driver = await rig.start_driver()
-            await rig.wait_end("drv", limit_s=60)
+            await rig.wait_end("drv", limit_s=RUN_ENDS_WITHIN_S)
         except TimeoutError:
             pytest.fail(f"the run did not end\n{logs_on_failure(rig)}")
         verdict = rig.verdict("drv", tasks)

@@ -23,7 +23,13 @@ import pytest
 from claudecluster.events import TaskSucceeded
 from claudecluster.runtime.embedded_nats import EmbeddedNats
 from claudecluster.transport.topology import WORK_STREAM
-from tests.faults.rig import RecordProperty, logs_on_failure, open_rig, shell_task
+from tests.faults.rig import (
+    RUN_ENDS_WITHIN_S,
+    RecordProperty,
+    logs_on_failure,
+    open_rig,
+    shell_task,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -60,7 +66,7 @@ async def test_each_task_runs_once_per_attempt_when_every_work_message_is_duplic
             await rig.start_driver()
             await rig.submit("dup", tasks)
             try:
-                await rig.wait_end("dup", limit_s=60)
+                await rig.wait_end("dup", limit_s=RUN_ENDS_WITHIN_S)
             except TimeoutError:
                 pytest.fail(f"the run did not end\n{logs_on_failure(rig)}")
         finally:

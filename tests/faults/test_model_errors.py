@@ -24,7 +24,7 @@ from claudecluster.events import (
 )
 from claudecluster.runtime.embedded_nats import EmbeddedNats
 from claudecluster.scripted_model import Script, open_scripted_model
-from tests.faults.rig import RecordProperty, logs_on_failure, open_rig
+from tests.faults.rig import RUN_ENDS_WITHIN_S, RecordProperty, logs_on_failure, open_rig
 
 pytestmark = pytest.mark.faults
 
@@ -74,7 +74,7 @@ async def test_every_task_completes_through_bursts_of_api_errors_and_cut_streams
             await rig.start_driver()
             await rig.submit("api", tasks, policy)
             try:
-                await rig.wait_end("api", limit_s=100)
+                await rig.wait_end("api", limit_s=RUN_ENDS_WITHIN_S)
             except TimeoutError:
                 pytest.fail(f"the run did not end\n{logs_on_failure(rig)}")
             verdict = rig.verdict("api", tasks)

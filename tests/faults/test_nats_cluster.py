@@ -24,7 +24,15 @@ from claudecluster.runtime.connection import embedded_auth, open_nats
 from claudecluster.runtime.credentials import Credentials, write_cluster_authorization
 from claudecluster.runtime.embedded_nats import find_nats_server
 from claudecluster.transport.topology import EVENTS_STREAM, WORK_STREAM
-from tests.faults.rig import RecordProperty, chained_shell_tasks, kill_9, logs_on_failure, open_rig
+from tests.faults.rig import (
+    PROGRESS_WITHIN_S,
+    RUN_ENDS_WITHIN_S,
+    RecordProperty,
+    chained_shell_tasks,
+    kill_9,
+    logs_on_failure,
+    open_rig,
+)
 from tests.support import free_port, wait_for_port
 
 pytestmark = pytest.mark.faults
@@ -138,12 +146,14 @@ async def test_a_run_on_a_replicated_cluster_completes_when_the_log_leader_is_ki
         await rig.start_driver()
         await rig.submit("cl", tasks)
         try:
-            await rig.watch.wait_for(lambda _: rig.merged_count("cl") >= KILL_AT_MERGED, 60)
+            await rig.watch.wait_for(
+                lambda _: rig.merged_count("cl") >= KILL_AT_MERGED, PROGRESS_WITHIN_S
+            )
             # The server leading the event log: the hardest one to lose, since every
             # append waits for a new leader to be elected.
             leader = (await rig.js.stream_info(EVENTS_STREAM)).cluster.leader
             await kill_9(servers[leader.removeprefix("claudecluster-")])
-            await rig.wait_end("cl", limit_s=60)
+            await rig.wait_end("cl", limit_s=RUN_ENDS_WITHIN_S)
         except TimeoutError:
             pytest.fail(f"the run did not end\n{logs_on_failure(rig)}")
         verdict = rig.verdict("cl", tasks)

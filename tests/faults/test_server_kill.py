@@ -23,7 +23,15 @@ from claudecluster.events import WorkerHeartbeat, wrap_event
 from claudecluster.runtime.embedded_nats import EmbeddedNats, start_nats_server
 from claudecluster.transport.base import read_all
 from claudecluster.transport.jetstream import JetStreamEventLog
-from tests.faults.rig import RecordProperty, chained_shell_tasks, kill_9, logs_on_failure, open_rig
+from tests.faults.rig import (
+    PROGRESS_WITHIN_S,
+    RUN_ENDS_WITHIN_S,
+    RecordProperty,
+    chained_shell_tasks,
+    kill_9,
+    logs_on_failure,
+    open_rig,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -69,13 +77,13 @@ async def test_a_run_completes_across_a_server_kill_and_loses_no_acknowledged_ev
                 group.start_soon(_probe, rig.log, acked)
                 try:
                     await rig.watch.wait_for(
-                        lambda _: rig.merged_count("srv") >= KILL_AT_MERGED, 60
+                        lambda _: rig.merged_count("srv") >= KILL_AT_MERGED, PROGRESS_WITHIN_S
                     )
                     seen_before = list(rig.watch.stored)
                     acked_before = len(acked)
                     await kill_9(process)
                     restarted, _ = await start_nats_server(nats.store_dir, port=nats.port)
-                    await rig.wait_end("srv", limit_s=90)
+                    await rig.wait_end("srv", limit_s=RUN_ENDS_WITHIN_S)
                 except TimeoutError:
                     pytest.fail(f"the run did not end\n{logs_on_failure(rig)}")
                 group.cancel_scope.cancel()

@@ -15,6 +15,9 @@ import anyio
 from tests.gateway.conftest import serve_cluster, token
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
+# 25 examples take ~20 s on a quiet machine; beside the rest of the suite on a loaded 2-core
+# machine they were seen to take over 120 s.
+FUZZ_WITHIN_S = 600
 
 
 async def test_fuzzing_the_openapi_document_finds_no_server_error_and_no_schema_violation(
@@ -34,7 +37,7 @@ async def test_fuzzing_the_openapi_document_finds_no_server_error_and_no_schema_
             "--generation-database", "none",
             "--no-color",
         ]  # fmt: skip
-        with anyio.fail_after(120):
+        with anyio.fail_after(FUZZ_WITHIN_S):
             result = await anyio.run_process(command, check=False, cwd=tmp_path)
     output = result.stdout.decode() + result.stderr.decode()
     assert result.returncode == 0, output

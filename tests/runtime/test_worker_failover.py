@@ -26,6 +26,7 @@ from claudecluster.events import (
     task_filter,
     wrap_event,
 )
+from claudecluster.executors.process import tree_members
 from claudecluster.projections import replay
 from claudecluster.scripted_model import Script, open_scripted_model
 from claudecluster.transport.base import read_all
@@ -127,7 +128,7 @@ async def test_a_killed_workers_task_is_taken_over_and_completes_once(
                 # agent is waiting on its second turn.
                 while not (_holds_tool_result(await store.load(key)) and _asked_for_turn(model, 1)):  # noqa: ASYNC110
                     await anyio.sleep(0.1)
-            agents = psutil.Process(first.pid).children(recursive=True)
+            agents = tree_members(first.pid)[1:]  # its reaper, claude and their children
             first.send_signal(signal.SIGKILL)  # no chance to clean up or to ack
             await first.wait()
             second = await _start_worker(nats_url, model.url, tmp_path, "b")

@@ -18,7 +18,6 @@ from claudecluster.auth import Scope, TokenSigner, TokenVerifier
 from claudecluster.cli.app import EXIT_FAILED, EXIT_OK, app
 from claudecluster.errors import ConfigError
 from claudecluster.gateway import open_gateway, openapi_text
-from claudecluster.mcp_server.http_endpoint import mcp_for_gateway
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
 from claudecluster.runtime.connection import open_configured_cluster
@@ -101,6 +100,10 @@ async def _serve(settings: Settings, verifier: TokenVerifier, workers: int) -> N
             await stack.enter_async_context(
                 open_local_services(conn, settings, workers=workers, project_dir=Path.cwd())
             )
+        # Imported here, not at the top: the mcp package is most of the CPU every CLI
+        # process (each worker and driver too) spends starting, and only this command needs it.
+        from claudecluster.mcp_server.http_endpoint import mcp_for_gateway
+
         mcp = mcp_for_gateway(
             door,
             verifier,

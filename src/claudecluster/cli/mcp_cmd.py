@@ -20,7 +20,6 @@ import psutil
 
 from claudecluster.cli.app import EXIT_OK, app
 from claudecluster.errors import ConfigError
-from claudecluster.mcp_server.server import build_mcp_server
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
 from claudecluster.runtime.connection import open_configured_cluster
@@ -93,6 +92,10 @@ async def _serve(settings: Settings, project: Path, workers: int) -> None:
             await stack.enter_async_context(
                 open_local_services(conn, settings, workers=workers, project_dir=project)
             )
+        # Imported here, not at the top: the mcp package is most of the CPU every CLI
+        # process (each worker and driver too) spends starting, and only this command needs it.
+        from claudecluster.mcp_server.server import build_mcp_server
+
         server = build_mcp_server(door, default_repo=str(project))
         # Returns when the client closes our stdin, the way a client ends a stdio server;
         # the workers and an embedded nats-server then stop with the contexts above.

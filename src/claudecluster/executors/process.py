@@ -16,20 +16,42 @@ import anyio
 import anyio.abc
 import psutil
 
+from claudecluster.executors.reaper import descendants
+
 _REAPER = Path(__file__).with_name("reaper.py")
 
-__all__ = ["end_tree", "launcher", "tree_rss"]
+__all__ = ["end_tree", "launcher", "tree_members", "tree_rss"]
 
 
-def tree_rss(pid: int) -> int:
+def tree_members(root: int | psutil.Process) -> list[psutil.Process]:
+    """``root`` and every process below it that could still be listed; none if it ended.
+
+    Pass a :class:`psutil.Process` held since the process started rather than a pid where
+    you can: psutil then notices a pid the system has reused for someone else's process.
+    Any member may end right after this returns, so read each one tolerating
+    ``psutil.Error`` (as :func:`tree_rss` does).
+    """
     try:
-        root = psutil.Process(pid)
-        members = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
+        process = root if isinstance(root, psutil.Process) else psutil.Process(root)
+    except psutil.Error:
+        return []
+    below = descendants(process)
+    return [process, *below] if below or _listed(process) else []
+
+
+def _listed(process: psutil.Process) -> bool:
+    """Whether ``process`` still exists (a zombie does: it holds its pid until reaped)."""
+    try:
+        return process.is_running()
+    except psutil.Error:
+        return False
+
+
+def tree_rss(root: int | psutil.Process) -> int:
+    """Resident bytes of ``root`` and its descendants; members that ended count 0."""
     total = 0
-    for member in members:
-        with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+    for member in tree_members(root):
+        with suppress(psutil.Error):  # it exited, turned zombie or hid since it was listed
             total += member.memory_info().rss
     return total
 
@@ -40,10 +62,7 @@ async def end_tree(process: anyio.abc.Process, grace_s: float, *, close: bool = 
     With ``close=False`` the process's pipes stay open for readers still draining them.
     """
     with anyio.CancelScope(shield=True):
-        try:
-            strays = psutil.Process(process.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            strays = []
+        strays = tree_members(process.pid)[1:]
         if process.returncode is None:
             with suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -54,7 +73,7 @@ async def end_tree(process: anyio.abc.Process, grace_s: float, *, close: bool = 
                 os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
         for stray in strays:  # children that left the group (setsid) are ended too
-            with suppress(psutil.NoSuchProcess):
+            with suppress(psutil.Error):  # ended with the group, or since
                 stray.kill()
         if close:
             await process.aclose()

@@ -37,12 +37,26 @@ def _prctl(option: int, value: int) -> bool:
         return False
 
 
+def descendants(root: psutil.Process) -> list[psutil.Process]:
+    """Every process below ``root`` that could still be listed; none once ``root`` ended.
+
+    The one walk of a process tree (the executors and the benchmarks use it through
+    :mod:`claudecluster.executors.process`; it lives here because this script must not
+    import the package). A tree changes while it is walked: a member can exit, or turn
+    zombie, between being listed and being read, and ``root`` itself can end first. psutil
+    says so with ``NoSuchProcess`` (``ZombieProcess`` is one) or ``AccessDenied``; the walk
+    returns the members it found instead, and every caller reads each member under the same
+    tolerance, since any of them may be gone by then.
+    """
+    try:
+        return root.children(recursive=True)
+    except psutil.Error:  # root ended (or was never ours to read): nothing below it to find
+        return []
+
+
 def _end_descendants() -> None:
     """SIGTERM every descendant, SIGKILL what is left after a grace period."""
-    try:
-        members = psutil.Process().children(recursive=True)
-    except psutil.Error:
-        return
+    members = descendants(psutil.Process())
     for member in members:
         try:
             member.terminate()
