@@ -15,12 +15,14 @@ Rules that keep old logs replayable (docs/events.md has the long form):
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+import re
+from typing import Annotated, ClassVar, Final, Literal
 
 import msgspec
 
 __all__ = [
     "ID_PATTERN",
+    "ID_REGEX",
     "ArtifactRef",
     "ChangedFile",
     "CancelRun",
@@ -69,11 +71,24 @@ __all__ = [
     "WorkerJoined",
     "WorkerLeft",
     "WorkerLost",
+    "is_id",
 ]
 
 #: Ids become NATS subject tokens, so they may hold no dots, wildcards or spaces, and may
 #: not start with ``_`` (reserved for our own tokens such as the run-level ``_``).
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+ID_REGEX: Final = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+#: :data:`ID_REGEX` anchored for ``re.search`` (how msgspec and JSON Schema apply a pattern).
+#: Python's ``$`` also matches before a trailing newline, so ``"run\n"`` would pass a plain
+#: ``^...$``; the lookahead refuses that, and means nothing to an ECMA regex (JSON Schema),
+#: whose ``$`` is already the end of the input.
+ID_PATTERN: Final = rf"^{ID_REGEX}$(?!\n)"
+_ID_RE: Final = re.compile(ID_REGEX)
+
+
+def is_id(value: str) -> bool:
+    """Whether ``value`` is a valid id: the one check every door and reader uses."""
+    return _ID_RE.fullmatch(value) is not None
+
 
 Id = Annotated[
     str,

@@ -48,7 +48,7 @@ from claudecluster.errors import (
     UnknownEntityError,
 )
 from claudecluster.events.envelope import StoredEvent
-from claudecluster.events.model import TaskProgress, TaskSpec
+from claudecluster.events.model import ID_PATTERN, TaskProgress, TaskSpec, is_id
 from claudecluster.gateway.schemas import (
     CancelBody,
     CancelledBody,
@@ -77,7 +77,6 @@ _JSON: Final = "application/json"
 _PROBLEM: Final = "application/problem+json"
 _AT = re.compile(r" - at `(?P<path>[^`]*)`$")
 _NAMED = re.compile(r"(?:missing required|unknown) field `(?P<name>[^`]*)`")
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _REGEX = re.compile(r"Expected `str` matching regex .*")
 # What a pattern asks for, in words, by the field it guards: a regex is no help to a user.
 _PATTERN_MEANS = {
@@ -264,7 +263,7 @@ def _query_id(request: Request, name: str) -> str | None:
     value = request.query_params.get(name)
     if value is None:
         return None
-    if not _ID.fullmatch(value):
+    if not is_id(value):
         raise _invalid(
             name, "use 1-64 letters, digits, '_' or '-', starting with one of the first two"
         )
@@ -414,7 +413,7 @@ def _log_line(stored: StoredEvent) -> LogLine:
 _RUN_ID = Param("run_id", "path", {"type": "string"}, "The run's id.")
 _TASK_ID = Param("task_id", "path", {"type": "string"}, "The task's id (unique, or with run_id).")
 _RUN_QUERY = Param(
-    "run_id", "query", {"type": "string", "pattern": f"^{_ID.pattern}$"},
+    "run_id", "query", {"type": "string", "pattern": ID_PATTERN},
     "The task's run, when several runs have this task id.", required=False,
 )  # fmt: skip
 _READ_ERRORS = (401, 403, 404)

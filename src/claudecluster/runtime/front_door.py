@@ -14,7 +14,6 @@ log as it was when it opened.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from claudecluster.events.model import (
     TaskCancelled,
     TaskSkipped,
     TaskSpec,
+    is_id,
 )
 from claudecluster.events.subjects import run_filter, task_filter
 from claudecluster.observability.logging import get_logger
@@ -69,7 +69,6 @@ __all__ = [
 
 #: How long a front door waits for the driver to answer a command.
 DEFAULT_ANSWER_TIMEOUT_S: Final = 30.0
-_RUN_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _log = get_logger(__name__)
 
 
@@ -136,7 +135,7 @@ def submit_run_command(
             f"(got {', '.join(chosen) or 'none'})",
         )
     run_id = run_id or new_run_id(now)
-    if not _RUN_ID.fullmatch(run_id):
+    if not is_id(run_id):
         raise ConfigError("run_id", source, "use letters, digits, '-' and '_' only")
     common = {
         "run_id": run_id,
