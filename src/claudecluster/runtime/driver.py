@@ -77,6 +77,7 @@ from claudecluster.runtime.planners import finish_plan, planner_for
 from claudecluster.transport.artifacts import ArtifactStore, artifact_key
 from claudecluster.transport.base import EventLog
 from claudecluster.transport.commands import publish_command
+from claudecluster.transport.quarantine import quarantine
 from claudecluster.transport.topology import COMMANDS_STREAM
 from claudecluster.transport.work_queue import WorkQueue
 from claudecluster.workspace.git import (
@@ -154,10 +155,9 @@ class Driver:
         Raises:
             EventStoreError: the log cannot be read.
         """
-        now = self._options.now
         async with self._log.open_reader() as events:
             async for stored in events:
-                decide(self.state, stored, now())
+                self._decide(stored)
         # What the replay decided was decided on a partial picture: decide again.
         self.state.pending.clear()
         self.state.starting.clear()
@@ -171,12 +171,49 @@ class Driver:
             task_status.started()
             async for message in receive:
                 if isinstance(message, _CommandMessage):
-                    effects = decide(self.state, message.envelope, now())
-                    await message.msg.ack()
+                    effects = await self._decide_command(message)
                 else:
-                    effects = decide(self.state, message, now())
+                    effects = self._decide(message)
                 for effect in effects:
                     group.start_soon(self._carry_out, effect, send.clone())
+
+    def _decide(self, message: Message) -> list[Effect]:
+        """The core's decision, or none if it failed: the driver goes on with the rest.
+
+        The core already turns what it cannot apply into the end of that run (recorded
+        once); this is the last line for a defect that escapes it. The state may then miss
+        this one message, which is logged with the error: better than a driver that stops
+        at the same message at every start.
+        """
+        try:
+            return decide(self.state, message, self._options.now())
+        except Exception as exc:  # noqa: BLE001 - logged with the message; see above
+            _log.exception(
+                "the driver core failed on a message; skipped",
+                message=repr(message)[:500],
+                error=repr(exc),
+            )
+            return []
+
+    async def _decide_command(self, message: _CommandMessage) -> list[Effect]:
+        """Decide a command and acknowledge it; a command the core fails on is terminated
+        and quarantined with the reason, so it is never redelivered."""
+        try:
+            effects = decide(self.state, message.envelope, self._options.now())
+        except Exception as exc:  # noqa: BLE001 - quarantined with the reason, never redelivered
+            reason = f"the driver core failed on this command: {type(exc).__name__}: {exc}"
+            _log.exception("poison command", subject=message.msg.subject, error=reason)
+            await self._quarantine_command(message.msg, reason)
+            return []
+        await message.msg.ack()
+        return effects
+
+    async def _quarantine_command(self, msg: Msg, reason: str) -> None:
+        await quarantine(
+            self._js, origin="cmd", origin_stream=COMMANDS_STREAM, subject=msg.subject,
+            seq=msg.metadata.sequence.stream, reason=reason, data=msg.data,
+        )  # fmt: skip
+        await msg.term()  # never deliver it again: it cannot become valid
 
     async def _follow(
         self, from_seq: int, send: MemoryObjectSendStream[Message | _CommandMessage]
@@ -208,10 +245,7 @@ class Driver:
                     try:
                         envelope = decode_command(msg.data)
                     except EventDecodeError as exc:
-                        _log.warning(
-                            "undecodable command dropped", subject=msg.subject, error=str(exc)
-                        )
-                        await msg.term()
+                        await self._quarantine_command(msg, str(exc))
                         continue
                     await send.send(_CommandMessage(envelope, msg))
 
