@@ -96,3 +96,11 @@ def test_footprint_measures_real_processes(tmp_path: Path) -> None:
     for key in ("idle_worker_mb", "driver_idle_mb", "claude_process_peak_mb"):
         assert 10 < results[key] < 4096, key
     assert results["driver_peak_mb"] >= results["driver_idle_mb"]
+
+
+def test_fuzz_counts_what_every_reader_refused_and_nothing_escaped(tmp_path: Path) -> None:
+    report = run_quick("fuzz", tmp_path)
+    assert report["messages"] >= 10_000
+    assert 0 < report["rejected"] < report["messages"]
+    assert report["core_defects"] == 0
+    assert report["messages_per_s"] > 0
