@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from claudecluster.actors.driver import DriverConfig
+from claudecluster.domain.submission import DEFAULT_MAX_TASKS
 from claudecluster.errors import ConfigError
 from claudecluster.observability.redaction import redact_url
 from claudecluster.validation import config_error
@@ -118,6 +119,13 @@ class DriverSettings(_Section):
         default=10.0, gt=0, description="Sustained task starts per second (token bucket)."
     )
     start_burst: int = pydantic.Field(default=10, ge=1, description="Starts allowed at once.")
+    max_tasks: int = pydantic.Field(
+        default=DEFAULT_MAX_TASKS,
+        ge=1,
+        le=100_000,
+        description="Tasks one run may have (a plan's, a fan-out's, a planner's); every front "
+        "door refuses larger submissions and the driver refuses them again.",
+    )
     lost_after_s: float = pydantic.Field(
         default=20.0, gt=0, description="A worker silent this long is declared lost."
     )
@@ -230,6 +238,7 @@ class Settings(BaseSettings):
         d = self.driver
         return DriverConfig(
             max_running=d.max_running,
+            max_tasks=d.max_tasks,
             starts_per_s=d.starts_per_s,
             start_burst=d.start_burst,
             lost_after_s=d.lost_after_s,

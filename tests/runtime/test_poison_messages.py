@@ -15,10 +15,12 @@ from typing import Any
 
 import anyio
 import nats.js.errors
+import pytest
 from nats.js import JetStreamContext
 
 from claudecluster.events import RunCompleted, RunFailed, RunPlanned, RunSubmitted, wrap_event
 from claudecluster.events.model import Event
+from claudecluster.runtime import driver as driver_runtime
 from claudecluster.runtime.connection import Connection
 from claudecluster.runtime.driver import DRIVER_CONSUMER
 from claudecluster.runtime.front_door import open_front_door
@@ -117,3 +119,33 @@ def cluster_url(client: Any) -> str:
     """The URL the test's client is connected to."""
     server = client.connected_url
     return f"nats://{server.hostname}:{server.port}"
+
+
+async def test_a_planner_that_blows_up_fails_its_run_once_and_a_restart_does_not_ask_again(
+    world: tuple[JetStreamEventLog, Any],
+    repo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+
+    class Exploding:
+        async def tasks(self, submitted: Any, *_: object) -> list[Any]:
+            calls.append(submitted.run_id)
+            raise MemoryError("what str.format('{path:>4000000000}') raised")
+
+    monkeypatch.setattr(driver_runtime, "planner_for", lambda *_, **__: Exploding())
+    async with open_cluster(world, repo, tmp_path, workers=1) as cluster:
+        async with running_driver(cluster):
+            await cluster.submit("boom", [shell("t", "true")])
+            await cluster.wait_end("boom")
+        async with running_driver(cluster):  # Resume: the run is over, nothing is planned
+            await _record(
+                world[0],
+                RunSubmitted(run_id="next", goal="g", repo=str(repo), plan=()),
+                "s-next",
+            )
+            events = await cluster.wait_end("next")
+    (failed,) = [e for e in events if isinstance(e, RunFailed) and e.run_id == "boom"]
+    assert "planning failed: MemoryError" in failed.reason
+    assert calls == ["boom", "next"]

@@ -41,6 +41,7 @@ import msgspec
 from claudecluster.domain.graph import TaskGraph
 from claudecluster.domain.kinds import KIND_PROFILES
 from claudecluster.domain.lifecycle import RunState, TaskState
+from claudecluster.domain.submission import DEFAULT_MAX_TASKS, submission_problem
 from claudecluster.errors import GraphError
 from claudecluster.events.envelope import CommandEnvelope, StoredEvent
 from claudecluster.events.model import (
@@ -116,6 +117,7 @@ class DriverConfig:
 
     Attributes:
         max_running: attempts queued or running at once, all runs together.
+        max_tasks: tasks one run may have (plan, fan-out or planner).
         starts_per_s: sustained task starts per second (token bucket rate).
         start_burst: starts allowed at once after a quiet spell (bucket size).
         lost_after_s: a worker silent this long is declared lost.
@@ -124,6 +126,8 @@ class DriverConfig:
     """
 
     max_running: int = 64
+    #: tasks one run may have; larger submissions are refused, larger plans fail the run
+    max_tasks: int = DEFAULT_MAX_TASKS
     starts_per_s: float = 10.0
     start_burst: int = 10
     lost_after_s: float = 20.0
@@ -671,6 +675,11 @@ def _fold(state: DriverState, stored: StoredEvent) -> set[str]:
                 run_id=event.run_id, submitted=event, submitted_at=stored.envelope.occurred_at
             )
         case RunPlanned() if book is not None:
+            if len(event.tasks) > state.config.max_tasks:
+                raise GraphError(
+                    f"the plan has {len(event.tasks)} tasks, more than the limit of "
+                    f"{state.config.max_tasks} per run"
+                )
             _planned(book, event)
         case RunCompleted() | RunFailed() | RunCancelled() if book is not None:
             if not book.ended:
@@ -861,6 +870,9 @@ def _submit(state: DriverState, command_id: str, command: SubmitRun) -> list[Eff
     for name, value in (("repo", command.repo), ("base_ref", command.base_ref)):
         if any(ord(char) < 32 for char in value):
             return reject(f"{name} {value!r} contains a control character")
+    bound = submission_problem(command, max_tasks=state.config.max_tasks)
+    if bound is not None:
+        return reject(f"{bound[0]}: {bound[1]}")
     if command.plan is not None:
         try:
             TaskGraph.build(command.plan)

@@ -94,7 +94,7 @@ async def _serve(settings: Settings, verifier: TokenVerifier, workers: int) -> N
     gateway = settings.gateway
     async with (
         open_configured_cluster(settings, name="claudecluster-gateway") as conn,
-        open_front_door(conn) as door,
+        open_front_door(conn, max_tasks=settings.driver.max_tasks) as door,
         AsyncExitStack() as stack,
     ):
         if conn.embedded:  # nothing else acts on commands there: run a driver and workers

@@ -108,6 +108,7 @@ def run(
         goal, repo=repo, plan=plan, fanout=fanout, prompt=prompt, kind=kind,
         claude_planner=claude_planner, run_id=run_id, budget=budget,
         max_parallel=max_parallel, on_conflict=on_conflict, verify=verify,
+        max_tasks=settings.driver.max_tasks,
     )  # fmt: skip
     if workers < 1:
         raise ConfigError("workers", "flag --workers", "must be at least 1")
@@ -145,6 +146,7 @@ def _submit_command(
     max_parallel: int | None,
     on_conflict: Literal["resolve", "stop"],
     verify: str | None,
+    max_tasks: int,
 ) -> SubmitRun:
     """Check everything that can be checked here, so mistakes fail fast with exit 2."""
     chosen = [name for name, given in
@@ -162,7 +164,7 @@ def _submit_command(
     return submit_run_command(
         goal,
         repo=str(repo),
-        plan=plan_to_specs(load_plan_file(plan)) if plan is not None else None,
+        plan=plan_to_specs(load_plan_file(plan, max_tasks=max_tasks)) if plan is not None else None,
         fanout=FanoutSpec(glob=fanout, prompt_template=prompt, kind=kind)
         if fanout is not None and prompt
         else None,
@@ -174,6 +176,7 @@ def _submit_command(
         plan_source=str(plan) if plan is not None else "",
         source="flags",
         now=datetime.now(UTC),
+        max_tasks=max_tasks,
     )
 
 

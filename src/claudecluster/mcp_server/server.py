@@ -17,6 +17,7 @@ gateway (:mod:`claudecluster.mcp_server.http_endpoint`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -24,7 +25,6 @@ from typing import Annotated, Any, Final, Protocol, TypeVar, get_args
 
 import anyio
 import mcp.types as mcp_types
-import yaml
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
@@ -40,7 +40,7 @@ from claudecluster.errors import (
     UnknownEntityError,
 )
 from claudecluster.events.model import RunCancelled, TaskCancelled, TaskProgress
-from claudecluster.events.plan import plan_from_data, plan_to_specs
+from claudecluster.events.plan import plan_to_specs
 from claudecluster.events.subjects import run_filter
 from claudecluster.mcp_server.models import (
     NO_NUL,
@@ -62,6 +62,7 @@ from claudecluster.mcp_server.models import (
 )
 from claudecluster.reporting import render_markdown, run_record
 from claudecluster.runtime.front_door import FrontDoor, submit_run_command
+from claudecluster.runtime.planners import parse_plan_text
 from claudecluster.transport.base import read_all
 
 __all__ = [
@@ -294,11 +295,11 @@ def build_mcp_server(
         """
         _require(ctx, "submit")
         try:
-            data = yaml.safe_load(plan)
-        except yaml.YAMLError as exc:
-            raise ToolError(f"plan: not valid YAML or JSON: {exc}") from None
-        try:
-            parsed = plan_from_data(data, "plan")
+            # Off the event loop: a large plan takes a while to parse, and every other
+            # session of this server waits for the loop meanwhile.
+            parsed = await anyio.to_thread.run_sync(
+                functools.partial(parse_plan_text, plan, "plan", max_tasks=door.max_tasks)
+            )
         except GraphError as exc:
             raise ToolError(str(exc)) from None
 
@@ -311,6 +312,7 @@ def build_mcp_server(
                 max_parallel=max_parallel,
                 source="tool submit_plan",
                 now=datetime.now(UTC),
+                max_tasks=door.max_tasks,
             )
             return (await door.submit_run(command)).run_id
 

@@ -337,6 +337,15 @@ class Driver:
             _log.warning("run cannot be planned", run=run_id, error=str(exc))
             failed = RunFailed(run_id=run_id, reason=f"planning failed: {exc}")
             return await self._record(failed, f"failed-{run_id}", None)
+        except ClusterError:
+            raise  # the store or the bus: the effect is retried
+        except Exception as exc:  # noqa: BLE001 - the run fails once, with the reason
+            # Anything else the planner raises would do so again on the same submission:
+            # let it out and every restart's Resume asks for the same plan and stops again.
+            _log.exception("the planner failed", run=run_id, error=repr(exc))
+            reason = f"planning failed: {type(exc).__name__}: {exc}"[:2_000]
+            failed = RunFailed(run_id=run_id, reason=reason)
+            return await self._record(failed, f"failed-{run_id}", None)
         planned = RunPlanned(
             run_id=run_id,
             tasks=tasks_final,

@@ -25,6 +25,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from claudecluster.domain.graph import validate_graph
+from claudecluster.domain.submission import DEFAULT_MAX_TASKS, submission_problem
 from claudecluster.errors import (
     CommandRefusedError,
     ConfigError,
@@ -95,6 +96,7 @@ def submit_run_command(
     plan_source: str = "",
     source: str = "request",
     now: datetime,
+    max_tasks: int = DEFAULT_MAX_TASKS,
 ) -> SubmitRun:
     """The ``SubmitRun`` for a goal, checked as far as it can be before the driver sees it.
 
@@ -116,9 +118,11 @@ def submit_run_command(
         plan_source: where the plan came from (a file path), for the record.
         source: where the values came from, for error messages (``flags``, ``request``).
         now: the time, for a default run id.
+        max_tasks: the configured cap on a run's tasks (``driver.max_tasks``).
 
     Raises:
-        ConfigError: not exactly one way of planning, or an invalid run id.
+        ConfigError: not exactly one way of planning, an invalid run id, or a bound broken
+            (more tasks than ``max_tasks``, a fan-out template with a bad placeholder).
         GraphError: the plan's task graph is invalid.
     """
     chosen = [
@@ -147,12 +151,21 @@ def submit_run_command(
     }
     if plan is not None:
         specs = tuple(plan)
+        if len(specs) > max_tasks:  # before the graph is built: its size is the problem
+            raise ConfigError(
+                "plan", source, f"{len(specs)} tasks, more than the limit of {max_tasks} per run"
+            )
         validate_graph(specs)
         planner: Literal["plan_file", "inline"] = "plan_file" if plan_source else "inline"
-        return SubmitRun(**common, plan=specs, planner=planner, plan_source=plan_source)  # type: ignore[arg-type]
-    if fanout is not None:
-        return SubmitRun(**common, planner="fanout", fanout=fanout)  # type: ignore[arg-type]
-    return SubmitRun(**common, planner="claude")  # type: ignore[arg-type]
+        command = SubmitRun(**common, plan=specs, planner=planner, plan_source=plan_source)  # type: ignore[arg-type]
+    elif fanout is not None:
+        command = SubmitRun(**common, planner="fanout", fanout=fanout)  # type: ignore[arg-type]
+    else:
+        command = SubmitRun(**common, planner="claude")  # type: ignore[arg-type]
+    bound = submission_problem(command, max_tasks=max_tasks)
+    if bound is not None:
+        raise ConfigError(bound[0], source, bound[1])
+    return command
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,10 +204,15 @@ class FrontDoor:
     """
 
     def __init__(
-        self, conn: Connection, *, answer_timeout_s: float = DEFAULT_ANSWER_TIMEOUT_S
+        self,
+        conn: Connection,
+        *,
+        answer_timeout_s: float = DEFAULT_ANSWER_TIMEOUT_S,
+        max_tasks: int = DEFAULT_MAX_TASKS,
     ) -> None:
         self._conn = conn
         self._answer_timeout_s = answer_timeout_s
+        self.max_tasks = max_tasks
         self._view = ClusterView()
         self._waiters: list[_Waiter] = []
         self._advanced = anyio.Event()
@@ -293,10 +311,14 @@ class FrontDoor:
         A run id the view already knows is refused here, without a round trip.
 
         Raises:
+            ConfigError: the run breaks a bound (too many tasks, a bad fan-out template).
             CommandRefusedError: the driver refused the run (or its id is taken).
             DriverUnavailableError: ``wait`` and no driver recorded it in time.
             EventStoreError: the command could not be published.
         """
+        bound = submission_problem(command, max_tasks=self.max_tasks)
+        if bound is not None:
+            raise ConfigError(bound[0], "request", bound[1])
         if command.run_id in self._view.runs:
             raise CommandRefusedError(
                 "run.submit", f"run {command.run_id!r} already exists; choose another run id"
@@ -459,14 +481,22 @@ class FrontDoor:
 
 @asynccontextmanager
 async def open_front_door(
-    conn: Connection, *, answer_timeout_s: float = DEFAULT_ANSWER_TIMEOUT_S
+    conn: Connection,
+    *,
+    answer_timeout_s: float = DEFAULT_ANSWER_TIMEOUT_S,
+    max_tasks: int = DEFAULT_MAX_TASKS,
 ) -> AsyncIterator[FrontDoor]:
     """A front door on ``conn`` whose view has caught up with the log; closed on exit.
+
+    Args:
+        conn: the cluster connection.
+        answer_timeout_s: how long to wait for the driver's answer to a command.
+        max_tasks: the configured cap on a run's tasks (``driver.max_tasks``).
 
     Raises:
         EventStoreError: the log could not be read.
     """
-    door = FrontDoor(conn, answer_timeout_s=answer_timeout_s)
+    door = FrontDoor(conn, answer_timeout_s=answer_timeout_s, max_tasks=max_tasks)
     async with anyio.create_task_group() as group:
         await group.start(door.follow)
         _log.debug("front door ready", last_seq=door.view.last_seq)
