@@ -25,7 +25,7 @@ from pydantic_settings import (
 )
 
 from claudecluster.actors.driver import DriverConfig
-from claudecluster.domain.submission import DEFAULT_MAX_TASKS
+from claudecluster.domain.submission import DEFAULT_MAX_TASKS, MAX_TASKS_CEILING
 from claudecluster.errors import ConfigError
 from claudecluster.observability.redaction import redact_url
 from claudecluster.validation import config_error
@@ -122,7 +122,7 @@ class DriverSettings(_Section):
     max_tasks: int = pydantic.Field(
         default=DEFAULT_MAX_TASKS,
         ge=1,
-        le=100_000,
+        le=MAX_TASKS_CEILING,
         description="Tasks one run may have (a plan's, a fan-out's, a planner's); every front "
         "door refuses larger submissions and the driver refuses them again.",
     )
@@ -163,6 +163,13 @@ class GatewaySettings(_Section):
     issuer: str = pydantic.Field(default="claudecluster", description="The tokens' iss claim.")
     audience: str = pydantic.Field(
         default="claudecluster-gateway", description="The tokens' aud claim."
+    )
+    max_body_bytes: int = pydantic.Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="The largest request body any route (and /mcp) reads; larger ones get "
+        "413, refused while reading.",
     )
     mcp_allowed_hosts: list[str] = pydantic.Field(
         default_factory=list,

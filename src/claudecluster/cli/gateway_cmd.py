@@ -109,6 +109,7 @@ async def _serve(settings: Settings, verifier: TokenVerifier, workers: int) -> N
             default_repo=str(Path.cwd()),
             hosts=gateway.mcp_allowed_hosts,
             origins=gateway.mcp_allowed_origins,
+            max_body_bytes=gateway.max_body_bytes,
         )
         served = await stack.enter_async_context(
             open_gateway(
@@ -118,6 +119,7 @@ async def _serve(settings: Settings, verifier: TokenVerifier, workers: int) -> N
                 port=gateway.port,
                 extra_routes=[mcp.route],
                 extra_lifespans=[mcp.lifespan],
+                max_body_bytes=gateway.max_body_bytes,
             )
         )
         where = "embedded cluster" if conn.embedded else "cluster"

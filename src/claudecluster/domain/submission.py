@@ -24,6 +24,7 @@ from claudecluster.events.model import SubmitRun, TaskLimits
 
 __all__ = [
     "DEFAULT_MAX_TASKS",
+    "MAX_TASKS_CEILING",
     "PLACEHOLDERS",
     "fill_template",
     "submission_problem",
@@ -32,6 +33,8 @@ __all__ = [
 
 #: Tasks one run may have (a plan's, a fan-out's, a planner's), unless configured otherwise.
 DEFAULT_MAX_TASKS: Final = 500
+#: The most ``driver.max_tasks`` may be set to (and what a door's schema lets through).
+MAX_TASKS_CEILING: Final = 100_000
 #: What a fan-out prompt template may name.
 PLACEHOLDERS: Final = ("path", "stem", "goal")
 

@@ -183,6 +183,32 @@ def _invalid(field: str, problem: str) -> _Problem:
                     [ProblemField(field=field, problem=problem)])  # fmt: skip
 
 
+#: The default cap on a request body (``gateway.max_body_bytes``).
+DEFAULT_MAX_BODY_BYTES: Final = 4 * 1024 * 1024
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, read no further than ``limit`` bytes: past it, a 413 problem.
+
+    A declared ``Content-Length`` over the limit is refused before anything is read; a
+    body without one (chunked) is refused as soon as what arrived passes the limit.
+    """
+    too_large = _Problem(
+        413, "Content Too Large", f"the request body is larger than the limit of {limit} bytes"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _decode(data: bytes, kind: type[Any], *, required: bool) -> Any:
     """The request body as ``kind``; a problem naming the field when it is not one."""
     if not data.strip():
@@ -537,7 +563,8 @@ def _endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
                 )
             body = None
             if op.request is not None:
-                body = _decode(await request.body(), op.request, required=op.body_required)
+                data = await _read_body(request, request.app.state.max_body_bytes)
+                body = _decode(data, op.request, required=op.body_required)
             response = await op.handler(_Call(request, _door(request), principal, body))
         except _Problem as problem:
             response = _problem_response(problem)
@@ -622,6 +649,7 @@ def create_app(
     *,
     extra_routes: Sequence[BaseRoute] = (),
     extra_lifespans: Sequence[Callable[[Starlette], AbstractAsyncContextManager[None]]] = (),
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Starlette:
     """The gateway application on an open front door.
 
@@ -633,6 +661,7 @@ def create_app(
             server's streamable-HTTP app; they do their own authentication.
         extra_lifespans: context managers run for the application's lifetime (an MCP
             session manager, say), entered in order and exited in reverse.
+        max_body_bytes: the largest request body any route reads (413 past it).
     """
 
     @asynccontextmanager
@@ -654,5 +683,6 @@ def create_app(
     )
     app.state.door = door
     app.state.verifier = verifier
+    app.state.max_body_bytes = max_body_bytes
     app.state.metrics = GatewayMetrics(lambda: door)
     return app
