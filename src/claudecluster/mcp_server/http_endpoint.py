@@ -216,13 +216,15 @@ class McpHttpEndpoint:
         if principal is not None:
             scope = {**scope, "state": {**scope.get("state", {}), PRINCIPAL_STATE_KEY: principal}}
         version = request.headers.get(_VERSION_HEADER)
+        body = b""
         if request.method == "POST":
             # Read here, within the cap, for every protocol version, and checked for a
             # nesting no JSON parser on the way can take (it answered 500 before).
-            body = await self._body(request)
-            if body is None:
+            read = await self._body(request)
+            if read is None:
                 await _error(413, "Payload Too Large")(scope, receive, send)
                 return
+            body = read
             if _too_deep(body):
                 await _error(400, "Bad Request: the JSON is nested too deeply")(
                     scope, receive, send
