@@ -181,7 +181,7 @@ class Worker:
         self._js = js
         self._queue = WorkQueue(js, ack_wait_s=config.ack_wait_s)
         self._artifacts = ArtifactStore(js)
-        self._sessions = JetStreamSessionStore(js)
+        self._sessions = JetStreamSessionStore(js, redactor=log.redactor)
         self._executor: Executor = executor or ClaudeCodeExecutor()
         self._shell: Executor = ShellExecutor()
         self._clock = clock

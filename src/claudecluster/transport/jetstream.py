@@ -75,6 +75,11 @@ class JetStreamEventLog:
         self._redactor = redactor or Redactor()
         self._timeout = timeout
 
+    @property
+    def redactor(self) -> Redactor:
+        """The secrets stripped from every event before it is stored."""
+        return self._redactor
+
     async def append(
         self, envelope: EventEnvelope, *, expected_last: int | None = None
     ) -> AppendResult:

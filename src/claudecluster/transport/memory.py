@@ -37,6 +37,11 @@ class MemoryEventLog:
         self._quarantine: dict[int, QuarantinedMessage] = {}
         self._appended = anyio.Event()
 
+    @property
+    def redactor(self) -> Redactor:
+        """The secrets stripped from every event before it is stored."""
+        return self._redactor
+
     async def append(
         self, envelope: EventEnvelope, *, expected_last: int | None = None
     ) -> AppendResult:
