@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from typing import Any
 
 import nats.js.errors
 from claude_agent_sdk import SessionKey, SessionStoreEntry
@@ -57,14 +58,15 @@ async def test_a_transcript_is_stored_with_every_configured_secret_redacted(
         store = JetStreamSessionStore(js, redactor=Redactor([key_value]))
         key: SessionKey = {"project_key": "/p", "session_id": str(uuid.uuid4())}
         echoed = f"env: ANTHROPIC_API_KEY={key_value}"
-        await store.append(key, [{"type": "assistant", "uuid": "a1", "text": echoed}])
+        entry: Any = {"type": "assistant", "uuid": "a1", "text": echoed}
+        await store.append(key, [entry])
         loaded = await store.load(key)
         summaries = await store.list_session_summaries("/p")
         stored = await js.get_last_msg(SESSIONS_STREAM, JetStreamSessionStore._subject(key))
     assert loaded == [
         {"type": "assistant", "uuid": "a1", "text": f"env: ANTHROPIC_API_KEY={REDACTED}"}
     ]
-    assert key_value.encode() not in stored.data
+    assert key_value.encode() not in (stored.data or b"")
     assert key_value not in repr(summaries)
 
 

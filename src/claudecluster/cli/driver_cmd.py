@@ -12,7 +12,7 @@ from claudecluster.cli.app import EXIT_OK, app
 from claudecluster.errors import ConfigError
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
 from claudecluster.observability.logging import configure_logging
-from claudecluster.observability.redaction import Redactor
+from claudecluster.observability.redaction import Redactor, redact_url
 from claudecluster.runtime.connection import open_jetstream_log
 from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.settings import Settings, load_settings
@@ -70,7 +70,7 @@ async def _serve(settings: Settings) -> None:
         runner = Driver(log, client.jetstream(), options)
         async with anyio.create_task_group() as group:
             await group.start(runner.run)
-            console.print(f"driver serving on {settings.nats.url}", markup=False)
+            console.print(f"driver serving on {redact_url(settings.nats.url)}", markup=False)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     console.print("driver stopping; restart it to continue", markup=False)

@@ -20,7 +20,7 @@ from claudecluster.errors import ConfigError
 from claudecluster.gateway import open_gateway, openapi_text
 from claudecluster.mcp_server.http_endpoint import mcp_for_gateway
 from claudecluster.observability.logging import configure_logging
-from claudecluster.observability.redaction import Redactor
+from claudecluster.observability.redaction import Redactor, redact_url
 from claudecluster.runtime.connection import open_configured_cluster
 from claudecluster.runtime.front_door import open_front_door
 from claudecluster.runtime.local_cluster import open_local_services
@@ -123,7 +123,9 @@ async def _serve(settings: Settings, verifier: TokenVerifier, workers: int) -> N
             )
         )
         where = "embedded cluster" if conn.embedded else "cluster"
-        console.print(f"gateway at {served.url} on the {where} at {conn.url}", markup=False)
+        console.print(
+            f"gateway at {served.url} on the {where} at {redact_url(conn.url)}", markup=False
+        )
         console.print(f"MCP server at {served.url}/mcp (streamable HTTP)", markup=False)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:

@@ -25,7 +25,7 @@ from claudecluster.events.model import (
 )
 from claudecluster.events.plan import plan_to_specs
 from claudecluster.observability.logging import configure_logging
-from claudecluster.observability.redaction import Redactor
+from claudecluster.observability.redaction import Redactor, redact_url
 from claudecluster.runtime.connection import Connection, open_configured_cluster
 from claudecluster.runtime.front_door import submit_run_command
 from claudecluster.runtime.local_cluster import open_local_services
@@ -207,7 +207,7 @@ async def _run(
     ) as conn:
         if not json:
             where = "embedded cluster" if conn.embedded else "cluster"
-            console.print(f"{where} at {conn.url}", markup=False)
+            console.print(f"{where} at {redact_url(conn.url)}", markup=False)
         if detach:
             await submit_only(conn, command, command_id=f"submit-{command.run_id}")
             raise Detached(command.run_id, interrupted=False)

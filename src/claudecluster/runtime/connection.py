@@ -71,7 +71,7 @@ async def open_nats(
 
     async def on_error(exc: Exception) -> None:
         # Disconnects during a server restart land here; the client reconnects by itself.
-        _log.warning("nats connection error", url=url, error=repr(exc))
+        _log.warning("nats connection error", url=shown, error=repr(exc))
 
     async def on_disconnected() -> None:
         _log.debug("nats disconnected", url=shown)

@@ -53,6 +53,7 @@ from claudecluster.events.model import (
 )
 from claudecluster.events.subjects import run_filter, task_filter
 from claudecluster.observability.logging import get_logger
+from claudecluster.observability.redaction import redact_url
 from claudecluster.projections.cluster import ClusterView, apply, find_task
 from claudecluster.projections.views import RunView, TaskView, WorkerView
 from claudecluster.runtime.connection import Connection
@@ -440,7 +441,7 @@ class FrontDoor:
         if waiter.found is None:
             raise DriverUnavailableError(
                 f"no driver answered {command_id} within {self._answer_timeout_s:.0f}s: start "
-                f"one with 'claudecluster driver --nats {self._conn.url}'"
+                f"one with 'claudecluster driver --nats {redact_url(self._conn.url)}'"
             )
         event = waiter.found.envelope.payload
         if isinstance(event, CommandRejected):
