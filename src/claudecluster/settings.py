@@ -47,6 +47,10 @@ CONFIG_FILE_NAME: Final = "claudecluster.yaml"
 ENV_PREFIX: Final = "CLAUDECLUSTER_"
 
 
+#: The shortest HS256 secret accepted (RFC 7518: at least the hash's 256 bits).
+MIN_JWT_SECRET_BYTES: Final = 32
+
+
 class _Section(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
@@ -176,6 +180,19 @@ class GatewaySettings(_Section):
         description="More Host values /mcp accepts besides loopback and the listen address, "
         "as name:port or name:* (a DNS name, a proxy's); others get 421.",
     )
+
+    @pydantic.field_validator("jwt_secret")
+    @classmethod
+    def _long_enough(cls, value: pydantic.SecretStr | None) -> pydantic.SecretStr | None:
+        # RFC 7518 §3.2: an HS256 key must be at least as long as the hash (256 bits); a
+        # shorter one can be guessed offline from a single token.
+        if value is not None and len(value.get_secret_value().encode()) < MIN_JWT_SECRET_BYTES:
+            raise ValueError(
+                f"an HS256 secret must be at least {MIN_JWT_SECRET_BYTES} bytes; make one "
+                "with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return value
+
     mcp_allowed_origins: list[str] = pydantic.Field(
         default_factory=list,
         description="Browser origins /mcp accepts (e.g. https://tools.example.com); "

@@ -32,7 +32,7 @@ from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field
 from starlette.requests import Request
 
-from claudecluster.auth import Principal, Scope
+from claudecluster.auth import Principal, Scope, holds_scope
 from claudecluster.errors import (
     ClusterError,
     GraphError,
@@ -93,7 +93,7 @@ def _require(ctx: Context[Any], needed: Scope) -> None:
     request = ctx.request_context.request
     state = request.scope.get("state", {}) if isinstance(request, Request) else {}
     principal = state.get(PRINCIPAL_STATE_KEY)
-    if isinstance(principal, Principal) and needed not in principal.scopes:
+    if isinstance(principal, Principal) and not holds_scope(principal.scopes, needed):
         raise ToolError(str(PermissionDeniedError(needed, principal.scopes)))
 
 
