@@ -333,6 +333,9 @@ class DriverState:
     starting: dict[str, str] = field(default_factory=dict)
     #: handled command ids (a redelivered command is not acted on twice)
     commands_seen: set[str] = field(default_factory=set)
+    #: run id -> the idempotency key it was submitted with, from the log and from
+    #: submissions decided but not yet read back (a retry with the key is the same run)
+    idempotency: dict[str, str] = field(default_factory=dict)
     #: attempts queued, assigned or running in open runs (the sum of their ``active``),
     #: kept as each task moves so the global cap costs nothing to check
     active_count: int = 0
@@ -669,6 +672,8 @@ def _fold(state: DriverState, stored: StoredEvent) -> set[str]:
     book = state.runs.get(event.run_id)
     match event:
         case RunSubmitted():
+            if event.idempotency_key:
+                state.idempotency[event.run_id] = event.idempotency_key
             if book is not None and not book.ended:
                 state.active_count -= len(book.active)
             state.runs[event.run_id] = RunBook(
@@ -863,7 +868,11 @@ def _submit(state: DriverState, command_id: str, command: SubmitRun) -> list[Eff
     def reject(reason: str) -> list[Effect]:
         return [_reject(state, command.run_id, command_id, "run.submit", reason)]
 
-    if command.run_id in state.view.runs or not _free(state, f"run:{command.run_id}:submit"):
+    exists = command.run_id in state.view.runs or not _free(state, f"run:{command.run_id}:submit")
+    key = command.idempotency_key
+    if exists and key and state.idempotency.get(command.run_id) == key:
+        return []  # a retry of a submission already recorded (or being recorded): that run
+    if exists:
         return reject(f"run {command.run_id!r} already exists; choose another run id")
     if not command.repo.strip():
         return reject("the run names no repository: give repo as a path or a git URL")
@@ -892,7 +901,10 @@ def _submit(state: DriverState, command_id: str, command: SubmitRun) -> list[Eff
         plan=command.plan,
         plan_source=command.plan_source,
         fanout=command.fanout,
+        idempotency_key=key,
     )
+    if key:
+        state.idempotency[command.run_id] = key
     return [_record(state, f"run:{command.run_id}:submit", event, f"submitted-{command.run_id}")]
 
 

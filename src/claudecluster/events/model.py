@@ -310,6 +310,14 @@ class RunSubmitted(RunEvent, frozen=True, kw_only=True, tag="run.submitted"):
         str, msgspec.Meta(description="Where the plan came from (a file name), for people.")
     ] = ""
     fanout: FanoutSpec | None = None
+    idempotency_key: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=200,
+            description="The client's key for this submission (empty: none); a retry with "
+            "the same key and run id is the same run.",
+        ),
+    ] = ""
 
 
 class RunPlanned(RunEvent, frozen=True, kw_only=True, tag="run.planned"):
@@ -612,6 +620,14 @@ class SubmitRun(CommandBase, frozen=True, kw_only=True, tag="run.submit"):
     policy: RunPolicy = RunPolicy()
     plan_source: str = ""
     fanout: FanoutSpec | None = None
+    idempotency_key: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=200,
+            description="A key the client chose so that a retried submission is the same "
+            "run (empty: none). The run id is derived from it when none is given.",
+        ),
+    ] = ""
 
 
 class CancelRun(CommandBase, frozen=True, kw_only=True, tag="run.cancel"):

@@ -94,7 +94,7 @@ class Param:
     """A path or query parameter of an operation."""
 
     name: str
-    where: str  # "path" or "query"
+    where: str  # "path", "query" or "header"
     schema: dict[str, Any]
     description: str
     required: bool = True
@@ -324,12 +324,23 @@ def _submitted(request: Request, submission: Any, task_id: str | None = None) ->
     return _json(body, 202, {"Location": f"/runs/{run_id}"})
 
 
+def _idempotency_key(call: _Call) -> str:
+    """The ``Idempotency-Key`` header: a retry with the same key is the same run."""
+    return call.request.headers.get("idempotency-key", "")
+
+
+def _client(call: _Call) -> str:
+    """Who calls (the token's subject), so two clients' idempotency keys never meet."""
+    return call.principal.subject if call.principal is not None else ""
+
+
 async def _submit_run(call: _Call) -> Response:
     body: SubmitRunBody = call.body
     command = submit_run_command(
         body.goal, repo=body.repo, plan=body.plan, fanout=body.fanout,
         claude_planner=body.claude_planner, run_id=body.run_id, budget_usd=body.budget_usd,
         max_parallel=body.max_parallel, policy=body.policy, now=datetime.now(UTC),
+        idempotency_key=_idempotency_key(call), client=_client(call),
     )  # fmt: skip
     submission = await call.door.submit_run(command)
     return _submitted(call.request, submission)
@@ -346,6 +357,7 @@ async def _submit_task(call: _Call) -> Response:
     command = submit_run_command(
         spec_fields["title"], repo=body.repo, plan=[TaskSpec(**spec_fields)],
         run_id=body.run_id, policy=body.policy, now=datetime.now(UTC),
+        idempotency_key=_idempotency_key(call), client=_client(call),
     )  # fmt: skip
     submission = await call.door.submit_run(command)
     return _submitted(call.request, submission, task_id=body.task_id)
@@ -438,6 +450,11 @@ def _log_line(stored: StoredEvent) -> LogLine:
 
 _RUN_ID = Param("run_id", "path", {"type": "string"}, "The run's id.")
 _TASK_ID = Param("task_id", "path", {"type": "string"}, "The task's id (unique, or with run_id).")
+_IDEMPOTENCY_KEY = Param(
+    "Idempotency-Key", "header", {"type": "string", "maxLength": 200, "pattern": "^[!-~]*$"},
+    "Your key for this submission: a retry with the same key is answered with the same run "
+    "(printable ASCII, at most 200 characters).", required=False,
+)  # fmt: skip
 _RUN_QUERY = Param(
     "run_id", "query", {"type": "string", "pattern": ID_PATTERN},
     "The task's run, when several runs have this task id.", required=False,
@@ -452,8 +469,8 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
               _openapi, errors=(401, 403)),
     Operation("POST", "/runs", "submitRun", "Submit a run: a goal and a plan, a fan-out or the "
               "Claude planner. Answers once the driver recorded it.", "submit", 202,
-              SubmissionBody, _submit_run, request=SubmitRunBody, errors=(400, 401, 403, 409,
-                                                                          422, 503)),
+              SubmissionBody, _submit_run, request=SubmitRunBody, params=(_IDEMPOTENCY_KEY,),
+              errors=(400, 401, 403, 409, 413, 422, 503)),
     Operation("GET", "/runs", "listRuns", "Every run, oldest first.", "read", 200, RunsBody,
               _list_runs, errors=(401, 403)),
     Operation("GET", "/runs/{run_id}", "getRun", "One run with its tasks and spend.", "read",
@@ -467,7 +484,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
               params=(_RUN_ID,), errors=_COMMAND_ERRORS),
     Operation("POST", "/tasks", "submitTask", "Submit a single task (a run of one task).",
               "submit", 202, SubmissionBody, _submit_task, request=SubmitTaskBody,
-              errors=(400, 401, 403, 409, 422, 503)),
+              params=(_IDEMPOTENCY_KEY,), errors=(400, 401, 403, 409, 413, 422, 503)),
     Operation("GET", "/tasks/{task_id}", "getTask", "One task: state, attempt, timings, spend.",
               "read", 200, TaskView, _get_task, params=(_TASK_ID, _RUN_QUERY),
               errors=(*_READ_ERRORS, 422)),

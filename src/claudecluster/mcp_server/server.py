@@ -97,6 +97,25 @@ def _require(ctx: Context[Any], needed: Scope) -> None:
         raise ToolError(str(PermissionDeniedError(needed, principal.scopes)))
 
 
+def _client(ctx: Context[Any]) -> str:
+    """Who calls (the token's subject; empty over stdio), to keep idempotency keys apart."""
+    request = ctx.request_context.request
+    state = request.scope.get("state", {}) if isinstance(request, Request) else {}
+    principal = state.get(PRINCIPAL_STATE_KEY)
+    return principal.subject if isinstance(principal, Principal) else ""
+
+
+IdempotencyKey = Annotated[
+    str,
+    Field(
+        max_length=200,
+        pattern=r"^[!-~]*$",
+        description="Your key for this submission: a retry with the same key (after a "
+        "timeout, say) returns the same run instead of starting a second one.",
+    ),
+]
+
+
 class LogLevelBook(Protocol):
     """Where the level a client chose with ``logging/setLevel`` is kept.
 
@@ -243,6 +262,7 @@ def build_mcp_server(
             bool, Field(description="Follow the run until it ends, with progress.")
         ] = False,
         timeout_s: Annotated[float, Field(gt=0, le=_MAX_WAIT_S)] = 1800.0,
+        idempotency_key: IdempotencyKey = "",
     ) -> SubmittedResult:
         """Start a run toward a goal; a Claude Code planner splits it into parallel tasks.
 
@@ -260,6 +280,9 @@ def build_mcp_server(
                 max_parallel=max_parallel,
                 source="tool run_goal",
                 now=datetime.now(UTC),
+                max_tasks=door.max_tasks,
+                idempotency_key=idempotency_key,
+                client=_client(ctx),
             )
             return (await door.submit_run(command)).run_id
 
@@ -287,6 +310,7 @@ def build_mcp_server(
         max_parallel: Annotated[int | None, Field(ge=1, le=1000)] = None,
         wait: bool = False,
         timeout_s: Annotated[float, Field(gt=0, le=_MAX_WAIT_S)] = 1800.0,
+        idempotency_key: IdempotencyKey = "",
     ) -> SubmittedResult:
         """Start a run from your own task graph (a plan), without a planner.
 
@@ -313,6 +337,8 @@ def build_mcp_server(
                 source="tool submit_plan",
                 now=datetime.now(UTC),
                 max_tasks=door.max_tasks,
+                idempotency_key=idempotency_key,
+                client=_client(ctx),
             )
             return (await door.submit_run(command)).run_id
 

@@ -14,6 +14,7 @@ log as it was when it opened.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ __all__ = [
     "DEFAULT_ANSWER_TIMEOUT_S",
     "FrontDoor",
     "Submission",
+    "idempotent_run_id",
     "new_run_id",
     "open_front_door",
     "submit_run_command",
@@ -83,6 +85,30 @@ def new_run_id(now: datetime) -> str:
     return f"run-{now:%Y%m%d-%H%M%S}-{uuid4().hex[:6]}"
 
 
+#: What an idempotency key may hold: printable ASCII, as an HTTP header value can.
+_KEY_CHARS: Final = frozenset(chr(c) for c in range(0x21, 0x7F))
+_MAX_KEY: Final = 200
+
+
+def idempotent_run_id(key: str, client: str = "") -> str:
+    """The run id a submission with idempotency ``key`` gets when it names none.
+
+    Derived from the key (and the client, so two clients' keys never meet), so a retry
+    names the same run and the driver's core, which refuses a second run with one id,
+    answers it with the first.
+    """
+    digest = hashlib.sha256(f"{client}\0{key}".encode()).hexdigest()[:24]
+    return f"run-k{digest}"
+
+
+def _key_problem(key: str) -> str | None:
+    if len(key) > _MAX_KEY:
+        return f"at most {_MAX_KEY} characters"
+    if not set(key) <= _KEY_CHARS:
+        return "printable ASCII only (no spaces or control characters)"
+    return None
+
+
 def submit_run_command(
     goal: str,
     *,
@@ -98,6 +124,8 @@ def submit_run_command(
     source: str = "request",
     now: datetime,
     max_tasks: int = DEFAULT_MAX_TASKS,
+    idempotency_key: str = "",
+    client: str = "",
 ) -> SubmitRun:
     """The ``SubmitRun`` for a goal, checked as far as it can be before the driver sees it.
 
@@ -120,6 +148,9 @@ def submit_run_command(
         source: where the values came from, for error messages (``flags``, ``request``).
         now: the time, for a default run id.
         max_tasks: the configured cap on a run's tasks (``driver.max_tasks``).
+        idempotency_key: the client's key: a retry with it is the same run (the run id
+            is derived from it and ``client`` when none is given).
+        client: who submits (a token's subject), so keys of different clients differ.
 
     Raises:
         ConfigError: not exactly one way of planning, an invalid run id, or a bound broken
@@ -139,7 +170,13 @@ def submit_run_command(
             "give exactly one of a plan, a fan-out or the claude planner "
             f"(got {', '.join(chosen) or 'none'})",
         )
-    run_id = run_id or new_run_id(now)
+    if idempotency_key:
+        problem = _key_problem(idempotency_key)
+        if problem is not None:
+            raise ConfigError("idempotency_key", source, problem)
+    run_id = run_id or (
+        idempotent_run_id(idempotency_key, client) if idempotency_key else new_run_id(now)
+    )
     if not is_id(run_id):
         raise ConfigError("run_id", source, "use letters, digits, '-' and '_' only")
     common = {
@@ -149,6 +186,7 @@ def submit_run_command(
         "budget_usd": budget_usd,
         "max_parallel": max_parallel,
         "policy": policy or RunPolicy(),
+        "idempotency_key": idempotency_key,
     }
     if plan is not None:
         specs = tuple(plan)
@@ -215,6 +253,8 @@ class FrontDoor:
         self._answer_timeout_s = answer_timeout_s
         self.max_tasks = max_tasks
         self._view = ClusterView()
+        #: run id -> the idempotency key it was submitted with
+        self._keys: dict[str, str] = {}
         self._waiters: list[_Waiter] = []
         self._advanced = anyio.Event()
 
@@ -320,6 +360,10 @@ class FrontDoor:
         bound = submission_problem(command, max_tasks=self.max_tasks)
         if bound is not None:
             raise ConfigError(bound[0], "request", bound[1])
+        key = command.idempotency_key
+        if key and self._keys.get(command.run_id) == key:
+            # A retry of a submission the log already has: the same run, not a second one.
+            return Submission(command.run_id, "", 0, accepted=True)
         if command.run_id in self._view.runs:
             raise CommandRefusedError(
                 "run.submit", f"run {command.run_id!r} already exists; choose another run id"
@@ -469,6 +513,9 @@ class FrontDoor:
         async with self._conn.log.open_reader(from_seq=1, follow=True) as events:
             async for stored in events:
                 self._view = apply(self._view, stored)
+                event = stored.envelope.payload
+                if isinstance(event, RunSubmitted) and event.idempotency_key:
+                    self._keys.setdefault(event.run_id, event.idempotency_key)
                 for waiter in self._waiters:
                     if waiter.found is None and waiter.wanted(stored):
                         waiter.found = stored
