@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from claudecluster.auth import TokenVerifier, authenticate, holds_scope
-from claudecluster.errors import ConfigError, PermissionDeniedError
+from claudecluster.errors import AuthenticationError, ConfigError, PermissionDeniedError
 from claudecluster.events.codec import decode_event, encode
 from claudecluster.events.envelope import wrap_event
 from claudecluster.events.model import TaskProgress
@@ -75,3 +75,34 @@ def test_unknown_scopes_grant_nothing() -> None:
     assert not holds_scope(("superuser", "write"), "read")
     assert holds_scope(("submit",), "read")
     assert not holds_scope(("submit",), "admin")
+
+
+def _claims(**changes: object) -> dict[str, object]:
+    now = datetime.now(UTC)
+    claims: dict[str, object] = {
+        "sub": "a", "iss": "claudecluster", "aud": "claudecluster-gateway",
+        "exp": int((now + timedelta(hours=1)).timestamp()), "scope": "read",
+    }  # fmt: skip
+    claims.update(changes)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    ("claims", "algorithm", "named"),
+    [
+        (_claims(), "none", "alg value is not allowed"),
+        (_claims(exp=None), "HS256", "exp"),
+        (_claims(iss="someone-else"), "HS256", "issuer"),
+        (_claims(nbf=int((datetime.now(UTC) + timedelta(hours=1)).timestamp())), "HS256",
+         "not yet valid"),
+    ],
+)  # fmt: skip
+def test_tokens_the_audit_found_refused_stay_refused(
+    claims: dict[str, object], algorithm: str, named: str
+) -> None:
+    verifier = TokenVerifier("HS256", LONG, "claudecluster", "claudecluster-gateway")
+    key = None if algorithm == "none" else LONG
+    token = jwt.encode(claims, key, algorithm=algorithm)
+    with pytest.raises(AuthenticationError) as caught:
+        verifier.verify(token)
+    assert named in str(caught.value)
