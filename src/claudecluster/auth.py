@@ -30,6 +30,7 @@ __all__ = [
     "TokenSigner",
     "TokenVerifier",
     "authenticate",
+    "holds_scope",
     "scopes_granted",
 ]
 
@@ -42,6 +43,14 @@ _LEEWAY_S: Final = 5.0
 def scopes_granted(scope: Scope) -> tuple[Scope, ...]:
     """The scopes a token minted with ``scope`` holds (it and every weaker one)."""
     return SCOPES[: SCOPES.index(scope) + 1]
+
+
+def holds_scope(scopes: tuple[str, ...], needed: Scope) -> bool:
+    """Whether a token with ``scopes`` may do what needs ``needed``: the one place scopes
+    nest. A token we mint lists every scope it holds; a token from another issuer may list
+    only its strongest (``admin``), which includes the weaker ones all the same."""
+    rank = SCOPES.index(needed)
+    return any(s in SCOPES and SCOPES.index(s) >= rank for s in scopes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +205,6 @@ def authenticate(authorization: str | None, needed: Scope, verifier: TokenVerifi
     if kind.lower() != "bearer" or not token.strip():
         raise AuthenticationError("the Authorization header must be 'Bearer TOKEN'")
     principal = verifier.verify(token.strip())
-    if needed not in principal.scopes:
+    if not holds_scope(principal.scopes, needed):
         raise PermissionDeniedError(needed, principal.scopes)
     return principal

@@ -26,6 +26,7 @@ from pydantic_settings import (
 
 from claudecluster.actors.driver import DriverConfig
 from claudecluster.actors.worker import DEFAULT_PERMISSION_MODES
+from claudecluster.domain.submission import DEFAULT_MAX_TASKS, MAX_TASKS_CEILING
 from claudecluster.errors import ConfigError
 from claudecluster.observability.redaction import redact_url
 from claudecluster.validation import config_error
@@ -47,6 +48,10 @@ __all__ = [
 
 CONFIG_FILE_NAME: Final = "claudecluster.yaml"
 ENV_PREFIX: Final = "CLAUDECLUSTER_"
+
+
+#: The shortest HS256 secret accepted (RFC 7518: at least the hash's 256 bits).
+MIN_JWT_SECRET_BYTES: Final = 32
 
 
 class _Section(pydantic.BaseModel):
@@ -193,6 +198,13 @@ class DriverSettings(_Section):
         default=10.0, gt=0, description="Sustained task starts per second (token bucket)."
     )
     start_burst: int = pydantic.Field(default=10, ge=1, description="Starts allowed at once.")
+    max_tasks: int = pydantic.Field(
+        default=DEFAULT_MAX_TASKS,
+        ge=1,
+        le=MAX_TASKS_CEILING,
+        description="Tasks one run may have (a plan's, a fan-out's, a planner's); every front "
+        "door refuses larger submissions and the driver refuses them again.",
+    )
     lost_after_s: float = pydantic.Field(
         default=20.0, gt=0, description="A worker silent this long is declared lost."
     )
@@ -231,11 +243,31 @@ class GatewaySettings(_Section):
     audience: str = pydantic.Field(
         default="claudecluster-gateway", description="The tokens' aud claim."
     )
+    max_body_bytes: int = pydantic.Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="The largest request body any route (and /mcp) reads; larger ones get "
+        "413, refused while reading.",
+    )
     mcp_allowed_hosts: list[str] = pydantic.Field(
         default_factory=list,
         description="More Host values /mcp accepts besides loopback and the listen address, "
         "as name:port or name:* (a DNS name, a proxy's); others get 421.",
     )
+
+    @pydantic.field_validator("jwt_secret")
+    @classmethod
+    def _long_enough(cls, value: pydantic.SecretStr | None) -> pydantic.SecretStr | None:
+        # RFC 7518 §3.2: an HS256 key must be at least as long as the hash (256 bits); a
+        # shorter one can be guessed offline from a single token.
+        if value is not None and len(value.get_secret_value().encode()) < MIN_JWT_SECRET_BYTES:
+            raise ValueError(
+                f"an HS256 secret must be at least {MIN_JWT_SECRET_BYTES} bytes; make one "
+                "with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return value
+
     mcp_allowed_origins: list[str] = pydantic.Field(
         default_factory=list,
         description="Browser origins /mcp accepts (e.g. https://tools.example.com); "
@@ -306,6 +338,7 @@ class Settings(BaseSettings):
         d = self.driver
         return DriverConfig(
             max_running=d.max_running,
+            max_tasks=d.max_tasks,
             starts_per_s=d.starts_per_s,
             start_burst=d.start_burst,
             lost_after_s=d.lost_after_s,

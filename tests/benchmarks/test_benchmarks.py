@@ -138,3 +138,11 @@ def test_confinement_compares_every_variant_side_by_side(tmp_path: Path, sandbox
     assert all(row["median_ms"] > 0 for row in results)
     baselines = [row for row in results if row["variant"] == "reaper only"]
     assert all(row["ratio"] == 1.0 for row in baselines)
+
+
+def test_fuzz_counts_what_every_reader_refused_and_nothing_escaped(tmp_path: Path) -> None:
+    report = run_quick("fuzz", tmp_path)
+    assert report["messages"] >= 10_000
+    assert 0 < report["rejected"] < report["messages"]
+    assert report["core_defects"] == 0
+    assert report["messages_per_s"] > 0

@@ -267,3 +267,17 @@ async def test_progress_of_a_followed_run_arrives_over_http(live: Live) -> None:
     assert not result.is_error, result.content
     assert (result.structured_content or {})["status"]["state"] == "completed"
     assert reported[-1] == 1
+
+
+async def test_deeply_nested_json_is_a_bad_request_not_a_server_error(door: FrontDoor) -> None:
+    deep = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":' + b"[" * 100_000
+    async with serving(door) as url, httpx2.AsyncClient() as http:
+        answers = [
+            await http.post(url, content=deep, headers=headers()),
+            await http.post(url, content=b"[" * 100_000, headers=headers()),
+            await http.post(
+                url, content=deep, headers=headers(**{"MCP-Protocol-Version": "2099-01-01"})
+            ),
+        ]
+    assert [a.status_code for a in answers] == [400, 400, 400]
+    assert "nested too deeply" in answers[0].text

@@ -70,21 +70,25 @@ def test_a_secret_containing_another_is_replaced_whole() -> None:
     assert redactor.data(f"[{long}]".encode()) == f"[{REDACTED}]".encode()
 
 
-def test_values_shorter_than_the_minimum_length_are_not_treated_as_secrets() -> None:
+def test_values_shorter_than_the_minimum_length_are_redacted_as_whole_words_only() -> None:
     too_short = "x" * (MIN_SECRET_LENGTH - 1)
     just_long_enough = "y" * MIN_SECRET_LENGTH
     redactor = Redactor([too_short, just_long_enough, ""])
 
-    assert redactor.text(f"{too_short} {just_long_enough}") == f"{too_short} {REDACTED}"
+    assert redactor.text(f"{too_short} {just_long_enough} {too_short}z") == (
+        f"{REDACTED} {REDACTED} {too_short}z"
+    )
 
 
 def test_a_redactor_without_secrets_is_falsy_and_changes_nothing() -> None:
-    redactor = Redactor(["short"])
+    redactor = Redactor([""])
 
     assert not redactor
     assert bool(Redactor([SECRET]))
+    assert bool(Redactor(["short"]))
     assert redactor.text("short and sweet") == "short and sweet"
     assert redactor.data(b"short") == b"short"
+    assert Redactor(["short"]).text("short and shortly") == f"{REDACTED} and shortly"
 
 
 def test_secret_named_fields_are_masked_recursively_whatever_their_value() -> None:

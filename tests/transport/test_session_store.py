@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from typing import Any
 
 import nats.js.errors
 from claude_agent_sdk import SessionKey, SessionStoreEntry
 from claude_agent_sdk.testing import run_session_store_conformance
 
+from claudecluster.observability.redaction import REDACTED, Redactor
 from claudecluster.runtime.connection import open_nats
 from claudecluster.transport.session_store import SESSIONS_STREAM, JetStreamSessionStore
 from claudecluster.transport.topology import apply_topology, load_topology
@@ -44,3 +46,40 @@ async def test_a_retried_batch_is_loaded_once_and_order_is_kept(nats_url: str) -
         await store.append(key, [{"type": "title"}, {"type": "title"}])  # no uuid: kept
         loaded = await store.load(key)
     assert loaded == [*batch, {"type": "title"}, {"type": "title"}]
+
+
+async def test_a_transcript_is_stored_with_every_configured_secret_redacted(
+    nats_url: str,
+) -> None:
+    key_value = "sk-ant-api03-this-is-the-api-key-0123456789"
+    async with open_nats(nats_url) as client:
+        js = client.jetstream()
+        await apply_topology(js, load_topology())
+        store = JetStreamSessionStore(js, redactor=Redactor([key_value]))
+        key: SessionKey = {"project_key": "/p", "session_id": str(uuid.uuid4())}
+        echoed = f"env: ANTHROPIC_API_KEY={key_value}"
+        entry: Any = {"type": "assistant", "uuid": "a1", "text": echoed}
+        await store.append(key, [entry])
+        loaded = await store.load(key)
+        summaries = await store.list_session_summaries("/p")
+        stored = await js.get_last_msg(SESSIONS_STREAM, JetStreamSessionStore._subject(key))
+    assert loaded == [
+        {"type": "assistant", "uuid": "a1", "text": f"env: ANTHROPIC_API_KEY={REDACTED}"}
+    ]
+    assert key_value.encode() not in (stored.data or b"")
+    assert key_value not in repr(summaries)
+
+
+async def test_a_batch_that_is_not_ours_is_skipped_on_load(nats_url: str) -> None:
+    async with open_nats(nats_url) as client:
+        js = client.jetstream()
+        await apply_topology(js, load_topology())
+        store = JetStreamSessionStore(js)
+        key: SessionKey = {"project_key": "/p", "session_id": str(uuid.uuid4())}
+        await store.append(key, [{"type": "user", "uuid": "u1"}])
+        subject = JetStreamSessionStore._subject(key)
+        for poison in (b"[" * 5_000, b"not json", b'{"a": 1}'):
+            await js.publish(subject, poison, stream=SESSIONS_STREAM)
+        await store.append(key, [{"type": "assistant", "uuid": "a1"}])
+        loaded = await store.load(key)
+    assert loaded == [{"type": "user", "uuid": "u1"}, {"type": "assistant", "uuid": "a1"}]

@@ -42,6 +42,7 @@ from claudecluster.actors.merging import resolution_note, stop_reason
 from claudecluster.domain.graph import TaskGraph
 from claudecluster.domain.kinds import KIND_PROFILES
 from claudecluster.domain.lifecycle import RunState, TaskState
+from claudecluster.domain.submission import DEFAULT_MAX_TASKS, submission_problem
 from claudecluster.errors import GraphError
 from claudecluster.events.envelope import CommandEnvelope, StoredEvent
 from claudecluster.events.model import (
@@ -118,6 +119,7 @@ class DriverConfig:
 
     Attributes:
         max_running: attempts queued or running at once, all runs together.
+        max_tasks: tasks one run may have (plan, fan-out or planner).
         starts_per_s: sustained task starts per second (token bucket rate).
         start_burst: starts allowed at once after a quiet spell (bucket size).
         lost_after_s: a worker silent this long is declared lost.
@@ -126,6 +128,8 @@ class DriverConfig:
     """
 
     max_running: int = 64
+    #: tasks one run may have; larger submissions are refused, larger plans fail the run
+    max_tasks: int = DEFAULT_MAX_TASKS
     starts_per_s: float = 10.0
     start_burst: int = 10
     lost_after_s: float = 20.0
@@ -330,6 +334,9 @@ class RunBook:
     roll_back: bool = False
     #: why the run must end as failed once nothing runs any more
     stopping: str = ""
+    #: a recorded event of this run the driver cannot apply (a cyclic RunPlanned, say):
+    #: the run is failed with this reason, once, and nothing else is decided for it
+    rejected: str = ""
 
     @property
     def policy(self) -> RunPolicy:
@@ -352,6 +359,9 @@ class DriverState:
     starting: dict[str, str] = field(default_factory=dict)
     #: handled command ids (a redelivered command is not acted on twice)
     commands_seen: set[str] = field(default_factory=set)
+    #: run id -> the idempotency key it was submitted with, from the log and from
+    #: submissions decided but not yet read back (a retry with the key is the same run)
+    idempotency: dict[str, str] = field(default_factory=dict)
     #: attempts queued, assigned or running in open runs (the sum of their ``active``),
     #: kept as each task moves so the global cap costs nothing to check
     active_count: int = 0
@@ -415,10 +425,10 @@ def decide(state: DriverState, message: Message, now: datetime) -> list[Effect]:
     wake: set[str] = set()
     match message:
         case StoredEvent():
-            touched |= _fold(state, message)
+            touched |= _fold_guarded(state, message)
             touched |= _release_pending(state)
         case CommandEnvelope():
-            effects += _command(state, message)
+            effects += _command_guarded(state, message)
             run_id = getattr(message.payload, "run_id", None)
             if isinstance(run_id, str):
                 touched.add(run_id)
@@ -460,14 +470,93 @@ def decide(state: DriverState, message: Message, now: datetime) -> list[Effect]:
             continue  # woken for a start, but the slots or the pace went to runs before it
         if book is not None and not book.ended:
             state.reconciled += 1
-            effects += _reconcile(state, book, now)
+            effects += _reconcile_guarded(state, book, now)
         elif book is not None and book.roll_back and _free(state, f"run:{run_id}:rollback"):
             effects.append(_rollback_effect(book, 0, None, f"rolledback-{run_id}-on-failure"))
         if book is not None:
-            _note_wants(state, book, now)
+            _note_wants_guarded(state, book, now)
         _asked(state, effects[asked:])
         asked = len(effects)
     return effects
+
+
+# Nothing recorded may stop the driver: the log keeps every event for good, so an event
+# that made decide() raise would stop it again at every start. What the core cannot apply
+# ends its run (the one thing a bad event can spoil) with the reason, recorded once; every
+# other run goes on. The guards catch every Exception on purpose: a bug that lets one
+# through here is still a bug, but it costs one run, not the cluster.
+
+
+def _fold_guarded(state: DriverState, stored: StoredEvent) -> set[str]:
+    try:
+        return _fold(state, stored)
+    except Exception as exc:  # noqa: BLE001 - see above: the run is failed with the reason
+        return _reject_run(state, stored, exc)
+
+
+def _reject_run(state: DriverState, stored: StoredEvent, exc: Exception) -> set[str]:
+    """Mark the run of an event the core could not apply as rejected, naming why."""
+    event = stored.envelope.payload
+    state.view = msgspec.structs.replace(state.view, last_seq=max(state.view.last_seq, stored.seq))
+    tag = type(event).__struct_config__.tag
+    reason = f"the driver cannot apply {tag} (sequence {stored.seq}): {_problem(exc)}"
+    if not isinstance(event, RunEvent):
+        return set()  # a worker's event: the projection counted it as an anomaly
+    book = state.runs.get(event.run_id)
+    if book is None or book.ended:
+        return set()
+    if not book.rejected:
+        book.rejected = reason
+    return {event.run_id}
+
+
+def _problem(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, GraphError) else f"{type(exc).__name__}: {text}"
+
+
+def _command_guarded(state: DriverState, envelope: CommandEnvelope) -> list[Effect]:
+    try:
+        return _command(state, envelope)
+    except Exception as exc:  # a poison command is refused, never redelivered (it re-raises)
+        command = envelope.payload
+        run_id = getattr(command, "run_id", None)
+        if not isinstance(run_id, str):
+            raise  # only run commands reach the core's handlers; the shell's guard logs it
+        tag = str(type(command).__struct_config__.tag)
+        reason = f"the driver cannot act on this command: {_problem(exc)}"
+        return [_reject(state, run_id, envelope.id, tag, reason)]
+
+
+def _reconcile_guarded(state: DriverState, book: RunBook, now: datetime) -> list[Effect]:
+    if book.rejected:
+        return _end_rejected(state, book)
+    try:
+        return _reconcile(state, book, now)
+    except Exception as exc:  # noqa: BLE001 - the run is failed with the reason, once
+        book.rejected = f"the driver cannot go on with this run: {_problem(exc)}"
+        return _end_rejected(state, book)
+
+
+def _note_wants_guarded(state: DriverState, book: RunBook, now: datetime) -> None:
+    try:
+        _note_wants(state, book, now)
+    except Exception as exc:  # noqa: BLE001 - the run is failed with the reason, once
+        state.want_start.discard(book.run_id)
+        state.want_room.discard(book.run_id)
+        if not book.ended and not book.rejected:
+            book.rejected = f"the driver cannot go on with this run: {_problem(exc)}"
+            heapq.heappush(state.timers, (now, book.run_id))  # the next tick ends it
+
+
+def _end_rejected(state: DriverState, book: RunBook) -> list[Effect]:
+    """The rejected run's RunFailed, once: its id is fixed, and once it is in the log the
+    run is ended, so neither a replay nor a restart asks for it again."""
+    key = f"run:{book.run_id}:end"
+    if not _free(state, key):
+        return []
+    event = RunFailed(run_id=book.run_id, reason=book.rejected)
+    return [_record(state, key, event, f"failed-{book.run_id}")]
 
 
 def _asked(state: DriverState, effects: list[Effect]) -> None:
@@ -590,6 +679,8 @@ def _fold(state: DriverState, stored: StoredEvent) -> set[str]:
     event = stored.envelope.payload
     state.scope_seq[scope_filter(event)] = stored.seq
     if state.view.anomaly_count != before.anomaly_count:
+        if isinstance(event, RunPlanned):
+            _plan_refused(state, event, stored.seq)
         return {event.run_id} if isinstance(event, RunEvent) else set()
     if isinstance(event, TaskRateLimited):
         _throttle(state, event, stored.envelope.occurred_at)
@@ -598,7 +689,7 @@ def _fold(state: DriverState, stored: StoredEvent) -> set[str]:
         for key in event.orphaned_tasks:
             run_id, _, task_id = key.partition("/")
             book = state.runs.get(run_id)
-            if book is not None:
+            if book is not None and task_key(run_id, task_id) in state.view.tasks:
                 book.attention.add(task_id)
                 runs.add(run_id)
         return runs
@@ -607,12 +698,19 @@ def _fold(state: DriverState, stored: StoredEvent) -> set[str]:
     book = state.runs.get(event.run_id)
     match event:
         case RunSubmitted():
+            if event.idempotency_key:
+                state.idempotency[event.run_id] = event.idempotency_key
             if book is not None and not book.ended:
                 state.active_count -= len(book.active)
             state.runs[event.run_id] = RunBook(
                 run_id=event.run_id, submitted=event, submitted_at=stored.envelope.occurred_at
             )
         case RunPlanned() if book is not None:
+            if len(event.tasks) > state.config.max_tasks:
+                raise GraphError(
+                    f"the plan has {len(event.tasks)} tasks, more than the limit of "
+                    f"{state.config.max_tasks} per run"
+                )
             _planned(book, event)
         case RunCompleted() | RunFailed() | RunCancelled() if book is not None:
             if not book.ended:
@@ -632,6 +730,19 @@ def _fold(state: DriverState, stored: StoredEvent) -> set[str]:
         case _:
             pass
     return {event.run_id}
+
+
+def _plan_refused(state: DriverState, event: RunPlanned, seq: int) -> None:
+    """A plan the projections refused leaves its run waiting for a plan that would only be
+    refused again (the planner is deterministic): the run is failed instead."""
+    book = state.runs.get(event.run_id)
+    run = state.view.runs.get(event.run_id)
+    if book is None or book.ended or run is None or run.state is not RunState.SUBMITTED:
+        return
+    problem = state.view.recent_anomalies[-1].reason if state.view.recent_anomalies else ""
+    book.rejected = book.rejected or (
+        f"the driver cannot apply run.planned (sequence {seq}): {problem}"
+    )
 
 
 def _planned(book: RunBook, event: RunPlanned) -> None:
@@ -787,13 +898,20 @@ def _submit(state: DriverState, command_id: str, command: SubmitRun) -> list[Eff
     def reject(reason: str) -> list[Effect]:
         return [_reject(state, command.run_id, command_id, "run.submit", reason)]
 
-    if command.run_id in state.view.runs or not _free(state, f"run:{command.run_id}:submit"):
+    exists = command.run_id in state.view.runs or not _free(state, f"run:{command.run_id}:submit")
+    key = command.idempotency_key
+    if exists and key and state.idempotency.get(command.run_id) == key:
+        return []  # a retry of a submission already recorded (or being recorded): that run
+    if exists:
         return reject(f"run {command.run_id!r} already exists; choose another run id")
     if not command.repo.strip():
         return reject("the run names no repository: give repo as a path or a git URL")
     for name, value in (("repo", command.repo), ("base_ref", command.base_ref)):
         if any(ord(char) < 32 for char in value):
             return reject(f"{name} {value!r} contains a control character")
+    bound = submission_problem(command, max_tasks=state.config.max_tasks)
+    if bound is not None:
+        return reject(f"{bound[0]}: {bound[1]}")
     if command.plan is not None:
         try:
             TaskGraph.build(command.plan)
@@ -813,7 +931,10 @@ def _submit(state: DriverState, command_id: str, command: SubmitRun) -> list[Eff
         plan=command.plan,
         plan_source=command.plan_source,
         fanout=command.fanout,
+        idempotency_key=key,
     )
+    if key:
+        state.idempotency[command.run_id] = key
     return [_record(state, f"run:{command.run_id}:submit", event, f"submitted-{command.run_id}")]
 
 

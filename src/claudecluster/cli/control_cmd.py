@@ -116,7 +116,9 @@ async def _front_door(settings: Settings) -> AsyncIterator[FrontDoor]:
     """
     async with (
         open_configured_cluster(settings, name="claudecluster-cli") as conn,
-        open_front_door(conn, answer_timeout_s=_ANSWER_TIMEOUT_S) as door,
+        open_front_door(
+            conn, answer_timeout_s=_ANSWER_TIMEOUT_S, max_tasks=settings.driver.max_tasks
+        ) as door,
     ):
         if not conn.embedded:
             yield door

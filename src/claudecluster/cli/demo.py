@@ -22,7 +22,7 @@ from claudecluster.cli.follow import RunEnd, follow_run, renderer_for
 from claudecluster.cli.run_cmd import print_summary
 from claudecluster.events.model import RunCompleted, SubmitRun, TaskSpec
 from claudecluster.observability.logging import configure_logging
-from claudecluster.observability.redaction import Redactor
+from claudecluster.observability.redaction import Redactor, redact_url
 from claudecluster.projections.cluster import replay
 from claudecluster.reporting import fetch_diffstats, render_html, run_record
 from claudecluster.runtime.connection import open_configured_cluster
@@ -181,7 +181,7 @@ async def _demo(settings: Settings, console: Console, json: bool) -> tuple[RunEn
     async with open_configured_cluster(settings, project_dir=project, name="demo") as conn:
         repo = await _sample_repo(project / ".claudecluster" / "demo" / run_id / "repo")
         if not json:
-            console.print(f"cluster at {conn.url}", markup=False)
+            console.print(f"cluster at {redact_url(conn.url)}", markup=False)
             console.print(f"sample repository {repo}", markup=False, soft_wrap=True)
         async with open_scripted_model(DEMO_SCRIPT) as model:
             api = {"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-demo-offline"}

@@ -42,6 +42,7 @@ from claudecluster.events.model import (
     WorkerEvent,
     WorkerLost,
 )
+from claudecluster.observability.redaction import redact_url
 from claudecluster.projections.cluster import ClusterView, apply
 from claudecluster.projections.progress import merge_warnings
 from claudecluster.runtime.connection import Connection
@@ -123,7 +124,7 @@ async def submit_only(conn: Connection, command: SubmitRun, *, command_id: str) 
         pass
     raise DriverUnavailableError(
         f"no driver took run {command.run_id!r} within {_ACCEPT_TIMEOUT_S:.0f}s: start one "
-        f"with 'claudecluster driver --nats {conn.url}'"
+        f"with 'claudecluster driver --nats {redact_url(conn.url)}'"
     )
 
 
@@ -147,8 +148,8 @@ async def watch_run(
             return
         raise DriverUnavailableError(
             f"no driver took run {run_id!r} within {_ACCEPT_TIMEOUT_S:.0f}s: start one with "
-            f"'claudecluster driver --nats {conn.url}' (or run without --nats to use the "
-            "embedded cluster)"
+            f"'claudecluster driver --nats {redact_url(conn.url)}' (or run without --nats to "
+            "use the embedded cluster)"
         )
 
     try:

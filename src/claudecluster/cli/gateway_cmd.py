@@ -19,7 +19,7 @@ from claudecluster.cli.app import EXIT_FAILED, EXIT_OK, app
 from claudecluster.errors import ConfigError
 from claudecluster.gateway import open_gateway, openapi_text
 from claudecluster.observability.logging import configure_logging
-from claudecluster.observability.redaction import Redactor
+from claudecluster.observability.redaction import Redactor, redact_url
 from claudecluster.runtime.connection import open_configured_cluster
 from claudecluster.runtime.front_door import open_front_door
 from claudecluster.runtime.local_cluster import open_local_services
@@ -93,7 +93,7 @@ async def _serve(settings: Settings, verifier: TokenVerifier, workers: int) -> N
     gateway = settings.gateway
     async with (
         open_configured_cluster(settings, name="claudecluster-gateway") as conn,
-        open_front_door(conn) as door,
+        open_front_door(conn, max_tasks=settings.driver.max_tasks) as door,
         AsyncExitStack() as stack,
     ):
         if conn.embedded:  # nothing else acts on commands there: run a driver and workers
@@ -112,6 +112,7 @@ async def _serve(settings: Settings, verifier: TokenVerifier, workers: int) -> N
             default_repo=str(Path.cwd()),
             hosts=gateway.mcp_allowed_hosts,
             origins=gateway.mcp_allowed_origins,
+            max_body_bytes=gateway.max_body_bytes,
         )
         served = await stack.enter_async_context(
             open_gateway(
@@ -121,10 +122,13 @@ async def _serve(settings: Settings, verifier: TokenVerifier, workers: int) -> N
                 port=gateway.port,
                 extra_routes=[mcp.route],
                 extra_lifespans=[mcp.lifespan],
+                max_body_bytes=gateway.max_body_bytes,
             )
         )
         where = "embedded cluster" if conn.embedded else "cluster"
-        console.print(f"gateway at {served.url} on the {where} at {conn.url}", markup=False)
+        console.print(
+            f"gateway at {served.url} on the {where} at {redact_url(conn.url)}", markup=False
+        )
         console.print(f"MCP server at {served.url}/mcp (streamable HTTP)", markup=False)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:

@@ -26,7 +26,7 @@ from claudecluster.events.model import (
 )
 from claudecluster.events.plan import plan_to_specs
 from claudecluster.observability.logging import configure_logging
-from claudecluster.observability.redaction import Redactor
+from claudecluster.observability.redaction import Redactor, redact_url
 from claudecluster.runtime.connection import Connection, open_configured_cluster
 from claudecluster.runtime.front_door import submit_run_command
 from claudecluster.runtime.local_cluster import open_local_services
@@ -114,6 +114,7 @@ def run(
         goal, repo=repo, plan=plan, fanout=fanout, prompt=prompt, kind=kind,
         claude_planner=claude_planner, run_id=run_id, budget=budget,
         max_parallel=max_parallel, on_conflict=on_conflict, verify=verify,
+        max_tasks=settings.driver.max_tasks,
     )  # fmt: skip
     if workers < 1:
         raise ConfigError("workers", "flag --workers", "must be at least 1")
@@ -151,6 +152,7 @@ def _submit_command(
     max_parallel: int | None,
     on_conflict: Literal["resolve", "stop"],
     verify: str | None,
+    max_tasks: int,
 ) -> SubmitRun:
     """Check everything that can be checked here, so mistakes fail fast with exit 2."""
     chosen = [name for name, given in
@@ -168,7 +170,7 @@ def _submit_command(
     return submit_run_command(
         goal,
         repo=str(repo),
-        plan=plan_to_specs(load_plan_file(plan)) if plan is not None else None,
+        plan=plan_to_specs(load_plan_file(plan, max_tasks=max_tasks)) if plan is not None else None,
         fanout=FanoutSpec(glob=fanout, prompt_template=prompt, kind=kind)
         if fanout is not None and prompt
         else None,
@@ -180,6 +182,7 @@ def _submit_command(
         plan_source=str(plan) if plan is not None else "",
         source="flags",
         now=datetime.now(UTC),
+        max_tasks=max_tasks,
     )
 
 
@@ -210,7 +213,7 @@ async def _run(
     ) as conn:
         if not json:
             where = "embedded cluster" if conn.embedded else "cluster"
-            console.print(f"{where} at {conn.url}", markup=False)
+            console.print(f"{where} at {redact_url(conn.url)}", markup=False)
         if detach:
             await submit_only(conn, command, command_id=f"submit-{command.run_id}")
             raise Detached(command.run_id, interrupted=False)

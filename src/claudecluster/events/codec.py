@@ -14,7 +14,8 @@ Upcasters are pure functions from a payload dict of version N to one of version 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Final, Generic, TypeVar, get_args
 
 import msgspec
@@ -30,6 +31,7 @@ __all__ = [
     "Upcaster",
     "decode_command",
     "decode_event",
+    "decode_guard",
     "decode_stored_event",
     "encode",
     "error_from_msgspec",
@@ -86,6 +88,40 @@ def error_from_msgspec(exc: msgspec.DecodeError, prefix: str = "") -> EventDecod
     return EventDecodeError(path, match["problem"])
 
 
+_MAX_PROBLEM: Final = 500
+
+
+@contextmanager
+def decode_guard(what: str = "message") -> Iterator[None]:
+    """Turn anything a decoder raises on hostile bytes into :class:`EventDecodeError`.
+
+    msgspec raises ``RecursionError`` on JSON nested about a thousand deep, and a byte
+    string can make a decoder or an upcaster raise almost anything else (``MemoryError``
+    on an absurd size, ``UnicodeDecodeError``, ``ValueError``...). A reader that let one of
+    those out would stop on a message it can never get past (the log keeps it), so every
+    decode path runs inside this guard and a reader only ever needs to catch the one error.
+
+    Args:
+        what: what was being decoded, for the error's problem text.
+
+    Raises:
+        EventDecodeError: whatever went wrong, naming the problem.
+    """
+    try:
+        yield
+    except EventDecodeError:
+        raise
+    except msgspec.DecodeError as exc:
+        raise error_from_msgspec(exc) from None
+    except RecursionError:
+        raise EventDecodeError(
+            "$", f"the {what} is nested too deeply to decode (more levels than the decoder allows)"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - hostile input: any failure is the decode error
+        problem = f"cannot decode the {what}: {type(exc).__name__}: {exc}"
+        raise EventDecodeError("$", problem[:_MAX_PROBLEM]) from None
+
+
 class _EnvelopeCodec(Generic[_E]):
     """Decoder for one envelope kind; built once per kind, reused for every message."""
 
@@ -101,6 +137,10 @@ class _EnvelopeCodec(Generic[_E]):
         self._typed: msgspec.json.Decoder[_E] = msgspec.json.Decoder(envelope_type)
 
     def decode(self, data: bytes | bytearray | memoryview | str) -> _E:
+        with decode_guard(self._kind):
+            return self._decode(data)
+
+    def _decode(self, data: bytes | bytearray | memoryview | str) -> _E:
         try:
             envelope: _E = self._typed.decode(data)
         except msgspec.DecodeError:
@@ -111,7 +151,8 @@ class _EnvelopeCodec(Generic[_E]):
 
     def convert(self, raw: Any, prefix: str = "") -> _E:
         """Validate an already-parsed JSON value (one line of a log, say)."""
-        return self._upcast_and_convert(raw, prefix)
+        with decode_guard(self._kind):
+            return self._upcast_and_convert(raw, prefix)
 
     def _decode_slow(self, data: bytes | bytearray | memoryview | str) -> _E:
         try:
@@ -192,10 +233,8 @@ def decode_stored_event(line: bytes | str) -> StoredEvent:
     Raises:
         EventDecodeError: the line is not a valid record; ``field`` names where.
     """
-    try:
+    with decode_guard("log record"):
         head = _STORED_HEAD.decode(line)
-    except msgspec.DecodeError as exc:
-        raise error_from_msgspec(exc) from None
     seq = head.get("seq")
     subject = head.get("subject")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:

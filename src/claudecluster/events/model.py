@@ -15,12 +15,14 @@ Rules that keep old logs replayable (docs/events.md has the long form):
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+import re
+from typing import Annotated, ClassVar, Final, Literal
 
 import msgspec
 
 __all__ = [
     "ID_PATTERN",
+    "ID_REGEX",
     "ArtifactRef",
     "ChangedFile",
     "CancelRun",
@@ -69,11 +71,24 @@ __all__ = [
     "WorkerJoined",
     "WorkerLeft",
     "WorkerLost",
+    "is_id",
 ]
 
 #: Ids become NATS subject tokens, so they may hold no dots, wildcards or spaces, and may
 #: not start with ``_`` (reserved for our own tokens such as the run-level ``_``).
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+ID_REGEX: Final = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+#: :data:`ID_REGEX` anchored for ``re.search`` (how msgspec and JSON Schema apply a pattern).
+#: Python's ``$`` also matches before a trailing newline, so ``"run\n"`` would pass a plain
+#: ``^...$``; the lookahead refuses that, and means nothing to an ECMA regex (JSON Schema),
+#: whose ``$`` is already the end of the input.
+ID_PATTERN: Final = rf"^{ID_REGEX}$(?!\n)"
+_ID_RE: Final = re.compile(ID_REGEX)
+
+
+def is_id(value: str) -> bool:
+    """Whether ``value`` is a valid id: the one check every door and reader uses."""
+    return _ID_RE.fullmatch(value) is not None
+
 
 Id = Annotated[
     str,
@@ -325,6 +340,14 @@ class RunSubmitted(RunEvent, frozen=True, kw_only=True, tag="run.submitted"):
         str, msgspec.Meta(description="Where the plan came from (a file name), for people.")
     ] = ""
     fanout: FanoutSpec | None = None
+    idempotency_key: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=200,
+            description="The client's key for this submission (empty: none); a retry with "
+            "the same key and run id is the same run.",
+        ),
+    ] = ""
 
 
 class RunPlanned(RunEvent, frozen=True, kw_only=True, tag="run.planned"):
@@ -663,6 +686,14 @@ class SubmitRun(CommandBase, frozen=True, kw_only=True, tag="run.submit"):
     policy: RunPolicy = RunPolicy()
     plan_source: str = ""
     fanout: FanoutSpec | None = None
+    idempotency_key: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=200,
+            description="A key the client chose so that a retried submission is the same "
+            "run (empty: none). The run id is derived from it when none is given.",
+        ),
+    ] = ""
 
 
 class CancelRun(CommandBase, frozen=True, kw_only=True, tag="run.cancel"):

@@ -15,17 +15,16 @@ runs, ``cc.evt.r1.>`` one run, and ``cc.evt.r1.lint.>`` one task. Ids cannot sta
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
 from claudecluster.errors import InvalidIdError
 from claudecluster.events.model import (
-    ID_PATTERN,
     CommandBase,
     EventBase,
     RunEvent,
     TaskEvent,
     WorkerEvent,
+    is_id,
 )
 
 __all__ = [
@@ -56,8 +55,6 @@ WORKER_SCOPE: Final = "_workers"
 ALL_EVENTS: Final = f"{EVENT_PREFIX}.>"
 ALL_COMMANDS: Final = f"{COMMAND_PREFIX}.>"
 
-_ID_RE: Final = re.compile(ID_PATTERN)
-
 
 def check_id(kind: str, value: str) -> str:
     """Return ``value`` if it is a valid id, so it is safe as a subject token.
@@ -65,7 +62,7 @@ def check_id(kind: str, value: str) -> str:
     Raises:
         InvalidIdError: it is not.
     """
-    if not _ID_RE.match(value):
+    if not is_id(value):
         raise InvalidIdError(kind, value)
     return value
 

@@ -12,7 +12,7 @@ from typing import Annotated, Final
 
 import msgspec
 
-from claudecluster.events.codec import error_from_msgspec
+from claudecluster.events.codec import decode_guard
 from claudecluster.events.model import ArtifactRef, Attempt, Id, TaskSpec
 
 __all__ = ["WORK_PREFIX", "WorkItem", "decode_work_item", "encode_work_item", "work_subject"]
@@ -71,7 +71,5 @@ def decode_work_item(data: bytes) -> WorkItem:
     Raises:
         EventDecodeError: the bytes are not a valid work item; names the field.
     """
-    try:
+    with decode_guard("work item"):
         return _DECODER.decode(data)
-    except msgspec.DecodeError as exc:
-        raise error_from_msgspec(exc) from None

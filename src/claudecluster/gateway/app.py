@@ -48,7 +48,7 @@ from claudecluster.errors import (
     UnknownEntityError,
 )
 from claudecluster.events.envelope import StoredEvent
-from claudecluster.events.model import TaskProgress, TaskSpec
+from claudecluster.events.model import ID_PATTERN, TaskProgress, TaskSpec, is_id
 from claudecluster.gateway.schemas import (
     CancelBody,
     CancelledBody,
@@ -77,7 +77,6 @@ _JSON: Final = "application/json"
 _PROBLEM: Final = "application/problem+json"
 _AT = re.compile(r" - at `(?P<path>[^`]*)`$")
 _NAMED = re.compile(r"(?:missing required|unknown) field `(?P<name>[^`]*)`")
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _REGEX = re.compile(r"Expected `str` matching regex .*")
 # What a pattern asks for, in words, by the field it guards: a regex is no help to a user.
 _PATTERN_MEANS = {
@@ -95,7 +94,7 @@ class Param:
     """A path or query parameter of an operation."""
 
     name: str
-    where: str  # "path" or "query"
+    where: str  # "path", "query" or "header"
     schema: dict[str, Any]
     description: str
     required: bool = True
@@ -184,6 +183,32 @@ def _invalid(field: str, problem: str) -> _Problem:
                     [ProblemField(field=field, problem=problem)])  # fmt: skip
 
 
+#: The default cap on a request body (``gateway.max_body_bytes``).
+DEFAULT_MAX_BODY_BYTES: Final = 4 * 1024 * 1024
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, read no further than ``limit`` bytes: past it, a 413 problem.
+
+    A declared ``Content-Length`` over the limit is refused before anything is read; a
+    body without one (chunked) is refused as soon as what arrived passes the limit.
+    """
+    too_large = _Problem(
+        413, "Content Too Large", f"the request body is larger than the limit of {limit} bytes"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _decode(data: bytes, kind: type[Any], *, required: bool) -> Any:
     """The request body as ``kind``; a problem naming the field when it is not one."""
     if not data.strip():
@@ -264,7 +289,7 @@ def _query_id(request: Request, name: str) -> str | None:
     value = request.query_params.get(name)
     if value is None:
         return None
-    if not _ID.fullmatch(value):
+    if not is_id(value):
         raise _invalid(
             name, "use 1-64 letters, digits, '_' or '-', starting with one of the first two"
         )
@@ -299,12 +324,23 @@ def _submitted(request: Request, submission: Any, task_id: str | None = None) ->
     return _json(body, 202, {"Location": f"/runs/{run_id}"})
 
 
+def _idempotency_key(call: _Call) -> str:
+    """The ``Idempotency-Key`` header: a retry with the same key is the same run."""
+    return call.request.headers.get("idempotency-key", "")
+
+
+def _client(call: _Call) -> str:
+    """Who calls (the token's subject), so two clients' idempotency keys never meet."""
+    return call.principal.subject if call.principal is not None else ""
+
+
 async def _submit_run(call: _Call) -> Response:
     body: SubmitRunBody = call.body
     command = submit_run_command(
         body.goal, repo=body.repo, plan=body.plan, fanout=body.fanout,
         claude_planner=body.claude_planner, run_id=body.run_id, budget_usd=body.budget_usd,
         max_parallel=body.max_parallel, policy=body.policy, now=datetime.now(UTC),
+        idempotency_key=_idempotency_key(call), client=_client(call),
     )  # fmt: skip
     submission = await call.door.submit_run(command)
     return _submitted(call.request, submission)
@@ -321,6 +357,7 @@ async def _submit_task(call: _Call) -> Response:
     command = submit_run_command(
         spec_fields["title"], repo=body.repo, plan=[TaskSpec(**spec_fields)],
         run_id=body.run_id, policy=body.policy, now=datetime.now(UTC),
+        idempotency_key=_idempotency_key(call), client=_client(call),
     )  # fmt: skip
     submission = await call.door.submit_run(command)
     return _submitted(call.request, submission, task_id=body.task_id)
@@ -413,8 +450,13 @@ def _log_line(stored: StoredEvent) -> LogLine:
 
 _RUN_ID = Param("run_id", "path", {"type": "string"}, "The run's id.")
 _TASK_ID = Param("task_id", "path", {"type": "string"}, "The task's id (unique, or with run_id).")
+_IDEMPOTENCY_KEY = Param(
+    "Idempotency-Key", "header", {"type": "string", "maxLength": 200, "pattern": "^[!-~]*$"},
+    "Your key for this submission: a retry with the same key is answered with the same run "
+    "(printable ASCII, at most 200 characters).", required=False,
+)  # fmt: skip
 _RUN_QUERY = Param(
-    "run_id", "query", {"type": "string", "pattern": f"^{_ID.pattern}$"},
+    "run_id", "query", {"type": "string", "pattern": ID_PATTERN},
     "The task's run, when several runs have this task id.", required=False,
 )  # fmt: skip
 _READ_ERRORS = (401, 403, 404)
@@ -427,8 +469,8 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
               _openapi, errors=(401, 403)),
     Operation("POST", "/runs", "submitRun", "Submit a run: a goal and a plan, a fan-out or the "
               "Claude planner. Answers once the driver recorded it.", "submit", 202,
-              SubmissionBody, _submit_run, request=SubmitRunBody, errors=(400, 401, 403, 409,
-                                                                          422, 503)),
+              SubmissionBody, _submit_run, request=SubmitRunBody, params=(_IDEMPOTENCY_KEY,),
+              errors=(400, 401, 403, 409, 413, 422, 503)),
     Operation("GET", "/runs", "listRuns", "Every run, oldest first.", "read", 200, RunsBody,
               _list_runs, errors=(401, 403)),
     Operation("GET", "/runs/{run_id}", "getRun", "One run with its tasks and spend.", "read",
@@ -442,7 +484,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
               params=(_RUN_ID,), errors=_COMMAND_ERRORS),
     Operation("POST", "/tasks", "submitTask", "Submit a single task (a run of one task).",
               "submit", 202, SubmissionBody, _submit_task, request=SubmitTaskBody,
-              errors=(400, 401, 403, 409, 422, 503)),
+              params=(_IDEMPOTENCY_KEY,), errors=(400, 401, 403, 409, 413, 422, 503)),
     Operation("GET", "/tasks/{task_id}", "getTask", "One task: state, attempt, timings, spend.",
               "read", 200, TaskView, _get_task, params=(_TASK_ID, _RUN_QUERY),
               errors=(*_READ_ERRORS, 422)),
@@ -538,7 +580,8 @@ def _endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
                 )
             body = None
             if op.request is not None:
-                body = _decode(await request.body(), op.request, required=op.body_required)
+                data = await _read_body(request, request.app.state.max_body_bytes)
+                body = _decode(data, op.request, required=op.body_required)
             response = await op.handler(_Call(request, _door(request), principal, body))
         except _Problem as problem:
             response = _problem_response(problem)
@@ -623,6 +666,7 @@ def create_app(
     *,
     extra_routes: Sequence[BaseRoute] = (),
     extra_lifespans: Sequence[Callable[[Starlette], AbstractAsyncContextManager[None]]] = (),
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Starlette:
     """The gateway application on an open front door.
 
@@ -634,6 +678,7 @@ def create_app(
             server's streamable-HTTP app; they do their own authentication.
         extra_lifespans: context managers run for the application's lifetime (an MCP
             session manager, say), entered in order and exited in reverse.
+        max_body_bytes: the largest request body any route reads (413 past it).
     """
 
     @asynccontextmanager
@@ -655,5 +700,6 @@ def create_app(
     )
     app.state.door = door
     app.state.verifier = verifier
+    app.state.max_body_bytes = max_body_bytes
     app.state.metrics = GatewayMetrics(lambda: door)
     return app

@@ -37,6 +37,7 @@ _TITLES: Final = {
     403: "The token lacks the scope this needs.",
     404: "No run or task has this id.",
     409: "The driver refused the command (the reason is the detail).",
+    413: "The request body is larger than the configured limit (gateway.max_body_bytes).",
     422: "A field is invalid; errors name it.",
     503: "No driver answered, or the event log is unreachable; retry later.",
 }

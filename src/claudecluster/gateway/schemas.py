@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from claudecluster.domain.submission import MAX_TASKS_CEILING
 from claudecluster.events.model import FanoutSpec, Id, RunPolicy, TaskKind, TaskLimits, TaskSpec
 from claudecluster.projections.views import CostView, RunView, TaskView, WorkerView
 
@@ -50,8 +51,11 @@ class SubmitRunBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     goal: Annotated[Text, msgspec.Meta(description="What the run should achieve.")]
     repo: Repo
     plan: Annotated[
-        Annotated[list[TaskSpec], msgspec.Meta(min_length=1, max_length=500)] | None,
-        msgspec.Meta(description="Explicit tasks (a task graph)."),
+        Annotated[list[TaskSpec], msgspec.Meta(min_length=1, max_length=MAX_TASKS_CEILING)] | None,
+        msgspec.Meta(
+            description="Explicit tasks (a task graph); at most the driver's configured "
+            "max_tasks (500 unless configured)."
+        ),
     ] = None
     fanout: Annotated[
         FanoutSpec | None, msgspec.Meta(description="One task per file matching a glob.")

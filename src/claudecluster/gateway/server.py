@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute
 
 from claudecluster.auth import TokenVerifier
 from claudecluster.errors import ConfigError
-from claudecluster.gateway.app import create_app
+from claudecluster.gateway.app import DEFAULT_MAX_BODY_BYTES, create_app
 from claudecluster.runtime.front_door import FrontDoor
 
 __all__ = ["Gateway", "open_gateway", "serve_app"]
@@ -125,13 +125,17 @@ async def open_gateway(
     port: int = 0,
     extra_routes: Sequence[BaseRoute] = (),
     extra_lifespans: Sequence[Callable[[Starlette], AbstractAsyncContextManager[None]]] = (),
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> AsyncIterator[Gateway]:
     """Serve the gateway on ``door`` until the context exits.
 
     Raises:
         ConfigError: the address cannot be listened on.
     """
-    app = create_app(door, verifier, extra_routes=extra_routes, extra_lifespans=extra_lifespans)
+    app = create_app(
+        door, verifier, extra_routes=extra_routes, extra_lifespans=extra_lifespans,
+        max_body_bytes=max_body_bytes,
+    )  # fmt: skip
     async with anyio.create_task_group() as group:
         bound: int = await group.start(lambda task_status: serve_app(
             app, host=host, port=port, task_status=task_status))  # fmt: skip

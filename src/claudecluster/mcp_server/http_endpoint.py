@@ -174,8 +174,10 @@ class McpHttpEndpoint:
         security: TransportSecuritySettings,
         verifier: TokenVerifier | None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        max_body_bytes: int = _MAX_BODY,
     ) -> None:
         self._sessions = sessions
+        self._max_body = max_body_bytes
         self._security = TransportSecurityMiddleware(security)
         self._verifier = verifier
         self._now = now
@@ -214,6 +216,21 @@ class McpHttpEndpoint:
         if principal is not None:
             scope = {**scope, "state": {**scope.get("state", {}), PRINCIPAL_STATE_KEY: principal}}
         version = request.headers.get(_VERSION_HEADER)
+        body = b""
+        if request.method == "POST":
+            # Read here, within the cap, for every protocol version, and checked for a
+            # nesting no JSON parser on the way can take (it answered 500 before).
+            read = await self._body(request)
+            if read is None:
+                await _error(413, "Payload Too Large")(scope, receive, send)
+                return
+            body = read
+            if _too_deep(body):
+                await _error(400, "Bad Request: the JSON is nested too deeply")(
+                    scope, receive, send
+                )
+                return
+            receive = _replaying(body, receive)
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
             # 2026-07-28 and later: one self-contained request, no session to keep.
             await self._manager.handle_request(scope, receive, send)
@@ -230,11 +247,7 @@ class McpHttpEndpoint:
         if request.method != "POST":
             await _error(405, "Method Not Allowed", {"Allow": "POST, DELETE"})(scope, receive, send)
             return
-        body = await self._body(request)
-        if body is None:
-            await _error(413, "Payload Too Large")(scope, receive, send)
-            return
-        replay = _replaying(body, receive)
+        replay = receive
         requested = _initialize_version(body)
         if requested is not None and MCP_SESSION_HEADER not in request.headers:
             await self._open_session(scope, replay, send, owner, requested, body)
@@ -257,14 +270,13 @@ class McpHttpEndpoint:
             return None
         return authenticate(request.headers.get("authorization"), "read", self._verifier)
 
-    @staticmethod
-    async def _body(request: Request) -> bytes | None:
+    async def _body(self, request: Request) -> bytes | None:
         """The request body, or None when it is larger than we accept."""
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > _MAX_BODY:
+            if size > self._max_body:
                 return None
             chunks.append(chunk)
         return b"".join(chunks)
@@ -342,8 +354,23 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
 def _parsed(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None  # the SDK's transport answers a parse error itself
+
+
+def _too_deep(body: bytes) -> bool:
+    """Whether the body is JSON nested deeper than a parser here goes (RecursionError).
+
+    Such a body answered 500: a parse further on raised RecursionError. Anything else
+    that does not parse is left to the SDK, which answers a JSON-RPC parse error.
+    """
+    try:
+        json.loads(body)
+    except RecursionError:
+        return True
+    except ValueError:
+        return False
+    return False
 
 
 def _initialize_version(body: bytes) -> str | None:
@@ -395,6 +422,7 @@ def mcp_for_gateway(
     default_repo: str,
     hosts: Sequence[str] = (),
     origins: Sequence[str] = (),
+    max_body_bytes: int = _MAX_BODY,
 ) -> GatewayMount:
     """The MCP server at ``/mcp`` of a gateway: same front door, same bearer tokens,
     sessions in JetStream KV, Host and Origin checked for where the gateway listens.
@@ -407,6 +435,7 @@ def mcp_for_gateway(
         default_repo: the repository runs work on when a tool call names none.
         hosts: more ``Host`` values to accept (a DNS name, a proxy's).
         origins: browser origins to accept.
+        max_body_bytes: the largest request body it reads (413 past it).
     """
     sessions = JetStreamMcpSessionStore(door.connection.client.jetstream())
     server = build_mcp_server(
@@ -417,6 +446,7 @@ def mcp_for_gateway(
         sessions,
         security=endpoint_security(host, port, hosts=hosts, origins=origins),
         verifier=verifier,
+        max_body_bytes=max_body_bytes,
     )
 
     @asynccontextmanager

@@ -13,9 +13,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from claudecluster.events.model import ID_PATTERN
+from claudecluster.events.model import ID_REGEX, is_id
 from claudecluster.projections.views import RunView, TaskView, WorkerView
 
 __all__ = [
@@ -38,21 +38,37 @@ __all__ = [
     "worker_result",
 ]
 
+
+def _run_id(value: str) -> str:
+    """The one id check (the pattern below is what the schema shows a client)."""
+    if not is_id(value):
+        raise ValueError("use 1-64 letters, digits, '_' or '-', starting with one of the first two")
+    return value
+
+
+def _task_ref(value: str) -> str:
+    if not all(is_id(part) for part in value.split("/", 1)):
+        raise ValueError("give RUN/TASK or TASK, each 1-64 letters, digits, '_' or '-'")
+    return value
+
+
 RunId = Annotated[
     str,
     Field(
-        pattern=ID_PATTERN,
+        pattern=f"^{ID_REGEX}$",
         description="A run id, e.g. run-20261124-101500-1a2b3c (letters, digits, - and _).",
     ),
+    AfterValidator(_run_id),
 ]
 TaskRef = Annotated[
     str,
     Field(
         min_length=1,
         max_length=129,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}(/[A-Za-z0-9][A-Za-z0-9_-]{0,63})?$",
+        pattern=f"^{ID_REGEX}(/{ID_REGEX})?$",
         description="A task as RUN/TASK, or a task id that only one run has.",
     ),
+    AfterValidator(_task_ref),
 ]
 #: Free text that goes on to prompts, files and command lines, where the OS refuses a NUL.
 NO_NUL: Final = r"^[^\x00]*$"

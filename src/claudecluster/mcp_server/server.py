@@ -17,6 +17,7 @@ gateway (:mod:`claudecluster.mcp_server.http_endpoint`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -24,7 +25,6 @@ from typing import Annotated, Any, Final, Protocol, TypeVar, get_args
 
 import anyio
 import mcp.types as mcp_types
-import yaml
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
@@ -32,7 +32,7 @@ from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field
 from starlette.requests import Request
 
-from claudecluster.auth import Principal, Scope
+from claudecluster.auth import Principal, Scope, holds_scope
 from claudecluster.errors import (
     ClusterError,
     GraphError,
@@ -40,7 +40,7 @@ from claudecluster.errors import (
     UnknownEntityError,
 )
 from claudecluster.events.model import RunCancelled, TaskCancelled, TaskProgress
-from claudecluster.events.plan import plan_from_data, plan_to_specs
+from claudecluster.events.plan import plan_to_specs
 from claudecluster.events.subjects import run_filter
 from claudecluster.mcp_server.models import (
     NO_NUL,
@@ -62,6 +62,7 @@ from claudecluster.mcp_server.models import (
 )
 from claudecluster.reporting import render_markdown, run_record
 from claudecluster.runtime.front_door import FrontDoor, submit_run_command
+from claudecluster.runtime.planners import parse_plan_text
 from claudecluster.transport.base import read_all
 
 __all__ = [
@@ -92,8 +93,27 @@ def _require(ctx: Context[Any], needed: Scope) -> None:
     request = ctx.request_context.request
     state = request.scope.get("state", {}) if isinstance(request, Request) else {}
     principal = state.get(PRINCIPAL_STATE_KEY)
-    if isinstance(principal, Principal) and needed not in principal.scopes:
+    if isinstance(principal, Principal) and not holds_scope(principal.scopes, needed):
         raise ToolError(str(PermissionDeniedError(needed, principal.scopes)))
+
+
+def _client(ctx: Context[Any]) -> str:
+    """Who calls (the token's subject; empty over stdio), to keep idempotency keys apart."""
+    request = ctx.request_context.request
+    state = request.scope.get("state", {}) if isinstance(request, Request) else {}
+    principal = state.get(PRINCIPAL_STATE_KEY)
+    return principal.subject if isinstance(principal, Principal) else ""
+
+
+IdempotencyKey = Annotated[
+    str,
+    Field(
+        max_length=200,
+        pattern=r"^[!-~]*$",
+        description="Your key for this submission: a retry with the same key (after a "
+        "timeout, say) returns the same run instead of starting a second one.",
+    ),
+]
 
 
 class LogLevelBook(Protocol):
@@ -242,6 +262,7 @@ def build_mcp_server(
             bool, Field(description="Follow the run until it ends, with progress.")
         ] = False,
         timeout_s: Annotated[float, Field(gt=0, le=_MAX_WAIT_S)] = 1800.0,
+        idempotency_key: IdempotencyKey = "",
     ) -> SubmittedResult:
         """Start a run toward a goal; a Claude Code planner splits it into parallel tasks.
 
@@ -259,6 +280,9 @@ def build_mcp_server(
                 max_parallel=max_parallel,
                 source="tool run_goal",
                 now=datetime.now(UTC),
+                max_tasks=door.max_tasks,
+                idempotency_key=idempotency_key,
+                client=_client(ctx),
             )
             return (await door.submit_run(command)).run_id
 
@@ -286,6 +310,7 @@ def build_mcp_server(
         max_parallel: Annotated[int | None, Field(ge=1, le=1000)] = None,
         wait: bool = False,
         timeout_s: Annotated[float, Field(gt=0, le=_MAX_WAIT_S)] = 1800.0,
+        idempotency_key: IdempotencyKey = "",
     ) -> SubmittedResult:
         """Start a run from your own task graph (a plan), without a planner.
 
@@ -294,11 +319,11 @@ def build_mcp_server(
         """
         _require(ctx, "submit")
         try:
-            data = yaml.safe_load(plan)
-        except yaml.YAMLError as exc:
-            raise ToolError(f"plan: not valid YAML or JSON: {exc}") from None
-        try:
-            parsed = plan_from_data(data, "plan")
+            # Off the event loop: a large plan takes a while to parse, and every other
+            # session of this server waits for the loop meanwhile.
+            parsed = await anyio.to_thread.run_sync(
+                functools.partial(parse_plan_text, plan, "plan", max_tasks=door.max_tasks)
+            )
         except GraphError as exc:
             raise ToolError(str(exc)) from None
 
@@ -311,6 +336,9 @@ def build_mcp_server(
                 max_parallel=max_parallel,
                 source="tool submit_plan",
                 now=datetime.now(UTC),
+                max_tasks=door.max_tasks,
+                idempotency_key=idempotency_key,
+                client=_client(ctx),
             )
             return (await door.submit_run(command)).run_id
 

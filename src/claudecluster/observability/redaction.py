@@ -21,9 +21,11 @@ __all__ = ["MIN_SECRET_LENGTH", "REDACTED", "SECRET_KEY_PATTERN", "Redactor", "r
 
 REDACTED: Final = "[REDACTED]"
 
-#: Shorter values are not treated as secrets: redacting "a" everywhere would destroy logs,
-#: and no real key or token is that short.
+#: Shorter secrets are replaced only where they stand as a whole word (not inside other
+#: words): replacing every "a" would destroy the text, yet a short secret must not leak
+#: either. Our own secrets have minimum lengths (see settings); this covers the others.
 MIN_SECRET_LENGTH: Final = 8
+_WORD: Final = r"A-Za-z0-9_\-"
 
 SECRET_KEY_PATTERN: Final = re.compile(
     r"(api[_-]?key|token|secret|password|passwd|authorization|credential|private[_-]?key)",
@@ -35,9 +37,20 @@ class Redactor:
     """Replaces known secret values in text and bytes, and masks secret-named fields."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
+        given = {s for s in secrets if s}
         # Longest first, so a secret that contains another is replaced whole.
-        unique = {s for s in secrets if len(s) >= MIN_SECRET_LENGTH}
+        unique = {s for s in given if len(s) >= MIN_SECRET_LENGTH}
         self._secrets: tuple[str, ...] = tuple(sorted(unique, key=len, reverse=True))
+        short = sorted(given - unique, key=len, reverse=True)
+        words = "|".join(re.escape(s) for s in short)
+        self._short: re.Pattern[str] | None = (
+            re.compile(f"(?<![{_WORD}])(?:{words})(?![{_WORD}])") if short else None
+        )
+        # In encoded JSON, not where the secret is a whole string: a key or an enum value
+        # ("id", "read") would no longer decode, and the event would be lost.
+        esc = "|".join(re.escape(msgspec.json.encode(s)[1:-1].decode()) for s in short)
+        either = f'(?<![{_WORD}"])(?:{esc})(?![{_WORD}])|(?<![{_WORD}])(?:{esc})(?![{_WORD}"])'
+        self._short_bytes: re.Pattern[bytes] | None = re.compile(either.encode()) if short else None
         # In encoded JSON a secret holding quotes, backslashes or control characters appears
         # escaped, so both its raw and its JSON-escaped form are searched for.
         forms = {s.encode() for s in self._secrets} | {
@@ -46,13 +59,15 @@ class Redactor:
         self._secret_bytes: tuple[bytes, ...] = tuple(sorted(forms, key=len, reverse=True))
 
     def __bool__(self) -> bool:
-        return bool(self._secrets)
+        return bool(self._secrets) or self._short is not None
 
     def text(self, value: str) -> str:
         """``value`` with every known secret replaced."""
         for secret in self._secrets:
             if secret in value:
                 value = value.replace(secret, REDACTED)
+        if self._short is not None:
+            value = self._short.sub(REDACTED, value)
         return value
 
     def data(self, value: bytes) -> bytes:
@@ -64,6 +79,8 @@ class Redactor:
         for secret in self._secret_bytes:
             if secret in value:
                 value = value.replace(secret, REDACTED.encode())
+        if self._short_bytes is not None:
+            value = self._short_bytes.sub(REDACTED.encode(), value)
         return value
 
     def mapping(self, fields: Mapping[str, Any]) -> dict[str, Any]:

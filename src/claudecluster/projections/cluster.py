@@ -105,9 +105,36 @@ def find_task(view: ClusterView, ref: str) -> TaskView:
 
 
 def apply(view: ClusterView, stored: StoredEvent) -> ClusterView:
-    """Fold one stored event into every projection; a sequence already applied is a no-op."""
+    """Fold one stored event into every projection; a sequence already applied is a no-op.
+
+    Total: an event a projection fails on is counted as an anomaly naming the error and
+    changes nothing else, so no recorded event can stop a reader (the log keeps it, and
+    every reader folds it again at every start).
+    """
     if stored.seq <= view.last_seq:
         return view
+    try:
+        return _apply(view, stored)
+    except Exception as exc:  # noqa: BLE001 - recorded as an anomaly with the reason
+        return _anomalous(view, stored, f"cannot be applied: {type(exc).__name__}: {exc}")
+
+
+def _anomalous(view: ClusterView, stored: StoredEvent, reason: str) -> ClusterView:
+    anomaly = Anomaly(
+        seq=stored.seq,
+        event_id=stored.envelope.id,
+        type=str(type(stored.envelope.payload).__struct_config__.tag),
+        reason=reason,
+    )
+    return msgspec.structs.replace(
+        view,
+        last_seq=stored.seq,
+        anomaly_count=view.anomaly_count + 1,
+        recent_anomalies=(*view.recent_anomalies[-(RECENT_ANOMALIES - 1) :], anomaly),
+    )
+
+
+def _apply(view: ClusterView, stored: StoredEvent) -> ClusterView:
     envelope = stored.envelope
     # Each projection folds a few event types and leaves the rest alone; asking only the
     # ones that read this type is the same fold without most of the calls (a heartbeat

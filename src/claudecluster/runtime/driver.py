@@ -83,6 +83,7 @@ from claudecluster.runtime.planners import finish_plan, planner_for
 from claudecluster.transport.artifacts import ArtifactStore, artifact_key
 from claudecluster.transport.base import EventLog
 from claudecluster.transport.commands import publish_command
+from claudecluster.transport.quarantine import quarantine
 from claudecluster.transport.topology import COMMANDS_STREAM
 from claudecluster.transport.work_queue import WorkQueue
 from claudecluster.workspace.git import (
@@ -162,10 +163,9 @@ class Driver:
         Raises:
             EventStoreError: the log cannot be read.
         """
-        now = self._options.now
         async with self._log.open_reader() as events:
             async for stored in events:
-                decide(self.state, stored, now())
+                self._decide(stored)
         # What the replay decided was decided on a partial picture: decide again.
         self.state.pending.clear()
         self.state.starting.clear()
@@ -179,11 +179,10 @@ class Driver:
             task_status.started()
             async for message in receive:
                 if isinstance(message, _CommandMessage):
-                    effects = decide(self.state, message.envelope, now())
-                    await message.msg.ack()
+                    effects = await self._decide_command(message)
                 else:
                     anomalies = self.state.view.anomaly_count
-                    effects = decide(self.state, message, now())
+                    effects = self._decide(message)
                     if isinstance(message, StoredEvent):
                         await self._quarantine_forged(message, anomalies)
                 for effect in effects:
@@ -198,6 +197,44 @@ class Driver:
         if anomaly.seq == stored.seq and anomaly.reason.startswith(NOT_THE_HOLDER):
             _log.warning("forged event refused", seq=stored.seq, reason=anomaly.reason)
             await self._log.quarantine_refused(stored, anomaly.reason)
+
+    def _decide(self, message: Message) -> list[Effect]:
+        """The core's decision, or none if it failed: the driver goes on with the rest.
+
+        The core already turns what it cannot apply into the end of that run (recorded
+        once); this is the last line for a defect that escapes it. The state may then miss
+        this one message, which is logged with the error: better than a driver that stops
+        at the same message at every start.
+        """
+        try:
+            return decide(self.state, message, self._options.now())
+        except Exception as exc:  # noqa: BLE001 - logged with the message; see above
+            _log.exception(
+                "the driver core failed on a message; skipped",
+                message=repr(message)[:500],
+                error=repr(exc),
+            )
+            return []
+
+    async def _decide_command(self, message: _CommandMessage) -> list[Effect]:
+        """Decide a command and acknowledge it; a command the core fails on is terminated
+        and quarantined with the reason, so it is never redelivered."""
+        try:
+            effects = decide(self.state, message.envelope, self._options.now())
+        except Exception as exc:  # noqa: BLE001 - quarantined with the reason, never redelivered
+            reason = f"the driver core failed on this command: {type(exc).__name__}: {exc}"
+            _log.exception("poison command", subject=message.msg.subject, error=reason)
+            await self._quarantine_command(message.msg, reason)
+            return []
+        await message.msg.ack()
+        return effects
+
+    async def _quarantine_command(self, msg: Msg, reason: str) -> None:
+        await quarantine(
+            self._js, origin="cmd", origin_stream=COMMANDS_STREAM, subject=msg.subject,
+            seq=msg.metadata.sequence.stream, reason=reason, data=msg.data,
+        )  # fmt: skip
+        await msg.term()  # never deliver it again: it cannot become valid
 
     async def _follow(
         self, from_seq: int, send: MemoryObjectSendStream[Message | _CommandMessage]
@@ -229,10 +266,7 @@ class Driver:
                     try:
                         envelope = decode_command(msg.data)
                     except EventDecodeError as exc:
-                        _log.warning(
-                            "undecodable command dropped", subject=msg.subject, error=str(exc)
-                        )
-                        await msg.term()
+                        await self._quarantine_command(msg, str(exc))
                         continue
                     await send.send(_CommandMessage(envelope, msg))
 
@@ -325,6 +359,15 @@ class Driver:
         except (GraphError, WorkspaceError) as exc:
             _log.warning("run cannot be planned", run=run_id, error=str(exc))
             failed = RunFailed(run_id=run_id, reason=f"planning failed: {exc}")
+            return await self._record(failed, f"failed-{run_id}", None)
+        except ClusterError:
+            raise  # the store or the bus: the effect is retried
+        except Exception as exc:  # noqa: BLE001 - the run fails once, with the reason
+            # Anything else the planner raises would do so again on the same submission:
+            # let it out and every restart's Resume asks for the same plan and stops again.
+            _log.exception("the planner failed", run=run_id, error=repr(exc))
+            reason = f"planning failed: {type(exc).__name__}: {exc}"[:2_000]
+            failed = RunFailed(run_id=run_id, reason=reason)
             return await self._record(failed, f"failed-{run_id}", None)
         planned = RunPlanned(
             run_id=run_id,

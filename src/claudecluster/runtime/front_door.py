@@ -14,7 +14,7 @@ log as it was when it opened.
 
 from __future__ import annotations
 
-import re
+import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,6 +26,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from claudecluster.domain.graph import validate_graph
+from claudecluster.domain.submission import DEFAULT_MAX_TASKS, submission_problem
 from claudecluster.errors import (
     CommandRefusedError,
     ConfigError,
@@ -49,9 +50,11 @@ from claudecluster.events.model import (
     TaskCancelled,
     TaskSkipped,
     TaskSpec,
+    is_id,
 )
 from claudecluster.events.subjects import run_filter, task_filter
 from claudecluster.observability.logging import get_logger
+from claudecluster.observability.redaction import redact_url
 from claudecluster.projections.cluster import ClusterView, apply, find_task
 from claudecluster.projections.views import RunView, TaskView, WorkerView
 from claudecluster.runtime.connection import Connection
@@ -62,6 +65,7 @@ __all__ = [
     "DEFAULT_ANSWER_TIMEOUT_S",
     "FrontDoor",
     "Submission",
+    "idempotent_run_id",
     "new_run_id",
     "open_front_door",
     "submit_run_command",
@@ -69,7 +73,6 @@ __all__ = [
 
 #: How long a front door waits for the driver to answer a command.
 DEFAULT_ANSWER_TIMEOUT_S: Final = 30.0
-_RUN_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _log = get_logger(__name__)
 
 
@@ -80,6 +83,30 @@ def new_run_id(now: datetime) -> str:
     microsecond-stamped instant from different clients.
     """
     return f"run-{now:%Y%m%d-%H%M%S}-{uuid4().hex[:6]}"
+
+
+#: What an idempotency key may hold: printable ASCII, as an HTTP header value can.
+_KEY_CHARS: Final = frozenset(chr(c) for c in range(0x21, 0x7F))
+_MAX_KEY: Final = 200
+
+
+def idempotent_run_id(key: str, client: str = "") -> str:
+    """The run id a submission with idempotency ``key`` gets when it names none.
+
+    Derived from the key (and the client, so two clients' keys never meet), so a retry
+    names the same run and the driver's core, which refuses a second run with one id,
+    answers it with the first.
+    """
+    digest = hashlib.sha256(f"{client}\0{key}".encode()).hexdigest()[:24]
+    return f"run-k{digest}"
+
+
+def _key_problem(key: str) -> str | None:
+    if len(key) > _MAX_KEY:
+        return f"at most {_MAX_KEY} characters"
+    if not set(key) <= _KEY_CHARS:
+        return "printable ASCII only (no spaces or control characters)"
+    return None
 
 
 def submit_run_command(
@@ -96,6 +123,9 @@ def submit_run_command(
     plan_source: str = "",
     source: str = "request",
     now: datetime,
+    max_tasks: int = DEFAULT_MAX_TASKS,
+    idempotency_key: str = "",
+    client: str = "",
 ) -> SubmitRun:
     """The ``SubmitRun`` for a goal, checked as far as it can be before the driver sees it.
 
@@ -117,9 +147,14 @@ def submit_run_command(
         plan_source: where the plan came from (a file path), for the record.
         source: where the values came from, for error messages (``flags``, ``request``).
         now: the time, for a default run id.
+        max_tasks: the configured cap on a run's tasks (``driver.max_tasks``).
+        idempotency_key: the client's key: a retry with it is the same run (the run id
+            is derived from it and ``client`` when none is given).
+        client: who submits (a token's subject), so keys of different clients differ.
 
     Raises:
-        ConfigError: not exactly one way of planning, or an invalid run id.
+        ConfigError: not exactly one way of planning, an invalid run id, or a bound broken
+            (more tasks than ``max_tasks``, a fan-out template with a bad placeholder).
         GraphError: the plan's task graph is invalid.
     """
     chosen = [
@@ -135,8 +170,14 @@ def submit_run_command(
             "give exactly one of a plan, a fan-out or the claude planner "
             f"(got {', '.join(chosen) or 'none'})",
         )
-    run_id = run_id or new_run_id(now)
-    if not _RUN_ID.fullmatch(run_id):
+    if idempotency_key:
+        problem = _key_problem(idempotency_key)
+        if problem is not None:
+            raise ConfigError("idempotency_key", source, problem)
+    run_id = run_id or (
+        idempotent_run_id(idempotency_key, client) if idempotency_key else new_run_id(now)
+    )
+    if not is_id(run_id):
         raise ConfigError("run_id", source, "use letters, digits, '-' and '_' only")
     common = {
         "run_id": run_id,
@@ -145,15 +186,25 @@ def submit_run_command(
         "budget_usd": budget_usd,
         "max_parallel": max_parallel,
         "policy": policy or RunPolicy(),
+        "idempotency_key": idempotency_key,
     }
     if plan is not None:
         specs = tuple(plan)
+        if len(specs) > max_tasks:  # before the graph is built: its size is the problem
+            raise ConfigError(
+                "plan", source, f"{len(specs)} tasks, more than the limit of {max_tasks} per run"
+            )
         validate_graph(specs)
         planner: Literal["plan_file", "inline"] = "plan_file" if plan_source else "inline"
-        return SubmitRun(**common, plan=specs, planner=planner, plan_source=plan_source)  # type: ignore[arg-type]
-    if fanout is not None:
-        return SubmitRun(**common, planner="fanout", fanout=fanout)  # type: ignore[arg-type]
-    return SubmitRun(**common, planner="claude")  # type: ignore[arg-type]
+        command = SubmitRun(**common, plan=specs, planner=planner, plan_source=plan_source)  # type: ignore[arg-type]
+    elif fanout is not None:
+        command = SubmitRun(**common, planner="fanout", fanout=fanout)  # type: ignore[arg-type]
+    else:
+        command = SubmitRun(**common, planner="claude")  # type: ignore[arg-type]
+    bound = submission_problem(command, max_tasks=max_tasks)
+    if bound is not None:
+        raise ConfigError(bound[0], source, bound[1])
+    return command
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,11 +243,18 @@ class FrontDoor:
     """
 
     def __init__(
-        self, conn: Connection, *, answer_timeout_s: float = DEFAULT_ANSWER_TIMEOUT_S
+        self,
+        conn: Connection,
+        *,
+        answer_timeout_s: float = DEFAULT_ANSWER_TIMEOUT_S,
+        max_tasks: int = DEFAULT_MAX_TASKS,
     ) -> None:
         self._conn = conn
         self._answer_timeout_s = answer_timeout_s
+        self.max_tasks = max_tasks
         self._view = ClusterView()
+        #: run id -> the idempotency key it was submitted with
+        self._keys: dict[str, str] = {}
         self._waiters: list[_Waiter] = []
         self._advanced = anyio.Event()
 
@@ -294,10 +352,18 @@ class FrontDoor:
         A run id the view already knows is refused here, without a round trip.
 
         Raises:
+            ConfigError: the run breaks a bound (too many tasks, a bad fan-out template).
             CommandRefusedError: the driver refused the run (or its id is taken).
             DriverUnavailableError: ``wait`` and no driver recorded it in time.
             EventStoreError: the command could not be published.
         """
+        bound = submission_problem(command, max_tasks=self.max_tasks)
+        if bound is not None:
+            raise ConfigError(bound[0], "request", bound[1])
+        key = command.idempotency_key
+        if key and self._keys.get(command.run_id) == key:
+            # A retry of a submission the log already has: the same run, not a second one.
+            return Submission(command.run_id, "", 0, accepted=True)
         if command.run_id in self._view.runs:
             raise CommandRefusedError(
                 "run.submit", f"run {command.run_id!r} already exists; choose another run id"
@@ -419,7 +485,7 @@ class FrontDoor:
         if waiter.found is None:
             raise DriverUnavailableError(
                 f"no driver answered {command_id} within {self._answer_timeout_s:.0f}s: start "
-                f"one with 'claudecluster driver --nats {self._conn.url}'"
+                f"one with 'claudecluster driver --nats {redact_url(self._conn.url)}'"
             )
         event = waiter.found.envelope.payload
         if isinstance(event, CommandRejected):
@@ -447,6 +513,9 @@ class FrontDoor:
         async with self._conn.log.open_reader(from_seq=1, follow=True) as events:
             async for stored in events:
                 self._view = apply(self._view, stored)
+                event = stored.envelope.payload
+                if isinstance(event, RunSubmitted) and event.idempotency_key:
+                    self._keys.setdefault(event.run_id, event.idempotency_key)
                 for waiter in self._waiters:
                     if waiter.found is None and waiter.wanted(stored):
                         waiter.found = stored
@@ -460,14 +529,22 @@ class FrontDoor:
 
 @asynccontextmanager
 async def open_front_door(
-    conn: Connection, *, answer_timeout_s: float = DEFAULT_ANSWER_TIMEOUT_S
+    conn: Connection,
+    *,
+    answer_timeout_s: float = DEFAULT_ANSWER_TIMEOUT_S,
+    max_tasks: int = DEFAULT_MAX_TASKS,
 ) -> AsyncIterator[FrontDoor]:
     """A front door on ``conn`` whose view has caught up with the log; closed on exit.
+
+    Args:
+        conn: the cluster connection.
+        answer_timeout_s: how long to wait for the driver's answer to a command.
+        max_tasks: the configured cap on a run's tasks (``driver.max_tasks``).
 
     Raises:
         EventStoreError: the log could not be read.
     """
-    door = FrontDoor(conn, answer_timeout_s=answer_timeout_s)
+    door = FrontDoor(conn, answer_timeout_s=answer_timeout_s, max_tasks=max_tasks)
     async with anyio.create_task_group() as group:
         await group.start(door.follow)
         _log.debug("front door ready", last_seq=door.view.last_seq)

@@ -25,6 +25,7 @@ import yaml
 from claudecluster.domain.graph import predict_conflicts, validate_graph
 from claudecluster.domain.kinds import KIND_PROFILES
 from claudecluster.domain.outcome import Outcome
+from claudecluster.domain.submission import DEFAULT_MAX_TASKS, fill_template
 from claudecluster.errors import GraphError
 from claudecluster.events.model import (
     FanoutSpec,
@@ -50,6 +51,7 @@ __all__ = [
     "fanout_tasks",
     "finish_plan",
     "load_plan_file",
+    "parse_plan_text",
     "planner_for",
     "task_id_for",
 ]
@@ -83,7 +85,7 @@ async def fanout_tasks(repo: Path, commit: str, fanout: FanoutSpec, goal: str) -
     """One task per file of ``commit`` matching the fan-out's glob.
 
     Raises:
-        GraphError: no file matches, or more than ``max_tasks`` do.
+        GraphError: no file matches, more than ``max_tasks`` do, or the template is invalid.
     """
     if not fanout.glob.strip() or not fanout.prompt_template.strip():
         raise GraphError("fan-out: both a glob and a prompt template are needed")
@@ -99,15 +101,9 @@ async def fanout_tasks(repo: Path, commit: str, fanout: FanoutSpec, goal: str) -
     taken: set[str] = set()
     tasks = []
     for path in paths:
-        try:
-            prompt = fanout.prompt_template.format(
-                path=path, stem=PurePosixPath(path).stem, goal=goal
-            )
-        except (KeyError, IndexError, ValueError) as exc:
-            raise GraphError(
-                f"fan-out: the prompt template cannot be filled ({exc!r}); it may use "
-                "{path}, {stem} and {goal}, and literal braces must be doubled"
-            ) from None
+        prompt = fill_template(
+            fanout.prompt_template, {"path": path, "stem": PurePosixPath(path).stem, "goal": goal}
+        )
         tasks.append(
             TaskSpec(
                 task_id=task_id_for(path, taken),
@@ -346,24 +342,70 @@ def planner_for(
     return ClaudeCodePlanner(executor, work_dir, api_environment)
 
 
-def load_plan_file(path: Path) -> PlanFile:
+def load_plan_file(path: Path, *, max_tasks: int = DEFAULT_MAX_TASKS) -> PlanFile:
     """Read a plan file (YAML, or JSON by its ``.json`` suffix) and check its shape.
 
     Raises:
-        GraphError: the file is missing, does not parse, or does not fit the schema; the
-            message names the file and, for a shape problem, the field.
+        GraphError: the file is missing, does not parse, has YAML anchors or aliases, has
+            more than ``max_tasks`` tasks, or does not fit the schema; the message names
+            the file and, for a shape problem, the field.
     """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise GraphError(f"{path}: cannot read the plan file ({exc.strerror})") from None
+    return parse_plan_text(text, str(path), json_only=path.suffix == ".json", max_tasks=max_tasks)
+
+
+class _PlanLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without anchors and aliases.
+
+    An alias expands to a copy of what its anchor names, so a few lines of nested aliases
+    (the "billion laughs") become billions of nodes. A plan has no use for them: refused,
+    naming the line.
+    """
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
+            raise GraphError(
+                f"line {event.start_mark.line + 1}: YAML anchors and aliases "
+                f"({sign}{anchor}) are not allowed in a plan; write the values out"
+            )
+        return super().compose_node(parent, index)
+
+
+def parse_plan_text(
+    text: str, source: str, *, json_only: bool = False, max_tasks: int = DEFAULT_MAX_TASKS
+) -> PlanFile:
+    """A plan from its text (YAML, or JSON, which YAML also reads), checked as it is read.
+
+    Every door that takes a plan's text goes through here: the CLI's plan files and the
+    MCP ``submit_plan`` tool. The task count is checked before the tasks are converted.
+
+    Raises:
+        GraphError: the text does not parse, nests too deeply, has YAML anchors or
+            aliases, has more than ``max_tasks`` tasks, or does not fit the schema.
+    """
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        # yaml.load with a SafeLoader subclass: safe_load cannot take our loader.
+        data = json.loads(text) if json_only else yaml.load(text, Loader=_PlanLoader)  # noqa: S506
     except json.JSONDecodeError as exc:
-        raise GraphError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}") from None
+        raise GraphError(f"{source}: not valid JSON: {exc.msg} at line {exc.lineno}") from None
     except yaml.YAMLError as exc:
-        raise GraphError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
-    return plan_from_data(data, str(path))
+        raise GraphError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
+    except GraphError as exc:
+        raise GraphError(f"{source}: {exc}") from None
+    except RecursionError:
+        raise GraphError(f"{source}: the plan is nested too deeply to read") from None
+    tasks = data.get("tasks") if isinstance(data, dict) else None
+    if isinstance(tasks, list) and len(tasks) > max_tasks:
+        raise GraphError(
+            f"{source}: {len(tasks)} tasks, more than the limit of {max_tasks} per run"
+        )
+    return plan_from_data(data, source)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -216,7 +216,7 @@ class Worker:
         self._js = js
         self._queue = WorkQueue(js, ack_wait_s=config.ack_wait_s)
         self._artifacts = ArtifactStore(js)
-        self._sessions = JetStreamSessionStore(js)
+        self._sessions = JetStreamSessionStore(js, redactor=log.redactor)
         # Refuses to start where the sandbox is missing, unless the operator chose none.
         self._confinement = config.confinement or default_confinement()
         self._executor: Executor = executor or ClaudeCodeExecutor(confinement=self._confinement)

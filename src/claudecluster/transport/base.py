@@ -15,6 +15,7 @@ import msgspec
 
 from claudecluster.events.envelope import EventEnvelope, StoredEvent
 from claudecluster.events.subjects import ALL_EVENTS
+from claudecluster.observability.redaction import Redactor
 
 __all__ = ["AppendResult", "EventLog", "QuarantinedMessage", "read_all"]
 
@@ -57,6 +58,12 @@ class EventLog(Protocol):
     * Readers see events in sequence order. An undecodable message is quarantined with the
       reason and skipped; it never stops a reader.
     """
+
+    @property
+    def redactor(self) -> Redactor:
+        """The secrets this log strips from every event it stores; an actor strips the same
+        ones from everything else it stores (session transcripts)."""
+        ...
 
     async def append(
         self, envelope: EventEnvelope, *, expected_last: int | None = None

@@ -28,6 +28,8 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from claudecluster.errors import EventStoreError
+from claudecluster.observability.logging import get_logger
+from claudecluster.observability.redaction import Redactor
 from claudecluster.transport.ordered import last_sequence, open_ordered
 
 if TYPE_CHECKING:
@@ -50,6 +52,9 @@ _MAIN: Final = "_"
 _CAS_ATTEMPTS: Final = 20
 
 
+_log = get_logger(__name__)
+
+
 def _token(text: str) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=") or "-"
 
@@ -67,11 +72,14 @@ class JetStreamSessionStore:
 
     Args:
         js: a JetStream context of a connected client, with the topology applied.
+        redactor: secrets to strip from every transcript entry and summary before it is
+            stored (an agent may echo its API key; the bucket keeps transcripts 30 days).
     """
 
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, *, redactor: Redactor | None = None) -> None:
         self._js = js
         self._kv: KeyValue | None = None
+        self._redactor = redactor or Redactor()
 
     async def _bucket(self) -> KeyValue:
         if self._kv is None:
@@ -94,7 +102,9 @@ class JetStreamSessionStore:
             return
         try:
             await self._js.publish(
-                self._subject(key), json.dumps(entries).encode(), stream=SESSIONS_STREAM
+                self._subject(key),
+                self._redactor.data(json.dumps(entries).encode()),
+                stream=SESSIONS_STREAM,
             )
             kv = await self._bucket()
             project, session = _token(key["project_key"]), _token(key["session_id"])
@@ -126,7 +136,7 @@ class JetStreamSessionStore:
 
             folded = dict(fold_session_summary(previous, key, entries))
             folded["mtime"] = now
-            value = json.dumps(folded).encode()
+            value = self._redactor.data(json.dumps(folded).encode())
             try:
                 if entry is None:
                     await kv.create(name, value)
@@ -150,7 +160,18 @@ class JetStreamSessionStore:
         seen: set[str] = set()
         async with open_ordered(self._js, SESSIONS_STREAM, subject) as messages:
             async for msg in messages:
-                for entry in json.loads(msg.data):
+                try:
+                    batch = json.loads(msg.data)
+                except (ValueError, RecursionError) as exc:
+                    # Not a batch we wrote: skipped, so one bad message cannot make every
+                    # resume of this session fail (the transcript is otherwise intact).
+                    _log.warning("undecodable transcript batch skipped", subject=msg.subject,
+                                 error=repr(exc)[:300])  # fmt: skip
+                    continue
+                if not isinstance(batch, list):
+                    _log.warning("transcript batch is not a list; skipped", subject=msg.subject)
+                    continue
+                for entry in batch:
                     uuid = entry.get("uuid") if isinstance(entry, dict) else None
                     if isinstance(uuid, str):
                         if uuid in seen:
