@@ -21,7 +21,7 @@ from cyclopts import App
 from rich.console import Console
 from rich.table import Table
 
-from claudecluster.cli.app import EXIT_OK, app
+from claudecluster.cli.app import EXIT_OK
 from claudecluster.cli.render import workers_table
 from claudecluster.errors import ConfigError, DriverUnavailableError, UnknownEntityError
 from claudecluster.events.model import DrainWorker, WorkerLeft
@@ -37,8 +37,6 @@ __all__ = ["config_app", "workers_app"]
 
 config_app = App(name="config", help="The effective configuration and where it came from.")
 workers_app = App(name="workers", help="The worker pool: list, add local workers, drain one.")
-app.command(config_app)
-app.command(workers_app)
 
 _SECRET: Final = "**********"
 _DRAIN_TIMEOUT_S: Final = 120.0

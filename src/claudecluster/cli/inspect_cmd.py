@@ -15,7 +15,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from claudecluster.cli.app import EXIT_OK, app
+from claudecluster.cli.app import EXIT_OK
 from claudecluster.cli.render import run_table, tasks_table
 from claudecluster.errors import ConfigError, UnknownEntityError
 from claudecluster.events.envelope import StoredEvent
@@ -40,7 +40,6 @@ def _settings(nats: str | None, config: Path | None) -> Settings:
     return settings
 
 
-@app.command
 def status(ref: str | None = None, *, nats: str | None = None, config: Path | None = None) -> int:
     """Show runs, one run with its tasks, or one task.
 
@@ -109,7 +108,6 @@ async def _view(settings: Settings) -> ClusterView:
         return replay(await read_all(conn.log))
 
 
-@app.command
 def logs(
     task: str, *, follow: bool = False, nats: str | None = None, config: Path | None = None
 ) -> int:
@@ -180,7 +178,6 @@ def _brief(event: object) -> str:
     return " ".join(parts)
 
 
-@app.command(name="replay")
 def replay_cmd(
     *,
     run: str | None = None,
@@ -275,7 +272,6 @@ async def _all_events(settings: Settings) -> list[StoredEvent]:
         return await read_all(conn.log)
 
 
-@app.command
 def export(
     run: str,
     *,

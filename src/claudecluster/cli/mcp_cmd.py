@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 import psutil
 
-from claudecluster.cli.app import EXIT_OK, app
+from claudecluster.cli.app import EXIT_OK
 from claudecluster.errors import ConfigError
 from claudecluster.mcp_server.server import build_mcp_server
 from claudecluster.observability.logging import configure_logging
@@ -31,7 +31,6 @@ from claudecluster.settings import Settings, load_settings
 __all__ = ["mcp"]
 
 
-@app.command
 def mcp(
     *,
     repo: Path | None = None,
