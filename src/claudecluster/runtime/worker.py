@@ -37,6 +37,7 @@ from claudecluster.domain.outcome import Outcome
 from claudecluster.errors import ClusterError, ConcurrencyError, EventDecodeError, WorkspaceError
 from claudecluster.events.codec import decode_command
 from claudecluster.events.envelope import StoredEvent, wrap_event
+from claudecluster.events.liveness import WorkerLiveness
 from claudecluster.events.model import (
     ArtifactRef,
     CancelRun,
@@ -51,7 +52,6 @@ from claudecluster.events.model import (
     TaskQueued,
     TaskRateLimited,
     TaskStarted,
-    WorkerHeartbeat,
     WorkerJoined,
     WorkerLeft,
 )
@@ -67,6 +67,7 @@ from claudecluster.runtime.http_server import open_http_server
 from claudecluster.runtime.worker_health import WorkerMetrics, health_app
 from claudecluster.transport.artifacts import ArtifactStore, artifact_key
 from claudecluster.transport.base import EventLog, read_all
+from claudecluster.transport.liveness import JetStreamWorkerRegistry
 from claudecluster.transport.session_store import JetStreamSessionStore
 from claudecluster.transport.work_queue import Delivery, WorkQueue
 from claudecluster.workspace.git import commit_all, open_workspace, result_bundle, task_branch
@@ -80,7 +81,6 @@ if TYPE_CHECKING:
 __all__ = ["Superseded", "Worker", "WorkerConfig", "new_worker_id"]
 
 _log = get_logger(__name__)
-_REGISTRY_BUCKET: Final = "cc_workers"
 _CAPABILITIES: Final = ("claude_code", "shell")
 _RUNS_KEPT: Final = 8
 
@@ -153,7 +153,7 @@ class _Attempt:
 
 
 class Worker:
-    """One worker: joins, heartbeats, serves its pool's queue, drains on stop.
+    """One worker: joins, heartbeats (in the registry), serves its pool's queue, drains on stop.
 
     Args:
         config: how to run.
@@ -182,6 +182,7 @@ class Worker:
         self._queue = WorkQueue(js, ack_wait_s=config.ack_wait_s)
         self._artifacts = ArtifactStore(js)
         self._sessions = JetStreamSessionStore(js)
+        self._registry = JetStreamWorkerRegistry(js)
         self._executor: Executor = executor or ClaudeCodeExecutor()
         self._shell: Executor = ShellExecutor()
         self._clock = clock
@@ -667,49 +668,51 @@ class Worker:
     # -- membership -------------------------------------------------------------------
 
     async def _heartbeats(self) -> None:
+        """Refresh this worker's registry entry every ``heartbeat_s``.
+
+        Liveness goes to the registry (KV, with a TTL), not to the event log: it is not
+        history, and as events it was most of the log. The log keeps the join, the leave
+        and the attempts this worker held.
+        """
         process = psutil.Process()
         process.cpu_percent(None)
         while True:
             await anyio.sleep(self.config.heartbeat_s)
-            running = tuple(sorted(self._running))
             try:
-                load = os.getloadavg()[0]
-            except OSError:
-                load = 0.0
-            try:
-                await self._record(
-                    WorkerHeartbeat(
-                        worker_id=self.config.worker_id,
-                        cpu_percent=psutil.cpu_percent(None),
-                        memory_bytes=process.memory_info().rss,
-                        load_avg=load,
-                        running_tasks=running,
-                        slots_free=max(0, self.config.slots - len(running)),
-                    )
+                await self._register(
+                    cpu_percent=psutil.cpu_percent(None), memory_bytes=process.memory_info().rss
                 )
-                await self._register()
             except (ClusterError, nats.errors.Error, TimeoutError) as exc:
                 # The store is failing over or restarting. A missed beat is harmless (the
                 # driver waits lost_after_s); ending the worker over it is not.
                 _log.warning("heartbeat not recorded; trying again", error=str(exc))
 
-    async def _register(self) -> None:
-        kv = await self._js.key_value(_REGISTRY_BUCKET)
-        entry = {
-            "worker_id": self.config.worker_id,
-            "pool": self.config.pool,
-            "slots": self.config.slots,
-            "running": sorted(self._running),
-        }
-        await kv.put(self.config.worker_id, msgspec.json.encode(entry))
+    async def _register(self, *, cpu_percent: float = 0.0, memory_bytes: int = 0) -> None:
+        running = tuple(sorted(self._running))
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            load = 0.0
+        await self._registry.put(
+            WorkerLiveness(
+                worker_id=self.config.worker_id,
+                at=self._clock(),
+                pool=self.config.pool,
+                slots=self.config.slots,
+                slots_free=max(0, self.config.slots - len(running)),
+                running_tasks=running,
+                cpu_percent=cpu_percent,
+                memory_bytes=memory_bytes,
+                load_avg=load,
+            )
+        )
 
     async def _unregister(self) -> None:
         try:
-            kv = await self._js.key_value(_REGISTRY_BUCKET)
-            await kv.delete(self.config.worker_id)
-        except (nats.errors.Error, TimeoutError) as exc:
+            await self._registry.delete(self.config.worker_id)
+        except ClusterError as exc:
             # The entry expires by its TTL anyway; say so rather than fail the shutdown.
-            _log.warning("worker registry entry not removed", error=repr(exc))
+            _log.warning("worker registry entry not removed", error=str(exc))
 
 
 _RESUME_NOTE: Final = (
