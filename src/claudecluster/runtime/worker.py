@@ -21,7 +21,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -32,6 +32,7 @@ import nats.errors
 import psutil
 from nats.aio.client import Client
 
+from claudecluster.actors.progress import ProgressBatcher
 from claudecluster.actors.worker import Admission, admit, finished_event
 from claudecluster.domain.outcome import Outcome
 from claudecluster.errors import ClusterError, ConcurrencyError, EventDecodeError, WorkspaceError
@@ -114,6 +115,8 @@ class WorkerConfig:
         setup_command: run in each workspace before the agent (install dependencies).
         setup_timeout_s: how long the setup command may take.
         join_reason: why it was started, recorded in WorkerJoined (an autoscaler says).
+        progress_interval_s: the least time between two emissions of an attempt's
+            coalesced progress events (see :mod:`claudecluster.actors.progress`).
     """
 
     worker_id: str
@@ -133,6 +136,7 @@ class WorkerConfig:
     setup_command: str | None = None
     setup_timeout_s: float = 600.0
     join_reason: str = ""
+    progress_interval_s: float = 1.0
 
 
 class Superseded(Exception):  # noqa: N818 - a condition, not a failure of ours
@@ -552,10 +556,27 @@ class Worker:
             ),
         )
 
+        # Live output is coalesced (actors/progress.py): a bounded number of events per
+        # second whatever the agent prints; the transcript keeps every word.
+        batcher = ProgressBatcher(interval=timedelta(seconds=self.config.progress_interval_s))
+        recording = anyio.Lock()  # one conditional append at a time: they chain sequences
+
+        async def record(events: list[TaskProgress] | list[TaskRateLimited]) -> None:
+            async with recording:
+                for event in events:
+                    await self._record_for(live, event)
+
         async def progress(update: TaskProgress | TaskRateLimited) -> None:
             if isinstance(update, TaskRateLimited):
-                update = msgspec.structs.replace(update, worker_id=self.config.worker_id)
-            await self._record_for(live, update)
+                # At once, not batched: the driver slows every start fleet-wide on it.
+                await record([msgspec.structs.replace(update, worker_id=self.config.worker_id)])
+                return
+            await record(batcher.offer(update, self._clock()))
+
+        async def flush_when_due() -> None:
+            while True:
+                await anyio.sleep(self.config.progress_interval_s)
+                await record(batcher.due(self._clock()))
 
         mcp_config = None
         if item.mcp_config:
@@ -566,30 +587,42 @@ class Worker:
         mirror = _TranscriptMirror(
             self._sessions, _session_key(item, live.session_id), transcript, restored
         )
-        async with anyio.create_task_group() as mirroring:
-            mirroring.start_soon(mirror.follow)
-            outcome = await executor.run(
-                AttemptRun(
-                    run_id=item.run_id,
-                    task_id=item.task_id,
-                    attempt=live.attempt,
-                    prompt=prompt,
-                    workspace=workspace,
-                    scratch=scratch,
-                    session_id=live.session_id,
-                    limits=item.spec.limits,
-                    model=item.model or None,
-                    permission_mode=item.permission_mode,
-                    allowed_tools=item.allowed_tools or DEFAULT_TOOLS,
-                    append_system_prompt=item.append_system_prompt or None,
-                    api_environment=self.config.api_environment,
-                    resume=resumed,
-                    nice=self.config.nice,
-                    mcp_config=mcp_config,
-                ),
-                progress,
-            )
-            mirroring.cancel_scope.cancel()
+        superseded: BaseException | None = None
+        try:
+            async with anyio.create_task_group() as mirroring:
+                mirroring.start_soon(mirror.follow)
+                mirroring.start_soon(flush_when_due)
+                outcome = await executor.run(
+                    AttemptRun(
+                        run_id=item.run_id,
+                        task_id=item.task_id,
+                        attempt=live.attempt,
+                        prompt=prompt,
+                        workspace=workspace,
+                        scratch=scratch,
+                        session_id=live.session_id,
+                        limits=item.spec.limits,
+                        model=item.model or None,
+                        permission_mode=item.permission_mode,
+                        allowed_tools=item.allowed_tools or DEFAULT_TOOLS,
+                        append_system_prompt=item.append_system_prompt or None,
+                        api_environment=self.config.api_environment,
+                        resume=resumed,
+                        nice=self.config.nice,
+                        mcp_config=mcp_config,
+                    ),
+                    progress,
+                )
+                mirroring.cancel_scope.cancel()
+        except* Superseded as group:
+            # Recording progress found the task moved on: that, not the task group
+            # around it, is what the caller handles.
+            superseded = group.exceptions[0]
+            while isinstance(superseded, BaseExceptionGroup):
+                superseded = superseded.exceptions[0]
+        if superseded is not None:
+            raise superseded
+        await record(batcher.flush())
         await mirror.sync()  # the transcript's last lines, written as the agent exited
         self.metrics.attempts_finished.labels(
             outcome="succeeded" if outcome.succeeded else (outcome.failure_class or "failed")
@@ -770,15 +803,19 @@ class _TranscriptMirror:
             await self.sync()
 
     async def sync(self) -> None:
+        # Only what was written since the last sync is read: reading the whole transcript
+        # every half second made the work grow with the square of its length.
         try:
-            data = await anyio.Path(self._path).read_bytes()
+            async with await anyio.open_file(self._path, "rb") as handle:
+                await handle.seek(self._offset)
+                data = await handle.read()
         except FileNotFoundError:
             return
-        end = data.rfind(b"\n", self._offset) + 1  # only whole lines
-        if end <= self._offset:
+        end = data.rfind(b"\n") + 1  # only whole lines
+        if end == 0:
             return
-        entries = [json.loads(line) for line in data[self._offset : end].splitlines() if line]
-        self._offset = end
+        entries = [json.loads(line) for line in data[:end].splitlines() if line]
+        self._offset += end
         if entries:
             await self._store.append(self._key, entries)
 
