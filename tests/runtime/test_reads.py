@@ -1,0 +1,114 @@
+"""A read of one run receives that run's events only: the server filters the log."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import pytest
+
+from claudecluster.events import (
+    RunPlanned,
+    RunSubmitted,
+    StoredEvent,
+    TaskProgress,
+    TaskQueued,
+    TaskSpec,
+    WorkerJoined,
+)
+from claudecluster.events.envelope import EventEnvelope
+from claudecluster.events.model import Event
+from claudecluster.events.subjects import ALL_EVENTS
+from claudecluster.runtime.reads import read_run, run_of_ref
+from claudecluster.transport.base import AppendResult, EventLog, QuarantinedMessage
+from claudecluster.transport.jetstream import JetStreamEventLog
+from tests.support import EnvelopeFactory
+
+make = EnvelopeFactory("reads")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # the JetStream log: nats-py runs on asyncio only
+
+
+class CountingLog:
+    """An event log that counts the events its readers were handed."""
+
+    def __init__(self, inner: EventLog) -> None:
+        self.inner = inner
+        self.delivered = 0
+
+    async def append(
+        self, envelope: EventEnvelope, *, expected_last: int | None = None
+    ) -> AppendResult:
+        return await self.inner.append(envelope, expected_last=expected_last)
+
+    async def last_seq(self, subjects: str = ALL_EVENTS) -> int:
+        return await self.inner.last_seq(subjects)
+
+    async def quarantined(self) -> list[QuarantinedMessage]:
+        return await self.inner.quarantined()
+
+    def open_reader(
+        self, *, from_seq: int = 1, subjects: str = ALL_EVENTS, follow: bool = False
+    ) -> AbstractAsyncContextManager[AsyncIterator[StoredEvent]]:
+        @asynccontextmanager
+        async def counted() -> AsyncIterator[AsyncIterator[StoredEvent]]:
+            async with self.inner.open_reader(
+                from_seq=from_seq, subjects=subjects, follow=follow
+            ) as events:
+
+                async def each() -> AsyncIterator[StoredEvent]:
+                    async for event in events:
+                        self.delivered += 1
+                        yield event
+
+                yield each()
+
+        return counted()
+
+
+async def a_run(log: EventLog, run_id: str, progress: int) -> int:
+    """A planned run with one task and ``progress`` progress events; how many events."""
+    spec = TaskSpec(task_id="a", title="a", prompt="p")
+    events: list[Event] = [
+        RunSubmitted(run_id=run_id, goal="g", repo="/r"),
+        RunPlanned(run_id=run_id, tasks=(spec,), base_commit="b", integration_branch="b"),
+        TaskQueued(run_id=run_id, task_id="a"),
+        *(TaskProgress(run_id=run_id, task_id="a", attempt=1, kind="text", text=f"{n}")
+          for n in range(progress)),
+    ]  # fmt: skip
+    for event in events:
+        await log.append(make(event))
+    return len(events)
+
+
+async def test_a_run_read_gets_only_that_runs_events(jetstream_log: JetStreamEventLog) -> None:
+    counting = CountingLog(jetstream_log)
+    await a_run(counting, "busy", 300)
+    mine = await a_run(counting, "small", 2)
+    await a_run(counting, "later", 300)
+    for n in range(50):
+        await counting.append(make(WorkerJoined(worker_id=f"w{n}")))
+    counting.delivered = 0
+    stored = await read_run(counting, "small")
+    assert counting.delivered == mine == len(stored)
+    assert {getattr(s.envelope.payload, "run_id", None) for s in stored} == {"small"}
+
+
+async def test_a_reference_to_a_run_or_its_task_reads_the_run_a_bare_task_id_does_not(
+    jetstream_log: JetStreamEventLog,
+) -> None:
+    counting = CountingLog(jetstream_log)
+    await a_run(counting, "r1", 100)
+    mine = await a_run(counting, "r2", 1)
+    for ref in ("r2", "r2/a"):
+        counting.delivered = 0
+        found = await run_of_ref(counting, ref)
+        assert found is not None
+        run_id, view, _ = found
+        assert (run_id, sorted(view.runs)) == ("r2", ["r2"])
+        assert counting.delivered == mine
+    assert await run_of_ref(counting, "a") is None  # a task id: the caller looks wider
+    assert await run_of_ref(counting, "no such run!") is None  # not even an id
