@@ -19,9 +19,18 @@ from claudecluster.events import (
 from claudecluster.events.envelope import EventEnvelope
 from claudecluster.events.model import Event
 from claudecluster.events.subjects import ALL_EVENTS
-from claudecluster.runtime.reads import read_run, run_of_ref
-from claudecluster.transport.base import AppendResult, EventLog, QuarantinedMessage
+from claudecluster.projections import ClusterView, replay
+from claudecluster.projections.snapshots import decode_view_snapshot
+from claudecluster.runtime.reads import (
+    keep_snapshotting,
+    read_run,
+    run_of_ref,
+    view_from_snapshot,
+    write_view_snapshot,
+)
+from claudecluster.transport.base import AppendResult, EventLog, QuarantinedMessage, read_all
 from claudecluster.transport.jetstream import JetStreamEventLog
+from claudecluster.transport.snapshots import MemorySnapshotStore
 from tests.support import EnvelopeFactory
 
 make = EnvelopeFactory("reads")
@@ -112,3 +121,57 @@ async def test_a_reference_to_a_run_or_its_task_reads_the_run_a_bare_task_id_doe
         assert counting.delivered == mine
     assert await run_of_ref(counting, "a") is None  # a task id: the caller looks wider
     assert await run_of_ref(counting, "no such run!") is None  # not even an id
+
+
+async def test_every_run_is_read_from_a_snapshot_and_the_tail_only(
+    jetstream_log: JetStreamEventLog,
+) -> None:
+    counting = CountingLog(jetstream_log)
+    await a_run(counting, "old", 400)
+    stored = await read_all(jetstream_log)
+    store = MemorySnapshotStore()
+    await write_view_snapshot(store, replay(stored), stored[-1].envelope.id)
+    tail = await a_run(counting, "new", 5)
+    counting.delivered = 0
+    view = await view_from_snapshot(counting, store)
+    assert view == replay(await read_all(jetstream_log))
+    assert counting.delivered == tail + 1  # the snapshot's last event, checked, and the tail
+
+
+async def test_a_snapshot_the_log_does_not_bear_out_is_dropped_for_a_full_read(
+    jetstream_log: JetStreamEventLog,
+) -> None:
+    counting = CountingLog(jetstream_log)
+    total = await a_run(counting, "r", 20)
+    stored = await read_all(jetstream_log)
+    store = MemorySnapshotStore()
+    # A snapshot of another log of the same name (recreated since): same sequence, other id.
+    await write_view_snapshot(store, replay(stored[:10]), "an-event-of-another-log")
+    counting.delivered = 0
+    view = await view_from_snapshot(counting, store)
+    assert view == replay(stored)
+    assert counting.delivered == 1 + total  # the check, then every event from the start
+
+
+async def test_snapshots_are_written_when_enough_events_came_and_not_otherwise() -> None:
+    store = MemorySnapshotStore()
+    views = iter([(ClusterView(last_seq=seq), f"e{seq}") for seq in (5, 1500, 1600, 2600)])
+    ticks = 0
+
+    class EnoughError(Exception):
+        """The test has seen what it needs (the loop otherwise runs until cancelled)."""
+
+    async def tick(_: float) -> None:
+        nonlocal ticks
+        ticks += 1
+        if ticks > 4:
+            raise EnoughError
+
+    with pytest.raises(EnoughError):
+        await keep_snapshotting(lambda: next(views), store, every_s=1, min_events=1000, wait=tick)
+    assert store.writes == 2  # at 1500 and 2600; 5 and 1600 were too soon after
+    data = await store.get("cluster_view")
+    assert data is not None
+    restored, _ = decode_view_snapshot(data)
+    assert restored is not None
+    assert (restored.view.last_seq, restored.last_id) == (2600, "e2600")

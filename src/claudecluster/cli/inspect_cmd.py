@@ -28,9 +28,10 @@ from claudecluster.projections.progress import run_progress
 from claudecluster.projections.views import TaskView
 from claudecluster.reporting import fetch_diffstats, render_html, render_markdown, run_record
 from claudecluster.runtime.connection import open_configured_cluster
-from claudecluster.runtime.reads import read_run, run_of_ref
+from claudecluster.runtime.reads import read_run, run_of_ref, view_from_snapshot
 from claudecluster.settings import Settings, load_settings
 from claudecluster.transport.base import read_all
+from claudecluster.transport.snapshots import JetStreamSnapshotStore
 
 __all__ = ["export", "logs", "replay_cmd", "status"]
 
@@ -112,7 +113,7 @@ async def _view(settings: Settings, ref: str | None) -> ClusterView:
             found = await run_of_ref(conn.log, ref)
             if found is not None:
                 return found[1]
-        return replay(await read_all(conn.log))
+        return await view_from_snapshot(conn.log, JetStreamSnapshotStore(conn.client.jetstream()))
 
 
 def logs(
@@ -141,7 +142,8 @@ async def _logs(settings: Settings, ref: str, follow: bool, console: Console) ->
         found = await run_of_ref(conn.log, ref)
         if found is None:
             # A bare task id: which run has it, only the view of every run can say.
-            named = find_task(replay(await read_all(conn.log)), ref)
+            snapshots = JetStreamSnapshotStore(conn.client.jetstream())
+            named = find_task(await view_from_snapshot(conn.log, snapshots), ref)
             ref = f"{named.run_id}/{named.task_id}"
             found = await run_of_ref(conn.log, ref)
             assert found is not None  # the run was just seen in the log
