@@ -169,6 +169,12 @@ class Driver:
         async with self._log.open_reader() as events:
             async for stored in events:
                 decide(self.state, stored, now())
+                # Nothing decided while replaying is carried out, so nothing is in flight
+                # (as after the replay, below). Left to pile up, the keys were scanned by
+                # every decision of the replay (the caps count the starts, a run's end
+                # looks for its pending effects): recovery took the square of the log.
+                self.state.pending.clear()
+                self.state.starting.clear()
         # What the replay decided was decided on a partial picture: decide again.
         self.state.pending.clear()
         self.state.starting.clear()

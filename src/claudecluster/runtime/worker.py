@@ -576,7 +576,11 @@ class Worker:
         async def flush_when_due() -> None:
             while True:
                 await anyio.sleep(self.config.progress_interval_s)
-                await record(batcher.due(self._clock()))
+                # Not cut off mid-append when the agent ends: the server may have stored
+                # the event while this side never learnt its sequence, and the attempt's
+                # next conditional append would then find it "moved on" (superseded).
+                with anyio.CancelScope(shield=True):
+                    await record(batcher.due(self._clock()))
 
         mcp_config = None
         if item.mcp_config:
