@@ -14,6 +14,7 @@ recorded for the live attempt.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -536,6 +537,10 @@ class Worker:
         workspace = await open_workspace(bundle, item.base_commit, branch, scratch / "ws")
         await self._prepare(workspace)
         resumed = live.resume and item.spec.executor == "claude_code"
+        # claude_agent_sdk (and mcp with it) is imported on the first attempt, in a thread:
+        # imported on the event loop it held the loop for seconds on a busy machine, the
+        # work item's in-progress acks stopped, and the item went to another worker.
+        await anyio.to_thread.run_sync(importlib.import_module, "claude_agent_sdk")
         transcript = _transcript_path(scratch, workspace, live.session_id)
         restored = 0
         if resumed:
