@@ -96,15 +96,15 @@ def timed_cli(
     peak = 0
     for _ in range(repeat):
         started = time.perf_counter()
-        child = subprocess.Popen(
-            [*_CLI, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        _, status, usage = os.wait4(child.pid, 0)
+        # GNU time prints the process's own peak RSS (KiB), nothing of this process's.
+        done = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", *_CLI, *args],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
+        )  # fmt: skip
         times.append(time.perf_counter() - started)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        if child.returncode not in ok:
-            raise RuntimeError(f"claudecluster {' '.join(args)} exited {child.returncode}")
-        peak = max(peak, usage.ru_maxrss * 1024)  # Linux reports KiB
+        if done.returncode not in ok:
+            raise RuntimeError(f"claudecluster {' '.join(args)} exited {done.returncode}")
+        peak = max(peak, int(done.stderr.strip().splitlines()[-1]) * 1024)
     return times, peak
 
 
