@@ -106,7 +106,7 @@ def status(ref: str | None = None, *, nats: str | None = None, config: Path | No
     return EXIT_OK
 
 
-async def _view(settings: Settings, ref: str | None) -> ClusterView:
+async def _view(settings: Settings, ref: str | None = None) -> ClusterView:
     """The view ``status`` shows: of one run when ``ref`` names it, else of every run."""
     async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
         if ref is not None:
