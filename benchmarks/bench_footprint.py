@@ -3,7 +3,7 @@
 Each is measured as the real process an operator runs, sampled with psutil (the process
 and its children):
 
-* an idle ``claudecluster worker``: after it joined and sent a heartbeat;
+* an idle ``claudecluster worker``: after it joined and refreshed its registry entry (a heartbeat);
 * ``claudecluster driver``: idle, then during a run of ``--driver-tasks`` no-op shell
   tasks (10,000 by default) worked by in-process workers in this benchmark's process;
   the peak is taken while the run is planned, dispatched and merged, until it ends or
@@ -38,7 +38,6 @@ from claudecluster.events.model import (
     SubmitRun,
     TaskMerged,
     TaskSpec,
-    WorkerHeartbeat,
     WorkerJoined,
 )
 from claudecluster.executors.claude_code import bundled_claude
@@ -47,6 +46,7 @@ from claudecluster.runtime.connection import Connection
 from claudecluster.runtime.worker import Worker, WorkerConfig
 from claudecluster.scripted_model import Script, open_scripted_model
 from claudecluster.transport.commands import publish_command
+from claudecluster.transport.liveness import JetStreamWorkerRegistry
 
 _MB = 2**20
 
@@ -99,7 +99,13 @@ async def idle_worker(conn: Connection, where: Path, *, heartbeat: bool) -> int:
         joined = await _wait_for_event(conn, WorkerJoined, 60, pid=process.pid)
         worker_id = getattr(joined, "worker_id", "")
         if heartbeat:
-            await _wait_for_event(conn, WorkerHeartbeat, 60, worker_id=worker_id)
+            # Heartbeats refresh the worker's registry entry (liveness is not in the log):
+            # wait for one that carries its measured memory, as the first refresh does.
+            registry = JetStreamWorkerRegistry(conn.client.jetstream())
+            with anyio.fail_after(60):
+                async for beat in registry.watch():
+                    if beat.worker_id == worker_id and beat.memory_bytes > 0:
+                        break
         return tree_rss(process.pid)
     finally:
         await _stop(process)

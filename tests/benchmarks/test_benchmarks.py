@@ -146,3 +146,19 @@ def test_fuzz_counts_what_every_reader_refused_and_nothing_escaped(tmp_path: Pat
     assert 0 < report["rejected"] < report["messages"]
     assert report["core_defects"] == 0
     assert report["messages_per_s"] > 0
+
+
+def test_log_growth_measures_each_size_side_by_side_and_an_idle_pool(tmp_path: Path) -> None:
+    report = run_quick("log_growth", tmp_path)
+    rows = report["results"]
+    assert [row["events"] for row in rows] == report["sizes"] == [0, 2000]
+    for row in rows:
+        assert row["status_run_p50_ms"] > 0
+        assert row["status_all_p50_ms"] > 0
+        assert row["help_p50_ms"] > 0
+        assert row["status_run_rss_mb"] > 0
+    assert rows[0]["status_run_over_empty"] == 1.0
+    idle = report["idle_cluster"]
+    assert idle["events_at_join"] == idle["workers"]  # one worker.joined each
+    assert idle["events_during_window"] == 0  # liveness goes to the registry, not the log
+    assert idle["registry_entries"] >= idle["workers"]

@@ -27,6 +27,7 @@ from claudecluster.actors.driver import (
     Resume,
     Rollback,
     Tick,
+    WorkerSeen,
     decide,
     retry_limits,
 )
@@ -394,6 +395,26 @@ def test_a_silent_worker_is_declared_lost_and_its_task_requeued_resuming_the_ses
     effects = log.settle(lost)
     (requeue,) = [e for e in effects if isinstance(e, Dispatch)]
     assert (requeue.queued.attempt, requeue.queued.resume_session_id) == (2, "s-a")
+
+
+def test_a_worker_alive_in_the_registry_is_not_lost_and_is_once_its_entry_goes_stale() -> None:
+    # Liveness comes from the registry (WorkerSeen), not from heartbeat events in the log.
+    log = Log(DriverConfig(lost_after_s=20))
+    log.event(WorkerJoined(worker_id="w1"))
+    for effect in log.plan([spec("a")]):
+        log.settle(effect)
+    log.run_task("a", worker="w1")
+    for second in range(5, 100, 5):
+        seen = WorkerSeen(worker_id="w1", at=T0 + timedelta(seconds=second))
+        assert decide(log.state, seen, log.now) == []
+        assert [e for e in log.at(second).tick() if isinstance(e, Record)] == []
+    # A late, older entry (a watch delivering what it had) does not move the time back.
+    decide(log.state, WorkerSeen(worker_id="w1", at=T0 + timedelta(seconds=10)), log.now)
+    # The last entry said 95 s; nothing since (killed): lost 20 s after it, not before.
+    assert [e for e in log.at(114).tick() if isinstance(e, Record)] == []
+    (lost,) = [e for e in log.at(115).tick() if isinstance(e, Record)]
+    assert isinstance(lost.event, WorkerLost)
+    assert lost.event.orphaned_tasks == ("r/a",)
 
 
 def test_spending_the_budget_stops_new_starts_and_fails_the_run_saying_so() -> None:

@@ -8,6 +8,7 @@ from claudecluster.actors.scaling import ScalePolicy, decide_scale
 from claudecluster.events import (
     RunPlanned,
     RunSubmitted,
+    TaskAssigned,
     TaskQueued,
     TaskSpec,
     WorkerHeartbeat,
@@ -55,6 +56,22 @@ def test_waiting_tasks_with_no_free_slot_start_workers_up_to_the_maximum() -> No
 def test_a_free_slot_is_counted_before_starting_anyone() -> None:
     view = _view(WorkerJoined(worker_id="w0", slots=2))
     assert decide_scale(view, "default", {"w0": T0}, POLICY, T0, None) is None
+
+
+def test_a_slot_holding_an_attempt_is_not_free_without_any_heartbeat_in_the_log() -> None:
+    # Liveness is not in the log: what a worker holds is (task.assigned), and that counts.
+    tasks = tuple(TaskSpec(task_id=f"t{i}", title="t", prompt="p") for i in range(3))
+    view = _view(
+        RunSubmitted(run_id="r", goal="g", repo="/r"),
+        RunPlanned(run_id="r", tasks=tasks, base_commit="b", integration_branch="cc/r"),
+        WorkerJoined(worker_id="w0", slots=2),
+        *(TaskQueued(run_id="r", task_id=f"t{i}") for i in range(3)),
+        TaskAssigned(run_id="r", task_id="t0", attempt=1, worker_id="w0"),
+    )
+    decision = decide_scale(view, "default", {"w0": None}, POLICY, T0, None)
+    assert decision is not None
+    assert decision.reason == "2 task(s) waiting for a worker and 1 free slot(s)"
+    assert decision.start == 1
 
 
 def test_nothing_changes_while_the_last_change_settles() -> None:

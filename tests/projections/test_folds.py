@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from claudecluster.domain import RunState, TaskState
 from claudecluster.events import (
     RunCancelled,
@@ -20,9 +22,11 @@ from claudecluster.events import (
     WorkerLeft,
     WorkerLost,
 )
+from claudecluster.events.liveness import WorkerLiveness
 from claudecluster.projections import ClusterView, replay
 from claudecluster.projections.cluster import RECENT_ANOMALIES
 from claudecluster.projections.tasks import PROGRESS_PREVIEW_CHARS
+from claudecluster.projections.workers import with_liveness
 from claudecluster.testing.sample_runs import LogBuilder
 
 
@@ -177,3 +181,29 @@ def test_an_event_that_does_not_fit_changes_no_projection_at_all() -> None:
     # A result for a task nobody planned bills nothing.
     log.emit(TaskFailed(run_id="r9", task_id="x", attempt=1, reason="?", cost_usd=1.0))
     assert "r9" not in _view(log).costs
+
+
+def test_live_registry_entries_overlay_active_workers_only_and_never_go_back_in_time() -> None:
+    log = LogBuilder()
+    log.emit(WorkerJoined(worker_id="w1", slots=2))
+    log.emit(WorkerJoined(worker_id="w2"))
+    log.emit(WorkerLost(worker_id="w2"))
+    view = _view(log)
+    joined_at = view.workers["w1"].last_seen_at
+    assert joined_at is not None
+    later = joined_at + timedelta(seconds=5)
+    live = [
+        WorkerLiveness(worker_id="w1", at=later, slots=2, slots_free=1,
+                       running_tasks=("r1/a",), cpu_percent=40.0),
+        WorkerLiveness(worker_id="w2", at=later),  # lost: an entry does not revive it
+        WorkerLiveness(worker_id="w9", at=later),  # never joined: not made up
+    ]  # fmt: skip
+    workers = with_liveness(view.workers, live)
+    w1 = workers["w1"]
+    assert (w1.last_seen_at, w1.slots_free, w1.running_tasks, w1.cpu_percent) == (
+        later, 1, ("r1/a",), 40.0,
+    )  # fmt: skip
+    assert workers["w2"] == view.workers["w2"]
+    assert "w9" not in workers
+    stale = [WorkerLiveness(worker_id="w1", at=joined_at - timedelta(seconds=1))]
+    assert with_liveness(view.workers, stale)["w1"] == view.workers["w1"]

@@ -73,6 +73,7 @@ from claudecluster.events.model import (
     TaskSkipped,
     TaskSpec,
     TaskSucceeded,
+    WorkerLeft,
     WorkerLost,
 )
 from claudecluster.events.subjects import scope_filter
@@ -97,6 +98,7 @@ __all__ = [
     "RunBook",
     "Tick",
     "Verify",
+    "WorkerSeen",
     "decide",
     "retry_limits",
 ]
@@ -168,7 +170,19 @@ class EffectFailed:
     reason: str
 
 
-Message = StoredEvent | CommandEnvelope | Tick | Resume | EffectSettled | EffectFailed
+@dataclass(frozen=True, slots=True)
+class WorkerSeen:
+    """A worker said it was alive at ``at``: its entry in the live registry.
+
+    Liveness is not in the log (a heartbeat event every few seconds per worker was most
+    of it); the shell watches the registry and hands each entry over as this message.
+    """
+
+    worker_id: str
+    at: datetime
+
+
+Message = StoredEvent | CommandEnvelope | Tick | Resume | EffectSettled | EffectFailed | WorkerSeen
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +396,8 @@ class DriverState:
     throttle_s: float = 0.0
     last_rate_limit: datetime | None = None
     now: datetime | None = None
+    #: worker id -> the latest time its registry entry said it was alive (see WorkerSeen)
+    seen: dict[str, datetime] = field(default_factory=dict)
 
     def active_total(self) -> int:
         """Attempts queued or running (or about to be), all open runs together.
@@ -455,6 +471,9 @@ def decide(state: DriverState, message: Message, now: datetime) -> list[Effect]:
                 _restore_ready(state, resumed)
             touched |= {r for r, book in state.runs.items() if book.roll_back}
             touched |= {r for r, book in state.runs.items() if not book.ended}
+        case WorkerSeen(worker_id=worker_id, at=at):
+            if worker_id not in state.seen or at > state.seen[worker_id]:
+                state.seen[worker_id] = at
         case Tick():
             # Only what time can change: retries that came due, and runs waiting for a
             # slot or the pace. Everything else moves only on a message that touches it.
@@ -684,6 +703,8 @@ def _fold(state: DriverState, stored: StoredEvent) -> set[str]:
         return {event.run_id} if isinstance(event, RunEvent) else set()
     if isinstance(event, TaskRateLimited):
         _throttle(state, event, stored.envelope.occurred_at)
+    if isinstance(event, WorkerLeft | WorkerLost):
+        state.seen.pop(event.worker_id, None)  # it no longer counts; a new join starts over
     if isinstance(event, WorkerLost):
         runs: set[str] = set()
         for key in event.orphaned_tasks:
@@ -1483,6 +1504,13 @@ def _summary(state: DriverState, book: RunBook) -> RunCompleted:
 # ----------------------------------------------------------------------------------------
 
 
+def _last_seen(state: DriverState, worker_id: str, logged: datetime) -> datetime:
+    """When a worker was last known alive: its registry entry, or what the log says (its
+    join, or a heartbeat event of an older worker)."""
+    seen = state.seen.get(worker_id)
+    return logged if seen is None or seen < logged else seen
+
+
 def _liveness(state: DriverState, now: datetime) -> list[Effect]:
     """Declare lost every active worker silent for longer than ``lost_after_s``."""
     effects: list[Effect] = []
@@ -1495,7 +1523,7 @@ def _liveness(state: DriverState, now: datetime) -> list[Effect]:
             for worker in state.view.workers.values()
             if worker.state == "active"
             and worker.last_seen_at is not None
-            and now - worker.last_seen_at >= limit
+            and now - _last_seen(state, worker.worker_id, worker.last_seen_at) >= limit
         ),
         key=lambda worker: worker.worker_id,
     )

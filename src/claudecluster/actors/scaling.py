@@ -19,6 +19,7 @@ from claudecluster.projections.cluster import ClusterView
 __all__ = ["ScaleDecision", "ScalePolicy", "decide_scale"]
 
 _OPEN_RUNS = frozenset({RunState.PLANNED, RunState.RUNNING})
+_HELD = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +74,7 @@ def decide_scale(
             reason=f"keeping the minimum of {policy.min_workers} worker(s)",
         )
     waiting = _waiting(view, pool)
-    free = sum(
-        w.slots_free for w in view.workers.values() if w.pool == pool and w.state == "active"
-    )
+    free = _free_slots(view, pool)
     if waiting > free and len(mine) < policy.max_workers:
         start = min(waiting - free, policy.max_workers - len(mine))
         return ScaleDecision(
@@ -95,6 +94,29 @@ def decide_scale(
                 reason=f"idle for {policy.idle_after_s:g}s with no task waiting",
             )
     return None
+
+
+def _free_slots(view: ClusterView, pool: str) -> int:
+    """Slots of the pool's active workers not holding an attempt.
+
+    What a worker holds is in the log (``task.assigned`` until the attempt ends); its
+    liveness, and so its own count of free slots, is not. A heartbeat event of an older
+    worker that reported fewer free slots still counts.
+    """
+    active = {
+        w.worker_id: w for w in view.workers.values() if w.pool == pool and w.state == "active"
+    }
+    held = dict.fromkeys(active, 0)
+    for run in view.runs.values():
+        if run.state not in _OPEN_RUNS:
+            continue
+        for task in view.tasks_of(run.run_id):
+            if task.state in _HELD and task.worker_id in held:
+                held[task.worker_id] += 1
+    return sum(
+        max(0, min(worker.slots_free, worker.slots - held[worker_id]))
+        for worker_id, worker in active.items()
+    )
 
 
 def _waiting(view: ClusterView, pool: str) -> int:

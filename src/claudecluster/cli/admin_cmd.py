@@ -16,15 +16,17 @@ from pathlib import Path
 from typing import Any, Final
 
 import anyio
+import msgspec
 import yaml
 from cyclopts import App
 from rich.console import Console
 from rich.table import Table
 
-from claudecluster.cli.app import EXIT_OK, app
+from claudecluster.cli.app import EXIT_OK
 from claudecluster.cli.render import workers_table
 from claudecluster.errors import ConfigError, DriverUnavailableError, UnknownEntityError
 from claudecluster.events.model import DrainWorker, WorkerLeft
+from claudecluster.events.subjects import EVENT_PREFIX, WORKER_SCOPE
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
 from claudecluster.projections.cluster import ClusterView, replay
@@ -37,10 +39,9 @@ __all__ = ["config_app", "workers_app"]
 
 config_app = App(name="config", help="The effective configuration and where it came from.")
 workers_app = App(name="workers", help="The worker pool: list, add local workers, drain one.")
-app.command(config_app)
-app.command(workers_app)
 
 _SECRET: Final = "**********"
+ALL_WORKER_EVENTS: Final = f"{EVENT_PREFIX}.{WORKER_SCOPE}.>"
 _DRAIN_TIMEOUT_S: Final = 120.0
 
 
@@ -192,8 +193,14 @@ def list_(*, nats: str | None = None, config: Path | None = None) -> int:
 
 
 async def _view(settings: Settings) -> ClusterView:
+    """The workers as the log knows them (their subjects only), with their live entries."""
+    from claudecluster.projections.workers import with_liveness
+    from claudecluster.transport.liveness import JetStreamWorkerRegistry
+
     async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
-        return replay(await read_all(conn.log))
+        view = replay(await read_all(conn.log, subjects=ALL_WORKER_EVENTS))
+        live = await JetStreamWorkerRegistry(conn.client.jetstream()).current()
+        return msgspec.structs.replace(view, workers=with_liveness(view.workers, live.values()))
 
 
 @workers_app.command

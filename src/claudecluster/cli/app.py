@@ -16,7 +16,6 @@ from cyclopts import App, CycloptsError
 from rich.console import Console
 
 from claudecluster.errors import ClusterError, NatsServerError, RemoteError
-from claudecluster.observability.logging import configure_logging
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "app", "run"]
 
@@ -31,7 +30,9 @@ app = App(
     version_flags=["--version"],
 )
 events_app = App(name="events", help="The event catalogue for other tools: JSON Schemas.")
-app.command(events_app)
+#: Flags that only print text: they log nothing, so they skip the logging set-up (structlog
+#: alone is a third of a second to import).
+_PRINT_ONLY: Final = frozenset({"--help", "-h", "--version"})
 
 
 def _first(group: BaseExceptionGroup[ClusterError]) -> ClusterError:
@@ -45,7 +46,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in tokens
     tokens = [token for token in tokens if token != "--debug"]
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    configure_logging(level="WARNING")  # commands reconfigure from their settings
+    if not tokens or not _PRINT_ONLY.intersection(tokens):
+        from claudecluster.observability.logging import configure_logging
+
+        configure_logging(level="WARNING")  # commands reconfigure from their settings
     try:
         try:
             result = app(

@@ -16,7 +16,7 @@ from typing import Final
 import anyio
 from rich.console import Console
 
-from claudecluster.cli.app import EXIT_OK, app
+from claudecluster.cli.app import EXIT_OK
 from claudecluster.events.model import RollbackRun, RunRolledBack
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
@@ -37,7 +37,6 @@ def _settings(nats: str | None, config: Path | None) -> Settings:
     return settings
 
 
-@app.command
 def cancel(
     ref: str, *, reason: str = "", nats: str | None = None, config: Path | None = None
 ) -> int:
@@ -65,7 +64,6 @@ async def _cancel(settings: Settings, ref: str, reason: str) -> str:
         return f"{type(event).__name__}: {getattr(event, 'reason', '') or 'done'}"
 
 
-@app.command
 def rollback(
     run: str, *, to: str | None = None, nats: str | None = None, config: Path | None = None
 ) -> int:

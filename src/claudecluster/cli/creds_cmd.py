@@ -17,7 +17,7 @@ import anyio
 from cyclopts import App
 from rich.console import Console
 
-from claudecluster.cli.app import EXIT_OK, app
+from claudecluster.cli.app import EXIT_OK
 from claudecluster.errors import ConfigError
 from claudecluster.events.subjects import check_id
 from claudecluster.runtime.credentials import mint_identity, write_cluster_authorization
@@ -28,7 +28,6 @@ from claudecluster.transport.permissions import Role
 __all__ = ["creds_app"]
 
 creds_app = App(name="creds", help="The bus's identities: seed files for workers and tools.")
-app.command(creds_app)
 
 
 def _store_dir(config: Path | None) -> Path:

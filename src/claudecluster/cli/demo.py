@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 from rich.console import Console
 
-from claudecluster.cli.app import EXIT_FAILED, EXIT_OK, app
+from claudecluster.cli.app import EXIT_FAILED, EXIT_OK
 from claudecluster.cli.follow import RunEnd, follow_run, renderer_for
 from claudecluster.cli.run_cmd import print_summary
 from claudecluster.events.model import RunCompleted, SubmitRun, TaskSpec
@@ -123,7 +123,6 @@ DEMO_SCRIPT = Script.model_validate(
 )  # fmt: skip
 
 
-@app.command
 def demo(
     *,
     config: Path | None = None,

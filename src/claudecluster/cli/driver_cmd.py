@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 from rich.console import Console
 
-from claudecluster.cli.app import EXIT_OK, app
+from claudecluster.cli.app import EXIT_OK
 from claudecluster.errors import ConfigError
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
 from claudecluster.executors.confinement import Confinement
@@ -22,7 +22,6 @@ from claudecluster.settings import Settings, load_settings
 __all__ = ["driver"]
 
 
-@app.command
 def driver(
     *,
     nats: str | None = None,

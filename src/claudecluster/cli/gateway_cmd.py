@@ -15,7 +15,7 @@ from cyclopts import App
 from rich.console import Console
 
 from claudecluster.auth import Scope, TokenSigner, TokenVerifier
-from claudecluster.cli.app import EXIT_FAILED, EXIT_OK, app
+from claudecluster.cli.app import EXIT_FAILED, EXIT_OK
 from claudecluster.errors import ConfigError
 from claudecluster.gateway import open_gateway, openapi_text
 from claudecluster.observability.logging import configure_logging
@@ -29,8 +29,6 @@ __all__ = ["create", "openapi", "serve"]
 
 gateway_app = App(name="gateway", help="The HTTP/WebSocket gateway: serve it, or its OpenAPI.")
 token_app = App(name="token", help="Bearer tokens for the gateway.")
-app.command(gateway_app)
-app.command(token_app)
 
 _TTL: Final = re.compile(r"(?P<n>\d+)(?P<unit>[smhd]?)")
 _UNITS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -9,7 +9,7 @@ from typing import Final
 from rich.console import Console
 from rich.prompt import Prompt
 
-from claudecluster.cli.app import EXIT_OK, app
+from claudecluster.cli.app import EXIT_OK
 from claudecluster.errors import ConfigError
 from claudecluster.settings import CONFIG_FILE_NAME, load_settings
 
@@ -53,7 +53,6 @@ _EMBEDDED: Final = """\
 #   port: 0                    # the embedded server's port (0: a free one)"""
 
 
-@app.command
 def init(directory: Path = Path(), *, nats: str | None = None, force: bool = False) -> int:
     """Write a commented claudecluster.yaml and keep .claudecluster/ out of git.
 

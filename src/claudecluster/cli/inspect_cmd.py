@@ -15,11 +15,12 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from claudecluster.cli.app import EXIT_OK, app
+from claudecluster.cli.app import EXIT_OK
 from claudecluster.cli.render import merge_warning_lines, run_table, tasks_table
-from claudecluster.errors import ConfigError, UnknownEntityError
+from claudecluster.errors import ConfigError, InvalidIdError, UnknownEntityError
 from claudecluster.events.envelope import StoredEvent
 from claudecluster.events.model import TaskProgress
+from claudecluster.events.subjects import run_filter
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
 from claudecluster.projections.cluster import ClusterView, apply, find_task, replay
@@ -27,8 +28,10 @@ from claudecluster.projections.progress import run_progress
 from claudecluster.projections.views import TaskView
 from claudecluster.reporting import fetch_diffstats, render_html, render_markdown, run_record
 from claudecluster.runtime.connection import open_configured_cluster
+from claudecluster.runtime.reads import read_run, run_of_ref, view_from_snapshot
 from claudecluster.settings import Settings, load_settings
 from claudecluster.transport.base import read_all
+from claudecluster.transport.snapshots import JetStreamSnapshotStore
 
 __all__ = ["export", "logs", "replay_cmd", "status"]
 
@@ -40,7 +43,6 @@ def _settings(nats: str | None, config: Path | None) -> Settings:
     return settings
 
 
-@app.command
 def status(ref: str | None = None, *, nats: str | None = None, config: Path | None = None) -> int:
     """Show runs, one run with its tasks, or one task.
 
@@ -55,7 +57,7 @@ def status(ref: str | None = None, *, nats: str | None = None, config: Path | No
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
     settings = _settings(nats, config)
-    view: ClusterView = anyio.run(_view, settings)
+    view: ClusterView = anyio.run(_view, settings, ref)
     console = Console(highlight=False)
     now = datetime.now(UTC)
     if ref is None:
@@ -106,12 +108,16 @@ def status(ref: str | None = None, *, nats: str | None = None, config: Path | No
     return EXIT_OK
 
 
-async def _view(settings: Settings) -> ClusterView:
+async def _view(settings: Settings, ref: str | None = None) -> ClusterView:
+    """The view ``status`` shows: of one run when ``ref`` names it, else of every run."""
     async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
-        return replay(await read_all(conn.log))
+        if ref is not None:
+            found = await run_of_ref(conn.log, ref)
+            if found is not None:
+                return found[1]
+        return await view_from_snapshot(conn.log, JetStreamSnapshotStore(conn.client.jetstream()))
 
 
-@app.command
 def logs(
     task: str, *, follow: bool = False, nats: str | None = None, config: Path | None = None
 ) -> int:
@@ -135,14 +141,23 @@ def logs(
 
 async def _logs(settings: Settings, ref: str, follow: bool, console: Console) -> None:
     async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
-        stored = await read_all(conn.log)
-        view = replay(stored)
+        found = await run_of_ref(conn.log, ref)
+        if found is None:
+            # A bare task id: which run has it, only the view of every run can say.
+            snapshots = JetStreamSnapshotStore(conn.client.jetstream())
+            named = find_task(await view_from_snapshot(conn.log, snapshots), ref)
+            ref = f"{named.run_id}/{named.task_id}"
+            found = await run_of_ref(conn.log, ref)
+            assert found is not None  # the run was just seen in the log
+        run_id, view, stored = found
         task = find_task(view, ref)
         for event in stored:
             _print_progress(console, event, task)
         if not follow or task.state.terminal:
             return
-        async with conn.log.open_reader(from_seq=view.last_seq + 1, follow=True) as events:
+        async with conn.log.open_reader(
+            from_seq=view.last_seq + 1, subjects=run_filter(run_id), follow=True
+        ) as events:
             async for event in events:
                 view = apply(view, event)
                 _print_progress(console, event, task)
@@ -182,7 +197,6 @@ def _brief(event: object) -> str:
     return " ".join(parts)
 
 
-@app.command(name="replay")
 def replay_cmd(
     *,
     run: str | None = None,
@@ -210,7 +224,7 @@ def replay_cmd(
     """
     settings = _settings(nats, config)
     limit_seq, limit_time = _until(until)
-    stored: list[StoredEvent] = anyio.run(_all_events, settings)
+    stored: list[StoredEvent] = anyio.run(_all_events, settings, run)
     console = Console(highlight=False, soft_wrap=True)
     view = ClusterView()
     for event in stored:
@@ -264,7 +278,10 @@ def _until(until: str | None) -> tuple[int | None, datetime | None]:
 
 async def _record(settings: Settings, run: str) -> dict[str, object]:
     async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
-        stored = await read_all(conn.log)
+        try:
+            stored = await read_run(conn.log, run)
+        except InvalidIdError:
+            raise UnknownEntityError("run", run) from None
         view = replay(stored)
         if run not in view.runs:
             raise UnknownEntityError("run", run)
@@ -272,12 +289,17 @@ async def _record(settings: Settings, run: str) -> dict[str, object]:
         return run_record(view, stored, run, diffstats)
 
 
-async def _all_events(settings: Settings) -> list[StoredEvent]:
+async def _all_events(settings: Settings, run: str | None) -> list[StoredEvent]:
+    """The log, or with ``run`` only that run's events (the server filters them)."""
     async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
-        return await read_all(conn.log)
+        if run is None:
+            return await read_all(conn.log)
+        try:
+            return await read_run(conn.log, run)
+        except InvalidIdError:
+            raise UnknownEntityError("run", run) from None
 
 
-@app.command
 def export(
     run: str,
     *,

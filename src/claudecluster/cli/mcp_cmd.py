@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 import psutil
 
-from claudecluster.cli.app import EXIT_OK, app
+from claudecluster.cli.app import EXIT_OK
 from claudecluster.errors import ConfigError
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
@@ -30,7 +30,6 @@ from claudecluster.settings import Settings, load_settings
 __all__ = ["mcp"]
 
 
-@app.command
 def mcp(
     *,
     repo: Path | None = None,

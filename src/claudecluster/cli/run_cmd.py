@@ -12,7 +12,7 @@ import anyio
 from rich.console import Console
 from rich.prompt import Prompt
 
-from claudecluster.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, app
+from claudecluster.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from claudecluster.cli.follow import Renderer, RunEnd, follow_run, renderer_for, submit_only
 from claudecluster.cli.render import merge_warning_lines
 from claudecluster.errors import ConfigError
@@ -38,7 +38,6 @@ from claudecluster.workspace.git import git_status
 __all__ = ["print_summary", "run"]
 
 
-@app.command(name="run")
 def run(
     goal: str,
     *,

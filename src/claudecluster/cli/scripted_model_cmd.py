@@ -7,14 +7,13 @@ from pathlib import Path
 import anyio
 from rich.console import Console
 
-from claudecluster.cli.app import EXIT_OK, app
+from claudecluster.cli.app import EXIT_OK
 from claudecluster.scripted_model.script import Script, load_script
 from claudecluster.scripted_model.server import open_scripted_model
 
 __all__ = ["scripted_model"]
 
 
-@app.command(name="scripted-model")
 def scripted_model(*, script: Path, port: int = 0, host: str = "127.0.0.1") -> int:
     """Serve a scripted Anthropic Messages API until interrupted.
 

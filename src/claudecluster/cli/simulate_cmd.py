@@ -9,14 +9,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from claudecluster.cli.app import EXIT_FAILED, EXIT_OK, app
+from claudecluster.cli.app import EXIT_FAILED, EXIT_OK
 from claudecluster.testing.scenarios import load_scenario, run_scenario
 from claudecluster.testing.simulated_cluster import InvariantBrokenError
 
 __all__ = ["simulate"]
 
 
-@app.command
 def simulate(
     scenarios: list[Path],
     *,

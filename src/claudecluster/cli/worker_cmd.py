@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 from rich.console import Console
 
-from claudecluster.cli.app import EXIT_OK, app
+from claudecluster.cli.app import EXIT_OK
 from claudecluster.errors import ConfigError
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
@@ -20,7 +20,6 @@ from claudecluster.settings import Settings, load_settings
 __all__ = ["worker"]
 
 
-@app.command
 def worker(
     *,
     nats: str | None = None,

@@ -38,6 +38,7 @@ from claudecluster.executors.confinement import (
     attempt_sandbox,
     default_confinement,
 )
+from claudecluster.executors.lines import LineSplitter
 from claudecluster.executors.process import end_tree, launcher, tree_rss
 from claudecluster.observability.logging import get_logger
 
@@ -212,31 +213,37 @@ class ClaudeCodeExecutor:
     ) -> None:
         assert process.stdout is not None
         usage_seen: set[str] = set()
-        buffered = ""
+        lines = LineSplitter()
+
+        async def handle(line: str) -> None:
+            if not line.strip():
+                return
+            try:
+                event = json.loads(line)
+            except ValueError:
+                state.bad_lines += 1
+                return
+            if not isinstance(event, dict):
+                state.bad_lines += 1
+                return
+            if event.get("type") == "result":
+                state.result = event
+            for update in progress_from(
+                event,
+                run_id=job.run_id,
+                task_id=job.task_id,
+                attempt=job.attempt,
+                usage_seen=usage_seen,
+            ):
+                await on_progress(update)
+
         async for chunk in TextReceiveStream(process.stdout):
-            buffered += chunk
-            *lines, buffered = buffered.split("\n")
-            for line in lines:
-                if not line.strip():
-                    continue
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    state.bad_lines += 1
-                    continue
-                if not isinstance(event, dict):
-                    state.bad_lines += 1
-                    continue
-                if event.get("type") == "result":
-                    state.result = event
-                for update in progress_from(
-                    event,
-                    run_id=job.run_id,
-                    task_id=job.task_id,
-                    attempt=job.attempt,
-                    usage_seen=usage_seen,
-                ):
-                    await on_progress(update)
+            for line in lines.feed(chunk):
+                await handle(line)
+        last = lines.end()
+        if last is not None:
+            await handle(last)
+        state.bad_lines += lines.overlong_lines
 
     @staticmethod
     async def _collect_stderr(process: anyio.abc.Process, state: _RunState) -> None:

@@ -31,11 +31,14 @@ from claudecluster.executors.confinement import (
     confined_environment,
     default_confinement,
 )
+from claudecluster.executors.lines import LineSplitter
 from claudecluster.executors.process import end_tree, launcher
 
 __all__ = ["ShellExecutor"]
 
 _TAIL: Final = 2000
+#: Output lines become progress text cut to SUMMARY_CHARS; a longer line is not kept whole.
+_MAX_LINE_CHARS: Final = 2**20
 
 
 class ShellExecutor:
@@ -94,12 +97,10 @@ class ShellExecutor:
         try:
             with anyio.move_on_after(job.limits.wall_time_s or float("inf")) as deadline:
                 assert process.stdout is not None
-                buffered = ""
+                splitter = LineSplitter(_MAX_LINE_CHARS)
                 async for chunk in TextReceiveStream(process.stdout, errors="replace"):
-                    tail = (tail + chunk)[-_TAIL:]
-                    buffered += chunk
-                    *lines, buffered = buffered.split("\n")
-                    for line in lines:
+                    tail = (tail + chunk[-_TAIL:])[-_TAIL:]
+                    for line in splitter.feed(chunk):
                         if line.strip():
                             await on_progress(
                                 TaskProgress(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 import msgspec
 from immutables import Map
 
 from claudecluster.events.envelope import EventEnvelope
+from claudecluster.events.liveness import WorkerLiveness
 from claudecluster.events.model import (
     EventBase,
     WorkerHeartbeat,
@@ -17,7 +19,7 @@ from claudecluster.events.model import (
 )
 from claudecluster.projections.views import WorkerView
 
-__all__ = ["WORKERS_READS", "Workers", "apply_workers"]
+__all__ = ["WORKERS_READS", "Workers", "apply_workers", "with_liveness"]
 
 Workers = Map[str, WorkerView]
 
@@ -84,3 +86,32 @@ def apply_workers(workers: Workers, envelope: EventEnvelope) -> tuple[Workers, s
             return workers.set(event.worker_id, view), None
         case _:
             return workers, None
+
+
+def with_liveness(workers: Workers, live: Iterable[WorkerLiveness]) -> Workers:
+    """The workers with what their registry entries say now: when each was last seen, its
+    load and what it runs.
+
+    Liveness is not in the log, so a view folded from it alone shows each worker as it
+    joined. Only active workers take an entry (one the driver declared lost stays lost
+    until it joins again), and only an entry newer than what the log says.
+    """
+    for record in live:
+        known = workers.get(record.worker_id)
+        if known is None or known.state != "active":
+            continue
+        if known.last_seen_at is not None and record.at < known.last_seen_at:
+            continue
+        workers = workers.set(
+            record.worker_id,
+            msgspec.structs.replace(
+                known,
+                last_seen_at=record.at,
+                cpu_percent=record.cpu_percent,
+                memory_bytes=record.memory_bytes,
+                load_avg=record.load_avg,
+                running_tasks=record.running_tasks,
+                slots_free=record.slots_free,
+            ),
+        )
+    return workers

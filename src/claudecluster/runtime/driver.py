@@ -48,6 +48,7 @@ from claudecluster.actors.driver import (
     Rollback,
     Tick,
     Verify,
+    WorkerSeen,
     decide,
 )
 from claudecluster.actors.merging import MergeFacts, MergeVerdict, judge_merge
@@ -83,6 +84,7 @@ from claudecluster.runtime.planners import finish_plan, planner_for
 from claudecluster.transport.artifacts import ArtifactStore, artifact_key
 from claudecluster.transport.base import EventLog
 from claudecluster.transport.commands import publish_command
+from claudecluster.transport.liveness import JetStreamWorkerRegistry, WorkerRegistry
 from claudecluster.transport.quarantine import quarantine
 from claudecluster.transport.topology import COMMANDS_STREAM
 from claudecluster.transport.work_queue import WorkQueue
@@ -139,11 +141,20 @@ class Driver:
         log: the event log.
         js: the JetStream context (work queue, artifacts, commands).
         options: see :class:`DriverOptions`.
+        registry: the live worker registry (default: the ``cc_workers`` bucket of ``js``).
     """
 
-    def __init__(self, log: EventLog, js: JetStreamContext, options: DriverOptions | None = None):
+    def __init__(
+        self,
+        log: EventLog,
+        js: JetStreamContext,
+        options: DriverOptions | None = None,
+        *,
+        registry: WorkerRegistry | None = None,
+    ):
         self._log = log
         self._js = js
+        self._registry = registry or JetStreamWorkerRegistry(js)
         self._options = options or DriverOptions()
         self.state = DriverState(config=self._options.config)
         self._queue = WorkQueue(js)
@@ -166,13 +177,24 @@ class Driver:
         async with self._log.open_reader() as events:
             async for stored in events:
                 self._decide(stored)
+                # Nothing decided while replaying is carried out, so nothing is in flight
+                # (as after the replay, below). Left to pile up, the keys were scanned by
+                # every decision of the replay (the caps count the starts, a run's end
+                # looks for its pending effects): recovery took the square of the log.
+                self.state.pending.clear()
+                self.state.starting.clear()
         # What the replay decided was decided on a partial picture: decide again.
         self.state.pending.clear()
         self.state.starting.clear()
+        # Who is alive is in the registry, not the log: know it before the first tick, or
+        # every worker would look silent since its join.
+        for record in (await self._registry.current()).values():
+            self._decide(WorkerSeen(worker_id=record.worker_id, at=record.at))
         _log.info("driver recovered", last_seq=self.state.view.last_seq, runs=len(self.state.runs))
         send, receive = anyio.create_memory_object_stream[Message | _CommandMessage](math.inf)
         async with anyio.create_task_group() as group, send, receive:
             group.start_soon(self._follow, self.state.view.last_seq + 1, send.clone())
+            group.start_soon(self._watch_liveness, send.clone())
             group.start_soon(self._commands, send.clone())
             group.start_soon(self._ticker, send.clone())
             await send.send(Resume())
@@ -242,6 +264,13 @@ class Driver:
         async with send, self._log.open_reader(from_seq=from_seq, follow=True) as events:
             async for stored in events:
                 await send.send(stored)
+
+    async def _watch_liveness(
+        self, send: MemoryObjectSendStream[Message | _CommandMessage]
+    ) -> None:
+        async with send:
+            async for record in self._registry.watch():
+                await send.send(WorkerSeen(worker_id=record.worker_id, at=record.at))
 
     async def _ticker(self, send: MemoryObjectSendStream[Message | _CommandMessage]) -> None:
         async with send:

@@ -58,8 +58,10 @@ from claudecluster.observability.redaction import redact_url
 from claudecluster.projections.cluster import ClusterView, apply, find_task
 from claudecluster.projections.views import RunView, TaskView, WorkerView
 from claudecluster.runtime.connection import Connection
+from claudecluster.runtime.reads import keep_snapshotting, open_view_from_snapshot
 from claudecluster.transport.base import read_all
 from claudecluster.transport.commands import publish_command
+from claudecluster.transport.snapshots import JetStreamSnapshotStore, SnapshotStore
 
 __all__ = [
     "DEFAULT_ANSWER_TIMEOUT_S",
@@ -73,6 +75,9 @@ __all__ = [
 
 #: How long a front door waits for the driver to answer a command.
 DEFAULT_ANSWER_TIMEOUT_S: Final = 30.0
+#: A front door snapshots its view this often, if this many events came since the last.
+SNAPSHOT_EVERY_S: Final = 30.0
+SNAPSHOT_MIN_EVENTS: Final = 1000
 _log = get_logger(__name__)
 
 
@@ -248,11 +253,14 @@ class FrontDoor:
         *,
         answer_timeout_s: float = DEFAULT_ANSWER_TIMEOUT_S,
         max_tasks: int = DEFAULT_MAX_TASKS,
+        snapshots: SnapshotStore | None = None,
     ) -> None:
         self._conn = conn
         self._answer_timeout_s = answer_timeout_s
         self.max_tasks = max_tasks
+        self._snapshots = snapshots or JetStreamSnapshotStore(conn.client.jetstream())
         self._view = ClusterView()
+        self._last_id = ""  # the envelope id of the event at self._view.last_seq
         #: run id -> the idempotency key it was submitted with
         self._keys: dict[str, str] = {}
         self._waiters: list[_Waiter] = []
@@ -507,15 +515,22 @@ class FrontDoor:
         """
         target = await self._conn.log.last_seq()
         started = False
-        if target == 0:
-            task_status.started()
-            started = True
-        async with self._conn.log.open_reader(from_seq=1, follow=True) as events:
+        # From the newest usable snapshot of the view and the events after it, not from
+        # the first event of the cluster's life.
+        async with open_view_from_snapshot(self._conn.log, self._snapshots, follow=True) as (
+            view,
+            events,
+        ):
+            self._view = view
+            if self._view.last_seq >= target:
+                task_status.started()
+                started = True
             async for stored in events:
                 self._view = apply(self._view, stored)
                 event = stored.envelope.payload
                 if isinstance(event, RunSubmitted) and event.idempotency_key:
                     self._keys.setdefault(event.run_id, event.idempotency_key)
+                self._last_id = stored.envelope.id
                 for waiter in self._waiters:
                     if waiter.found is None and waiter.wanted(stored):
                         waiter.found = stored
@@ -525,6 +540,17 @@ class FrontDoor:
                 if not started and self._view.last_seq >= target:
                     task_status.started()
                     started = True
+
+    async def keep_snapshotting(
+        self, *, every_s: float = SNAPSHOT_EVERY_S, min_events: int = SNAPSHOT_MIN_EVENTS
+    ) -> None:
+        """Snapshot the view every ``every_s`` if ``min_events`` came since; until cancelled."""
+        await keep_snapshotting(
+            lambda: (self._view, self._last_id),
+            self._snapshots,
+            every_s=every_s,
+            min_events=min_events,
+        )
 
 
 @asynccontextmanager
@@ -547,6 +573,7 @@ async def open_front_door(
     door = FrontDoor(conn, answer_timeout_s=answer_timeout_s, max_tasks=max_tasks)
     async with anyio.create_task_group() as group:
         await group.start(door.follow)
+        group.start_soon(door.keep_snapshotting)
         _log.debug("front door ready", last_seq=door.view.last_seq)
         try:
             yield door

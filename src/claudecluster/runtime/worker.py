@@ -21,6 +21,7 @@ the log will store it (after redaction).
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -40,6 +41,7 @@ import nkeys
 import psutil
 from nats.aio.client import Client
 
+from claudecluster.actors.progress import ProgressBatcher
 from claudecluster.actors.worker import (
     DEFAULT_PERMISSION_MODES,
     Admission,
@@ -52,6 +54,7 @@ from claudecluster.domain.outcome import Outcome
 from claudecluster.errors import ClusterError, ConcurrencyError, EventDecodeError, WorkspaceError
 from claudecluster.events.codec import decode_command, decode_event, encode
 from claudecluster.events.envelope import EventEnvelope, StoredEvent, wrap_event
+from claudecluster.events.liveness import WorkerLiveness
 from claudecluster.events.model import (
     ArtifactRef,
     CancelRun,
@@ -66,7 +69,6 @@ from claudecluster.events.model import (
     TaskQueued,
     TaskRateLimited,
     TaskStarted,
-    WorkerHeartbeat,
     WorkerJoined,
     WorkerLeft,
 )
@@ -92,6 +94,7 @@ from claudecluster.runtime.http_server import open_http_server
 from claudecluster.runtime.worker_health import WorkerMetrics, health_app
 from claudecluster.transport.artifacts import ArtifactStore, artifact_key
 from claudecluster.transport.base import EventLog, read_all
+from claudecluster.transport.liveness import JetStreamWorkerRegistry
 from claudecluster.transport.session_store import JetStreamSessionStore
 from claudecluster.transport.work_queue import Delivery, WorkQueue
 from claudecluster.workspace.git import commit_all, open_workspace, result_bundle, task_branch
@@ -105,7 +108,6 @@ if TYPE_CHECKING:
 __all__ = ["Superseded", "Worker", "WorkerConfig", "new_worker_id"]
 
 _log = get_logger(__name__)
-_REGISTRY_BUCKET: Final = "cc_workers"
 _CAPABILITIES: Final = ("claude_code", "shell")
 _RUNS_KEPT: Final = 8
 #: Forgeries in a row an append steps over before it gives the attempt up.
@@ -146,6 +148,8 @@ class WorkerConfig:
             operator's ``--no-sandbox``).
         permission_modes: Claude Code permission modes a work item may ask for.
         allow_plan_mcp_servers: run the MCP servers a work item names (``mcp_config``).
+        progress_interval_s: the least time between two emissions of an attempt's
+            coalesced progress events (see :mod:`claudecluster.actors.progress`).
     """
 
     worker_id: str
@@ -168,6 +172,7 @@ class WorkerConfig:
     confinement: Confinement | None = None
     permission_modes: tuple[str, ...] = DEFAULT_PERMISSION_MODES
     allow_plan_mcp_servers: bool = False
+    progress_interval_s: float = 1.0
 
 
 class Superseded(Exception):  # noqa: N818 - a condition, not a failure of ours
@@ -188,7 +193,7 @@ class _Attempt:
 
 
 class Worker:
-    """One worker: joins, heartbeats, serves its pool's queue, drains on stop.
+    """One worker: joins, heartbeats (in the registry), serves its pool's queue, drains on stop.
 
     Args:
         config: how to run.
@@ -221,6 +226,7 @@ class Worker:
         self._confinement = config.confinement or default_confinement()
         self._executor: Executor = executor or ClaudeCodeExecutor(confinement=self._confinement)
         self._shell: Executor = ShellExecutor(confinement=self._confinement)
+        self._registry = JetStreamWorkerRegistry(js)
         self._clock = clock
         self._running: dict[str, _Attempt] = {}
         self._draining = anyio.Event()
@@ -627,6 +633,10 @@ class Worker:
         workspace = await open_workspace(bundle, item.base_commit, branch, scratch / "ws")
         await self._prepare(workspace, scratch)
         resumed = live.resume and item.spec.executor == "claude_code"
+        # claude_agent_sdk (and mcp with it) is imported on the first attempt, in a thread:
+        # imported on the event loop it held the loop for seconds on a busy machine, the
+        # work item's in-progress acks stopped, and the item went to another worker.
+        await anyio.to_thread.run_sync(importlib.import_module, "claude_agent_sdk")
         transcript = _transcript_path(scratch, workspace, live.session_id)
         restored = 0
         if resumed:
@@ -647,10 +657,31 @@ class Worker:
             ),
         )
 
+        # Live output is coalesced (actors/progress.py): a bounded number of events per
+        # second whatever the agent prints; the transcript keeps every word.
+        batcher = ProgressBatcher(interval=timedelta(seconds=self.config.progress_interval_s))
+        recording = anyio.Lock()  # one conditional append at a time: they chain sequences
+
+        async def record(events: list[TaskProgress] | list[TaskRateLimited]) -> None:
+            async with recording:
+                for event in events:
+                    await self._record_for(live, event)
+
         async def progress(update: TaskProgress | TaskRateLimited) -> None:
             if isinstance(update, TaskRateLimited):
-                update = msgspec.structs.replace(update, worker_id=self.config.worker_id)
-            await self._record_for(live, update)
+                # At once, not batched: the driver slows every start fleet-wide on it.
+                await record([msgspec.structs.replace(update, worker_id=self.config.worker_id)])
+                return
+            await record(batcher.offer(update, self._clock()))
+
+        async def flush_when_due() -> None:
+            while True:
+                await anyio.sleep(self.config.progress_interval_s)
+                # Not cut off mid-append when the agent ends: the server may have stored
+                # the event while this side never learnt its sequence, and the attempt's
+                # next conditional append would then find it "moved on" (superseded).
+                with anyio.CancelScope(shield=True):
+                    await record(batcher.due(self._clock()))
 
         mcp_config = None
         if item.mcp_config:
@@ -661,30 +692,42 @@ class Worker:
         mirror = _TranscriptMirror(
             self._sessions, _session_key(item, live.session_id), transcript, restored
         )
-        async with anyio.create_task_group() as mirroring:
-            mirroring.start_soon(mirror.follow)
-            outcome = await executor.run(
-                AttemptRun(
-                    run_id=item.run_id,
-                    task_id=item.task_id,
-                    attempt=live.attempt,
-                    prompt=prompt,
-                    workspace=workspace,
-                    scratch=scratch,
-                    session_id=live.session_id,
-                    limits=item.spec.limits,
-                    model=item.model or None,
-                    permission_mode=item.permission_mode,
-                    allowed_tools=item.allowed_tools or DEFAULT_TOOLS,
-                    append_system_prompt=item.append_system_prompt or None,
-                    api_environment=self.config.api_environment,
-                    resume=resumed,
-                    nice=self.config.nice,
-                    mcp_config=mcp_config,
-                ),
-                progress,
-            )
-            mirroring.cancel_scope.cancel()
+        superseded: BaseException | None = None
+        try:
+            async with anyio.create_task_group() as mirroring:
+                mirroring.start_soon(mirror.follow)
+                mirroring.start_soon(flush_when_due)
+                outcome = await executor.run(
+                    AttemptRun(
+                        run_id=item.run_id,
+                        task_id=item.task_id,
+                        attempt=live.attempt,
+                        prompt=prompt,
+                        workspace=workspace,
+                        scratch=scratch,
+                        session_id=live.session_id,
+                        limits=item.spec.limits,
+                        model=item.model or None,
+                        permission_mode=item.permission_mode,
+                        allowed_tools=item.allowed_tools or DEFAULT_TOOLS,
+                        append_system_prompt=item.append_system_prompt or None,
+                        api_environment=self.config.api_environment,
+                        resume=resumed,
+                        nice=self.config.nice,
+                        mcp_config=mcp_config,
+                    ),
+                    progress,
+                )
+                mirroring.cancel_scope.cancel()
+        except* Superseded as group:
+            # Recording progress found the task moved on: that, not the task group
+            # around it, is what the caller handles.
+            superseded = group.exceptions[0]
+            while isinstance(superseded, BaseExceptionGroup):
+                superseded = superseded.exceptions[0]
+        if superseded is not None:
+            raise superseded
+        await record(batcher.flush())
         await mirror.sync()  # the transcript's last lines, written as the agent exited
         self.metrics.attempts_finished.labels(
             outcome="succeeded" if outcome.succeeded else (outcome.failure_class or "failed")
@@ -778,49 +821,51 @@ class Worker:
     # -- membership -------------------------------------------------------------------
 
     async def _heartbeats(self) -> None:
+        """Refresh this worker's registry entry every ``heartbeat_s``.
+
+        Liveness goes to the registry (KV, with a TTL), not to the event log: it is not
+        history, and as events it was most of the log. The log keeps the join, the leave
+        and the attempts this worker held.
+        """
         process = psutil.Process()
         process.cpu_percent(None)
         while True:
             await anyio.sleep(self.config.heartbeat_s)
-            running = tuple(sorted(self._running))
             try:
-                load = os.getloadavg()[0]
-            except OSError:
-                load = 0.0
-            try:
-                await self._record(
-                    WorkerHeartbeat(
-                        worker_id=self.config.worker_id,
-                        cpu_percent=psutil.cpu_percent(None),
-                        memory_bytes=process.memory_info().rss,
-                        load_avg=load,
-                        running_tasks=running,
-                        slots_free=max(0, self.config.slots - len(running)),
-                    )
+                await self._register(
+                    cpu_percent=psutil.cpu_percent(None), memory_bytes=process.memory_info().rss
                 )
-                await self._register()
             except (ClusterError, nats.errors.Error, TimeoutError) as exc:
                 # The store is failing over or restarting. A missed beat is harmless (the
                 # driver waits lost_after_s); ending the worker over it is not.
                 _log.warning("heartbeat not recorded; trying again", error=str(exc))
 
-    async def _register(self) -> None:
-        kv = await self._js.key_value(_REGISTRY_BUCKET)
-        entry = {
-            "worker_id": self.config.worker_id,
-            "pool": self.config.pool,
-            "slots": self.config.slots,
-            "running": sorted(self._running),
-        }
-        await kv.put(self.config.worker_id, msgspec.json.encode(entry))
+    async def _register(self, *, cpu_percent: float = 0.0, memory_bytes: int = 0) -> None:
+        running = tuple(sorted(self._running))
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            load = 0.0
+        await self._registry.put(
+            WorkerLiveness(
+                worker_id=self.config.worker_id,
+                at=self._clock(),
+                pool=self.config.pool,
+                slots=self.config.slots,
+                slots_free=max(0, self.config.slots - len(running)),
+                running_tasks=running,
+                cpu_percent=cpu_percent,
+                memory_bytes=memory_bytes,
+                load_avg=load,
+            )
+        )
 
     async def _unregister(self) -> None:
         try:
-            kv = await self._js.key_value(_REGISTRY_BUCKET)
-            await kv.delete(self.config.worker_id)
-        except (nats.errors.Error, TimeoutError) as exc:
+            await self._registry.delete(self.config.worker_id)
+        except ClusterError as exc:
             # The entry expires by its TTL anyway; say so rather than fail the shutdown.
-            _log.warning("worker registry entry not removed", error=repr(exc))
+            _log.warning("worker registry entry not removed", error=str(exc))
 
 
 _RESUME_NOTE: Final = (
@@ -878,15 +923,19 @@ class _TranscriptMirror:
             await self.sync()
 
     async def sync(self) -> None:
+        # Only what was written since the last sync is read: reading the whole transcript
+        # every half second made the work grow with the square of its length.
         try:
-            data = await anyio.Path(self._path).read_bytes()
+            async with await anyio.open_file(self._path, "rb") as handle:
+                await handle.seek(self._offset)
+                data = await handle.read()
         except FileNotFoundError:
             return
-        end = data.rfind(b"\n", self._offset) + 1  # only whole lines
-        if end <= self._offset:
+        end = data.rfind(b"\n") + 1  # only whole lines
+        if end == 0:
             return
-        entries = [json.loads(line) for line in data[self._offset : end].splitlines() if line]
-        self._offset = end
+        entries = [json.loads(line) for line in data[:end].splitlines() if line]
+        self._offset += end
         if entries:
             await self._store.append(self._key, entries)
 

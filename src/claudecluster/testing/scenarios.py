@@ -21,6 +21,7 @@ import pydantic
 import yaml
 
 from claudecluster.actors.driver import DriverConfig
+from claudecluster.domain.submission import DEFAULT_MAX_TASKS
 from claudecluster.errors import ConfigError
 from claudecluster.events.model import FailureClass, RunPolicy
 from claudecluster.testing.simulated_cluster import SimulatedCluster, random_graph
@@ -89,6 +90,9 @@ def run_scenario(scenario: Scenario, seed: int) -> dict[str, Any]:
             max_running=scenario.max_running,
             starts_per_s=scenario.starts_per_s,
             start_burst=max(1, int(scenario.starts_per_s)),
+            # A scenario's one run holds all its tasks: the per-run cap is what an
+            # operator would configure for such a run (driver.max_tasks).
+            max_tasks=max(DEFAULT_MAX_TASKS, scenario.tasks),
         ),
         duration=lambda rng, _task: rng.uniform(low, high),
         failure_chance=scenario.failure_chance,

@@ -43,6 +43,7 @@ from claudecluster.actors.driver import (
     Rollback,
     Tick,
     Verify,
+    WorkerSeen,
     decide,
 )
 from claudecluster.actors.worker import admit
@@ -65,7 +66,6 @@ from claudecluster.events.model import (
     TaskSpec,
     TaskStarted,
     TaskSucceeded,
-    WorkerHeartbeat,
     WorkerJoined,
 )
 from claudecluster.events.subjects import event_subject, scope_filter
@@ -142,7 +142,7 @@ class SimulatedCluster:
         conflict_chance: chance a merge conflicts.
         death_chance: chance per heartbeat that a worker dies (kill -9).
         ack_wait_s: when a dead worker's item is redelivered.
-        stall_s: a run with no event but heartbeats for this long has stalled (a bug).
+        stall_s: a run with no event for this long (only joins, only liveness) has stalled (a bug).
         check_ticks: after every tick, check that no open run has anything left to decide
             (a tick looks only at runs time may have moved; this proves it missed none).
             Copies the driver's state per tick: for small property tests, not 10k tasks.
@@ -216,7 +216,7 @@ class SimulatedCluster:
             envelope=wrap_event(event, event_id=event_id, now=self.now),
         )
         self.log.append(stored)
-        if not isinstance(event, (WorkerHeartbeat, WorkerJoined)):
+        if not isinstance(event, WorkerJoined):
             self._last_progress = self.now
         self._ids[event_id] = seq
         self._scopes[scope] = seq
@@ -365,13 +365,8 @@ class SimulatedCluster:
         if self.death_chance and self.rng.random() < self.death_chance:
             self._die(worker)
             return
-        running: tuple[str, ...] = ()
-        if worker.busy is not None:
-            running = (f"{worker.busy[0]}/{worker.busy[1]}",)
-        self._append(
-            WorkerHeartbeat(worker_id=worker.worker_id, running_tasks=running),
-            f"hb-{worker.worker_id}-{self.now.timestamp()}",
-        )
+        # Liveness goes to the registry, not the log, as with real workers.
+        self._feed(WorkerSeen(worker_id=worker.worker_id, at=self.now))
 
     def _die(self, worker: _Worker) -> None:
         """kill -9: no more events; its unacknowledged item comes back after the ack wait;

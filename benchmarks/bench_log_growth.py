@@ -1,0 +1,237 @@
+"""Log growth: what a long-lived cluster's reads and restarts cost as CC_EVENTS grows.
+
+Logs of several sizes (0, 100,000 and 1,000,000 events by default), shaped like a real
+cluster's: 20 workers joined, then copies of the recorded sample run ``happy_path`` (a
+plan of six tasks, their queueing, progress, results and merges; its heartbeat events
+left out, since liveness is no longer logged), each copy a new run with its own ids. For
+each size, side by side on the same machine:
+
+* ``claudecluster status RUN`` (the last run) p50 and its peak RSS, as a subprocess;
+* ``claudecluster status`` (every run) p50, from the front door's snapshot plus the tail;
+* ``claudecluster --help`` p50;
+* driver restart to its first decision: a Driver recovering from the log until it is
+  ready to decide (it replays the whole log: the driver's state is not snapshotted);
+* a front door ready: from the snapshot a previous front door wrote, plus the tail.
+
+And once: the events an idle cluster of 20 workers adds to CC_EVENTS, measured over a
+window (heartbeats refresh the registry, not the log) and scaled to a day.
+
+The benchmark's own nats-server runs the embedded configuration minus
+``sync_interval: always`` (loading a million events one fsync at a time would take long).
+
+    .venv/bin/python benchmarks/bench_log_growth.py [--quick] [--sizes 0,100000,1000000]
+
+Prints a table and writes benchmarks/results/log_growth.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+from _harness import open_unsynced_server, percentile, print_table, write_results
+
+from claudecluster.events.codec import encode
+from claudecluster.events.envelope import wrap_event
+from claudecluster.events.model import WorkerHeartbeat, WorkerJoined
+from claudecluster.events.subjects import event_subject
+from claudecluster.runtime.connection import Connection, open_jetstream_log
+from claudecluster.runtime.driver import Driver
+from claudecluster.runtime.front_door import open_front_door
+from claudecluster.runtime.reads import write_view_snapshot
+from claudecluster.runtime.worker import Worker, WorkerConfig
+from claudecluster.testing.sample_runs import happy_path
+from claudecluster.transport.snapshots import JetStreamSnapshotStore
+
+_RUN = "bench-r000000"
+_PREFIX = "e000000"
+_WORKERS = 20
+_CLI = [sys.executable, "-m", "claudecluster"]
+
+
+def _template() -> list[tuple[str, bytes]]:
+    """The sample run as (subject, bytes), without its workers' joins and heartbeats."""
+    return [
+        (event_subject(envelope.payload), encode(envelope))
+        for envelope in happy_path(_RUN, _PREFIX).envelopes
+        if not isinstance(envelope.payload, WorkerJoined | WorkerHeartbeat)
+    ]
+
+
+def cluster_log(count: int) -> Iterator[tuple[str, bytes, str]]:
+    """``count`` events: 20 workers join, then runs; yields (subject, bytes, run id)."""
+    made = 0
+    for n in range(min(_WORKERS, count)):
+        event = WorkerJoined(worker_id=f"bench-w{n:02d}", pool="default", slots=2)
+        envelope = wrap_event(event, event_id=f"join-{n}", now=datetime.now(UTC))
+        yield event_subject(event), encode(envelope), ""
+        made += 1
+    rest = _template()
+    copy = 0
+    while made < count:
+        run, prefix = f"bench-r{copy:06d}", f"e{copy:06d}"
+        for subject, data in rest[: count - made]:
+            new = data.replace(_RUN.encode(), run.encode()).replace(
+                _PREFIX.encode(), prefix.encode()
+            )
+            yield subject.replace(_RUN, run), new, run
+        made += min(len(rest), count - made)
+        copy += 1
+
+
+def timed_cli(
+    *args: str, repeat: int, env: dict[str, str], ok: tuple[int, ...] = (0,)
+) -> tuple[list[float], int]:
+    """Wall seconds of each run of ``claudecluster ARGS``, and the largest peak RSS (bytes)."""
+    times: list[float] = []
+    peak = 0
+    for _ in range(repeat):
+        started = time.perf_counter()
+        # GNU time prints the process's own peak RSS (KiB), nothing of this process's.
+        done = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", *_CLI, *args],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
+        )  # fmt: skip
+        times.append(time.perf_counter() - started)
+        if done.returncode not in ok:
+            raise RuntimeError(f"claudecluster {' '.join(args)} exited {done.returncode}")
+        peak = max(peak, int(done.stderr.strip().splitlines()[-1]) * 1024)
+    return times, peak
+
+
+async def measure(count: int, where: Path, repeat: int) -> dict[str, Any]:
+    """Load a log of ``count`` events, then measure every read and restart on it."""
+    async with (
+        open_unsynced_server(where) as url,
+        open_jetstream_log(url, name="bench-log-growth") as (client, log),
+    ):
+        js = client.jetstream()
+        last_run = ""
+        for subject, data, run in cluster_log(count):
+            await js.publish_async(subject, data)
+            last_run = run or last_run
+        with anyio.fail_after(1200):
+            await js.publish_async_completed()
+        if await log.last_seq() != count:
+            raise RuntimeError(f"loaded {await log.last_seq()} events, expected {count}")
+        conn = Connection(url, client, log, embedded=False)
+        # A front door that read the whole log writes a snapshot, as a running one does.
+        async with open_front_door(conn) as door:
+            if door.view.last_seq:
+                last = await log.last_seq()
+                async with log.open_reader(from_seq=last) as events:
+                    last_id = [e.envelope.id async for e in events][-1]
+                await write_view_snapshot(JetStreamSnapshotStore(js), door.view, last_id)
+        started = time.perf_counter()
+        async with open_front_door(conn):
+            front_door_s = time.perf_counter() - started
+        driver = Driver(log, js)
+        started = time.perf_counter()
+        async with anyio.create_task_group() as group:
+            await group.start(driver.run)
+            driver_s = time.perf_counter() - started
+            group.cancel_scope.cancel()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLAUDECLUSTER_")}
+        env["COLUMNS"] = "200"
+        # On the empty log there is no run to show: the same command asks for one that
+        # does not exist (exit 2), the same connect and read.
+        ref = last_run or "no-such-run"
+        run_times, run_rss = await anyio.to_thread.run_sync(
+            lambda: timed_cli("status", ref, "--nats", url, repeat=repeat, env=env, ok=(0, 2))
+        )
+        all_times, all_rss = await anyio.to_thread.run_sync(
+            lambda: timed_cli("status", "--nats", url, repeat=repeat, env=env)
+        )
+        help_times, _ = await anyio.to_thread.run_sync(
+            lambda: timed_cli("--help", repeat=repeat, env=env)
+        )
+    return {
+        "events": count,
+        "status_run_p50_ms": round(percentile(run_times, 50) * 1000),
+        "status_run_rss_mb": round(run_rss / 2**20, 1),
+        "status_all_p50_ms": round(percentile(all_times, 50) * 1000),
+        "status_all_rss_mb": round(all_rss / 2**20, 1),
+        "help_p50_ms": round(percentile(help_times, 50) * 1000),
+        "driver_restart_s": round(driver_s, 2),
+        "front_door_ready_s": round(front_door_s, 2),
+    }
+
+
+async def idle_workers(where: Path, workers: int, window_s: float) -> dict[str, Any]:
+    """Events an idle pool of ``workers`` adds to CC_EVENTS over ``window_s``, per day."""
+    async with (
+        open_unsynced_server(where) as url,
+        open_jetstream_log(url, name="bench-idle") as (client, log),
+        anyio.create_task_group() as group,
+    ):
+        for n in range(workers):
+            config = WorkerConfig(worker_id=f"idle-{n:02d}", workspace_root=where / f"w{n}")
+            await group.start(Worker(config, log, client).serve)
+        joined = await log.last_seq()
+        await anyio.sleep(window_s)  # the measurement window itself, not a synchronisation
+        during = await log.last_seq() - joined
+        kv = await client.jetstream().key_value("cc_workers")
+        status = await kv.status()
+        group.cancel_scope.cancel()
+    return {
+        "workers": workers,
+        "window_s": window_s,
+        "events_at_join": joined,
+        "events_during_window": during,
+        "events_per_day_idle": round(during / window_s * 86_400),
+        "registry_entries": status.values,
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every size, then the idle pool; returns the report."""
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-log-growth-") as tmp:
+        for count in sizes:
+            rows.append(await measure(count, Path(tmp) / f"log-{count}", args.repeat))
+        idle = await idle_workers(Path(tmp) / "idle", args.workers, args.window)
+    empty = rows[0]
+    for row in rows:
+        base = empty["status_run_p50_ms"] or row["status_run_p50_ms"]
+        row["status_run_over_empty"] = round(row["status_run_p50_ms"] / base, 2) if base else None
+    return {"sizes": sizes, "results": rows, "idle_cluster": idle}
+
+
+def main() -> None:
+    """Parse the flags, run, print and write the report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (the smoke test)")
+    parser.add_argument("--sizes", default="0,100000,1000000", help="log sizes, comma-separated")
+    parser.add_argument("--repeat", type=int, default=7, help="runs of each CLI command")
+    parser.add_argument("--workers", type=int, default=_WORKERS, help="idle pool size")
+    parser.add_argument("--window", type=float, default=30.0, help="idle window seconds")
+    args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.repeat, args.workers, args.window = "0,2000", 3, 3, 6.0
+    report = anyio.run(run, args)
+    print_table(
+        ["events", "status RUN p50 ms", "xempty", "RSS MB", "status p50 ms", "--help p50 ms",
+         "driver restart s", "front door s"],
+        [[r["events"], r["status_run_p50_ms"], r["status_run_over_empty"], r["status_run_rss_mb"],
+          r["status_all_p50_ms"], r["help_p50_ms"], r["driver_restart_s"], r["front_door_ready_s"]]
+         for r in report["results"]],
+    )  # fmt: skip
+    idle = report["idle_cluster"]
+    print(f"idle {idle['workers']} workers: {idle['events_during_window']} events in "
+          f"{idle['window_s']:g}s -> {idle['events_per_day_idle']} a day")  # fmt: skip
+    path = write_results("log_growth", report, quick=args.quick)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

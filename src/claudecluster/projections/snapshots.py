@@ -1,0 +1,106 @@
+"""Snapshots of the cluster view: the state at a stream sequence, so a reader starts there.
+
+A reader that starts from sequence 1 pays for the whole history every time (the CLI's
+``status``, each front door). A snapshot records a view with the sequence it covers; a
+reader takes the newest usable one and applies the tail of the log after it. The view is
+derived data: a snapshot is trusted only if it was written by code that folds events the
+same way, so it carries a version, a fingerprint of the view's layout and of every event
+type's schema version. A snapshot of another version (or one that does not decode) is
+ignored and the view rebuilt from the log, never trusted.
+
+Pure: bytes in, views out. Where snapshots are kept is :mod:`claudecluster.transport.snapshots`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Final
+
+import msgspec
+
+from claudecluster.events.codec import EVENT_TYPES
+from claudecluster.projections.cluster import ClusterView, from_snapshot, to_snapshot
+
+__all__ = [
+    "VIEW_SNAPSHOT",
+    "ViewSnapshot",
+    "decode_view_snapshot",
+    "encode_view_snapshot",
+    "view_version",
+]
+
+#: The snapshot's name in the store.
+VIEW_SNAPSHOT: Final = "cluster_view"
+#: Bumped by hand when the fold changes meaning without changing the view's layout.
+_FOLD_REVISION: Final = 1
+
+
+class _Record(msgspec.Struct, frozen=True, kw_only=True):
+    version: str
+    seq: int
+    #: the envelope id of the event at ``seq``: a reader checks the log still has it there
+    #: (a log recreated under the same name must not inherit an old snapshot)
+    last_id: str
+    state: bytes
+
+
+class ViewSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A usable snapshot: the view, and the id of the event it ends with."""
+
+    view: ClusterView
+    last_id: str
+
+
+@functools.cache
+def view_version() -> str:
+    """The version a view snapshot must carry to be used by this code.
+
+    The fold's revision, a digest of the view's layout (its JSON Schema) and of every
+    event type with its schema version: any change to what a view holds, or to what the
+    events it folds say, makes older snapshots unusable.
+    """
+    from claudecluster.projections.cluster import _Snapshot  # the view's stored layout
+
+    layout = msgspec.json.encode(msgspec.json.schema(_Snapshot))
+    events = ",".join(
+        f"{tag}:{getattr(cls, 'schema_version', 1)}" for tag, cls in sorted(EVENT_TYPES.items())
+    )
+    digest = hashlib.sha256(layout + b"|" + events.encode()).hexdigest()[:16]
+    return f"view-{_FOLD_REVISION}-{digest}"
+
+
+def encode_view_snapshot(view: ClusterView, last_id: str) -> bytes:
+    """A snapshot of ``view``, covering the log up to ``view.last_seq`` (msgpack).
+
+    Args:
+        view: the view.
+        last_id: the envelope id of the event at ``view.last_seq``.
+    """
+    state = msgspec.msgpack.encode(to_snapshot(view))
+    record = _Record(version=view_version(), seq=view.last_seq, last_id=last_id, state=state)
+    return msgspec.msgpack.encode(record)
+
+
+def decode_view_snapshot(data: bytes) -> tuple[ViewSnapshot | None, str]:
+    """The view a snapshot holds, or None and why it cannot be used.
+
+    Never raises for bad data: a snapshot that does not decode, or was written by another
+    version, is a reason to rebuild, not an error.
+    """
+    try:
+        record = msgspec.msgpack.decode(data, type=_Record)
+    except msgspec.DecodeError as exc:
+        return None, f"the snapshot does not decode: {exc}"
+    if record.version != view_version():
+        return (
+            None,
+            f"the snapshot is of version {record.version}, this code reads {view_version()}",
+        )
+    try:
+        view = from_snapshot(msgspec.msgpack.decode(record.state))
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return None, f"the snapshot's view does not decode: {exc}"
+    if view.last_seq != record.seq:
+        return None, f"the snapshot says it covers {record.seq} but its view is at {view.last_seq}"
+    return ViewSnapshot(view=view, last_id=record.last_id), ""

@@ -1,0 +1,171 @@
+"""Reads that do not grow with history: one run's subjects, or a snapshot and the tail.
+
+One run: the server filters the log to the run's subjects.
+
+A run's events are all on ``cc.evt.<run>.>`` (its own and its tasks'), and the projections
+of runs, tasks and costs need nothing else, so ``status RUN``, ``logs RUN/TASK``,
+``export RUN`` and ``replay --run`` ask for that filter and cost what the run wrote, not
+what the whole log holds (which, a cluster's lifetime on, is mostly other runs).
+
+Every run: :func:`view_from_snapshot` starts from the newest usable snapshot of the cluster
+view (``cc_snapshots``, written by the front doors) and applies the events after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+
+from claudecluster.errors import ClusterError, InvalidIdError
+from claudecluster.events.envelope import StoredEvent
+from claudecluster.events.subjects import run_filter
+from claudecluster.observability.logging import get_logger
+from claudecluster.projections.cluster import ClusterView, apply, replay
+from claudecluster.projections.snapshots import (
+    VIEW_SNAPSHOT,
+    decode_view_snapshot,
+    encode_view_snapshot,
+)
+from claudecluster.transport.base import EventLog, read_all
+from claudecluster.transport.snapshots import SnapshotStore
+
+__all__ = [
+    "keep_snapshotting",
+    "open_view_from_snapshot",
+    "read_run",
+    "run_of_ref",
+    "view_from_snapshot",
+    "write_view_snapshot",
+]
+
+_log = get_logger(__name__)
+
+
+async def read_run(
+    log: EventLog, run_id: str, *, until_seq: int | None = None
+) -> list[StoredEvent]:
+    """Every stored event of run ``run_id`` (up to stream sequence ``until_seq``).
+
+    Raises:
+        InvalidIdError: ``run_id`` cannot be a run id (so no run has it).
+        EventStoreError: the log could not be read.
+    """
+    stored = await read_all(log, subjects=run_filter(run_id))
+    if until_seq is not None:
+        stored = [event for event in stored if event.seq <= until_seq]
+    return stored
+
+
+async def run_of_ref(log: EventLog, ref: str) -> tuple[str, ClusterView, list[StoredEvent]] | None:
+    """The run a reference names on its own (``RUN`` or ``RUN/TASK``), its view and events.
+
+    None when the reference does not name a run the log knows: a bare task id, whose run
+    only the view of every run can tell, or nothing at all.
+
+    Raises:
+        EventStoreError: the log could not be read.
+    """
+    run_id = ref.partition("/")[0]
+    try:
+        stored = await read_run(log, run_id)
+    except InvalidIdError:
+        return None
+    view = replay(stored)
+    if run_id not in view.runs:
+        return None
+    return run_id, view, stored
+
+
+async def _snapshot_view(store: SnapshotStore) -> tuple[ClusterView, str]:
+    """The newest usable snapshot's view and last event id (an empty view if none)."""
+    try:
+        data = await store.get(VIEW_SNAPSHOT)
+    except ClusterError as exc:
+        _log.warning("snapshot not read; reading the whole log", error=str(exc))
+        return ClusterView(), ""
+    if data is None:
+        return ClusterView(), ""
+    snapshot, why = decode_view_snapshot(data)
+    if snapshot is None:
+        _log.info("snapshot ignored; reading the whole log", reason=why)
+        return ClusterView(), ""
+    return snapshot.view, snapshot.last_id
+
+
+@asynccontextmanager
+async def open_view_from_snapshot(
+    log: EventLog, store: SnapshotStore, *, follow: bool = False
+) -> AsyncIterator[tuple[ClusterView, AsyncIterator[StoredEvent]]]:
+    """The view of the newest usable snapshot, and the log's events after it.
+
+    The first event read back must be the snapshot's last one (same sequence, same
+    envelope id); if the log says otherwise (it was recreated, or trimmed past it) the
+    snapshot is dropped and the events come from the start. With ``follow`` the events go
+    on as they are appended.
+
+    Raises:
+        EventStoreError: the log could not be read.
+    """
+    view, last_id = await _snapshot_view(store)
+    if view.last_seq:
+        async with log.open_reader(from_seq=view.last_seq, follow=follow) as events:
+            first = await anext(aiter(events), None)
+            if first is not None and first.seq == view.last_seq and first.envelope.id == last_id:
+                yield view, events
+                return
+        _log.info("snapshot does not match the log; reading the whole log", seq=view.last_seq)
+    async with log.open_reader(follow=follow) as events:
+        yield ClusterView(), events
+
+
+async def view_from_snapshot(log: EventLog, store: SnapshotStore) -> ClusterView:
+    """The cluster view now: the newest usable snapshot plus the tail (see above).
+
+    Raises:
+        EventStoreError: the log could not be read.
+    """
+    async with open_view_from_snapshot(log, store) as (view, events):
+        async for stored in events:
+            view = apply(view, stored)
+    return view
+
+
+async def write_view_snapshot(store: SnapshotStore, view: ClusterView, last_id: str) -> None:
+    """Write a snapshot of ``view``, encoding it off the event loop's thread.
+
+    The view is immutable, so another thread may encode it while the loop goes on
+    applying events to the next one.
+
+    Raises:
+        EventStoreError: the store could not be written.
+    """
+    data = await anyio.to_thread.run_sync(encode_view_snapshot, view, last_id)
+    await store.put(VIEW_SNAPSHOT, data)
+
+
+async def keep_snapshotting(
+    current: Callable[[], tuple[ClusterView, str]],
+    store: SnapshotStore,
+    *,
+    every_s: float,
+    min_events: int,
+    wait: Callable[[float], Awaitable[None]] = anyio.sleep,
+) -> None:
+    """Every ``every_s``, snapshot ``current()`` if ``min_events`` were applied since the
+    last snapshot written here; until cancelled. A failed write is logged and tried again
+    next time (a snapshot only shortens starts).
+    """
+    written = 0
+    while True:
+        await wait(every_s)
+        view, last_id = current()
+        if not last_id or view.last_seq - written < min_events:
+            continue
+        try:
+            await write_view_snapshot(store, view, last_id)
+        except ClusterError as exc:
+            _log.warning("snapshot not written; trying again later", error=str(exc))
+            continue
+        written = view.last_seq

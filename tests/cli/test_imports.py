@@ -1,0 +1,90 @@
+"""What the command line imports: only what the command that runs uses.
+
+Each check runs in a fresh interpreter (a test process has imported everything already)
+and dumps ``sys.modules`` as the program exits, so what is counted is what the command
+really loaded, on the same path as the console script (``claudecluster.cli:main``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cyclopts
+import pytest
+
+from claudecluster.cli import COMMANDS, app
+from tests.support import free_port
+
+#: Packages a front door or an agent needs, and a command that only prints must not load.
+HEAVY = ("mcp", "starlette", "uvicorn", "claude_agent_sdk")
+_SUBPROCESS_TIMEOUT_S = 120
+
+
+def modules_after(tmp_path: Path, code: str, *args: str) -> set[str]:
+    """The top-level packages loaded by ``code`` run as a program with ``args``."""
+    dump = tmp_path / "modules.json"
+    program = (
+        "import atexit, json, sys\n"
+        f"dump = open({str(dump)!r}, 'w')\n"
+        "atexit.register(lambda: (dump.write(json.dumps(sorted(sys.modules))), dump.close()))\n"
+        f"sys.argv = ['claudecluster', *{list(args)!r}]\n" + code
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=_SUBPROCESS_TIMEOUT_S,
+        check=False,
+    )
+    assert dump.is_file(), done.stderr
+    return {name.split(".")[0] for name in json.loads(dump.read_text(encoding="utf-8"))}
+
+
+def test_importing_the_cli_loads_no_front_door_agent_or_nats_package(tmp_path: Path) -> None:
+    loaded = modules_after(tmp_path, "import claudecluster.cli")
+    assert "claudecluster" in loaded  # the dump is of a program that did import it
+    assert loaded.isdisjoint({*HEAVY, "nats", "structlog", "pydantic_settings"}), sorted(loaded)
+
+
+def test_help_loads_no_front_door_agent_or_nats_package(tmp_path: Path) -> None:
+    loaded = modules_after(tmp_path, "from claudecluster.cli import main\nmain()", "--help")
+    assert "cyclopts" in loaded  # help was rendered
+    assert loaded.isdisjoint({*HEAVY, "nats"}), sorted(loaded)
+
+
+def test_status_loads_nats_but_no_front_door_or_agent_package(tmp_path: Path) -> None:
+    # Nothing listens on the port: the command connects, fails, and exits 2; what it
+    # imported on the way is what a status call imports.
+    url = f"nats://127.0.0.1:{free_port()}"
+    loaded = modules_after(
+        tmp_path, "from claudecluster.cli import main\nmain()", "status", "--nats", url
+    )
+    assert "nats" in loaded  # it did get as far as talking to NATS
+    assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))
+
+
+@pytest.mark.parametrize(("path", "name", "short_help"), COMMANDS, ids=[c[1] for c in COMMANDS])
+def test_each_lazy_command_shows_the_first_line_of_its_own_docstring(
+    path: str, name: str, short_help: str
+) -> None:
+    module, _, attribute = path.partition(":")
+    target = getattr(importlib.import_module(module), attribute)
+    if isinstance(target, cyclopts.App):
+        assert target.name[0] == name
+        documented = str(target.help)
+    else:
+        documented = inspect.getdoc(target) or ""
+    assert documented.splitlines()[0] == short_help
+
+
+def test_every_registered_command_resolves_to_what_its_path_names() -> None:
+    names = {name for _, name, _ in COMMANDS}
+    assert names <= set(app)
+    for name in names:
+        assert isinstance(app[name], cyclopts.App)

@@ -1,0 +1,185 @@
+"""A read of one run receives that run's events only: the server filters the log."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import pytest
+
+from claudecluster.events import (
+    RunPlanned,
+    RunSubmitted,
+    StoredEvent,
+    TaskProgress,
+    TaskQueued,
+    TaskSpec,
+    WorkerJoined,
+)
+from claudecluster.events.envelope import EventEnvelope
+from claudecluster.events.model import Event
+from claudecluster.events.subjects import ALL_EVENTS
+from claudecluster.observability.redaction import Redactor
+from claudecluster.projections import ClusterView, replay
+from claudecluster.projections.snapshots import decode_view_snapshot
+from claudecluster.runtime.reads import (
+    keep_snapshotting,
+    read_run,
+    run_of_ref,
+    view_from_snapshot,
+    write_view_snapshot,
+)
+from claudecluster.transport.base import AppendResult, EventLog, QuarantinedMessage, read_all
+from claudecluster.transport.jetstream import JetStreamEventLog
+from claudecluster.transport.snapshots import MemorySnapshotStore
+from tests.support import EnvelopeFactory
+
+make = EnvelopeFactory("reads")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # the JetStream log: nats-py runs on asyncio only
+
+
+class CountingLog:
+    """An event log that counts the events its readers were handed."""
+
+    def __init__(self, inner: EventLog) -> None:
+        self.inner = inner
+        self.delivered = 0
+
+    async def append(
+        self, envelope: EventEnvelope, *, expected_last: int | None = None
+    ) -> AppendResult:
+        return await self.inner.append(envelope, expected_last=expected_last)
+
+    async def last_seq(self, subjects: str = ALL_EVENTS) -> int:
+        return await self.inner.last_seq(subjects)
+
+    async def quarantined(self) -> list[QuarantinedMessage]:
+        return await self.inner.quarantined()
+
+    async def quarantine_refused(self, stored: StoredEvent, reason: str) -> None:
+        await self.inner.quarantine_refused(stored, reason)
+
+    @property
+    def redactor(self) -> Redactor:
+        return self.inner.redactor
+
+    def open_reader(
+        self, *, from_seq: int = 1, subjects: str = ALL_EVENTS, follow: bool = False
+    ) -> AbstractAsyncContextManager[AsyncIterator[StoredEvent]]:
+        @asynccontextmanager
+        async def counted() -> AsyncIterator[AsyncIterator[StoredEvent]]:
+            async with self.inner.open_reader(
+                from_seq=from_seq, subjects=subjects, follow=follow
+            ) as events:
+
+                async def each() -> AsyncIterator[StoredEvent]:
+                    async for event in events:
+                        self.delivered += 1
+                        yield event
+
+                yield each()
+
+        return counted()
+
+
+async def a_run(log: EventLog, run_id: str, progress: int) -> int:
+    """A planned run with one task and ``progress`` progress events; how many events."""
+    spec = TaskSpec(task_id="a", title="a", prompt="p")
+    events: list[Event] = [
+        RunSubmitted(run_id=run_id, goal="g", repo="/r"),
+        RunPlanned(run_id=run_id, tasks=(spec,), base_commit="b", integration_branch="b"),
+        TaskQueued(run_id=run_id, task_id="a"),
+        *(TaskProgress(run_id=run_id, task_id="a", attempt=1, kind="text", text=f"{n}")
+          for n in range(progress)),
+    ]  # fmt: skip
+    for event in events:
+        await log.append(make(event))
+    return len(events)
+
+
+async def test_a_run_read_gets_only_that_runs_events(jetstream_log: JetStreamEventLog) -> None:
+    counting = CountingLog(jetstream_log)
+    await a_run(counting, "busy", 300)
+    mine = await a_run(counting, "small", 2)
+    await a_run(counting, "later", 300)
+    for n in range(50):
+        await counting.append(make(WorkerJoined(worker_id=f"w{n}")))
+    counting.delivered = 0
+    stored = await read_run(counting, "small")
+    assert counting.delivered == mine == len(stored)
+    assert {getattr(s.envelope.payload, "run_id", None) for s in stored} == {"small"}
+
+
+async def test_a_reference_to_a_run_or_its_task_reads_the_run_a_bare_task_id_does_not(
+    jetstream_log: JetStreamEventLog,
+) -> None:
+    counting = CountingLog(jetstream_log)
+    await a_run(counting, "r1", 100)
+    mine = await a_run(counting, "r2", 1)
+    for ref in ("r2", "r2/a"):
+        counting.delivered = 0
+        found = await run_of_ref(counting, ref)
+        assert found is not None
+        run_id, view, _ = found
+        assert (run_id, sorted(view.runs)) == ("r2", ["r2"])
+        assert counting.delivered == mine
+    assert await run_of_ref(counting, "a") is None  # a task id: the caller looks wider
+    assert await run_of_ref(counting, "no such run!") is None  # not even an id
+
+
+async def test_every_run_is_read_from_a_snapshot_and_the_tail_only(
+    jetstream_log: JetStreamEventLog,
+) -> None:
+    counting = CountingLog(jetstream_log)
+    await a_run(counting, "old", 400)
+    stored = await read_all(jetstream_log)
+    store = MemorySnapshotStore()
+    await write_view_snapshot(store, replay(stored), stored[-1].envelope.id)
+    tail = await a_run(counting, "new", 5)
+    counting.delivered = 0
+    view = await view_from_snapshot(counting, store)
+    assert view == replay(await read_all(jetstream_log))
+    assert counting.delivered == tail + 1  # the snapshot's last event, checked, and the tail
+
+
+async def test_a_snapshot_the_log_does_not_bear_out_is_dropped_for_a_full_read(
+    jetstream_log: JetStreamEventLog,
+) -> None:
+    counting = CountingLog(jetstream_log)
+    total = await a_run(counting, "r", 20)
+    stored = await read_all(jetstream_log)
+    store = MemorySnapshotStore()
+    # A snapshot of another log of the same name (recreated since): same sequence, other id.
+    await write_view_snapshot(store, replay(stored[:10]), "an-event-of-another-log")
+    counting.delivered = 0
+    view = await view_from_snapshot(counting, store)
+    assert view == replay(stored)
+    assert counting.delivered == 1 + total  # the check, then every event from the start
+
+
+async def test_snapshots_are_written_when_enough_events_came_and_not_otherwise() -> None:
+    store = MemorySnapshotStore()
+    views = iter([(ClusterView(last_seq=seq), f"e{seq}") for seq in (5, 1500, 1600, 2600)])
+    ticks = 0
+
+    class EnoughError(Exception):
+        """The test has seen what it needs (the loop otherwise runs until cancelled)."""
+
+    async def tick(_: float) -> None:
+        nonlocal ticks
+        ticks += 1
+        if ticks > 4:
+            raise EnoughError
+
+    with pytest.raises(EnoughError):
+        await keep_snapshotting(lambda: next(views), store, every_s=1, min_events=1000, wait=tick)
+    assert store.writes == 2  # at 1500 and 2600; 5 and 1600 were too soon after
+    data = await store.get("cluster_view")
+    assert data is not None
+    restored, _ = decode_view_snapshot(data)
+    assert restored is not None
+    assert (restored.view.last_seq, restored.last_id) == (2600, "e2600")
