@@ -142,9 +142,14 @@ async def open_unsynced_server(where: Path) -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def open_private_cluster(where: Path, name: str = "bench") -> AsyncIterator[Connection]:
-    """A fresh embedded nats-server with the project's topology under ``where``."""
+    """A fresh embedded nats-server with the project's topology under ``where``.
+
+    It admits clients without credentials, so the in-process actors and the processes a
+    benchmark starts share one connection setting: authentication costs at connect time
+    only, not per message, and is not what these benchmarks measure.
+    """
     async with (
-        open_embedded_nats(where / "nats", reuse=False) as server,
+        open_embedded_nats(where / "nats", reuse=False, auth=False) as server,
         open_jetstream_log(server.url, name=name) as (client, log),
     ):
         yield Connection(server.url, client, log, embedded=True)
