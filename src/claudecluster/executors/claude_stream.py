@@ -6,8 +6,7 @@ Two decisions live here, both free of processes so they are tested on recorded l
   text, tool calls with a short input summary, tool result summaries, token usage.
 * :func:`classify` turns the final ``result`` event (or its absence) into an
   :class:`Outcome`. Never the exit code alone: an API error exits 1 with
-  ``subtype: "success"`` and ``is_error: true``, and SIGINT exits 0 with no result at all
-  (../shared/CLAUDE-CODE-OFFLINE.md).
+  ``subtype: "success"`` and ``is_error: true``, and SIGINT exits 0 with no result at all.
 """
 
 from __future__ import annotations

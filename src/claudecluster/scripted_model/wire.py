@@ -3,8 +3,7 @@
 Streaming replies are Server-Sent Events in the order the real API sends them:
 ``message_start``, then per content block ``content_block_start`` /
 ``content_block_delta`` / ``content_block_stop``, then ``message_delta`` (with the stop
-reason and output usage) and ``message_stop``. ../shared/CLAUDE-CODE-OFFLINE.md lists what
-the Claude Code CLI relies on.
+reason and output usage) and ``message_stop``: what the Claude Code CLI relies on.
 """
 
 from __future__ import annotations
