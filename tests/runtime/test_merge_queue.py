@@ -52,9 +52,9 @@ class _Log:
         return len(self.events)
 
 
-async def _merge(tmp_path: Path, results: dict[str, dict[str, str]], verify: str) -> tuple[
-    _Log, BatchMerger, Path, str
-]:  # fmt: skip
+async def _merge(
+    tmp_path: Path, results: dict[str, dict[str, str]], verify: str, at_once: int = 1
+) -> tuple[_Log, BatchMerger, Path, str]:
     repo = make_repo(tmp_path / "repo", {"app.py": "VERSION = 1\n"})
     base = git_output(repo, "rev-parse", "HEAD").strip()
     commits = {task: _result(repo, base, task, files) for task, files in results.items()}
@@ -66,7 +66,7 @@ async def _merge(tmp_path: Path, results: dict[str, dict[str, str]], verify: str
     async def theirs_of(item: Merge) -> str | None:
         return commits[item.task_id]
 
-    merger = BatchMerger(integration, repo, log.record, theirs_of, verify, 60.0)
+    merger = BatchMerger(integration, repo, log.record, theirs_of, verify, 60.0, at_once)
     batch = MergeBatch(
         key="merge:r", run_id="r", items=tuple(_item(t, base) for t in results), head=base,
         verify=True,
@@ -155,20 +155,7 @@ def test_probes_at_once_find_the_culprit_in_log_k_plus_one_rounds(size: int, at_
 async def test_probes_run_at_once_each_in_its_own_worktree(tmp_path: Path) -> None:
     results = {f"t{i}": {f"f{i}.txt": f"{i}\n"} for i in range(8)}
     results["t5"]["bad.txt"] = "broken\n"
-    repo = make_repo(tmp_path / "repo", {"app.py": "VERSION = 1\n"})
-    base = git_output(repo, "rev-parse", "HEAD").strip()
-    commits = {task: _result(repo, base, task, files) for task, files in results.items()}
-    git_output(repo, "checkout", "-q", "main")
-    integration = _integration(repo, tmp_path)
-    await integration.start(base)
-    log = _Log()
-
-    async def theirs_of(item: Merge) -> str | None:
-        return commits[item.task_id]
-
-    merger = BatchMerger(integration, repo, log.record, theirs_of, "test ! -e bad.txt", 60.0, 4)
-    items = tuple(_item(t, base) for t in results)
-    await merger.run(MergeBatch(key="merge:r", run_id="r", items=items, head=base, verify=True))
+    log, merger, repo, _ = await _merge(tmp_path, results, "test ! -e bad.txt", at_once=4)
     assert [e.task_id for e in log.events if isinstance(e, TaskMerged)] == [
         "t0", "t1", "t2", "t3", "t4",
     ]  # fmt: skip
@@ -186,20 +173,7 @@ async def test_probes_of_the_same_commit_at_once_do_not_share_a_worktree(tmp_pat
         "d": {"d.txt": "d\n", "bad.txt": "x\n"},
         "e": {"e.txt": "e\n"},
     }
-    repo = make_repo(tmp_path / "repo", {"app.py": "VERSION = 1\n"})
-    base = git_output(repo, "rev-parse", "HEAD").strip()
-    commits = {task: _result(repo, base, task, files) for task, files in results.items()}
-    git_output(repo, "checkout", "-q", "main")
-    integration = _integration(repo, tmp_path)
-    await integration.start(base)
-    log = _Log()
-
-    async def theirs_of(item: Merge) -> str | None:
-        return commits[item.task_id]
-
-    merger = BatchMerger(integration, repo, log.record, theirs_of, "test ! -e bad.txt", 60.0, 4)
-    items = tuple(_item(t, base) for t in results)
-    await merger.run(MergeBatch(key="merge:r", run_id="r", items=items, head=base, verify=True))
+    log, _merger, repo, _ = await _merge(tmp_path, results, "test ! -e bad.txt", at_once=4)
     merged = [e for e in log.events if isinstance(e, TaskMerged)]
     assert [(m.task_id, m.brought_changes) for m in merged] == [
         ("a", True), ("b", False), ("c", True),
