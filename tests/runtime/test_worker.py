@@ -212,7 +212,14 @@ async def test_a_missing_base_bundle_is_a_retryable_infrastructure_failure(
             broken = msgspec.structs.replace(
                 item,
                 attempt=2,
-                base_bundle=msgspec.structs.replace(item.base_bundle, key="run3/_/0/missing"),
+                repo_key="another-repository",
+                base_segments=tuple(
+                    msgspec.structs.replace(
+                        segment,
+                        bundle=msgspec.structs.replace(segment.bundle, key="run3/_/0/missing"),
+                    )
+                    for segment in item.base_segments
+                ),
             )
             await driver.record(TaskAssigned(run_id="run3", task_id="feature", attempt=1,
                                              worker_id="gone"))  # fmt: skip

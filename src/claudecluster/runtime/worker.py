@@ -65,11 +65,13 @@ from claudecluster.projections.cluster import ClusterView, replay
 from claudecluster.projections.views import TaskView, task_key
 from claudecluster.runtime.http_server import open_http_server
 from claudecluster.runtime.worker_health import WorkerMetrics, health_app
+from claudecluster.runtime.workspace_preparation import Preparation
 from claudecluster.transport.artifacts import ArtifactStore, artifact_key
 from claudecluster.transport.base import EventLog, read_all
 from claudecluster.transport.session_store import JetStreamSessionStore
 from claudecluster.transport.work_queue import Delivery, WorkQueue
-from claudecluster.workspace.git import commit_all, open_workspace, result_bundle, task_branch
+from claudecluster.workspace.git import commit_all, result_bundle, task_branch
+from claudecluster.workspace.naming import attempt_dir_name, slot_dir_name
 
 if TYPE_CHECKING:
     # claude_agent_sdk loads the mcp package (about 30 MB and 0.3-0.8 s): an idle worker
@@ -114,6 +116,9 @@ class WorkerConfig:
         setup_command: run in each workspace before the agent (install dependencies).
         setup_timeout_s: how long the setup command may take.
         join_reason: why it was started, recorded in WorkerJoined (an autoscaler says).
+        repo_cache: where the host's repository cache lives (default: ``repo-cache``
+            beside ``workspace_root``).
+        repo_remotes: git remote URLs by repository key, fetched from before bundles.
     """
 
     worker_id: str
@@ -133,6 +138,8 @@ class WorkerConfig:
     setup_command: str | None = None
     setup_timeout_s: float = 600.0
     join_reason: str = ""
+    repo_cache: Path | None = None
+    repo_remotes: dict[str, str] = field(default_factory=dict)
 
 
 class Superseded(Exception):  # noqa: N818 - a condition, not a failure of ours
@@ -160,6 +167,9 @@ class Worker:
         log: the event log.
         client: the NATS connection, for the work queue, artifacts, the worker registry
             and commands.
+        transfer_client: a second connection for the repository's history and result
+            bundles, so big transfers never queue ahead of heartbeats and events (default:
+            ``client``).
         executor: runs agent tasks (the Claude Code CLI by default); shell tasks always
             run in a shell.
         clock: the current time (injected so tests and simulations can control it).
@@ -173,6 +183,7 @@ class Worker:
         *,
         executor: Executor | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        transfer_client: Client | None = None,
     ) -> None:
         self.config = config
         self._log = log
@@ -180,7 +191,12 @@ class Worker:
         js = client.jetstream()
         self._js = js
         self._queue = WorkQueue(js, ack_wait_s=config.ack_wait_s)
-        self._artifacts = ArtifactStore(js)
+        self._artifacts = ArtifactStore((transfer_client or client).jetstream())
+        self.preparation = Preparation(
+            self._artifacts,
+            config.repo_cache or config.workspace_root.parent / "repo-cache",
+            remotes=config.repo_remotes,
+        )
         self._sessions = JetStreamSessionStore(js)
         self._executor: Executor = executor or ClaudeCodeExecutor()
         self._shell: Executor = ShellExecutor()
@@ -249,12 +265,15 @@ class Worker:
                 group.start_soon(self._heartbeats)
                 group.start_soon(self._commands)
                 async with anyio.create_task_group() as slots:
-                    for _ in range(self.config.slots):
-                        slots.start_soon(self._slot)
+                    for n in range(self.config.slots):
+                        slots.start_soon(self._slot, n)
                 group.cancel_scope.cancel()  # slots are done: stop heartbeating
         finally:
             with anyio.CancelScope(shield=True):
                 await self._queue.close()
+                if not self.config.keep_workspaces:
+                    for n in range(self.config.slots):
+                        await anyio.to_thread.run_sync(_remove, self._slot_dir(n))
                 await self._record(
                     WorkerLeft(worker_id=self.config.worker_id, reason=self._stop_reason)
                 )
@@ -292,7 +311,10 @@ class Worker:
         self._stop_reason = reason
         self._draining.set()
 
-    async def _slot(self) -> None:
+    def _slot_dir(self, n: int) -> Path:
+        return self.config.workspace_root / slot_dir_name(self.config.worker_id, n)
+
+    async def _slot(self, n: int = 0) -> None:
         while not self._draining.is_set():
             try:
                 delivery = await self._queue.fetch(self.config.pool, wait_s=1.0)
@@ -304,7 +326,7 @@ class Worker:
             if delivery is None:
                 continue
             try:
-                await self._handle_until_drained(delivery)
+                await self._handle_until_drained(delivery, n)
             except* (ClusterError, nats.errors.Error) as failed:
                 # The log or the queue failed under this item; unless it was acked it is
                 # delivered again. The slot goes on with the next one. (except*: the
@@ -312,7 +334,7 @@ class Worker:
                 _log.error("work item failed", item=delivery.item.message_id,
                            error="; ".join(str(exc) for exc in failed.exceptions))  # fmt: skip
 
-    async def _handle_until_drained(self, delivery: Delivery) -> None:
+    async def _handle_until_drained(self, delivery: Delivery, slot: int = 0) -> None:
         async with anyio.create_task_group() as group:
 
             async def deadline() -> None:
@@ -321,7 +343,7 @@ class Worker:
                 group.cancel_scope.cancel()  # past the drain deadline: hand the item back
 
             group.start_soon(deadline)
-            await self._handle(delivery)
+            await self._handle(delivery, slot)
             group.cancel_scope.cancel()
 
     # -- one delivery ----------------------------------------------------------------
@@ -356,7 +378,7 @@ class Worker:
             del self._run_events[next(iter(self._run_events))]
         return known
 
-    async def _handle(self, delivery: Delivery) -> None:
+    async def _handle(self, delivery: Delivery, slot: int = 0) -> None:
         item = delivery.item
         settled = False
         try:
@@ -380,7 +402,7 @@ class Worker:
                 group.start_soon(self._keep_alive, delivery)
                 try:
                     with live.scope:  # cancelled by a CancelTask command
-                        await self._run_attempt(live)
+                        await self._run_attempt(live, slot)
                     if live.scope.cancelled_caught:
                         await self._record_cancelled(live)
                 except Superseded as exc:
@@ -486,15 +508,20 @@ class Worker:
                 _log.warning("in-progress ack failed", item=delivery.item.message_id,
                              error=repr(exc))  # fmt: skip
 
-    async def _run_attempt(self, live: _Attempt) -> None:
+    async def _run_attempt(self, live: _Attempt, slot: int = 0) -> None:
         item = live.item
         key = task_key(item.run_id, item.task_id)
-        scratch = self.config.workspace_root / f"{item.run_id}-{item.task_id}-{live.attempt}"
+        scratch = self.config.workspace_root / attempt_dir_name(
+            item.run_id, item.task_id, live.attempt
+        )
+        # A slot's workspace is reused (reset to each attempt's base); kept workspaces are
+        # for looking at afterwards, so each attempt then gets its own.
+        where = scratch / "ws" if self.config.keep_workspaces else self._slot_dir(slot) / "ws"
         self._running[key] = live
         self.metrics.attempts_started.inc()
         self.metrics.running.inc()
         try:
-            await self._attempt_in(live, scratch)
+            await self._attempt_in(live, scratch, where)
         except Superseded:
             raise
         except (ClusterError, OSError) as exc:
@@ -518,17 +545,20 @@ class Worker:
             if not self.config.keep_workspaces:
                 with anyio.CancelScope(shield=True):  # cleaned on every path, cancel included
                     await anyio.to_thread.run_sync(_remove, scratch)
-                    await anyio.to_thread.run_sync(_remove, scratch.with_suffix(".base"))
 
-    async def _attempt_in(self, live: _Attempt, scratch: Path) -> None:
+    async def _attempt_in(self, live: _Attempt, scratch: Path, where: Path) -> None:
         item = live.item
         await anyio.Path(scratch).mkdir(parents=True, exist_ok=True)
         # Who owns this directory: a worker killed outright cannot remove it, the next
         # worker to start on this machine does (see _sweep_orphans).
         await anyio.Path(scratch / _OWNER_FILE).write_text(str(os.getpid()), encoding="utf-8")
-        bundle = await self._artifacts.get_file(item.base_bundle, scratch.with_suffix(".base"))
+        if not await anyio.Path(where.parent / _OWNER_FILE).exists():
+            await anyio.Path(where.parent).mkdir(parents=True, exist_ok=True)
+            await anyio.Path(where.parent / _OWNER_FILE).write_text(
+                str(os.getpid()), encoding="utf-8"
+            )
         branch = task_branch(item.run_id, item.task_id)
-        workspace = await open_workspace(bundle, item.base_commit, branch, scratch / "ws")
+        workspace = await self.preparation.workspace(item, branch, where)
         await self._prepare(workspace)
         resumed = live.resume and item.spec.executor == "claude_code"
         transcript = _transcript_path(scratch, workspace, live.session_id)
@@ -648,7 +678,12 @@ class Worker:
         bundle_path = workspace.parent / "result.bundle"
         changes = await result_bundle(workspace, item.base_commit, branch, bundle_path)
         prefix = (item.run_id, item.task_id, live.attempt)
-        bundle = await self._artifacts.put_file(artifact_key(*prefix, "result.bundle"), bundle_path)
+        try:
+            bundle = await self._artifacts.put_file(
+                artifact_key(*prefix, "result.bundle"), bundle_path
+            )
+        finally:
+            await anyio.Path(bundle_path).unlink(missing_ok=True)
         stat = await self._artifacts.put(
             artifact_key(*prefix, "diffstat.json"),
             "diffstat.json",
@@ -808,7 +843,7 @@ _OWNER_FILE: Final = ".claudecluster-owner"
 
 
 def _sweep_orphans(root: Path) -> list[Path]:
-    """Remove workspaces (and base bundles) whose owning worker process no longer runs."""
+    """Remove attempts' and slots' directories whose owning worker process no longer runs."""
     if not root.is_dir():
         return []
     removed = []
@@ -823,7 +858,8 @@ def _sweep_orphans(root: Path) -> list[Path]:
         if psutil.pid_exists(owner):
             continue
         _remove(scratch)
-        _remove(scratch.with_suffix(".base"))
+        if "." not in scratch.name:  # a bundle beside an attempt of before the cache
+            _remove(scratch.with_suffix(".base"))
         removed.append(scratch)
         _log.info("orphaned workspace removed", path=str(scratch), owner=owner)
     return removed

@@ -12,6 +12,7 @@ Every git call has a timeout and a clear error naming the command and git's own 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,8 +31,14 @@ __all__ = [
     "fetch_result",
     "git",
     "git_status",
+    "object_trouble",
     "open_workspace",
+    "present_commits",
+    "refuse_unsupported",
+    "repository_key",
+    "resolve_commit",
     "result_bundle",
+    "segment_bundle",
     "task_branch",
 ]
 
@@ -112,6 +119,15 @@ async def git(repo: Path, *args: str, time_limit: float = _GIT_TIMEOUT_S) -> str
     return out
 
 
+async def resolve_commit(repo: Path, ref: str) -> str:
+    """The commit ``ref`` names in ``repo``.
+
+    Raises:
+        WorkspaceError: ``ref`` names no commit.
+    """
+    return (await git(repo, "rev-parse", "--verify", f"{ref}^{{commit}}")).strip()
+
+
 async def base_bundle(repo: Path, ref: str, run_id: str, out: Path) -> str:
     """Bundle the commit ``ref`` names (with its history) for workers; returns its sha.
 
@@ -126,6 +142,134 @@ async def base_bundle(repo: Path, ref: str, run_id: str, out: Path) -> str:
     await git(repo, "update-ref", base_ref, commit)
     await git(repo, "bundle", "create", str(out), base_ref)
     return commit
+
+
+_OBJECT_TROUBLE: Final = re.compile(
+    r"(unable to read|missing \w+ object|corrupt|bad object|unable to unpack|"
+    r"invalid object|did not receive expected object)[^0-9a-f]*([0-9a-f]{40,64})",
+    re.IGNORECASE,
+)
+
+
+def object_trouble(stderr: str) -> str | None:
+    """The object git's message says is missing or corrupt, if it names one."""
+    found = _OBJECT_TROUBLE.search(stderr)
+    return found.group(2) if found else None
+
+
+async def present_commits(repo: Path, commits: Sequence[str]) -> set[str]:
+    """Which of ``commits`` ``repo`` has, asked of one git process.
+
+    Raises:
+        WorkspaceError: git took longer than two minutes.
+    """
+    if not commits:
+        return set()
+    try:
+        with anyio.fail_after(_GIT_TIMEOUT_S):
+            done = await anyio.run_process(
+                ["git", "-C", str(repo), "cat-file", "--batch-check=%(objectname) %(objecttype)"],
+                input="".join(f"{c}\n" for c in commits).encode(),
+                check=False,
+                env=_git_env(),
+                stderr=subprocess.DEVNULL,
+            )
+    except TimeoutError:
+        raise WorkspaceError(f"git cat-file took longer than {_GIT_TIMEOUT_S:.0f}s") from None
+    found = set()
+    for line in done.stdout.decode(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1] == "commit":
+            found.add(parts[0])
+    return found
+
+
+async def refuse_unsupported(repo: Path, commit: str) -> None:
+    """Refuse a base whose tree workers could not reproduce: submodules, Git LFS files.
+
+    A workspace is made from the repository's own objects; a submodule's commits and an
+    LFS file's contents are not among them, so the agent would see empty directories and
+    pointer files. Better to say so before any work starts.
+
+    Raises:
+        WorkspaceError: the tree has submodules or LFS-tracked files (named), or git failed.
+    """
+    listing = await git(repo, "ls-tree", "-r", "-z", "--full-tree", commit, time_limit=600)
+    gitlinks = [
+        entry.split("\t", 1)[1]
+        for entry in listing.split("\0")
+        if entry.startswith("160000 ") and "\t" in entry
+    ]
+    if gitlinks:
+        shown = ", ".join(gitlinks[:5]) + (" ..." if len(gitlinks) > 5 else "")
+        raise WorkspaceError(
+            f"the base {commit[:12]} has submodules ({shown}), which workers cannot check "
+            "out: run on a branch without them, or vendor their files into the repository"
+        )
+    code, out, _ = await git_status(
+        repo, "grep", "-l", "-I", "-e", "filter=lfs", commit, "--",
+        ".gitattributes", "**/.gitattributes", time_limit=600,
+    )  # fmt: skip
+    if code == 0 and out.strip():
+        files = ", ".join(line.split(":", 1)[-1] for line in out.split())
+        raise WorkspaceError(
+            f"the base {commit[:12]} tracks files with Git LFS ({files} says filter=lfs); "
+            "workers would get pointer files, not the contents: run on a branch without "
+            "LFS-tracked files (git lfs migrate export turns them into plain files)"
+        )
+
+
+async def repository_key(repo: Path, commit: str) -> str:
+    """A name for ``repo`` that every clone of it shares: its root commit.
+
+    Of several roots (merged unrelated histories) the smallest is taken, so the key does
+    not depend on the order git lists them in.
+
+    Raises:
+        WorkspaceError: git failed (``commit`` is unknown, say).
+    """
+    roots = (await git(repo, "rev-list", "--max-parents=0", commit)).split()
+    if not roots:
+        raise WorkspaceError(f"commit {commit} in {repo} has no root commit")
+    return min(roots)
+
+
+async def segment_bundle(repo: Path, commit: str, have: Sequence[str], out: Path) -> bool:
+    """Bundle ``commit`` with the history the holders of ``have`` lack.
+
+    The bundle's one ref is ``refs/claudecluster/cache/<commit>``, and its prerequisites
+    are commits of ``have``'s history: a repository cache that fetched the segments of
+    ``have`` can fetch this one. Returns False (and writes nothing) when ``commit`` is
+    already in that history, so no segment is needed.
+
+    Raises:
+        WorkspaceError: ``commit`` is unknown, or the repository is missing an object
+            or has a corrupt one (the message names it), or git failed.
+    """
+    ref = f"refs/claudecluster/cache/{commit}"
+    await git(repo, "update-ref", ref, commit)
+    if have:
+        ancestors = await git_status(repo, "merge-base", "--independent", commit, *have)
+        code, out_text, _ = ancestors
+        if code == 0 and commit not in out_text.split():
+            return False  # commit is an ancestor of something sent: nothing new
+    code, _, err = await git_status(
+        repo, "bundle", "create", "--quiet", str(out), ref, *(f"^{c}" for c in have),
+        time_limit=3600,
+    )  # fmt: skip
+    if code != 0:
+        broken = object_trouble(err)
+        if broken:
+            raise WorkspaceError(
+                f"the repository {repo} is missing or has a corrupt object {broken}, which "
+                f"the history of {commit} needs: run 'git fsck' in it, and restore the object "
+                "(from another clone, say) before running again"
+            )
+        lines = err.strip().splitlines()
+        raise WorkspaceError(
+            f"git bundle create failed in {repo}: {' | '.join(lines[-3:]) or code}"
+        )
+    return True
 
 
 async def open_workspace(bundle: Path, base_commit: str, branch: str, where: Path) -> Path:
