@@ -39,6 +39,8 @@ __all__ = [
     "resolve_commit",
     "result_bundle",
     "segment_bundle",
+    "snapshot_worktree",
+    "uncommitted_paths",
     "task_branch",
 ]
 
@@ -155,6 +157,66 @@ def object_trouble(stderr: str) -> str | None:
     """The object git's message says is missing or corrupt, if it names one."""
     found = _OBJECT_TROUBLE.search(stderr)
     return found.group(2) if found else None
+
+
+#: The project's own files (the embedded server's data, the driver's worktrees) are never
+#: the user's uncommitted work.
+_NOT_WORK: Final = ":(exclude,top).claudecluster"
+
+
+async def uncommitted_paths(repo: Path) -> list[str]:
+    """Paths with changes a commit of HEAD would leave out: modified, staged, untracked
+    (ignored files are not work in progress).
+
+    Raises:
+        WorkspaceError: git failed.
+    """
+    out = await git(repo, "status", "--porcelain", "-z", "--untracked-files=all", "--",
+                    ".", _NOT_WORK)  # fmt: skip
+    paths = []
+    entries = iter(out.split("\0"))
+    for entry in entries:
+        if len(entry) < 4:
+            continue
+        paths.append(entry[3:])
+        if entry[0] in "RC":  # a rename: the next entry is its old path
+            next(entries, None)
+    return paths
+
+
+async def snapshot_worktree(repo: Path, message: str, ref: str) -> str:
+    """Commit the working tree as it is (untracked but not ignored files included) on top
+    of HEAD, without touching the user's index, branch or files; returns the commit.
+
+    The commit is kept under ``ref`` so it outlives the run that uses it as its base.
+
+    Raises:
+        WorkspaceError: git failed.
+    """
+    index = repo / ".git" / f"claudecluster-snapshot-{os.getpid()}.index"
+    env = {**_git_env(), "GIT_INDEX_FILE": str(index)}
+    try:
+        for args in (("read-tree", "HEAD"), ("add", "--all", "--", ".", _NOT_WORK)):
+            with anyio.fail_after(_GIT_TIMEOUT_S):
+                done = await anyio.run_process(
+                    ["git", "-C", str(repo), *args], env=env, check=False,
+                    stdin=subprocess.DEVNULL,
+                )  # fmt: skip
+            if done.returncode != 0:
+                detail = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
+                raise WorkspaceError(f"git {args[0]} failed in {repo}: {detail}")
+        with anyio.fail_after(_GIT_TIMEOUT_S):
+            tree = await anyio.run_process(
+                ["git", "-C", str(repo), "write-tree"], env=env, stdin=subprocess.DEVNULL
+            )
+    except TimeoutError:
+        raise WorkspaceError(f"snapshotting the working tree of {repo} took too long") from None
+    finally:
+        await anyio.Path(index).unlink(missing_ok=True)
+    commit = await git(repo, "commit-tree", tree.stdout.decode().strip(), "-p", "HEAD",
+                       "-m", message)  # fmt: skip
+    await git(repo, "update-ref", ref, commit.strip())
+    return commit.strip()
 
 
 async def present_commits(repo: Path, commits: Sequence[str]) -> set[str]:
