@@ -106,6 +106,16 @@ class WorkerSettings(_Section):
         default=None, description="A shell command run in each workspace before the agent."
     )
     setup_timeout_s: float = pydantic.Field(default=600.0, gt=0)
+    repo_cache: Path | None = pydantic.Field(
+        default=None,
+        description="Where this host keeps one bare copy of each repository it serves "
+        "(default: repo-cache/ beside the workspaces, in .claudecluster/).",
+    )
+    repo_remotes: dict[str, str] = pydantic.Field(
+        default_factory=dict,
+        description="Git remote URLs by repository key (its root commit): a host fetches "
+        "new history from them before it reads bundles from the object store.",
+    )
 
 
 class DriverSettings(_Section):

@@ -27,7 +27,7 @@ def run_quick(name: str, tmp_path: Path, *args: str) -> dict[str, Any]:
     env["BENCH_RESULTS_DIR"] = str(tmp_path)
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / f"bench_{name}.py"), "--quick", *args],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False,
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     report: dict[str, Any] = json.loads((tmp_path / f"{name}.quick.json").read_text())
@@ -96,3 +96,27 @@ def test_footprint_measures_real_processes(tmp_path: Path) -> None:
     for key in ("idle_worker_mb", "driver_idle_mb", "claude_process_peak_mb"):
         assert 10 < results[key] < 4096, key
     assert results["driver_peak_mb"] >= results["driver_idle_mb"]
+
+
+def test_repo_size_compares_the_cluster_with_plain_git_on_a_generated_repository(
+    tmp_path: Path,
+) -> None:
+    report = run_quick("repo_size", tmp_path)
+    assert report["workers"] == 4
+    [row] = report["results"]
+    assert row["size"] == "2MB"
+    assert row["pack_mb"] > 1.5  # random blobs: the pack did not compress away
+    assert row["history_moved_mb"] >= row["pack_mb"] * 0.5  # the history crossed once...
+    assert row["history_moved_mb"] < row["pack_mb"] * 2  # ...not once per task or worker
+    for tasks in report["task_counts"]:
+        assert row[f"prepare_p50_s_{tasks}"] > 0
+        assert row[f"naive_runner_{tasks}_s"] > 0
+        assert row["ratios"][f"wall_over_naive_{tasks}"] > 0
+    assert row["clone_mirror_no_local_s"] > 0
+    assert row["rss_peak_mb_first_run"] > 0
+    overhead = row["overhead"]
+    assert overhead["tasks_per_s"] > 0
+    assert overhead["process_starts_per_task"] >= 3  # reset, the command, the status at least
+    assert set(overhead["latency_stage_p50_ms"]) == {
+        "to TaskAssigned", "to TaskStarted", "to TaskSucceeded", "to TaskMerged",
+    }  # fmt: skip

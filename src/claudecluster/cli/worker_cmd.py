@@ -12,7 +12,7 @@ from claudecluster.cli.app import EXIT_OK, app
 from claudecluster.errors import ConfigError
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
-from claudecluster.runtime.connection import open_jetstream_log
+from claudecluster.runtime.connection import open_jetstream_log, open_nats
 from claudecluster.runtime.worker import Worker, WorkerConfig, new_worker_id
 from claudecluster.settings import Settings, load_settings
 
@@ -74,6 +74,8 @@ def worker(
         setup_command=settings.worker.setup_command,
         setup_timeout_s=settings.worker.setup_timeout_s,
         api_environment=settings.api_environment(),
+        repo_cache=settings.worker.repo_cache,
+        repo_remotes=dict(settings.worker.repo_remotes),
     )
     anyio.run(_serve, settings, worker_config)
     return EXIT_OK
@@ -82,13 +84,18 @@ def worker(
 async def _serve(settings: Settings, config: WorkerConfig) -> None:
     assert settings.nats.url is not None
     console = Console(stderr=True, highlight=False)
-    async with open_jetstream_log(
-        settings.nats.url,
-        name=f"worker-{config.worker_id}",
-        redactor=Redactor(settings.secret_values()),
-        replicas=settings.nats.replicas,
-    ) as (client, log):
-        runner = Worker(config, log, client)
+    async with (
+        open_jetstream_log(
+            settings.nats.url,
+            name=f"worker-{config.worker_id}",
+            redactor=Redactor(settings.secret_values()),
+            replicas=settings.nats.replicas,
+        ) as (client, log),
+        open_nats(settings.nats.url, name=f"worker-{config.worker_id}-transfers") as transfers,
+    ):
+        # History and result bundles on a connection of their own: hundreds of MB moving
+        # never queue ahead of heartbeats, events and commands.
+        runner = Worker(config, log, client, transfer_client=transfers)
         async with anyio.create_task_group() as group:
             group.start_soon(_drain_on_signal, runner, console)
             async with anyio.create_task_group() as serving:

@@ -62,6 +62,8 @@ class RepositoryChains:
         self._keys: dict[tuple[Path, str], str] = {}
         self._chains: dict[str, _Chain] = {}
         self._locks: dict[str, anyio.Lock] = {}
+        #: commits the chain is known to hold, per key (asked of git once each)
+        self._covered: dict[str, set[str]] = {}
 
     async def key_of(self, repo: Path, commit: str) -> str:
         """The cache key of ``repo`` (its root commit), found once per repository.
@@ -92,16 +94,23 @@ class RepositoryChains:
         key = await self.key_of(repo, commit)
         async with self._locks.setdefault(key, anyio.Lock()):
             chain = await self._load(key)
+            covered = self._covered.setdefault(key, set())
+            if commit in covered:  # the common case, every dispatch on the same base
+                return key, tuple(chain.segments)
             have = await present_commits(repo, [s.commit for s in chain.segments])
             if commit in have:
+                covered.add(commit)
                 return key, tuple(chain.segments)
             if len(chain.segments) >= MAX_SEGMENTS:
                 await self._compact(key, repo, chain, commit, work_dir)
+                covered.clear()  # the chain changed: what it covers is asked again
+                covered.add(commit)
                 return key, tuple(chain.segments)
             segment = await self._store_segment(key, repo, commit, sorted(have), work_dir)
             if segment is not None:
                 chain.segments.append(segment)
                 await self._save(key, chain)
+            covered.add(commit)
             return key, tuple(chain.segments)
 
     async def _store_segment(

@@ -56,6 +56,8 @@ async def open_local_services(
         setup_command=settings.worker.setup_command,
         setup_timeout_s=settings.worker.setup_timeout_s,
         heartbeat_s=2.0,
+        repo_cache=settings.worker.repo_cache,
+        repo_remotes=dict(settings.worker.repo_remotes),
     )
     size = max(workers, 1)
     scaler = LocalAutoscaler(

@@ -354,9 +354,10 @@ async def commit_all(workspace: Path, message: str) -> str | None:
     Raises:
         WorkspaceError: git failed.
     """
-    await git(workspace, "add", "--all")
-    if not (await git(workspace, "status", "--porcelain")).strip():
+    # Asked first, so a task that changed nothing costs one git process, not two.
+    if not (await git(workspace, "status", "--porcelain", "--untracked-files=all")).strip():
         return None
+    await git(workspace, "add", "--all")
     await git(workspace, "commit", "--quiet", "--no-verify", "-m", message)
     return (await git(workspace, "rev-parse", "HEAD")).strip()
 
