@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import anyio
 import nats.js.errors
 import pytest
 
@@ -84,6 +85,13 @@ async def test_the_second_run_on_a_host_moves_no_history_and_the_store_holds_it_
             assert history > 20 * _MB
             assert history < stored[big[0]] + _MB  # fetched once, not once per worker
             first_bytes = history
+            # The run's result bundles are removed once it ended; its diffstats stay.
+            with anyio.fail_after(30):
+                while True:
+                    if not any(n.endswith("result.bundle") for n in await _stored(cluster)):
+                        break
+                    await anyio.sleep(0.1)
+            assert sum(n.endswith("diffstat.json") for n in await _stored(cluster)) == 4
 
             await cluster.submit("second", [shell("again", "echo again > again.txt")])
             events = await cluster.wait_end("second", limit_s=300)

@@ -27,6 +27,7 @@ from typing import Final
 import anyio
 import msgspec
 
+from claudecluster.errors import EventStoreError
 from claudecluster.events.work import BaseSegment
 from claudecluster.observability.logging import get_logger
 from claudecluster.transport.artifacts import ArtifactStore
@@ -112,6 +113,30 @@ class RepositoryChains:
                 await self._save(key, chain)
             covered.add(commit)
             return key, tuple(chain.segments)
+
+    async def clean_run(self, run_id: str) -> int:
+        """Remove what a finished run left in the object store: its result bundles (merged
+        or given up by now) and any whole-history base bundle of before the chains.
+
+        The diffstats stay (reports read them); repository chains are not a run's. Returns
+        how many objects were removed. A failure is logged, not raised: the run's end is
+        recorded already, and leftovers only cost space (docs/worker.md says how to remove
+        them by hand).
+        """
+        try:
+            names = await self._artifacts.names(prefix=f"{run_id}/")
+            doomed = [
+                name for name in names
+                if name.endswith("/result.bundle") or name.startswith(f"{run_id}/_/0/base")
+            ]  # fmt: skip
+            for name in doomed:
+                await self._artifacts.delete(name)
+        except EventStoreError as exc:
+            _log.warning("a finished run's bundles were not removed", run=run_id, error=str(exc))
+            return 0
+        if doomed:
+            _log.info("a finished run's bundles removed", run=run_id, count=len(doomed))
+        return len(doomed)
 
     async def _store_segment(
         self, key: str, repo: Path, commit: str, have: list[str], work_dir: Path

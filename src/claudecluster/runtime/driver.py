@@ -63,6 +63,8 @@ from claudecluster.events.model import (
     ChangedFile,
     Event,
     MergeConflict,
+    RunCancelled,
+    RunCompleted,
     RunFailed,
     RunPlanned,
     TaskFailed,
@@ -250,7 +252,10 @@ class Driver:
     async def _effect(self, effect: Effect) -> int:
         match effect:
             case Record():
-                return await self._record(effect.event, effect.event_id, effect.expected_last)
+                seq = await self._record(effect.event, effect.event_id, effect.expected_last)
+                if isinstance(effect.event, RunCompleted | RunFailed | RunCancelled):
+                    await self._chains.clean_run(effect.event.run_id)
+                return seq
             case Plan():
                 return await self._plan(effect)
             case Dispatch():

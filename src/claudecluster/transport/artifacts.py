@@ -123,6 +123,22 @@ class ArtifactStore:
             raise EventStoreError(f"cannot look up artifact {key}: {exc!r}") from exc
         return not info.deleted
 
+    async def names(self, *, prefix: str = "") -> list[str]:
+        """The names of the objects stored, those starting with ``prefix``.
+
+        Raises:
+            EventStoreError: the server failed.
+        """
+        try:
+            listing = await (await self._obs()).list()
+        except nats.js.errors.NotFoundError:  # an empty bucket
+            return []
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise EventStoreError(f"cannot list bucket {self._bucket}: {exc!r}") from exc
+        return sorted(
+            info.name for info in listing if not info.deleted and info.name.startswith(prefix)
+        )
+
     async def delete(self, key: str) -> None:
         """Remove the object under ``key`` (nothing if there is none).
 
