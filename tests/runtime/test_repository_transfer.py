@@ -20,7 +20,7 @@ from claudecluster.events import RunCompleted, RunFailed, TaskMerged
 from claudecluster.runtime.worker import Worker
 from claudecluster.transport.jetstream import JetStreamEventLog
 from tests.runtime.test_driver import Cluster, open_cluster, running_driver, shell
-from tests.support import git_output
+from tests.support import commit_all, git_output, make_repo
 
 pytestmark = pytest.mark.nats
 
@@ -102,3 +102,47 @@ async def test_the_second_run_on_a_host_moves_no_history_and_the_store_holds_it_
             assert len(big) == 1  # the object store still holds the history once
     assert bundles >= 1
     assert not any(isinstance(e, RunFailed) for e in events)
+
+
+def _corrupt(repo: Path) -> str:
+    """Lose one blob of an older commit; returns its id."""
+    (repo / "a.txt").write_text("second\n")
+    commit_all(repo, "change")
+    lost = git_output(repo, "rev-parse", "HEAD~1:a.txt").strip()
+    (repo / ".git" / "objects" / lost[:2] / lost[2:]).unlink()
+    return lost
+
+
+def _with_submodule(tmp_path: Path) -> Path:
+    inner = make_repo(tmp_path / "inner", {"lib.txt": "x\n"})
+    outer = make_repo(tmp_path / "outer", {"main.txt": "y\n"})
+    git_output(outer, "-c", "protocol.file.allow=always", "submodule", "add", "-q",
+               str(inner), "vendor/inner")  # fmt: skip
+    commit_all(outer, "submodule")
+    return outer
+
+
+@pytest.mark.parametrize("case", ["corrupt", "submodule", "lfs"])
+async def test_a_base_workers_could_not_reproduce_fails_the_run_naming_why(
+    world: tuple[JetStreamEventLog, Any], tmp_path: Path, case: str
+) -> None:
+    expected: str
+    if case == "corrupt":
+        repo = make_repo(tmp_path / "repo", {"a.txt": "first\n"})
+        expected = f"corrupt object {_corrupt(repo)}"
+    elif case == "submodule":
+        repo = _with_submodule(tmp_path)
+        expected = "submodules (vendor/inner)"
+    else:
+        repo = make_repo(tmp_path / "repo", {".gitattributes": "*.bin filter=lfs -text\n"})
+        expected = "Git LFS"
+    async with (
+        open_cluster(world, repo, tmp_path, workers=1) as cluster,
+        running_driver(cluster),
+    ):
+        await cluster.submit("refused", [shell("t", "true")])
+        events = await cluster.wait_end("refused")
+    [failed] = [e for e in events if isinstance(e, RunFailed) and e.run_id == "refused"]
+    assert expected in failed.reason
+    assert "pack-objects died" not in failed.reason
+    assert sum(w.preparation.transferred.bundles for w in cluster.workers) == 0
