@@ -24,7 +24,7 @@ from claudecluster.workspace.git import (
     resolve_commit,
     segment_bundle,
 )
-from claudecluster.workspace.naming import attempt_dir_name
+from claudecluster.workspace.naming import attempt_dir_name, slot_dir_name
 from claudecluster.workspace.slot import reset_workspace
 from tests.support import commit_all, git_output, make_repo
 
@@ -226,6 +226,13 @@ def test_two_different_attempts_never_share_a_directory(
 ) -> None:
     if a != b:
         assert attempt_dir_name(*a) != attempt_dir_name(*b)
+
+
+@given(attempt=st.tuples(_IDS, _IDS, st.integers(1, 10_000)), worker=_IDS, slot=st.integers(0, 64))
+def test_a_slot_never_shares_a_directory_with_an_attempt(
+    attempt: tuple[str, str, int], worker: str, slot: int
+) -> None:
+    assert slot_dir_name(worker, slot) != attempt_dir_name(*attempt)
 
 
 def test_the_names_that_used_to_collide_do_not() -> None:

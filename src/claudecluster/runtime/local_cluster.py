@@ -18,7 +18,7 @@ import anyio
 from claudecluster.actors.scaling import ScalePolicy
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
 from claudecluster.runtime.autoscaler import LocalAutoscaler
-from claudecluster.runtime.connection import Connection
+from claudecluster.runtime.connection import Connection, open_nats
 from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.runtime.worker import WorkerConfig
 from claudecluster.settings import Settings
@@ -60,10 +60,16 @@ async def open_local_services(
         repo_remotes=dict(settings.worker.repo_remotes),
     )
     size = max(workers, 1)
-    scaler = LocalAutoscaler(
-        conn.log, conn.client, template, ScalePolicy(min_workers=size, max_workers=size)
-    )
-    async with anyio.create_task_group() as group:
+    async with (
+        # History and result bundles move on a connection of their own, so hundreds of MB
+        # never queue ahead of the heartbeats, events and commands on this one.
+        open_nats(conn.url, name="claudecluster-transfers") as transfers,
+        anyio.create_task_group() as group,
+    ):
+        scaler = LocalAutoscaler(
+            conn.log, conn.client, template, ScalePolicy(min_workers=size, max_workers=size),
+            transfer_client=transfers,
+        )  # fmt: skip
         await group.start(driver.run)
         if workers > 0:  # 0: a driver alone, to act on a command (cancel, rollback)
             await group.start(scaler.run)
