@@ -103,6 +103,26 @@ async def test_an_ancestor_of_what_was_sent_needs_no_segment(tmp_path: Path) -> 
     assert cache.transferred.bundles == 1
 
 
+async def test_locks_left_by_a_fetch_killed_mid_way_do_not_block_the_next(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(tmp_path / "source", {"a.txt": "a\n"})
+    first = await resolve_commit(repo, "HEAD")
+    chain = Chain(repo, tmp_path / "store")
+    await chain.send(first)
+    cache = RepoCache(tmp_path / "cache")
+    bare = await cache.ensure("k", first, chain.segments)
+    second = _grow(repo, "b.txt", 10)
+    await chain.send(second)
+    # What a git fetch killed with its worker leaves: the ref's lock and packed-refs'.
+    ref_lock = bare / "refs" / "claudecluster" / "cache" / f"{second}.lock"
+    ref_lock.write_text(f"{second}\n")
+    (bare / "packed-refs.lock").write_text("")
+    await cache.ensure("k", second, chain.segments)
+    assert cache.transferred.bundles == 2
+    assert not ref_lock.exists()
+
+
 async def test_a_commit_the_segments_do_not_hold_is_named(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "source", {"a.txt": "a\n"})
     base = await resolve_commit(repo, "HEAD")

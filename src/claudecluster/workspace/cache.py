@@ -135,6 +135,7 @@ class RepoCache:
                 await self._create(repo)
                 self._present.pop(key, None)
             if not await self._has(repo, commit):
+                await anyio.to_thread.run_sync(_clear_stale_locks, repo)
                 await self._fill(key, repo, commit, segments)
             self._present.setdefault(key, set()).add(commit)
         return repo
@@ -233,3 +234,16 @@ class RepoCache:
                 yield
             finally:
                 os.close(fd)  # closing the descriptor releases the lock
+
+
+def _clear_stale_locks(repo: Path) -> None:
+    """Remove git's lock files left by a worker killed mid-fetch.
+
+    Only the holder of the cache's own lock writes to it, and that is the caller: a git
+    lock file found now belongs to a fetch whose worker died (``kill -9`` ends the worker,
+    not always its git), and left in place it would refuse that ref's update forever.
+    """
+    candidates = [*repo.glob("*.lock"), *(repo / "refs").rglob("*.lock")]
+    for lock in candidates:
+        if lock.is_file() and not lock.is_symlink():
+            lock.unlink(missing_ok=True)
