@@ -159,6 +159,16 @@ class WorkerSettings(_Section):
         description="Run MCP servers a work item names (mcp_config); off: such items are "
         "refused with the reason.",
     )
+    repo_cache: Path | None = pydantic.Field(
+        default=None,
+        description="Where this host keeps one bare copy of each repository it serves "
+        "(default: repo-cache/ beside the workspaces, in .claudecluster/).",
+    )
+    repo_remotes: dict[str, str] = pydantic.Field(
+        default_factory=dict,
+        description="Git remote URLs by repository key (its root commit): a host fetches "
+        "new history from them before it reads bundles from the object store.",
+    )
 
 
 class SandboxSettings(_Section):

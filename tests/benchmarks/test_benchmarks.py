@@ -162,3 +162,27 @@ def test_log_growth_measures_each_size_side_by_side_and_an_idle_pool(tmp_path: P
     assert idle["events_at_join"] == idle["workers"]  # one worker.joined each
     assert idle["events_during_window"] == 0  # liveness goes to the registry, not the log
     assert idle["registry_entries"] >= idle["workers"]
+
+
+def test_repo_size_compares_the_cluster_with_plain_git_on_a_generated_repository(
+    tmp_path: Path,
+) -> None:
+    report = run_quick("repo_size", tmp_path)
+    assert report["workers"] == 4
+    [row] = report["results"]
+    assert row["size"] == "2MB"
+    assert row["pack_mb"] > 1.5  # random blobs: the pack did not compress away
+    assert row["history_moved_mb"] >= row["pack_mb"] * 0.5  # the history crossed once...
+    assert row["history_moved_mb"] < row["pack_mb"] * 2  # ...not once per task or worker
+    for tasks in report["task_counts"]:
+        assert row[f"prepare_p50_s_{tasks}"] > 0
+        assert row[f"naive_runner_{tasks}_s"] > 0
+        assert row["ratios"][f"wall_over_naive_{tasks}"] > 0
+    assert row["clone_mirror_no_local_s"] > 0
+    assert row["rss_peak_mb_first_run"] > 0
+    overhead = row["overhead"]
+    assert overhead["tasks_per_s"] > 0
+    assert overhead["process_starts_per_task"] >= 3  # reset, the command, the status at least
+    assert set(overhead["latency_stage_p50_ms"]) == {
+        "to TaskAssigned", "to TaskStarted", "to TaskSucceeded", "to TaskMerged",
+    }  # fmt: skip

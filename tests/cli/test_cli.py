@@ -618,3 +618,38 @@ def test_creds_mints_a_worker_identity_for_another_pool_and_cluster_authorizatio
     assert all(key in conf for key in keys)
     for seed in (tmp_path / "cluster" / "creds").glob("*.nk"):
         assert seed.read_text().strip() not in conf  # public keys only
+
+
+SEES_WIP = """\
+tasks:
+  - {id: look, prompt: "cat notes.txt wip.txt > seen.txt", executor: shell}
+"""
+
+
+def test_uncommitted_changes_are_refused_unless_included(tmp_path: Path) -> None:
+    repo = _repo_with_plan(tmp_path, SEES_WIP)
+    (repo / "notes.txt").write_text("edited, not committed\n")
+    (repo / "wip.txt").write_text("untracked work\n")
+    (repo / ".gitignore").write_text("*.log\n")
+    (repo / "build.log").write_text("ignored: never part of the base\n")
+    refused = cli("run", "wip", "--plan", str(tmp_path / "plan.yaml"), "--run-id", "w0",
+                  cwd=repo)  # fmt: skip
+    assert refused.returncode == 2
+    assert "uncommitted changes" in refused.stderr
+    assert "notes.txt" in refused.stderr
+    assert "--include-uncommitted" in refused.stderr
+    assert "build.log" not in refused.stderr
+
+    included = cli("run", "wip", "--plan", str(tmp_path / "plan.yaml"), "--run-id", "w1",
+                   "--workers", "1", "--include-uncommitted", cwd=repo)  # fmt: skip
+    assert included.returncode == 0, included.stdout + included.stderr
+    assert branch_file(repo, "seen.txt") == "edited, not committed\nuntracked work\n"
+    files = subprocess.run(["git", "-C", str(repo), "ls-tree", "--name-only",
+                            "refs/claudecluster/snapshots/w1"],
+                           capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    assert "build.log" not in files
+    assert "wip.txt" in files
+    status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert " M notes.txt" in status  # the user's checkout is as it was
+    assert "?? wip.txt" in status

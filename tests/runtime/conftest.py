@@ -12,11 +12,12 @@ import pytest
 from claudecluster.events import RunPlanned, RunSubmitted, TaskQueued, TaskSpec, wrap_event
 from claudecluster.events.model import Event
 from claudecluster.events.work import WorkItem
+from claudecluster.runtime.base_transfer import RepositoryChains
 from claudecluster.runtime.connection import open_nats
-from claudecluster.transport.artifacts import ArtifactStore, artifact_key
+from claudecluster.transport.artifacts import ArtifactStore
 from claudecluster.transport.jetstream import JetStreamEventLog
 from claudecluster.transport.work_queue import WorkQueue
-from claudecluster.workspace.git import base_bundle
+from claudecluster.workspace.git import resolve_commit
 from tests.conftest import fresh_jetstream_log
 from tests.support import make_repo
 
@@ -35,6 +36,7 @@ class Driver:
         self.source = source
         self.tmp_path = tmp_path
         self.n = 0
+        self.chains = RepositoryChains(ArtifactStore(js))
 
     async def record(self, event: Event) -> None:
         self.n += 1
@@ -49,10 +51,8 @@ class Driver:
         executor: str = "claude_code",
         **item: Any,
     ) -> WorkItem:
-        base = await base_bundle(self.source, "HEAD", run_id, self.tmp_path / "base.bundle")
-        ref = await ArtifactStore(self.js).put_file(
-            artifact_key(run_id, "_", 0, "base.bundle"), self.tmp_path / "base.bundle"
-        )
+        base = await resolve_commit(self.source, "HEAD")
+        key, segments = await self.chains.segments_for(self.source, base, self.tmp_path)
         spec = TaskSpec(
             task_id=task_id,
             title="Add the feature",
@@ -66,8 +66,9 @@ class Driver:
         )  # fmt: skip
         await self.record(TaskQueued(run_id=run_id, task_id=task_id, attempt=1))
         work = WorkItem(
-            run_id=run_id, attempt=1, spec=spec, base_commit=base, base_bundle=ref, **item
-        )
+            run_id=run_id, attempt=1, spec=spec, base_commit=base, repo_key=key,
+            base_segments=segments, **item,
+        )  # fmt: skip
         await WorkQueue(self.js).publish(work)
         return work
 

@@ -52,7 +52,7 @@ from claudecluster.executors.confinement import Confinement
 from claudecluster.runtime.autoscaler import LocalAutoscaler
 from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.runtime.local_workers import open_local_workers
-from claudecluster.runtime.worker import WorkerConfig
+from claudecluster.runtime.worker import Worker, WorkerConfig
 from claudecluster.transport.base import read_all
 from claudecluster.transport.commands import publish_command
 from claudecluster.transport.jetstream import JetStreamEventLog
@@ -78,6 +78,7 @@ class Cluster:
         self.js = client.jetstream()
         self.repo = repo
         self.tmp_path = tmp_path
+        self.workers: list[Worker] = []
 
     async def send(self, command: Command) -> str:
         command_id = f"cmd-{next(_ids)}"
@@ -140,8 +141,10 @@ async def open_cluster(
         heartbeat_s=1.0,
         confinement=confinement,
     )
-    async with open_local_workers(workers, template, log, client):
-        yield Cluster(log, client, repo, tmp_path)
+    async with open_local_workers(workers, template, log, client) as started:
+        cluster = Cluster(log, client, repo, tmp_path)
+        cluster.workers = started
+        yield cluster
 
 
 @pytest.fixture

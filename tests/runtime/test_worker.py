@@ -221,7 +221,14 @@ async def test_a_missing_base_bundle_is_a_retryable_infrastructure_failure(
             broken = msgspec.structs.replace(
                 item,
                 attempt=2,
-                base_bundle=msgspec.structs.replace(item.base_bundle, key="run3/_/0/missing"),
+                repo_key="another-repository",
+                base_segments=tuple(
+                    msgspec.structs.replace(
+                        segment,
+                        bundle=msgspec.structs.replace(segment.bundle, key="run3/_/0/missing"),
+                    )
+                    for segment in item.base_segments
+                ),
             )
             await driver.record(TaskAssigned(run_id="run3", task_id="feature", attempt=1,
                                              worker_id="gone"))  # fmt: skip
@@ -413,6 +420,47 @@ async def test_untracked_files_are_copied_in_and_setup_runs_but_neither_is_commi
     assert changed == ["seen.txt"]  # neither .env nor setup.log travels
     seen = git_output(source, "show", f"{branch}:seen.txt")
     assert seen == "API_TOKEN=local-only-value\ndependencies installed\n"
+
+
+async def test_git_works_inside_the_sandbox_on_a_workspace_borrowing_the_cache(
+    world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path, sandbox: object
+) -> None:
+    """A slot's workspace borrows the host cache's objects, which live outside it: the
+    confined setup command and task must still read the history (the cache's objects are
+    mounted read-only), and the worker's commit after the agent must still find them."""
+    log, client = world
+    (source / ".gitignore").write_text("setup-saw.txt\n")
+    commit_all(source, "the last commit before the run")
+    driver = Driver(log, client.jetstream(), source, tmp_path)
+    config = WorkerConfig(
+        worker_id="w-git",
+        workspace_root=tmp_path / "workspaces",
+        setup_command="git log --format=%s -1 > setup-saw.txt",
+    )
+    worker = Worker(config, log, client)
+    async with anyio.create_task_group() as group:
+        await group.start(worker.serve)
+        item = await driver.submit(
+            "run9",
+            "gitty",
+            "{ cat setup-saw.txt; git log --format=%s -1; git cat-file -t HEAD~1; } > seen.txt",
+            executor="shell",
+        )
+        history = await _until_finished(log, "gitty")
+        worker.stop()
+    finished = history[-1].envelope.payload
+    assert isinstance(finished, TaskSucceeded), finished
+    bundle = await ArtifactStore(client.jetstream()).get_file(
+        finished.artifacts[0], tmp_path / "r.bundle"
+    )
+    branch = task_branch("run9", "gitty")
+    await fetch_result(source, bundle, branch)
+    assert git_output(source, "show", f"{branch}:seen.txt") == (
+        "the last commit before the run\nthe last commit before the run\ncommit\n"
+    )
+    assert git_output(source, "diff", "--name-only", item.base_commit, branch).split() == [
+        "seen.txt"
+    ]
 
 
 async def test_local_workers_share_the_pool_and_leave_when_done(

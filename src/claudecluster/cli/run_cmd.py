@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import anyio
+import msgspec
 from rich.console import Console
 from rich.prompt import Prompt
 
@@ -33,7 +34,7 @@ from claudecluster.runtime.local_cluster import open_local_services
 from claudecluster.runtime.planners import load_plan_file
 from claudecluster.settings import Settings, load_settings
 from claudecluster.transport.commands import publish_command
-from claudecluster.workspace.git import git_status
+from claudecluster.workspace.git import git_status, snapshot_worktree, uncommitted_paths
 
 __all__ = ["print_summary", "run"]
 
@@ -58,6 +59,7 @@ def run(
     json: bool = False,
     no_sandbox: bool = False,
     config: Path | None = None,
+    include_uncommitted: bool = False,
 ) -> int:
     """Split a goal into tasks, run them in parallel with Claude Code, merge the results.
 
@@ -99,6 +101,10 @@ def run(
         no_sandbox: Run the local workers' agents, shell tasks, setup and verify commands
             unconfined, as this user (sandbox.enabled: false; see docs/security.md).
         config: A claudecluster.yaml to read instead of the one in the repository.
+        include_uncommitted: Take the checkout's uncommitted changes (untracked files
+            included, ignored ones not) as the base, committed on top of HEAD under
+            refs/claudecluster/snapshots/RUN. Without it, a checkout with uncommitted
+            changes is refused.
     """
     repo = repo.resolve()
     flags: dict[str, object] = {"nats": {"url": nats}} if nats else {}
@@ -125,7 +131,9 @@ def run(
         )  # fmt: skip
     console = Console(highlight=False, stderr=json)
     try:
-        end: RunEnd = anyio.run(_run, settings, command, repo, workers, json, console, detach)
+        end: RunEnd = anyio.run(
+            _run, settings, command, repo, workers, json, console, detach, include_uncommitted
+        )
     except Detached as left:
         console.print(f"run {left.run_id} goes on without this command; follow it with "
                       f"'claudecluster status {left.run_id}' or 'claudecluster logs "
@@ -185,6 +193,28 @@ def _submit_command(
     )
 
 
+async def _base_of_checkout(command: SubmitRun, repo: Path, include: bool) -> SubmitRun:
+    """Never leave the user's uncommitted work out silently: refuse it, or take it."""
+    if command.base_ref != "HEAD":
+        return command
+    changed = await uncommitted_paths(repo)
+    if not changed:
+        return command
+    if not include:
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        shown = ", ".join(changed[:5]) + more
+        raise ConfigError(
+            "repo", str(repo),
+            f"the checkout has uncommitted changes ({shown}) that the run would not see: "
+            "commit or stash them, or pass --include-uncommitted to run on them as they are",
+        )  # fmt: skip
+    snapshot = await snapshot_worktree(
+        repo, f"claudecluster: the working tree of {command.run_id}",
+        f"refs/claudecluster/snapshots/{command.run_id}",
+    )  # fmt: skip
+    return msgspec.structs.replace(command, base_ref=snapshot)
+
+
 class Detached(Exception):  # noqa: N818 - an outcome, not a failure
     """The user left the run to go on without this command (``--detach`` or Ctrl-C)."""
 
@@ -202,11 +232,13 @@ async def _run(
     json: bool,
     console: Console,
     detach: bool = False,
+    include_uncommitted: bool = False,
 ) -> RunEnd:
     """Submit and follow; raises :class:`Detached` when the user lets the run go on."""
     code, _, _ = await git_status(repo, "rev-parse", "--verify", "-q", "HEAD^{commit}")
     if code != 0:
         raise ConfigError("repo", str(repo), "the repository has no commit yet")
+    command = await _base_of_checkout(command, repo, include_uncommitted)
     async with open_configured_cluster(
         settings, project_dir=repo, name="claudecluster-run"
     ) as conn:

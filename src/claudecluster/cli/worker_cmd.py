@@ -12,7 +12,7 @@ from claudecluster.cli.app import EXIT_OK
 from claudecluster.errors import ConfigError
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
-from claudecluster.runtime.connection import configured_auth, open_jetstream_log
+from claudecluster.runtime.connection import configured_auth, open_jetstream_log, open_nats
 from claudecluster.runtime.sandboxing import NO_SANDBOX_NOTE, confinement_for
 from claudecluster.runtime.worker import Worker, WorkerConfig, new_worker_id
 from claudecluster.settings import Settings, load_settings
@@ -91,6 +91,8 @@ def worker(
         allow_plan_mcp_servers=settings.worker.allow_plan_mcp_servers,
         api_environment=settings.api_environment(),
         confinement=confinement_for(settings),
+        repo_cache=settings.worker.repo_cache,
+        repo_remotes=dict(settings.worker.repo_remotes),
     )
     if not settings.sandbox.enabled:
         Console(stderr=True, highlight=False).print(NO_SANDBOX_NOTE, markup=False)
@@ -101,15 +103,23 @@ def worker(
 async def _serve(settings: Settings, config: WorkerConfig) -> None:
     assert settings.nats.url is not None
     console = Console(stderr=True, highlight=False)
-    async with open_jetstream_log(
-        settings.nats.url,
-        name=f"worker-{config.worker_id}",
-        redactor=Redactor(settings.secret_values()),
-        replicas=settings.nats.replicas,
-        auth=(auth := configured_auth(settings, "worker")),
-        apply=not auth.authenticated,
-    ) as (client, log):
-        runner = Worker(config, log, client)
+    auth = configured_auth(settings, "worker")
+    async with (
+        open_jetstream_log(
+            settings.nats.url,
+            name=f"worker-{config.worker_id}",
+            redactor=Redactor(settings.secret_values()),
+            replicas=settings.nats.replicas,
+            auth=auth,
+            apply=not auth.authenticated,
+        ) as (client, log),
+        open_nats(
+            settings.nats.url, name=f"worker-{config.worker_id}-transfers", auth=auth
+        ) as transfers,
+    ):
+        # History and result bundles on a connection of their own: hundreds of MB moving
+        # never queue ahead of heartbeats, events and commands.
+        runner = Worker(config, log, client, transfer_client=transfers)
         async with anyio.create_task_group() as group:
             group.start_soon(_drain_on_signal, runner, console)
             async with anyio.create_task_group() as serving:

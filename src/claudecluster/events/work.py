@@ -3,7 +3,9 @@
 A work item is not an event (it is deleted from the work-queue stream once a worker acks
 it); what happened to it is recorded as events. It is self-contained, so a worker on
 another machine needs nothing but NATS: the prompt and limits, and where the base commit's
-bundle is in the object store.
+history is in the object store: the repository's chain of segments (the first bundle with
+the history of the first base, each later one only the commits after the ones before it),
+of which a worker host fetches only those its repository cache lacks.
 """
 
 from __future__ import annotations
@@ -15,9 +17,23 @@ import msgspec
 from claudecluster.events.codec import decode_guard
 from claudecluster.events.model import ArtifactRef, Attempt, Id, TaskSpec
 
-__all__ = ["WORK_PREFIX", "WorkItem", "decode_work_item", "encode_work_item", "work_subject"]
+__all__ = [
+    "WORK_PREFIX",
+    "BaseSegment",
+    "WorkItem",
+    "decode_work_item",
+    "encode_work_item",
+    "work_subject",
+]
 
 WORK_PREFIX: Final = "cc.work"
+
+
+class BaseSegment(msgspec.Struct, frozen=True, kw_only=True):
+    """One bundle of a repository's chain: its tip commit and where it is stored."""
+
+    commit: str
+    bundle: ArtifactRef
 
 
 class WorkItem(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,7 +43,10 @@ class WorkItem(msgspec.Struct, frozen=True, kw_only=True):
     attempt: Attempt
     spec: TaskSpec
     base_commit: str
-    base_bundle: ArtifactRef
+    base_bundle: Annotated[
+        ArtifactRef | None,
+        msgspec.Meta(description="A bundle of the base with all its history (before chains)."),
+    ] = None
     pool: Id = "default"
     resume_session_id: Annotated[
         str, msgspec.Meta(description="A session to resume (a previous attempt's), or empty.")
@@ -39,6 +58,14 @@ class WorkItem(msgspec.Struct, frozen=True, kw_only=True):
     mcp_config: Annotated[
         str, msgspec.Meta(description="Claude Code's MCP servers JSON, or empty for none.")
     ] = ""
+    repo_key: Annotated[
+        str,
+        msgspec.Meta(description="The repository's cache key on worker hosts (its root commit)."),
+    ] = ""
+    base_segments: Annotated[
+        tuple[BaseSegment, ...],
+        msgspec.Meta(description="The repository's chain of history bundles, oldest first."),
+    ] = ()
 
     @property
     def task_id(self) -> str:

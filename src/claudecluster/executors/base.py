@@ -46,6 +46,8 @@ class AttemptRun:
         resume: continue the session ``session_id`` instead of starting it.
         nice: CPU niceness for the agent's process tree (0 leaves it unchanged).
         mcp_config: an MCP servers JSON file for Claude Code, if the task uses any.
+        readable: more paths the confined attempt may read (the repository cache's
+            objects its workspace borrows, so git works inside the sandbox).
     """
 
     run_id: str
@@ -63,6 +65,7 @@ class AttemptRun:
     api_environment: Mapping[str, str] = field(default_factory=dict)
     nice: int = 0
     mcp_config: Path | None = None
+    readable: tuple[Path, ...] = ()
     resume: bool = False
 
 

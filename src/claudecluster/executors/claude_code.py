@@ -155,7 +155,7 @@ class ClaudeCodeExecutor:
         binary = self._binary or bundled_claude()
         confinement = self._confinement or default_confinement()
         config_dir = job.scratch / "claude-config"
-        readable = [binary.parent]
+        readable = [binary.parent, *job.readable]
         if job.mcp_config is not None:
             readable.append(job.mcp_config)
         sandbox = attempt_sandbox(

@@ -68,7 +68,7 @@ class ShellExecutor:
     async def run(self, job: AttemptRun, on_progress: ProgressSink) -> Outcome:
         """Run the command; see :class:`~claudecluster.executors.base.Executor`."""
         confinement = self._confinement or default_confinement()
-        sandbox = attempt_sandbox(job.workspace, job.scratch)
+        sandbox = attempt_sandbox(job.workspace, job.scratch, readable=job.readable)
         for directory in (sandbox.home, sandbox.tmp):
             await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
         env = confined_environment(

@@ -36,6 +36,8 @@ class LocalAutoscaler:
         template: how each worker is configured (its id is replaced).
         policy: bounds and tempo.
         interval_s: how often to decide.
+        transfer_client: a connection of their own for repository history and results
+            (default: ``client``), so big transfers never queue ahead of heartbeats.
     """
 
     def __init__(
@@ -47,11 +49,13 @@ class LocalAutoscaler:
         *,
         interval_s: float = 1.0,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        transfer_client: Client | None = None,
     ) -> None:
         if not 1 <= policy.min_workers <= policy.max_workers:
             raise ValueError("need 1 <= min_workers <= max_workers")
         self._log = log
         self._client = client
+        self._transfer_client = transfer_client
         self._template = template
         self._policy = policy
         self._interval_s = interval_s
@@ -113,7 +117,7 @@ class LocalAutoscaler:
                   reason=decision.reason)  # fmt: skip
         for _ in range(decision.start):
             config = replace(self._template, worker_id=new_worker_id(), join_reason=decision.reason)
-            worker = Worker(config, self._log, self._client)
+            worker = Worker(config, self._log, self._client, transfer_client=self._transfer_client)
             self._workers[config.worker_id] = worker
             self._idle_since[config.worker_id] = now
             group.start_soon(self._serve, worker)

@@ -63,10 +63,11 @@ from claudecluster.errors import (
 from claudecluster.events.codec import decode_command
 from claudecluster.events.envelope import CommandEnvelope, StoredEvent, wrap_event
 from claudecluster.events.model import (
-    ArtifactRef,
     ChangedFile,
     Event,
     MergeConflict,
+    RunCancelled,
+    RunCompleted,
     RunFailed,
     RunPlanned,
     TaskFailed,
@@ -79,9 +80,10 @@ from claudecluster.executors.confined import ConfinedVerify
 from claudecluster.executors.confinement import Confinement
 from claudecluster.observability.logging import get_logger
 from claudecluster.projections.tasks import NOT_THE_HOLDER
+from claudecluster.runtime.base_transfer import RepositoryChains
 from claudecluster.runtime.merge_queue import BatchMerger, refused_conflict
 from claudecluster.runtime.planners import finish_plan, planner_for
-from claudecluster.transport.artifacts import ArtifactStore, artifact_key
+from claudecluster.transport.artifacts import ArtifactStore
 from claudecluster.transport.base import EventLog
 from claudecluster.transport.commands import publish_command
 from claudecluster.transport.liveness import JetStreamWorkerRegistry, WorkerRegistry
@@ -89,10 +91,11 @@ from claudecluster.transport.quarantine import quarantine
 from claudecluster.transport.topology import COMMANDS_STREAM
 from claudecluster.transport.work_queue import WorkQueue
 from claudecluster.workspace.git import (
-    base_bundle,
     commit_changes,
     fetch_result,
     git,
+    refuse_unsupported,
+    resolve_commit,
     task_branch,
 )
 from claudecluster.workspace.integration import Integration
@@ -160,8 +163,7 @@ class Driver:
         self._queue = WorkQueue(js)
         self._artifacts = ArtifactStore(js)
         self._integrations: dict[str, Integration] = {}
-        self._bundles: dict[str, ArtifactRef] = {}
-        self._bundle_locks: dict[str, anyio.Lock] = {}
+        self._chains = RepositoryChains(self._artifacts)
         self._stopped = anyio.Event()
 
     # -- the loop ------------------------------------------------------------------------
@@ -334,7 +336,10 @@ class Driver:
     async def _effect(self, effect: Effect) -> int:
         match effect:
             case Record():
-                return await self._record(effect.event, effect.event_id, effect.expected_last)
+                seq = await self._record(effect.event, effect.event_id, effect.expected_last)
+                if isinstance(effect.event, RunCompleted | RunFailed | RunCancelled):
+                    await self._chains.clean_run(effect.event.run_id)
+                return seq
             case Plan():
                 return await self._plan(effect)
             case Dispatch():
@@ -366,13 +371,11 @@ class Driver:
         run_id = submitted.run_id
         repo = Path(submitted.repo)
         try:
-            bundle_path = self._run_dir(run_id, repo) / "base.bundle"
-            await anyio.Path(bundle_path.parent).mkdir(parents=True, exist_ok=True)
-            base = await base_bundle(repo, submitted.base_ref, run_id, bundle_path)
-            ref = await self._artifacts.put_file(
-                artifact_key(run_id, "_", 0, f"base-{base[:12]}.bundle"), bundle_path
-            )
-            self._bundles[base] = ref
+            base = await resolve_commit(repo, submitted.base_ref)
+            await refuse_unsupported(repo, base)
+            # The history goes to the object store now, once for the repository (only
+            # what earlier runs did not send): a missing object fails the run here.
+            await self._chains.segments_for(repo, base, self._run_dir(run_id, repo))
             await _exclude_work_dir(repo)
             planner = planner_for(
                 submitted,
@@ -419,7 +422,9 @@ class Driver:
                 ours, theirs, f"Conflict of {queued.task_id} with {book.integration_branch}"
             )
             queued = msgspec.structs.replace(queued, base_commit=base)
-        bundle = await self._bundle(effect.run_id, repo, queued.base_commit)
+        repo_key, segments = await self._chains.segments_for(
+            repo, queued.base_commit, self._run_dir(effect.run_id, repo)
+        )
         if effect.republish:
             seq = 0
         else:
@@ -436,7 +441,8 @@ class Driver:
             attempt=queued.attempt,
             spec=spec,
             base_commit=queued.base_commit,
-            base_bundle=bundle,
+            repo_key=repo_key,
+            base_segments=segments,
             pool=queued.pool,
             resume_session_id=queued.resume_session_id,
             allowed_tools=profile.allowed_tools,
@@ -444,21 +450,6 @@ class Driver:
         )
         await self._queue.publish(item)
         return seq
-
-    async def _bundle(self, run_id: str, repo: Path, commit: str) -> ArtifactRef:
-        """The bundle of ``commit`` in the object store, made once per commit."""
-        lock = self._bundle_locks.setdefault(commit, anyio.Lock())
-        async with lock:
-            if commit in self._bundles:
-                return self._bundles[commit]
-            path = self._run_dir(run_id, repo) / f"base-{commit[:12]}.bundle"
-            await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
-            await base_bundle(repo, commit, f"{run_id}-{commit[:12]}", path)
-            ref = await self._artifacts.put_file(
-                artifact_key(run_id, "_", 0, f"base-{commit[:12]}.bundle"), path
-            )
-            self._bundles[commit] = ref
-            return ref
 
     # -- merging -------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from claudecluster.actors.scaling import ScalePolicy
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
 from claudecluster.executors.confinement import Confinement
 from claudecluster.runtime.autoscaler import LocalAutoscaler
-from claudecluster.runtime.connection import Connection, open_role_log
+from claudecluster.runtime.connection import Connection, open_nats, open_role_log
 from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.runtime.sandboxing import confinement_for
 from claudecluster.runtime.worker import WorkerConfig
@@ -52,8 +52,15 @@ async def open_local_services(
     async with (
         open_role_log(conn, "driver", name="driver") as (driver_client, driver_log),
         open_role_log(conn, "worker", name="workers") as (worker_client, worker_log),
+        # History and result bundles move on a connection of their own, so hundreds of MB
+        # never queue ahead of the heartbeats, events and commands on the workers' one.
+        open_nats(
+            conn.url,
+            name="claudecluster-transfers",
+            auth=conn.role_auth("worker") if conn.role_auth else None,
+        ) as transfers,
         _services(
-            settings, driver_client, driver_log, worker_client, worker_log,
+            settings, driver_client, driver_log, worker_client, worker_log, transfers,
             workers=workers, project_dir=project_dir, api=api, confinement=confinement,
         ) as scaler,
     ):  # fmt: skip
@@ -67,6 +74,7 @@ async def _services(
     driver_log: JetStreamEventLog,
     worker_client: Client,
     worker_log: JetStreamEventLog,
+    transfers: Client,
     *,
     workers: int,
     project_dir: Path,
@@ -96,11 +104,14 @@ async def _services(
         allow_plan_mcp_servers=settings.worker.allow_plan_mcp_servers,
         heartbeat_s=2.0,
         confinement=confinement,
+        repo_cache=settings.worker.repo_cache,
+        repo_remotes=dict(settings.worker.repo_remotes),
     )
     size = max(workers, 1)
     scaler = LocalAutoscaler(
-        worker_log, worker_client, template, ScalePolicy(min_workers=size, max_workers=size)
-    )
+        worker_log, worker_client, template,
+        ScalePolicy(min_workers=size, max_workers=size), transfer_client=transfers,
+    )  # fmt: skip
     async with anyio.create_task_group() as group:
         await group.start(driver.run)
         if workers > 0:  # 0: a driver alone, to act on a command (cancel, rollback)

@@ -92,12 +92,14 @@ from claudecluster.projections.views import TaskView, task_key
 from claudecluster.runtime.credentials import new_user_seed
 from claudecluster.runtime.http_server import open_http_server
 from claudecluster.runtime.worker_health import WorkerMetrics, health_app
+from claudecluster.runtime.workspace_preparation import Preparation
 from claudecluster.transport.artifacts import ArtifactStore, artifact_key
 from claudecluster.transport.base import EventLog, read_all
 from claudecluster.transport.liveness import JetStreamWorkerRegistry
 from claudecluster.transport.session_store import JetStreamSessionStore
 from claudecluster.transport.work_queue import Delivery, WorkQueue
-from claudecluster.workspace.git import commit_all, open_workspace, result_bundle, task_branch
+from claudecluster.workspace.git import commit_all, result_bundle, task_branch
+from claudecluster.workspace.naming import attempt_dir_name, slot_dir_name
 
 if TYPE_CHECKING:
     # claude_agent_sdk loads the mcp package (about 30 MB and 0.3-0.8 s): an idle worker
@@ -150,6 +152,9 @@ class WorkerConfig:
         allow_plan_mcp_servers: run the MCP servers a work item names (``mcp_config``).
         progress_interval_s: the least time between two emissions of an attempt's
             coalesced progress events (see :mod:`claudecluster.actors.progress`).
+        repo_cache: where the host's repository cache lives (default: ``repo-cache``
+            beside ``workspace_root``).
+        repo_remotes: git remote URLs by repository key, fetched from before bundles.
     """
 
     worker_id: str
@@ -173,6 +178,8 @@ class WorkerConfig:
     permission_modes: tuple[str, ...] = DEFAULT_PERMISSION_MODES
     allow_plan_mcp_servers: bool = False
     progress_interval_s: float = 1.0
+    repo_cache: Path | None = None
+    repo_remotes: dict[str, str] = field(default_factory=dict)
 
 
 class Superseded(Exception):  # noqa: N818 - a condition, not a failure of ours
@@ -200,6 +207,9 @@ class Worker:
         log: the event log.
         client: the NATS connection, for the work queue, artifacts, the worker registry
             and commands.
+        transfer_client: a second connection for the repository's history and result
+            bundles, so big transfers never queue ahead of heartbeats and events (default:
+            ``client``).
         executor: runs agent tasks (the Claude Code CLI by default); shell tasks always
             run in a shell.
         clock: the current time (injected so tests and simulations can control it).
@@ -213,6 +223,7 @@ class Worker:
         *,
         executor: Executor | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        transfer_client: Client | None = None,
     ) -> None:
         self.config = config
         self._log = log
@@ -220,7 +231,12 @@ class Worker:
         js = client.jetstream()
         self._js = js
         self._queue = WorkQueue(js, ack_wait_s=config.ack_wait_s)
-        self._artifacts = ArtifactStore(js)
+        self._artifacts = ArtifactStore((transfer_client or client).jetstream())
+        self.preparation = Preparation(
+            self._artifacts,
+            config.repo_cache or config.workspace_root.parent / "repo-cache",
+            remotes=config.repo_remotes,
+        )
         self._sessions = JetStreamSessionStore(js, redactor=log.redactor)
         # Refuses to start where the sandbox is missing, unless the operator chose none.
         self._confinement = config.confinement or default_confinement()
@@ -320,12 +336,15 @@ class Worker:
                 group.start_soon(self._heartbeats)
                 group.start_soon(self._commands)
                 async with anyio.create_task_group() as slots:
-                    for _ in range(self.config.slots):
-                        slots.start_soon(self._slot)
+                    for n in range(self.config.slots):
+                        slots.start_soon(self._slot, n)
                 group.cancel_scope.cancel()  # slots are done: stop heartbeating
         finally:
             with anyio.CancelScope(shield=True):
                 await self._queue.close()
+                if not self.config.keep_workspaces:
+                    for n in range(self.config.slots):
+                        await anyio.to_thread.run_sync(_remove, self._slot_dir(n))
                 await self._record(
                     WorkerLeft(worker_id=self.config.worker_id, reason=self._stop_reason)
                 )
@@ -363,7 +382,10 @@ class Worker:
         self._stop_reason = reason
         self._draining.set()
 
-    async def _slot(self) -> None:
+    def _slot_dir(self, n: int) -> Path:
+        return self.config.workspace_root / slot_dir_name(self.config.worker_id, n)
+
+    async def _slot(self, n: int = 0) -> None:
         while not self._draining.is_set():
             try:
                 delivery = await self._queue.fetch(self.config.pool, wait_s=1.0)
@@ -375,7 +397,7 @@ class Worker:
             if delivery is None:
                 continue
             try:
-                await self._handle_until_drained(delivery)
+                await self._handle_until_drained(delivery, n)
             except* (ClusterError, nats.errors.Error) as failed:
                 # The log or the queue failed under this item; unless it was acked it is
                 # delivered again. The slot goes on with the next one. (except*: the
@@ -383,7 +405,7 @@ class Worker:
                 _log.error("work item failed", item=delivery.item.message_id,
                            error="; ".join(str(exc) for exc in failed.exceptions))  # fmt: skip
 
-    async def _handle_until_drained(self, delivery: Delivery) -> None:
+    async def _handle_until_drained(self, delivery: Delivery, slot: int = 0) -> None:
         async with anyio.create_task_group() as group:
 
             async def deadline() -> None:
@@ -392,7 +414,7 @@ class Worker:
                 group.cancel_scope.cancel()  # past the drain deadline: hand the item back
 
             group.start_soon(deadline)
-            await self._handle(delivery)
+            await self._handle(delivery, slot)
             group.cancel_scope.cancel()
 
     # -- one delivery ----------------------------------------------------------------
@@ -427,7 +449,7 @@ class Worker:
             del self._run_events[next(iter(self._run_events))]
         return known
 
-    async def _handle(self, delivery: Delivery) -> None:
+    async def _handle(self, delivery: Delivery, slot: int = 0) -> None:
         item = delivery.item
         settled = False
         try:
@@ -461,7 +483,7 @@ class Worker:
                 group.start_soon(self._keep_alive, delivery)
                 try:
                     with live.scope:  # cancelled by a CancelTask command
-                        await self._run_attempt(live)
+                        await self._run_attempt(live, slot)
                     if live.scope.cancelled_caught:
                         await self._record_cancelled(live)
                 except Superseded as exc:
@@ -588,15 +610,20 @@ class Worker:
                 _log.warning("in-progress ack failed", item=delivery.item.message_id,
                              error=repr(exc))  # fmt: skip
 
-    async def _run_attempt(self, live: _Attempt) -> None:
+    async def _run_attempt(self, live: _Attempt, slot: int = 0) -> None:
         item = live.item
         key = task_key(item.run_id, item.task_id)
-        scratch = self.config.workspace_root / f"{item.run_id}-{item.task_id}-{live.attempt}"
+        scratch = self.config.workspace_root / attempt_dir_name(
+            item.run_id, item.task_id, live.attempt
+        )
+        # A slot's workspace is reused (reset to each attempt's base); kept workspaces are
+        # for looking at afterwards, so each attempt then gets its own.
+        where = scratch / "ws" if self.config.keep_workspaces else self._slot_dir(slot) / "ws"
         self._running[key] = live
         self.metrics.attempts_started.inc()
         self.metrics.running.inc()
         try:
-            await self._attempt_in(live, scratch)
+            await self._attempt_in(live, scratch, where)
         except Superseded:
             raise
         except (ClusterError, OSError) as exc:
@@ -620,18 +647,22 @@ class Worker:
             if not self.config.keep_workspaces:
                 with anyio.CancelScope(shield=True):  # cleaned on every path, cancel included
                     await anyio.to_thread.run_sync(_remove, scratch)
-                    await anyio.to_thread.run_sync(_remove, scratch.with_suffix(".base"))
 
-    async def _attempt_in(self, live: _Attempt, scratch: Path) -> None:
+    async def _attempt_in(self, live: _Attempt, scratch: Path, where: Path) -> None:
         item = live.item
         await anyio.Path(scratch).mkdir(parents=True, exist_ok=True)
         # Who owns this directory: a worker killed outright cannot remove it, the next
         # worker to start on this machine does (see _sweep_orphans).
         await anyio.Path(scratch / _OWNER_FILE).write_text(str(os.getpid()), encoding="utf-8")
-        bundle = await self._artifacts.get_file(item.base_bundle, scratch.with_suffix(".base"))
+        if not await anyio.Path(where.parent / _OWNER_FILE).exists():
+            await anyio.Path(where.parent).mkdir(parents=True, exist_ok=True)
+            await anyio.Path(where.parent / _OWNER_FILE).write_text(
+                str(os.getpid()), encoding="utf-8"
+            )
         branch = task_branch(item.run_id, item.task_id)
-        workspace = await open_workspace(bundle, item.base_commit, branch, scratch / "ws")
-        await self._prepare(workspace, scratch)
+        workspace = await self.preparation.workspace(item, branch, where)
+        objects = self.preparation.objects(item)
+        await self._prepare(workspace, scratch, objects)
         resumed = live.resume and item.spec.executor == "claude_code"
         # claude_agent_sdk (and mcp with it) is imported on the first attempt, in a thread:
         # imported on the event loop it held the loop for seconds on a busy machine, the
@@ -715,6 +746,7 @@ class Worker:
                         resume=resumed,
                         nice=self.config.nice,
                         mcp_config=mcp_config,
+                        readable=(objects,),
                     ),
                     progress,
                 )
@@ -734,7 +766,7 @@ class Worker:
         ).inc()
         artifacts: tuple[ArtifactRef, ...] = ()
         if outcome.succeeded:
-            outcome, artifacts = await self._collect(live, workspace, branch, outcome)
+            outcome, artifacts = await self._collect(live, workspace, branch, outcome, objects)
         await self._record_for(
             live,
             finished_event(
@@ -747,7 +779,7 @@ class Worker:
             ),
         )
 
-    async def _prepare(self, workspace: Path, scratch: Path) -> None:
+    async def _prepare(self, workspace: Path, scratch: Path, objects: Path) -> None:
         """Copy in the configured untracked files and run the setup command.
 
         The setup command runs confined like an attempt (its workspace, the attempt's
@@ -768,7 +800,10 @@ class Worker:
         if self.config.setup_command:
             confinement = self._confinement
             sandbox = attempt_sandbox(
-                workspace, scratch, network="host" if confinement.setup_network else "none"
+                workspace,
+                scratch,
+                network="host" if confinement.setup_network else "none",
+                readable=(objects,),  # the cache's objects the workspace borrows
             )
             for directory in (sandbox.home, sandbox.tmp):
                 await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
@@ -792,17 +827,22 @@ class Worker:
                 )
 
     async def _collect(
-        self, live: _Attempt, workspace: Path, branch: str, outcome: Outcome
+        self, live: _Attempt, workspace: Path, branch: str, outcome: Outcome, objects: Path
     ) -> tuple[Outcome, tuple[ArtifactRef, ...]]:
         """Commit the agent's work and store it as artifacts: the bundle and a diffstat."""
         item = live.item
-        head = await commit_all(workspace, f"{item.task_id}: {item.spec.title}")
+        head = await commit_all(workspace, f"{item.task_id}: {item.spec.title}", objects=objects)
         if head is None:
             return outcome, ()
         bundle_path = workspace.parent / "result.bundle"
         changes = await result_bundle(workspace, item.base_commit, branch, bundle_path)
         prefix = (item.run_id, item.task_id, live.attempt)
-        bundle = await self._artifacts.put_file(artifact_key(*prefix, "result.bundle"), bundle_path)
+        try:
+            bundle = await self._artifacts.put_file(
+                artifact_key(*prefix, "result.bundle"), bundle_path
+            )
+        finally:
+            await anyio.Path(bundle_path).unlink(missing_ok=True)
         stat = await self._artifacts.put(
             artifact_key(*prefix, "diffstat.json"),
             "diffstat.json",
@@ -968,7 +1008,7 @@ _OWNER_FILE: Final = ".claudecluster-owner"
 
 
 def _sweep_orphans(root: Path) -> list[Path]:
-    """Remove workspaces (and base bundles) whose owning worker process no longer runs."""
+    """Remove attempts' and slots' directories whose owning worker process no longer runs."""
     if not root.is_dir():
         return []
     removed = []
@@ -983,7 +1023,8 @@ def _sweep_orphans(root: Path) -> list[Path]:
         if psutil.pid_exists(owner):
             continue
         _remove(scratch)
-        _remove(scratch.with_suffix(".base"))
+        if "." not in scratch.name:  # a bundle beside an attempt of before the cache
+            _remove(scratch.with_suffix(".base"))
         removed.append(scratch)
         _log.info("orphaned workspace removed", path=str(scratch), owner=owner)
     return removed

@@ -22,6 +22,7 @@ fresh config and empties the hooks.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -43,8 +44,16 @@ __all__ = [
     "git",
     "git_status",
     "SAFE_CONFIG",
+    "object_trouble",
     "open_workspace",
+    "present_commits",
+    "refuse_unsupported",
+    "repository_key",
+    "resolve_commit",
     "result_bundle",
+    "segment_bundle",
+    "snapshot_worktree",
+    "uncommitted_paths",
     "task_branch",
 ]
 
@@ -113,12 +122,14 @@ def _config_flags() -> list[str]:
     return flags
 
 
-def distrust_git_dir(workspace: Path) -> None:
+def distrust_git_dir(workspace: Path, objects: Path | None = None) -> None:
     """Reset what an agent could have planted in ``workspace``'s git directory.
 
     A fresh config (dropping filters, diff and merge drivers, includes, aliases, remotes),
-    no hooks, no ``info/attributes``, no per-worktree config and no alternates; the
-    ``info/exclude`` list the worker wrote stays.
+    no hooks, no ``info/attributes``, no per-worktree config, and no alternates but
+    ``objects`` (the repository cache's object directory a slot's workspace borrows, as
+    the worker knows it, never as the file says); the ``info/exclude`` list the worker
+    wrote stays.
 
     Raises:
         WorkspaceError: ``.git`` is not a plain directory (a symlink or a ``gitdir:`` file
@@ -131,6 +142,11 @@ def distrust_git_dir(workspace: Path) -> None:
     (git_dir / "config").write_text(_FRESH_CONFIG, encoding="utf-8")
     for planted in ("config.worktree", "info/attributes", "objects/info/alternates", "commondir"):
         (git_dir / planted).unlink(missing_ok=True)
+    if objects is not None:
+        (git_dir / "objects" / "info").mkdir(parents=True, exist_ok=True)
+        (git_dir / "objects" / "info" / "alternates").write_text(
+            f"{objects.resolve()}\n", encoding="utf-8"
+        )
     hooks = git_dir / "hooks"
     if hooks.is_symlink() or hooks.is_file():
         hooks.unlink()
@@ -182,6 +198,15 @@ async def git(repo: Path, *args: str, time_limit: float = _GIT_TIMEOUT_S) -> str
     return out
 
 
+async def resolve_commit(repo: Path, ref: str) -> str:
+    """The commit ``ref`` names in ``repo``.
+
+    Raises:
+        WorkspaceError: ``ref`` names no commit.
+    """
+    return (await git(repo, "rev-parse", "--verify", f"{ref}^{{commit}}")).strip()
+
+
 async def base_bundle(repo: Path, ref: str, run_id: str, out: Path) -> str:
     """Bundle the commit ``ref`` names (with its history) for workers; returns its sha.
 
@@ -198,6 +223,194 @@ async def base_bundle(repo: Path, ref: str, run_id: str, out: Path) -> str:
     return commit
 
 
+_OBJECT_TROUBLE: Final = re.compile(
+    r"(unable to read|missing \w+ object|corrupt|bad object|unable to unpack|"
+    r"invalid object|did not receive expected object)[^0-9a-f]*([0-9a-f]{40,64})",
+    re.IGNORECASE,
+)
+
+
+def object_trouble(stderr: str) -> str | None:
+    """The object git's message says is missing or corrupt, if it names one."""
+    found = _OBJECT_TROUBLE.search(stderr)
+    return found.group(2) if found else None
+
+
+#: The project's own files (the embedded server's data, the driver's worktrees) are never
+#: the user's uncommitted work.
+_NOT_WORK: Final = ":(exclude,top).claudecluster"
+
+
+async def uncommitted_paths(repo: Path) -> list[str]:
+    """Paths with changes a commit of HEAD would leave out: modified, staged, untracked
+    (ignored files are not work in progress).
+
+    Raises:
+        WorkspaceError: git failed.
+    """
+    out = await git(repo, "status", "--porcelain", "-z", "--untracked-files=all", "--",
+                    ".", _NOT_WORK)  # fmt: skip
+    paths = []
+    entries = iter(out.split("\0"))
+    for entry in entries:
+        if len(entry) < 4:
+            continue
+        paths.append(entry[3:])
+        if entry[0] in "RC":  # a rename: the next entry is its old path
+            next(entries, None)
+    return paths
+
+
+async def snapshot_worktree(repo: Path, message: str, ref: str) -> str:
+    """Commit the working tree as it is (untracked but not ignored files included) on top
+    of HEAD, without touching the user's index, branch or files; returns the commit.
+
+    The commit is kept under ``ref`` so it outlives the run that uses it as its base.
+
+    Raises:
+        WorkspaceError: git failed.
+    """
+    index = repo / ".git" / f"claudecluster-snapshot-{os.getpid()}.index"
+    env = {**_git_env(), "GIT_INDEX_FILE": str(index)}
+    try:
+        for args in (("read-tree", "HEAD"), ("add", "--all", "--", ".", _NOT_WORK)):
+            with anyio.fail_after(_GIT_TIMEOUT_S):
+                done = await anyio.run_process(
+                    ["git", "-C", str(repo), *args], env=env, check=False,
+                    stdin=subprocess.DEVNULL,
+                )  # fmt: skip
+            if done.returncode != 0:
+                detail = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
+                raise WorkspaceError(f"git {args[0]} failed in {repo}: {detail}")
+        with anyio.fail_after(_GIT_TIMEOUT_S):
+            tree = await anyio.run_process(
+                ["git", "-C", str(repo), "write-tree"], env=env, stdin=subprocess.DEVNULL
+            )
+    except TimeoutError:
+        raise WorkspaceError(f"snapshotting the working tree of {repo} took too long") from None
+    finally:
+        await anyio.Path(index).unlink(missing_ok=True)
+    commit = await git(repo, "commit-tree", tree.stdout.decode().strip(), "-p", "HEAD",
+                       "-m", message)  # fmt: skip
+    await git(repo, "update-ref", ref, commit.strip())
+    return commit.strip()
+
+
+async def present_commits(repo: Path, commits: Sequence[str]) -> set[str]:
+    """Which of ``commits`` ``repo`` has, asked of one git process.
+
+    Raises:
+        WorkspaceError: git took longer than two minutes.
+    """
+    if not commits:
+        return set()
+    try:
+        with anyio.fail_after(_GIT_TIMEOUT_S):
+            done = await anyio.run_process(
+                ["git", "-C", str(repo), "cat-file", "--batch-check=%(objectname) %(objecttype)"],
+                input="".join(f"{c}\n" for c in commits).encode(),
+                check=False,
+                env=_git_env(),
+                stderr=subprocess.DEVNULL,
+            )
+    except TimeoutError:
+        raise WorkspaceError(f"git cat-file took longer than {_GIT_TIMEOUT_S:.0f}s") from None
+    found = set()
+    for line in done.stdout.decode(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1] == "commit":
+            found.add(parts[0])
+    return found
+
+
+async def refuse_unsupported(repo: Path, commit: str) -> None:
+    """Refuse a base whose tree workers could not reproduce: submodules, Git LFS files.
+
+    A workspace is made from the repository's own objects; a submodule's commits and an
+    LFS file's contents are not among them, so the agent would see empty directories and
+    pointer files. Better to say so before any work starts.
+
+    Raises:
+        WorkspaceError: the tree has submodules or LFS-tracked files (named), or git failed.
+    """
+    listing = await git(repo, "ls-tree", "-r", "-z", "--full-tree", commit, time_limit=600)
+    gitlinks = [
+        entry.split("\t", 1)[1]
+        for entry in listing.split("\0")
+        if entry.startswith("160000 ") and "\t" in entry
+    ]
+    if gitlinks:
+        shown = ", ".join(gitlinks[:5]) + (" ..." if len(gitlinks) > 5 else "")
+        raise WorkspaceError(
+            f"the base {commit[:12]} has submodules ({shown}), which workers cannot check "
+            "out: run on a branch without them, or vendor their files into the repository"
+        )
+    code, out, _ = await git_status(
+        repo, "grep", "-l", "-I", "-e", "filter=lfs", commit, "--",
+        ".gitattributes", "**/.gitattributes", time_limit=600,
+    )  # fmt: skip
+    if code == 0 and out.strip():
+        files = ", ".join(line.split(":", 1)[-1] for line in out.split())
+        raise WorkspaceError(
+            f"the base {commit[:12]} tracks files with Git LFS ({files} says filter=lfs); "
+            "workers would get pointer files, not the contents: run on a branch without "
+            "LFS-tracked files (git lfs migrate export turns them into plain files)"
+        )
+
+
+async def repository_key(repo: Path, commit: str) -> str:
+    """A name for ``repo`` that every clone of it shares: its root commit.
+
+    Of several roots (merged unrelated histories) the smallest is taken, so the key does
+    not depend on the order git lists them in.
+
+    Raises:
+        WorkspaceError: git failed (``commit`` is unknown, say).
+    """
+    roots = (await git(repo, "rev-list", "--max-parents=0", commit)).split()
+    if not roots:
+        raise WorkspaceError(f"commit {commit} in {repo} has no root commit")
+    return min(roots)
+
+
+async def segment_bundle(repo: Path, commit: str, have: Sequence[str], out: Path) -> bool:
+    """Bundle ``commit`` with the history the holders of ``have`` lack.
+
+    The bundle's one ref is ``refs/claudecluster/cache/<commit>``, and its prerequisites
+    are commits of ``have``'s history: a repository cache that fetched the segments of
+    ``have`` can fetch this one. Returns False (and writes nothing) when ``commit`` is
+    already in that history, so no segment is needed.
+
+    Raises:
+        WorkspaceError: ``commit`` is unknown, or the repository is missing an object
+            or has a corrupt one (the message names it), or git failed.
+    """
+    ref = f"refs/claudecluster/cache/{commit}"
+    await git(repo, "update-ref", ref, commit)
+    if have:
+        ancestors = await git_status(repo, "merge-base", "--independent", commit, *have)
+        code, out_text, _ = ancestors
+        if code == 0 and commit not in out_text.split():
+            return False  # commit is an ancestor of something sent: nothing new
+    code, _, err = await git_status(
+        repo, "bundle", "create", "--quiet", str(out), ref, *(f"^{c}" for c in have),
+        time_limit=3600,
+    )  # fmt: skip
+    if code != 0:
+        broken = object_trouble(err)
+        if broken:
+            raise WorkspaceError(
+                f"the repository {repo} is missing or has a corrupt object {broken}, which "
+                f"the history of {commit} needs: run 'git fsck' in it, and restore the object "
+                "(from another clone, say) before running again"
+            )
+        lines = err.strip().splitlines()
+        raise WorkspaceError(
+            f"git bundle create failed in {repo}: {' | '.join(lines[-3:]) or code}"
+        )
+    return True
+
+
 async def open_workspace(bundle: Path, base_commit: str, branch: str, where: Path) -> Path:
     """Clone a private workspace from the base bundle, on a new branch at the base commit.
 
@@ -212,19 +425,21 @@ async def open_workspace(bundle: Path, base_commit: str, branch: str, where: Pat
     return where
 
 
-async def commit_all(workspace: Path, message: str) -> str | None:
+async def commit_all(workspace: Path, message: str, *, objects: Path | None = None) -> str | None:
     """Commit every change in the workspace; returns the new commit, or None if unchanged.
 
     The workspace's git directory is reset first (:func:`distrust_git_dir`): the agent
-    had it, and ``git add`` would run a filter its config defines.
+    had it, and ``git add`` would run a filter its config defines. ``objects`` is the
+    object directory the workspace borrows from (the host's repository cache), if any.
 
     Raises:
         WorkspaceError: git failed, or ``.git`` was replaced.
     """
-    await anyio.to_thread.run_sync(distrust_git_dir, workspace)
-    await git(workspace, "add", "--all")
-    if not (await git(workspace, "status", "--porcelain")).strip():
+    await anyio.to_thread.run_sync(distrust_git_dir, workspace, objects)
+    # Asked first, so a task that changed nothing costs one git process, not two.
+    if not (await git(workspace, "status", "--porcelain", "--untracked-files=all")).strip():
         return None
+    await git(workspace, "add", "--all")
     await git(workspace, "commit", "--quiet", "--no-verify", "-m", message)
     return (await git(workspace, "rev-parse", "HEAD")).strip()
 

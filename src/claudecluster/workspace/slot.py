@@ -1,0 +1,129 @@
+"""A slot's workspace: one checkout reused by every attempt the slot runs.
+
+The workspace borrows its objects from the host's repository cache
+(``.git/objects/info/alternates``), so it holds only what its attempt commits. Before each
+attempt it is reset to the attempt's base:
+
+1. ``.git`` is rebuilt from nothing but the index: a fresh ``HEAD`` on the task's branch,
+   a fixed ``config``, no hooks, no other refs, no reflogs, and no objects of its own. So
+   nothing an earlier attempt committed, configured or planted (a hook, an alias) is left
+   for this one to find or for the worker's own git calls to run. The index is kept only
+   as a cache of file stat data: it saves rewriting files that did not change.
+2. ``git clean -ffdx`` removes every untracked and ignored file, nested repositories
+   included (the doubled ``-f``), against the old index;
+3. ``git reset --hard`` makes the tracked files those of the base.
+
+A first attempt of a slot skips the clean: the directory is empty. If a reset fails
+(an agent left a file git cannot remove, a corrupt index), the directory is removed and
+made again, so a slot never runs an attempt on a half-reset tree.
+
+Privacy: the workspace has no ref of the cache and no path to another slot's directory.
+The cache's objects are readable through the alternates file; they are the source
+repository's own history, never another attempt's work (results leave as bundles).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+from typing import Final
+
+import anyio
+
+from claudecluster.errors import WorkspaceError
+from claudecluster.workspace.git import git
+
+__all__ = ["reset_workspace"]
+
+_CONFIG: Final = (
+    "[core]\n"
+    "\trepositoryformatversion = 0\n"
+    "\tfilemode = true\n"
+    "\tbare = false\n"
+    "\tlogallrefupdates = false\n"
+    "[gc]\n"
+    "\tauto = 0\n"
+)
+
+
+async def reset_workspace(where: Path, cache: Path, commit: str, branch: str) -> Path:
+    """Make ``where`` a checkout of ``commit`` on ``branch``, borrowing ``cache``'s objects.
+
+    Args:
+        where: the slot's workspace directory (made if missing).
+        cache: the bare repository holding ``commit``.
+        commit: the base of the attempt.
+        branch: the branch the attempt commits on.
+
+    Returns:
+        ``where``.
+
+    Raises:
+        WorkspaceError: git cannot check the commit out even in a fresh directory.
+    """
+    used = await anyio.to_thread.run_sync(_rebuild_git_dir, where, cache, commit, branch)
+    try:
+        if used:
+            await git(where, "clean", "-ffdxq")
+        await git(where, "reset", "--hard", "--quiet")
+    except WorkspaceError:
+        if not used:
+            raise
+        # Something in the old tree resisted the reset: start from an empty directory.
+        await anyio.to_thread.run_sync(_remove_tree, where)
+        await anyio.to_thread.run_sync(_rebuild_git_dir, where, cache, commit, branch)
+        await git(where, "reset", "--hard", "--quiet")
+    return where
+
+
+def _rebuild_git_dir(where: Path, cache: Path, commit: str, branch: str) -> bool:
+    """Write a fresh ``.git`` (keeping only the index); returns whether it was used before."""
+    where.mkdir(parents=True, exist_ok=True)
+    gitdir = where / ".git"
+    index = gitdir / "index"
+    used = gitdir.is_dir() and not gitdir.is_symlink() and any(where.iterdir())
+    if gitdir.is_symlink() or gitdir.is_file():
+        gitdir.unlink()  # an agent replaced it: nothing of it is kept
+    elif gitdir.is_dir():
+        for entry in gitdir.iterdir():
+            if entry == index and entry.is_file() and not entry.is_symlink():
+                continue
+            _remove_path(entry)
+    (gitdir / "objects" / "info").mkdir(parents=True, exist_ok=True)
+    (gitdir / "objects" / "pack").mkdir(exist_ok=True)
+    (gitdir / "refs" / "tags").mkdir(parents=True, exist_ok=True)
+    ref = gitdir / "refs" / "heads" / branch
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    (gitdir / "objects" / "info" / "alternates").write_text(
+        f"{(cache / 'objects').resolve()}\n", encoding="utf-8"
+    )
+    (gitdir / "config").write_text(_CONFIG, encoding="utf-8")
+    ref.write_text(f"{commit}\n", encoding="utf-8")
+    (gitdir / "HEAD").write_text(f"ref: refs/heads/{branch}\n", encoding="utf-8")
+    return used
+
+
+def _remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        _remove_tree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a directory an agent wrote, read-only entries included."""
+    if not path.exists():
+        return
+    try:
+        shutil.rmtree(path)
+    except OSError:
+        # An agent may leave directories without write permission: restore it, retry.
+        for parent, dirs, _ in os.walk(path):
+            for name in dirs:
+                child = os.path.join(parent, name)
+                if not os.path.islink(child):
+                    os.chmod(child, stat.S_IRWXU)
+        os.chmod(path, stat.S_IRWXU)
+        shutil.rmtree(path)
