@@ -47,6 +47,7 @@ from claudecluster.events.model import (
     TaskAssigned,
     TaskCancelled,
     TaskFailed,
+    TaskFilesTouched,
     TaskProgress,
     TaskQueued,
     TaskRateLimited,
@@ -64,6 +65,7 @@ from claudecluster.observability.logging import get_logger
 from claudecluster.projections.cluster import ClusterView, replay
 from claudecluster.projections.views import TaskView, task_key
 from claudecluster.runtime.http_server import open_http_server
+from claudecluster.runtime.touched import TOUCHED_EVERY_S, watch_touched
 from claudecluster.runtime.worker_health import WorkerMetrics, health_app
 from claudecluster.transport.artifacts import ArtifactStore, artifact_key
 from claudecluster.transport.base import EventLog, read_all
@@ -114,6 +116,8 @@ class WorkerConfig:
         setup_command: run in each workspace before the agent (install dependencies).
         setup_timeout_s: how long the setup command may take.
         join_reason: why it was started, recorded in WorkerJoined (an autoscaler says).
+        touched_every_s: seconds between looks at a running attempt's changed files,
+            reported for the driver's collision prediction (0 reports none).
     """
 
     worker_id: str
@@ -133,6 +137,7 @@ class WorkerConfig:
     setup_command: str | None = None
     setup_timeout_s: float = 600.0
     join_reason: str = ""
+    touched_every_s: float = TOUCHED_EVERY_S
 
 
 class Superseded(Exception):  # noqa: N818 - a condition, not a failure of ours
@@ -150,6 +155,8 @@ class _Attempt:
     resume: bool = False
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     cancel_reason: str = ""
+    #: one append at a time: each is conditional on the sequence the previous one left
+    appending: anyio.Lock = field(default_factory=anyio.Lock)
 
 
 class Worker:
@@ -213,7 +220,8 @@ class Worker:
             Superseded: something else did.
         """
         try:
-            live.last_seq = await self._record(event, expected_last=live.last_seq)
+            async with live.appending:
+                live.last_seq = await self._record(event, expected_last=live.last_seq)
         except ConcurrencyError:
             key = task_key(live.item.run_id, live.item.task_id)
             raise Superseded(f"{key} moved on; {type(event).__name__} not recorded") from None
@@ -567,6 +575,8 @@ class Worker:
         )
         async with anyio.create_task_group() as mirroring:
             mirroring.start_soon(mirror.follow)
+            if item.base_commit and self.config.touched_every_s > 0:
+                mirroring.start_soon(self._report_touched, live, workspace)
             outcome = await executor.run(
                 AttemptRun(
                     run_id=item.run_id,
@@ -606,6 +616,23 @@ class Worker:
                 outcome=outcome,
                 artifacts=artifacts,
             ),
+        )
+
+    async def _report_touched(self, live: _Attempt, workspace: Path) -> None:
+        """Report the files the attempt touched as they change (collision prediction)."""
+        item = live.item
+
+        async def report(files: tuple[str, ...]) -> None:
+            event = TaskFilesTouched(
+                run_id=item.run_id, task_id=item.task_id, attempt=live.attempt, files=files
+            )
+            # Shielded: an append cut short by the attempt's end could land unseen, and
+            # the attempt's next conditional append would then find the task moved on.
+            with anyio.CancelScope(shield=True):
+                await self._record_for(live, event)
+
+        await watch_touched(
+            workspace, item.base_commit, report, every_s=self.config.touched_every_s
         )
 
     async def _prepare(self, workspace: Path) -> None:
