@@ -273,6 +273,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             kept = json.loads((RESULTS / "merge_queue.json").read_text(encoding="utf-8"))
             verify = kept["verify"]
             args.verify_seconds, args.tasks = kept["verify_seconds"], kept["tasks"]
+            args.verify_measured_at = kept.get("verify_measured_at") or kept["machine"]["at"]
         else:
             verify = await verify_part(tmp, args.tasks, args.verify_seconds)
         print_table(list(verify[0]), [list(r.values()) for r in verify])
@@ -283,6 +284,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "tasks": args.tasks,
         "bad_task": f"t{_BAD:02d}",
         "verify": verify,
+        "verify_measured_at": getattr(args, "verify_measured_at", None),
         "pairs": args.pairs,
         "task_seconds": args.task_seconds,
         "collisions": collide,
