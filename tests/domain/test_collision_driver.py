@@ -102,3 +102,21 @@ def test_a_false_alarm_settles_before_the_run_ends() -> None:
     assert _records(log, RunCompleted) == []
     log.settle(record)
     assert len(_records(log, RunCompleted)) == 1
+
+
+def test_three_attempts_on_one_file_are_recorded_a_pair_at_a_time_a_failed_one_again() -> None:
+    log = _started([spec("a"), spec("b"), spec("c")])
+    for task_id in ("a", "b", "c"):
+        log.run_task(task_id)
+        _touch(log, task_id, "x.py")
+    (first,) = _records(log, CollisionPredicted)
+    log.fail(first)  # the conditional append lost a race: asked for again at once
+    pairs = []
+    for _ in range(3):
+        (record,) = _records(log, CollisionPredicted)
+        assert isinstance(record.event, CollisionPredicted)
+        pairs.append((record.event.task_id, record.event.other_task_id))
+        log.settle(record)
+    assert pairs == [("b", "a"), ("c", "a"), ("c", "b")]
+    log.tick()
+    assert _records(log, CollisionPredicted) == []

@@ -336,6 +336,9 @@ class RunBook:
     stopping: str = ""
     #: live collision prediction: task -> (attempt, files) its worker last reported
     touched: dict[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
+    #: a report came in since the live attempts were last compared (comparing them is
+    #: quadratic in the live attempts, so it is done only when something changed)
+    touched_fresh: bool = False
     #: task -> log sequence of its latest TaskQueued (which of two attempts started later)
     queued_seq: dict[str, int] = field(default_factory=dict)
     #: (later, earlier) -> (sequence, prediction) of predictions not yet settled
@@ -722,6 +725,7 @@ def _task_moved(state: DriverState, book: RunBook, event: TaskEvent, stored: Sto
             book.conflicts_seen.setdefault(task_id, []).append((stored.seq, event.files))
         case TaskFilesTouched() if event.attempt == task.attempt:
             book.touched[task_id] = (event.attempt, frozenset(event.files))
+            book.touched_fresh = True
         case TaskMerged():
             book.head = event.commit
             book.merges.append((stored.seq, task_id, event.commit))
@@ -1001,6 +1005,8 @@ def _collisions(state: DriverState, book: RunBook) -> list[Effect]:
             outcome=outcome,
         )
         return [_record(state, key, settled, f"settled-{book.run_id}-{pair[0]}-{pair[1]}")]
+    if not book.touched_fresh:
+        return []
     live = [
         collisions.LiveAttempt(
             task_id=task_id,
@@ -1012,6 +1018,7 @@ def _collisions(state: DriverState, book: RunBook) -> list[Effect]:
         if task_id in book.active and attempt == _attempt(state, book, task_id)
     ]
     if len(live) < 2:
+        book.touched_fresh = False
         return []
     graph = book.graph
 
@@ -1019,7 +1026,11 @@ def _collisions(state: DriverState, book: RunBook) -> list[Effect]:
         return b in graph.descendants(a) or a in graph.descendants(b)
 
     known = set(book.predicted) | book.settled
-    for collision in collisions.predict(live, ordered, known):
+    found = collisions.predict(live, ordered, known)
+    # One record per call; stay fresh until a comparison finds nothing new, so the
+    # others follow, and a record whose append failed is asked for again.
+    book.touched_fresh = bool(found)
+    for collision in found[:1]:
         later, earlier = collision.later, collision.earlier
         event = CollisionPredicted(
             run_id=book.run_id,
