@@ -9,15 +9,21 @@ turn, the old behaviour) and with the batched queue (``merge_batch: 20``,
 19; the table shows each wall time, its verify runs, and the ratio.
 
 Part 2 (collisions): 16 shell tasks in 8 pairs, the two of a pair writing the same line
-of the same file, each task working ``--task-seconds``. Run once with no prediction
-(every pair collides at merge and a resolution attempt follows) and once with the files
-declared in the plan (the driver orders each pair at plan time). The table shows the
-conflicts, the resolution attempts, the task-seconds of attempts whose result did not
-merge as it was (wasted), and the wall time. Live prediction from the files attempts
-touch while they run is not built yet, so there is no third row for it.
+of the same file (written first, then ``--task-seconds`` of work). Run once with no
+prediction (workers report no touched files; every pair collides at merge and a
+resolution attempt follows), once with the files declared in the plan (the driver orders
+each pair at plan time), side by side in one cluster, and then once with live prediction
+(workers report the files attempts touch; the driver predicts each collision while the
+pair runs, with the ``let_both`` action) in a second cluster of the same size. The table
+shows the conflicts, the resolution attempts, the task-seconds of attempts whose result
+did not merge as it was (wasted), the wall time, and for live prediction how many
+collisions were predicted and how many came true.
 
     .venv/bin/python benchmarks/bench_merge_queue.py [--quick] [--verify-seconds S]
-        [--task-seconds S]
+        [--task-seconds S] [--only collisions]
+
+Prints two tables and writes benchmarks/results/merge_queue.json (with ``--only
+collisions``, the verify rows already in that file are kept).
 
 Prints two tables and writes benchmarks/results/merge_queue.json.
 """
@@ -25,6 +31,7 @@ Prints two tables and writes benchmarks/results/merge_queue.json.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from collections.abc import Sequence
@@ -33,10 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from _harness import open_private_cluster, print_table, sample_repo, write_results
+from _harness import RESULTS, open_private_cluster, print_table, sample_repo, write_results
 
 from claudecluster.actors.driver import DriverConfig
 from claudecluster.events.model import (
+    CollisionPredicted,
+    CollisionSettled,
     MergeConflict,
     RunCompleted,
     RunFailed,
@@ -60,7 +69,7 @@ from claudecluster.transport.commands import publish_command
 _BAD = 13  # the task that breaks the verify command
 _RESOLVE = (
     "if grep -q '^<<<<<<<' {file}; then grep -v '^[<=>]\\{{7\\}}' {file} > t && mv t {file}; "
-    "else sleep {s}; echo {name} > {file}; fi"
+    "else echo {name} > {file}; sleep {s}; fi"
 )
 
 
@@ -117,13 +126,22 @@ async def _wait_ends(
 
 
 async def _cluster_runs(
-    where: Path, commands: Sequence[SubmitRun], workers: int, timeout_s: float
+    where: Path,
+    commands: Sequence[SubmitRun],
+    workers: int,
+    timeout_s: float,
+    touched_every_s: float = 0.0,
 ) -> tuple[dict[str, float], list[Any]]:
-    """Run the commands at once on one cluster; returns each wall time and the events."""
+    """Run the commands at once on one cluster; returns each wall time and the events.
+
+    Workers report touched files every ``touched_every_s`` seconds (0: never, so the
+    driver predicts nothing).
+    """
     async with open_private_cluster(where) as conn:
         template = WorkerConfig(
-            worker_id="bench", workspace_root=where / "workspaces", heartbeat_s=2.0
-        )
+            worker_id="bench", workspace_root=where / "workspaces", heartbeat_s=2.0,
+            touched_every_s=touched_every_s,
+        )  # fmt: skip
         driver = Driver(
             conn.log, conn.client.jetstream(),
             # Verify commands count their runs in a file outside the worktree, which a
@@ -199,7 +217,8 @@ def _attempt_seconds(events: list[Any], run_id: str) -> dict[tuple[str, int], fl
 
 
 async def collision_part(tmp: Path, pairs: int, seconds: float) -> list[dict[str, Any]]:
-    """Part 2: colliding pairs with no prediction and with files declared in the plan."""
+    """Part 2: colliding pairs with no prediction, with files declared in the plan (side
+    by side), then with live prediction (workers reporting touched files)."""
     repo = await sample_repo(tmp / "collide-repo", {f"pair{p}.txt": "base\n" for p in range(pairs)})
     configs = {"no_prediction": False, "declared_files": True}
     commands = [
@@ -215,8 +234,18 @@ async def collision_part(tmp: Path, pairs: int, seconds: float) -> list[dict[str
     walls, events = await _cluster_runs(
         tmp / "collide", commands, workers=2 * pairs, timeout_s=timeout
     )
+    live = SubmitRun(
+        run_id="live-prediction", goal="live_prediction", repo=str(repo),
+        plan=collision_plan(pairs, seconds, declared=False),
+    )  # fmt: skip
+    live_walls, live_events = await _cluster_runs(
+        tmp / "collide-live", [live], workers=2 * pairs, timeout_s=timeout,
+        touched_every_s=min(1.0, seconds / 3),
+    )  # fmt: skip
+    walls |= live_walls
+    events += live_events
     rows = []
-    for name in configs:
+    for name in [*configs, "live_prediction"]:
         run_id = name.replace("_", "-")
         seconds_of = _attempt_seconds(events, run_id)
         conflicts = _of(events, run_id, MergeConflict)
@@ -232,6 +261,8 @@ async def collision_part(tmp: Path, pairs: int, seconds: float) -> list[dict[str
                 "wasted_task_s": round(wasted, 2),
                 "resolution_task_s": round(resolving, 2),
                 "merged": len(_of(events, run_id, TaskMerged)),
+                "predicted": len(_of(events, run_id, CollisionPredicted)),
+                "came_true": sum(e.came_true for e in _of(events, run_id, CollisionSettled)),
             }
         )
     return rows
@@ -241,7 +272,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Both parts; returns the report."""
     with tempfile.TemporaryDirectory(prefix="bench-merge-queue-") as tmp_name:
         tmp = Path(tmp_name)
-        verify = await verify_part(tmp, args.tasks, args.verify_seconds)
+        if args.only == "collisions":
+            kept = json.loads((RESULTS / "merge_queue.json").read_text(encoding="utf-8"))
+            verify = kept["verify"]
+            args.verify_seconds, args.tasks = kept["verify_seconds"], kept["tasks"]
+            args.verify_measured_at = kept.get("verify_measured_at") or kept["machine"]["at"]
+        else:
+            verify = await verify_part(tmp, args.tasks, args.verify_seconds)
         print_table(list(verify[0]), [list(r.values()) for r in verify])
         collide = await collision_part(tmp, args.pairs, args.task_seconds)
         print_table(list(collide[0]), [list(r.values()) for r in collide])
@@ -250,10 +287,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "tasks": args.tasks,
         "bad_task": f"t{_BAD:02d}",
         "verify": verify,
+        "verify_measured_at": getattr(args, "verify_measured_at", None),
         "pairs": args.pairs,
         "task_seconds": args.task_seconds,
         "collisions": collide,
-        "live_prediction": "not built: no row",
+        "live_prediction_action": "let_both",
+        "live_prediction_note": (
+            "measured in a second cluster after the other two rows; with let_both a "
+            "prediction changes nothing about the run, so its conflicts match no_prediction"
+        ),
     }
 
 
@@ -263,6 +305,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small and fast: a smoke test")
     parser.add_argument("--verify-seconds", type=float, default=None)
     parser.add_argument("--task-seconds", type=float, default=None)
+    parser.add_argument(
+        "--only", choices=["collisions"], default=None,
+        help="run only the collision part; keep the verify rows of the checked-in results",
+    )  # fmt: skip
     args = parser.parse_args()
     args.verify_seconds = args.verify_seconds if args.verify_seconds is not None else (
         0.2 if args.quick else 30.0

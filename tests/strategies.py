@@ -23,6 +23,7 @@ from claudecluster.events.model import (
     TaskAssigned,
     TaskCancelled,
     TaskFailed,
+    TaskFilesTouched,
     TaskMerged,
     TaskProgress,
     TaskQueued,
@@ -192,6 +193,8 @@ def _task_event(tag: str, run_id: str, task_id: str, attempt: int, n: int) -> Ev
             return MergeConflict(
                 run_id=r, task_id=t, attempt=attempt, files=("f.py",), ours="o", theirs="t"
             )
+        case "task.files_touched":
+            return TaskFilesTouched(run_id=r, task_id=t, attempt=attempt, files=(f"f{n}.py",))
     raise AssertionError(f"unexpected tag {tag}")
 
 

@@ -117,7 +117,7 @@ def test_merge_queue_compares_verify_each_with_batches_and_counts_collisions(
     assert batched["wall_over_each_in_turn"] == pytest.approx(
         batched["wall_s"] / each["wall_s"], rel=0.02
     )
-    free, declared = report["collisions"]
+    free, declared, live = report["collisions"]
     # A pair collides at merge when its two tasks ran at once (nearly always: they start
     # together and work for a second), and each collision took one resolution attempt.
     assert 1 <= free["conflicts"] <= report["pairs"]
@@ -125,6 +125,13 @@ def test_merge_queue_compares_verify_each_with_batches_and_counts_collisions(
     assert free["wasted_task_s"] > 0
     assert (declared["conflicts"], declared["wasted_task_s"]) == (0, 0)
     assert free["merged"] == declared["merged"] == 2 * report["pairs"]
+    # Live prediction: workers reported the file while both ran, so every pair that
+    # conflicted at merge was predicted first, and the settlements say so.
+    assert live["prediction"] == "live_prediction"
+    assert 1 <= live["conflicts"] <= live["predicted"] <= report["pairs"]
+    assert live["came_true"] == live["conflicts"]
+    assert free["predicted"] == declared["predicted"] == 0
+    assert live["merged"] == 2 * report["pairs"]
 
 
 def test_confinement_compares_every_variant_side_by_side(tmp_path: Path, sandbox: object) -> None:

@@ -38,6 +38,7 @@ from typing import Final, Literal
 
 import msgspec
 
+from claudecluster.actors import collisions
 from claudecluster.actors.merging import resolution_note, stop_reason
 from claudecluster.domain.graph import TaskGraph
 from claudecluster.domain.kinds import KIND_PROFILES
@@ -48,6 +49,8 @@ from claudecluster.events.envelope import CommandEnvelope, StoredEvent
 from claudecluster.events.model import (
     CancelRun,
     CancelTask,
+    CollisionPredicted,
+    CollisionSettled,
     Command,
     CommandRejected,
     Event,
@@ -65,6 +68,7 @@ from claudecluster.events.model import (
     SubmitRun,
     TaskCancelled,
     TaskEvent,
+    TaskFilesTouched,
     TaskLimits,
     TaskMerged,
     TaskQueued,
@@ -351,6 +355,19 @@ class RunBook:
     #: a recorded event of this run the driver cannot apply (a cyclic RunPlanned, say):
     #: the run is failed with this reason, once, and nothing else is decided for it
     rejected: str = ""
+    #: live collision prediction: task -> (attempt, files) its worker last reported
+    touched: dict[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
+    #: a report came in since the live attempts were last compared (comparing them is
+    #: quadratic in the live attempts, so it is done only when something changed)
+    touched_fresh: bool = False
+    #: task -> log sequence of its latest TaskQueued (which of two attempts started later)
+    queued_seq: dict[str, int] = field(default_factory=dict)
+    #: (later, earlier) -> (sequence, prediction) of predictions not yet settled
+    predicted: dict[tuple[str, str], tuple[int, CollisionPredicted]] = field(default_factory=dict)
+    #: pairs whose prediction was settled (a pair is predicted once per run)
+    settled: set[tuple[str, str]] = field(default_factory=set)
+    #: task -> (sequence, files) of each merge conflict, to tell whether a prediction hit
+    conflicts_seen: dict[str, list[tuple[int, tuple[str, ...]]]] = field(default_factory=dict)
 
     @property
     def policy(self) -> RunPolicy:
@@ -746,6 +763,14 @@ def _fold(state: DriverState, stored: StoredEvent) -> set[str]:
             book.merges = [m for m in book.merges if m[1] not in reverted]
         case RunBudgetReached() if book is not None:
             book.budget_reached = True
+        case CollisionPredicted() if book is not None:
+            pair = (event.task_id, event.other_task_id)
+            if pair not in book.settled:
+                book.predicted[pair] = (stored.seq, event)
+        case CollisionSettled() if book is not None:
+            pair = (event.task_id, event.other_task_id)
+            book.predicted.pop(pair, None)
+            book.settled.add(pair)
         case TaskEvent() if book is not None and book.graph is not None:
             _task_moved(state, book, event, stored)
         case _:
@@ -811,6 +836,8 @@ def _task_moved(state: DriverState, book: RunBook, event: TaskEvent, stored: Sto
     match event:
         case TaskQueued():
             book.queued[task_id] = event
+            book.queued_seq[task_id] = stored.seq
+            book.touched.pop(task_id, None)
             book.retry_at.pop(task_id, None)
             conflict = book.conflicts.pop(task_id, None)
             if event.resolves_conflict and conflict is not None:
@@ -827,6 +854,10 @@ def _task_moved(state: DriverState, book: RunBook, event: TaskEvent, stored: Sto
                 book.to_merge.append(task_id)
         case MergeConflict():
             book.conflicts[task_id] = event
+            book.conflicts_seen.setdefault(task_id, []).append((stored.seq, event.files))
+        case TaskFilesTouched() if event.attempt == task.attempt:
+            book.touched[task_id] = (event.attempt, frozenset(event.files))
+            book.touched_fresh = True
         case TaskMerged():
             book.head = event.commit
             book.merges.append((stored.seq, task_id, event.commit))
@@ -1086,8 +1117,91 @@ def _reconcile(state: DriverState, book: RunBook, now: datetime) -> list[Effect]
     effects += _start_ready(state, book, now, starting)
     effects += _merge_lane(state, book)
     effects += _budget(state, book)
-    effects += _ending(state, book)
+    collided = _collisions(state, book)
+    effects += collided
+    if not collided:  # both are run-level appends: one at a time
+        effects += _ending(state, book)
     return effects
+
+
+def _collisions(state: DriverState, book: RunBook) -> list[Effect]:
+    """Settle a prediction whose outcome is known, else predict a new collision.
+
+    At most one record per call: each is a conditional append on the run's own subject,
+    so two in one go would refuse each other; the next one follows when the log has it.
+    """
+    key = f"run:{book.run_id}:collision"
+    if not _free(state, key) or book.graph is None:
+        return []
+    for pair, (seq, prediction) in sorted(book.predicted.items()):
+        outcome = collisions.settle(*(_side(state, book, t, seq, prediction) for t in pair))
+        if outcome is None:
+            continue
+        settled = CollisionSettled(
+            run_id=book.run_id,
+            task_id=pair[0],
+            attempt=max(_attempt(state, book, pair[0]), 1),
+            other_task_id=pair[1],
+            files=prediction.files,
+            came_true=outcome == "conflicted",
+            outcome=outcome,
+        )
+        return [_record(state, key, settled, f"settled-{book.run_id}-{pair[0]}-{pair[1]}")]
+    if not book.touched_fresh:
+        return []
+    live = [
+        collisions.LiveAttempt(
+            task_id=task_id,
+            attempt=attempt,
+            order=book.queued_seq.get(task_id, 0),
+            files=files,
+        )
+        for task_id, (attempt, files) in book.touched.items()
+        if task_id in book.active and attempt == _attempt(state, book, task_id)
+    ]
+    if len(live) < 2:
+        book.touched_fresh = False
+        return []
+    graph = book.graph
+
+    def ordered(a: str, b: str) -> bool:
+        return b in graph.descendants(a) or a in graph.descendants(b)
+
+    known = set(book.predicted) | book.settled
+    found = collisions.predict(live, ordered, known)
+    # One record per call; stay fresh until a comparison finds nothing new, so the
+    # others follow, and a record whose append failed is asked for again.
+    book.touched_fresh = bool(found)
+    for collision in found[:1]:
+        later, earlier = collision.later, collision.earlier
+        event = CollisionPredicted(
+            run_id=book.run_id,
+            task_id=later.task_id,
+            attempt=later.attempt,
+            other_task_id=earlier.task_id,
+            other_attempt=earlier.attempt,
+            files=collision.files,
+            action="let_both",
+        )
+        event_id = f"collision-{book.run_id}-{later.task_id}-{earlier.task_id}"
+        return [_record(state, key, event, event_id)]
+    return []
+
+
+def _side(
+    state: DriverState, book: RunBook, task_id: str, since: int, prediction: CollisionPredicted
+) -> collisions.Side:
+    """Where one task of a predicted pair stands, for :func:`collisions.settle`."""
+    task = state.view.tasks[task_key(book.run_id, task_id)]
+    conflicted = any(
+        seq > since and collisions.conflict_hits(files, prediction.files)
+        for seq, files in book.conflicts_seen.get(task_id, ())
+    )
+    return collisions.Side(
+        merged=task.state is TaskState.MERGED,
+        conflicted=conflicted,
+        gone=task.state in {TaskState.CANCELLED, TaskState.SKIPPED} or task_id in book.failed,
+    )
 
 
 def _attend(state: DriverState, book: RunBook, now: datetime) -> list[Effect]:
@@ -1446,7 +1560,10 @@ def _ending(state: DriverState, book: RunBook) -> list[Effect]:
         book.active
         or (book.to_merge and not book.stopping)  # a failing run merges nothing more
         or any(
-            k.startswith((f"task:{book.run_id}:", f"merge:{book.run_id}")) for k in state.pending
+            k.startswith(
+                (f"task:{book.run_id}:", f"merge:{book.run_id}", f"run:{book.run_id}:collision")
+            )
+            for k in state.pending
         )
     )
     if busy or not _free(state, key):

@@ -87,6 +87,7 @@ TASK_TRANSITIONS: Final[dict[tuple[TaskState, str], TaskState]] = {
     **{(state, "task.cancelled"): _T.CANCELLED for state in _ACTIVE},
     (_T.RUNNING, "task.progress"): _T.RUNNING,
     (_T.RUNNING, "task.rate_limited"): _T.RUNNING,
+    (_T.RUNNING, "task.files_touched"): _T.RUNNING,
     (_T.RUNNING, "task.succeeded"): _T.SUCCEEDED,
     (_T.FAILED, "task.retry_scheduled"): _T.RETRY_WAIT,
     (_T.FAILED, "task.skipped"): _T.SKIPPED,

@@ -37,6 +37,9 @@ __all__ = [
     "FanoutSpec",
     "Id",
     "MergeConflict",
+    "CollisionPredicted",
+    "CollisionSettled",
+    "TaskFilesTouched",
     "PredictedConflict",
     "ProgressKind",
     "RollbackRun",
@@ -586,6 +589,52 @@ class MergeConflict(TaskEvent, frozen=True, kw_only=True, tag="task.merge_confli
     ] = ""
 
 
+class TaskFilesTouched(TaskEvent, frozen=True, kw_only=True, tag="task.files_touched"):
+    """The files a running attempt has changed so far, as its worker last saw them.
+
+    Reported while the attempt runs, only when the set changed (and at most every few
+    seconds), so the driver can see two attempts heading for the same file before either
+    finishes. ``files`` is the whole set so far, not the change since the last report.
+    """
+
+    attempt: Attempt
+    files: tuple[str, ...] = ()
+
+
+class CollisionPredicted(RunEvent, frozen=True, kw_only=True, tag="run.collision_predicted"):
+    """Two running attempts with no order between them touched the same files.
+
+    ``task_id`` is the attempt that started later, ``other_task_id`` the earlier one.
+    ``action`` is what the run's policy did about it: ``let_both`` lets both finish and
+    merges the second through a rebase or a resolution. A run-level event, so recording
+    it never races the workers' conditional appends on the tasks' own subjects.
+    """
+
+    task_id: Id
+    attempt: Attempt
+    other_task_id: Id
+    other_attempt: Attempt
+    files: tuple[str, ...]
+    action: Literal["let_both"] = "let_both"
+
+
+class CollisionSettled(RunEvent, frozen=True, kw_only=True, tag="run.collision_settled"):
+    """What became of a predicted collision, once the merges of both tasks are known.
+
+    ``came_true``: one of the two merges conflicted (git, or a result refused for markers).
+    ``outcome`` says how it ended: ``conflicted``, ``merged_clean`` (both merged without a
+    conflict), or ``moot`` (one of the two never reached a merge: failed, cancelled,
+    skipped, or the run ended first).
+    """
+
+    task_id: Id
+    attempt: Attempt
+    other_task_id: Id
+    files: tuple[str, ...] = ()
+    came_true: bool = False
+    outcome: Literal["conflicted", "merged_clean", "moot"] = "merged_clean"
+
+
 class WorkerJoined(WorkerEvent, frozen=True, kw_only=True, tag="worker.joined"):
     """A worker started and will take tasks from its pool."""
 
@@ -653,6 +702,9 @@ Event = (
     | TaskSkipped
     | TaskMerged
     | MergeConflict
+    | TaskFilesTouched
+    | CollisionPredicted
+    | CollisionSettled
     | WorkerJoined
     | WorkerHeartbeat
     | WorkerLeft

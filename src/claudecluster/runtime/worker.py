@@ -65,6 +65,7 @@ from claudecluster.events.model import (
     TaskAssigned,
     TaskCancelled,
     TaskFailed,
+    TaskFilesTouched,
     TaskProgress,
     TaskQueued,
     TaskRateLimited,
@@ -91,6 +92,7 @@ from claudecluster.projections.cluster import ClusterView, replay
 from claudecluster.projections.views import TaskView, task_key
 from claudecluster.runtime.credentials import new_user_seed
 from claudecluster.runtime.http_server import open_http_server
+from claudecluster.runtime.touched import TOUCHED_EVERY_S, watch_touched
 from claudecluster.runtime.worker_health import WorkerMetrics, health_app
 from claudecluster.runtime.workspace_preparation import Preparation
 from claudecluster.transport.artifacts import ArtifactStore, artifact_key
@@ -155,6 +157,8 @@ class WorkerConfig:
         repo_cache: where the host's repository cache lives (default: ``repo-cache``
             beside ``workspace_root``).
         repo_remotes: git remote URLs by repository key, fetched from before bundles.
+        touched_every_s: seconds between looks at a running attempt's changed files,
+            reported for the driver's collision prediction (0 reports none).
     """
 
     worker_id: str
@@ -180,6 +184,7 @@ class WorkerConfig:
     progress_interval_s: float = 1.0
     repo_cache: Path | None = None
     repo_remotes: dict[str, str] = field(default_factory=dict)
+    touched_every_s: float = TOUCHED_EVERY_S
 
 
 class Superseded(Exception):  # noqa: N818 - a condition, not a failure of ours
@@ -197,6 +202,8 @@ class _Attempt:
     resume: bool = False
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     cancel_reason: str = ""
+    #: one append at a time: each is conditional on the sequence the previous one left
+    appending: anyio.Lock = field(default_factory=anyio.Lock)
 
 
 class Worker:
@@ -288,20 +295,23 @@ class Worker:
             Superseded: something else did.
         """
         item = live.item
-        for _ in range(_FORGERIES_STEPPED_OVER):
-            try:
-                live.last_seq = await self._record(event, expected_last=live.last_seq, signed=True)
-            except ConcurrencyError:
-                scope = task_filter(item.run_id, item.task_id)
-                newer = await read_all(self._log, from_seq=live.last_seq + 1, subjects=scope)
-                envelopes = [stored.envelope for stored in newer]
-                if not only_forgeries(envelopes, live.attempt, self.public_key):
-                    break
-                _log.warning("stepping over forged events", item=item.message_id,
-                             seqs=[stored.seq for stored in newer])  # fmt: skip
-                live.last_seq = newer[-1].seq
-            else:
-                return
+        async with live.appending:  # progress, touched files and the outcome chain sequences
+            for _ in range(_FORGERIES_STEPPED_OVER):
+                try:
+                    live.last_seq = await self._record(
+                        event, expected_last=live.last_seq, signed=True
+                    )
+                except ConcurrencyError:
+                    scope = task_filter(item.run_id, item.task_id)
+                    newer = await read_all(self._log, from_seq=live.last_seq + 1, subjects=scope)
+                    envelopes = [stored.envelope for stored in newer]
+                    if not only_forgeries(envelopes, live.attempt, self.public_key):
+                        break
+                    _log.warning("stepping over forged events", item=item.message_id,
+                                 seqs=[stored.seq for stored in newer])  # fmt: skip
+                    live.last_seq = newer[-1].seq
+                else:
+                    return
         key = task_key(item.run_id, item.task_id)
         raise Superseded(f"{key} moved on; {type(event).__name__} not recorded")
 
@@ -728,6 +738,8 @@ class Worker:
             async with anyio.create_task_group() as mirroring:
                 mirroring.start_soon(mirror.follow)
                 mirroring.start_soon(flush_when_due)
+                if item.base_commit and self.config.touched_every_s > 0:
+                    mirroring.start_soon(self._report_touched, live, workspace)
                 outcome = await executor.run(
                     AttemptRun(
                         run_id=item.run_id,
@@ -777,6 +789,23 @@ class Worker:
                 outcome=outcome,
                 artifacts=artifacts,
             ),
+        )
+
+    async def _report_touched(self, live: _Attempt, workspace: Path) -> None:
+        """Report the files the attempt touched as they change (collision prediction)."""
+        item = live.item
+
+        async def report(files: tuple[str, ...]) -> None:
+            event = TaskFilesTouched(
+                run_id=item.run_id, task_id=item.task_id, attempt=live.attempt, files=files
+            )
+            # Shielded: an append cut short by the attempt's end could land unseen, and
+            # the attempt's next conditional append would then find the task moved on.
+            with anyio.CancelScope(shield=True):
+                await self._record_for(live, event)
+
+        await watch_touched(
+            workspace, item.base_commit, report, every_s=self.config.touched_every_s
         )
 
     async def _prepare(self, workspace: Path, scratch: Path, objects: Path) -> None:
