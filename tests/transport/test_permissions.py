@@ -393,20 +393,36 @@ def _nats_match(pattern: str, subject: str) -> bool:
     return len(want) == len(have)
 
 
-#: Where the events a worker records are made: its shell, its pure core, the coalescing
-#: of progress, and the executors' outcome and progress reports.
-_WORKER_MODULES = (
-    "runtime/worker.py",
-    "actors/worker.py",
-    "actors/progress.py",
-    "executors/claude_stream.py",
-    "executors/shell.py",
-)
+#: Where the events each actor records are made: its shell, its pure core, and for the
+#: worker the coalescing of progress and the executors' outcome and progress reports.
+_MODULES_OF_ROLE = {
+    "worker": (
+        "runtime/worker.py",
+        "actors/worker.py",
+        "actors/progress.py",
+        "executors/claude_stream.py",
+        "executors/shell.py",
+    ),
+    "driver": (
+        "runtime/driver.py",
+        "runtime/merge_queue.py",
+        "runtime/autoscaler.py",
+        "actors/driver.py",
+        "actors/merging.py",
+        "actors/collisions.py",
+        "actors/scaling.py",
+    ),
+}
+_SURELY_MADE = {
+    "worker": {"TaskStarted", "TaskSucceeded", "TaskProgress", "TaskFilesTouched"},
+    "driver": {"RunPlanned", "TaskQueued", "TaskMerged", "CollisionPredicted"},
+}
 
 
-def test_every_event_the_worker_records_is_one_its_role_may_publish() -> None:
-    """A new worker event without its permission fails here, not in a user's run (the
-    files-touched reports were refused by the server, and the attempt died of it)."""
+@pytest.mark.parametrize("role", sorted(_MODULES_OF_ROLE))
+def test_every_event_an_actor_records_is_one_its_role_may_publish(role: str) -> None:
+    """A new event without its permission fails here, not in a user's run (the workers'
+    files-touched reports were refused by the server, and their attempts died of it)."""
     root = Path(claudecluster.__file__).parent
     event_classes = {
         name: cls
@@ -414,14 +430,14 @@ def test_every_event_the_worker_records_is_one_its_role_may_publish() -> None:
         if isinstance(cls, type) and issubclass(cls, model.EventBase) and cls is not model.EventBase
     }
     made: set[str] = set()
-    for module in _WORKER_MODULES:
+    for module in _MODULES_OF_ROLE[role]:
         tree = ast.parse((root / module).read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             called = isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
             if called and node.func.id in event_classes:  # type: ignore[attr-defined]
                 made.add(node.func.id)  # type: ignore[attr-defined]
-    assert {"TaskStarted", "TaskSucceeded", "TaskProgress", "TaskFilesTouched"} <= made
-    grant = role_grant("worker")
+    assert _SURELY_MADE[role] <= made
+    grant = role_grant(role)  # type: ignore[arg-type]
     refused = []
     for name in sorted(made):
         cls = event_classes[name]
