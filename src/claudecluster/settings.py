@@ -219,6 +219,12 @@ class ClaudeSettings(_Section):
         description="A command that prints an API key (Claude Code's apiKeyHelper); it "
         "runs where the agent runs, inside the sandbox.",
     )
+    model: str | None = pydantic.Field(
+        default=None,
+        max_length=200,
+        description="The Claude model of runs started here that name none (--model wins; "
+        "a plan's or a task's model wins over both). Unset: Claude Code's default.",
+    )
 
     @pydantic.field_validator("sign_in")
     @classmethod

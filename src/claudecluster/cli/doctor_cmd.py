@@ -106,11 +106,13 @@ def _sign_in_check(facts: Facts) -> Check:
     if facts.sign_in is not None:
         return Check("sign-in", "ok", facts.sign_in.description + f", to {facts.sign_in.api_url}")
     if facts.base_url:
+        # Claude Code will not start without a credential, even for a model that checks none.
         return Check(
             "sign-in",
-            "warn",
-            f"no credentials; Claude Code talks to {facts.base_url}",
-            "fine for a scripted model; a real API needs a sign-in: " + no_sign_in_problem(),
+            "FAIL",
+            f"no credentials for {facts.base_url}",
+            "Claude Code says 'Not logged in' without one: for a scripted model any "
+            "ANTHROPIC_API_KEY will do; otherwise " + no_sign_in_problem(),
         )
     return Check("sign-in", "FAIL", "none", no_sign_in_problem())
 
