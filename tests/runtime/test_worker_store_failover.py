@@ -25,6 +25,7 @@ from claudecluster.events import (
 )
 from claudecluster.events.envelope import EventEnvelope
 from claudecluster.runtime.worker import Worker, WorkerConfig
+from claudecluster.scripted_model import Script, open_scripted_model
 from claudecluster.transport.base import AppendResult, read_all
 from claudecluster.transport.jetstream import JetStreamEventLog
 from tests.runtime.conftest import Driver
@@ -140,3 +141,64 @@ async def test_an_outcome_whose_append_fails_over_is_recorded_once_by_the_same_a
         "TaskSucceeded"
     ]
     assert [e.attempt for e in events if isinstance(e, TaskStarted)] == [1]
+
+
+TALKING = Script.model_validate(
+    {
+        "tasks": [
+            {
+                "marker": "[[task:talk]]",
+                "turns": [
+                    {
+                        "text": "Looking first.",
+                        "tools": [
+                            {
+                                "name": "Bash",
+                                "input": {"command": "echo one", "description": "look"},
+                            }
+                        ],
+                    },
+                    # A pause while the first turn is in the transcript: the mirror copies it.
+                    {"latency_s": 3, "text": "Done."},
+                ],
+            }
+        ]
+    }
+)
+
+
+class _MirrorFails:
+    """The transcript store, except that every append fails, as a store failing over does."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.failures = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def append(self, key: Any, entries: Any) -> None:
+        self.failures += 1
+        raise EventStoreError("cannot append to CC_SESSIONS: TimeoutError()")
+
+
+async def test_a_transcript_mirror_that_fails_mid_attempt_is_the_attempts_recorded_failure(
+    world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path
+) -> None:
+    # The mirror runs in the attempt's task group, so its failure arrives wrapped in one.
+    log, client = world
+    driver = Driver(log, client.jetstream(), source, tmp_path)
+    await driver.submit("mirror", "talk", "[[task:talk]] go")
+    async with open_scripted_model(TALKING) as model:
+        config = WorkerConfig(
+            worker_id="w-mirror", workspace_root=tmp_path / "ws", ack_wait_s=2.0,
+            api_environment={"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-x"},
+        )  # fmt: skip
+        worker = Worker(config, log, client)
+        mirror = _MirrorFails(worker._sessions)
+        worker._sessions = mirror  # type: ignore[assignment]
+        ended = await _serve_until_finished(worker, log, "talk")
+    assert mirror.failures >= 1
+    assert isinstance(ended, TaskFailed)
+    assert (ended.attempt, ended.failure_class, ended.retryable) == (1, "infrastructure", True)
+    assert "CC_SESSIONS" in ended.reason

@@ -651,11 +651,12 @@ class Worker:
         self.metrics.running.inc()
         try:
             await self._attempt_in(live, scratch)
-        except Superseded:
-            raise
-        except (ClusterError, OSError) as exc:
+        except* (ClusterError, OSError) as failed:
             # git, the object store, the disk or the executor's environment failed: the
             # attempt could not be carried out. Record it so the driver can retry elsewhere.
+            # except*: a failure of the transcript mirror or of a progress append arrives
+            # wrapped in the attempt's task group; let out, it was an attempt claimed and
+            # never ended. (Superseded is neither, and passes through as it was raised.)
             await self._record_for(
                 live,
                 TaskFailed(
@@ -663,7 +664,7 @@ class Worker:
                     task_id=item.task_id,
                     attempt=live.attempt,
                     worker_id=self.config.worker_id,
-                    reason=str(exc),
+                    reason="; ".join(_leaf_errors(failed)),
                     failure_class="infrastructure",
                     retryable=True,
                 ),
@@ -959,7 +960,7 @@ def _leaf_errors(group: BaseExceptionGroup[BaseException]) -> list[str]:
         if isinstance(exc, BaseExceptionGroup):
             found += _leaf_errors(exc)
         else:
-            found.append(f"{type(exc).__name__}: {exc}")
+            found.append(str(exc) or repr(exc))  # a bare TimeoutError() says nothing
     return found
 
 
