@@ -407,7 +407,10 @@ def test_run_json_streams_the_runs_events_as_json_lines(tmp_path: Path) -> None:
             ["--plan", "PLAN"],
             "cycle: a -> b -> a",
         ),
-        (None, [], "give exactly one of --plan"),
+        (None, ["--plan", "PLAN", "--claude-planner"], "give exactly one of --plan"),
+        # A bare goal is planned here and previewed; without a terminal there is no one to
+        # ask, and it says what to pass instead.
+        (None, [], "no terminal to ask whether to run the plan: pass --yes"),
         (None, ["--fanout", "*.py"], "--fanout needs --prompt"),
     ],
 )

@@ -11,11 +11,13 @@ from typing import Literal, TypeVar
 
 import anyio
 import msgspec
+import yaml
 from rich.console import Console
 from rich.prompt import Prompt
 
 from claudecluster.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from claudecluster.cli.follow import Renderer, RunEnd, follow_run, renderer_for, submit_only
+from claudecluster.cli.preview import preview_lines
 from claudecluster.cli.render import merge_warning_lines
 from claudecluster.errors import ConfigError
 from claudecluster.events.model import (
@@ -23,19 +25,22 @@ from claudecluster.events.model import (
     FanoutSpec,
     RunCompleted,
     RunPolicy,
+    RunSubmitted,
     SubmitRun,
     TaskKind,
 )
 from claudecluster.events.plan import PlanFile, PlanPolicy, plan_to_specs
+from claudecluster.executors.claude_code import ClaudeCodeExecutor
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor, redact_url
 from claudecluster.runtime.connection import Connection, open_configured_cluster
 from claudecluster.runtime.front_door import submit_run_command
 from claudecluster.runtime.local_cluster import open_local_services
-from claudecluster.runtime.planners import load_plan_file
+from claudecluster.runtime.planners import ClaudeCodePlanner, load_plan_file
+from claudecluster.runtime.sandboxing import confinement_for
 from claudecluster.settings import Settings, load_settings
 from claudecluster.transport.commands import publish_command
-from claudecluster.workspace.git import git_status, snapshot_worktree, uncommitted_paths
+from claudecluster.workspace.git import git, git_status, snapshot_worktree, uncommitted_paths
 
 __all__ = ["print_summary", "run"]
 
@@ -65,14 +70,19 @@ def run(
     max_attempts: int | None = None,
     on_task_failure: Literal["skip_dependents", "fail_run"] | None = None,
     rollback_on_failure: bool | None = None,
+    yes: bool = False,
+    dry_run: bool = False,
 ) -> int:
     """Split a goal into tasks, run them in parallel with Claude Code, merge the results.
 
     Give the tasks as a plan file, as a fan-out over files, or let a read-only Claude Code
-    planner make them. Without a NATS URL this starts the embedded nats-server, a driver
-    and N local workers; with --nats it submits to the driver and workers already running
-    there. The result is the branch claudecluster/RUN in the repository; your checkout is
-    never touched.
+    planner make them. With none of these, Claude Code plans here first and the plan is
+    shown (tasks, order, overlaps, limits, budget, an estimate of time and cost): go, save
+    it to edit, or stop (--yes goes without asking; --dry-run shows it and stops).
+    Without a NATS URL this starts the embedded nats-server, a driver and N local
+    workers; with --nats it submits to the driver and workers already running there.
+    The result is the branch claudecluster/RUN in the repository; your checkout is never
+    touched.
 
     Ctrl-C asks whether to cancel the run or detach from it (on the embedded cluster a
     detached run pauses and goes on the next time a driver and workers run).
@@ -81,6 +91,7 @@ def run(
     usage or configuration error; 130 interrupted.
 
     Examples:
+        claudecluster run "Add type hints to every module"
         claudecluster run "Add type hints" --plan plan.yaml
         claudecluster run "Add docstrings" --fanout "src/**/*.py" --prompt "Document {path}"
         claudecluster run "Split the monolith" --claude-planner --workers 5
@@ -117,6 +128,8 @@ def run(
         on_task_failure: skip_dependents: a failed task's dependents are skipped and the
             rest goes on; fail_run: the run stops (default: the plan's, else skip).
         rollback_on_failure: A failed run resets its branch to the base (default: off).
+        yes: Run the previewed plan without asking (needed without a terminal).
+        dry_run: Show the plan (planned here, or the --plan file) and stop.
     """
     repo = repo.resolve()
     flags: dict[str, object] = {"nats": {"url": nats}} if nats else {}
@@ -127,6 +140,16 @@ def run(
         level="WARNING" if settings.logging.level == "INFO" else settings.logging.level,
         redactor=Redactor(settings.secret_values()),
     )
+    run_id = run_id or f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    console = Console(highlight=False, stderr=json)
+    if not (plan or fanout or claude_planner) or dry_run:
+        failure = _FailureFlags(max_attempts, on_task_failure, rollback_on_failure)
+        chosen = _preview(settings, repo, goal, run_id, plan, workers, budget, console,
+                          yes=yes, dry_run=dry_run, failure=failure,
+                          on_conflict=on_conflict)  # fmt: skip
+        if chosen is None:
+            return EXIT_OK
+        plan = chosen
     command = _submit_command(
         goal, repo=repo, plan=plan, fanout=fanout, prompt=prompt, kind=kind,
         claude_planner=claude_planner, run_id=run_id, budget=budget,
@@ -144,7 +167,6 @@ def run(
             "the embedded cluster stops with this command; give --nats URL of a cluster "
             "that keeps running, or leave --detach out",
         )  # fmt: skip
-    console = Console(highlight=False, stderr=json)
     try:
         end: RunEnd = anyio.run(
             _run, settings, command, repo, workers, json, console, detach, include_uncommitted
@@ -158,6 +180,83 @@ def run(
         return EXIT_OK
     print_summary(console, end)
     return _exit_code(end)
+
+
+def _preview(
+    settings: Settings,
+    repo: Path,
+    goal: str,
+    run_id: str,
+    plan: Path | None,
+    workers: int,
+    budget: float | None,
+    console: Console,
+    *,
+    yes: bool,
+    dry_run: bool,
+    failure: _FailureFlags,
+    on_conflict: Literal["resolve", "stop"],
+) -> Path | None:
+    """Plan here (or read ``plan``), show the preview, and ask; the plan file to run, or
+    None when the user stopped (or only looked).
+
+    Raises:
+        ConfigError: no terminal to ask on and neither --yes nor --dry-run.
+        GraphError: no valid plan.
+    """
+    if plan is not None:
+        plan_file = load_plan_file(plan, max_tasks=settings.driver.max_tasks)
+    else:
+        if not (repo / ".git").exists():
+            raise ConfigError("repo", "flag --repo", f"{repo} is not a git repository")
+        if not dry_run and not yes and not sys.stdin.isatty():
+            raise ConfigError("yes", "flags", _NO_TERMINAL)
+        console.print(f"planning with Claude Code ({sign_in_line(settings)})...", markup=False)
+        plan_file = anyio.run(_plan_here, settings, repo, goal, run_id)
+    policy = _policy(plan_file, failure, on_conflict=on_conflict, verify=None, model="")
+    for line in preview_lines(plan_file, goal, workers=workers, budget_usd=budget,
+                              policy=policy):  # fmt: skip
+        console.print(line, markup=False, soft_wrap=True)
+    if dry_run:
+        console.print("dry run: nothing started", markup=False)
+        return None
+    if plan is not None:
+        return plan
+    saved = repo / ".claudecluster" / "plans" / f"{run_id}.yaml"
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(
+        yaml.safe_dump(msgspec.to_builtins(plan_file), sort_keys=False), encoding="utf-8"
+    )
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("yes", "flags", _NO_TERMINAL)
+        answer = Prompt.ask("[g]o, [s]ave the plan to edit, or s[t]op?",
+                            choices=["g", "s", "t"], default="g", console=console)  # fmt: skip
+        if answer != "g":
+            if answer == "s":
+                console.print(f"the plan is in {saved}; edit it, then run: claudecluster run "
+                              f'"{goal}" --plan {saved}', markup=False, soft_wrap=True)  # fmt: skip
+            else:
+                console.print("stopped: nothing started", markup=False)
+            return None
+    return saved
+
+
+_NO_TERMINAL = (
+    "no terminal to ask whether to run the plan: pass --yes to run it, or --dry-run to see "
+    "it and stop"
+)
+
+
+async def _plan_here(settings: Settings, repo: Path, goal: str, run_id: str) -> PlanFile:
+    """Ask a read-only, confined Claude Code agent for a plan of ``goal`` on HEAD."""
+    head = (await git(repo, "rev-parse", "HEAD^{commit}")).strip()
+    executor = ClaudeCodeExecutor(confinement=confinement_for(settings))
+    planner = ClaudeCodePlanner(
+        executor, repo / ".claudecluster" / "preview" / run_id, settings.api_environment()
+    )
+    submitted = RunSubmitted(run_id=run_id, goal=goal, repo=str(repo), planner="claude")
+    return await planner.plan_file(submitted, repo, head)
 
 
 def _submit_command(

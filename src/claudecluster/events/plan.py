@@ -15,6 +15,7 @@ YAML or JSON, one schema (exported to ``events/schema/plan.json`` like the event
         limits: {max_turns: 30, wall_time_s: 900, max_cost_usd: 2}
         model: opus                          # optional: this task's Claude model
         allowed_tools: [Read, Edit, Grep]    # optional: Claude Code tools it may use
+        size: medium                         # small|medium|large: the preview's estimate
     model: sonnet                            # optional: the model of tasks naming none
     policy:                                  # optional; run's flags win over it
       max_attempts: 3                        # attempts a task gets before it fails
@@ -52,6 +53,10 @@ class PlanTask(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     limits: TaskLimits = TaskLimits()
     model: Annotated[str, msgspec.Meta(max_length=200)] = ""
     allowed_tools: Annotated[tuple[str, ...], msgspec.Meta(max_length=64)] = ()
+    size: Annotated[
+        Literal["small", "medium", "large"],
+        msgspec.Meta(description="How big the task is, for the preview's time and cost."),
+    ] = "medium"
 
 
 class PlanPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -167,7 +167,7 @@ Rules: each task is one agent's work on a separate copy of the repository, merge
 afterwards; make tasks independent where you can and name the files each will change in
 "files" so overlapping work can be ordered; use depends_on only where a task needs
 another's result; ids use letters, digits, '-' and '_'; kinds are generate, refactor,
-test or review.
+test or review; size each task small, medium or large by the work it is.
 """
 
 
@@ -205,6 +205,14 @@ class ClaudePlanner:
         Raises:
             GraphError: no valid plan after the configured attempts; names the last problem.
         """
+        return list(plan_to_specs(await self.plan_file(submitted, workspace)))
+
+    async def plan_file(self, submitted: RunSubmitted, workspace: Path) -> PlanFile:
+        """The agent's valid plan as it wrote it (with its sizes, for a preview).
+
+        Raises:
+            GraphError: no valid plan after the configured attempts; names the last problem.
+        """
         schema = json.dumps(msgspec.json.schema(PlanFile), separators=(",", ":"))
         prompt = _PLANNER_PROMPT.format(goal=submitted.goal, schema=schema)
         problem = ""
@@ -222,13 +230,12 @@ class ClaudePlanner:
             try:
                 answer = outcome.result_text or outcome.summary
                 plan = plan_from_data(extract_json(answer), "the plan")
-                tasks = list(plan_to_specs(plan))
-                validate_graph(tasks)
+                validate_graph(list(plan_to_specs(plan)))
             except GraphError as exc:
                 problem = str(exc)
                 _log.info("planner answer rejected", run=submitted.run_id, problem=problem)
                 continue
-            return tasks
+            return plan
         raise GraphError(f"the Claude planner gave no valid plan: {problem}")
 
     async def _ask(self, run_id: str, attempt: int, prompt: str, workspace: Path) -> Outcome:
@@ -311,12 +318,21 @@ class ClaudeCodePlanner:
 
     async def tasks(self, submitted: RunSubmitted, repo: Path, base_commit: str) -> list[TaskSpec]:
         """Check out the base commit, ask the agent, remove the checkout."""
+        return list(plan_to_specs(await self.plan_file(submitted, repo, base_commit)))
+
+    async def plan_file(self, submitted: RunSubmitted, repo: Path, base_commit: str) -> PlanFile:
+        """The agent's plan, sizes included (what ``run``'s preview shows).
+
+        Raises:
+            GraphError: no valid plan; names the last problem.
+            WorkspaceError: git failed.
+        """
         workspace = self._work_dir / "planner"
         if not (workspace / ".git").exists():
             await git(repo, "worktree", "add", "--quiet", "--detach", str(workspace), base_commit)
         try:
             planner = ClaudePlanner(self._executor, self._work_dir / "planner-scratch", self._api)
-            return await planner.plan(submitted, workspace)
+            return await planner.plan_file(submitted, workspace)
         finally:
             await git(repo, "worktree", "remove", "--force", str(workspace))
 
