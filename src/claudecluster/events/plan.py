@@ -13,6 +13,12 @@ YAML or JSON, one schema (exported to ``events/schema/plan.json`` like the event
         priority: 0                          # higher first among equally urgent tasks
         executor: claude_code                # or shell (the prompt is then a command)
         limits: {max_turns: 30, wall_time_s: 900, max_cost_usd: 2}
+        network: {allow: ["127.0.0.1:5432"]}  # more than the model API (see below)
+    network: {allow: ["pypi.org:443", "files.pythonhosted.org:443"]}  # every task's
+
+``network.allow`` lists ``host:port`` destinations a confined attempt may reach besides
+the model API: the plan's apply to every task, a task's own are added to them
+(:mod:`claudecluster.domain.network` says what an entry may be).
 
 Decoding checks the shape; :func:`claudecluster.domain.graph.validate_graph` checks the
 graph (cycles, unknown dependencies, duplicate ids, empty prompts).
@@ -25,7 +31,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from claudecluster.errors import GraphError
-from claudecluster.events.model import Id, TaskKind, TaskLimits, TaskSpec
+from claudecluster.events.model import Id, TaskKind, TaskLimits, TaskNetwork, TaskSpec
 
 __all__ = ["PlanFile", "PlanTask", "plan_from_data", "plan_to_specs"]
 
@@ -42,6 +48,7 @@ class PlanTask(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     priority: int = 0
     executor: Literal["claude_code", "shell"] = "claude_code"
     limits: TaskLimits = TaskLimits()
+    network: TaskNetwork = TaskNetwork()
 
 
 class PlanFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -49,6 +56,7 @@ class PlanFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     tasks: Annotated[tuple[PlanTask, ...], msgspec.Meta(min_length=1)]
     goal: str = ""
+    network: TaskNetwork = TaskNetwork()
 
 
 def plan_from_data(data: Any, source: str) -> PlanFile:
@@ -84,6 +92,14 @@ def plan_to_specs(plan: PlanFile) -> tuple[TaskSpec, ...]:
             files=task.files,
             priority=task.priority,
             limits=task.limits,
+            network=_network(plan.network, task.network),
         )
         for task in plan.tasks
     )
+
+
+def _network(plan: TaskNetwork, task: TaskNetwork) -> TaskNetwork:
+    # The plan's destinations, then the task's own, each once (the order is kept so a
+    # recorded spec reads like the plan). The bound is checked on the result, at the door.
+    merged = tuple(dict.fromkeys((*plan.allow, *task.allow)))
+    return TaskNetwork(allow=merged) if merged else TaskNetwork()

@@ -176,6 +176,7 @@ class ClaudeCodeExecutor:
             env=env,
             limits=cgroup_limits(job.limits, confinement),
             api_base_url=env.get("ANTHROPIC_BASE_URL") or _DEFAULT_API,
+            allow=job.destinations(),
             cwd=job.workspace,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
