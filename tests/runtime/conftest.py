@@ -56,9 +56,9 @@ class Driver:
         prompt: str,
         *,
         executor: str = "claude_code",
-        network: tuple[str, ...] = (),
         **item: Any,
     ) -> WorkItem:
+        network: tuple[str, ...] = item.pop("network", ())  # the spec's network.allow
         base = await resolve_commit(self.source, "HEAD")
         key, segments = await self.chains.segments_for(self.source, base, self.tmp_path)
         spec = TaskSpec(
