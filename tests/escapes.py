@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PROBES", "EscapeTargets", "parse_report"]
+__all__ = ["PROBES", "EscapeTargets", "network_script", "parse_network_report", "parse_report"]
 
 #: Every probe the script runs, in the order it reports them.
 PROBES = ("environ", "creds", "home", "write", "other", "gitdir", "net", "outlive")
@@ -109,4 +109,35 @@ def parse_report(lines: list[str]) -> dict[str, str]:
         if "escapes:" in line:
             report = line.split("escapes:", 1)[1].split()
             return dict(item.split("=", 1) for item in report if "=" in item)
+    return {}
+
+
+def network_script(allowed: list[tuple[str, int]], denied: list[tuple[str, int]]) -> str:
+    """A probe script for a plan's network allowance (bash).
+
+    Each allowed ``(host, port)`` must answer (the test's server there sends a greeting,
+    which the probe reads); each denied one must not. One line starting ``network:``
+    reports ``host:port=reached`` or ``host:port=denied`` for each, then the command's
+    capabilities (``caps=<CapEff>/<CapBnd>``).
+    """
+    lines = ["r=''"]
+    for host, port in [*allowed, *denied]:
+        lines.append(
+            f"if timeout 5 bash -c 'exec 3<>/dev/tcp/{host}/{port}; "
+            'read -r -t 4 line <&3; [ -n "$line" ]\' 2>/dev/null;'
+            f' then r="$r {host}:{port}=reached"; else r="$r {host}:{port}=denied"; fi'
+        )
+    lines.append(
+        "caps=$(awk '/^CapEff/ {e=$2} /^CapBnd/ {b=$2} END {print e \"/\" b}' /proc/self/status)"
+    )
+    lines.append('echo "network:$r caps=$caps"')
+    return "\n".join(lines)
+
+
+def parse_network_report(lines: list[str]) -> dict[str, str]:
+    """The network probe's verdicts (``{}`` if it reported nothing)."""
+    for line in lines:
+        if "network:" in line:
+            report = line.split("network:", 1)[1].split()
+            return dict(item.rsplit("=", 1) for item in report if "=" in item)
     return {}

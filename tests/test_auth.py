@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -128,3 +129,36 @@ def test_the_jwt_secret_from_the_environment_is_a_secret_value_and_never_shown(
     assert loaded.source_of("gateway.jwt_secret") == "env CLAUDECLUSTER_GATEWAY__JWT_SECRET"
     assert SECRET in loaded.settings.secret_values()
     assert SECRET not in repr(loaded.settings)
+
+
+def _claims(**changes: object) -> dict[str, object]:
+    claims: dict[str, object] = {
+        "sub": "a", "scope": "read", "iss": "claudecluster", "aud": "claudecluster-gateway",
+        "iat": int(NOW.timestamp()), "exp": int((NOW + HOUR).timestamp()),
+    }  # fmt: skip
+    claims.update(changes)
+    return {key: value for key, value in claims.items() if value is not None}
+
+
+@pytest.mark.parametrize(
+    ("claims", "algorithm", "message"),
+    [
+        (_claims(), "none", "alg value is not allowed"),
+        (_claims(exp=None), "HS256", '"exp"'),
+        (_claims(iss="someone-else"), "HS256", "issuer"),
+        (_claims(nbf=int((NOW + HOUR).timestamp())), "HS256", "not yet valid"),
+    ],
+    ids=["alg-none", "no-exp", "wrong-iss", "future-nbf"],
+)
+def test_unsigned_unbounded_foreign_or_premature_tokens_are_refused(
+    claims: dict[str, object], algorithm: str, message: str
+) -> None:
+    """The audit found these right; each has a test so it stays so."""
+    key = "" if algorithm == "none" else SECRET  # "none": no key, no signature
+    token = jwt.encode(claims, key, algorithm=algorithm)
+    verifier = TokenVerifier("HS256", SECRET, "claudecluster", "claudecluster-gateway")
+    with pytest.raises(AuthenticationError, match=message):
+        verifier.verify(token)
+    # The same claims, properly signed and bounded, pass: the refusal is for that flaw.
+    fixed = {**_claims(), **{k: v for k, v in claims.items() if k == "sub"}}
+    assert verifier.verify(jwt.encode(fixed, SECRET, algorithm="HS256")).subject == "a"

@@ -72,8 +72,10 @@ def test_the_agent_reaches_only_a_forwarder_to_the_api(tmp_path: Path) -> None:
     inner = argv[argv.index("--") + 1 :]
     assert inner[:2] == ["/bin/sh", "-c"]
     assert "TCP-LISTEN:" in inner[2]
-    assert "UNIX-CONNECT:/run/cc/api.sock" in inner[2]
-    assert inner[-3:] == ["4100", "claude", "-p"]
+    assert 'UNIX-CONNECT:"$3"' in inner[2]
+    # One forwarder (no capability needed for its port), on 127.0.0.1:4100, then the command.
+    assert inner[3:9] == ["forwarder", "1", "0", "127.0.0.1", "4100", "/run/cc/api.sock"]
+    assert inner[-2:] == ["claude", "-p"]
 
 
 def test_api_urls_are_rewritten_to_the_loopback_forwarder() -> None:

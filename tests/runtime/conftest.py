@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from claudecluster.events import RunPlanned, RunSubmitted, TaskQueued, TaskSpec, wrap_event
+from claudecluster.events import (
+    RunPlanned,
+    RunSubmitted,
+    TaskNetwork,
+    TaskQueued,
+    TaskSpec,
+    wrap_event,
+)
 from claudecluster.events.model import Event
 from claudecluster.events.work import WorkItem
 from claudecluster.runtime.base_transfer import RepositoryChains
@@ -51,6 +58,7 @@ class Driver:
         executor: str = "claude_code",
         **item: Any,
     ) -> WorkItem:
+        network: tuple[str, ...] = item.pop("network", ())  # the spec's network.allow
         base = await resolve_commit(self.source, "HEAD")
         key, segments = await self.chains.segments_for(self.source, base, self.tmp_path)
         spec = TaskSpec(
@@ -58,6 +66,7 @@ class Driver:
             title="Add the feature",
             prompt=prompt,
             executor=executor,  # type: ignore[arg-type]
+            network=TaskNetwork(allow=network),
         )
         await self.record(RunSubmitted(run_id=run_id, goal="feature", repo=str(self.source)))
         await self.record(

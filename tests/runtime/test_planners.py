@@ -347,3 +347,20 @@ async def test_the_number_of_attempts_is_configurable(tmp_path: Path) -> None:
     with pytest.raises(GraphError, match="gave no valid plan: invalid task graph"):
         await planner.plan(SUBMITTED, tmp_path)
     assert len(executor.jobs) == 1
+
+
+async def test_a_planner_cannot_grant_its_tasks_network_access(tmp_path: Path) -> None:
+    """The planning agent reads text anyone may have put in the repository: a plan it
+    makes that lets a task reach the network is sent back, as any invalid answer is."""
+    opened = {
+        "network": {"allow": ["evil.example:443"]},
+        "tasks": [{"id": "a", "prompt": "do a"}],
+    }
+    executor = ScriptedExecutor(_answer(opened), _answer(GOOD))
+    tasks = await _planner(executor, tmp_path).plan(SUBMITTED, tmp_path)
+    assert tasks == GOOD_SPECS
+    assert all(task.network.allow == () for task in tasks)
+    assert (
+        "not a valid plan: task 'a': a planner's plan cannot allow network destinations"
+        in executor.prompts[1]
+    )

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from claudecluster.events import TaskFailed, TaskProgress, TaskSucceeded
@@ -17,7 +18,7 @@ from claudecluster.events.envelope import StoredEvent
 from claudecluster.executors.confinement import Confinement, Mechanism
 from claudecluster.runtime.worker import Worker, WorkerConfig
 from claudecluster.transport.jetstream import JetStreamEventLog
-from tests.escapes import PROBES, EscapeTargets, parse_report
+from tests.escapes import PROBES, EscapeTargets, network_script, parse_network_report, parse_report
 from tests.runtime.conftest import Driver
 
 
@@ -137,3 +138,64 @@ async def test_an_unconfined_task_that_plants_git_programs_does_not_get_them_run
     assert isinstance(finished, TaskSucceeded), finished
     assert finished.summary == "planted"  # the plants were in place when the worker committed
     assert sorted(p.name for p in markers.iterdir()) == ["evil.sh"]
+
+
+async def test_a_task_reaches_what_its_plan_allows_through_a_real_worker_and_no_more(
+    sandbox: Mechanism,
+    world: tuple[JetStreamEventLog, Any],
+    source: Path,
+    tmp_path: Path,
+    nats_url: str,
+) -> None:
+    """The allowance travels from the recorded spec in the work item to the sandbox."""
+    log, client = world
+    bus = int(nats_url.rsplit(":", 1)[1])  # the bus: a loopback port nobody allowed
+    accepted: list[str] = []
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    allowed = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+    async def greet(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            accepted.append("connected")
+            await stream.send(b"hello\n")
+
+    driver = Driver(log, client.jetstream(), source, tmp_path)
+    config = WorkerConfig(worker_id="w-net", workspace_root=tmp_path / "workspaces")
+    worker = Worker(config, log, client)
+    script = network_script([("127.0.0.1", allowed)], [("127.0.0.1", bus)])
+    async with listener, anyio.create_task_group() as group:
+        group.start_soon(listener.serve, greet)
+        await group.start(worker.serve)
+        await driver.submit(
+            "run-net", "net", script, executor="shell", network=(f"127.0.0.1:{allowed}",)
+        )
+        history = await _until_finished(log, "net")
+        worker.stop()
+        group.cancel_scope.cancel()
+    recorded = [
+        s.envelope.payload.text
+        for s in history
+        if isinstance(s.envelope.payload, TaskProgress) and s.envelope.payload.task_id == "net"
+    ]
+    report = parse_network_report(recorded)
+    assert report[f"127.0.0.1:{allowed}"] == "reached", recorded
+    assert report[f"127.0.0.1:{bus}"] == "denied", recorded
+    assert accepted == ["connected"]
+    assert isinstance(history[-1].envelope.payload, TaskSucceeded)
+
+
+async def test_a_work_item_with_an_allowance_outside_the_rules_is_refused_with_the_reason(
+    world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path
+) -> None:
+    log, client = world
+    driver = Driver(log, client.jetstream(), source, tmp_path)
+    config = WorkerConfig(worker_id="w-net-bad", workspace_root=tmp_path / "workspaces")
+    worker = Worker(config, log, client)
+    async with anyio.create_task_group() as group:
+        await group.start(worker.serve)
+        await driver.submit("run-bad", "bad", "true", executor="shell", network=("*:443",))
+        history = await _until_finished(log, "bad")
+        worker.stop()
+    failed = history[-1].envelope.payload
+    assert isinstance(failed, TaskFailed)
+    assert "network.allow is refused: entry 0: '*:443'" in failed.reason

@@ -15,7 +15,7 @@ import anyio
 import pytest
 from nats.aio.client import Client
 
-from claudecluster.events import TaskProgress, TaskQueued, WorkerHeartbeat
+from claudecluster.events import TaskProgress, TaskQueued, WorkerJoined
 from claudecluster.runtime.connection import embedded_auth, open_jetstream_log
 from claudecluster.runtime.embedded_nats import EmbeddedNats, open_embedded_nats, start_nats_server
 from claudecluster.transport import read_all
@@ -27,7 +27,7 @@ N = 300
 
 @asynccontextmanager
 async def worker_log(server: EmbeddedNats) -> AsyncIterator[tuple[Client, JetStreamEventLog]]:
-    """The log as a worker sees it (the role that records progress and heartbeats), once
+    """The log as a worker sees it (the role that records progress and its joining), once
     the driver's identity has applied the topology."""
     assert server.credentials is not None
     async with open_jetstream_log(server.url, auth=embedded_auth(server.credentials, "driver")):
@@ -99,9 +99,7 @@ async def test_a_following_reader_resumes_after_the_server_restarts(tmp_path: Pa
                 with anyio.fail_after(30):
                     while True:
                         try:
-                            await log.append(
-                                make(WorkerHeartbeat(worker_id="w1"), event_id="after")
-                            )
+                            await log.append(make(WorkerJoined(worker_id="w1"), event_id="after"))
                             break
                         except Exception:
                             await anyio.sleep(0.1)

@@ -26,12 +26,15 @@ from claudecluster.events import model
 from claudecluster.events.codec import encode
 from claudecluster.events.envelope import wrap_command, wrap_event
 from claudecluster.events.model import (
+    Event,
     RunPlanned,
     SubmitRun,
+    TaskFilesTouched,
     TaskMerged,
     TaskProgress,
     TaskSucceeded,
     WorkerHeartbeat,
+    WorkerJoined,
 )
 from claudecluster.events.subjects import command_subject, event_subject
 from claudecluster.runtime.connection import embedded_auth, open_jetstream_log, open_nats
@@ -103,7 +106,7 @@ async def events_stored(server: EmbeddedNats) -> int:
         return int(info.state.messages)
 
 
-def _event_bytes(event: TaskSucceeded | TaskProgress | RunPlanned | TaskMerged) -> bytes:
+def _event_bytes(event: Event) -> bytes:
     return encode(wrap_event(event, event_id=f"forged-{type(event).__name__}", now=NOW))
 
 
@@ -182,15 +185,31 @@ async def test_a_worker_cannot_consume_another_pools_queue(server: EmbeddedNats)
         await client.close()
 
 
-async def test_a_worker_may_record_its_progress_and_heartbeat(server: EmbeddedNats) -> None:
+async def test_a_worker_may_record_its_joining_progress_and_touched_files(
+    server: EmbeddedNats,
+) -> None:
     assert server.credentials is not None
     auth = embedded_auth(server.credentials, "worker")
-    heartbeat = WorkerHeartbeat(worker_id="w1")
+    joined = WorkerJoined(worker_id="w1")
     progress = TaskProgress(run_id="r1", task_id="t1", attempt=1, kind="text", text="hi")
+    touched = TaskFilesTouched(run_id="r1", task_id="t1", attempt=1, files=("app.py",))
     async with open_jetstream_log(server.url, auth=auth, apply=False) as (_, log):
-        for event in (heartbeat, progress):
+        for event in (joined, progress, touched):
             await log.append(wrap_event(event, event_id=f"ok-{type(event).__name__}", now=NOW))
-    assert await events_stored(server) == 2
+    assert await events_stored(server) == 3
+
+
+async def test_a_worker_can_no_longer_publish_a_heartbeat_event(server: EmbeddedNats) -> None:
+    """Liveness is the registry entry's TTL now; old heartbeat records still decode."""
+    heartbeat = WorkerHeartbeat(worker_id="w1")
+    refusals = Refusals()
+    client = await connect_as(server, "worker", refusals)
+    try:
+        await client.publish(event_subject(heartbeat), _event_bytes(heartbeat))
+        await refusals.wait_for(event_subject(heartbeat))
+    finally:
+        await client.close()
+    assert await events_stored(server) == 0
 
 
 async def test_a_front_door_cannot_publish_task_succeeded(server: EmbeddedNats) -> None:
@@ -237,15 +256,15 @@ async def test_a_reader_reads_the_event_stream_through_its_own_consumer(
     assert server.credentials is not None
     worker = embedded_auth(server.credentials, "worker")
     async with open_jetstream_log(server.url, auth=worker, apply=False) as (_, log):
-        await log.append(wrap_event(WorkerHeartbeat(worker_id="w1"), event_id="hb", now=NOW))
+        await log.append(wrap_event(WorkerJoined(worker_id="w1"), event_id="joined", now=NOW))
     reader = embedded_auth(server.credentials, "reader")
     async with open_jetstream_log(server.url, auth=reader, apply=False) as (client, log):
         events = await read_all(log)
         durable = await client.jetstream().pull_subscribe("cc.evt.>", durable="dashboard")
         fetched = await durable.fetch(1, timeout=REFUSAL_TIMEOUT_S)
         await fetched[0].ack()
-    assert [s.envelope.payload for s in events] == [WorkerHeartbeat(worker_id="w1")]
-    assert fetched[0].subject == "cc.evt._workers.w1.worker.heartbeat"
+    assert [s.envelope.payload for s in events] == [WorkerJoined(worker_id="w1")]
+    assert fetched[0].subject == "cc.evt._workers.w1.worker.joined"
 
 
 def test_the_credentials_are_the_users_alone(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from typing import Final, Literal
 import msgspec
 
 from claudecluster.domain.lifecycle import TaskState
+from claudecluster.domain.network import allowance_problem
 from claudecluster.domain.outcome import Outcome
 from claudecluster.events.envelope import EventEnvelope
 from claudecluster.events.model import ArtifactRef, TaskEvent, TaskFailed, TaskSucceeded
@@ -145,7 +146,8 @@ def item_problem(
 
     Only the driver may publish work items, and this is the second line: whatever the
     item says, the agent runs only with a permission mode the worker's settings allow,
-    and with MCP servers from the plan only where the worker's settings allow those.
+    with MCP servers from the plan only where the worker's settings allow those, and
+    with network destinations only as the submission rules allow them.
     """
     if item.permission_mode not in permission_modes:
         allowed = ", ".join(permission_modes) or "none"
@@ -158,4 +160,7 @@ def item_problem(
             "the item asks for MCP servers (mcp_config), which this worker does not run "
             "(worker.allow_plan_mcp_servers is false)"
         )
+    network = allowance_problem(item.spec.network.allow)
+    if network is not None:
+        return f"the item's network.allow is refused: {network}"
     return None

@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
+from claudecluster.domain.network import allowance_problem
 from claudecluster.errors import GraphError
 from claudecluster.events.model import SubmitRun, TaskLimits
 
@@ -129,4 +130,7 @@ def submission_problem(command: SubmitRun, *, max_tasks: int) -> tuple[str, str]
         found = _limits_problem(f"plan[{index}]", spec.limits)
         if found is not None:
             return found
+        network = allowance_problem(spec.network.allow)
+        if network is not None:
+            return f"plan[{index}].network.allow", network
     return None

@@ -59,6 +59,7 @@ __all__ = [
     "TaskFailed",
     "TaskKind",
     "TaskLimits",
+    "TaskNetwork",
     "TaskMerged",
     "TaskProgress",
     "TaskQueued",
@@ -170,6 +171,18 @@ class TaskLimits(msgspec.Struct, frozen=True, kw_only=True):
     ) = None
 
 
+class TaskNetwork(msgspec.Struct, frozen=True, kw_only=True):
+    """Network a confined attempt may reach besides the model API (none by default)."""
+
+    allow: Annotated[
+        tuple[str, ...],
+        msgspec.Meta(
+            description="host:port destinations (a host name or a loopback address), each "
+            "forwarded into the attempt's sandbox; at most 32."
+        ),
+    ] = ()
+
+
 class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
     """One node of a run's task graph, as the planner produced it."""
 
@@ -200,6 +213,10 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
             description="Claude Code tools this task may use; empty: those of its kind.",
         ),
     ] = ()
+    network: Annotated[
+        TaskNetwork,
+        msgspec.Meta(description="What the attempt may reach besides the model API."),
+    ] = TaskNetwork()
 
 
 class RunPolicy(msgspec.Struct, frozen=True, kw_only=True):

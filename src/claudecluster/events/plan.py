@@ -13,6 +13,7 @@ YAML or JSON, one schema (exported to ``events/schema/plan.json`` like the event
         priority: 0                          # higher first among equally urgent tasks
         executor: claude_code                # or shell (the prompt is then a command)
         limits: {max_turns: 30, wall_time_s: 900, max_cost_usd: 2}
+        network: {allow: ["127.0.0.1:5432"]}  # more than the model API (see below)
         model: opus                          # optional: this task's Claude model
         allowed_tools: [Read, Edit, Grep]    # optional: Claude Code tools it may use
         size: medium                         # small|medium|large: the preview's estimate
@@ -22,6 +23,11 @@ YAML or JSON, one schema (exported to ``events/schema/plan.json`` like the event
       on_task_failure: skip_dependents       # or fail_run
       rollback_on_failure: false             # a failed run resets its branch to the base
       on_conflict: resolve                   # or stop
+    network: {allow: ["pypi.org:443", "files.pythonhosted.org:443"]}  # every task's
+
+``network.allow`` lists ``host:port`` destinations a confined attempt may reach besides
+the model API: the plan's apply to every task, a task's own are added to them
+(:mod:`claudecluster.domain.network` says what an entry may be).
 
 Decoding checks the shape; :func:`claudecluster.domain.graph.validate_graph` checks the
 graph (cycles, unknown dependencies, duplicate ids, empty prompts).
@@ -34,7 +40,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from claudecluster.errors import GraphError
-from claudecluster.events.model import Id, TaskKind, TaskLimits, TaskSpec
+from claudecluster.events.model import Id, TaskKind, TaskLimits, TaskNetwork, TaskSpec
 
 __all__ = ["PlanFile", "PlanPolicy", "PlanTask", "plan_from_data", "plan_to_specs"]
 
@@ -57,6 +63,7 @@ class PlanTask(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         Literal["small", "medium", "large"],
         msgspec.Meta(description="How big the task is, for the preview's time and cost."),
     ] = "medium"
+    network: TaskNetwork = TaskNetwork()
 
 
 class PlanPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -75,6 +82,7 @@ class PlanFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     goal: str = ""
     model: Annotated[str, msgspec.Meta(max_length=200)] = ""
     policy: PlanPolicy = PlanPolicy()
+    network: TaskNetwork = TaskNetwork()
 
 
 def plan_from_data(data: Any, source: str) -> PlanFile:
@@ -112,6 +120,14 @@ def plan_to_specs(plan: PlanFile) -> tuple[TaskSpec, ...]:
             limits=task.limits,
             model=task.model,  # the plan's own default is the run's (its policy's) model
             allowed_tools=task.allowed_tools,
+            network=_network(plan.network, task.network),
         )
         for task in plan.tasks
     )
+
+
+def _network(plan: TaskNetwork, task: TaskNetwork) -> TaskNetwork:
+    # The plan's destinations, then the task's own, each once (the order is kept so a
+    # recorded spec reads like the plan). The bound is checked on the result, at the door.
+    merged = tuple(dict.fromkeys((*plan.allow, *task.allow)))
+    return TaskNetwork(allow=merged) if merged else TaskNetwork()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
 
+from claudecluster.domain.network import Destination, parse_destination
 from claudecluster.domain.outcome import Outcome
 from claudecluster.events.model import TaskLimits, TaskProgress, TaskRateLimited
 
@@ -48,6 +49,8 @@ class AttemptRun:
         mcp_config: an MCP servers JSON file for Claude Code, if the task uses any.
         readable: more paths the confined attempt may read (the repository cache's
             objects its workspace borrows, so git works inside the sandbox).
+        network_allow: ``host:port`` destinations its plan lets it reach besides the model
+            API (the task's ``network.allow``, already checked by the worker).
     """
 
     run_id: str
@@ -67,6 +70,15 @@ class AttemptRun:
     mcp_config: Path | None = None
     readable: tuple[Path, ...] = ()
     resume: bool = False
+    network_allow: tuple[str, ...] = ()
+
+    def destinations(self) -> tuple[Destination, ...]:
+        """The allowed destinations, parsed.
+
+        Raises:
+            ValueError: an entry is not a destination (the worker checks before it runs).
+        """
+        return tuple(parse_destination(entry) for entry in self.network_allow)
 
 
 def base_environment(job: AttemptRun, parent: Mapping[str, str]) -> dict[str, str]:

@@ -182,6 +182,7 @@ class ClaudeCodeExecutor:
             env=env,
             limits=cgroup_limits(job.limits, confinement),
             api_base_url=api_url_of(env),
+            allow=job.destinations(),
             cwd=job.workspace,
             stdin=subprocess.DEVNULL,
             start_new_session=True,

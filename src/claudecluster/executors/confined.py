@@ -11,6 +11,7 @@ On every exit path the cgroup is killed and removed, and the forwarder stops.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from typing import Any, Final
 import anyio
 import anyio.abc
 
+from claudecluster.domain.network import Destination
 from claudecluster.events.model import TaskLimits
 from claudecluster.executors.cgroups import (
     AttemptCgroup,
@@ -34,11 +36,14 @@ from claudecluster.executors.cgroups import (
 )
 from claudecluster.executors.confinement import (
     Confinement,
+    Forward,
     Sandbox,
     api_inside,
     bwrap_command,
     confined_environment,
     default_confinement,
+    forward_layout,
+    hosts_text,
 )
 from claudecluster.executors.process import end_tree, launcher
 from claudecluster.observability.logging import get_logger
@@ -104,11 +109,13 @@ async def serve_api_tunnel(
     host: str,
     port: int,
     *,
+    what: str = "model API",
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``socket_path`` and pipe each connection to ``host:port`` (TCP).
 
-    Bytes pass untouched (TLS included). A connection the API refuses is closed.
+    Bytes pass untouched (TLS included). A connection the destination refuses is closed.
+    ``what`` names the destination in the log (the model API, an allowed destination).
     """
     listener = await anyio.create_unix_listener(socket_path)
 
@@ -118,7 +125,7 @@ async def serve_api_tunnel(
                 with anyio.fail_after(_CONNECT_TIMEOUT_S):
                     upstream = await anyio.connect_tcp(host, port)
             except (OSError, TimeoutError) as exc:
-                _log.warning("model API unreachable through the tunnel", host=host, port=port,
+                _log.warning(f"{what} unreachable through the tunnel", host=host, port=port,
                              error=str(exc))  # fmt: skip
                 return
             async with upstream, anyio.create_task_group() as group:
@@ -140,6 +147,7 @@ async def open_confined_process(
     env: Mapping[str, str],
     limits: CgroupLimits,
     api_base_url: str | None = None,
+    allow: tuple[Destination, ...] = (),
     **popen: Any,
 ) -> AsyncIterator[ConfinedProcess]:
     """Start ``command`` confined by ``sandbox`` (or only cgrouped, without a mechanism).
@@ -153,6 +161,8 @@ async def open_confined_process(
             ``ANTHROPIC_BASE_URL`` is rewritten to the in-sandbox forwarder.
         limits: the cgroup's limits.
         api_base_url: the model API the agent may reach.
+        allow: more destinations it may reach (its plan's ``network.allow``), each through
+            a forwarder of its own; unconfined, the process has the whole network anyway.
         **popen: passed to :func:`anyio.open_process` (stdio, cwd, start_new_session).
 
     Raises:
@@ -165,7 +175,7 @@ async def open_confined_process(
             if confinement.mechanism is None:
                 argv = [*cgroup_prefix(cgroup), *prefix, *command]
             else:
-                sandbox = await _with_api(sandbox, group, environment, api_base_url)
+                sandbox = await _with_network(sandbox, group, environment, api_base_url, allow)
                 argv = [
                     *cgroup_prefix(cgroup),
                     *prefix,
@@ -193,39 +203,72 @@ async def _remove_when_cancelled(directory: Path) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-async def _with_api(
+async def _with_network(
     sandbox: Sandbox,
     group: anyio.abc.TaskGroup,
     environment: dict[str, str],
     api_base_url: str | None,
+    allow: tuple[Destination, ...],
 ) -> Sandbox:
-    """Serve the tunnel for an ``api`` sandbox and point the environment at its inside end."""
-    if sandbox.network != "api":
+    """Serve the tunnels of a sandbox's network: the API's (``api``) and each allowed one.
+
+    The environment's ``ANTHROPIC_BASE_URL`` is pointed at the API's inside end. Each
+    allowed destination gets a unix socket piped to it alone, a forwarder inside on the
+    address :func:`forward_layout` gives it, and its name in the sandbox's ``/etc/hosts``.
+    """
+    if sandbox.network == "host":
         return sandbox
-    if not api_base_url:
-        # No API configured: the agent's requests have nowhere to go, confined or not.
-        return replace(sandbox, network="none")
-    try:
-        url, host, port, inside_port, mapped = api_inside(api_base_url)
-    except ValueError as exc:
-        # Not a URL anything could connect to: the agent gets no network at all, and its
-        # requests fail in the CLI with its own clear error.
-        _log.warning("no model API to forward to", error=str(exc))
-        return replace(sandbox, network="none")
+    api: tuple[str, str, int, int, str | None] | None = None
+    if sandbox.network == "api":
+        if not api_base_url:
+            # No API configured: the agent's requests have nowhere to go, confined or not.
+            sandbox = replace(sandbox, network="none")
+        else:
+            try:
+                api = api_inside(api_base_url)
+            except ValueError as exc:
+                # Not a URL anything could connect to: the agent gets no API at all, and
+                # its requests fail in the CLI with its own clear error.
+                _log.warning("no model API to forward to", error=str(exc))
+                sandbox = replace(sandbox, network="none")
+    if api is None and not allow:
+        return sandbox
     # A short directory of its own: a unix socket's path is limited to 107 bytes, which a
-    # deep workspace root would exceed. It goes when the tunnel stops.
-    directory = Path(tempfile.mkdtemp(prefix="cc-api-"))
-    socket_path = directory / "api.sock"
+    # deep workspace root would exceed. It goes when the tunnels stop.
+    directory = Path(tempfile.mkdtemp(prefix="cc-net-"))
     group.start_soon(_remove_when_cancelled, directory)
-    await group.start(serve_api_tunnel, socket_path, host, port)
-    environment["ANTHROPIC_BASE_URL"] = url
+    api_name = api[4] if api is not None else None
+    if api is not None:
+        url, host, port, inside_port, _ = api
+        socket_path = directory / "api.sock"
+        await group.start(serve_api_tunnel, socket_path, host, port)
+        environment["ANTHROPIC_BASE_URL"] = url
+        sandbox = replace(sandbox, api_socket=socket_path, api_port=inside_port)
+    forwards: list[Forward] = []
+    layout = forward_layout(allow, api_name=api_name)
+    for index, (destination, address) in enumerate(layout):
+        if api is not None and (address, destination.port) == ("127.0.0.1", api[3]):
+            if (destination.host, destination.port) in ((api[1], api[2]), ("localhost", api[2])):
+                continue  # the API itself, already forwarded
+            raise ValueError(
+                f"the allowed destination {destination} would take the model API's port "
+                f"{api[3]} inside the sandbox"
+            )
+        socket_path = directory / f"fwd-{index}.sock"
+        await group.start(
+            functools.partial(serve_api_tunnel, what=f"allowed destination {destination}"),
+            socket_path,
+            destination.host,
+            destination.port,
+        )
+        forwards.append(Forward(address=address, port=destination.port, socket=socket_path))
     hosts_file = None
-    if mapped is not None:
+    if api_name is not None or any(not d.loopback for d, _ in layout):
         hosts_file = directory / "hosts"
         await anyio.Path(hosts_file).write_text(
-            f"127.0.0.1 localhost {mapped}\n::1 localhost\n", encoding="utf-8"
+            hosts_text(layout, api_name=api_name), encoding="utf-8"
         )
-    return replace(sandbox, api_socket=socket_path, api_port=inside_port, hosts_file=hosts_file)
+    return replace(sandbox, forwards=tuple(forwards), hosts_file=hosts_file)
 
 
 @dataclass(frozen=True, slots=True)

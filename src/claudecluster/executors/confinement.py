@@ -19,17 +19,27 @@ What the argument list gives the process:
   workspaces, not ``.claudecluster/``, not the user's home, not the worker's credentials;
 * no network (``--unshare-net``: only its own loopback), or, for the agent, its own
   loopback with one forwarder (``socat``) to a unix socket the worker serves, which leads
-  to the model API and nowhere else (:mod:`.api_tunnel`);
+  to the model API and nowhere else (:func:`.confined.serve_api_tunnel`);
+* one more forwarder per destination its plan allows (``network.allow``): each listens on
+  a loopback address of its own inside (:func:`forward_layout`), the destination's name
+  maps to that address in the sandbox's ``/etc/hosts``, and the worker pipes it to that
+  one host and port;
 * no capabilities (``--cap-drop ALL``), even when the worker runs as root, and new
-  IPC, UTS and cgroup namespaces; it dies with its parent (``--die-with-parent``).
+  IPC, UTS and cgroup namespaces; it dies with its parent (``--die-with-parent``). An
+  allowed destination on a port below 1024 needs its forwarder to bind that port: then
+  the sandbox starts with ``CAP_NET_BIND_SERVICE`` and ``CAP_SETPCAP`` only, the
+  forwarders start, and ``setpriv`` drops every capability (bounding set included)
+  before the command runs, so the command itself still has none.
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -37,11 +47,14 @@ from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from claudecluster.domain.network import Destination
+
 __all__ = [
     "ENV_PASSED",
     "SANDBOX_ENABLED_VARIABLE",
     "SYSTEM_ETC",
     "Confinement",
+    "Forward",
     "Mechanism",
     "Sandbox",
     "SandboxUnavailableError",
@@ -50,6 +63,8 @@ __all__ = [
     "bwrap_command",
     "confined_environment",
     "default_confinement",
+    "forward_layout",
+    "hosts_text",
     "probe_mechanism",
 ]
 
@@ -119,11 +134,30 @@ class Mechanism:
         socat: the socat executable the agent's API forwarder runs (None: not installed,
             so an agent that needs the API cannot run confined).
         system: per system directory, ``("bind", path)`` or ``("symlink", target, path)``.
+        setpriv: util-linux's setpriv, which drops the capabilities a forwarder on a port
+            below 1024 needed before the command runs (None: such ports cannot be allowed).
     """
 
     bwrap: str
     socat: str | None
     system: tuple[tuple[str, ...], ...]
+    setpriv: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """One TCP address inside the sandbox that leads to one destination outside.
+
+    Attributes:
+        address: the loopback address the forwarder listens on inside.
+        port: its port (the destination's own, so the agent's URLs stay as they are).
+        socket: the unix socket outside it connects to; the worker pipes that to the
+            destination and nowhere else.
+    """
+
+    address: str
+    port: int
+    socket: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +180,8 @@ class Sandbox:
         api_socket: with ``api``, the unix socket the worker forwards to the model API.
         api_port: with ``api``, the loopback port the forwarder listens on inside.
         hosts_file: a file mounted as ``/etc/hosts`` (maps the API's name to loopback).
+        forwards: the forwarders to the destinations its plan allows (any network but
+            ``host``).
     """
 
     workspace: Path
@@ -158,20 +194,32 @@ class Sandbox:
     api_socket: Path | None = None
     api_port: int | None = None
     hosts_file: Path | None = None
+    forwards: tuple[Forward, ...] = ()
 
 
 def bwrap_command(sandbox: Sandbox, command: list[str], mechanism: Mechanism) -> list[str]:
     """The bubblewrap command line that runs ``command`` confined by ``sandbox``.
 
     Raises:
-        ValueError: ``api`` network without a socket, a port or socat.
+        ValueError: ``api`` network without a socket, a port or socat; forwards without
+            socat; a forward to a port below 1024 without setpriv.
     """
+    forwards = _forwards(sandbox)
+    if forwards and mechanism.socat is None:
+        raise ValueError("forwarding into the sandbox needs socat")
+    low_ports = any(forward.port < 1024 for forward in forwards)
+    if low_ports and mechanism.setpriv is None:
+        raise ValueError(
+            "a destination on a port below 1024 needs setpriv (util-linux) to drop the "
+            "capability its forwarder binds with"
+        )
     argv = [
         mechanism.bwrap,
         "--die-with-parent",
         "--new-session",
         "--cap-drop",
         "ALL",
+        *(["--cap-add", "CAP_NET_BIND_SERVICE", "--cap-add", "CAP_SETPCAP"] if low_ports else []),
         "--unshare-pid",
         "--unshare-ipc",
         "--unshare-uts",
@@ -201,29 +249,120 @@ def bwrap_command(sandbox: Sandbox, command: list[str], mechanism: Mechanism) ->
         argv += ["--ro-bind", str(readable), str(readable)]
     argv += ["--chdir", str(sandbox.workspace)]
     inner = list(command)
-    if sandbox.network == "api":
-        if sandbox.api_socket is None or sandbox.api_port is None or mechanism.socat is None:
-            raise ValueError("api network needs a socket, a port and socat")
+    if forwards:
+        assert mechanism.socat is not None  # checked above
         argv += ["--ro-bind", mechanism.socat, "/run/cc/socat"]
-        argv += ["--bind", str(sandbox.api_socket), "/run/cc/api.sock"]
-        inner = ["/bin/sh", "-c", _FORWARDER, "forwarder", str(sandbox.api_port), *command]
+        spec: list[str] = [str(len(forwards)), "1" if low_ports else "0"]
+        for index, forward in enumerate(forwards):
+            inside = "/run/cc/api.sock" if index == 0 and _has_api(sandbox) else (
+                f"/run/cc/fwd-{index}.sock"
+            )  # fmt: skip
+            argv += ["--bind", str(forward.socket), inside]
+            spec += [forward.address, str(forward.port), inside, _listening(forward)]
+        if low_ports:
+            assert mechanism.setpriv is not None  # checked above
+            argv += ["--ro-bind", mechanism.setpriv, "/run/cc/setpriv"]
+        inner = ["/bin/sh", "-c", _FORWARDER, "forwarder", *spec, *command]
     return [*argv, "--", *inner]
 
 
-# Inside the sandbox: start the forwarder, wait (bounded) until its port listens, then
-# become the command. /proc/net/tcp lists only this network namespace's sockets, so the
-# check needs no connection; socat's own errors go to stderr, never to the command's
-# stdout, which carries Claude Code's stream.
+def _has_api(sandbox: Sandbox) -> bool:
+    return sandbox.network == "api"
+
+
+def _forwards(sandbox: Sandbox) -> tuple[Forward, ...]:
+    """The API's forwarder (first, with ``api`` network), then the allowed ones."""
+    if sandbox.network == "host":
+        return ()
+    found: list[Forward] = []
+    if sandbox.network == "api":
+        if sandbox.api_socket is None or sandbox.api_port is None:
+            raise ValueError("api network needs a socket, a port and socat")
+        found.append(Forward(address="127.0.0.1", port=sandbox.api_port, socket=sandbox.api_socket))
+    found += sandbox.forwards
+    seen: set[tuple[str, int]] = set()
+    for forward in found:
+        if (forward.address, forward.port) in seen:
+            raise ValueError(
+                f"two forwarders on {forward.address}:{forward.port} inside the sandbox"
+            )
+        seen.add((forward.address, forward.port))
+    return tuple(found)
+
+
+def _listening(forward: Forward) -> str:
+    """How ``/proc/net/tcp`` shows a socket bound to the forward's address and port."""
+    packed = ipaddress.IPv4Address(forward.address).packed
+    return f"{int.from_bytes(packed, sys.byteorder):08X}:{forward.port:04X}"
+
+
+# Inside the sandbox: start each forwarder, wait (bounded) until each listens, then become
+# the command (through setpriv, which drops every capability, when a forwarder needed one
+# to bind a low port). Arguments: the count, whether to drop, then per forwarder its
+# address, port, unix socket and /proc/net/tcp pattern, then the command. /proc/net/tcp
+# lists only this network namespace's sockets, so the check needs no connection; socat's
+# own errors go to stderr, never to the command's stdout, which carries Claude Code's
+# stream.
 _FORWARDER: Final = (
-    'port="$1"; shift; '
-    '/run/cc/socat -lf /dev/stderr TCP-LISTEN:"$port",bind=127.0.0.1,fork,reuseaddr '
-    "UNIX-CONNECT:/run/cc/api.sock </dev/null >/dev/null & "
-    "hex=$(printf ':%04X ' \"$port\"); i=0; "
-    'until grep -q "$hex" /proc/net/tcp 2>/dev/null; do '
-    "i=$((i+1)); if [ $i -gt 1000 ]; then echo 'the API forwarder did not start' >&2; "
-    "exit 125; fi; sleep 0.01; done; "
+    'n="$1"; drop="$2"; shift 2; patterns=""; '
+    'while [ "$n" -gt 0 ]; do '
+    '/run/cc/socat -lf /dev/stderr TCP-LISTEN:"$2",bind="$1",fork,reuseaddr '
+    'UNIX-CONNECT:"$3" </dev/null >/dev/null & '
+    'patterns="$patterns $4"; shift 4; n=$((n-1)); done; '
+    "for pattern in $patterns; do i=0; "
+    'until grep -q "$pattern" /proc/net/tcp 2>/dev/null; do '
+    "i=$((i+1)); if [ $i -gt 1000 ]; then echo 'a network forwarder did not start' >&2; "
+    "exit 125; fi; sleep 0.01; done; done; "
+    'if [ "$drop" = 1 ]; then exec /run/cc/setpriv --inh-caps=-all --ambient-caps=-all '
+    '--bounding-set=-all -- "$@"; fi; '
     'exec "$@"'
 )
+
+#: The first loopback address an allowed host name gets inside the sandbox (127.0.0.1
+#: stays the API's and ``localhost``'s); each further name gets the next.
+_FIRST_NAME_ADDRESS: Final = ipaddress.IPv4Address("127.0.1.1")
+
+
+def forward_layout(
+    allowed: Iterable[Destination], *, api_name: str | None = None
+) -> tuple[tuple[Destination, str], ...]:
+    """Where each allowed destination listens inside the sandbox: ``(destination, address)``.
+
+    A loopback destination keeps its address (``localhost`` is ``127.0.0.1``); the API's
+    own name (an ``https`` API's, mapped to ``127.0.0.1``) keeps that; every other name
+    gets a loopback address of its own, the same for all its ports. Two destinations
+    at one inside address and port (``localhost:P`` and ``127.0.0.1:P``) get one forwarder.
+    """
+    addresses: dict[str, str] = {"localhost": "127.0.0.1"}
+    if api_name is not None:
+        addresses[api_name.lower()] = "127.0.0.1"
+    layout: list[tuple[Destination, str]] = []
+    taken: set[tuple[str, int]] = set()
+    next_address = _FIRST_NAME_ADDRESS
+    for destination in dict.fromkeys(allowed):
+        if destination.host not in addresses:
+            if destination.loopback:
+                addresses[destination.host] = destination.host
+            else:
+                addresses[destination.host] = str(next_address)
+                next_address += 1
+        inside = (addresses[destination.host], destination.port)
+        if inside in taken:
+            continue  # localhost:P after 127.0.0.1:P: the same place, one forwarder
+        taken.add(inside)
+        layout.append((destination, inside[0]))
+    return tuple(layout)
+
+
+def hosts_text(layout: Iterable[tuple[Destination, str]], *, api_name: str | None = None) -> str:
+    """The sandbox's ``/etc/hosts``: loopback, the API's name, each allowed name's address."""
+    names: dict[str, str] = {}
+    for destination, address in layout:
+        if not destination.loopback and destination.host != api_name:
+            names.setdefault(destination.host, address)
+    lines = [f"127.0.0.1 localhost{' ' + api_name if api_name else ''}", "::1 localhost"]
+    lines += [f"{address} {name}" for name, address in names.items()]
+    return "\n".join(lines) + "\n"
 
 
 def api_inside(base_url: str) -> tuple[str, str, int, int, str | None]:
@@ -341,7 +480,9 @@ def probe_mechanism() -> Mechanism | str:
     socat = shutil.which("socat")
     if socat is None:
         return "socat (the agent's forwarder to the model API) is not installed"
-    mechanism = Mechanism(bwrap=bwrap, socat=socat, system=_system_layout())
+    mechanism = Mechanism(
+        bwrap=bwrap, socat=socat, system=_system_layout(), setpriv=shutil.which("setpriv")
+    )
     with tempfile.TemporaryDirectory(prefix="cc-probe-") as scratch:
         root = Path(scratch)
         for name in ("ws", "home", "tmp"):

@@ -45,8 +45,8 @@ class ShellExecutor:
     """Runs ``bash -c <prompt>`` with the workspace as its working directory.
 
     The command runs confined (:mod:`.confinement`): its workspace, a private home and
-    temp directory, no network, a minimal environment (no API key: a shell task needs
-    none), in its own cgroup.
+    temp directory, no network but the destinations its plan allows, a minimal
+    environment (no API key: a shell task needs none), in its own cgroup.
 
     Args:
         shell: the shell to use.
@@ -82,6 +82,7 @@ class ShellExecutor:
             prefix=launcher(job.nice),
             env=env,
             limits=cgroup_limits(job.limits, confinement),
+            allow=job.destinations(),
             cwd=Path(job.workspace),
             stdin=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,

@@ -298,8 +298,9 @@ def build_mcp_server(
                 min_length=1,
                 pattern=NO_NUL,
                 description=(
-                    "A plan file's text, YAML or JSON: {goal, tasks: [{id, prompt, "
-                    "depends_on, files, kind, executor, limits}]}."
+                    "A plan file's text, YAML or JSON: {goal, network, tasks: [{id, prompt, "
+                    "depends_on, files, kind, executor, limits, network}]}; network is "
+                    "{allow: [host:port, ...]}, what tasks may reach besides the model API."
                 ),
             ),
         ],

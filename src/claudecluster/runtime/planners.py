@@ -230,7 +230,9 @@ class ClaudePlanner:
             try:
                 answer = outcome.result_text or outcome.summary
                 plan = plan_from_data(extract_json(answer), "the plan")
-                validate_graph(list(plan_to_specs(plan)))
+                tasks = list(plan_to_specs(plan))
+                _grants_no_network(tasks)
+                validate_graph(tasks)
             except GraphError as exc:
                 problem = str(exc)
                 _log.info("planner answer rejected", run=submitted.run_id, problem=problem)
@@ -257,6 +259,23 @@ class ClaudePlanner:
         )
         ignore: Callable[[TaskProgress | TaskRateLimited], Any] = _ignore
         return await self._executor.run(job, ignore)
+
+
+def _grants_no_network(tasks: Sequence[TaskSpec]) -> None:
+    """A planner's plan may not let its tasks reach the network: only a person's may.
+
+    The planning agent reads the repository, which anyone may have written into; a plan
+    it makes that opens a way out of the sandbox would let a planted instruction do that.
+
+    Raises:
+        GraphError: a task of the plan has ``network.allow`` entries.
+    """
+    for task in tasks:
+        if task.network.allow:
+            raise GraphError(
+                f"task {task.task_id!r}: a planner's plan cannot allow network "
+                "destinations; leave network out (the person who submits a plan grants it)"
+            )
 
 
 async def _ignore(_: TaskProgress | TaskRateLimited) -> None:

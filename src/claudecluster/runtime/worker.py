@@ -820,6 +820,7 @@ class Worker:
                         nice=self.config.nice,
                         mcp_config=mcp_config,
                         readable=(objects,),
+                        network_allow=item.spec.network.allow,
                     ),
                     progress,
                 )
