@@ -23,9 +23,12 @@ from nats.aio.client import Client
 from claudecluster.events.codec import encode
 from claudecluster.events.envelope import wrap_command, wrap_event
 from claudecluster.events.model import (
+    Event,
     RunPlanned,
     SubmitRun,
+    TaskFilesTouched,
     TaskMerged,
+    TaskPreempted,
     TaskProgress,
     TaskSucceeded,
     WorkerHeartbeat,
@@ -100,7 +103,7 @@ async def events_stored(server: EmbeddedNats) -> int:
         return int(info.state.messages)
 
 
-def _event_bytes(event: TaskSucceeded | TaskProgress | RunPlanned | TaskMerged) -> bytes:
+def _event_bytes(event: Event) -> bytes:
     return encode(wrap_event(event, event_id=f"forged-{type(event).__name__}", now=NOW))
 
 
@@ -108,6 +111,7 @@ SUCCEEDED = TaskSucceeded(run_id="r1", task_id="t1", attempt=1, worker_id="w1")
 PLANNED = RunPlanned(run_id="r1", tasks=(), base_commit="abc", integration_branch="cc/r1")
 MERGED = TaskMerged(run_id="r1", task_id="t1", attempt=1, commit="abc", integration_branch="b")
 SUBMIT = SubmitRun(run_id="r1", goal="g", repo="/tmp/r")
+PREEMPTED = TaskPreempted(run_id="r1", task_id="t1", attempt=1, other_task_id="t2")
 
 
 async def anonymous_connect(port: int) -> bytes:
@@ -143,10 +147,12 @@ async def test_a_worker_cannot_publish_a_command(server: EmbeddedNats) -> None:
 
 
 @pytest.mark.parametrize(
-    "event", [PLANNED, MERGED], ids=["the driver's run.planned", "the driver's task.merged"]
+    "event",
+    [PLANNED, MERGED, PREEMPTED],
+    ids=["the driver's run.planned", "the driver's task.merged", "the driver's task.preempted"],
 )
 async def test_a_worker_cannot_publish_the_drivers_events(
-    server: EmbeddedNats, event: RunPlanned | TaskMerged
+    server: EmbeddedNats, event: RunPlanned | TaskMerged | TaskPreempted
 ) -> None:
     refusals = Refusals()
     client = await connect_as(server, "worker", refusals)
@@ -184,10 +190,11 @@ async def test_a_worker_may_record_its_progress_and_heartbeat(server: EmbeddedNa
     auth = embedded_auth(server.credentials, "worker")
     heartbeat = WorkerHeartbeat(worker_id="w1")
     progress = TaskProgress(run_id="r1", task_id="t1", attempt=1, kind="text", text="hi")
+    touched = TaskFilesTouched(run_id="r1", task_id="t1", attempt=1, files=("a.py",))
     async with open_jetstream_log(server.url, auth=auth, apply=False) as (_, log):
-        for event in (heartbeat, progress):
+        for event in (heartbeat, progress, touched):
             await log.append(wrap_event(event, event_id=f"ok-{type(event).__name__}", now=NOW))
-    assert await events_stored(server) == 2
+    assert await events_stored(server) == 3
 
 
 async def test_a_front_door_cannot_publish_task_succeeded(server: EmbeddedNats) -> None:
