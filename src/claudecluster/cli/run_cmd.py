@@ -15,7 +15,7 @@ from rich.prompt import Prompt
 
 from claudecluster.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from claudecluster.cli.follow import Renderer, RunEnd, follow_run, renderer_for, submit_only
-from claudecluster.cli.render import merge_warning_lines
+from claudecluster.cli.render import merge_warning_lines, preemption_lines
 from claudecluster.errors import ConfigError
 from claudecluster.events.model import (
     CancelRun,
@@ -53,6 +53,7 @@ def run(
     budget: float | None = None,
     max_parallel: int | None = None,
     on_conflict: Literal["resolve", "stop"] = "resolve",
+    on_collision: Literal["let_both", "restart_later"] = "let_both",
     verify: str | None = None,
     nats: str | None = None,
     detach: bool = False,
@@ -94,6 +95,9 @@ def run(
         budget: Stop starting tasks once the run has cost this many USD.
         max_parallel: Tasks of this run running at once (default: the fleet's cap).
         on_conflict: resolve: a resolution attempt merges conflicting changes; stop: fail.
+        on_collision: Two running tasks that touched the same file: let_both finish (the
+            second merges through a resolution), or restart_later: stop the later one and
+            run it again on top of the first one's merge (see docs/driver.md).
         verify: A shell command run on the merged result after each task (e.g. "make test").
         nats: NATS URL of a running cluster (default: nats.url, else the embedded server).
         detach: Submit, wait until the driver took the run, and return (needs --nats).
@@ -118,8 +122,8 @@ def run(
     command = _submit_command(
         goal, repo=repo, plan=plan, fanout=fanout, prompt=prompt, kind=kind,
         claude_planner=claude_planner, run_id=run_id, budget=budget,
-        max_parallel=max_parallel, on_conflict=on_conflict, verify=verify,
-        max_tasks=settings.driver.max_tasks,
+        max_parallel=max_parallel, on_conflict=on_conflict, on_collision=on_collision,
+        verify=verify, max_tasks=settings.driver.max_tasks,
     )  # fmt: skip
     if workers < 1:
         raise ConfigError("workers", "flag --workers", "must be at least 1")
@@ -160,6 +164,7 @@ def _submit_command(
     on_conflict: Literal["resolve", "stop"],
     verify: str | None,
     max_tasks: int,
+    on_collision: Literal["let_both", "restart_later"] = "let_both",
 ) -> SubmitRun:
     """Check everything that can be checked here, so mistakes fail fast with exit 2."""
     chosen = [name for name, given in
@@ -185,7 +190,9 @@ def _submit_command(
         run_id=run_id or f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}",
         budget_usd=budget,
         max_parallel=max_parallel,
-        policy=RunPolicy(on_conflict=on_conflict, verify_command=verify or ""),
+        policy=RunPolicy(
+            on_conflict=on_conflict, on_collision=on_collision, verify_command=verify or ""
+        ),
         plan_source=str(plan) if plan is not None else "",
         source="flags",
         now=datetime.now(UTC),
@@ -310,13 +317,21 @@ def print_summary(console: Console, end: RunEnd) -> None:
     warnings = merge_warning_lines(end.view, event.run_id)
     if isinstance(event, RunCompleted):
         unchanged = f" ({len(warnings)} without changes)" if warnings else ""
+        stopped = (
+            f"; {event.preempted_attempts} attempt(s) stopped early for a predicted "
+            f"collision and re-run"
+            if event.preempted_attempts
+            else ""
+        )
         console.print(
             f"run {event.run_id} completed: {event.tasks_succeeded} merged{unchanged}, "
-            f"{event.tasks_failed} failed, {event.tasks_skipped} skipped",
+            f"{event.tasks_failed} failed, {event.tasks_skipped} skipped{stopped}",
             markup=False,
         )
         for line in warnings:
             console.print(line, markup=False, style="yellow")
+        for line in preemption_lines(end.view, event.run_id):
+            console.print(line, markup=False)
         console.print(
             f"wall time {event.wall_time_s:.1f}s for {event.task_time_s:.1f}s of task time: "
             f"speedup {event.speedup:.2f}x; cost ${event.cost_usd:.4f}",
