@@ -1247,12 +1247,10 @@ def _preempt(state: DriverState, book: RunBook) -> list[Effect]:
     the worker holding the attempt is sent an attempt-scoped cancel that stops the agent.
     """
     effects: list[Effect] = []
-    if book.stopping:
-        return effects  # the run is failing: _ending cancels what runs, for good
     chosen: set[str] = set()
     for _, prediction in sorted(book.predicted.values(), key=lambda p: p[0]):
-        if prediction.action != "restart_later":
-            continue
+        if prediction.action != "restart_later" or book.stopping:
+            continue  # a failing run stops nothing more for later: _ending cancels it all
         runners = [
             collisions.Runner(
                 task_id=task_id,
@@ -1271,8 +1269,13 @@ def _preempt(state: DriverState, book: RunBook) -> list[Effect]:
             continue
         later, earlier = stop
         key = f"task:{book.run_id}:{later.task_id}"
-        if later.task_id in chosen or later.task_id in book.attention or not _free(state, key):
-            continue  # one preemption per attempt; a lost worker's requeue goes first
+        if (
+            later.task_id in chosen
+            or later.task_id in book.attention  # a lost worker's requeue goes first
+            or later.task_id in book.unsent  # its work item is being published again
+            or not _free(state, key)
+        ):
+            continue
         chosen.add(later.task_id)
         files = ", ".join(prediction.files)
         event = TaskPreempted(
