@@ -14,18 +14,19 @@ prediction (workers report no touched files; every pair collides at merge and a
 resolution attempt follows), once with the files declared in the plan (the driver orders
 each pair at plan time), side by side in one cluster, and then once with live prediction
 (workers report the files attempts touch; the driver predicts each collision while the
-pair runs, with the ``let_both`` action) in a second cluster of the same size. The table
-shows the conflicts, the resolution attempts, the task-seconds of attempts whose result
-did not merge as it was (wasted), the wall time, and for live prediction how many
-collisions were predicted and how many came true.
+pair runs, with the ``let_both`` action) in a second cluster of the same size, and once
+more with live prediction under ``on_collision: restart_later`` (the later attempt of a
+predicted pair is stopped and re-run on top of the other's merge) in a third. The table
+shows the conflicts, the resolution attempts, the attempts preempted, the task-seconds
+of attempts whose work was thrown away (wasted: results that conflicted, and preempted
+attempts up to their stop), the wall time, and for live prediction how many collisions
+were predicted and how many came true.
 
     .venv/bin/python benchmarks/bench_merge_queue.py [--quick] [--verify-seconds S]
         [--task-seconds S] [--only collisions]
 
 Prints two tables and writes benchmarks/results/merge_queue.json (with ``--only
 collisions``, the verify rows already in that file are kept).
-
-Prints two tables and writes benchmarks/results/merge_queue.json.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from claudecluster.events.model import (
     SubmitRun,
     TaskFailed,
     TaskMerged,
+    TaskPreempted,
     TaskQueued,
     TaskSpec,
     TaskStarted,
@@ -135,7 +137,7 @@ async def _cluster_runs(
     """Run the commands at once on one cluster; returns each wall time and the events.
 
     Workers report touched files every ``touched_every_s`` seconds (0: never, so the
-    driver predicts nothing).
+    driver predicts nothing). When attempts started and were preempted is noted in ``_AT``.
     """
     async with open_private_cluster(where) as conn:
         template = WorkerConfig(
@@ -157,8 +159,31 @@ async def _cluster_runs(
             started = {c.run_id: await _submit(conn, c) for c in commands}
             ended = await _wait_ends(conn, [c.run_id for c in commands], timeout_s)
             group.cancel_scope.cancel()
-        events = [s.envelope.payload for s in await read_all(conn.log)]
+        stored = await read_all(conn.log)
+        events = [s.envelope.payload for s in stored]
+    for s in stored:
+        payload = s.envelope.payload
+        if isinstance(payload, TaskStarted | TaskPreempted):
+            _AT[(type(payload).__name__, payload.run_id, payload.task_id, payload.attempt)] = (
+                s.envelope.occurred_at
+            )
     return {r: ended[r] - started[r] for r in started}, events
+
+
+#: (event type, run, task, attempt) -> when it was recorded, for TaskStarted and
+#: TaskPreempted: how long a preempted attempt ran before it was stopped.
+_AT: dict[tuple[str, str, str, int], datetime] = {}
+
+
+def _preempted_seconds(events: list[Any], run_id: str) -> float:
+    """Task-seconds of the run's preempted attempts, from their start to their stop."""
+    total = 0.0
+    for stop in _of(events, run_id, TaskPreempted):
+        started = _AT.get(("TaskStarted", run_id, stop.task_id, stop.attempt))
+        stopped = _AT.get(("TaskPreempted", run_id, stop.task_id, stop.attempt))
+        if started is not None and stopped is not None:
+            total += max((stopped - started).total_seconds(), 0.0)
+    return total
 
 
 def _of(events: list[Any], run_id: str, kind: type[Any]) -> list[Any]:
@@ -244,13 +269,25 @@ async def collision_part(tmp: Path, pairs: int, seconds: float) -> list[dict[str
     )  # fmt: skip
     walls |= live_walls
     events += live_events
+    restart = SubmitRun(
+        run_id="restart-later", goal="restart_later", repo=str(repo),
+        plan=collision_plan(pairs, seconds, declared=False),
+        policy=RunPolicy(on_collision="restart_later"),
+    )  # fmt: skip
+    restart_walls, restart_events = await _cluster_runs(
+        tmp / "collide-restart", [restart], workers=2 * pairs, timeout_s=timeout,
+        touched_every_s=min(1.0, seconds / 3),
+    )  # fmt: skip
+    walls |= restart_walls
+    events += restart_events
     rows = []
-    for name in [*configs, "live_prediction"]:
+    for name in [*configs, "live_prediction", "restart_later"]:
         run_id = name.replace("_", "-")
         seconds_of = _attempt_seconds(events, run_id)
         conflicts = _of(events, run_id, MergeConflict)
         resolutions = [q for q in _of(events, run_id, TaskQueued) if q.resolves_conflict]
         wasted = sum(seconds_of.get((c.task_id, c.attempt), 0.0) for c in conflicts)
+        wasted += _preempted_seconds(events, run_id)
         resolving = sum(seconds_of.get((q.task_id, q.attempt), 0.0) for q in resolutions)
         rows.append(
             {
@@ -258,6 +295,7 @@ async def collision_part(tmp: Path, pairs: int, seconds: float) -> list[dict[str
                 "wall_s": round(walls[run_id], 2),
                 "conflicts": len(conflicts),
                 "resolution_attempts": len(resolutions),
+                "preempted": len(_of(events, run_id, TaskPreempted)),
                 "wasted_task_s": round(wasted, 2),
                 "resolution_task_s": round(resolving, 2),
                 "merged": len(_of(events, run_id, TaskMerged)),
@@ -295,6 +333,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "live_prediction_note": (
             "measured in a second cluster after the other two rows; with let_both a "
             "prediction changes nothing about the run, so its conflicts match no_prediction"
+        ),
+        "restart_later_note": (
+            "measured in a third cluster of the same size: live prediction with "
+            "on_collision restart_later; a pair whose later attempt finished before the "
+            "prediction or its preemption landed merges as with let_both"
         ),
     }
 

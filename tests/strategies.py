@@ -25,6 +25,7 @@ from claudecluster.events.model import (
     TaskFailed,
     TaskFilesTouched,
     TaskMerged,
+    TaskPreempted,
     TaskProgress,
     TaskQueued,
     TaskRateLimited,
@@ -195,6 +196,9 @@ def _task_event(tag: str, run_id: str, task_id: str, attempt: int, n: int) -> Ev
             )
         case "task.files_touched":
             return TaskFilesTouched(run_id=r, task_id=t, attempt=attempt, files=(f"f{n}.py",))
+        case "task.preempted":
+            return TaskPreempted(run_id=r, task_id=t, attempt=attempt, other_task_id=f"o{n}",
+                                 files=(f"f{n}.py",))  # fmt: skip
     raise AssertionError(f"unexpected tag {tag}")
 
 

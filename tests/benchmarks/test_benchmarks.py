@@ -117,7 +117,7 @@ def test_merge_queue_compares_verify_each_with_batches_and_counts_collisions(
     assert batched["wall_over_each_in_turn"] == pytest.approx(
         batched["wall_s"] / each["wall_s"], rel=0.02
     )
-    free, declared, live = report["collisions"]
+    free, declared, live, restart = report["collisions"]
     # A pair collides at merge when its two tasks ran at once (nearly always: they start
     # together and work for a second), and each collision took one resolution attempt.
     assert 1 <= free["conflicts"] <= report["pairs"]
@@ -132,6 +132,17 @@ def test_merge_queue_compares_verify_each_with_batches_and_counts_collisions(
     assert live["came_true"] == live["conflicts"]
     assert free["predicted"] == declared["predicted"] == 0
     assert live["merged"] == 2 * report["pairs"]
+    assert free["preempted"] == declared["preempted"] == live["preempted"] == 0
+    # restart_later: the later attempt of a predicted pair is stopped and re-run on top
+    # of the other's merge, so that pair does not conflict; a pair whose later attempt
+    # finished before its preemption landed merges through a resolution as with let_both.
+    assert restart["prediction"] == "restart_later"
+    assert 1 <= restart["preempted"] <= restart["predicted"] <= report["pairs"]
+    assert restart["conflicts"] + restart["preempted"] <= report["pairs"]
+    assert restart["resolution_attempts"] == restart["conflicts"]
+    assert restart["came_true"] == restart["conflicts"]
+    assert restart["wasted_task_s"] > 0  # the stopped attempts' work, up to the stop
+    assert restart["merged"] == 2 * report["pairs"]
 
 
 def test_confinement_compares_every_variant_side_by_side(tmp_path: Path, sandbox: object) -> None:

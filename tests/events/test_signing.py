@@ -16,6 +16,7 @@ from claudecluster.events.model import (
     RunPlanned,
     RunSubmitted,
     TaskAssigned,
+    TaskPreempted,
     TaskQueued,
     TaskSpec,
     TaskStarted,
@@ -139,3 +140,12 @@ def test_a_worker_steps_over_forgeries_of_its_attempt_but_not_over_a_take_over()
     assert not only_forgeries([forged, take_over], 1, public(key))
     assert not only_forgeries([mine], 1, public(key))
     assert not only_forgeries([], 1, public(key))
+
+
+def test_a_preemption_of_its_attempt_supersedes_a_worker_and_is_never_a_forgery() -> None:
+    key = new_key()
+    preempted = make(TaskPreempted(run_id="r1", task_id="t1", attempt=1, other_task_id="t2"))
+
+    # Unsigned and naming the attempt, like a forgery; but only the driver may publish it.
+    assert not only_forgeries([preempted], 1, public(key))
+    assert not only_forgeries([make(SUCCEEDED), preempted], 1, public(key))

@@ -2,7 +2,9 @@
 
 Real NATS, real workers in this process, real git; shell tasks stand in for agents. Each
 task writes its file, then holds until the test has seen what it waits for (a file the
-test creates), so both attempts are live at once whatever the machine's speed.
+test creates), so both attempts are live at once whatever the machine's speed. Tasks run
+confined to their workspace with a ``/tmp`` of their own, so the go-ahead is a file the
+test puts in each workspace, ignored by git so that no result carries it.
 """
 
 from __future__ import annotations
@@ -34,10 +36,14 @@ _HOLD_LIMIT_S = 120
 
 _LINES = "".join(f"line {i}\n" for i in range(1, 21))
 
+#: The go-ahead, in the workspace a task runs in (git ignores it).
+_GO = "go-ahead"
+
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "repo", {"notes.txt": "base\n", "long.txt": _LINES})
+    files = {"notes.txt": "base\n", "long.txt": _LINES, ".gitignore": f"{_GO}\n"}
+    return make_repo(tmp_path / "repo", files)
 
 
 @asynccontextmanager
@@ -58,15 +64,20 @@ async def _cluster(
         yield Cluster(log, client, repo, tmp_path)
 
 
-def _held(task_id: str, edit: str, go: Path) -> Any:
-    """A task that makes its edit, then waits for ``go`` (a resolution attempt, which
-    finds conflict markers, keeps both sides instead)."""
-    wait = f"for i in $(seq {_HOLD_LIMIT_S * 10}); do [ -e {go} ] && break; sleep 0.1; done"
+def _held(task_id: str, edit: str) -> Any:
+    """A task that makes its edit, then waits for the go-ahead (a resolution attempt,
+    which finds conflict markers, keeps both sides instead)."""
+    wait = f"for i in $(seq {_HOLD_LIMIT_S * 10}); do [ -e {_GO} ] && break; sleep 0.1; done"
     resolve = "printf 'one\\ntwo\\n' > notes.txt"
-    command = (
-        f"if grep -q '^<<<<<<<' notes.txt; then {resolve}; else {edit} && {wait} && [ -e {go} ]; fi"
-    )
+    work = f"{edit} && {wait} && [ -e {_GO} ]"
+    command = f"if grep -q '^<<<<<<<' notes.txt; then {resolve}; else {work}; fi"
     return shell(task_id, command)
+
+
+def _go(tmp_path: Path) -> None:
+    """Give every workspace the go-ahead (the held tasks' workspaces all exist by now)."""
+    for workspace in (tmp_path / "workspaces").glob("**/notes.txt"):
+        (workspace.parent / _GO).touch()
 
 
 def _of(events: list[Event], kind: type[Any]) -> list[Any]:
@@ -76,16 +87,15 @@ def _of(events: list[Event], kind: type[Any]) -> list[Any]:
 async def test_two_running_tasks_that_edit_one_line_are_predicted_and_the_prediction_comes_true(
     world: tuple[JetStreamEventLog, Any], repo: Path, tmp_path: Path
 ) -> None:
-    go = tmp_path / "go"
     tasks = [
-        _held("one", "echo one > notes.txt", go),
-        _held("two", "echo two > notes.txt", go),
-        _held("other", "echo other > other.txt", go),
+        _held("one", "echo one > notes.txt"),
+        _held("two", "echo two > notes.txt"),
+        _held("other", "echo other > other.txt"),
     ]
     async with _cluster(world, repo, tmp_path) as cluster, running_driver(cluster):
         await cluster.submit("clash", tasks)
         seen = await cluster.wait_for(lambda es: bool(_of(es, CollisionPredicted)))
-        go.touch()
+        _go(tmp_path)
         events = await cluster.wait_end("clash")
     # Reported while running, before either result existed.
     touched = {(e.task_id, e.files) for e in _of(seen, TaskFilesTouched)}
@@ -109,15 +119,14 @@ async def test_two_running_tasks_that_edit_one_line_are_predicted_and_the_predic
 async def test_two_running_tasks_on_distant_lines_are_predicted_and_settle_as_a_false_alarm(
     world: tuple[JetStreamEventLog, Any], repo: Path, tmp_path: Path
 ) -> None:
-    go = tmp_path / "go"
     tasks = [
-        _held("top", "sed -i 's/^line 1$/top/' long.txt", go),
-        _held("bottom", "sed -i 's/^line 20$/bottom/' long.txt", go),
+        _held("top", "sed -i 's/^line 1$/top/' long.txt"),
+        _held("bottom", "sed -i 's/^line 20$/bottom/' long.txt"),
     ]
     async with _cluster(world, repo, tmp_path) as cluster, running_driver(cluster):
         await cluster.submit("near", tasks)
         await cluster.wait_for(lambda es: bool(_of(es, CollisionPredicted)))
-        go.touch()
+        _go(tmp_path)
         events = await cluster.wait_end("near")
     (predicted,) = _of(events, CollisionPredicted)
     assert predicted.files == ("long.txt",)

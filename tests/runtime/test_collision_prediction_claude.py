@@ -3,7 +3,9 @@ workers, real git, the real CLI.
 
 Each agent writes the same line of ``clash.txt``, then (a Bash call) holds until the test
 has seen the collision predicted, then says it is done. The second to merge conflicts and
-its resolution attempt keeps both lines; the prediction settles as come true.
+its resolution attempt keeps both lines; the prediction settles as come true. The agents
+run confined to their workspace (``/tmp`` is their own), so the go-ahead is a file the
+test puts in each workspace, ignored by git so that no result carries it.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from tests.support import make_repo
 #: How long an agent's Bash call holds for the test's go-ahead before it gives up.
 _HOLD_LIMIT_S = 100
 
+#: The go-ahead, in the workspace the agent runs in (git ignores it).
+_GO = "go-ahead"
 
-def _script(go: Path) -> Script:
-    hold = f"for i in $(seq {_HOLD_LIMIT_S * 10}); do [ -e {go} ] && break; sleep 0.1; done"
+
+def _script() -> Script:
+    hold = f"for i in $(seq {_HOLD_LIMIT_S * 10}); do [ -e {_GO} ] && break; sleep 0.1; done"
 
     def write(content: str) -> dict[str, Any]:
         return {"name": "Write", "input": {"file_path": "{cwd}/clash.txt", "content": content}}
@@ -59,13 +64,12 @@ async def test_two_running_claude_attempts_on_one_line_are_predicted_and_it_come
     world: tuple[JetStreamEventLog, Any], tmp_path: Path
 ) -> None:
     log, client = world
-    repo = make_repo(tmp_path / "repo", {"clash.txt": "base\n"})
-    go = tmp_path / "go"
+    repo = make_repo(tmp_path / "repo", {"clash.txt": "base\n", ".gitignore": f"{_GO}\n"})
     plan = tuple(
         TaskSpec(task_id=side, title=f"{side} side", prompt=f"[[task:{side}]] write")
         for side in ("one", "two")
     )
-    async with open_scripted_model(_script(go)) as model:
+    async with open_scripted_model(_script()) as model:
         template = WorkerConfig(
             worker_id="template",
             workspace_root=tmp_path / "workspaces",
@@ -80,7 +84,8 @@ async def test_two_running_claude_attempts_on_one_line_are_predicted_and_it_come
                 await cluster.wait_for(
                     lambda es: any(isinstance(e, CollisionPredicted) for e in es), limit_s=180
                 )
-                go.touch()
+                for workspace in (tmp_path / "workspaces").glob("**/clash.txt"):
+                    (workspace.parent / _GO).touch()
                 events = await cluster.wait_end("clash", limit_s=240)
 
     def of(kind: type[Any]) -> list[Any]:

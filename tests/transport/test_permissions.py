@@ -31,6 +31,7 @@ from claudecluster.events.model import (
     SubmitRun,
     TaskFilesTouched,
     TaskMerged,
+    TaskPreempted,
     TaskProgress,
     TaskSucceeded,
     WorkerHeartbeat,
@@ -114,6 +115,7 @@ SUCCEEDED = TaskSucceeded(run_id="r1", task_id="t1", attempt=1, worker_id="w1")
 PLANNED = RunPlanned(run_id="r1", tasks=(), base_commit="abc", integration_branch="cc/r1")
 MERGED = TaskMerged(run_id="r1", task_id="t1", attempt=1, commit="abc", integration_branch="b")
 SUBMIT = SubmitRun(run_id="r1", goal="g", repo="/tmp/r")
+PREEMPTED = TaskPreempted(run_id="r1", task_id="t1", attempt=1, other_task_id="t2")
 
 
 async def anonymous_connect(port: int) -> bytes:
@@ -149,10 +151,12 @@ async def test_a_worker_cannot_publish_a_command(server: EmbeddedNats) -> None:
 
 
 @pytest.mark.parametrize(
-    "event", [PLANNED, MERGED], ids=["the driver's run.planned", "the driver's task.merged"]
+    "event",
+    [PLANNED, MERGED, PREEMPTED],
+    ids=["the driver's run.planned", "the driver's task.merged", "the driver's task.preempted"],
 )
 async def test_a_worker_cannot_publish_the_drivers_events(
-    server: EmbeddedNats, event: RunPlanned | TaskMerged
+    server: EmbeddedNats, event: RunPlanned | TaskMerged | TaskPreempted
 ) -> None:
     refusals = Refusals()
     client = await connect_as(server, "worker", refusals)

@@ -11,8 +11,14 @@ Declared ``files`` are handled before any of this, at planning: overlapping decl
 become dependencies, and a task that depends on another never runs beside it, so it is
 never predicted to collide with it.
 
-Only the ``let_both`` action exists: both attempts finish and the second merges through a
-rebase or a resolution, as without a prediction.
+The run's ``on_collision`` policy says what a prediction does:
+
+* ``let_both``: both attempts finish and the second merges through a rebase or a
+  resolution, as without a prediction;
+* ``restart_later``: the attempt that started later is stopped at once
+  (``TaskPreempted``, see :func:`to_preempt`) and queued again once the earlier task
+  has merged (:func:`may_requeue`), so it starts from that merge and does not conflict
+  with it: a stopped attempt instead of a whole attempt plus a resolution.
 """
 
 from __future__ import annotations
@@ -21,9 +27,27 @@ from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Collision", "LiveAttempt", "Outcome", "Side", "conflict_hits", "predict", "settle"]
+__all__ = [
+    "Collision",
+    "LiveAttempt",
+    "Outcome",
+    "Runner",
+    "Side",
+    "Standing",
+    "conflict_hits",
+    "may_requeue",
+    "predict",
+    "settle",
+    "to_preempt",
+]
 
-Outcome = Literal["conflicted", "merged_clean", "moot"]
+Outcome = Literal["conflicted", "merged_clean", "restarted", "moot"]
+
+#: Where a task of a predicted pair stands, for the ``restart_later`` policy: ``live``
+#: (queued, assigned or running), ``finishing`` (succeeded or conflicted: on its way to a
+#: merge), ``merged``, ``preempted`` (itself stopped, waiting for another task), or
+#: ``gone`` (failed, cancelled or skipped: it will not merge, or not soon).
+Standing = Literal["live", "finishing", "merged", "preempted", "gone"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,16 +122,18 @@ class Side:
     gone: bool = False
 
 
-def settle(first: Side, second: Side) -> Outcome | None:
+def settle(first: Side, second: Side, *, restarted: bool = False) -> Outcome | None:
     """What became of a prediction, or None while it is not yet known.
 
     A conflict of either side settles it as come true at once; both merged without one
-    settles it as a false alarm; a side that will never merge makes it moot.
+    settles it as a false alarm, or as ``restarted`` when the later attempt was preempted
+    for it (the re-run started from the earlier merge, so it could not collide with it);
+    a side that will never merge makes it moot.
     """
     if first.conflicted or second.conflicted:
         return "conflicted"
     if first.merged and second.merged:
-        return "merged_clean"
+        return "restarted" if restarted else "merged_clean"
     if first.gone or second.gone:
         return "moot"
     return None
@@ -118,3 +144,44 @@ def conflict_hits(conflict_files: Iterable[str], predicted: Iterable[str]) -> bo
     no file at all (a refused result whose files git did not list)."""
     files = set(conflict_files)
     return not files or bool(files & set(predicted))
+
+
+@dataclass(frozen=True, slots=True)
+class Runner:
+    """One task of a predicted pair as the ``restart_later`` policy sees it.
+
+    ``order`` is when its live attempt was queued (its log sequence): the larger started
+    later. ``predicted_attempt`` is the attempt the prediction named for it.
+    """
+
+    task_id: str
+    order: int
+    attempt: int
+    predicted_attempt: int
+    standing: Standing
+
+
+def to_preempt(first: Runner, second: Runner) -> tuple[Runner, Runner] | None:
+    """(later, earlier) when the later-started attempt of a predicted pair is to be
+    stopped now, else None.
+
+    Only the attempt that started later is ever stopped, whichever way round the pair
+    was predicted (a pair predicted both ways still stops one). It is stopped only while
+    it is the live attempt the prediction named (one that finished, or was replaced
+    meanwhile, has nothing to stop), and only if the earlier one is still on its way to
+    a merge or merged: not if it will not merge (nothing to wait for), and not if it is
+    itself preempted (it waits for a third task; waiting on a waiting task could close a
+    cycle of tasks each waiting for another).
+    """
+    later, earlier = sorted((first, second), key=lambda r: (r.order, r.task_id), reverse=True)
+    if later.standing != "live" or later.attempt != later.predicted_attempt:
+        return None
+    if earlier.standing in ("preempted", "gone"):
+        return None
+    return later, earlier
+
+
+def may_requeue(earlier: Standing) -> bool:
+    """Whether a task preempted for ``earlier`` may be queued again: once that task has
+    merged (the new attempt starts from the merge), or at once if it will not merge."""
+    return earlier in ("merged", "gone")

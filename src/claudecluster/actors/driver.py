@@ -71,6 +71,7 @@ from claudecluster.events.model import (
     TaskFilesTouched,
     TaskLimits,
     TaskMerged,
+    TaskPreempted,
     TaskQueued,
     TaskRateLimited,
     TaskRetryScheduled,
@@ -368,6 +369,10 @@ class RunBook:
     settled: set[tuple[str, str]] = field(default_factory=set)
     #: task -> (sequence, files) of each merge conflict, to tell whether a prediction hit
     conflicts_seen: dict[str, list[tuple[int, tuple[str, ...]]]] = field(default_factory=dict)
+    #: restart_later: task -> the preemption of its attempt, while it waits to be requeued
+    preempted: dict[str, TaskPreempted] = field(default_factory=dict)
+    #: (later, earlier) pairs whose later attempt was preempted (settled as "restarted")
+    preempted_pairs: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def policy(self) -> RunPolicy:
@@ -693,9 +698,9 @@ def _waits_for_room(state: DriverState, book: RunBook, task_id: str, now: dateti
     return (
         task.state is TaskState.CONFLICTED
         and book.policy.on_conflict != "stop"
-        and task.attempt <= book.policy.max_attempts
+        and _counted(task) <= book.policy.max_attempts
         and task_id in book.conflicts
-    )
+    ) or (task.state is TaskState.PREEMPTED and _requeue_due(state, book, task_id))
 
 
 def _free(state: DriverState, key: str) -> bool:
@@ -838,6 +843,7 @@ def _task_moved(state: DriverState, book: RunBook, event: TaskEvent, stored: Sto
             book.queued[task_id] = event
             book.queued_seq[task_id] = stored.seq
             book.touched.pop(task_id, None)
+            book.preempted.pop(task_id, None)
             book.retry_at.pop(task_id, None)
             conflict = book.conflicts.pop(task_id, None)
             if event.resolves_conflict and conflict is not None:
@@ -858,6 +864,9 @@ def _task_moved(state: DriverState, book: RunBook, event: TaskEvent, stored: Sto
         case TaskFilesTouched() if event.attempt == task.attempt:
             book.touched[task_id] = (event.attempt, frozenset(event.files))
             book.touched_fresh = True
+        case TaskPreempted():
+            book.preempted[task_id] = event
+            book.preempted_pairs.add((task_id, event.other_task_id))
         case TaskMerged():
             book.head = event.commit
             book.merges.append((stored.seq, task_id, event.commit))
@@ -888,7 +897,12 @@ def _classify(state: DriverState, book: RunBook, task: TaskView) -> None:
         worker = state.view.workers.get(task.worker_id or "")
         if worker is not None and worker.state == "lost":
             book.attention.add(task_id)
-    elif state_ in (TaskState.FAILED, TaskState.RETRY_WAIT, TaskState.CONFLICTED):
+    elif state_ in (
+        TaskState.FAILED,
+        TaskState.RETRY_WAIT,
+        TaskState.CONFLICTED,
+        TaskState.PREEMPTED,
+    ):
         book.attention.add(task_id)
     elif state_ in _DONE:
         book.done.add(task_id)
@@ -1039,6 +1053,8 @@ def _cancel_task(state: DriverState, command_id: str, command: CancelTask) -> li
 
     if task is None:
         return reject(f"run {command.run_id!r} has no task {command.task_id!r}")
+    if command.attempt and (command.attempt != task.attempt or task.state is TaskState.PREEMPTED):
+        return []  # that attempt is no longer live: nothing of the task to cancel
     if task.state.terminal:
         return reject(f"task {command.task_id!r} already ended ({task.state.value})")
     if task.state in _HELD_BY_WORKER:
@@ -1115,6 +1131,7 @@ def _reconcile(state: DriverState, book: RunBook, now: datetime) -> list[Effect]
         1 for e in attended if isinstance(e, Dispatch) and e.queued.task_id not in book.active
     )
     effects += _start_ready(state, book, now, starting)
+    effects += _preempt(state, book)
     effects += _merge_lane(state, book)
     effects += _budget(state, book)
     collided = _collisions(state, book)
@@ -1134,7 +1151,10 @@ def _collisions(state: DriverState, book: RunBook) -> list[Effect]:
     if not _free(state, key) or book.graph is None:
         return []
     for pair, (seq, prediction) in sorted(book.predicted.items()):
-        outcome = collisions.settle(*(_side(state, book, t, seq, prediction) for t in pair))
+        outcome = collisions.settle(
+            *(_side(state, book, t, seq, prediction) for t in pair),
+            restarted=pair in book.preempted_pairs or pair[::-1] in book.preempted_pairs,
+        )
         if outcome is None:
             continue
         settled = CollisionSettled(
@@ -1181,7 +1201,7 @@ def _collisions(state: DriverState, book: RunBook) -> list[Effect]:
             other_task_id=earlier.task_id,
             other_attempt=earlier.attempt,
             files=collision.files,
-            action="let_both",
+            action=book.policy.on_collision,
         )
         event_id = f"collision-{book.run_id}-{later.task_id}-{earlier.task_id}"
         return [_record(state, key, event, event_id)]
@@ -1202,6 +1222,126 @@ def _side(
         conflicted=conflicted,
         gone=task.state in {TaskState.CANCELLED, TaskState.SKIPPED} or task_id in book.failed,
     )
+
+
+def _standing(state: DriverState, book: RunBook, task_id: str) -> collisions.Standing:
+    """Where one task of a predicted pair stands, for the ``restart_later`` policy."""
+    task_state = state.view.tasks[task_key(book.run_id, task_id)].state
+    if task_state in _ACTIVE:
+        return "live"
+    if task_state in (TaskState.SUCCEEDED, TaskState.CONFLICTED):
+        return "finishing"
+    if task_state is TaskState.MERGED:
+        return "merged"
+    if task_state is TaskState.PREEMPTED:
+        return "preempted"
+    return "gone"  # failed (retried or not), cancelled, skipped
+
+
+def _preempt(state: DriverState, book: RunBook) -> list[Effect]:
+    """restart_later: stop the later attempt of each predicted pair, and tell its worker.
+
+    Level-triggered like the rest: a preemption is recorded (conditional on the task's
+    history, so it loses to a result that came first, and is then decided again on what
+    won) while the prediction stands and the later attempt is live; once it is recorded,
+    the worker holding the attempt is sent an attempt-scoped cancel that stops the agent.
+    """
+    effects: list[Effect] = []
+    chosen: set[str] = set()
+    for _, prediction in sorted(book.predicted.values(), key=lambda p: p[0]):
+        if prediction.action != "restart_later" or book.stopping:
+            continue  # a failing run stops nothing more for later: _ending cancels it all
+        runners = [
+            collisions.Runner(
+                task_id=task_id,
+                order=book.queued_seq.get(task_id, 0),
+                attempt=_attempt(state, book, task_id),
+                predicted_attempt=attempt,
+                standing=_standing(state, book, task_id),
+            )
+            for task_id, attempt in (
+                (prediction.task_id, prediction.attempt),
+                (prediction.other_task_id, prediction.other_attempt),
+            )
+        ]
+        stop = collisions.to_preempt(*runners)
+        if stop is None:
+            continue
+        later, earlier = stop
+        key = f"task:{book.run_id}:{later.task_id}"
+        if (
+            later.task_id in chosen
+            or later.task_id in book.attention  # a lost worker's requeue goes first
+            or later.task_id in book.unsent  # its work item is being published again
+            or not _free(state, key)
+        ):
+            continue
+        chosen.add(later.task_id)
+        files = ", ".join(prediction.files)
+        event = TaskPreempted(
+            run_id=book.run_id,
+            task_id=later.task_id,
+            attempt=later.attempt,
+            other_task_id=earlier.task_id,
+            files=prediction.files,
+            reason=(
+                f"predicted to collide with {earlier.task_id!r} in {files}: stopped, to run "
+                f"again on top of its merge"
+            ),
+        )
+        event_id = f"preempted-{book.run_id}-{later.task_id}-{later.attempt}"
+        effects.append(_record(state, key, event, event_id))
+    for task_id, preemption in sorted(book.preempted.items()):
+        task = state.view.tasks[task_key(book.run_id, task_id)]
+        sent = f"{task_id}/{preemption.attempt}"
+        key = f"cancel:{book.run_id}:{task_id}"
+        if (
+            task.state is not TaskState.PREEMPTED
+            or task.worker_id is None  # still only a queued message: no agent to stop
+            or sent in book.cancel_sent
+            or not _free(state, key)
+        ):
+            continue
+        command = CancelTask(
+            run_id=book.run_id,
+            task_id=task_id,
+            reason=preemption.reason or "preempted",
+            attempt=preemption.attempt,
+        )
+        effects.append(
+            PublishCommand(
+                key=key,
+                command=command,
+                command_id=f"preempt-{book.run_id}-{task_id}-{preemption.attempt}",
+            )
+        )
+    return effects
+
+
+def _requeue_due(state: DriverState, book: RunBook, task_id: str) -> bool:
+    """Whether a preempted task may be queued again: the task it waits for merged, or
+    will not merge (then at once)."""
+    preemption = book.preempted.get(task_id)
+    if preemption is None:
+        return True  # preempted before this driver knew why (an older log): go on
+    return collisions.may_requeue(_standing(state, book, preemption.other_task_id))
+
+
+def _rerun_why(book: RunBook, task_id: str) -> str:
+    """The note of a preempted task's new attempt."""
+    preemption = book.preempted.get(task_id)
+    if preemption is None:
+        return "the previous attempt was stopped early"
+    return (
+        f"the previous attempt was stopped early because it was predicted to collide with "
+        f"{preemption.other_task_id!r} in {', '.join(preemption.files) or 'the same files'}; "
+        f"this one starts from the integration branch after that task"
+    )
+
+
+def _counted(task: TaskView) -> int:
+    """The task's attempts that count against max_attempts: preempted ones do not."""
+    return task.attempt - task.preemptions
 
 
 def _attend(state: DriverState, book: RunBook, now: datetime) -> list[Effect]:
@@ -1227,7 +1367,7 @@ def _attend(state: DriverState, book: RunBook, now: datetime) -> list[Effect]:
             case TaskState.FAILED if task_id not in book.failed:
                 if (
                     task.failure_class in policy.retry_classes
-                    and task.attempt < policy.max_attempts
+                    and _counted(task) < policy.max_attempts
                 ):
                     delay = min(
                         policy.backoff_base_s * 2 ** (task.attempt - 1), policy.backoff_max_s
@@ -1263,13 +1403,16 @@ def _attend(state: DriverState, book: RunBook, now: datetime) -> list[Effect]:
                         f"task {task_id!r} conflicts with the integration branch in "
                         f"{files}{problem}"
                     )
-                elif task.attempt > policy.max_attempts:
+                elif _counted(task) > policy.max_attempts:
                     book.stopping = book.stopping or stop_reason(
-                        task_id, conflict, task.conflict_files, task.attempt,
+                        task_id, conflict, task.conflict_files, _counted(task),
                         book.integration_branch,
                     )  # fmt: skip
                 elif conflict is not None and not book.stopping and room():
                     effects.append(_dispatch(state, book, task, "resolve", conflict=conflict))
+            case TaskState.PREEMPTED:
+                if _requeue_due(state, book, task_id) and not book.stopping and room():
+                    effects.append(_dispatch(state, book, task, _rerun_why(book, task_id)))
             case TaskState.QUEUED | TaskState.ASSIGNED | TaskState.RUNNING:
                 worker = state.view.workers.get(task.worker_id or "")
                 if worker is not None and worker.state == "lost":
@@ -1613,6 +1756,7 @@ def _summary(state: DriverState, book: RunBook) -> RunCompleted:
         task_time_s=round(busy, 3),
         speedup=round(busy / wall, 3) if wall > 0 else 0.0,
         cost_usd=round(cost.cost_usd, 6) if cost is not None else 0.0,
+        preempted_attempts=sum(t.preemptions for t in tasks),
     )
 
 

@@ -23,7 +23,13 @@ from claudecluster.domain.lifecycle import TaskState
 from claudecluster.domain.network import allowance_problem
 from claudecluster.domain.outcome import Outcome
 from claudecluster.events.envelope import EventEnvelope
-from claudecluster.events.model import ArtifactRef, TaskEvent, TaskFailed, TaskSucceeded
+from claudecluster.events.model import (
+    ArtifactRef,
+    TaskEvent,
+    TaskFailed,
+    TaskPreempted,
+    TaskSucceeded,
+)
 from claudecluster.events.signing import verify_envelope
 from claudecluster.events.work import WorkItem
 from claudecluster.projections.views import TaskView
@@ -128,11 +134,14 @@ def only_forgeries(newer: list[EventEnvelope], attempt: int, public_key: str) ->
     forgery: events naming our attempt that our key did not sign.
 
     Readers refuse those, so the attempt goes on (appending after them); anything else
-    (a take-over, a cancel, the driver's verdict) means it was superseded.
+    (a take-over, a cancel, the driver's verdict) means it was superseded. A preemption
+    names our attempt unsigned, but only the driver may publish it: it is never a forgery.
     """
     for envelope in newer:
         event = envelope.payload
         if not isinstance(event, TaskEvent) or getattr(event, "attempt", None) != attempt:
+            return False
+        if isinstance(event, TaskPreempted):
             return False
         if verify_envelope(envelope, public_key) is None:
             return False  # signed by us: not a forgery (and not expected either)

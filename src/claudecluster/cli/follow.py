@@ -25,6 +25,7 @@ from claudecluster.domain.lifecycle import TaskState
 from claudecluster.errors import CommandRefusedError, DriverUnavailableError
 from claudecluster.events.envelope import StoredEvent
 from claudecluster.events.model import (
+    CollisionPredicted,
     CommandRejected,
     MergeConflict,
     RunCancelled,
@@ -35,6 +36,7 @@ from claudecluster.events.model import (
     SubmitRun,
     TaskFailed,
     TaskMerged,
+    TaskPreempted,
     TaskRetryScheduled,
     TaskSkipped,
     TaskStarted,
@@ -301,6 +303,17 @@ def _describe(stored: StoredEvent, view: ClusterView) -> str:
             return f"{event.task_id}: retry as attempt {event.next_attempt} in {event.delay_s:g}s"
         case TaskSkipped():
             return f"{event.task_id}: skipped: {event.reason}"
+        case TaskPreempted():
+            return (
+                f"{event.task_id}: attempt {event.attempt} stopped early, predicted to collide "
+                f"with {event.other_task_id} in {', '.join(event.files) or 'the same files'}; "
+                f"it runs again once {event.other_task_id} merged"
+            )
+        case CollisionPredicted():
+            return (
+                f"{event.task_id}: predicted to collide with {event.other_task_id} in "
+                f"{', '.join(event.files)}; policy: {event.action}"
+            )
         case TaskMerged() if not event.brought_changes:
             return (
                 f"{event.task_id}: merged WITHOUT CHANGES, the branch stays at "
@@ -317,6 +330,8 @@ def _describe(stored: StoredEvent, view: ClusterView) -> str:
         case RunCompleted():
             unchanged = len(merge_warnings(view, event.run_id))
             extra = f" ({unchanged} without changes)" if unchanged else ""
+            if event.preempted_attempts:
+                extra += f", {event.preempted_attempts} attempt(s) stopped early and re-run"
             return f"run completed: {event.tasks_succeeded} merged{extra}"
         case RunFailed():
             return f"run failed: {event.reason}"

@@ -16,7 +16,12 @@ from rich.console import Console
 from rich.table import Table
 
 from claudecluster.cli.app import EXIT_OK
-from claudecluster.cli.render import merge_warning_lines, run_table, tasks_table
+from claudecluster.cli.render import (
+    merge_warning_lines,
+    preemption_lines,
+    run_table,
+    tasks_table,
+)
 from claudecluster.errors import ConfigError, InvalidIdError, UnknownEntityError
 from claudecluster.events.envelope import StoredEvent
 from claudecluster.events.model import TaskProgress
@@ -83,6 +88,8 @@ def status(ref: str | None = None, *, nats: str | None = None, config: Path | No
         console.print(tasks_table(view, ref))
         for line in merge_warning_lines(view, ref):
             console.print(line, style="yellow", markup=False)
+        for line in preemption_lines(view, ref):
+            console.print(line, markup=False)
         progress = run_progress(view, ref, now)
         if progress is not None and progress.remaining_path:
             estimate = (

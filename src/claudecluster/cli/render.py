@@ -7,10 +7,16 @@ from datetime import datetime
 from rich.table import Table
 
 from claudecluster.projections.cluster import ClusterView
-from claudecluster.projections.progress import merge_warnings
+from claudecluster.projections.progress import merge_warnings, preemptions
 from claudecluster.projections.views import RunView
 
-__all__ = ["merge_warning_lines", "run_table", "tasks_table", "workers_table"]
+__all__ = [
+    "merge_warning_lines",
+    "preemption_lines",
+    "run_table",
+    "tasks_table",
+    "workers_table",
+]
 
 
 def _elapsed(start: datetime | None, end: datetime | None) -> str:
@@ -46,10 +52,14 @@ def tasks_table(view: ClusterView, run_id: str) -> Table:
         table.add_column(column, justify="right" if column in {"turns", "cost"} else "left")
     for task in view.tasks_of(run_id):
         unchanged = task.state.value == "merged" and task.merge_note
+        state = f"{task.state.value} (no change)" if unchanged else task.state.value
+        if task.state.value == "preempted":
+            state = f"preempted (waits for {task.preempted_by})"
+        stopped = f" ({task.preemptions} stopped early)" if task.preemptions else ""
         table.add_row(
             task.task_id,
-            f"{task.state.value} (no change)" if unchanged else task.state.value,
-            str(task.attempt),
+            state,
+            f"{task.attempt}{stopped}",
             task.worker_id or "-",
             _elapsed(task.started_at, task.finished_at),
             str(task.turns),
@@ -64,6 +74,22 @@ def merge_warning_lines(view: ClusterView, run_id: str) -> list[str]:
         f"warning: {task_id} merged without changes: {why}"
         for task_id, why in merge_warnings(view, run_id)
     ]
+
+
+def preemption_lines(view: ClusterView, run_id: str) -> list[str]:
+    """One note per task with an attempt stopped early for a predicted collision."""
+    lines = []
+    for task_id, count, by, state in preemptions(view, run_id):
+        then = (
+            f"waits for {by} to merge"
+            if state == "preempted"
+            else f"re-run on top of {by}'s merge, now {state}"
+        )
+        lines.append(
+            f"note: {task_id}: {count} attempt(s) stopped early, predicted to collide "
+            f"with {by}; {then}"
+        )
+    return lines
 
 
 def workers_table(view: ClusterView, now: datetime | None = None) -> Table:

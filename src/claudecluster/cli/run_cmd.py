@@ -18,7 +18,7 @@ from rich.prompt import Prompt
 from claudecluster.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from claudecluster.cli.follow import Renderer, RunEnd, follow_run, renderer_for, submit_only
 from claudecluster.cli.preview import preview_lines
-from claudecluster.cli.render import merge_warning_lines
+from claudecluster.cli.render import merge_warning_lines, preemption_lines
 from claudecluster.errors import ConfigError
 from claudecluster.events.model import (
     CancelRun,
@@ -59,6 +59,7 @@ def run(
     budget: float | None = None,
     max_parallel: int | None = None,
     on_conflict: Literal["resolve", "stop"] = "resolve",
+    on_collision: Literal["let_both", "restart_later"] = "let_both",
     verify: str | None = None,
     nats: str | None = None,
     detach: bool = False,
@@ -110,6 +111,9 @@ def run(
         budget: Stop starting tasks once the run has cost this many USD.
         max_parallel: Tasks of this run running at once (default: the fleet's cap).
         on_conflict: resolve: a resolution attempt merges conflicting changes; stop: fail.
+        on_collision: Two running tasks that touched the same file: let_both finish (the
+            second merges through a resolution), or restart_later: stop the later one and
+            run it again on top of the first one's merge (see docs/driver.md).
         verify: A shell command run on the merged result after each task (e.g. "make test").
         nats: NATS URL of a running cluster (default: nats.url, else the embedded server).
         detach: Submit, wait until the driver took the run, and return (needs --nats).
@@ -153,7 +157,8 @@ def run(
     command = _submit_command(
         goal, repo=repo, plan=plan, fanout=fanout, prompt=prompt, kind=kind,
         claude_planner=claude_planner, run_id=run_id, budget=budget,
-        max_parallel=max_parallel, on_conflict=on_conflict, verify=verify,
+        max_parallel=max_parallel, on_conflict=on_conflict, on_collision=on_collision,
+        verify=verify,
         max_tasks=settings.driver.max_tasks,
         failure=_FailureFlags(max_attempts, on_task_failure, rollback_on_failure),
         model=model,
@@ -277,6 +282,7 @@ def _submit_command(
     failure: _FailureFlags | None = None,
     model: str | None = None,
     default_model: str = "",
+    on_collision: Literal["let_both", "restart_later"] = "let_both",
 ) -> SubmitRun:
     """Check everything that can be checked here, so mistakes fail fast with exit 2."""
     chosen = [name for name, given in
@@ -309,6 +315,7 @@ def _submit_command(
             plan_file,
             failure or _FailureFlags(),
             on_conflict=on_conflict,
+            on_collision=on_collision,
             verify=verify,
             # The flag, else the plan's default, else the configured one.
             model=first_given(model, plan_file.model if plan_file else None, default_model),
@@ -339,6 +346,7 @@ def _policy(
     on_conflict: Literal["resolve", "stop"],
     verify: str | None,
     model: str,
+    on_collision: Literal["let_both", "restart_later"] = "let_both",
 ) -> RunPolicy:
     """The run's policy: the flags, then the plan's ``policy:``, then the defaults.
 
@@ -348,6 +356,9 @@ def _policy(
     default = RunPolicy()
     return RunPolicy(
         on_conflict=on_conflict if on_conflict != "resolve" else stated.on_conflict or "resolve",
+        on_collision=on_collision
+        if on_collision != "let_both"
+        else stated.on_collision or "let_both",
         verify_command=verify or "",
         max_attempts=first_given(flags.max_attempts, stated.max_attempts, default.max_attempts),
         on_task_failure=first_given(
@@ -499,13 +510,21 @@ def print_summary(console: Console, end: RunEnd) -> None:
     warnings = merge_warning_lines(end.view, event.run_id)
     if isinstance(event, RunCompleted):
         unchanged = f" ({len(warnings)} without changes)" if warnings else ""
+        stopped = (
+            f"; {event.preempted_attempts} attempt(s) stopped early for a predicted "
+            f"collision and re-run"
+            if event.preempted_attempts
+            else ""
+        )
         console.print(
             f"run {event.run_id} completed: {event.tasks_succeeded} merged{unchanged}, "
-            f"{event.tasks_failed} failed, {event.tasks_skipped} skipped",
+            f"{event.tasks_failed} failed, {event.tasks_skipped} skipped{stopped}",
             markup=False,
         )
         for line in warnings:
             console.print(line, markup=False, style="yellow")
+        for line in preemption_lines(end.view, event.run_id):
+            console.print(line, markup=False)
         console.print(
             f"wall time {event.wall_time_s:.1f}s for {event.task_time_s:.1f}s of task time: "
             f"speedup {event.speedup:.2f}x; cost ${event.cost_usd:.4f}",

@@ -14,6 +14,8 @@ Task states (the main paths; TASK_TRANSITIONS below is the whole truth)::
     pending -> skipped          (any active state) -> cancelled
     succeeded -> failed (its merge failed the verify command and was undone)
     queued/assigned/running -> queued (a new attempt after a lost worker)
+    queued/assigned/running -> preempted -> queued (stopped early for a predicted
+        collision, queued again once the earlier task merged) | cancelled
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class TaskState(StrEnum):
     MERGED = "merged"
     CONFLICTED = "conflicted"
     REVERTED = "reverted"
+    #: stopped early for a predicted collision; queued again after the other task merges
+    PREEMPTED = "preempted"
 
     @property
     def terminal(self) -> bool:
@@ -89,6 +93,10 @@ TASK_TRANSITIONS: Final[dict[tuple[TaskState, str], TaskState]] = {
     (_T.RUNNING, "task.rate_limited"): _T.RUNNING,
     (_T.RUNNING, "task.files_touched"): _T.RUNNING,
     (_T.RUNNING, "task.succeeded"): _T.SUCCEEDED,
+    # Stopped early by the driver for a predicted collision: not a failure, not an end.
+    **{(state, "task.preempted"): _T.PREEMPTED for state in _ACTIVE},
+    (_T.PREEMPTED, "task.queued"): _T.QUEUED,
+    (_T.PREEMPTED, "task.cancelled"): _T.CANCELLED,
     (_T.FAILED, "task.retry_scheduled"): _T.RETRY_WAIT,
     (_T.FAILED, "task.skipped"): _T.SKIPPED,
     (_T.FAILED, "task.cancelled"): _T.CANCELLED,

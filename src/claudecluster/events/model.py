@@ -40,6 +40,7 @@ __all__ = [
     "CollisionPredicted",
     "CollisionSettled",
     "TaskFilesTouched",
+    "TaskPreempted",
     "PredictedConflict",
     "ProgressKind",
     "RollbackRun",
@@ -275,6 +276,15 @@ class RunPolicy(msgspec.Struct, frozen=True, kw_only=True):
         ),
     ] = 4
     verify_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    on_collision: Annotated[
+        Literal["let_both", "restart_later"],
+        msgspec.Meta(
+            description="Two running attempts predicted to collide (they touched the same "
+            "file): let both finish and merge the second through a rebase or a resolution, "
+            "or stop the later one at once and run it again on top of the earlier one's "
+            "merge. A stopped attempt is not a failure and counts against no attempt limit."
+        ),
+    ] = "let_both"
     rollback_on_failure: bool = False
     pool: Id = "default"
     model: Annotated[
@@ -422,6 +432,15 @@ class RunCompleted(RunEvent, frozen=True, kw_only=True, tag="run.completed"):
         ),
     ] = 0.0
     cost_usd: NonNegative = 0.0
+    preempted_attempts: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0,
+            description="Attempts stopped early because they were predicted to collide "
+            "with an earlier task's, and run again on top of its merge (on_collision: "
+            "restart_later). Not failures; their tasks are counted by how they ended.",
+        ),
+    ] = 0
 
 
 class RunBudgetReached(RunEvent, frozen=True, kw_only=True, tag="run.budget_reached"):
@@ -641,13 +660,33 @@ class TaskFilesTouched(TaskEvent, frozen=True, kw_only=True, tag="task.files_tou
     files: tuple[str, ...] = ()
 
 
+class TaskPreempted(TaskEvent, frozen=True, kw_only=True, tag="task.preempted"):
+    """The driver stopped a live attempt early: it was predicted to collide with an
+    earlier task's attempt (``other_task_id``), and the run's policy is ``restart_later``.
+
+    Not a failure and not an end: the attempt's work is dropped, it counts against no
+    attempt limit, and the task is queued again as a new attempt once ``other_task_id``
+    has merged, on top of that merge (at once if that task will never merge). Recorded by
+    the driver, conditional on the task's history, so an attempt that finished first is
+    never preempted; its worker is told to stop the agent (an attempt-scoped CancelTask)
+    and records nothing more for it.
+    """
+
+    attempt: Attempt
+    other_task_id: Id
+    files: tuple[str, ...] = ()
+    reason: str = ""
+
+
 class CollisionPredicted(RunEvent, frozen=True, kw_only=True, tag="run.collision_predicted"):
     """Two running attempts with no order between them touched the same files.
 
     ``task_id`` is the attempt that started later, ``other_task_id`` the earlier one.
-    ``action`` is what the run's policy did about it: ``let_both`` lets both finish and
-    merges the second through a rebase or a resolution. A run-level event, so recording
-    it never races the workers' conditional appends on the tasks' own subjects.
+    ``action`` is what the run's policy chose: ``let_both`` lets both finish and merges
+    the second through a rebase or a resolution; ``restart_later`` stops the later
+    attempt (``TaskPreempted`` follows, unless it finished first) and runs it again on top
+    of the earlier one's merge. A run-level event, so recording it never races the
+    workers' conditional appends on the tasks' own subjects.
     """
 
     task_id: Id
@@ -655,7 +694,7 @@ class CollisionPredicted(RunEvent, frozen=True, kw_only=True, tag="run.collision
     other_task_id: Id
     other_attempt: Attempt
     files: tuple[str, ...]
-    action: Literal["let_both"] = "let_both"
+    action: Literal["let_both", "restart_later"] = "let_both"
 
 
 class CollisionSettled(RunEvent, frozen=True, kw_only=True, tag="run.collision_settled"):
@@ -663,8 +702,10 @@ class CollisionSettled(RunEvent, frozen=True, kw_only=True, tag="run.collision_s
 
     ``came_true``: one of the two merges conflicted (git, or a result refused for markers).
     ``outcome`` says how it ended: ``conflicted``, ``merged_clean`` (both merged without a
-    conflict), or ``moot`` (one of the two never reached a merge: failed, cancelled,
-    skipped, or the run ended first).
+    conflict), ``restarted`` (the later attempt was preempted and its re-run merged on
+    top of the earlier one's merge with no conflict: whether the collision would have
+    happened is not known, so ``came_true`` is false), or ``moot`` (one of the two never
+    reached a merge: failed, cancelled, skipped, or the run ended first).
     """
 
     task_id: Id
@@ -672,7 +713,7 @@ class CollisionSettled(RunEvent, frozen=True, kw_only=True, tag="run.collision_s
     other_task_id: Id
     files: tuple[str, ...] = ()
     came_true: bool = False
-    outcome: Literal["conflicted", "merged_clean", "moot"] = "merged_clean"
+    outcome: Literal["conflicted", "merged_clean", "restarted", "moot"] = "merged_clean"
 
 
 class WorkerJoined(WorkerEvent, frozen=True, kw_only=True, tag="worker.joined"):
@@ -743,6 +784,7 @@ Event = (
     | TaskMerged
     | MergeConflict
     | TaskFilesTouched
+    | TaskPreempted
     | CollisionPredicted
     | CollisionSettled
     | WorkerJoined
@@ -796,11 +838,19 @@ class CancelRun(CommandBase, frozen=True, kw_only=True, tag="run.cancel"):
 
 
 class CancelTask(CommandBase, frozen=True, kw_only=True, tag="task.cancel"):
-    """Stop one task; its dependents are skipped."""
+    """Stop one task; its dependents are skipped.
+
+    With ``attempt``, only that attempt: a worker holding another attempt of the task
+    ignores it, and so does the driver once that attempt is no longer live (the driver
+    sends such a cancel to stop a preempted attempt's agent, which ends no task).
+    """
 
     run_id: Id
     task_id: Id
     reason: str = ""
+    attempt: Annotated[
+        int, msgspec.Meta(ge=0, description="Only this attempt; 0: whichever is live.")
+    ] = 0
 
 
 class RollbackRun(CommandBase, frozen=True, kw_only=True, tag="run.rollback"):

@@ -23,6 +23,7 @@ YAML or JSON, one schema (exported to ``events/schema/plan.json`` like the event
       on_task_failure: skip_dependents       # or fail_run
       rollback_on_failure: false             # a failed run resets its branch to the base
       on_conflict: resolve                   # or stop
+      on_collision: let_both                 # or restart_later (collisions while running)
     network: {allow: ["pypi.org:443", "files.pythonhosted.org:443"]}  # every task's
 
 ``network.allow`` lists ``host:port`` destinations a confined attempt may reach besides
@@ -73,6 +74,7 @@ class PlanPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     on_task_failure: Literal["skip_dependents", "fail_run"] | None = None
     rollback_on_failure: bool | None = None
     on_conflict: Literal["resolve", "stop"] | None = None
+    on_collision: Literal["let_both", "restart_later"] | None = None
 
 
 class PlanFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -17,7 +17,7 @@ from claudecluster.domain.lifecycle import TaskState
 from claudecluster.events.model import TokenUsage
 from claudecluster.projections.cluster import ClusterView
 
-__all__ = ["RunProgress", "merge_warnings", "run_progress"]
+__all__ = ["RunProgress", "merge_warnings", "preemptions", "run_progress"]
 
 _FINISHED = frozenset({TaskState.MERGED, TaskState.SKIPPED, TaskState.CANCELLED, TaskState.FAILED})
 
@@ -113,4 +113,17 @@ def merge_warnings(view: ClusterView, run_id: str) -> list[tuple[str, str]]:
         if task.state is TaskState.MERGED
         and task.merge_note
         and KIND_PROFILES[task.kind].allowed_tools != READ_ONLY_TOOLS
+    ]
+
+
+def preemptions(view: ClusterView, run_id: str) -> list[tuple[str, int, str, str]]:
+    """(task id, attempts stopped early, the task it last waited for, its state) for each
+    task of the run with an attempt preempted for a predicted collision (the
+    ``restart_later`` policy). Displays show them beside the tasks' states: a preemption
+    is neither a failure nor a retry, but it is an attempt whose work was dropped.
+    """
+    return [
+        (task.task_id, task.preemptions, task.preempted_by, task.state.value)
+        for task in view.tasks_of(run_id)
+        if task.preemptions
     ]

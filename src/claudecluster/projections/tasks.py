@@ -26,6 +26,7 @@ from claudecluster.events.model import (
     TaskEvent,
     TaskFailed,
     TaskMerged,
+    TaskPreempted,
     TaskProgress,
     TaskQueued,
     TaskRateLimited,
@@ -221,6 +222,14 @@ def _advance(task: TaskView, event: TaskEvent, target: TaskState, at: datetime) 
             )
         case TaskCancelled():
             return replace(task, state=target, finished_at=at, failure=event.reason or None)
+        case TaskPreempted():
+            return replace(
+                task,
+                state=target,
+                finished_at=at,
+                preemptions=task.preemptions + 1,
+                preempted_by=event.other_task_id,
+            )
         case TaskSkipped():
             return replace(task, state=target, finished_at=at, failure=event.reason)
         case TaskMerged():

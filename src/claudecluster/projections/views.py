@@ -80,6 +80,11 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     merge_note: str = ""
     #: the live attempt's holder's public key: its later events must be signed with it
     worker_key: str = ""
+    #: attempts stopped early for a predicted collision (TaskPreempted): not failures,
+    #: and not counted against the run's max_attempts
+    preemptions: int = 0
+    #: the task the latest preemption made this one wait for (empty if never preempted)
+    preempted_by: str = ""
 
 
 class WorkerView(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -20,6 +20,7 @@ from claudecluster.events.model import (
     TaskCancelled,
     TaskFailed,
     TaskMerged,
+    TaskPreempted,
     TaskStarted,
     TaskSucceeded,
 )
@@ -70,6 +71,8 @@ def run_record(
     problems: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     merged_files: dict[str, list[dict[str, Any]]] = {}
+    #: attempts stopped early for a predicted collision (restart_later): not failures
+    stopped: list[dict[str, Any]] = []
     for event in stored:
         payload = event.envelope.payload
         if getattr(payload, "run_id", None) != run_id:
@@ -103,6 +106,20 @@ def run_record(
                             "detail": payload.reason,
                         }
                     )
+            case TaskPreempted():
+                entry = attempts.get((payload.task_id, payload.attempt))
+                if entry is not None:
+                    entry["end_s"] = at
+                    entry["outcome"] = "preempted"
+                stopped.append(
+                    {
+                        "task": payload.task_id,
+                        "attempt": payload.attempt,
+                        "other": payload.other_task_id,
+                        "files": list(payload.files),
+                        "at_s": at,
+                    }
+                )
             case MergeConflict():
                 problems.append(
                     {
@@ -140,6 +157,7 @@ def run_record(
                 # the diffstat of the attempt's own workspace.
                 "files": merged_files.get(task.task_id) or (diffstats or {}).get(task.task_id, []),
                 "failure": task.failure,
+                "preempted": task.preemptions,
             }
         )
     return {
@@ -161,6 +179,7 @@ def run_record(
         "tasks": tasks,
         "attempts": sorted(attempts.values(), key=lambda a: (a["start_s"], a["task"])),
         "problems": problems,
+        "preemptions": stopped,
         # Tasks counted as merged although their merge changed nothing: never silent.
         "warnings": [
             {"task": task_id, "detail": f"merged without changes: {why}"}
@@ -205,6 +224,9 @@ def render_markdown(record: dict[str, Any]) -> str:
     if record.get("warnings"):
         lines += ["", "## Warnings", ""]
         lines += [f"- {w['task']}: {w['detail']}" for w in record["warnings"]]
+    if record.get("preemptions"):
+        lines += ["", "## Attempts stopped early", ""]
+        lines += [_stopped_line(p) for p in record["preemptions"]]
     if record["problems"]:
         lines += ["", "## Failures and conflicts", ""]
         lines += [
@@ -212,6 +234,15 @@ def render_markdown(record: dict[str, Any]) -> str:
             for p in record["problems"]
         ]
     return "\n".join(lines) + "\n"
+
+
+def _stopped_line(stopped: dict[str, Any]) -> str:
+    files = ", ".join(stopped["files"]) or "the same files"
+    return (
+        f"- {stopped['task']} (attempt {stopped['attempt']}): predicted to collide with "
+        f"{stopped['other']} in {files}; stopped at {stopped['at_s']:.1f}s and run again on "
+        f"top of its merge"
+    )
 
 
 def _timeline(record: dict[str, Any]) -> str:
@@ -342,6 +373,12 @@ def render_html(record: dict[str, Any]) -> str:
         f"<li><b>{esc(w['task'])}</b>: {esc(w['detail'])}</li>" for w in record.get("warnings", [])
     )
     warned = f'<h2>Warnings</h2><ul class="warnings">{warnings}</ul>' if warnings else ""
+    stopped = "".join(
+        f"<li>{esc(_stopped_line(p).removeprefix('- '))}</li>"
+        for p in record.get("preemptions", [])
+    )
+    if stopped:
+        warned += f"<h2>Attempts stopped early</h2><ul>{stopped}</ul>"
     speed = (
         (
             f"<span>speedup <b>{summary['speedup']:.2f}x</b></span>"

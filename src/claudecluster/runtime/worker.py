@@ -648,7 +648,8 @@ class Worker:
                 match command:
                     case CancelTask(run_id=run_id, task_id=task_id, reason=reason):
                         live = self._running.get(task_key(run_id, task_id))
-                        if live is not None:
+                        # An attempt-scoped cancel (a preempted attempt) spares any other.
+                        if live is not None and command.attempt in (0, live.attempt):
                             live.cancel_reason = reason or "cancelled on request"
                             live.scope.cancel()
                     case CancelRun(run_id=run_id, reason=reason):
