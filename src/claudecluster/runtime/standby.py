@@ -255,8 +255,9 @@ class StandbyDriver:
                 self._fenced_out(term)
                 return
             fenced = FencedEventLog(
-                self._log, self._js, term.fence_seq, on_lost=lambda: self._fenced_out(term)
-            )
+                self._log, self._js, term.fence_seq, on_lost=lambda: self._fenced_out(term),
+                driver_id=self.driver_id, epoch=term.epoch,
+            )  # fmt: skip
             self._on_change(f"leading (epoch {term.epoch}, fence {term.fence_seq})")
             _log.info("driver lease taken", epoch=term.epoch, fence=term.fence_seq)
             driver = self._make_driver(fenced, self.holding)

@@ -87,7 +87,10 @@ async def take_fence(
     """
     assert isinstance(envelope.payload, DriverLeaseTaken)
     before = await last_sequence(js, stream, DRIVER_FENCE)
+    lease = envelope.payload
     headers = _headers(envelope) | {
+        "Cc-Driver": lease.driver_id,
+        "Cc-Driver-Epoch": str(lease.epoch),
         "Nats-Expected-Last-Subject-Sequence": str(before),
         "Nats-Expected-Last-Subject-Sequence-Subject": DRIVER_FENCE,
     }
@@ -114,6 +117,9 @@ class FencedEventLog:
         js: the JetStream context the appends are published with.
         fence_seq: this holder's DriverLeaseTaken sequence (see :func:`take_fence`).
         on_lost: called once, when an append finds the fence moved.
+        driver_id: this driver's id, sent with every append (``Cc-Driver`` header).
+        epoch: the lease epoch, sent with every append (``Cc-Driver-Epoch`` header), so
+            the log says which holder stored each event.
         stream: the event stream.
         timeout: seconds to wait for the server to acknowledge an append.
     """
@@ -125,6 +131,8 @@ class FencedEventLog:
         fence_seq: int,
         *,
         on_lost: Callable[[], None] = lambda: None,
+        driver_id: str = "",
+        epoch: int = 0,
         stream: str = EVENTS_STREAM,
         timeout: float = 5.0,
     ) -> None:
@@ -132,6 +140,7 @@ class FencedEventLog:
         self._js = js
         self._fence = fence_seq
         self._on_lost = on_lost
+        self._holder = {"Cc-Driver": driver_id, "Cc-Driver-Epoch": str(epoch)} if driver_id else {}
         self._stream = stream
         self._timeout = timeout
         #: a stream sequence at which the fence was ours (None: read it again)
@@ -172,7 +181,7 @@ class FencedEventLog:
             raise self._lose("an earlier append found the fence moved")
         subject = event_subject(envelope.payload)
         data = self.redactor.data(encode(envelope))
-        base = _headers(envelope)
+        base = _headers(envelope) | self._holder
         if expected_last is None:
             headers = base | {
                 "Nats-Expected-Last-Subject-Sequence": str(self._fence),
