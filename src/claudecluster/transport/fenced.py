@@ -197,7 +197,7 @@ class FencedEventLog:
         for _ in range(_MAX_TRIES):
             verified = self._verified
             if verified is None:
-                verified = await last_sequence(self._js, self._stream, ALL_EVENTS)
+                verified = await self._stream_last()
                 await self._check_fence()
             headers = base | {
                 "Nats-Expected-Last-Subject-Sequence": str(expected_last),
@@ -221,6 +221,14 @@ class FencedEventLog:
         raise EventStoreError(
             f"appending {subject}: the log moved on {_MAX_TRIES} times in a row; retried later"
         )
+
+    async def _stream_last(self) -> int:
+        """The stream's last sequence, from its state (no message is fetched)."""
+        try:
+            info = await self._js.stream_info(self._stream)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise EventStoreError(f"cannot read {self._stream}: {exc!r}") from exc
+        return int(info.state.last_seq)
 
     async def _check_fence(self) -> None:
         fence = await last_sequence(self._js, self._stream, DRIVER_FENCE)
