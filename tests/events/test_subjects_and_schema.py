@@ -56,7 +56,8 @@ def test_every_event_lies_inside_its_own_scope_and_run_filters(event: Event) -> 
         assert subject_matches(run_filter(run_id), subject)
         assert not subject_matches(worker_filter(), subject)
     elif isinstance(event, DriverEvent):
-        assert subject_matches(DRIVER_FENCE, subject)
+        assert subject_matches("cc.evt._driver.>", subject)
+        assert subject_matches(DRIVER_FENCE, subject) == isinstance(event, DriverLeaseTaken)
         assert not subject_matches(worker_filter(), subject)
     else:
         assert subject_matches(worker_filter(), subject)

@@ -58,7 +58,7 @@ RUN_SCOPE: Final = "_"
 WORKER_SCOPE: Final = "_workers"
 DRIVER_SCOPE: Final = "_driver"
 #: Every driver lease event: the filter every fenced driver append is conditional on.
-DRIVER_FENCE: Final = f"{EVENT_PREFIX}.{DRIVER_SCOPE}.>"
+DRIVER_FENCE: Final = f"{EVENT_PREFIX}.{DRIVER_SCOPE}.*.driver.lease_taken"
 ALL_EVENTS: Final = f"{EVENT_PREFIX}.>"
 ALL_COMMANDS: Final = f"{COMMAND_PREFIX}.>"
 
