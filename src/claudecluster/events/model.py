@@ -326,8 +326,8 @@ class WorkerEvent(EventBase, frozen=True, kw_only=True):
 class DriverEvent(EventBase, frozen=True, kw_only=True):
     """An event about the driver's lease; subject ``cc.evt._driver.<driver_id>.<type>``.
 
-    Only drivers publish on ``cc.evt._driver.>``, and every append of a driver holding
-    the lease is conditional on the last sequence of that filter (the fence, see
+    Only drivers may publish there, and every append of a driver holding the lease is
+    conditional on the last DriverLeaseTaken's sequence (the fence, see
     :mod:`claudecluster.transport.fenced`).
     """
 
@@ -652,8 +652,8 @@ class DriverLeaseTaken(DriverEvent, frozen=True, kw_only=True, tag="driver.lease
     """A driver took the driver lease and, from this event on, alone records decisions.
 
     The new holder's first act: every append of the previous holder was conditional on
-    the fence (the last ``cc.evt._driver.>`` sequence) it knew, so once this event is
-    stored none of them can succeed.
+    the fence it knew (the last ``cc.evt._driver.*.driver.lease_taken`` sequence), so
+    once this event is stored none of them can succeed.
     """
 
     epoch: Annotated[

@@ -8,8 +8,9 @@ check must be the store's own, in the same atomic step as the write:
 
 1. A new holder's first act is :class:`~claudecluster.events.model.DriverLeaseTaken` on
    ``cc.evt._driver.<id>``, appended on condition that the last sequence of
-   ``cc.evt._driver.>`` (the fence) is the one it read: two takers cannot both succeed.
-   Its sequence is the holder's *fence sequence*.
+   ``cc.evt._driver.*.driver.lease_taken`` (the fence) is the one it read: two takers
+   cannot both succeed. Its sequence is the holder's *fence sequence*. Only the driver
+   role may publish there.
 2. An append the driver core makes without a condition of its own carries
    ``Nats-Expected-Last-Subject-Sequence: <fence sequence>`` with the fence filter as
    ``Nats-Expected-Last-Subject-Sequence-Subject``: once another holder's
