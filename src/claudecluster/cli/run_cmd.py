@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import signal
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import anyio
 import msgspec
@@ -25,7 +26,7 @@ from claudecluster.events.model import (
     SubmitRun,
     TaskKind,
 )
-from claudecluster.events.plan import plan_to_specs
+from claudecluster.events.plan import PlanFile, PlanPolicy, plan_to_specs
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor, redact_url
 from claudecluster.runtime.connection import Connection, open_configured_cluster
@@ -60,6 +61,10 @@ def run(
     no_sandbox: bool = False,
     config: Path | None = None,
     include_uncommitted: bool = False,
+    model: str | None = None,
+    max_attempts: int | None = None,
+    on_task_failure: Literal["skip_dependents", "fail_run"] | None = None,
+    rollback_on_failure: bool | None = None,
 ) -> int:
     """Split a goal into tasks, run them in parallel with Claude Code, merge the results.
 
@@ -105,6 +110,13 @@ def run(
             included, ignored ones not) as the base, committed on top of HEAD under
             refs/claudecluster/snapshots/RUN. Without it, a checkout with uncommitted
             changes is refused.
+        model: The Claude model of the tasks that name none (default: claude.model, else
+            Claude Code's own); a plan's "model:" and a task's win over it.
+        max_attempts: Attempts a task gets before it fails for good (default 3, or the
+            plan's policy).
+        on_task_failure: skip_dependents: a failed task's dependents are skipped and the
+            rest goes on; fail_run: the run stops (default: the plan's, else skip).
+        rollback_on_failure: A failed run resets its branch to the base (default: off).
     """
     repo = repo.resolve()
     flags: dict[str, object] = {"nats": {"url": nats}} if nats else {}
@@ -120,6 +132,9 @@ def run(
         claude_planner=claude_planner, run_id=run_id, budget=budget,
         max_parallel=max_parallel, on_conflict=on_conflict, verify=verify,
         max_tasks=settings.driver.max_tasks,
+        failure=_FailureFlags(max_attempts, on_task_failure, rollback_on_failure),
+        model=model,
+        default_model=settings.claude.model or "",
     )  # fmt: skip
     if workers < 1:
         raise ConfigError("workers", "flag --workers", "must be at least 1")
@@ -160,6 +175,9 @@ def _submit_command(
     on_conflict: Literal["resolve", "stop"],
     verify: str | None,
     max_tasks: int,
+    failure: _FailureFlags | None = None,
+    model: str | None = None,
+    default_model: str = "",
 ) -> SubmitRun:
     """Check everything that can be checked here, so mistakes fail fast with exit 2."""
     chosen = [name for name, given in
@@ -174,10 +192,13 @@ def _submit_command(
         raise ConfigError("repo", "flag --repo", f"{repo} is not a git repository")
     if fanout is not None and not prompt:
         raise ConfigError("prompt", "flags", "--fanout needs --prompt TEMPLATE")
+    if failure is not None and failure.max_attempts is not None and failure.max_attempts < 1:
+        raise ConfigError("max_attempts", "flag --max-attempts", "must be at least 1")
+    plan_file = load_plan_file(plan, max_tasks=max_tasks) if plan is not None else None
     return submit_run_command(
         goal,
         repo=str(repo),
-        plan=plan_to_specs(load_plan_file(plan, max_tasks=max_tasks)) if plan is not None else None,
+        plan=plan_to_specs(plan_file) if plan_file is not None else None,
         fanout=FanoutSpec(glob=fanout, prompt_template=prompt, kind=kind)
         if fanout is not None and prompt
         else None,
@@ -185,12 +206,67 @@ def _submit_command(
         run_id=run_id or f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}",
         budget_usd=budget,
         max_parallel=max_parallel,
-        policy=RunPolicy(on_conflict=on_conflict, verify_command=verify or ""),
+        policy=_policy(
+            plan_file,
+            failure or _FailureFlags(),
+            on_conflict=on_conflict,
+            verify=verify,
+            # The flag, else the plan's default, else the configured one.
+            model=first_given(model, plan_file.model if plan_file else None, default_model),
+        ),
         plan_source=str(plan) if plan is not None else "",
         source="flags",
         now=datetime.now(UTC),
         max_tasks=max_tasks,
     )
+
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class _FailureFlags:
+    """What ``run``'s flags say of failures; None: the plan's policy, else the default."""
+
+    max_attempts: int | None = None
+    on_task_failure: Literal["skip_dependents", "fail_run"] | None = None
+    rollback_on_failure: bool | None = None
+
+
+def _policy(
+    plan: PlanFile | None,
+    flags: _FailureFlags,
+    *,
+    on_conflict: Literal["resolve", "stop"],
+    verify: str | None,
+    model: str,
+) -> RunPolicy:
+    """The run's policy: the flags, then the plan's ``policy:``, then the defaults.
+
+    ``model`` is the run's, already chosen (the flag, the plan's or the configured one).
+    """
+    stated = plan.policy if plan is not None else PlanPolicy()
+    default = RunPolicy()
+    return RunPolicy(
+        on_conflict=on_conflict if on_conflict != "resolve" else stated.on_conflict or "resolve",
+        verify_command=verify or "",
+        max_attempts=first_given(flags.max_attempts, stated.max_attempts, default.max_attempts),
+        on_task_failure=first_given(
+            flags.on_task_failure, stated.on_task_failure, default.on_task_failure
+        ),
+        rollback_on_failure=first_given(
+            flags.rollback_on_failure, stated.rollback_on_failure, default.rollback_on_failure
+        ),
+        model=model,
+    )
+
+
+def first_given(*values: _T | None) -> _T:
+    """The first of ``values`` that is not None (the last is always given)."""
+    for value in values:
+        if value is not None:
+            return value
+    raise ValueError("no value given")  # pragma: no cover - callers pass a default last
 
 
 async def _base_of_checkout(command: SubmitRun, repo: Path, include: bool) -> SubmitRun:
@@ -245,6 +321,8 @@ async def _run(
         if not json:
             where = "embedded cluster" if conn.embedded else "cluster"
             console.print(f"{where} at {redact_url(conn.url)}", markup=False)
+            if conn.embedded:  # this process's workers: its own sign-in (never the secret)
+                console.print(sign_in_line(settings), markup=False)
         if detach:
             await submit_only(conn, command, command_id=f"submit-{command.run_id}")
             raise Detached(command.run_id, interrupted=False)
@@ -300,6 +378,18 @@ def _wants_cancel() -> bool:
     answer = Prompt.ask("\ninterrupted: [c]ancel the run or [d]etach from it?",
                         choices=["c", "d"], default="d")  # fmt: skip
     return answer == "c"
+
+
+def sign_in_line(settings: Settings) -> str:
+    """Which way the local agents sign in, in words: the mode, never its secret.
+
+    Raises:
+        ConfigError: the chosen mode lacks a variable it needs.
+    """
+    chosen = settings.sign_in()
+    if chosen is not None:
+        return f"agents sign in with: {chosen.description}"
+    return "agents have no sign-in: Claude Code tasks will fail (see claudecluster doctor)"
 
 
 def print_summary(console: Console, end: RunEnd) -> None:

@@ -187,6 +187,21 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
     ] = ()
     priority: int = 0
     limits: TaskLimits = TaskLimits()
+    model: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=200,
+            description="The Claude model this task runs on (an alias such as 'sonnet' or "
+            "a full name); empty: the run's.",
+        ),
+    ] = ""
+    allowed_tools: Annotated[
+        tuple[str, ...],
+        msgspec.Meta(
+            max_length=64,
+            description="Claude Code tools this task may use; empty: those of its kind.",
+        ),
+    ] = ()
 
 
 class RunPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -247,6 +262,14 @@ class RunPolicy(msgspec.Struct, frozen=True, kw_only=True):
     verify_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     rollback_on_failure: bool = False
     pool: Id = "default"
+    model: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=200,
+            description="The Claude model of the run's tasks that name none; empty: "
+            "Claude Code's default.",
+        ),
+    ] = ""
 
 
 class FanoutSpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -13,6 +13,14 @@ YAML or JSON, one schema (exported to ``events/schema/plan.json`` like the event
         priority: 0                          # higher first among equally urgent tasks
         executor: claude_code                # or shell (the prompt is then a command)
         limits: {max_turns: 30, wall_time_s: 900, max_cost_usd: 2}
+        model: opus                          # optional: this task's Claude model
+        allowed_tools: [Read, Edit, Grep]    # optional: Claude Code tools it may use
+    model: sonnet                            # optional: the model of tasks naming none
+    policy:                                  # optional; run's flags win over it
+      max_attempts: 3                        # attempts a task gets before it fails
+      on_task_failure: skip_dependents       # or fail_run
+      rollback_on_failure: false             # a failed run resets its branch to the base
+      on_conflict: resolve                   # or stop
 
 Decoding checks the shape; :func:`claudecluster.domain.graph.validate_graph` checks the
 graph (cycles, unknown dependencies, duplicate ids, empty prompts).
@@ -27,7 +35,7 @@ import msgspec
 from claudecluster.errors import GraphError
 from claudecluster.events.model import Id, TaskKind, TaskLimits, TaskSpec
 
-__all__ = ["PlanFile", "PlanTask", "plan_from_data", "plan_to_specs"]
+__all__ = ["PlanFile", "PlanPolicy", "PlanTask", "plan_from_data", "plan_to_specs"]
 
 
 class PlanTask(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -42,6 +50,17 @@ class PlanTask(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     priority: int = 0
     executor: Literal["claude_code", "shell"] = "claude_code"
     limits: TaskLimits = TaskLimits()
+    model: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    allowed_tools: Annotated[tuple[str, ...], msgspec.Meta(max_length=64)] = ()
+
+
+class PlanPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a plan may say about failures and conflicts (flags given to ``run`` win)."""
+
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] | None = None
+    on_task_failure: Literal["skip_dependents", "fail_run"] | None = None
+    rollback_on_failure: bool | None = None
+    on_conflict: Literal["resolve", "stop"] | None = None
 
 
 class PlanFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -49,6 +68,8 @@ class PlanFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     tasks: Annotated[tuple[PlanTask, ...], msgspec.Meta(min_length=1)]
     goal: str = ""
+    model: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    policy: PlanPolicy = PlanPolicy()
 
 
 def plan_from_data(data: Any, source: str) -> PlanFile:
@@ -84,6 +105,8 @@ def plan_to_specs(plan: PlanFile) -> tuple[TaskSpec, ...]:
             files=task.files,
             priority=task.priority,
             limits=task.limits,
+            model=task.model,  # the plan's own default is the run's (its policy's) model
+            allowed_tools=task.allowed_tools,
         )
         for task in plan.tasks
     )

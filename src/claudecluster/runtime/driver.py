@@ -512,7 +512,11 @@ class Driver:
             base_segments=segments,
             pool=queued.pool,
             resume_session_id=queued.resume_session_id,
-            allowed_tools=profile.allowed_tools,
+            # The task's own model and tools, else the run's model and the kind's tools (a
+            # resolution always gets the resolving kind's: it must edit, whatever the task).
+            model=spec.model or book.policy.model,
+            allowed_tools=(() if queued.resolves_conflict else spec.allowed_tools)
+            or profile.allowed_tools,
             append_system_prompt=profile.system_prompt,
         )
         await self._queue.publish(item)

@@ -51,7 +51,13 @@ from claudecluster.actors.worker import (
     only_forgeries,
 )
 from claudecluster.domain.outcome import Outcome
-from claudecluster.errors import ClusterError, ConcurrencyError, EventDecodeError, WorkspaceError
+from claudecluster.errors import (
+    ClusterError,
+    ConcurrencyError,
+    EventDecodeError,
+    EventStoreError,
+    WorkspaceError,
+)
 from claudecluster.events.codec import decode_command, decode_event, encode
 from claudecluster.events.envelope import EventEnvelope, StoredEvent, wrap_event
 from claudecluster.events.liveness import WorkerLiveness
@@ -802,7 +808,13 @@ class Worker:
             # Shielded: an append cut short by the attempt's end could land unseen, and
             # the attempt's next conditional append would then find the task moved on.
             with anyio.CancelScope(shield=True):
-                await self._record_for(live, event)
+                try:
+                    await self._record_for(live, event)
+                except EventStoreError as error:
+                    # A prediction is advice: the attempt goes on without this report
+                    # (Superseded still ends it: the task moved on).
+                    _log.warning("touched files not recorded", item=item.message_id,
+                                 error=str(error))  # fmt: skip
 
         await watch_touched(
             workspace, item.base_commit, report, every_s=self.config.touched_every_s
