@@ -21,6 +21,7 @@ import anyio
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from claudecluster.errors import EventStoreError
 from claudecluster.observability.logging import get_logger
@@ -86,7 +87,7 @@ class JetStreamLeaseStore:
         self._bucket = bucket
         self._stream = f"KV_{bucket}"
         self._timeout = timeout
-        self._watchers: dict[str, object] = {}
+        self._watchers: dict[str, KeyValue.KeyWatcher] = {}
 
     def _subject(self, key: str) -> str:
         return f"$KV.{self._bucket}.{key}"
@@ -159,15 +160,20 @@ class JetStreamLeaseStore:
                     kv = await self._js.key_value(self._bucket)
                     watcher = await kv.watch(key, include_history=False)
                     self._watchers[key] = watcher
-                await watcher.updates(timeout=timeout_s)  # type: ignore[attr-defined]
-            except (nats.errors.Error, TimeoutError, nats.js.errors.Error):
-                await anyio.sleep(timeout_s)  # cannot watch: the poll still runs
+                await watcher.updates(timeout=timeout_s)  # type: ignore[no-untyped-call]
+            except TimeoutError:
+                return  # nothing changed: time to look again
+            except nats.errors.Error as exc:
+                # Cannot watch (the server is away): wait out the poll, watch again after.
+                _log.debug("cannot watch the lease; polling", key=key, error=str(exc))
+                self._watchers.pop(key, None)
+                await anyio.sleep(timeout_s)
 
     async def close(self) -> None:
         """Stop the watches."""
         for watcher in self._watchers.values():
             with anyio.move_on_after(2):
-                await watcher.stop()  # type: ignore[attr-defined]
+                await watcher.stop()  # type: ignore[no-untyped-call]
         self._watchers.clear()
 
 
