@@ -24,7 +24,9 @@ from typing import Any
 import anyio
 import anyio.abc
 import msgspec
+import pytest
 
+from claudecluster.errors import EventStoreError
 from claudecluster.events import (
     RunCompleted,
     RunFailed,
@@ -36,7 +38,7 @@ from claudecluster.events import (
     TaskStarted,
     TaskSucceeded,
 )
-from claudecluster.events.model import Event, TaskEvent
+from claudecluster.events.model import Event, TaskAssigned, TaskEvent
 from claudecluster.runtime.connection import BusAuth, embedded_auth, open_jetstream_log
 from claudecluster.runtime.credentials import Credentials
 from claudecluster.transport.commands import publish_command
@@ -56,6 +58,10 @@ __all__ = [
 
 CLI = str(Path(sys.executable).parent / "claudecluster")
 _STOP_GRACE_S = 20.0
+_ASK_STREAM_S = 5.0
+#: Lines of each process log in a failure report, and the widest line kept in its summary.
+_LOG_TAIL = 15
+_SUMMARY_WIDTH = 240
 # How long a run may take to end, and to reach the point a test waits for before it
 # strikes. A quiet machine needs well under a minute for either; a loaded 2-core CI
 # machine (the rest of the suite on other xdist workers, other runs beside it) was seen
@@ -221,6 +227,9 @@ class FaultRig:
     js: Any = None
     #: extra environment per command (``driver``, ``worker``): each role's credentials
     role_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: the event stream's last sequence when a wait timed out (None: not asked, or no
+    #: answer): more than the watcher saw means the watcher stopped, not the run
+    stream_last: int | None = None
 
     async def _start(self, *args: str, env: dict[str, str] | None = None) -> anyio.abc.Process:
         name = f"{args[0]}-{next(_ids)}"
@@ -286,13 +295,30 @@ class FaultRig:
         )
 
     async def wait_end(self, run_id: str, limit_s: float) -> list[Event]:
-        """The events once the run completed or failed."""
-        return await self.watch.wait_for(
-            lambda es: any(
-                isinstance(e, RunCompleted | RunFailed) and e.run_id == run_id for e in es
-            ),
-            limit_s,
-        )
+        """The events once the run completed or failed.
+
+        Raises:
+            TimeoutError: not within ``limit_s`` (``stream_last`` then says how far the
+                log went, for :func:`logs_on_failure`).
+        """
+        try:
+            return await self.watch.wait_for(
+                lambda es: any(
+                    isinstance(e, RunCompleted | RunFailed) and e.run_id == run_id for e in es
+                ),
+                limit_s,
+            )
+        except TimeoutError:
+            await self._note_stream_last()
+            raise
+
+    async def _note_stream_last(self) -> None:
+        assert self.log is not None
+        with anyio.move_on_after(_ASK_STREAM_S):
+            try:
+                self.stream_last = await self.log.last_seq()
+            except EventStoreError:
+                self.stream_last = None  # said so in the report: "no answer"
 
     def merged_count(self, run_id: str) -> int:
         """Tasks merged so far in the run."""
@@ -345,6 +371,31 @@ async def open_rig(
     operator's ``admin``.
     """
     (tmp_path / "logs").mkdir(exist_ok=True)
+    try:
+        async with _rig_stack(tmp_path, repo, url, ack_wait_s, env, replicas, credentials) as rig:
+            yield rig
+    except BaseExceptionGroup as group:
+        # The watcher's task group wraps what the test raised: hand it on as it was, so a
+        # failure reads as the test's message, not as a traceback of the group (which CI
+        # printed instead of the processes' logs).
+        inner = group.exceptions[0] if len(group.exceptions) == 1 else None
+        if isinstance(inner, Exception | pytest.fail.Exception) and not isinstance(
+            inner, BaseExceptionGroup
+        ):
+            raise inner from None
+        raise
+
+
+@asynccontextmanager
+async def _rig_stack(
+    tmp_path: Path,
+    repo: Path,
+    url: str,
+    ack_wait_s: float,
+    env: dict[str, str] | None,
+    replicas: int | None,
+    credentials: Credentials | None,
+) -> AsyncIterator[FaultRig]:
     async with AsyncExitStack() as stack:
         rig = FaultRig(
             tmp_path=tmp_path,
@@ -372,23 +423,55 @@ async def open_rig(
 
 
 def logs_on_failure(rig: FaultRig) -> str:
-    """The tail of every process log, for an assertion message."""
-    parts = []
+    """What a test that waited in vain says: in a few lines, what is most telling (the
+    tasks not merged and who held them, whether the watcher or the run stopped, each
+    process's last lines), then every process log's tail and the last events, then those
+    few lines again. CI keeps the head and the tail of a long output and cuts the middle,
+    and pytest prints captured output after the message: both ends must tell.
+    """
+    tails: dict[str, list[str]] = {}
     for path in sorted((rig.tmp_path / "logs").glob("*.log")):
-        tail = path.read_text(errors="replace").splitlines()[-15:]
-        parts.append(f"--- {path.name}\n" + "\n".join(tail))
-    last: dict[str, str] = {}
-    for event in rig.watch.events:
-        if isinstance(event, RunPlanned):
-            last.update({f"{event.run_id}/{t.task_id}": "(nothing)" for t in event.tasks})
-    for event in rig.watch.events:
-        if isinstance(event, TaskEvent):
-            last[f"{event.run_id}/{event.task_id}"] = type(event).__name__
-    unfinished = {k: v for k, v in last.items() if v not in ("TaskMerged", "TaskSkipped")}
-    parts.append(f"--- tasks not merged: {unfinished}")
+        tails[path.stem] = path.read_text(errors="replace").splitlines()[-_LOG_TAIL:]
+    unfinished = _unfinished(rig.watch.events)
+    seen = rig.watch.stored[-1][0] if rig.watch.stored else 0
+    if rig.stream_last is None:
+        log_state = f"the watcher saw up to seq {seen}; the stream's last seq: no answer"
+    elif rig.stream_last > seen:
+        log_state = (f"the watcher STOPPED at seq {seen}; the stream holds up to "
+                     f"{rig.stream_last}")  # fmt: skip
+    else:
+        log_state = f"the log stopped at seq {seen} (the watcher saw all of it)"
+    summary = [log_state, f"tasks not merged: {', '.join(unfinished) or 'none'}"]
+    for name, tail in tails.items():
+        last = [line for line in tail if line.strip()][-2:]
+        summary += [f"{name}: {line[:_SUMMARY_WIDTH]}" for line in last]
+    short = "--- in short\n" + "\n".join(summary)
+    parts = [short]
+    parts += [f"--- {name}.log\n" + "\n".join(tail) for name, tail in tails.items()]
     recent = [
         f"{seq} {type(e).__name__} {msgspec.json.encode(e).decode()[:160]}"
         for (seq, _), e in zip(rig.watch.stored[-25:], rig.watch.events[-25:], strict=True)
     ]
     parts.append("--- the last events\n" + "\n".join(recent))
+    parts.append(short)
     return "\n".join(parts)
+
+
+def _unfinished(events: list[Event]) -> list[str]:
+    """Planned tasks not merged or skipped: each with its last event, attempt and holder."""
+    last: dict[str, str] = {}
+    holder: dict[str, str] = {}
+    for event in events:
+        if isinstance(event, RunPlanned):
+            last.update({f"{event.run_id}/{t.task_id}": "(nothing)" for t in event.tasks})
+        elif isinstance(event, TaskEvent):
+            key = f"{event.run_id}/{event.task_id}"
+            attempt = getattr(event, "attempt", None)
+            last[key] = type(event).__name__ + (f" #{attempt}" if attempt else "")
+            if isinstance(event, TaskAssigned):
+                holder[key] = event.worker_id
+    return [
+        f"{key} {state}" + (f" on {holder[key]}" if key in holder else "")
+        for key, state in last.items()
+        if state.split()[0] not in ("TaskMerged", "TaskSkipped")
+    ]

@@ -58,7 +58,7 @@ async def test_a_run_completes_across_driver_kills_without_rerunning_a_success(
                 driver = await rig.start_driver()
             await rig.wait_end("drv", limit_s=RUN_ENDS_WITHIN_S)
         except TimeoutError:
-            pytest.fail(f"the run did not end\n{logs_on_failure(rig)}")
+            pytest.fail(f"the run did not end\n{logs_on_failure(rig)}", pytrace=False)
         verdict = rig.verdict("drv", tasks)
         events = [e for e in rig.watch.events if getattr(e, "run_id", None) == "drv"]
     verdict.report(f"driver kills (at {merged_at_kill} merged)", record_property)

@@ -68,7 +68,7 @@ async def test_each_task_runs_once_per_attempt_when_every_work_message_is_duplic
             try:
                 await rig.wait_end("dup", limit_s=RUN_ENDS_WITHIN_S)
             except TimeoutError:
-                pytest.fail(f"the run did not end\n{logs_on_failure(rig)}")
+                pytest.fail(f"the run did not end\n{logs_on_failure(rig)}", pytrace=False)
         finally:
             await subscription.unsubscribe()
         verdict = rig.verdict("dup", tasks)

@@ -76,7 +76,7 @@ async def test_every_task_completes_through_bursts_of_api_errors_and_cut_streams
             try:
                 await rig.wait_end("api", limit_s=RUN_ENDS_WITHIN_S)
             except TimeoutError:
-                pytest.fail(f"the run did not end\n{logs_on_failure(rig)}")
+                pytest.fail(f"the run did not end\n{logs_on_failure(rig)}", pytrace=False)
             verdict = rig.verdict("api", tasks)
             events = list(rig.watch.events)
         served = Counter(s.error for s in model.served if s.error)

@@ -155,7 +155,7 @@ async def test_a_run_on_a_replicated_cluster_completes_when_the_log_leader_is_ki
             await kill_9(servers[leader.removeprefix("claudecluster-")])
             await rig.wait_end("cl", limit_s=RUN_ENDS_WITHIN_S)
         except TimeoutError:
-            pytest.fail(f"the run did not end\n{logs_on_failure(rig)}")
+            pytest.fail(f"the run did not end\n{logs_on_failure(rig)}", pytrace=False)
         verdict = rig.verdict("cl", tasks)
         new_leader = (await rig.js.stream_info(EVENTS_STREAM)).cluster.leader
     verdict.report(f"3-node cluster (killed {leader}, the log now led by {new_leader})",

@@ -85,7 +85,7 @@ async def test_a_run_completes_across_a_server_kill_and_loses_no_acknowledged_ev
                     restarted, _ = await start_nats_server(nats.store_dir, port=nats.port)
                     await rig.wait_end("srv", limit_s=RUN_ENDS_WITHIN_S)
                 except TimeoutError:
-                    pytest.fail(f"the run did not end\n{logs_on_failure(rig)}")
+                    pytest.fail(f"the run did not end\n{logs_on_failure(rig)}", pytrace=False)
                 group.cancel_scope.cancel()
             verdict = rig.verdict("srv", tasks)
             stored = {s.envelope.id: s.seq for s in await read_all(rig.log)}

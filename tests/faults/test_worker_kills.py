@@ -76,7 +76,7 @@ async def test_a_run_survives_a_worker_killed_every_few_seconds(
                 await rig.wait_end("kills", limit_s=RUN_ENDS_WITHIN_S)
                 group.cancel_scope.cancel()
         except TimeoutError:
-            pytest.fail(f"the run did not end\n{logs_on_failure(rig)}")
+            pytest.fail(f"the run did not end\n{logs_on_failure(rig)}", pytrace=False)
         verdict = rig.verdict("kills", tasks)
     verdict.report(f"worker kills ({kills} workers killed)", record_property)
     assert kills >= 3, "the run ended before the faults it is meant to survive"

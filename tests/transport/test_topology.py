@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import nats.errors
 import nats.js.errors
 import pytest
 import yaml
@@ -129,3 +131,35 @@ async def test_changed_bucket_settings_are_applied_in_place(nats_url: str) -> No
         assert (config.max_age, config.max_msgs_per_subject) == (45, 3)
         assert (await js.stream_info("OBJ_cc_artifacts")).config.description == "changed"
         await apply_topology(js, load_topology())
+
+
+class _SlowToAnswer:
+    """A JetStream context whose first request of each stream creation goes through but
+    times out on this side, as creating a replicated stream does while its leader is
+    elected on a loaded cluster."""
+
+    def __init__(self, js: Any) -> None:
+        self._js = js
+        self.timed_out: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._js, name)
+
+    async def add_stream(self, config: Any = None, **params: Any) -> Any:
+        info = await self._js.add_stream(config, **params)
+        if config.name not in self.timed_out:
+            self.timed_out.append(config.name)
+            raise nats.errors.TimeoutError
+        return info
+
+
+async def test_a_stream_creation_answered_too_late_is_tried_again_and_found_created(
+    nats_url: str,
+) -> None:
+    topology = load_topology()
+    async with open_nats(nats_url) as client:
+        slow = _SlowToAnswer(client.jetstream())
+        await apply_topology(slow, topology)  # type: ignore[arg-type]
+        assert slow.timed_out == [stream.name for stream in topology.streams]
+        info = await client.jetstream().stream_info(EVENTS_STREAM)
+        assert info.config.deny_delete

@@ -17,6 +17,15 @@ Signing. Each worker has an nkey of its own, made when it starts and never writt
 anywhere; its claim (``task.assigned``) names the public key, and every later event of
 the attempt is signed with it (:mod:`claudecluster.events.signing`), over the envelope as
 the log will store it (after redaction).
+
+Holding. Once a claim is recorded, the attempt is this worker's until it records how it
+ended: nothing else will. A redelivered item of a taken-over attempt is dropped (its
+attempt number is behind the task's), and the driver declares an attempt lost only when
+its holder goes silent. So every failure after the claim (a transcript that cannot be
+read, a workspace that cannot be built) is recorded as the attempt's retryable failure,
+and an attempt's append that fails while the store fails over (the log's leader being
+elected) is tried again, the same event, until it lands or :data:`_APPEND_PATIENCE_S`
+runs out.
 """
 
 from __future__ import annotations
@@ -122,6 +131,11 @@ _CAPABILITIES: Final = ("claude_code", "shell")
 _RUNS_KEPT: Final = 8
 #: Forgeries in a row an append steps over before it gives the attempt up.
 _FORGERIES_STEPPED_OVER: Final = 16
+#: How long an attempt's append is tried again while the store fails over. An election of
+#: a new stream leader takes seconds; a loaded machine was seen to need over ten.
+_APPEND_PATIENCE_S: Final = 60.0
+_APPEND_RETRY_FIRST_S: Final = 0.25
+_APPEND_RETRY_MAX_S: Final = 2.0
 
 
 def new_worker_id() -> str:
@@ -206,6 +220,8 @@ class _Attempt:
     last_seq: int
     session_id: str
     resume: bool = False
+    #: the session of the attempt this one continues, if its transcript was mirrored
+    resume_from: str = ""
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     cancel_reason: str = ""
     #: one append at a time: each is conditional on the sequence the previous one left
@@ -275,8 +291,25 @@ class Worker:
     # -- events -----------------------------------------------------------------------
 
     async def _record(
-        self, event: Event, *, expected_last: int | None = None, signed: bool = False
+        self,
+        event: Event,
+        *,
+        expected_last: int | None = None,
+        signed: bool = False,
+        patience_s: float = 0.0,
     ) -> int:
+        """Append ``event``; while the store fails, the same envelope again for up to
+        ``patience_s`` seconds.
+
+        The same envelope, not a new one: if the store kept the first try and only its
+        acknowledgement was lost, the retry is its duplicate (same ``Nats-Msg-Id``, or
+        found by id after the expected sequence moved), not a second event that would
+        read as someone else's.
+
+        Raises:
+            ConcurrencyError: the scope moved on (never tried again: that is a decision).
+            EventStoreError: the store still failed after ``patience_s``.
+        """
         self._ids += 1
         envelope = wrap_event(
             event,
@@ -285,7 +318,18 @@ class Worker:
         )
         if signed:
             envelope = self._sign(envelope)
-        return (await self._log.append(envelope, expected_last=expected_last)).seq
+        deadline = anyio.current_time() + patience_s
+        delay = _APPEND_RETRY_FIRST_S
+        while True:
+            try:
+                return (await self._log.append(envelope, expected_last=expected_last)).seq
+            except EventStoreError as exc:
+                if anyio.current_time() + delay > deadline:
+                    raise
+                _log.warning("append failed; trying the same event again",
+                             kind=type(event).__name__, error=str(exc))  # fmt: skip
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _APPEND_RETRY_MAX_S)
 
     def _sign(self, envelope: EventEnvelope) -> EventEnvelope:
         """The envelope as the log will store it (redacted), signed with our attempt key."""
@@ -305,7 +349,10 @@ class Worker:
             for _ in range(_FORGERIES_STEPPED_OVER):
                 try:
                     live.last_seq = await self._record(
-                        event, expected_last=live.last_seq, signed=True
+                        event,
+                        expected_last=live.last_seq,
+                        signed=True,
+                        patience_s=_APPEND_PATIENCE_S,
                     )
                 except ConcurrencyError:
                     scope = task_filter(item.run_id, item.task_id)
@@ -419,7 +466,7 @@ class Worker:
                 # delivered again. The slot goes on with the next one. (except*: the
                 # failure arrives wrapped in the task group's ExceptionGroup.)
                 _log.error("work item failed", item=delivery.item.message_id,
-                           error="; ".join(str(exc) for exc in failed.exceptions))  # fmt: skip
+                           error="; ".join(_leaf_errors(failed)))  # fmt: skip
 
     async def _handle_until_drained(self, delivery: Delivery, slot: int = 0) -> None:
         async with anyio.create_task_group() as group:
@@ -529,7 +576,7 @@ class Worker:
                                pool=item.pool, base_commit=item.base_commit,
                                resume_session_id=admission.resume_session_id,
                                note="taken over after its worker went silent"),
-                    expected_last=expected,
+                    expected_last=expected, patience_s=_APPEND_PATIENCE_S,
                 )  # fmt: skip
             expected = await self._record(
                 TaskAssigned(
@@ -540,19 +587,21 @@ class Worker:
                     worker_key=self.public_key,
                 ),
                 expected_last=expected,
+                patience_s=_APPEND_PATIENCE_S,
             )
         except ConcurrencyError:
             return None
-        previous = admission.resume_session_id or item.resume_session_id
-        restorable = bool(previous) and bool(
-            await self._sessions.load(_session_key(item, previous))
+        # Whether the interrupted attempt's transcript can be continued is looked up once
+        # the attempt runs (_attempt_in), where a store that fails is the attempt's
+        # recorded failure: failing here, after the claim, left the task held by a live
+        # worker that was not running it, with nothing to redeliver it.
+        return _Attempt(
+            item=item,
+            attempt=attempt,
+            last_seq=expected,
+            session_id=str(uuid.uuid4()),
+            resume_from=admission.resume_session_id or item.resume_session_id or "",
         )
-        if restorable:
-            # The interrupted attempt's transcript was mirrored: continue that conversation.
-            return _Attempt(
-                item=item, attempt=attempt, last_seq=expected, session_id=previous, resume=True
-            )
-        return _Attempt(item=item, attempt=attempt, last_seq=expected, session_id=str(uuid.uuid4()))
 
     async def _refuse(self, live: _Attempt, reason: str) -> None:
         """Record that this worker will not run the item as it is (it would be the same
@@ -640,11 +689,12 @@ class Worker:
         self.metrics.running.inc()
         try:
             await self._attempt_in(live, scratch, where)
-        except Superseded:
-            raise
-        except (ClusterError, OSError) as exc:
+        except* (ClusterError, OSError) as failed:
             # git, the object store, the disk or the executor's environment failed: the
             # attempt could not be carried out. Record it so the driver can retry elsewhere.
+            # except*: a failure of the transcript mirror or of a progress append arrives
+            # wrapped in the attempt's task group; let out, it was an attempt claimed and
+            # never ended. (Superseded is neither, and passes through as it was raised.)
             await self._record_for(
                 live,
                 TaskFailed(
@@ -652,7 +702,7 @@ class Worker:
                     task_id=item.task_id,
                     attempt=live.attempt,
                     worker_id=self.config.worker_id,
-                    reason=str(exc),
+                    reason="; ".join(_leaf_errors(failed)),
                     failure_class="infrastructure",
                     retryable=True,
                 ),
@@ -675,6 +725,12 @@ class Worker:
             await anyio.Path(where.parent / _OWNER_FILE).write_text(
                 str(os.getpid()), encoding="utf-8"
             )
+        entries = None
+        if live.resume_from:
+            entries = await self._sessions.load(_session_key(item, live.resume_from))
+            if entries:
+                # The interrupted attempt's transcript was mirrored: continue that conversation.
+                live.session_id, live.resume = live.resume_from, True
         branch = task_branch(item.run_id, item.task_id)
         workspace = await self.preparation.workspace(item, branch, where)
         objects = self.preparation.objects(item)
@@ -687,9 +743,8 @@ class Worker:
         transcript = _transcript_path(scratch, workspace, live.session_id)
         restored = 0
         if resumed:
-            entries = await self._sessions.load(_session_key(item, live.session_id)) or []
             await anyio.Path(transcript.parent).mkdir(parents=True, exist_ok=True)
-            lines = "".join(json.dumps(entry) + "\n" for entry in entries).encode()
+            lines = "".join(json.dumps(entry) + "\n" for entry in entries or []).encode()
             await anyio.Path(transcript).write_bytes(lines)
             restored = len(lines)
         await self._record_for(
@@ -971,6 +1026,18 @@ def _one_task(stored: StoredEvent, task_id: str) -> StoredEvent:
     return msgspec.structs.replace(
         stored, envelope=msgspec.structs.replace(stored.envelope, payload=payload)
     )
+
+
+def _leaf_errors(group: BaseExceptionGroup[BaseException]) -> list[str]:
+    """What failed, out of the task groups it arrived wrapped in (their own message,
+    "unhandled errors in a TaskGroup", says nothing)."""
+    found: list[str] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found += _leaf_errors(exc)
+        else:
+            found.append(str(exc) or repr(exc))  # a bare TimeoutError() says nothing
+    return found
 
 
 def _session_key(item: WorkItem, session_id: str) -> SessionKey:

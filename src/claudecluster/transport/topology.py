@@ -3,13 +3,22 @@
 Every actor applies the topology when it connects, so whichever starts first creates what is
 missing and the others find it as expected. Applying twice changes nothing; applying a
 changed file updates the streams that differ (within what JetStream lets change in place).
+
+On a cluster, creating a replicated stream waits for its peers to elect the stream's
+leader; on a loaded machine that outlasts a JetStream request (5 s), and the request
+times out although the server goes on and creates the stream. Each step is therefore
+tried again while the cluster does not answer in time (idempotent: a stream created in
+the meantime is found as it should be), for up to :data:`_APPLY_PATIENCE_S`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Final, Literal
 
+import anyio
 import nats.errors
 import nats.js.errors
 import pydantic
@@ -27,6 +36,7 @@ from nats.js.api import (
 )
 
 from claudecluster.errors import ConfigError, EventStoreError
+from claudecluster.observability.logging import get_logger
 from claudecluster.resources import data_dir
 from claudecluster.validation import config_error
 
@@ -51,6 +61,18 @@ WORK_STREAM: Final = "CC_WORK"
 QUARANTINE_STREAM: Final = "CC_QUARANTINE"
 
 _STREAM_NAME_IN_USE: Final = 10058
+#: How long one step of applying the topology is tried again while the cluster does not
+#: answer in time (a new stream's leader being elected; no JetStream leader yet).
+_APPLY_PATIENCE_S: Final = 30.0
+_RETRY_FIRST_S: Final = 0.25
+_RETRY_MAX_S: Final = 2.0
+#: What a cluster that is not ready yet answers, or fails to answer, a JetStream request.
+_NOT_READY: Final = (
+    TimeoutError,  # nats.errors.TimeoutError too
+    nats.errors.NoRespondersError,
+    nats.js.errors.ServiceUnavailableError,
+)
+_log = get_logger(__name__)
 _NAME = pydantic.constr(pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -197,22 +219,48 @@ async def apply_topology(
     """
     try:
         for stream in topology.streams:
-            config = stream.to_config(replicas)
-            try:
-                await js.add_stream(config)
-            except nats.js.errors.BadRequestError as exc:
-                if exc.err_code != _STREAM_NAME_IN_USE:
-                    raise
-                await js.update_stream(config)
+            await _patiently(stream.name, partial(_apply_stream, js, stream.to_config(replicas)))
         for consumer in topology.consumers:
-            await js.add_consumer(consumer.stream, consumer.to_config())
+            add = partial(js.add_consumer, consumer.stream, consumer.to_config())
+            await _patiently(consumer.durable_name, add)
         for kv in topology.key_value:
-            await _apply_key_value(js, kv, replicas)
+            await _patiently(kv.bucket, partial(_apply_key_value, js, kv, replicas))
         for store in topology.object_stores:
-            await _apply_object_store(js, store, replicas)
+            await _patiently(store.bucket, partial(_apply_object_store, js, store, replicas))
     except (nats.errors.Error, TimeoutError) as exc:
         detail = getattr(exc, "description", None) or repr(exc)
         raise EventStoreError(f"applying the JetStream topology failed: {detail}") from exc
+
+
+async def _patiently(name: str, step: Callable[[], Awaitable[object]]) -> None:
+    """Carry out ``step``, again while the cluster does not answer in time.
+
+    Raises:
+        TimeoutError: still no answer after ``_APPLY_PATIENCE_S``.
+        nats.errors.Error: the server refused the step, or was still not ready.
+    """
+    deadline = anyio.current_time() + _APPLY_PATIENCE_S
+    delay = _RETRY_FIRST_S
+    while True:
+        try:
+            await step()
+        except _NOT_READY as exc:
+            if anyio.current_time() + delay > deadline:
+                raise
+            _log.warning("topology step not answered; trying again", name=name, error=repr(exc))
+            await anyio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_S)
+        else:
+            return
+
+
+async def _apply_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != _STREAM_NAME_IN_USE:
+            raise
+        await js.update_stream(config)
 
 
 async def _apply_key_value(js: JetStreamContext, kv: KeyValueSpec, replicas: int | None) -> None:
