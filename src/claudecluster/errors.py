@@ -39,6 +39,7 @@ __all__ = [
     "DriverUnavailableError",
     "EventDecodeError",
     "EventStoreError",
+    "LeaseLostError",
     "GraphError",
     "InvalidIdError",
     "LocalError",
@@ -194,6 +195,12 @@ class ConcurrencyError(RemoteError):
 
 class EventStoreError(RemoteError):
     """The event store refused or failed an operation for a reason other than a race."""
+
+
+class LeaseLostError(RemoteError):
+    """This driver no longer holds the driver lease: another took it over (the fence in
+    the log moved past this driver's), or it could not renew it in time. Nothing it
+    tries to record is stored; it goes back to standby."""
 
 
 class WorkspaceError(RemoteError):

@@ -263,6 +263,28 @@ class DriverSettings(_Section):
         description="Where integration worktrees and bundles live (default: "
         "<repo>/.claudecluster/driver).",
     )
+    standby: bool = pydantic.Field(
+        default=True,
+        description="Drive only while holding the driver lease (cc_leases/driver); without "
+        "it, wait as a standby. false: drive at once, alone (never run two like that).",
+    )
+    lease_ttl_s: float = pydantic.Field(
+        default=10.0,
+        ge=1.0,
+        le=3600.0,
+        description="How long the driver lease lasts unless renewed: a standby takes over "
+        "within this (plus a poll) of the holder dying or being cut off.",
+    )
+    lease_renew_s: float = pydantic.Field(
+        default=0.0,
+        ge=0.0,
+        description="How often the holder renews the lease (0: a third of lease_ttl_s).",
+    )
+    lease_poll_s: float = pydantic.Field(
+        default=1.0,
+        gt=0.0,
+        description="How often a standby looks at the lease besides watching it.",
+    )
 
 
 class GatewaySettings(_Section):

@@ -23,9 +23,9 @@ from claudecluster.events import (
     task_filter,
     worker_filter,
 )
-from claudecluster.events.model import Event
+from claudecluster.events.model import DriverEvent, DriverLeaseTaken, Event
 from claudecluster.events.schema import render_schemas, write_schemas
-from claudecluster.events.subjects import check_id, scope_filter, subject_matches
+from claudecluster.events.subjects import DRIVER_FENCE, check_id, scope_filter, subject_matches
 from tests.strategies import events
 
 
@@ -34,6 +34,8 @@ def test_task_run_and_worker_events_have_their_documented_subjects() -> None:
     planned = RunPlanned(run_id="r1", tasks=(), base_commit="c", integration_branch="b")
     assert event_subject(planned) == "cc.evt.r1._.run.planned"
     assert event_subject(WorkerJoined(worker_id="w1")) == "cc.evt._workers.w1.worker.joined"
+    lease = DriverLeaseTaken(driver_id="d1", epoch=3)
+    assert event_subject(lease) == "cc.evt._driver.d1.driver.lease_taken"
     assert command_subject(CancelRun(run_id="r1")) == "cc.cmd.run.cancel"
 
 
@@ -53,8 +55,13 @@ def test_every_event_lies_inside_its_own_scope_and_run_filters(event: Event) -> 
     if run_id is not None:
         assert subject_matches(run_filter(run_id), subject)
         assert not subject_matches(worker_filter(), subject)
+    elif isinstance(event, DriverEvent):
+        assert subject_matches("cc.evt._driver.>", subject)
+        assert subject_matches(DRIVER_FENCE, subject) == isinstance(event, DriverLeaseTaken)
+        assert not subject_matches(worker_filter(), subject)
     else:
         assert subject_matches(worker_filter(), subject)
+        assert not subject_matches(DRIVER_FENCE, subject)
 
 
 @pytest.mark.parametrize(

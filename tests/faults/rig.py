@@ -133,6 +133,7 @@ class EventWatch:
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.stored: list[tuple[int, str]] = []  # (stream sequence, envelope id)
+        self.seen_at: list[float] = []  # monotonic time the test saw each event
         self._changed = anyio.Event()
 
     async def follow(self, log: JetStreamEventLog) -> None:
@@ -141,6 +142,7 @@ class EventWatch:
             async for stored in reader:
                 self.events.append(stored.envelope.payload)
                 self.stored.append((stored.seq, stored.envelope.id))
+                self.seen_at.append(anyio.current_time())
                 self._changed.set()
                 self._changed = anyio.Event()
 
@@ -218,6 +220,8 @@ class FaultRig:
     watch: EventWatch = field(default_factory=EventWatch)
     workers: list[anyio.abc.Process] = field(default_factory=list)
     driver: anyio.abc.Process | None = None
+    #: drivers started with start_standby_driver, in start order
+    drivers: list[anyio.abc.Process] = field(default_factory=list)
     log: JetStreamEventLog | None = None
     client: Any = None
     js: Any = None
@@ -260,6 +264,20 @@ class FaultRig:
         assert self.driver is None or self.driver.returncode is not None
         self.driver = await self._start("driver", "--work-dir", str(self.tmp_path / "driver"))
         return self.driver
+
+    async def start_standby_driver(self, **env: str) -> anyio.abc.Process:
+        """Start one more ``claudecluster driver`` beside the others, in its own work dir.
+
+        Drivers stand by for the driver lease by default: one drives, the rest wait.
+        """
+        process = await self._start(
+            "driver",
+            "--work-dir",
+            str(self.tmp_path / f"driver-{len(self.drivers) + 1}"),
+            env={**self.env, **env} if env else None,
+        )
+        self.drivers.append(process)
+        return process
 
     async def submit(
         self, run_id: str, tasks: Sequence[TaskSpec], policy: RunPolicy | None = None

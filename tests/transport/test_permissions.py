@@ -168,6 +168,25 @@ async def test_a_worker_cannot_publish_the_drivers_events(
     assert await events_stored(server) == 0
 
 
+@pytest.mark.parametrize("role", ["worker", "frontdoor"])
+@pytest.mark.parametrize(
+    "subject",
+    ["cc.evt._driver.d1.driver.lease_taken", "$KV.cc_leases.driver"],
+    ids=["the fence", "the lease"],
+)
+async def test_only_the_driver_may_move_the_fence_or_the_lease(
+    server: EmbeddedNats, role: str, subject: str
+) -> None:
+    """A worker or a front door that could write either could fence the driver out."""
+    refusals = Refusals()
+    client = await connect_as(server, role, refusals)  # type: ignore[arg-type]
+    try:
+        await client.publish(subject, b"{}")
+        await refusals.wait_for(subject)
+    finally:
+        await client.close()
+
+
 async def test_a_worker_cannot_put_work_on_a_queue(server: EmbeddedNats) -> None:
     refusals = Refusals()
     client = await connect_as(server, "worker", refusals)

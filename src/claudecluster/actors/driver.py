@@ -31,6 +31,7 @@ Scheduling rules, in order:
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -199,6 +200,9 @@ class Record:
     event: Event
     event_id: str
     expected_last: int | None
+    #: the command this records the outcome of: stored as the envelope's causation id,
+    #: which is how a redelivered command is known as done (see ``commands_seen``)
+    causation_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +291,8 @@ class Rollback:
     integration_branch: str
     event: RunRolledBack
     event_id: str
+    #: the rollback command this records the outcome of (see :class:`Record`)
+    causation_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,6 +469,9 @@ def decide(state: DriverState, message: Message, now: datetime) -> list[Effect]:
     wake: set[str] = set()
     match message:
         case StoredEvent():
+            if message.envelope.causation_id is not None:
+                # The outcome of a command: a redelivery of that command is a no-op.
+                state.commands_seen.add(message.envelope.causation_id)
             touched |= _fold_guarded(state, message)
             touched |= _release_pending(state)
         case CommandEnvelope():
@@ -944,15 +953,32 @@ def _command(state: DriverState, envelope: CommandEnvelope) -> list[Effect]:
     command = envelope.payload
     match command:
         case SubmitRun():
-            return _submit(state, envelope.id, command)
+            effects = _submit(state, envelope.id, command)
         case CancelRun():
-            return _cancel_run(state, envelope.id, command)
+            effects = _cancel_run(state, envelope.id, command)
         case CancelTask():
-            return _cancel_task(state, envelope.id, command)
+            effects = _cancel_task(state, envelope.id, command)
         case RollbackRun():
-            return _rollback(state, envelope.id, command)
+            effects = _rollback(state, envelope.id, command)
         case _:
             return []  # DrainWorker: the workers act on it themselves
+    return _caused_by(envelope.id, effects)
+
+
+def _caused_by(command_id: str, effects: list[Effect]) -> list[Effect]:
+    """Mark the command's outcome record with its id (the envelope's causation id).
+
+    Only the last record is marked, the one that settles the command (a cancel's
+    RunCancelled comes after its tasks' TaskCancelled): once it is in the log, a
+    redelivered copy of the command is recognised and skipped; until then a redelivery
+    is decided again, and what was recorded already is deduplicated by its event id.
+    """
+    for index in range(len(effects) - 1, -1, -1):
+        effect = effects[index]
+        if isinstance(effect, Record | Rollback):
+            effects[index] = dataclasses.replace(effect, causation_id=command_id)
+            break
+    return effects
 
 
 def _reject(state: DriverState, run_id: str, command_id: str, kind: str, reason: str) -> Record:

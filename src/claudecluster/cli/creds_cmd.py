@@ -22,6 +22,7 @@ from claudecluster.errors import ConfigError
 from claudecluster.events.subjects import check_id
 from claudecluster.runtime.credentials import mint_identity, write_cluster_authorization
 from claudecluster.runtime.embedded_nats import reload_embedded_nats
+from claudecluster.runtime.join import JoinToken, ca_fingerprint, encode_join_token
 from claudecluster.settings import load_settings
 from claudecluster.transport.permissions import Role
 
@@ -72,6 +73,55 @@ def worker(*, pool: str = "default", out: Path | None = None, config: Path | Non
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
     return _hand_out("worker", pool, out, config)
+
+
+@creds_app.command
+def join(
+    *,
+    url: str,
+    pool: str = "default",
+    ca: Path | None = None,
+    config: Path | None = None,
+) -> int:
+    """Print a join token: one line that makes a new host a worker of this cluster.
+
+    On the new host: ``claudecluster worker --join TOKEN``. The token carries the URL,
+    the worker seed of ``pool`` (minted if missing) and the CA certificate to trust, so
+    it is a secret: send it the way you would send the seed file.
+
+    Examples:
+        claudecluster creds join --url tls://nats.example:4222 --ca nats/ca.pem
+
+    Args:
+        url: The NATS URL the new host reaches the cluster at (tls://HOST:4222).
+        pool: The pool the new worker serves.
+        ca: The CA certificate (PEM) the servers' TLS certificates are signed by.
+        config: A claudecluster.yaml to read instead of the one in this directory.
+    """
+    store = _store_dir(config)
+    user, seed = mint_identity(store, "worker", check_id("pool", pool))
+    anyio.run(reload_embedded_nats, store)
+    try:
+        ca_pem = ca.read_text(encoding="utf-8") if ca is not None else ""
+    except OSError as exc:
+        raise ConfigError("ca", f"flag --ca {ca}", f"cannot be read: {exc}") from None
+    if url.startswith("tls://") and not ca_pem:
+        Console(stderr=True, highlight=False).print(
+            "no --ca: the new host trusts its system's CAs for the TLS certificate",
+            markup=False, style="dim",
+        )  # fmt: skip
+    token = encode_join_token(
+        JoinToken(url=url, seed=seed.read_text(encoding="utf-8").strip(), pool=pool, ca_pem=ca_pem)
+    )
+    Console(highlight=False, soft_wrap=True).out(token)  # alone on stdout: one line to paste
+    fingerprint = f", CA {ca_fingerprint(ca_pem)}" if ca_pem else ""
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"{user.name}: on the new host run: claudecluster worker --join TOKEN{fingerprint}",
+        markup=False,
+        emoji=False,  # a fingerprint's ":AB:" is not an emoji
+        style="dim",
+    )
+    return EXIT_OK
 
 
 @creds_app.command

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 from rich.console import Console
 
+from claudecluster.actors.lease import LeaseConfig
 from claudecluster.cli.app import EXIT_OK
 from claudecluster.errors import ConfigError
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
@@ -17,7 +20,10 @@ from claudecluster.observability.redaction import Redactor, redact_url
 from claudecluster.runtime.connection import configured_auth, open_jetstream_log
 from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.runtime.sandboxing import NO_SANDBOX_NOTE, confinement_for
+from claudecluster.runtime.standby import StandbyDriver
 from claudecluster.settings import Settings, load_settings
+from claudecluster.transport.base import EventLog
+from claudecluster.transport.leases import JetStreamLeaseStore
 
 __all__ = ["driver"]
 
@@ -34,6 +40,10 @@ def driver(
     It takes commands from the CC_COMMANDS stream and rebuilds all it knows from the event
     log, so it can be stopped and started (or killed and restarted) at any time. Runs
     name the repository they work on; the driver needs that repository on its disk.
+
+    Start as many as you like: one holds the driver lease and drives, the others stand
+    by and take over within driver.lease_ttl_s of it dying or being cut off
+    (driver.standby: false drives at once, alone).
 
     Examples:
         claudecluster driver --nats nats://10.0.0.5:4222
@@ -81,7 +91,27 @@ async def _serve(settings: Settings, confinement: Confinement) -> None:
         replicas=settings.nats.replicas,
         auth=configured_auth(settings, "driver"),
     ) as (client, log):
-        runner = Driver(log, client.jetstream(), options)
+        js = client.jetstream()
+        runner: Driver | StandbyDriver
+        if settings.driver.standby:
+
+            def make_driver(fenced: EventLog, holding: Callable[[], bool]) -> Driver:
+                return Driver(fenced, js, dataclasses.replace(options, holding=holding))
+
+            runner = StandbyDriver(
+                store=JetStreamLeaseStore(js),
+                js=js,
+                log=log,
+                make_driver=make_driver,
+                config=LeaseConfig(
+                    ttl_s=settings.driver.lease_ttl_s,
+                    renew_s=settings.driver.lease_renew_s,
+                    poll_s=settings.driver.lease_poll_s,
+                ),
+                on_change=lambda phase: console.print(f"driver {phase}", markup=False),
+            )
+        else:
+            runner = Driver(log, js, options)
         async with anyio.create_task_group() as group:
             await group.start(runner.run)
             console.print(f"driver serving on {redact_url(settings.nats.url)}", markup=False)

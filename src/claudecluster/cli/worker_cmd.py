@@ -13,6 +13,7 @@ from claudecluster.errors import ConfigError
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
 from claudecluster.runtime.connection import configured_auth, open_jetstream_log, open_nats
+from claudecluster.runtime.join import decode_join_token, install_join_token
 from claudecluster.runtime.sandboxing import NO_SANDBOX_NOTE, confinement_for
 from claudecluster.runtime.worker import Worker, WorkerConfig, new_worker_id
 from claudecluster.settings import Settings, load_settings
@@ -33,6 +34,7 @@ def worker(
     health_port: int = 0,
     no_sandbox: bool = False,
     config: Path | None = None,
+    join: str | None = None,
 ) -> int:
     """Run a worker: take task attempts from a pool's queue and run them with Claude Code.
 
@@ -42,6 +44,7 @@ def worker(
     Examples:
         claudecluster worker --nats nats://10.0.0.5:4222 --pool default --slots 4
         claudecluster worker --nats tls://nats.example:4222 --creds worker.nk
+        claudecluster worker --join ccjoin1.eyJ1cmwiOi...
 
     Args:
         nats: NATS URL (default: nats.url from the configuration).
@@ -57,8 +60,25 @@ def worker(
         no_sandbox: Run attempts unconfined, as this user (sandbox.enabled: false). Without
             it the worker refuses to start where bubblewrap is missing. See docs/security.md.
         config: A claudecluster.yaml to read instead of the one in this directory.
+        join: A join token from 'claudecluster creds join': the NATS URL, this worker's
+            seed and the CA to trust, in one line (its files go to ~/.claudecluster/join/).
+            --nats, --creds and --pool given as well win over the token's.
     """
     nats_flags: dict[str, object] = {}
+    if join is not None:
+        token = decode_join_token(join)
+        joined = install_join_token(token)
+        nats_flags = {"url": token.url, "creds": joined.seed}
+        if joined.ca is not None:
+            nats_flags["tls"] = {"ca": joined.ca}
+        if pool == "default":
+            pool = token.pool
+        if token.ca_sha256:
+            Console(stderr=True, highlight=False).print(
+                f"joining {token.url}, trusting the CA {token.ca_sha256}",
+                markup=False,
+                emoji=False,  # a fingerprint's ":AB:" is not an emoji
+            )
     if nats:
         nats_flags["url"] = nats
     if creds is not None:

@@ -15,7 +15,7 @@ from datetime import datetime
 
 import msgspec
 
-from claudecluster.events.model import Command, Event, RunEvent, WorkerEvent
+from claudecluster.events.model import Command, DriverEvent, Event, RunEvent, WorkerEvent
 
 __all__ = ["CommandEnvelope", "EventEnvelope", "StoredEvent", "wrap_command", "wrap_event"]
 
@@ -65,6 +65,8 @@ def _default_correlation(event: Event) -> str:
         return event.run_id
     if isinstance(event, WorkerEvent):
         return event.worker_id
+    if isinstance(event, DriverEvent):
+        return event.driver_id
     raise TypeError(f"no default correlation id for {type(event).__name__}")  # pragma: no cover
 
 

@@ -31,6 +31,8 @@ __all__ = [
     "Command",
     "CommandBase",
     "DrainWorker",
+    "DriverEvent",
+    "DriverLeaseTaken",
     "Event",
     "EventBase",
     "FailureClass",
@@ -369,6 +371,17 @@ class WorkerEvent(EventBase, frozen=True, kw_only=True):
     """An event about one worker; subject ``cc.evt._workers.<worker_id>.<type>``."""
 
     worker_id: Id
+
+
+class DriverEvent(EventBase, frozen=True, kw_only=True):
+    """An event about the driver's lease; subject ``cc.evt._driver.<driver_id>.<type>``.
+
+    Only drivers may publish there, and every append of a driver holding the lease is
+    conditional on the last DriverLeaseTaken's sequence (the fence, see
+    :mod:`claudecluster.transport.fenced`).
+    """
+
+    driver_id: Id
 
 
 class RunSubmitted(RunEvent, frozen=True, kw_only=True, tag="run.submitted"):
@@ -716,6 +729,21 @@ class CollisionSettled(RunEvent, frozen=True, kw_only=True, tag="run.collision_s
     outcome: Literal["conflicted", "merged_clean", "restarted", "moot"] = "merged_clean"
 
 
+class DriverLeaseTaken(DriverEvent, frozen=True, kw_only=True, tag="driver.lease_taken"):
+    """A driver took the driver lease and, from this event on, alone records decisions.
+
+    The new holder's first act: every append of the previous holder was conditional on
+    the fence it knew (the last ``cc.evt._driver.*.driver.lease_taken`` sequence), so
+    once this event is stored none of them can succeed.
+    """
+
+    epoch: Annotated[
+        int, msgspec.Meta(ge=1, description="The lease's revision in the cc_leases bucket.")
+    ]
+    host: str = ""
+    pid: Count = 0
+
+
 class WorkerJoined(WorkerEvent, frozen=True, kw_only=True, tag="worker.joined"):
     """A worker started and will take tasks from its pool."""
 
@@ -791,6 +819,7 @@ Event = (
     | WorkerHeartbeat
     | WorkerLeft
     | WorkerLost
+    | DriverLeaseTaken
 )
 """Every event type, as one tagged union for decoding and ``match``."""
 

@@ -5,12 +5,13 @@
     cc.evt.<run_id>._.<tag>              run-level events      cc.evt.r1._.run.planned
     cc.evt.<run_id>.<task_id>.<tag>      task events           cc.evt.r1.lint.task.queued
     cc.evt._workers.<worker_id>.<tag>    worker events         cc.evt._workers.w1.worker.joined
+    cc.evt._driver.<driver_id>.<tag>     driver lease events   cc.evt._driver.d1.driver.lease_taken
     cc.cmd.<tag>                         commands              cc.cmd.run.cancel
     cc.quarantine.<origin>               undecodable messages  cc.quarantine.evt
 
 Every tag has two tokens, so ``cc.evt.*.*.task.failed`` selects one event type across all
 runs, ``cc.evt.r1.>`` one run, and ``cc.evt.r1.lint.>`` one task. Ids cannot start with
-``_``, so the reserved tokens ``_`` and ``_workers`` never collide with a real id.
+``_``, so the reserved tokens ``_``, ``_workers`` and ``_driver`` never collide with a real id.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Final
 from claudecluster.errors import InvalidIdError
 from claudecluster.events.model import (
     CommandBase,
+    DriverEvent,
     EventBase,
     RunEvent,
     TaskEvent,
@@ -31,6 +33,8 @@ __all__ = [
     "ALL_COMMANDS",
     "ALL_EVENTS",
     "COMMAND_PREFIX",
+    "DRIVER_FENCE",
+    "DRIVER_SCOPE",
     "EVENT_PREFIX",
     "QUARANTINE_PREFIX",
     "RUN_SCOPE",
@@ -52,6 +56,9 @@ COMMAND_PREFIX: Final = "cc.cmd"
 QUARANTINE_PREFIX: Final = "cc.quarantine"
 RUN_SCOPE: Final = "_"
 WORKER_SCOPE: Final = "_workers"
+DRIVER_SCOPE: Final = "_driver"
+#: Every driver lease event: the filter every fenced driver append is conditional on.
+DRIVER_FENCE: Final = f"{EVENT_PREFIX}.{DRIVER_SCOPE}.*.driver.lease_taken"
 ALL_EVENTS: Final = f"{EVENT_PREFIX}.>"
 ALL_COMMANDS: Final = f"{COMMAND_PREFIX}.>"
 
@@ -85,6 +92,8 @@ def event_subject(event: EventBase) -> str:
         scope = f"{check_id('run', event.run_id)}.{RUN_SCOPE}"
     elif isinstance(event, WorkerEvent):
         scope = f"{WORKER_SCOPE}.{check_id('worker', event.worker_id)}"
+    elif isinstance(event, DriverEvent):
+        scope = f"{DRIVER_SCOPE}.{check_id('driver', event.driver_id)}"
     else:  # pragma: no cover - every event class derives from one of the three scopes
         raise TypeError(f"{type(event).__name__} has no subject scope")
     return f"{EVENT_PREFIX}.{scope}.{_tag(event)}"

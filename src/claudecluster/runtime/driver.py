@@ -15,7 +15,7 @@ open run is reconciled. That is the whole of crash recovery.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,12 +129,25 @@ class DriverOptions:
     planner_executor: Executor | None = None
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     confinement: Confinement | None = None
+    #: whether this driver holds the driver lease (None: it drives alone); commands are
+    #: pulled only while it does (see runtime/standby.py)
+    holding: Callable[[], bool] | None = None
+    #: how long a pulled command may stay unacknowledged before it is delivered again
+    command_ack_wait_s: float = 30.0
 
 
 @dataclass(slots=True)
 class _CommandMessage:
     envelope: CommandEnvelope
     msg: Msg
+
+
+@dataclass(slots=True)
+class _Unacked:
+    """A command decided but not yet acknowledged: its effects are not all settled."""
+
+    msgs: list[Msg]
+    keys: set[str]
 
 
 class Driver:
@@ -165,6 +178,8 @@ class Driver:
         self._integrations: dict[str, Integration] = {}
         self._chains = RepositoryChains(self._artifacts)
         self._stopped = anyio.Event()
+        #: commands whose outcome is not recorded yet, by command id
+        self._unacked: dict[str, _Unacked] = {}
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -209,6 +224,8 @@ class Driver:
                     effects = self._decide(message)
                     if isinstance(message, StoredEvent):
                         await self._quarantine_forged(message, anomalies)
+                    elif isinstance(message, EffectSettled | EffectFailed):
+                        await self._settle_commands(message)
                 for effect in effects:
                     group.start_soon(self._carry_out, effect, send.clone())
 
@@ -241,8 +258,22 @@ class Driver:
             return []
 
     async def _decide_command(self, message: _CommandMessage) -> list[Effect]:
-        """Decide a command and acknowledge it; a command the core fails on is terminated
-        and quarantined with the reason, so it is never redelivered."""
+        """Decide a command; acknowledge it once its outcome (or refusal) is recorded.
+
+        A command whose effects are in flight is acknowledged when the last of them
+        settles (:meth:`_settle_commands`); one that decides nothing is acknowledged now.
+        A copy delivered again while the first is in flight waits with it. Had the
+        driver died in between, the copy is decided by the next driver, which knows it
+        done from the log (the outcome's causation id) and only acknowledges it.
+
+        A command the core fails on is terminated and quarantined with the reason, so it
+        is never redelivered.
+        """
+        command_id = message.envelope.id
+        waiting = self._unacked.get(command_id)
+        if waiting is not None:
+            waiting.msgs.append(message.msg)
+            return []
         try:
             effects = decide(self.state, message.envelope, self._options.now())
         except Exception as exc:  # noqa: BLE001 - quarantined with the reason, never redelivered
@@ -250,8 +281,29 @@ class Driver:
             _log.exception("poison command", subject=message.msg.subject, error=reason)
             await self._quarantine_command(message.msg, reason)
             return []
-        await message.msg.ack()
+        if not effects:
+            await message.msg.ack()
+            return effects
+        self._unacked[command_id] = _Unacked(msgs=[message.msg], keys={e.key for e in effects})
         return effects
+
+    async def _settle_commands(self, outcome: EffectSettled | EffectFailed) -> None:
+        """Acknowledge the commands whose outcome is now recorded; on a failed one, ask
+        for the command again (it is decided afresh, nothing of it was recorded)."""
+        for command_id, waiting in list(self._unacked.items()):
+            if outcome.key not in waiting.keys:
+                continue
+            if isinstance(outcome, EffectFailed):
+                del self._unacked[command_id]
+                self.state.commands_seen.discard(command_id)
+                for msg in waiting.msgs:
+                    await _settle(msg.nak(delay=1.0))
+                continue
+            waiting.keys.discard(outcome.key)
+            if not waiting.keys:
+                del self._unacked[command_id]
+                for msg in waiting.msgs:
+                    await _settle(msg.ack())
 
     async def _quarantine_command(self, msg: Msg, reason: str) -> None:
         await quarantine(
@@ -284,7 +336,12 @@ class Driver:
         """Commands from the durable consumer every driver shares; acked once decided."""
         async with send:
             subscription = await self._subscribe_commands()
+            holding = self._options.holding
             while True:
+                if holding is not None and not holding():
+                    # Not the lease holder (or not sure it still is): leave them to it.
+                    await anyio.sleep(self._options.tick_s)
+                    continue
                 try:
                     msgs = await subscription.fetch(_COMMAND_BATCH, timeout=5)
                 except (TimeoutError, nats.errors.TimeoutError):
@@ -307,7 +364,7 @@ class Driver:
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             filter_subject=ALL_COMMANDS,
-            ack_wait=30,
+            ack_wait=self._options.command_ack_wait_s,
             max_ack_pending=256,
         )
         return await self._js.pull_subscribe(
@@ -336,7 +393,9 @@ class Driver:
     async def _effect(self, effect: Effect) -> int:
         match effect:
             case Record():
-                seq = await self._record(effect.event, effect.event_id, effect.expected_last)
+                seq = await self._record(
+                    effect.event, effect.event_id, effect.expected_last, effect.causation_id
+                )
                 if isinstance(effect.event, RunCompleted | RunFailed | RunCancelled):
                     await self._chains.clean_run(effect.event.run_id)
                 return seq
@@ -352,7 +411,7 @@ class Driver:
                 return await self._verify(effect)
             case Rollback():
                 await self._integration(effect.event.run_id).move_to(effect.event.to_commit)
-                return await self._record(effect.event, effect.event_id, None)
+                return await self._record(effect.event, effect.event_id, None, effect.causation_id)
             case PublishCommand():
                 await publish_command(
                     self._js, effect.command, command_id=effect.command_id,
@@ -360,8 +419,16 @@ class Driver:
                 )  # fmt: skip
                 return 0
 
-    async def _record(self, event: Event, event_id: str, expected_last: int | None) -> int:
-        envelope = wrap_event(event, event_id=event_id, now=self._options.now())
+    async def _record(
+        self,
+        event: Event,
+        event_id: str,
+        expected_last: int | None,
+        causation_id: str | None = None,
+    ) -> int:
+        envelope = wrap_event(
+            event, event_id=event_id, now=self._options.now(), causation_id=causation_id
+        )
         return (await self._log.append(envelope, expected_last=expected_last)).seq
 
     # -- planning ------------------------------------------------------------------------
@@ -600,3 +667,12 @@ async def _exclude_work_dir(repo: Path) -> None:
         exclude.write_text(
             current + ("" if current.endswith("\n") or not current else "\n") + ".claudecluster/\n"
         )
+
+
+async def _settle(acknowledgement: Awaitable[None]) -> None:
+    """An ack or nak that cannot reach the server is only logged: the command comes back
+    after its ack wait, and its recorded outcome makes the copy a no-op."""
+    try:
+        await acknowledgement
+    except nats.errors.Error as exc:
+        _log.warning("a command could not be acknowledged; it will be redelivered", error=str(exc))

@@ -147,6 +147,8 @@ class KeyValueSpec(_Spec):
     ttl_s: float = pydantic.Field(default=0.0, ge=0)
     storage: Literal["file", "memory"] = "file"
     replicas: int = pydantic.Field(default=1, ge=1, le=5)
+    #: entries may carry their own TTL (``Nats-TTL``), as the leases do
+    allow_msg_ttl: bool = False
 
 
 class ObjectStoreSpec(_Spec):
@@ -270,18 +272,25 @@ async def _apply_key_value(js: JetStreamContext, kv: KeyValueSpec, replicas: int
         storage=StorageType(kv.storage),
         replicas=replicas or kv.replicas,
     )
+    stream = f"KV_{kv.bucket}"
     try:
         await js.create_key_value(config)
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != _STREAM_NAME_IN_USE:
             raise
         # The bucket exists with other settings: change what JetStream lets change in place.
-        stream = f"KV_{kv.bucket}"
         current = (await js.stream_info(stream)).config
         current.description = kv.description or None
         current.max_msgs_per_subject = kv.history
         current.max_age = kv.ttl_s or 0
         await js.update_stream(current)
+    if kv.allow_msg_ttl:
+        # nats-py's KV config cannot say so: set it on the bucket's stream (it can be
+        # turned on in place, never off).
+        current = (await js.stream_info(stream)).config
+        if not current.allow_msg_ttl:
+            current.allow_msg_ttl = True
+            await js.update_stream(current)
 
 
 async def _apply_object_store(
