@@ -40,8 +40,8 @@ import msgspec
 
 from claudecluster.actors.driver import DriverConfig, DriverState, RunBook
 from claudecluster.domain.graph import TaskGraph
-from claudecluster.projections.cluster import from_snapshot, to_snapshot
-from claudecluster.projections.snapshots import view_version
+from claudecluster.projections.cluster import to_snapshot
+from claudecluster.projections.snapshots import view_from_msgpack, view_version
 
 __all__ = [
     "DRIVER_SNAPSHOT",
@@ -154,7 +154,7 @@ def decode_driver_snapshot(
     if record.config != config:
         return None, f"the snapshot was decided under {record.config}, this driver runs {config}"
     try:
-        view = from_snapshot(msgspec.msgpack.decode(record.view))
+        view = view_from_msgpack(record.view)
         stored = msgspec.msgpack.decode(record.state, type=_state_type())
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return None, f"the snapshot's state does not decode: {exc}"

@@ -12,6 +12,7 @@ decides makes older snapshots unusable.
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -56,7 +57,15 @@ async def _snapshot_state(store: SnapshotStore, config: DriverConfig) -> tuple[D
         return DriverState(config=config), ""
     if data is None:
         return DriverState(config=config), ""
-    snapshot, why = decode_driver_snapshot(data, config=config, code=decision_code_digest())
+    # Decoding makes millions of objects that all live on: the cyclic collector's passes
+    # over them while they are made cost more than the decoding itself (measured: 2.7x).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        snapshot, why = decode_driver_snapshot(data, config=config, code=decision_code_digest())
+    finally:
+        if collecting:
+            gc.enable()
     if snapshot is None:
         _log.info("driver snapshot ignored; replaying the whole log", reason=why)
         return DriverState(config=config), ""
