@@ -26,7 +26,6 @@ from claudecluster.observability.redaction import Redactor
 from claudecluster.projections.cluster import ClusterView, apply, find_task, replay
 from claudecluster.projections.progress import run_progress
 from claudecluster.projections.views import TaskView
-from claudecluster.reporting import fetch_diffstats, render_html, render_markdown, run_record
 from claudecluster.runtime.connection import open_configured_cluster
 from claudecluster.runtime.reads import read_run, run_of_ref, view_from_snapshot
 from claudecluster.settings import Settings, load_settings
@@ -285,6 +284,8 @@ async def _record(settings: Settings, run: str) -> dict[str, object]:
         view = replay(stored)
         if run not in view.runs:
             raise UnknownEntityError("run", run)
+        from claudecluster.reporting import fetch_diffstats, run_record  # export only: heavy
+
         diffstats = await fetch_diffstats(conn, stored, run)
         return run_record(view, stored, run, diffstats)
 
@@ -325,6 +326,8 @@ def export(
         nats: NATS URL (default: nats.url, else the embedded server of this directory).
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
+    from claudecluster.reporting import render_html, render_markdown
+
     settings = _settings(nats, config)
     record = anyio.run(_record, settings, run)
     if format == "json":
