@@ -26,13 +26,19 @@ from claudecluster.observability.redaction import Redactor
 from claudecluster.projections.cluster import ClusterView, apply, find_task, replay
 from claudecluster.projections.progress import run_progress
 from claudecluster.projections.views import TaskView
-from claudecluster.runtime.connection import open_configured_cluster
+from claudecluster.runtime.connection import Connection, open_configured_cluster
 from claudecluster.runtime.reads import read_run, run_of_ref, view_from_snapshot
 from claudecluster.settings import Settings, load_settings
+from claudecluster.transport.artifacts import ArtifactStore
 from claudecluster.transport.base import read_all
 from claudecluster.transport.snapshots import JetStreamSnapshotStore
 
 __all__ = ["export", "logs", "replay_cmd", "status"]
+
+
+def _archive(conn: Connection) -> ArtifactStore:
+    """Where archived runs are read from (``claudecluster archive`` moved them there)."""
+    return ArtifactStore(conn.client.jetstream())
 
 
 def _settings(nats: str | None, config: Path | None) -> Settings:
@@ -111,7 +117,7 @@ async def _view(settings: Settings, ref: str | None = None) -> ClusterView:
     """The view ``status`` shows: of one run when ``ref`` names it, else of every run."""
     async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
         if ref is not None:
-            found = await run_of_ref(conn.log, ref)
+            found = await run_of_ref(conn.log, ref, archive=_archive(conn))
             if found is not None:
                 return found[1]
         return await view_from_snapshot(conn.log, JetStreamSnapshotStore(conn.client.jetstream()))
@@ -140,13 +146,13 @@ def logs(
 
 async def _logs(settings: Settings, ref: str, follow: bool, console: Console) -> None:
     async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
-        found = await run_of_ref(conn.log, ref)
+        found = await run_of_ref(conn.log, ref, archive=_archive(conn))
         if found is None:
             # A bare task id: which run has it, only the view of every run can say.
             snapshots = JetStreamSnapshotStore(conn.client.jetstream())
             named = find_task(await view_from_snapshot(conn.log, snapshots), ref)
             ref = f"{named.run_id}/{named.task_id}"
-            found = await run_of_ref(conn.log, ref)
+            found = await run_of_ref(conn.log, ref, archive=_archive(conn))
             assert found is not None  # the run was just seen in the log
         run_id, view, stored = found
         task = find_task(view, ref)
@@ -278,7 +284,7 @@ def _until(until: str | None) -> tuple[int | None, datetime | None]:
 async def _record(settings: Settings, run: str) -> dict[str, object]:
     async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
         try:
-            stored = await read_run(conn.log, run)
+            stored = await read_run(conn.log, run, archive=_archive(conn))
         except InvalidIdError:
             raise UnknownEntityError("run", run) from None
         view = replay(stored)
@@ -296,7 +302,7 @@ async def _all_events(settings: Settings, run: str | None) -> list[StoredEvent]:
         if run is None:
             return await read_all(conn.log)
         try:
-            return await read_run(conn.log, run)
+            return await read_run(conn.log, run, archive=_archive(conn))
         except InvalidIdError:
             raise UnknownEntityError("run", run) from None
 

@@ -27,6 +27,7 @@ from nats.js.api import (
 )
 
 from claudecluster.errors import ConfigError, EventStoreError
+from claudecluster.observability.logging import get_logger
 from claudecluster.resources import data_dir
 from claudecluster.validation import config_error
 
@@ -51,6 +52,7 @@ WORK_STREAM: Final = "CC_WORK"
 QUARANTINE_STREAM: Final = "CC_QUARANTINE"
 
 _STREAM_NAME_IN_USE: Final = 10058
+_log = get_logger(__name__)
 _NAME = pydantic.constr(pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -201,7 +203,7 @@ async def apply_topology(
             except nats.js.errors.BadRequestError as exc:
                 if exc.err_code != _STREAM_NAME_IN_USE:
                     raise
-                await js.update_stream(config)
+                await _update_stream(js, config)
         for consumer in topology.consumers:
             await js.add_consumer(consumer.stream, consumer.to_config())
         for kv in topology.key_value:
@@ -211,6 +213,28 @@ async def apply_topology(
     except (nats.errors.Error, TimeoutError) as exc:
         detail = getattr(exc, "description", None) or repr(exc)
         raise EventStoreError(f"applying the JetStream topology failed: {detail}") from exc
+
+
+async def _update_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Update a stream in place; one created denying purges keeps denying them.
+
+    JetStream refuses to cancel ``deny_purge`` on an existing stream, and ``CC_EVENTS``
+    denied purges before runs could be archived: such a stream is updated in everything
+    else, and ``claudecluster archive`` then says it cannot purge (docs/operations.md
+    says how to move the log to a stream that allows it).
+    """
+    try:
+        await js.update_stream(config)
+    except nats.js.errors.ServerError as exc:
+        if config.deny_purge or "deny purge" not in (exc.description or ""):
+            raise
+        config.deny_purge = True
+        await js.update_stream(config)
+        _log.warning(
+            "stream was created denying purges and keeps denying them; archived runs "
+            "cannot be purged from it",
+            stream=config.name,
+        )
 
 
 async def _apply_key_value(js: JetStreamContext, kv: KeyValueSpec, replicas: int | None) -> None:
