@@ -222,7 +222,6 @@ class Driver:
             group.start_soon(self._commands, send.clone())
             group.start_soon(self._ticker, send.clone())
             await send.send(Resume())
-            self._snapshot_if_due(group)
             task_status.started()
             async for message in receive:
                 if isinstance(message, _CommandMessage):
@@ -233,9 +232,12 @@ class Driver:
                     if isinstance(message, StoredEvent):
                         self._last_id = message.envelope.id
                         await self._quarantine_forged(message, anomalies)
-                        self._snapshot_if_due(group)
                 for effect in effects:
                     group.start_soon(self._carry_out, effect, send.clone())
+                # After the effects are under way: a long replay is snapshotted once the
+                # restart's Resume is decided, not before the first decision.
+                if isinstance(message, StoredEvent | Resume):
+                    self._snapshot_if_due(group)
 
     def _snapshot_if_due(self, group: anyio.abc.TaskGroup) -> None:
         """Snapshot the state once enough events were decided since the last snapshot.
