@@ -35,6 +35,7 @@ Prints a table and writes benchmarks/results/log_growth.json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -303,12 +304,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             rows.append(
                 await measure(count, Path(tmp) / f"log-{count}", args.repeat, args.baseline_src)
             )
+            # A long run stopped later keeps the rows it finished.
+            print(json.dumps(rows[-1]), flush=True)
+            partial = {"sizes": sizes, "results": rows, "complete": False}
+            write_results("log_growth", partial, quick=args.quick)
         idle = await idle_workers(Path(tmp) / "idle", args.workers, args.window)
     empty = rows[0]
     for row in rows:
         base = empty["status_run_p50_ms"] or row["status_run_p50_ms"]
         row["status_run_over_empty"] = round(row["status_run_p50_ms"] / base, 2) if base else None
-    return {"sizes": sizes, "results": rows, "idle_cluster": idle}
+    return {"sizes": sizes, "results": rows, "idle_cluster": idle, "complete": True}
 
 
 def main() -> None:
