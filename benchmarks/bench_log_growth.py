@@ -9,9 +9,17 @@ each size, side by side on the same machine:
 * ``claudecluster status RUN`` (the last run) p50 and its peak RSS, as a subprocess;
 * ``claudecluster status`` (every run) p50, from the front door's snapshot plus the tail;
 * ``claudecluster --help`` p50;
-* driver restart to its first decision: a Driver recovering from the log until it is
-  ready to decide (it replays the whole log: the driver's state is not snapshotted);
+* driver restart to its first decision, twice: a Driver with no snapshot (it replays the
+  whole log, as every restart did before driver snapshots; it then writes one), and,
+  after a tail of further runs is appended (half the default snapshot interval), a Driver
+  restarting from that snapshot plus the tail;
 * a front door ready: from the snapshot a previous front door wrote, plus the tail.
+
+The CLI runs as an installed package does, with bytecode caches (pip writes them at
+install; an environment with ``PYTHONDONTWRITEBYTECODE`` set compiles every module on
+every call, which is measured beside it as ``status_run_nocache_p50_ms``). With
+``--baseline-src DIR`` (say, a copy of main's ``src``) ``status RUN`` and ``--help`` are
+also timed on that code, interleaved with this one's, for ratios measured side by side.
 
 And once: the events an idle cluster of 20 workers adds to CC_EVENTS, measured over a
 window (heartbeats refresh the registry, not the log) and scaled to a day.
@@ -27,6 +35,7 @@ Prints a table and writes benchmarks/results/log_growth.json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -40,17 +49,18 @@ from typing import Any
 import anyio
 from _harness import open_unsynced_server, percentile, print_table, write_results
 
+from claudecluster.actors.driver_snapshots import DRIVER_SNAPSHOT
 from claudecluster.events.codec import encode
 from claudecluster.events.envelope import wrap_event
 from claudecluster.events.model import WorkerHeartbeat, WorkerJoined
 from claudecluster.events.subjects import event_subject
 from claudecluster.runtime.connection import Connection, open_jetstream_log
-from claudecluster.runtime.driver import Driver
+from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.runtime.front_door import open_front_door
 from claudecluster.runtime.reads import write_view_snapshot
 from claudecluster.runtime.worker import Worker, WorkerConfig
 from claudecluster.testing.sample_runs import happy_path
-from claudecluster.transport.snapshots import JetStreamSnapshotStore
+from claudecluster.transport.snapshots import JetStreamSnapshotStore, SnapshotStore
 
 _RUN = "bench-r000000"
 _PREFIX = "e000000"
@@ -67,16 +77,20 @@ def _template() -> list[tuple[str, bytes]]:
     ]
 
 
-def cluster_log(count: int) -> Iterator[tuple[str, bytes, str]]:
-    """``count`` events: 20 workers join, then runs; yields (subject, bytes, run id)."""
+def cluster_log(count: int, *, first_run: int = 0) -> Iterator[tuple[str, bytes, str]]:
+    """``count`` events: 20 workers join, then runs; yields (subject, bytes, run id).
+
+    With ``first_run`` the runs are numbered from there and no worker joins (a tail
+    appended to a log made before).
+    """
     made = 0
-    for n in range(min(_WORKERS, count)):
+    for n in range(min(_WORKERS, count) if not first_run else 0):
         event = WorkerJoined(worker_id=f"bench-w{n:02d}", pool="default", slots=2)
         envelope = wrap_event(event, event_id=f"join-{n}", now=datetime.now(UTC))
         yield event_subject(event), encode(envelope), ""
         made += 1
     rest = _template()
-    copy = 0
+    copy = first_run
     while made < count:
         run, prefix = f"bench-r{copy:06d}", f"e{copy:06d}"
         for subject, data in rest[: count - made]:
@@ -91,36 +105,81 @@ def cluster_log(count: int) -> Iterator[tuple[str, bytes, str]]:
 def timed_cli(
     *args: str, repeat: int, env: dict[str, str], ok: tuple[int, ...] = (0,)
 ) -> tuple[list[float], int]:
-    """Wall seconds of each run of ``claudecluster ARGS``, and the largest peak RSS (bytes)."""
+    """Wall seconds of each run of ``claudecluster ARGS``, and the largest peak RSS (bytes).
+
+    One unmeasured run first: it writes the bytecode caches when the environment allows.
+    """
     times: list[float] = []
     peak = 0
-    for _ in range(repeat):
+    for n in range(repeat + 1):
         started = time.perf_counter()
         # GNU time prints the process's own peak RSS (KiB), nothing of this process's.
         done = subprocess.run(
             ["/usr/bin/time", "-f", "%M", *_CLI, *args],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
         )  # fmt: skip
-        times.append(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
         if done.returncode not in ok:
             raise RuntimeError(f"claudecluster {' '.join(args)} exited {done.returncode}")
-        peak = max(peak, int(done.stderr.strip().splitlines()[-1]) * 1024)
+        if n:
+            times.append(elapsed)
+            peak = max(peak, int(done.stderr.strip().splitlines()[-1]) * 1024)
     return times, peak
 
 
-async def measure(count: int, where: Path, repeat: int) -> dict[str, Any]:
+class _Noticing:
+    """A snapshot store that says when a snapshot was written to it."""
+
+    def __init__(self, inner: SnapshotStore) -> None:
+        self._inner = inner
+        self.written = anyio.Event()
+
+    async def put(self, name: str, data: bytes) -> None:
+        await self._inner.put(name, data)
+        if name == DRIVER_SNAPSHOT:
+            self.written.set()
+
+    async def get(self, name: str) -> bytes | None:
+        return await self._inner.get(name)
+
+
+async def _driver_ready_s(log: Any, js: Any, store: SnapshotStore, every: int) -> float:
+    """Seconds until a new Driver has recovered and is ready to decide."""
+    driver = Driver(log, js, DriverOptions(snapshot_every_events=every), snapshots=store)
+    started = time.perf_counter()
+    async with anyio.create_task_group() as group:
+        await group.start(driver.run)
+        ready = time.perf_counter() - started
+        if isinstance(store, _Noticing):
+            with anyio.fail_after(600):
+                await store.written.wait()
+        group.cancel_scope.cancel()
+    return ready
+
+
+async def _publish(js: Any, events: Iterator[tuple[str, bytes, str]]) -> str:
+    """Publish ``events`` asynchronously (acks awaited at the end); the last run's id."""
+    last_run = ""
+    for subject, data, run in events:
+        await js.publish_async(subject, data)
+        last_run = run or last_run
+    with anyio.fail_after(1200):
+        await js.publish_async_completed()
+    return last_run
+
+
+async def measure(
+    count: int, where: Path, repeat: int, baseline: Path | None = None
+) -> dict[str, Any]:
     """Load a log of ``count`` events, then measure every read and restart on it."""
     async with (
         open_unsynced_server(where) as url,
         open_jetstream_log(url, name="bench-log-growth") as (client, log),
     ):
         js = client.jetstream()
-        last_run = ""
-        for subject, data, run in cluster_log(count):
-            await js.publish_async(subject, data)
-            last_run = run or last_run
-        with anyio.fail_after(1200):
-            await js.publish_async_completed()
+        loading = time.perf_counter()
+        last_run = await _publish(js, cluster_log(count))
+        load_s = time.perf_counter() - loading
         if await log.last_seq() != count:
             raise RuntimeError(f"loaded {await log.last_seq()} events, expected {count}")
         conn = Connection(url, client, log, embedded=False)
@@ -134,13 +193,19 @@ async def measure(count: int, where: Path, repeat: int) -> dict[str, Any]:
         started = time.perf_counter()
         async with open_front_door(conn):
             front_door_s = time.perf_counter() - started
-        driver = Driver(log, js)
-        started = time.perf_counter()
-        async with anyio.create_task_group() as group:
-            await group.start(driver.run)
-            driver_s = time.perf_counter() - started
-            group.cancel_scope.cancel()
+        store = JetStreamSnapshotStore(js)
+        # No driver snapshot yet: the whole log is replayed (every restart before driver
+        # snapshots); the driver then writes one.
+        cold_s = await _driver_ready_s(log, js, _Noticing(store) if count else store, 1)
+        # A restart finds the snapshot and the tail written since (half the interval).
+        tail = min(5_000, count // 2)
+        if tail:
+            await _publish(js, cluster_log(tail, first_run=1_000_000))
+        snapshot_mb = len(await store.get(DRIVER_SNAPSHOT) or b"") / 2**20
+        driver_s = await _driver_ready_s(log, js, store, DriverOptions().snapshot_every_events)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLAUDECLUSTER_")}
+        nocache_env = {**env, "PYTHONDONTWRITEBYTECODE": "1", "COLUMNS": "200"}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["COLUMNS"] = "200"
         # On the empty log there is no run to show: the same command asks for one that
         # does not exist (exit 2), the same connect and read.
@@ -154,6 +219,16 @@ async def measure(count: int, where: Path, repeat: int) -> dict[str, Any]:
         help_times, _ = await anyio.to_thread.run_sync(
             lambda: timed_cli("--help", repeat=repeat, env=env)
         )
+        nocache_times, _ = await anyio.to_thread.run_sync(
+            lambda: timed_cli(
+                "status", ref, "--nats", url, repeat=repeat, env=nocache_env, ok=(0, 2)
+            )
+        )
+        side: dict[str, Any] = {}
+        if baseline is not None:
+            side = await anyio.to_thread.run_sync(
+                lambda: side_by_side(ref, url, env, baseline, repeat)
+            )
     return {
         "events": count,
         "status_run_p50_ms": round(percentile(run_times, 50) * 1000),
@@ -161,9 +236,37 @@ async def measure(count: int, where: Path, repeat: int) -> dict[str, Any]:
         "status_all_p50_ms": round(percentile(all_times, 50) * 1000),
         "status_all_rss_mb": round(all_rss / 2**20, 1),
         "help_p50_ms": round(percentile(help_times, 50) * 1000),
+        "status_run_nocache_p50_ms": round(percentile(nocache_times, 50) * 1000),
         "driver_restart_s": round(driver_s, 2),
+        "driver_restart_no_snapshot_s": round(cold_s, 2),
+        "driver_snapshot_mb": round(snapshot_mb, 1),
+        "driver_tail_events": tail,
         "front_door_ready_s": round(front_door_s, 2),
+        "load_events_per_s": round(count / load_s) if count else 0,
+        **side,
     }
+
+
+def side_by_side(
+    ref: str, url: str, env: dict[str, str], baseline: Path, repeat: int
+) -> dict[str, Any]:
+    """``status RUN`` and ``--help`` p50 on this code and on ``baseline``, interleaved."""
+    ours: dict[str, list[float]] = {"status": [], "help": []}
+    theirs: dict[str, list[float]] = {"status": [], "help": []}
+    base_env = {**env, "PYTHONPATH": str(baseline)}
+    for _ in range(repeat):
+        for times, run_env in ((ours, env), (theirs, base_env)):
+            times["status"] += timed_cli(
+                "status", ref, "--nats", url, repeat=1, env=run_env, ok=(0, 2)
+            )[0]
+            times["help"] += timed_cli("--help", repeat=1, env=run_env)[0]
+    result: dict[str, Any] = {}
+    for what in ("status", "help"):
+        mine, base = percentile(ours[what], 50), percentile(theirs[what], 50)
+        result[f"side_{what}_p50_ms"] = round(mine * 1000)
+        result[f"side_{what}_baseline_p50_ms"] = round(base * 1000)
+        result[f"side_{what}_over_baseline"] = round(mine / base, 2)
+    return result
 
 
 async def idle_workers(where: Path, workers: int, window_s: float) -> dict[str, Any]:
@@ -198,13 +301,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-log-growth-") as tmp:
         for count in sizes:
-            rows.append(await measure(count, Path(tmp) / f"log-{count}", args.repeat))
+            rows.append(
+                await measure(count, Path(tmp) / f"log-{count}", args.repeat, args.baseline_src)
+            )
+            # A long run stopped later keeps the rows it finished.
+            print(json.dumps(rows[-1]), flush=True)
+            partial = {"sizes": sizes, "results": rows, "complete": False}
+            write_results("log_growth", partial, quick=args.quick)
         idle = await idle_workers(Path(tmp) / "idle", args.workers, args.window)
     empty = rows[0]
     for row in rows:
         base = empty["status_run_p50_ms"] or row["status_run_p50_ms"]
         row["status_run_over_empty"] = round(row["status_run_p50_ms"] / base, 2) if base else None
-    return {"sizes": sizes, "results": rows, "idle_cluster": idle}
+    return {"sizes": sizes, "results": rows, "idle_cluster": idle, "complete": True}
 
 
 def main() -> None:
@@ -215,15 +324,21 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7, help="runs of each CLI command")
     parser.add_argument("--workers", type=int, default=_WORKERS, help="idle pool size")
     parser.add_argument("--window", type=float, default=30.0, help="idle window seconds")
+    parser.add_argument(
+        "--baseline-src", type=Path, default=None,
+        help="another version's src directory: status RUN and --help timed side by side",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.repeat, args.workers, args.window = "0,2000", 3, 3, 6.0
     report = anyio.run(run, args)
     print_table(
-        ["events", "status RUN p50 ms", "xempty", "RSS MB", "status p50 ms", "--help p50 ms",
-         "driver restart s", "front door s"],
-        [[r["events"], r["status_run_p50_ms"], r["status_run_over_empty"], r["status_run_rss_mb"],
-          r["status_all_p50_ms"], r["help_p50_ms"], r["driver_restart_s"], r["front_door_ready_s"]]
+        ["events", "status RUN p50 ms", "xempty", "no bytecode ms", "RSS MB", "status p50 ms",
+         "--help p50 ms", "driver restart s", "without snapshot s", "front door s"],
+        [[r["events"], r["status_run_p50_ms"], r["status_run_over_empty"],
+          r["status_run_nocache_p50_ms"], r["status_run_rss_mb"], r["status_all_p50_ms"],
+          r["help_p50_ms"], r["driver_restart_s"], r["driver_restart_no_snapshot_s"],
+          r["front_door_ready_s"]]
          for r in report["results"]],
     )  # fmt: skip
     idle = report["idle_cluster"]

@@ -175,7 +175,12 @@ def test_log_growth_measures_each_size_side_by_side_and_an_idle_pool(tmp_path: P
         assert row["status_all_p50_ms"] > 0
         assert row["help_p50_ms"] > 0
         assert row["status_run_rss_mb"] > 0
+        assert row["status_run_nocache_p50_ms"] > 0
     assert rows[0]["status_run_over_empty"] == 1.0
+    # The restart with a log behind it is from the snapshot the full replay wrote.
+    assert rows[1]["driver_snapshot_mb"] > 0
+    assert rows[1]["driver_tail_events"] == 1000
+    assert rows[1]["driver_restart_no_snapshot_s"] > 0
     idle = report["idle_cluster"]
     assert idle["events_at_join"] == idle["workers"]  # one worker.joined each
     assert idle["events_during_window"] == 0  # liveness goes to the registry, not the log

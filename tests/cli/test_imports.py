@@ -69,6 +69,35 @@ def test_status_loads_nats_but_no_front_door_or_agent_package(tmp_path: Path) ->
     assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))
 
 
+def test_status_of_a_run_given_a_url_loads_no_embedded_server_decision_core_or_report(
+    tmp_path: Path,
+) -> None:
+    # Each of these cost a CLI call a tenth of a second or more of start-up, and `status`
+    # given a URL uses none of them (the embedded server's psutil, the driver's decision
+    # core, the run report).
+    url = f"nats://127.0.0.1:{free_port()}"
+    dump = tmp_path / "full.json"
+    program = (
+        "import atexit, json, sys\n"
+        f"out = open({str(dump)!r}, 'w')\n"
+        "atexit.register(lambda: (out.write(json.dumps(sorted(sys.modules))), out.close()))\n"
+        f"sys.argv = ['claudecluster', 'status', 'run-1', '--nats', {url!r}]\n"
+        "from claudecluster.cli import main\nmain()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True,
+        timeout=_SUBPROCESS_TIMEOUT_S, check=False,
+    )  # fmt: skip
+    assert dump.is_file(), done.stderr
+    loaded = set(json.loads(dump.read_text(encoding="utf-8")))
+    assert "claudecluster.runtime.connection" in loaded  # it got as far as connecting
+    unused = {
+        "psutil", "claudecluster.runtime.embedded_nats", "claudecluster.actors.driver",
+        "claudecluster.reporting",
+    }  # fmt: skip
+    assert loaded.isdisjoint(unused), sorted(loaded & unused)
+
+
 @pytest.mark.parametrize(("path", "name", "short_help"), COMMANDS, ids=[c[1] for c in COMMANDS])
 def test_each_lazy_command_shows_the_first_line_of_its_own_docstring(
     path: str, name: str, short_help: str

@@ -326,6 +326,25 @@ def test_every_role_gets_only_its_inbox_and_the_driver_alone_manages_the_topolog
     assert {f"$JS.API.STREAM.CREATE.{name}" for name in streams} <= set(grants["driver"].publish)
 
 
+def _matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: ``*`` one token, ``>`` the rest."""
+    want, have = pattern.split("."), subject.split(".")
+    for n, token in enumerate(want):
+        if token == ">":
+            return len(have) > n
+        if n >= len(have) or token not in ("*", have[n]):
+            return False
+    return len(want) == len(have)
+
+
+def test_only_the_operator_may_purge_the_event_log() -> None:
+    # CC_EVENTS allows purges (archiving finished runs); the permissions keep them the
+    # operator's: no actor's identity may send one.
+    purge = f"$JS.API.STREAM.PURGE.{EVENTS_STREAM}"
+    allowed = {role for role in ROLES if any(_matches(p, purge) for p in role_grant(role).publish)}
+    assert allowed == {"admin"}
+
+
 def test_a_worker_of_another_pool_is_held_to_that_pools_queue() -> None:
     grant = role_grant("worker", pool="gpu")
 

@@ -18,6 +18,11 @@ __all__ = ["COMMANDS", "app", "main", "run"]
 #: (import path, command name, short help) of every top-level command, in help order.
 COMMANDS: Final = (
     (
+        "claudecluster.cli.archive_cmd:archive",
+        "archive",
+        "Move runs that finished long ago out of the live event log, into its archive.",
+    ),
+    (
         "claudecluster.cli.control_cmd:cancel",
         "cancel",
         "Cancel a run, or one task (its dependents are skipped).",

@@ -31,14 +31,19 @@ from claudecluster.observability.redaction import Redactor
 from claudecluster.projections.cluster import ClusterView, apply, find_task, replay
 from claudecluster.projections.progress import run_progress
 from claudecluster.projections.views import TaskView
-from claudecluster.reporting import fetch_diffstats, render_html, render_markdown, run_record
-from claudecluster.runtime.connection import open_configured_cluster
+from claudecluster.runtime.connection import Connection, open_configured_cluster
 from claudecluster.runtime.reads import read_run, run_of_ref, view_from_snapshot
 from claudecluster.settings import Settings, load_settings
+from claudecluster.transport.artifacts import ArtifactStore
 from claudecluster.transport.base import read_all
 from claudecluster.transport.snapshots import JetStreamSnapshotStore
 
 __all__ = ["export", "logs", "replay_cmd", "status"]
+
+
+def _archive(conn: Connection) -> ArtifactStore:
+    """Where archived runs are read from (``claudecluster archive`` moved them there)."""
+    return ArtifactStore(conn.client.jetstream())
 
 
 def _settings(nats: str | None, config: Path | None) -> Settings:
@@ -119,7 +124,7 @@ async def _view(settings: Settings, ref: str | None = None) -> ClusterView:
     """The view ``status`` shows: of one run when ``ref`` names it, else of every run."""
     async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
         if ref is not None:
-            found = await run_of_ref(conn.log, ref)
+            found = await run_of_ref(conn.log, ref, archive=_archive(conn))
             if found is not None:
                 return found[1]
         return await view_from_snapshot(conn.log, JetStreamSnapshotStore(conn.client.jetstream()))
@@ -148,13 +153,13 @@ def logs(
 
 async def _logs(settings: Settings, ref: str, follow: bool, console: Console) -> None:
     async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
-        found = await run_of_ref(conn.log, ref)
+        found = await run_of_ref(conn.log, ref, archive=_archive(conn))
         if found is None:
             # A bare task id: which run has it, only the view of every run can say.
             snapshots = JetStreamSnapshotStore(conn.client.jetstream())
             named = find_task(await view_from_snapshot(conn.log, snapshots), ref)
             ref = f"{named.run_id}/{named.task_id}"
-            found = await run_of_ref(conn.log, ref)
+            found = await run_of_ref(conn.log, ref, archive=_archive(conn))
             assert found is not None  # the run was just seen in the log
         run_id, view, stored = found
         task = find_task(view, ref)
@@ -286,12 +291,14 @@ def _until(until: str | None) -> tuple[int | None, datetime | None]:
 async def _record(settings: Settings, run: str) -> dict[str, object]:
     async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
         try:
-            stored = await read_run(conn.log, run)
+            stored = await read_run(conn.log, run, archive=_archive(conn))
         except InvalidIdError:
             raise UnknownEntityError("run", run) from None
         view = replay(stored)
         if run not in view.runs:
             raise UnknownEntityError("run", run)
+        from claudecluster.reporting import fetch_diffstats, run_record  # export only: heavy
+
         diffstats = await fetch_diffstats(conn, stored, run)
         return run_record(view, stored, run, diffstats)
 
@@ -302,7 +309,7 @@ async def _all_events(settings: Settings, run: str | None) -> list[StoredEvent]:
         if run is None:
             return await read_all(conn.log)
         try:
-            return await read_run(conn.log, run)
+            return await read_run(conn.log, run, archive=_archive(conn))
         except InvalidIdError:
             raise UnknownEntityError("run", run) from None
 
@@ -332,6 +339,8 @@ def export(
         nats: NATS URL (default: nats.url, else the embedded server of this directory).
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
+    from claudecluster.reporting import render_html, render_markdown
+
     settings = _settings(nats, config)
     record = anyio.run(_record, settings, run)
     if format == "json":

@@ -24,7 +24,6 @@ from claudecluster.errors import ConfigError, NatsServerError
 from claudecluster.observability.logging import get_logger
 from claudecluster.observability.redaction import Redactor, redact_url
 from claudecluster.runtime.credentials import Credentials
-from claudecluster.runtime.embedded_nats import open_embedded_nats
 from claudecluster.settings import Settings
 from claudecluster.transport.jetstream import JetStreamEventLog
 from claudecluster.transport.permissions import Role, inbox_prefix
@@ -376,6 +375,10 @@ async def open_configured_cluster(
     store_dir = settings.nats.store_dir
     if not store_dir.is_absolute():
         store_dir = (project_dir or Path.cwd()) / store_dir
+    # Imported here: the embedded server's module loads psutil (a third of a second of a
+    # CLI command's start on a busy machine), which a command given a URL never uses.
+    from claudecluster.runtime.embedded_nats import open_embedded_nats
+
     async with open_embedded_nats(
         store_dir, port=settings.nats.port, binary=settings.nats.server_binary
     ) as server:

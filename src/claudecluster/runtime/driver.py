@@ -6,8 +6,10 @@ log (from a following reader), commands (from the driver's durable consumer), cl
 ticks, and the outcomes of effects. Effects run concurrently in the same task group and
 report back through the loop's inbox, so decisions never race each other.
 
-On start the driver replays the whole log with effects discarded (they were decided on
-a partial picture), then asks the core to :class:`~claudecluster.actors.driver.Resume`:
+On start the driver restores its state from the newest usable snapshot (``cc_snapshots``,
+see :mod:`claudecluster.runtime.driver_snapshots`) and replays the log after it (the
+whole log when there is none) with effects discarded (they were decided on a partial
+picture), then asks the core to :class:`~claudecluster.actors.driver.Resume`:
 work items of queued attempts are published again (deduplicated per attempt), and every
 open run is reconciled. That is the whole of crash recovery.
 """
@@ -51,6 +53,7 @@ from claudecluster.actors.driver import (
     WorkerSeen,
     decide,
 )
+from claudecluster.actors.driver_snapshots import DRIVER_SNAPSHOT, encode_driver_snapshot
 from claudecluster.actors.merging import MergeFacts, MergeVerdict, judge_merge
 from claudecluster.domain.kinds import KIND_PROFILES
 from claudecluster.errors import (
@@ -81,6 +84,7 @@ from claudecluster.executors.confinement import Confinement
 from claudecluster.observability.logging import get_logger
 from claudecluster.projections.tasks import NOT_THE_HOLDER
 from claudecluster.runtime.base_transfer import RepositoryChains
+from claudecluster.runtime.driver_snapshots import decision_code_digest, open_driver_state
 from claudecluster.runtime.merge_queue import BatchMerger, refused_conflict
 from claudecluster.runtime.planners import finish_plan, planner_for
 from claudecluster.transport.artifacts import ArtifactStore
@@ -88,6 +92,7 @@ from claudecluster.transport.base import EventLog
 from claudecluster.transport.commands import publish_command
 from claudecluster.transport.liveness import JetStreamWorkerRegistry, WorkerRegistry
 from claudecluster.transport.quarantine import quarantine
+from claudecluster.transport.snapshots import JetStreamSnapshotStore, SnapshotStore
 from claudecluster.transport.topology import COMMANDS_STREAM
 from claudecluster.transport.work_queue import WorkQueue
 from claudecluster.workspace.git import (
@@ -120,6 +125,8 @@ class DriverOptions:
             with a clear error).
         now: the clock (a test may pin it).
         confinement: how verify commands are confined (None: this machine's sandbox).
+        snapshot_every_events: write a snapshot of the state once this many events were
+            decided since the last one (0: never); a restart replays only what came after.
     """
 
     config: DriverConfig = field(default_factory=DriverConfig)
@@ -134,6 +141,7 @@ class DriverOptions:
     holding: Callable[[], bool] | None = None
     #: how long a pulled command may stay unacknowledged before it is delivered again
     command_ack_wait_s: float = 30.0
+    snapshot_every_events: int = 10_000
 
 
 @dataclass(slots=True)
@@ -158,6 +166,8 @@ class Driver:
         js: the JetStream context (work queue, artifacts, commands).
         options: see :class:`DriverOptions`.
         registry: the live worker registry (default: the ``cc_workers`` bucket of ``js``).
+        snapshots: where the state's snapshots are kept (default: the ``cc_snapshots``
+            bucket of ``js``).
     """
 
     def __init__(
@@ -167,6 +177,7 @@ class Driver:
         options: DriverOptions | None = None,
         *,
         registry: WorkerRegistry | None = None,
+        snapshots: SnapshotStore | None = None,
     ):
         self._log = log
         self._js = js
@@ -180,6 +191,11 @@ class Driver:
         self._stopped = anyio.Event()
         #: commands whose outcome is not recorded yet, by command id
         self._unacked: dict[str, _Unacked] = {}
+        self._snapshots = snapshots or JetStreamSnapshotStore(js)
+        #: the id of the last event decided, and the sequence of the last snapshot written
+        self._last_id = ""
+        self._snapshot_seq = 0
+        self._snapshot_writing = False
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -191,9 +207,15 @@ class Driver:
         Raises:
             EventStoreError: the log cannot be read.
         """
-        async with self._log.open_reader() as events:
+        async with open_driver_state(self._log, self._snapshots, self._options.config) as (
+            state,
+            events,
+        ):
+            self.state = state
+            self._snapshot_seq = state.view.last_seq
             async for stored in events:
                 self._decide(stored)
+                self._last_id = stored.envelope.id
                 # Nothing decided while replaying is carried out, so nothing is in flight
                 # (as after the replay, below). Left to pile up, the keys were scanned by
                 # every decision of the replay (the caps count the starts, a run's end
@@ -223,11 +245,45 @@ class Driver:
                     anomalies = self.state.view.anomaly_count
                     effects = self._decide(message)
                     if isinstance(message, StoredEvent):
+                        self._last_id = message.envelope.id
                         await self._quarantine_forged(message, anomalies)
                     elif isinstance(message, EffectSettled | EffectFailed):
                         await self._settle_commands(message)
                 for effect in effects:
                     group.start_soon(self._carry_out, effect, send.clone())
+                # After the effects are under way: a long replay is snapshotted once the
+                # restart's Resume is decided, not before the first decision.
+                if isinstance(message, StoredEvent | Resume):
+                    self._snapshot_if_due(group)
+
+    def _snapshot_if_due(self, group: anyio.abc.TaskGroup) -> None:
+        """Snapshot the state once enough events were decided since the last snapshot.
+
+        Encoded here, between two decisions, because the state changes with the next one;
+        stored in the background, one write at a time, so decisions do not wait for the
+        store. A failed write is logged and tried again after as many events again (a
+        snapshot only shortens restarts).
+        """
+        every = self._options.snapshot_every_events
+        seq = self.state.view.last_seq
+        if every <= 0 or self._snapshot_writing or not self._last_id:
+            return
+        if seq - self._snapshot_seq < every:
+            return
+        data = encode_driver_snapshot(self.state, self._last_id, code=decision_code_digest())
+        self._snapshot_seq = seq
+        self._snapshot_writing = True
+        group.start_soon(self._write_snapshot, data, seq)
+
+    async def _write_snapshot(self, data: bytes, seq: int) -> None:
+        try:
+            await self._snapshots.put(DRIVER_SNAPSHOT, data)
+        except ClusterError as exc:
+            _log.warning("driver snapshot not written; trying again later", error=str(exc))
+        else:
+            _log.info("driver snapshot written", seq=seq, size=len(data))
+        finally:
+            self._snapshot_writing = False
 
     async def _quarantine_forged(self, stored: StoredEvent, anomalies_before: int) -> None:
         """A result the core refused as not its attempt's holder's goes to quarantine."""

@@ -20,6 +20,7 @@ import anyio
 
 from claudecluster.errors import ClusterError, InvalidIdError
 from claudecluster.events.envelope import StoredEvent
+from claudecluster.events.model import RunSubmitted
 from claudecluster.events.subjects import run_filter
 from claudecluster.observability.logging import get_logger
 from claudecluster.projections.cluster import ClusterView, apply, replay
@@ -28,6 +29,7 @@ from claudecluster.projections.snapshots import (
     decode_view_snapshot,
     encode_view_snapshot,
 )
+from claudecluster.transport.artifacts import ArtifactStore
 from claudecluster.transport.base import EventLog, read_all
 from claudecluster.transport.snapshots import SnapshotStore
 
@@ -44,32 +46,51 @@ _log = get_logger(__name__)
 
 
 async def read_run(
-    log: EventLog, run_id: str, *, until_seq: int | None = None
+    log: EventLog,
+    run_id: str,
+    *,
+    until_seq: int | None = None,
+    archive: ArtifactStore | None = None,
 ) -> list[StoredEvent]:
     """Every stored event of run ``run_id`` (up to stream sequence ``until_seq``).
 
+    With ``archive``, a run moved out of the live stream (runtime/archive.py) is read
+    from its archive, with any event of it recorded live since.
+
     Raises:
         InvalidIdError: ``run_id`` cannot be a run id (so no run has it).
-        EventStoreError: the log could not be read.
+        EventStoreError: the log or the archive could not be read.
     """
     stored = await read_all(log, subjects=run_filter(run_id))
+    # A live run starts with its submission; only a run without it can be in the archive.
+    if archive is not None and (
+        not stored or not isinstance(stored[0].envelope.payload, RunSubmitted)
+    ):
+        from claudecluster.runtime.archive import read_archived_run  # a cycle otherwise
+
+        archived = await read_archived_run(archive, run_id)
+        if archived:
+            first_live = stored[0].seq if stored else archived[-1].seq + 1
+            stored = [e for e in archived if e.seq < first_live] + stored
     if until_seq is not None:
         stored = [event for event in stored if event.seq <= until_seq]
     return stored
 
 
-async def run_of_ref(log: EventLog, ref: str) -> tuple[str, ClusterView, list[StoredEvent]] | None:
+async def run_of_ref(
+    log: EventLog, ref: str, *, archive: ArtifactStore | None = None
+) -> tuple[str, ClusterView, list[StoredEvent]] | None:
     """The run a reference names on its own (``RUN`` or ``RUN/TASK``), its view and events.
 
-    None when the reference does not name a run the log knows: a bare task id, whose run
-    only the view of every run can tell, or nothing at all.
+    None when the reference does not name a run the log (or, given, the archive) knows: a
+    bare task id, whose run only the view of every run can tell, or nothing at all.
 
     Raises:
         EventStoreError: the log could not be read.
     """
     run_id = ref.partition("/")[0]
     try:
-        stored = await read_run(log, run_id)
+        stored = await read_run(log, run_id, archive=archive)
     except InvalidIdError:
         return None
     view = replay(stored)

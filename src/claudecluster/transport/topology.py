@@ -260,7 +260,29 @@ async def _apply_stream(js: JetStreamContext, config: StreamConfig) -> None:
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != _STREAM_NAME_IN_USE:
             raise
+        await _update_stream(js, config)
+
+
+async def _update_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Update a stream in place; one created denying purges keeps denying them.
+
+    JetStream refuses to cancel ``deny_purge`` on an existing stream, and ``CC_EVENTS``
+    denied purges before runs could be archived: such a stream is updated in everything
+    else, and ``claudecluster archive`` then says it cannot purge (docs/operations.md
+    says how to move the log to a stream that allows it).
+    """
+    try:
         await js.update_stream(config)
+    except nats.js.errors.ServerError as exc:
+        if config.deny_purge or "deny purge" not in (exc.description or ""):
+            raise
+        config.deny_purge = True
+        await js.update_stream(config)
+        _log.warning(
+            "stream was created denying purges and keeps denying them; archived runs "
+            "cannot be purged from it",
+            stream=config.name,
+        )
 
 
 async def _apply_key_value(js: JetStreamContext, kv: KeyValueSpec, replicas: int | None) -> None:

@@ -1,0 +1,177 @@
+"""Driver snapshots: at any cut, a snapshot plus the tail is the full replay; a snapshot of
+another version, code or configuration is ignored and the state rebuilt, never trusted."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from claudecluster.actors import driver_snapshots as snapshots_module
+from claudecluster.actors.driver import DriverConfig, DriverState, decide
+from claudecluster.actors.driver_snapshots import (
+    decode_driver_snapshot,
+    driver_state_version,
+    encode_driver_snapshot,
+)
+from claudecluster.events import RunPolicy
+from claudecluster.events.envelope import StoredEvent
+from claudecluster.testing.simulated_cluster import SimulatedCluster, random_graph
+from tests.strategies import stored_logs
+
+CODE = "code-digest"
+CONFIG = DriverConfig(max_running=4, lost_after_s=15)
+
+
+def recover(events: list[StoredEvent], state: DriverState | None = None) -> DriverState:
+    """Feed ``events`` as a restarted driver does: decisions discarded, nothing in flight.
+
+    Each event is decided at the time it was recorded (the shell uses its clock; any fixed
+    clock makes the two sides of the comparison alike).
+    """
+    state = state or DriverState(config=CONFIG)
+    for stored in events:
+        decide(state, stored, stored.envelope.occurred_at + timedelta(seconds=1))
+        state.pending.clear()
+        state.starting.clear()
+    return state
+
+
+def snapshot_then_tail(events: list[StoredEvent], cut: int) -> DriverState:
+    head, tail = events[:cut], events[cut:]
+    state = recover(head)
+    last_id = head[-1].envelope.id if head else ""
+    restored, why = decode_driver_snapshot(
+        encode_driver_snapshot(state, last_id, code=CODE), config=CONFIG, code=CODE
+    )
+    assert restored is not None, why
+    assert (restored.seq, restored.last_id) == (state.view.last_seq, last_id)
+    assert restored.state == state
+    return recover(tail, restored.state)
+
+
+def simulated_log(
+    seed: int, runs: int, size: int, failures: float, deaths: float
+) -> list[StoredEvent]:
+    """A history the real core wrote: runs of random graphs with failures, conflicts,
+    retries and lost workers, on the simulated cluster."""
+    cluster = SimulatedCluster(
+        seed=seed, workers=3, config=CONFIG, failure_chance=failures,
+        conflict_chance=failures, death_chance=deaths,
+    )  # fmt: skip
+    rng = random.Random(seed)
+    for n in range(runs):
+        policy = RunPolicy(
+            on_task_failure=rng.choice(["skip_dependents", "fail_run"]),
+            backoff_base_s=1,
+            rollback_on_failure=rng.random() < 0.3,
+        )
+        cluster.submit(f"r{n}", random_graph(rng, size), policy=policy)
+        cluster.run_until_done(f"r{n}")
+    return cluster.log
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    runs=st.integers(1, 3),
+    size=st.integers(1, 12),
+    failures=st.sampled_from([0.0, 0.2]),
+    deaths=st.sampled_from([0.0, 0.05]),
+    cut=st.floats(0.0, 1.0),
+)
+def test_a_snapshot_at_any_cut_of_a_real_history_plus_the_tail_equals_a_full_replay(
+    seed: int, runs: int, size: int, failures: float, deaths: float, cut: float
+) -> None:
+    events = simulated_log(seed, runs, size, failures, deaths)
+    at = round(cut * len(events))
+    assert snapshot_then_tail(events, at) == recover(events)
+
+
+@settings(max_examples=100, deadline=None)
+@given(stored_logs(), st.integers(min_value=0, max_value=40))
+def test_a_snapshot_at_any_cut_of_a_random_log_plus_the_tail_equals_a_full_replay(
+    events: list[StoredEvent], cut: int
+) -> None:
+    assert snapshot_then_tail(events, min(cut, len(events))) == recover(events)
+
+
+def test_a_snapshot_holds_every_run_book_with_its_graph() -> None:
+    events = simulated_log(3, 2, 8, 0.2, 0.0)
+    state = recover(events)
+    restored, _ = decode_driver_snapshot(
+        encode_driver_snapshot(state, events[-1].envelope.id, code=CODE), config=CONFIG, code=CODE
+    )
+    assert restored is not None
+    assert set(restored.state.runs) == {"r0", "r1"}
+    book = restored.state.runs["r0"]
+    assert book.graph is not None
+    assert book.graph == state.runs["r0"].graph
+    assert book.merged == state.runs["r0"].merged
+
+
+def _record_with(events: list[StoredEvent], **changes: object) -> bytes:
+    state = recover(events)
+    record = msgspec.msgpack.decode(encode_driver_snapshot(state, "e", code=CODE))
+    record.update(changes)
+    return msgspec.msgpack.encode(record)
+
+
+def test_a_snapshot_of_another_version_is_ignored_saying_why() -> None:
+    data = _record_with(simulated_log(1, 1, 4, 0.0, 0.0), version="driver-0-0000000000000000")
+    restored, why = decode_driver_snapshot(data, config=CONFIG, code=CODE)
+    assert restored is None
+    assert f"this code reads {driver_state_version(CODE)}" in why
+
+
+def test_a_snapshot_written_by_other_decision_code_is_ignored() -> None:
+    data = encode_driver_snapshot(recover(simulated_log(1, 1, 4, 0.0, 0.0)), "e", code=CODE)
+    restored, why = decode_driver_snapshot(data, config=CONFIG, code="another-digest")
+    assert restored is None
+    assert "this code reads" in why
+
+
+def test_a_snapshot_decided_under_another_configuration_is_ignored() -> None:
+    data = encode_driver_snapshot(recover(simulated_log(1, 1, 4, 0.0, 0.0)), "e", code=CODE)
+    other = DriverConfig(max_running=5, lost_after_s=15)
+    restored, why = decode_driver_snapshot(data, config=other, code=CODE)
+    assert restored is None
+    assert "decided under" in why
+
+
+def test_a_snapshot_whose_sequence_disagrees_with_its_view_is_ignored() -> None:
+    data = _record_with(simulated_log(1, 1, 4, 0.0, 0.0), seq=1)
+    restored, why = decode_driver_snapshot(data, config=CONFIG, code=CODE)
+    assert restored is None
+    assert "covers 1" in why
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x00garbage", msgspec.msgpack.encode({"version": 1})],
+)
+def test_bytes_that_are_not_a_snapshot_are_a_reason_to_rebuild_not_an_error(data: bytes) -> None:
+    restored, why = decode_driver_snapshot(data, config=CONFIG, code=CODE)
+    assert restored is None
+    assert why
+
+
+def test_a_state_whose_fields_do_not_decode_is_a_reason_to_rebuild() -> None:
+    data = _record_with(simulated_log(1, 1, 4, 0.0, 0.0), state=b"\x91\x01")
+    restored, why = decode_driver_snapshot(data, config=CONFIG, code=CODE)
+    assert restored is None
+    assert "does not decode" in why
+
+
+def test_the_version_changes_with_the_state_revision(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = driver_state_version(CODE)
+    driver_state_version.cache_clear()
+    monkeypatch.setattr(snapshots_module, "_STATE_REVISION", 2)
+    try:
+        assert driver_state_version(CODE) != before
+    finally:
+        driver_state_version.cache_clear()
