@@ -172,7 +172,7 @@ class ClaudeCodeExecutor:
             confinement,
             sandbox,
             claude_command(job, binary),
-            prefix=launcher(job.nice),
+            prefix=launcher(job.nice, sandboxed=confinement.confined),
             env=env,
             limits=cgroup_limits(job.limits, confinement),
             api_base_url=env.get("ANTHROPIC_BASE_URL") or _DEFAULT_API,
