@@ -46,6 +46,7 @@ class Preparation:
     ) -> None:
         self._artifacts = artifacts
         self.cache = RepoCache(cache_root, remotes=remotes)
+        self._pristine: dict[Path, str] = {}
 
     @property
     def transferred(self) -> CacheTransfer:
@@ -60,8 +61,13 @@ class Preparation:
             EventStoreError: a segment could not be read from the object store.
         """
         key, segments = self._segments(item)
+        pristine_at = self._pristine.pop(where, None)  # only until this attempt starts
         repo = await self.cache.ensure(key, item.base_commit, segments)
-        return await reset_workspace(where, repo, item.base_commit, branch)
+        return await reset_workspace(where, repo, item.base_commit, branch, pristine_at=pristine_at)
+
+    def pristine(self, where: Path, commit: str) -> None:
+        """Note that ``where`` holds exactly ``commit`` now that its attempt has ended."""
+        self._pristine[where] = commit
 
     def objects(self, item: WorkItem) -> Path:
         """The object directory the item's workspace borrows (its cache's), for the
