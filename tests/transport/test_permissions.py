@@ -41,6 +41,7 @@ from claudecluster.events.subjects import command_subject, event_subject
 from claudecluster.runtime.connection import embedded_auth, open_jetstream_log, open_nats
 from claudecluster.runtime.credentials import ensure_credentials
 from claudecluster.runtime.embedded_nats import EmbeddedNats, open_embedded_nats
+from claudecluster.transport.artifacts import FILE_CHUNK, ArtifactStore
 from claudecluster.transport.base import read_all
 from claudecluster.transport.mcp_sessions import JetStreamMcpSessionStore, McpSession
 from claudecluster.transport.permissions import (
@@ -512,3 +513,27 @@ def test_every_event_an_actor_records_is_one_its_role_may_publish(role: str) -> 
         if not any(_nats_match(pattern, subject) for pattern in grant.publish):
             refused.append(subject)
     assert refused == []
+
+
+async def test_a_worker_reads_a_many_chunk_artifact_the_driver_stored(
+    server: EmbeddedNats, tmp_path: Path
+) -> None:
+    # Big files are read through a pull consumer of the reader's own: the worker's role
+    # must allow asking it for the next chunks, or no history reaches a host.
+    assert server.credentials is not None
+    data = os.urandom(3 * FILE_CHUNK + 1000)  # four chunks
+    (tmp_path / "history.bundle").write_bytes(data)
+    driver_auth = embedded_auth(server.credentials, "driver")
+    async with open_jetstream_log(server.url, auth=driver_auth, apply=False) as (client, _):
+        ref = await ArtifactStore(client.jetstream()).put_file(
+            "repos/k/x.bundle", tmp_path / "history.bundle"
+        )
+    worker_auth = embedded_auth(server.credentials, "worker")
+    async with open_jetstream_log(server.url, auth=worker_auth, apply=False) as (client, _):
+        store = ArtifactStore(client.jetstream())
+        got = await store.get_file(ref, tmp_path / "got.bundle")
+        chunks: list[bytes] = []
+        size = await store.get_into(ref, chunks.append)
+    assert got.read_bytes() == data
+    assert (size, b"".join(chunks)) == (len(data), data)
+    assert len(chunks) == 4

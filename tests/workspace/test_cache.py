@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,9 @@ from hypothesis import strategies as st
 
 from claudecluster.errors import WorkspaceError
 from claudecluster.workspace.cache import RepoCache, Segment
+from claudecluster.workspace.git import (
+    commit_all as commit_workspace,
+)
 from claudecluster.workspace.git import (
     git_status,
     refuse_unsupported,
@@ -257,3 +261,70 @@ def test_a_slot_never_shares_a_directory_with_an_attempt(
 
 def test_the_names_that_used_to_collide_do_not() -> None:
     assert attempt_dir_name("a-b", "c", 1) != attempt_dir_name("a", "b-c", 1)
+
+
+async def _pristine_after(ws: Path, cache: Path, mess: Callable[[Path], None]) -> bool:
+    """Whether the worker's own commit step calls the tree pristine after ``mess``."""
+    mess(ws)
+    told: list[bool] = []
+    head = await commit_workspace(
+        ws, "unchanged", objects=cache / "objects", on_pristine=lambda: told.append(True)
+    )
+    assert head is None
+    return bool(told)
+
+
+async def test_only_a_tree_holding_exactly_its_base_is_called_pristine(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "source", {"a.txt": "a\n", ".gitignore": "*.log\n"})
+    base = await resolve_commit(repo, "HEAD")
+    chain = Chain(repo, tmp_path / "store")
+    await chain.send(base)
+    cache = await RepoCache(tmp_path / "cache").ensure("k", base, chain.segments)
+
+    def nothing(ws: Path) -> None:
+        del ws
+
+    def ignored_file(ws: Path) -> None:
+        (ws / "debug.log").write_text("ignored\n")
+
+    def empty_directory(ws: Path) -> None:
+        (ws / "empty" / "deeper").mkdir(parents=True)
+
+    found = {}
+    for n, mess in enumerate((nothing, ignored_file, empty_directory)):
+        ws = await reset_workspace(tmp_path / f"slot{n}" / "ws", cache, base, "claudecluster/r/a")
+        found[mess.__name__] = await _pristine_after(ws, cache, mess)
+    # git status cannot see an empty directory, and hides ignored files unless asked.
+    assert found == {"nothing": True, "ignored_file": False, "empty_directory": False}
+
+
+async def test_a_pristine_slot_is_reset_without_git_and_still_keeps_nothing(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(tmp_path / "source", {"a.txt": "a\n"})
+    first = await resolve_commit(repo, "HEAD")
+    (repo / "b.txt").write_text("b\n")
+    commit_all(repo, "second")
+    second = await resolve_commit(repo, "HEAD")
+    chain = Chain(repo, tmp_path / "store")
+    await chain.send(second)
+    cache = await RepoCache(tmp_path / "cache").ensure("k", second, chain.segments)
+    ws = await reset_workspace(tmp_path / "slot" / "ws", cache, first, "claudecluster/r/one")
+    assert await _pristine_after(ws, cache, lambda ws: None)
+    git_output(ws, "config", "alias.st", "!touch pwned")  # the worker's view of .git only
+
+    # The same base: nothing to check out, but .git is made again.
+    ws = await reset_workspace(ws, cache, first, "claudecluster/r/two", pristine_at=first)
+    assert sorted(p.name for p in ws.iterdir()) == [".git", "a.txt"]
+    assert git_output(ws, "status", "--porcelain", "--ignored") == ""
+    assert git_output(ws, "rev-parse", "HEAD").strip() == first
+    assert git_output(ws, "for-each-ref", "--format=%(refname)").split() == [
+        "refs/heads/claudecluster/r/two"
+    ]
+    assert "alias" not in (ws / ".git" / "config").read_text()
+
+    # Another base: checked out, with nothing to clean.
+    ws = await reset_workspace(ws, cache, second, "claudecluster/r/three", pristine_at=first)
+    assert sorted(p.name for p in ws.iterdir()) == [".git", "a.txt", "b.txt"]
+    assert git_output(ws, "status", "--porcelain", "--ignored") == ""
+    assert git_output(ws, "rev-parse", "HEAD").strip() == second

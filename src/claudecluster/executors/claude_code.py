@@ -178,7 +178,7 @@ class ClaudeCodeExecutor:
             confinement,
             sandbox,
             claude_command(job, binary),
-            prefix=launcher(job.nice),
+            prefix=launcher(job.nice, sandboxed=confinement.confined),
             env=env,
             limits=cgroup_limits(job.limits, confinement),
             api_base_url=api_url_of(env),

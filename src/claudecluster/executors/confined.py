@@ -305,7 +305,7 @@ async def run_confined(
         confinement,
         sandbox,
         command,
-        prefix=launcher(),
+        prefix=launcher(sandboxed=confinement.confined),
         env=env,
         limits=limits or CgroupLimits(max_processes=confinement.max_processes),
         cwd=sandbox.workspace,

@@ -79,7 +79,7 @@ class ShellExecutor:
             confinement,
             sandbox,
             [self._shell, "-c", job.prompt],
-            prefix=launcher(job.nice),
+            prefix=launcher(job.nice, sandboxed=confinement.confined),
             env=env,
             limits=cgroup_limits(job.limits, confinement),
             allow=job.destinations(),

@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -740,7 +741,8 @@ class Worker:
         # claude_agent_sdk (and mcp with it) is imported on the first attempt, in a thread:
         # imported on the event loop it held the loop for seconds on a busy machine, the
         # work item's in-progress acks stopped, and the item went to another worker.
-        await anyio.to_thread.run_sync(importlib.import_module, "claude_agent_sdk")
+        if "claude_agent_sdk" not in sys.modules:  # a thread hop per attempt otherwise
+            await anyio.to_thread.run_sync(importlib.import_module, "claude_agent_sdk")
         transcript = _transcript_path(scratch, workspace, live.session_id)
         restored = 0
         if resumed:
@@ -929,7 +931,14 @@ class Worker:
     ) -> tuple[Outcome, tuple[ArtifactRef, ...]]:
         """Commit the agent's work and store it as artifacts: the bundle and a diffstat."""
         item = live.item
-        head = await commit_all(workspace, f"{item.task_id}: {item.spec.title}", objects=objects)
+        head = await commit_all(
+            workspace,
+            f"{item.task_id}: {item.spec.title}",
+            objects=objects,
+            on_pristine=None
+            if self.config.keep_workspaces  # each attempt has its own directory then
+            else lambda: self.preparation.pristine(workspace, item.base_commit),
+        )
         if head is None:
             return outcome, ()
         bundle_path = workspace.parent / "result.bundle"

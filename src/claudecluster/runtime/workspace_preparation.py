@@ -14,7 +14,7 @@ still understood: its bundle is the only segment of a cache named after the bund
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -46,6 +46,7 @@ class Preparation:
     ) -> None:
         self._artifacts = artifacts
         self.cache = RepoCache(cache_root, remotes=remotes)
+        self._pristine: dict[Path, str] = {}
 
     @property
     def transferred(self) -> CacheTransfer:
@@ -60,8 +61,13 @@ class Preparation:
             EventStoreError: a segment could not be read from the object store.
         """
         key, segments = self._segments(item)
+        pristine_at = self._pristine.pop(where, None)  # only until this attempt starts
         repo = await self.cache.ensure(key, item.base_commit, segments)
-        return await reset_workspace(where, repo, item.base_commit, branch)
+        return await reset_workspace(where, repo, item.base_commit, branch, pristine_at=pristine_at)
+
+    def pristine(self, where: Path, commit: str) -> None:
+        """Note that ``where`` holds exactly ``commit`` now that its attempt has ended."""
+        self._pristine[where] = commit
 
     def objects(self, item: WorkItem) -> Path:
         """The object directory the item's workspace borrows (its cache's), for the
@@ -72,7 +78,7 @@ class Preparation:
     def _segments(self, item: WorkItem) -> tuple[str, list[Segment]]:
         if item.repo_key:
             return item.repo_key, [
-                Segment(commit=s.commit, download=self._downloader(item.repo_key, s.bundle))
+                _segment(s.commit, self._downloader(item.repo_key, s.bundle))
                 for s in item.base_segments
             ]
         if item.base_bundle is None:
@@ -81,10 +87,14 @@ class Preparation:
                 "is nor which repository it is"
             )
         key = f"bundle-{item.base_bundle.sha256[:32] or item.base_commit}"
-        return key, [Segment(item.base_commit, self._downloader(key, item.base_bundle))]
+        return key, [_segment(item.base_commit, self._downloader(key, item.base_bundle))]
 
     def _downloader(self, key: str, ref: ArtifactRef) -> _Download:
         return _Download(self._artifacts, key, ref)
+
+
+def _segment(commit: str, download: _Download) -> Segment:
+    return Segment(commit=commit, download=download, stream=download.stream)
 
 
 class _Download:
@@ -104,6 +114,16 @@ class _Download:
         _log.info("repository history fetched", repo=self._key, segment=self._ref.key,
                   size=self._ref.size, seconds=round(time.monotonic() - started, 2))  # fmt: skip
         return self._ref.size
+
+    async def stream(self, sink: Callable[[bytes], None]) -> int:
+        """Give the segment's bytes to ``sink`` as they arrive; see :class:`Segment`."""
+        started = time.monotonic()
+        _log.info("fetching repository history", repo=self._key, segment=self._ref.key,
+                  size=self._ref.size)  # fmt: skip
+        size = await self._artifacts.get_into(self._ref, sink, on_progress=self._progress)
+        _log.info("repository history fetched", repo=self._key, segment=self._ref.key,
+                  size=size, seconds=round(time.monotonic() - started, 2))  # fmt: skip
+        return size
 
     def _progress(self, done: int, total: int) -> None:
         now = time.monotonic()

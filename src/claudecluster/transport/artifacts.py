@@ -3,16 +3,19 @@
 A worker on another machine hands its result to the driver this way; the event that
 announces the result carries only the :class:`~claudecluster.events.model.ArtifactRef`.
 
-Files move in chunks (the object store's 128 KB), streamed from and to disk, so memory
-does not grow with an artifact's size, and each chunk is its own request: heartbeats and
-events on the same connection go out between them. ``on_progress`` hears the bytes moved.
+Files move in chunks (:data:`FILE_CHUNK`, 512 KiB; the object store's default is 128 KB),
+streamed from and to disk or a pipe, so memory does not grow with an artifact's size, and
+each chunk is its own request: heartbeats and events on the same connection go out between
+them. ``on_progress`` hears the bytes moved.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Final
 
@@ -20,7 +23,13 @@ import anyio
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.object_store import ObjectStore
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectMeta, ObjectMetaOptions
+from nats.js.object_store import (
+    OBJ_CHUNKS_PRE_TEMPLATE,
+    OBJ_DIGEST_TYPE,
+    OBJ_STREAM_TEMPLATE,
+    ObjectStore,
+)
 
 from claudecluster.errors import EventStoreError
 from claudecluster.events.model import ArtifactRef
@@ -31,6 +40,17 @@ __all__ = ["ARTIFACTS_BUCKET", "ArtifactStore", "Progress", "artifact_key"]
 Progress = Callable[[int, int], None]
 
 ARTIFACTS_BUCKET: Final = "cc_artifacts"
+
+#: The chunk a file is stored in. Each chunk is one acknowledged publish, so a bigger
+#: chunk is fewer round trips (a 200 MB history took 1,600 at 128 KB); it must stay below
+#: the server's ``max_payload`` (1 MB unless configured), and the chunk is what one
+#: transfer holds in memory at a time.
+FILE_CHUNK: Final = 512 * 1024
+#: Chunks one read asks for at once (and holds at most): 4 MiB of 512 KiB chunks.
+_PULL_BATCH: Final = 8
+#: Seconds one batch may take to arrive, and a dead reader's consumer is kept.
+_PULL_WAIT_S: Final = 60.0
+_PULL_IDLE_S: Final = 120.0
 
 
 def artifact_key(run_id: str, task_id: str, attempt: int, name: str) -> str:
@@ -84,10 +104,11 @@ class ArtifactStore:
             OSError: the file cannot be read.
         """
         total = (await anyio.Path(path).stat()).st_size
+        meta = ObjectMeta(name=key, options=ObjectMetaOptions(max_chunk_size=FILE_CHUNK))
         with path.open("rb") as raw:
             reader = _HashingReader(raw, total, on_progress)
             try:
-                await (await self._obs()).put(key, reader)  # type: ignore[arg-type]
+                await (await self._obs()).put(key, reader, meta=meta)  # type: ignore[arg-type]
             except (nats.errors.Error, TimeoutError) as exc:
                 raise EventStoreError(f"cannot store artifact {key}: {exc!r}") from exc
         return ArtifactRef(
@@ -169,6 +190,88 @@ class ArtifactStore:
             raise EventStoreError(f"artifact {ref.key} does not match its recorded checksum")
         return data
 
+    async def get_into(
+        self,
+        ref: ArtifactRef,
+        sink: Callable[[bytes], object],
+        *,
+        on_progress: Progress | None = None,
+    ) -> int:
+        """Stream an artifact's chunks to ``sink``, in order, and verify its checksum.
+
+        ``sink`` is called from a worker thread (it may block: a pipe to a process that
+        reads slower than the network, say), one chunk at a time. It has been given every
+        byte when this returns; on an error it may have been given some. Returns the size.
+
+        Raises:
+            EventStoreError: it is missing, unreadable, or its checksum does not match
+                (the caller must discard what ``sink`` got).
+        """
+        writer = _HashingWriter(_Sink(sink), ref.size, on_progress)
+        await self._pull(ref, writer)
+        return writer.size
+
+    async def _pull(self, ref: ArtifactRef, writer: _HashingWriter) -> None:
+        """Read an object's chunks through a pull consumer of its own, into ``writer``.
+
+        nats-py's ``ObjectStore.get`` reads through an ordered push consumer, which on this
+        project's machine delivered about 25 MB/s where fetching batches of the same
+        chunks delivered about 170 MB/s (20 MB: 0.84 s against 0.12 s), and the first task
+        on a fresh host waits on exactly this read. At most :data:`_PULL_BATCH` chunks are
+        in flight. The object's own digest and the reference's SHA-256 are both checked.
+
+        Raises:
+            EventStoreError: as :meth:`get_into`.
+        """
+        js = self._js
+        try:
+            info = await (await self._obs()).get_info(ref.key)
+        except nats.js.errors.ObjectNotFoundError:
+            raise EventStoreError(f"artifact {ref.key} is not in bucket {ref.bucket}") from None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise EventStoreError(f"cannot read artifact {ref.key}: {exc!r}") from exc
+        if info.is_link() or not info.nuid:
+            raise EventStoreError(f"artifact {ref.key} is a link or has no chunks to read")
+        own = hashlib.sha256()
+        stream = OBJ_STREAM_TEMPLATE.format(bucket=self._bucket)
+        if info.size:
+            try:
+                subscription = await js.pull_subscribe(
+                    OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self._bucket, obj=info.nuid),
+                    stream=stream,
+                    config=ConsumerConfig(
+                        ack_policy=AckPolicy.NONE,
+                        deliver_policy=DeliverPolicy.ALL,
+                        mem_storage=True,
+                        inactive_threshold=_PULL_IDLE_S,  # gone if this reader dies
+                    ),
+                )
+            except (nats.errors.Error, TimeoutError) as exc:
+                raise EventStoreError(f"cannot read artifact {ref.key}: {exc!r}") from exc
+            try:
+                received = 0
+                while received < (info.chunks or 0):
+                    batch = min(_PULL_BATCH, (info.chunks or 0) - received)
+                    messages = await subscription.fetch(batch=batch, timeout=_PULL_WAIT_S)
+                    for message in messages:
+                        own.update(message.data)
+                        await anyio.to_thread.run_sync(writer.write, message.data)
+                    received += len(messages)
+            except (nats.errors.Error, TimeoutError) as exc:
+                raise EventStoreError(f"cannot read artifact {ref.key}: {exc!r}") from exc
+            finally:
+                with anyio.CancelScope(shield=True), suppress(nats.errors.Error, TimeoutError):
+                    consumer = await subscription.consumer_info()
+                    await subscription.unsubscribe()
+                    await js.delete_consumer(stream, consumer.name)
+        digest = (
+            (info.digest or "").replace(OBJ_DIGEST_TYPE, "").replace(OBJ_DIGEST_TYPE.upper(), "")
+        )
+        if digest and base64.urlsafe_b64decode(digest) != own.digest():
+            raise EventStoreError(f"artifact {ref.key} does not match its stored digest")
+        if ref.sha256 and writer.digest.hexdigest() != ref.sha256:
+            raise EventStoreError(f"artifact {ref.key} does not match its recorded checksum")
+
     async def get_file(
         self, ref: ArtifactRef, path: Path, *, on_progress: Progress | None = None
     ) -> Path:
@@ -182,17 +285,11 @@ class ArtifactStore:
         await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
         try:
             with path.open("wb") as raw:
-                writer = _HashingWriter(raw, ref.size, on_progress)
-                await (await self._obs()).get(ref.key, writeinto=writer)  # type: ignore[arg-type]
-        except nats.js.errors.ObjectNotFoundError:
-            await anyio.Path(path).unlink(missing_ok=True)
-            raise EventStoreError(f"artifact {ref.key} is not in bucket {ref.bucket}") from None
-        except (nats.errors.Error, TimeoutError) as exc:
-            await anyio.Path(path).unlink(missing_ok=True)
-            raise EventStoreError(f"cannot read artifact {ref.key}: {exc!r}") from exc
-        if ref.sha256 and writer.digest.hexdigest() != ref.sha256:
-            await anyio.Path(path).unlink(missing_ok=True)
-            raise EventStoreError(f"artifact {ref.key} does not match its recorded checksum")
+                await self._pull(ref, _HashingWriter(raw, ref.size, on_progress))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.Path(path).unlink(missing_ok=True)
+            raise
         return path
 
 
@@ -222,7 +319,9 @@ class _HashingReader(io.RawIOBase):
 class _HashingWriter:
     """The target of a streamed get: writes chunks to a file, hashing and counting."""
 
-    def __init__(self, raw: io.BufferedWriter, total: int, on_progress: Progress | None):
+    def __init__(
+        self, raw: io.BufferedWriter | _Sink, total: int, on_progress: Progress | None
+    ) -> None:
         self._raw = raw
         self._total = total
         self._on_progress = on_progress
@@ -235,4 +334,15 @@ class _HashingWriter:
         self.size += len(data)
         if self._on_progress is not None:
             self._on_progress(self.size, self._total)
+        return len(data)
+
+
+class _Sink:
+    """A callable seen as the one method of a file a streamed get uses."""
+
+    def __init__(self, sink: Callable[[bytes], object]) -> None:
+        self._sink = sink
+
+    def write(self, data: bytes) -> int:
+        self._sink(data)
         return len(data)

@@ -40,6 +40,7 @@ from typing import Final
 import anyio
 
 from claudecluster.errors import WorkspaceError
+from claudecluster.workspace.bundle_stream import BundleSink
 from claudecluster.workspace.git import git, git_status, present_commits
 
 __all__ = [
@@ -56,6 +57,16 @@ _KEY: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,79}$")
 _LOCK_TIMEOUT_S: Final = 3600.0
 _LOCK_POLL_S: Final = 0.05
 _FETCH_TIMEOUT_S: Final = 3600.0
+_CACHE_CONFIG: Final = (
+    "[gc]\n"
+    "\tauto = 0\n"  # workspaces borrow these objects: nothing may prune them
+    "[core]\n"
+    "\tlogAllRefUpdates = false\n"
+    "[fetch]\n"
+    "\tunpackLimit = 1\n"  # a segment stays one pack, not loose objects
+    "[transfer]\n"
+    "\tfsckObjects = false\n"
+)
 
 
 def valid_cache_key(key: str) -> bool:
@@ -70,10 +81,14 @@ class Segment:
     Attributes:
         commit: the bundle's tip; present in the cache once the bundle was fetched.
         download: writes the bundle to the given path and returns its size in bytes.
+        stream: gives the bundle's bytes in order to the given callable (from a worker
+            thread; it may block) and returns the size once they are all given and
+            verified; None where only ``download`` is offered.
     """
 
     commit: str
     download: Callable[[Path], Awaitable[int]]
+    stream: Callable[[Callable[[bytes], None]], Awaitable[int]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,15 +182,28 @@ class RepoCache:
 
     async def _fetch_segment(self, repo: Path, segment: Segment) -> None:
         where = repo.parent / f".{repo.name}.{uuid.uuid4().hex[:8]}.bundle"
+        sink = BundleSink(repo, where)
         try:
-            size = await segment.download(where)
-            await git(
-                repo, "fetch", "--quiet", "--no-tags", str(where),
-                f"+{CACHE_REF_PREFIX}*:{CACHE_REF_PREFIX}*", time_limit=_FETCH_TIMEOUT_S,
-            )  # fmt: skip
+            refs = None
+            if segment.stream is not None:
+                # Indexed while it downloads when it can be (see bundle_stream).
+                size = await segment.stream(sink.feed)
+                refs = await anyio.to_thread.run_sync(sink.finish)
+            else:
+                size = await segment.download(where)
+            if refs is not None:
+                for oid, name in refs:
+                    if name.startswith(CACHE_REF_PREFIX):  # what the fetch's refspec takes
+                        await git(repo, "update-ref", name, oid)
+            else:
+                await git(
+                    repo, "fetch", "--quiet", "--no-tags", str(where),
+                    f"+{CACHE_REF_PREFIX}*:{CACHE_REF_PREFIX}*", time_limit=_FETCH_TIMEOUT_S,
+                )  # fmt: skip
             self._add(bundles=1, size=size)
         finally:
             with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(sink.close)
                 await anyio.Path(where).unlink(missing_ok=True)
 
     def _add(self, *, bundles: int = 0, size: int = 0, remote_fetches: int = 0) -> None:
@@ -192,13 +220,9 @@ class RepoCache:
         draft = repo.parent / f".{repo.name}.{uuid.uuid4().hex[:8]}.new"
         try:
             await git(repo.parent, "init", "--quiet", "--bare", str(draft))
-            for name, value in (
-                ("gc.auto", "0"),  # workspaces borrow these objects: nothing may prune them
-                ("core.logAllRefUpdates", "false"),
-                ("fetch.unpackLimit", "1"),  # a segment stays one pack, not loose objects
-                ("transfer.fsckObjects", "false"),
-            ):
-                await git(draft, "config", name, value)
+            # Appended to the config git init wrote (one process, not one per setting).
+            async with await anyio.open_file(draft / "config", "a", encoding="utf-8") as config:
+                await config.write(_CACHE_CONFIG)
             if await anyio.Path(repo).exists():
                 await anyio.to_thread.run_sync(shutil.rmtree, repo)
             await anyio.Path(draft).rename(repo)

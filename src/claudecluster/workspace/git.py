@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -425,23 +425,73 @@ async def open_workspace(bundle: Path, base_commit: str, branch: str, where: Pat
     return where
 
 
-async def commit_all(workspace: Path, message: str, *, objects: Path | None = None) -> str | None:
+async def commit_all(
+    workspace: Path,
+    message: str,
+    *,
+    objects: Path | None = None,
+    on_pristine: Callable[[], None] | None = None,
+) -> str | None:
     """Commit every change in the workspace; returns the new commit, or None if unchanged.
 
     The workspace's git directory is reset first (:func:`distrust_git_dir`): the agent
     had it, and ``git add`` would run a filter its config defines. ``objects`` is the
     object directory the workspace borrows from (the host's repository cache), if any.
+    ``on_pristine`` is called when the tree holds exactly its ``HEAD``: no change, no
+    untracked or ignored file, no empty directory (a slot's next reset to the same base
+    then has nothing to do).
 
     Raises:
         WorkspaceError: git failed, or ``.git`` was replaced.
     """
     await anyio.to_thread.run_sync(distrust_git_dir, workspace, objects)
-    # Asked first, so a task that changed nothing costs one git process, not two.
-    if not (await git(workspace, "status", "--porcelain", "--untracked-files=all")).strip():
+    # Asked first, so a task that changed nothing costs one git process, not two. Ignored
+    # files are listed (a directory of them as one line) only to tell a pristine tree.
+    status = await git(
+        workspace, "status", "--porcelain", "--ignored=traditional", "--untracked-files=normal"
+    )
+    lines = [line for line in status.splitlines() if line.strip()]
+    if not any(not line.startswith("!! ") for line in lines):
+        if (
+            not lines
+            and on_pristine is not None
+            and await anyio.to_thread.run_sync(_no_empty_directory, workspace)
+        ):
+            on_pristine()
         return None
     await git(workspace, "add", "--all")
     await git(workspace, "commit", "--quiet", "--no-verify", "-m", message)
     return (await git(workspace, "rev-parse", "HEAD")).strip()
+
+
+#: Directories looked at before a tree counts as too big to check for empty directories
+#: (git cannot see those); a bigger tree is simply not known pristine and gets reset.
+_PRISTINE_WALK_LIMIT: Final = 20_000
+
+
+def _no_empty_directory(workspace: Path) -> bool:
+    """Whether no directory below ``workspace`` (``.git`` aside) is empty, within the limit."""
+    pending = [str(workspace)]
+    seen = 0
+    while pending:
+        directory = pending.pop()
+        seen += 1
+        if seen > _PRISTINE_WALK_LIMIT:
+            return False
+        try:
+            with os.scandir(directory) as entries:
+                found = False
+                for entry in entries:
+                    found = True
+                    if entry.is_dir(follow_symlinks=False) and not (
+                        directory == str(workspace) and entry.name == ".git"
+                    ):
+                        pending.append(entry.path)
+        except OSError:
+            return False
+        if not found:
+            return False
+    return True
 
 
 async def result_bundle(

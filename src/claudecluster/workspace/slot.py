@@ -13,7 +13,10 @@ attempt it is reset to the attempt's base:
    included (the doubled ``-f``), against the old index;
 3. ``git reset --hard`` makes the tracked files those of the base.
 
-A first attempt of a slot skips the clean: the directory is empty. If a reset fails
+A first attempt of a slot skips the clean: the directory is empty. So does an attempt
+after one that left the tree exactly as its base (a no-op task, the worker checks with the
+status it asks anyway), and one on that same base needs no reset either: the ``.git``
+rebuilt from nothing in step 1 is all such a slot costs. If a reset fails
 (an agent left a file git cannot remove, a corrupt index), the directory is removed and
 made again, so a slot never runs an attempt on a half-reset tree.
 
@@ -48,7 +51,9 @@ _CONFIG: Final = (
 )
 
 
-async def reset_workspace(where: Path, cache: Path, commit: str, branch: str) -> Path:
+async def reset_workspace(
+    where: Path, cache: Path, commit: str, branch: str, *, pristine_at: str | None = None
+) -> Path:
     """Make ``where`` a checkout of ``commit`` on ``branch``, borrowing ``cache``'s objects.
 
     Args:
@@ -56,6 +61,10 @@ async def reset_workspace(where: Path, cache: Path, commit: str, branch: str) ->
         cache: the bare repository holding ``commit``.
         commit: the base of the attempt.
         branch: the branch the attempt commits on.
+        pristine_at: the commit the tree was found to hold exactly after the slot's last
+            attempt ended (no change, no untracked or ignored file, no empty directory:
+            :func:`~claudecluster.workspace.git.commit_all` tells), if it was. Then
+            there is nothing to clean, and for that same commit nothing to check out.
 
     Returns:
         ``where``.
@@ -65,9 +74,10 @@ async def reset_workspace(where: Path, cache: Path, commit: str, branch: str) ->
     """
     used = await anyio.to_thread.run_sync(_rebuild_git_dir, where, cache, commit, branch)
     try:
-        if used:
+        if used and pristine_at is None:
             await git(where, "clean", "-ffdxq")
-        await git(where, "reset", "--hard", "--quiet")
+        if not used or pristine_at != commit:
+            await git(where, "reset", "--hard", "--quiet")
     except WorkspaceError:
         if not used:
             raise
