@@ -46,28 +46,37 @@ from claudecluster.actors.worker import (
     DEFAULT_PERMISSION_MODES,
     Admission,
     admit,
+    attempt_session,
+    claim_events,
+    classify_failure,
+    failed_event,
     finished_event,
     item_problem,
     only_forgeries,
+    resumable_session,
+    stops_for,
 )
+from claudecluster.domain.branches import task_branch
 from claudecluster.domain.outcome import Outcome
-from claudecluster.errors import ClusterError, ConcurrencyError, EventDecodeError, WorkspaceError
+from claudecluster.errors import (
+    ClusterError,
+    ConcurrencyError,
+    CopyFilesError,
+    EventDecodeError,
+    SetupCommandError,
+)
 from claudecluster.events.codec import decode_command, decode_event, encode
 from claudecluster.events.envelope import EventEnvelope, StoredEvent, wrap_event
+from claudecluster.events.event_ids import worker_event_id
 from claudecluster.events.liveness import WorkerLiveness
 from claudecluster.events.model import (
     ArtifactRef,
-    CancelRun,
-    CancelTask,
-    DrainWorker,
     Event,
     RunPlanned,
-    TaskAssigned,
     TaskCancelled,
     TaskFailed,
     TaskFilesTouched,
     TaskProgress,
-    TaskQueued,
     TaskRateLimited,
     TaskStarted,
     WorkerJoined,
@@ -100,7 +109,7 @@ from claudecluster.transport.base import EventLog, read_all
 from claudecluster.transport.liveness import JetStreamWorkerRegistry
 from claudecluster.transport.session_store import JetStreamSessionStore
 from claudecluster.transport.work_queue import Delivery, WorkQueue
-from claudecluster.workspace.git import commit_all, result_bundle, task_branch
+from claudecluster.workspace.git import commit_all, result_bundle
 from claudecluster.workspace.naming import attempt_dir_name, slot_dir_name
 
 if TYPE_CHECKING:
@@ -274,7 +283,7 @@ class Worker:
         self._ids += 1
         envelope = wrap_event(
             event,
-            event_id=f"{self.config.worker_id}-{self._ids}-{uuid.uuid4().hex[:8]}",
+            event_id=worker_event_id(self.config.worker_id, self._ids, uuid.uuid4().hex[:8]),
             now=self._clock(),
         )
         if signed:
@@ -515,38 +524,28 @@ class Worker:
         # Not a fresh read of the last sequence: a result recorded between the admission
         # and the claim would then be overwritten by a take-over of a finished task.
         expected = seen
-        attempt = admission.attempt
+        claim = claim_events(
+            admission, run_id=item.run_id, task_id=item.task_id,
+            worker_id=self.config.worker_id, worker_key=self.public_key, pool=item.pool,
+            base_commit=item.base_commit,
+        )  # fmt: skip
         try:
-            if admission.action == "take_over":
-                expected = await self._record(
-                    TaskQueued(run_id=item.run_id, task_id=item.task_id, attempt=attempt,
-                               pool=item.pool, base_commit=item.base_commit,
-                               resume_session_id=admission.resume_session_id,
-                               note="taken over after its worker went silent"),
-                    expected_last=expected,
-                )  # fmt: skip
-            expected = await self._record(
-                TaskAssigned(
-                    run_id=item.run_id,
-                    task_id=item.task_id,
-                    attempt=attempt,
-                    worker_id=self.config.worker_id,
-                    worker_key=self.public_key,
-                ),
-                expected_last=expected,
-            )
+            for event in claim:
+                expected = await self._record(event, expected_last=expected)
         except ConcurrencyError:
             return None
-        previous = admission.resume_session_id or item.resume_session_id
+        previous = resumable_session(admission, item.resume_session_id)
         restorable = bool(previous) and bool(
             await self._sessions.load(_session_key(item, previous))
         )
-        if restorable:
-            # The interrupted attempt's transcript was mirrored: continue that conversation.
-            return _Attempt(
-                item=item, attempt=attempt, last_seq=expected, session_id=previous, resume=True
-            )
-        return _Attempt(item=item, attempt=attempt, last_seq=expected, session_id=str(uuid.uuid4()))
+        # A mirrored transcript of the interrupted attempt: continue that conversation.
+        session_id, resume = attempt_session(
+            admission, item.resume_session_id, restorable=restorable, fresh=str(uuid.uuid4())
+        )
+        return _Attempt(
+            item=item, attempt=admission.attempt, last_seq=expected, session_id=session_id,
+            resume=resume,
+        )  # fmt: skip
 
     async def _refuse(self, live: _Attempt, reason: str) -> None:
         """Record that this worker will not run the item as it is (it would be the same
@@ -590,21 +589,14 @@ class Worker:
                 except EventDecodeError as exc:
                     _log.warning("undecodable command ignored", subject=msg.subject, error=str(exc))
                     continue
-                match command:
-                    case CancelTask(run_id=run_id, task_id=task_id, reason=reason):
-                        live = self._running.get(task_key(run_id, task_id))
-                        if live is not None:
-                            live.cancel_reason = reason or "cancelled on request"
-                            live.scope.cancel()
-                    case CancelRun(run_id=run_id, reason=reason):
-                        for key, live in list(self._running.items()):
-                            if key.startswith(f"{run_id}/"):
-                                live.cancel_reason = reason or f"run {run_id} cancelled"
-                                live.scope.cancel()
-                    case DrainWorker(worker_id=worker_id) if worker_id == self.config.worker_id:
-                        self.stop("drained on request")
-                    case _:
-                        pass  # commands for the driver or for other workers
+                stops = stops_for(command, self._running, self.config.worker_id)
+                for key, reason in stops.attempts:
+                    live = self._running.get(key)
+                    if live is not None:
+                        live.cancel_reason = reason
+                        live.scope.cancel()
+                if stops.drain:
+                    self.stop("drained on request")
         finally:
             with anyio.CancelScope(shield=True):
                 await subscription.unsubscribe()
@@ -637,20 +629,18 @@ class Worker:
         except Superseded:
             raise
         except (ClusterError, OSError) as exc:
-            # git, the object store, the disk or the executor's environment failed: the
-            # attempt could not be carried out. Record it so the driver can retry elsewhere.
+            # The attempt could not be carried out. Whose fault it was (the task's setup,
+            # the configuration, or the machine) decides whether the driver retries it.
+            failure = classify_failure(exc)
+            _log.warning("attempt not carried out", item=item.message_id,
+                         failure_class=failure.failure_class, reason=failure.reason)  # fmt: skip
             await self._record_for(
                 live,
-                TaskFailed(
-                    run_id=item.run_id,
-                    task_id=item.task_id,
-                    attempt=live.attempt,
-                    worker_id=self.config.worker_id,
-                    reason=str(exc),
-                    failure_class="infrastructure",
-                    retryable=True,
+                failed_event(
+                    run_id=item.run_id, task_id=item.task_id, attempt=live.attempt,
+                    worker_id=self.config.worker_id, failure=failure,
                 ),
-            )
+            )  # fmt: skip
         finally:
             self._running.pop(key, None)
             self.metrics.running.dec()
@@ -816,7 +806,8 @@ class Worker:
         ``sandbox.setup_network``): it runs the repository's own scripts.
 
         Raises:
-            WorkspaceError: a file is missing or the setup command failed.
+            CopyFilesError: a configured pattern matches nothing.
+            SetupCommandError: the setup command failed or ran out of time.
         """
         copied = await anyio.to_thread.run_sync(_copy_in, self.config, workspace)
         if copied:
@@ -845,14 +836,18 @@ class Worker:
                 ),
                 timeout_s=self.config.setup_timeout_s,
             )
+            tail = (done.output.strip().splitlines()[-1:] or [""])[0][:500]
             if done.returncode is None:
-                raise WorkspaceError(
-                    f"the setup command took longer than {self.config.setup_timeout_s:.0f}s"
+                raise SetupCommandError(
+                    f"the setup command took longer than {self.config.setup_timeout_s:.0f}s",
+                    status=None,
+                    output=tail,
                 )
             if done.returncode != 0:
-                tail = done.output.strip().splitlines()[-1:] or [""]
-                raise WorkspaceError(
-                    f"the setup command exited with status {done.returncode}: {tail[0][:500]}"
+                raise SetupCommandError(
+                    f"the setup command exited with status {done.returncode}: {tail}",
+                    status=done.returncode,
+                    output=tail,
                 )
 
     async def _collect(
@@ -1013,7 +1008,7 @@ def _copy_in(config: WorkerConfig, workspace: Path) -> list[str]:
     """Copy the configured files into the workspace; returns their relative paths.
 
     Raises:
-        WorkspaceError: a configured pattern matches nothing.
+        CopyFilesError: a configured pattern matches nothing.
     """
     if config.copy_from is None or not config.copy_files:
         return []
@@ -1021,9 +1016,7 @@ def _copy_in(config: WorkerConfig, workspace: Path) -> list[str]:
     for pattern in config.copy_files:
         matches = [p for p in sorted(config.copy_from.glob(pattern)) if p.is_file()]
         if not matches:
-            raise WorkspaceError(
-                f"copy_files pattern {pattern!r} matches nothing in {config.copy_from}"
-            )
+            raise CopyFilesError(pattern, str(config.copy_from))
         for source in matches:
             relative = source.relative_to(config.copy_from)
             target = workspace / relative

@@ -46,12 +46,11 @@ from claudecluster.actors.driver import (
     WorkerSeen,
     decide,
 )
-from claudecluster.actors.worker import admit
+from claudecluster.actors.worker import admit, claim_events, stops_for
 from claudecluster.domain.graph import TaskGraph
 from claudecluster.domain.lifecycle import RunState, TaskState
 from claudecluster.events.envelope import StoredEvent, wrap_command, wrap_event
 from claudecluster.events.model import (
-    CancelTask,
     Event,
     FailureClass,
     MergeConflict,
@@ -343,20 +342,20 @@ class SimulatedCluster:
     def _cancel(self, effect: PublishCommand) -> int:
         """A worker running the task stops it and records that, as real workers do."""
         command = effect.command
-        if isinstance(command, CancelTask):
-            for worker in self._workers:
-                if worker.alive and worker.busy and worker.busy[:2] == (
-                    command.run_id, command.task_id,
-                ):  # fmt: skip
-                    run_id, task_id, attempt = worker.busy
-                    worker.busy = None
-                    self._append(
-                        TaskCancelled(run_id=run_id, task_id=task_id, attempt=attempt,
-                                      reason=command.reason),
-                        f"cancelled-{run_id}-{task_id}-{attempt}",
-                        self._scopes.get(f"cc.evt.{run_id}.{task_id}.>", 0),
-                    )  # fmt: skip
-                    self._at(0.0, self._assign)
+        for worker in self._workers:
+            if not worker.alive or worker.busy is None:
+                continue
+            run_id, task_id, attempt = worker.busy
+            # Each worker decides for itself what the command stops, as real ones do.
+            stops = stops_for(command, (task_key(run_id, task_id),), worker.worker_id)
+            for _, reason in stops.attempts:
+                worker.busy = None
+                self._append(
+                    TaskCancelled(run_id=run_id, task_id=task_id, attempt=attempt, reason=reason),
+                    f"cancelled-{run_id}-{task_id}-{attempt}",
+                    self._scopes.get(f"cc.evt.{run_id}.{task_id}.>", 0),
+                )
+                self._at(0.0, self._assign)
         return len(self.log)
 
     def _heartbeat(self, worker: _Worker) -> None:
@@ -408,21 +407,14 @@ class SimulatedCluster:
             self._at(0.0, self._assign)
             return
         live = decision.attempt
-        if decision.action == "take_over":
-            seq = self._append(
-                TaskQueued(run_id=run_id, task_id=task_id, attempt=live),
-                f"takeover-{run_id}-{task_id}-{live}", self._scopes.get(scope, 0),
-            )  # fmt: skip
-            if seq is None:
+        # The claim the real worker records, each append conditional on the one before.
+        ids = {TaskQueued: "takeover", TaskAssigned: "assigned"}
+        claim = claim_events(decision, run_id=run_id, task_id=task_id, worker_id=worker.worker_id)
+        for event in claim:
+            event_id = f"{ids[type(event)]}-{run_id}-{task_id}-{live}"
+            if self._append(event, event_id, self._scopes.get(scope, 0)) is None:
                 self._at(0.0, self._assign)
                 return
-        seq = self._append(
-            TaskAssigned(run_id=run_id, task_id=task_id, attempt=live, worker_id=worker.worker_id),
-            f"assigned-{run_id}-{task_id}-{live}", self._scopes.get(scope, 0),
-        )  # fmt: skip
-        if seq is None:
-            self._at(0.0, self._assign)
-            return
         self._attempts += 1
         worker.busy = (run_id, task_id, live)
         self._append(
