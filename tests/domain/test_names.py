@@ -7,7 +7,6 @@ from hypothesis import strategies as st
 
 from claudecluster.domain import branches
 from claudecluster.events import event_ids as ids
-from claudecluster.workspace.git import task_branch
 
 _id = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_]{0,10}", fullmatch=True)
 
@@ -47,4 +46,3 @@ def test_a_runs_branches_and_refs_live_under_its_own_name(
     assert branches.result_ref(run, task, attempt) == (
         f"refs/claudecluster/results/{run}/{task}/{attempt}"
     )
-    assert task_branch(run, task) == branches.task_branch(run, task)  # one home

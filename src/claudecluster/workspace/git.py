@@ -32,7 +32,6 @@ from typing import Final
 
 import anyio
 
-from claudecluster.domain.branches import task_branch
 from claudecluster.errors import UnsupportedRepositoryError, WorkspaceError
 
 __all__ = [
@@ -55,7 +54,6 @@ __all__ = [
     "segment_bundle",
     "snapshot_worktree",
     "uncommitted_paths",
-    "task_branch",
 ]
 
 _GIT_TIMEOUT_S: Final = 120.0
