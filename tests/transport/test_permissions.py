@@ -25,6 +25,7 @@ from claudecluster.events.envelope import wrap_command, wrap_event
 from claudecluster.events.model import (
     RunPlanned,
     SubmitRun,
+    TaskFilesTouched,
     TaskMerged,
     TaskProgress,
     TaskSucceeded,
@@ -188,6 +189,17 @@ async def test_a_worker_may_record_its_progress_and_heartbeat(server: EmbeddedNa
         for event in (heartbeat, progress):
             await log.append(wrap_event(event, event_id=f"ok-{type(event).__name__}", now=NOW))
     assert await events_stored(server) == 2
+
+
+async def test_a_worker_may_report_the_files_its_attempt_touched(server: EmbeddedNats) -> None:
+    # Refused, the report failed the attempt after its agent had finished, and the item
+    # was taken over by a new attempt that found nothing left to do.
+    assert server.credentials is not None
+    auth = embedded_auth(server.credentials, "worker")
+    touched = TaskFilesTouched(run_id="r1", task_id="t1", attempt=1, files=("app.py",))
+    async with open_jetstream_log(server.url, auth=auth, apply=False) as (_, log):
+        await log.append(wrap_event(touched, event_id="ok-touched", now=NOW))
+    assert await events_stored(server) == 1
 
 
 async def test_a_front_door_cannot_publish_task_succeeded(server: EmbeddedNats) -> None:
