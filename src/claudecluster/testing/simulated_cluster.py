@@ -47,8 +47,10 @@ from claudecluster.actors.driver import (
     decide,
 )
 from claudecluster.actors.worker import admit, claim_events, stops_for
+from claudecluster.domain.branches import integration_branch
 from claudecluster.domain.graph import TaskGraph
 from claudecluster.domain.lifecycle import RunState, TaskState
+from claudecluster.events import event_ids as ids
 from claudecluster.events.envelope import StoredEvent, wrap_command, wrap_event
 from claudecluster.events.model import (
     Event,
@@ -275,11 +277,11 @@ class SimulatedCluster:
                     run_id=submitted.run_id,
                     tasks=submitted.plan,
                     base_commit="c0",
-                    integration_branch=f"claudecluster/{submitted.run_id}",
+                    integration_branch=integration_branch(submitted.run_id),
                 )
                 self._graphs[submitted.run_id] = TaskGraph.build(submitted.plan)
                 self._merged[submitted.run_id] = set()
-                seq = self._append(event, f"planned-{submitted.run_id}", None)
+                seq = self._append(event, ids.run_planned_id(submitted.run_id), None)
             case Dispatch():
                 seq = self._dispatch(effect)
             case Merge():
@@ -293,7 +295,7 @@ class SimulatedCluster:
                     if seq is None or isinstance(self.log[-1].envelope.payload, MergeConflict):
                         break
             case Verify():
-                seq = self._append(effect.done, f"completed-{effect.run_id}", None)
+                seq = self._append(effect.done, ids.run_completed_id(effect.run_id), None)
             case Rollback():
                 seq = self._append(effect.event, effect.event_id, None)
             case PublishCommand():
@@ -322,7 +324,7 @@ class SimulatedCluster:
                 policy=effect.on_conflict,
             )  # fmt: skip
             return self._append(
-                event, f"conflict-{effect.run_id}-{effect.task_id}-{effect.attempt}",
+                event, ids.merge_conflict_id(effect.run_id, effect.task_id, effect.attempt),
                 effect.expected_last,
             )  # fmt: skip
         self._commit += 1
@@ -334,7 +336,9 @@ class SimulatedCluster:
             integration_branch=effect.integration_branch,
         )
         return self._append(
-            event, f"merged-{effect.run_id}-{effect.task_id}-{effect.attempt}", effect.expected_last
+            event,
+            ids.task_merged_id(effect.run_id, effect.task_id, effect.attempt),
+            effect.expected_last,
         )
 
     # -- the workers ---------------------------------------------------------------------
