@@ -311,3 +311,33 @@ def test_the_api_base_url_is_read_under_both_names_and_the_prefix_wins(tmp_path:
     assert loaded.sources["anthropic_base_url"] == "env CLAUDECLUSTER_ANTHROPIC_BASE_URL"
     plain = load_settings(project_dir=tmp_path, environ={"ANTHROPIC_BASE_URL": "http://c:1"})
     assert plain.sources["anthropic_base_url"] == "env ANTHROPIC_BASE_URL"
+
+
+def test_only_the_chosen_sign_in_reaches_claude_code_and_every_credential_is_redacted() -> None:
+    environ = {
+        "CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-subscription",
+        "ANTHROPIC_AUTH_TOKEN": "gateway-bearer-token",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret-value",
+        "AWS_REGION": "eu-west-1",
+        "CLAUDECLUSTER_CLAUDE__SIGN_IN": "oauth_token",
+    }
+    settings = load_settings(environ=environ).settings
+    assert settings.api_environment() == {"CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-subscription"}
+    # Whichever mode runs, no credential of the environment ever reaches a log unredacted.
+    assert {"sk-ant-oat01-subscription", "gateway-bearer-token", "aws-secret-value"} <= set(
+        settings.secret_values()
+    )
+    bedrock = load_settings(environ={**environ, "CLAUDECLUSTER_CLAUDE__SIGN_IN": "bedrock",
+                                     "CLAUDE_CODE_USE_BEDROCK": "1"}).settings  # fmt: skip
+    assert bedrock.api_environment() == {
+        "CLAUDE_CODE_USE_BEDROCK": "1",
+        "AWS_REGION": "eu-west-1",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret-value",
+    }
+
+
+def test_a_sign_in_mode_that_does_not_exist_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"CLAUDECLUSTER_CLAUDE__SIGN_IN": "password"})
+    assert raised.value.key == "claude.sign_in"
+    assert "not one of" in raised.value.problem

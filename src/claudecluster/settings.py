@@ -26,6 +26,13 @@ from pydantic_settings import (
 
 from claudecluster.actors.driver import DriverConfig
 from claudecluster.actors.worker import DEFAULT_PERMISSION_MODES
+from claudecluster.domain.signin import (
+    SIGN_IN_CHOICES,
+    SIGN_IN_VARIABLES,
+    SignIn,
+    choose_sign_in,
+    secrets_among,
+)
 from claudecluster.domain.submission import DEFAULT_MAX_TASKS, MAX_TASKS_CEILING
 from claudecluster.errors import ConfigError
 from claudecluster.observability.redaction import redact_url
@@ -198,6 +205,29 @@ class SandboxSettings(_Section):
     )
 
 
+class ClaudeSettings(_Section):
+    """How Claude Code signs in (docs/first-run.md#signing-in)."""
+
+    sign_in: str = pydantic.Field(
+        default="auto",
+        description="auto (the mode the environment points at), api_key, oauth_token, "
+        "gateway, bedrock, vertex or api_key_helper. Only the chosen mode's variables "
+        "reach Claude Code.",
+    )
+    api_key_helper: str | None = pydantic.Field(
+        default=None,
+        description="A command that prints an API key (Claude Code's apiKeyHelper); it "
+        "runs where the agent runs, inside the sandbox.",
+    )
+
+    @pydantic.field_validator("sign_in")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        if value not in SIGN_IN_CHOICES:
+            raise ValueError(f"{value!r} is not one of {', '.join(SIGN_IN_CHOICES)}")
+        return value
+
+
 class DriverSettings(_Section):
     """How the driver paces, caps and watches the work of every run."""
 
@@ -310,6 +340,7 @@ class Settings(BaseSettings):
     driver: DriverSettings = DriverSettings()
     gateway: GatewaySettings = GatewaySettings()
     sandbox: SandboxSettings = SandboxSettings()
+    claude: ClaudeSettings = ClaudeSettings()
     anthropic_api_key: pydantic.SecretStr | None = pydantic.Field(
         default=None,
         validation_alias=pydantic.AliasChoices("anthropic_api_key", "ANTHROPIC_API_KEY"),
@@ -321,6 +352,24 @@ class Settings(BaseSettings):
         validation_alias=pydantic.AliasChoices("anthropic_base_url", "ANTHROPIC_BASE_URL"),
         description="The Messages API Claude Code talks to (a scripted model, a proxy).",
     )
+
+    claude_code_oauth_token: pydantic.SecretStr | None = pydantic.Field(
+        default=None,
+        validation_alias=pydantic.AliasChoices(
+            "claude_code_oauth_token", "CLAUDE_CODE_OAUTH_TOKEN"
+        ),
+        description="A Claude subscription's token (from `claude setup-token`).",
+    )
+
+    anthropic_auth_token: pydantic.SecretStr | None = pydantic.Field(
+        default=None,
+        validation_alias=pydantic.AliasChoices("anthropic_auth_token", "ANTHROPIC_AUTH_TOKEN"),
+        description="An LLM gateway's bearer token (with anthropic_base_url).",
+    )
+
+    #: The cloud providers' sign-in variables of the environment the settings were loaded
+    #: from (Bedrock's and Vertex's: region, project, credentials), by load_settings.
+    _cloud_environment: dict[str, str] = pydantic.PrivateAttr(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -334,14 +383,44 @@ class Settings(BaseSettings):
         """Only explicit values: :func:`load_settings` reads and merges the layers itself."""
         return (init_settings,)
 
-    def api_environment(self) -> dict[str, str]:
-        """The ANTHROPIC_* variables Claude Code gets for the configured API."""
-        env: dict[str, str] = {}
-        if self.anthropic_api_key is not None:
-            env["ANTHROPIC_API_KEY"] = self.anthropic_api_key.get_secret_value()
+    def sign_in(self) -> SignIn | None:
+        """How Claude Code signs in with this configuration; None: no way is set up.
+
+        Raises:
+            ConfigError: the chosen mode lacks a variable it needs (says which and how).
+        """
+        return choose_sign_in(
+            self._sign_in_variables(),
+            mode=self.claude.sign_in,
+            api_key_helper=self.claude.api_key_helper,
+        )
+
+    def _sign_in_variables(self) -> dict[str, str]:
+        variables = dict(self._cloud_environment)
+        for name, secret in (
+            ("ANTHROPIC_API_KEY", self.anthropic_api_key),
+            ("CLAUDE_CODE_OAUTH_TOKEN", self.claude_code_oauth_token),
+            ("ANTHROPIC_AUTH_TOKEN", self.anthropic_auth_token),
+        ):
+            if secret is not None:
+                variables[name] = secret.get_secret_value()
         if self.anthropic_base_url:
-            env["ANTHROPIC_BASE_URL"] = self.anthropic_base_url
-        return env
+            variables["ANTHROPIC_BASE_URL"] = self.anthropic_base_url
+        return variables
+
+    def api_environment(self) -> dict[str, str]:
+        """The variables Claude Code gets to sign in: the chosen mode's, and no others.
+
+        Without a sign-in, only a configured ``anthropic_base_url`` (a scripted model that
+        needs no key).
+
+        Raises:
+            ConfigError: the chosen mode lacks a variable it needs.
+        """
+        chosen = self.sign_in()
+        if chosen is not None:
+            return dict(chosen.environment)
+        return {"ANTHROPIC_BASE_URL": self.anthropic_base_url} if self.anthropic_base_url else {}
 
     def driver_config(self) -> DriverConfig:
         """The decision core's fleet-wide limits, from the ``driver`` section."""
@@ -358,9 +437,8 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every secret this configuration holds, for the redactor."""
-        secrets: list[str] = []
-        if self.anthropic_api_key is not None:
-            secrets.append(self.anthropic_api_key.get_secret_value())
+        # Every sign-in credential there is, whichever mode is chosen (or none can be).
+        secrets: list[str] = list(secrets_among(self._sign_in_variables()))
         if self.gateway.jwt_secret is not None:
             secrets.append(self.gateway.jwt_secret.get_secret_value())
         if self.nats.password is not None:
@@ -426,7 +504,9 @@ def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-_CONVENTIONAL: Final = frozenset({"ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"})
+_CONVENTIONAL: Final = frozenset(
+    {"ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN"}
+)
 
 
 class _EnvLayer(EnvSettingsSource):
@@ -529,4 +609,9 @@ def load_settings(
         settings = Settings(**merged)
     except pydantic.ValidationError as exc:
         raise config_error(exc, lambda key: _source_of(sources, key)) from None
+    settings._cloud_environment = {
+        name: value
+        for name, value in environment.items()
+        if name in SIGN_IN_VARIABLES and name not in _CONVENTIONAL and value
+    }
     return LoadedSettings(settings=settings, sources=sources, config_file=path)

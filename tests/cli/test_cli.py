@@ -23,6 +23,7 @@ import structlog
 from PIL import Image
 
 from claudecluster.cli import run
+from claudecluster.domain.signin import SIGN_IN_VARIABLES
 from claudecluster.events.schema import render_schemas
 from tests.browser import SUCCEEDED_GREEN, headless_chromium
 from tests.support import free_port
@@ -34,7 +35,8 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith("CLAUDECLUSTER_") and key != "ANTHROPIC_API_KEY"
+        # No sign-in of the machine's reaches a test: each test says which it uses.
+        if not key.startswith("CLAUDECLUSTER_") and key not in SIGN_IN_VARIABLES
     }
     # Wide enough that rich never wraps a path or a sentence we look for.
     env["COLUMNS"] = "400"

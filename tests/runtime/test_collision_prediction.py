@@ -22,6 +22,7 @@ from claudecluster.events.model import (
     MergeConflict,
     TaskFilesTouched,
 )
+from claudecluster.executors.confinement import Confinement
 from claudecluster.runtime.local_workers import open_local_workers
 from claudecluster.runtime.worker import WorkerConfig
 from claudecluster.transport.jetstream import JetStreamEventLog
@@ -49,6 +50,9 @@ async def _cluster(
         workspace_root=tmp_path / "workspaces",
         heartbeat_s=1.0,
         touched_every_s=0.3,
+        # The tasks wait on a file of the test's, outside their workspaces: a sandbox
+        # would hide it (confinement has tests of its own).
+        confinement=Confinement.unconfined(),
     )
     async with open_local_workers(3, template, log, client):
         yield Cluster(log, client, repo, tmp_path)

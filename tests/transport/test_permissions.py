@@ -6,6 +6,7 @@ the permissions come from nats/permissions.yaml.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -20,6 +21,8 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+import claudecluster
+from claudecluster.events import model
 from claudecluster.events.codec import encode
 from claudecluster.events.envelope import wrap_command, wrap_event
 from claudecluster.events.model import (
@@ -389,3 +392,76 @@ async def test_a_front_door_keeps_its_mcp_sessions_and_a_worker_its_registry_ent
         await registry.put("w1", b"{}")
         assert (await registry.get("w1")).value == b"{}"
         await registry.delete("w1")
+
+
+def _nats_match(pattern: str, subject: str) -> bool:
+    """NATS subject matching: ``*`` is one token, a final ``>`` one or more."""
+    want, have = pattern.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or (token != "*" and token != have[i]):
+            return False
+    return len(want) == len(have)
+
+
+#: Where the events each actor records are made: its shell, its pure core, and for the
+#: worker the coalescing of progress and the executors' outcome and progress reports.
+_MODULES_OF_ROLE = {
+    "worker": (
+        "runtime/worker.py",
+        "actors/worker.py",
+        "actors/progress.py",
+        "executors/claude_stream.py",
+        "executors/shell.py",
+    ),
+    "driver": (
+        "runtime/driver.py",
+        "runtime/merge_queue.py",
+        "runtime/autoscaler.py",
+        "actors/driver.py",
+        "actors/merging.py",
+        "actors/merge_outcomes.py",
+        "actors/work_items.py",
+        "actors/collisions.py",
+        "actors/scaling.py",
+    ),
+}
+_SURELY_MADE = {
+    "worker": {"TaskStarted", "TaskSucceeded", "TaskProgress", "TaskFilesTouched"},
+    "driver": {"RunPlanned", "TaskQueued", "TaskMerged", "CollisionPredicted"},
+}
+
+
+@pytest.mark.parametrize("role", sorted(_MODULES_OF_ROLE))
+def test_every_event_an_actor_records_is_one_its_role_may_publish(role: str) -> None:
+    """A new event without its permission fails here, not in a user's run (the workers'
+    files-touched reports were refused by the server, and their attempts died of it)."""
+    root = Path(claudecluster.__file__).parent
+    event_classes = {
+        name: cls
+        for name, cls in vars(model).items()
+        if isinstance(cls, type) and issubclass(cls, model.EventBase) and cls is not model.EventBase
+    }
+    made: set[str] = set()
+    for module in _MODULES_OF_ROLE[role]:
+        tree = ast.parse((root / module).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            called = isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            if called and node.func.id in event_classes:  # type: ignore[attr-defined]
+                made.add(node.func.id)  # type: ignore[attr-defined]
+    assert _SURELY_MADE[role] <= made
+    grant = role_grant(role)  # type: ignore[arg-type]
+    refused = []
+    for name in sorted(made):
+        cls = event_classes[name]
+        tag = cls.__struct_config__.tag
+        if issubclass(cls, model.TaskEvent):
+            subject = f"cc.evt.r1.t1.{tag}"
+        elif issubclass(cls, model.RunEvent):
+            subject = f"cc.evt.r1._.{tag}"
+        else:
+            subject = f"cc.evt._workers.w1.{tag}"
+        if not any(_nats_match(pattern, subject) for pattern in grant.publish):
+            refused.append(subject)
+    assert refused == []

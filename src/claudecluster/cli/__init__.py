@@ -38,6 +38,11 @@ COMMANDS: Final = (
         "Run a real goal offline: 8 tasks, 3 workers, the Claude Code CLI on a scripted model.",
     ),
     (
+        "claudecluster.cli.doctor_cmd:doctor",
+        "doctor",
+        "Check that this machine can run a goal: git, Claude Code, sign-in, NATS, disk, sandbox.",
+    ),
+    (
         "claudecluster.cli.driver_cmd:driver",
         "driver",
         "Run the driver: plan submitted runs, dispatch their tasks, merge, retry, roll back.",

@@ -246,6 +246,8 @@ async def _run(
         if not json:
             where = "embedded cluster" if conn.embedded else "cluster"
             console.print(f"{where} at {redact_url(conn.url)}", markup=False)
+            if conn.embedded:  # this process's workers: its own sign-in (never the secret)
+                console.print(sign_in_line(settings), markup=False)
         if detach:
             await submit_only(conn, command, command_id=f"submit-{command.run_id}")
             raise Detached(command.run_id, interrupted=False)
@@ -301,6 +303,20 @@ def _wants_cancel() -> bool:
     answer = Prompt.ask("\ninterrupted: [c]ancel the run or [d]etach from it?",
                         choices=["c", "d"], default="d")  # fmt: skip
     return answer == "c"
+
+
+def sign_in_line(settings: Settings) -> str:
+    """Which way the local agents sign in, in words: the mode, never its secret.
+
+    Raises:
+        ConfigError: the chosen mode lacks a variable it needs.
+    """
+    chosen = settings.sign_in()
+    if chosen is not None:
+        return f"agents sign in with: {chosen.description}"
+    if settings.anthropic_base_url:
+        return f"agents sign in with: no credentials, to {redact_url(settings.anthropic_base_url)}"
+    return "agents have no sign-in: Claude Code tasks will fail (see claudecluster doctor)"
 
 
 def print_summary(console: Console, end: RunEnd) -> None:

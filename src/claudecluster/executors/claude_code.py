@@ -24,6 +24,7 @@ import anyio
 import anyio.abc
 from anyio.streams.text import TextReceiveStream
 
+from claudecluster.domain.signin import API_KEY_HELPER_VARIABLE, api_url_of
 from claudecluster.executors.base import (
     DEFAULT_TOOLS,
     ENV_ALLOWLIST,
@@ -54,8 +55,6 @@ __all__ = [
 
 
 _STDERR_TAIL: Final = 4096
-#: Where Claude Code sends requests when ANTHROPIC_BASE_URL is not set.
-_DEFAULT_API: Final = "https://api.anthropic.com"
 _MEMORY_POLL_S: Final = 0.25
 _log = get_logger(__name__)
 
@@ -99,6 +98,9 @@ def claude_command(job: AttemptRun, binary: Path) -> list[str]:
         command += ["--model", job.model]
     if job.append_system_prompt:
         command += ["--append-system-prompt", job.append_system_prompt]
+    helper = job.api_environment.get(API_KEY_HELPER_VARIABLE)
+    if helper:
+        command += ["--settings", json.dumps({"apiKeyHelper": helper})]
     return command
 
 
@@ -115,6 +117,7 @@ def child_environment(
         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
     )
     env.pop("CLAUDECODE", None)  # trips Claude Code's nested-session guard
+    env.pop(API_KEY_HELPER_VARIABLE, None)  # a setting (see claude_command), not a variable
     return env
 
 
@@ -156,6 +159,9 @@ class ClaudeCodeExecutor:
         confinement = self._confinement or default_confinement()
         config_dir = job.scratch / "claude-config"
         readable = [binary.parent, *job.readable]
+        credentials = job.api_environment.get("GOOGLE_APPLICATION_CREDENTIALS")
+        if credentials:  # Vertex's credentials file, which Claude Code reads itself
+            readable.append(Path(credentials))
         if job.mcp_config is not None:
             readable.append(job.mcp_config)
         sandbox = attempt_sandbox(
@@ -175,7 +181,7 @@ class ClaudeCodeExecutor:
             prefix=launcher(job.nice),
             env=env,
             limits=cgroup_limits(job.limits, confinement),
-            api_base_url=env.get("ANTHROPIC_BASE_URL") or _DEFAULT_API,
+            api_base_url=api_url_of(env),
             cwd=job.workspace,
             stdin=subprocess.DEVNULL,
             start_new_session=True,

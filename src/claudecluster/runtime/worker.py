@@ -63,6 +63,7 @@ from claudecluster.errors import (
     ConcurrencyError,
     CopyFilesError,
     EventDecodeError,
+    EventStoreError,
     SetupCommandError,
 )
 from claudecluster.events.codec import decode_command, decode_event, encode
@@ -792,7 +793,13 @@ class Worker:
             # Shielded: an append cut short by the attempt's end could land unseen, and
             # the attempt's next conditional append would then find the task moved on.
             with anyio.CancelScope(shield=True):
-                await self._record_for(live, event)
+                try:
+                    await self._record_for(live, event)
+                except EventStoreError as error:
+                    # A prediction is advice: the attempt goes on without this report
+                    # (Superseded still ends it: the task moved on).
+                    _log.warning("touched files not recorded", item=item.message_id,
+                                 error=str(error))  # fmt: skip
 
         await watch_touched(
             workspace, item.base_commit, report, every_s=self.config.touched_every_s

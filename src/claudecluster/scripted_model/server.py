@@ -46,6 +46,10 @@ class ServedRequest:
         error: the injected error served, if any.
         stream: whether the client asked for a streamed reply.
         tools: the names of the tools the reply called.
+        model: the model the request named.
+        api_key: the ``x-api-key`` header it carried (an API key sign-in), if any.
+        bearer: the bearer token of its ``authorization`` header (an OAuth token or an
+            LLM gateway's token), if any.
     """
 
     task: str | None
@@ -53,6 +57,14 @@ class ServedRequest:
     error: str | None
     stream: bool
     tools: tuple[str, ...]
+    model: str | None = None
+    api_key: str | None = None
+    bearer: str | None = None
+
+
+def _bearer(authorization: str | None) -> str | None:
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 class _Body:
@@ -123,6 +135,9 @@ class ScriptedModel:
                 error=reply.error,
                 stream=stream,
                 tools=tuple(tool.name for tool in reply.tools),
+                model=body.get("model") if isinstance(body.get("model"), str) else None,
+                api_key=request.headers.get("x-api-key"),
+                bearer=_bearer(request.headers.get("authorization")),
             )
         )
         if reply.error is not None:
