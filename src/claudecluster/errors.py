@@ -14,7 +14,11 @@ without parsing messages::
     │   ├── UnknownEntityError     a run, task or worker id that nothing recorded
     │   ├── CommandRefusedError    the driver refused a command (its reason is the message)
     │   ├── AuthenticationError    no bearer token, or one that is invalid or expired
-    │   └── PermissionDeniedError  a valid token without the scope the operation needs
+    │   ├── PermissionDeniedError  a valid token without the scope the operation needs
+    │   └── WorkspaceSetupError    a task's workspace cannot be set up as configured
+    │       ├── CopyFilesError          a copy_files pattern matches nothing
+    │       ├── SetupCommandError       the setup command failed or ran out of time
+    │       └── UnsupportedRepositoryError  the base has submodules or Git LFS files
     └── RemoteError                a peer or the infrastructure failed; retrying may help
         ├── DriverUnavailableError no driver answered a command in time
         ├── ConcurrencyError       an optimistic append lost a race (expected sequence moved)
@@ -36,6 +40,7 @@ __all__ = [
     "CommandRefusedError",
     "ConcurrencyError",
     "ConfigError",
+    "CopyFilesError",
     "DriverUnavailableError",
     "EventDecodeError",
     "EventStoreError",
@@ -48,9 +53,12 @@ __all__ = [
     "NatsServerError",
     "PermissionDeniedError",
     "RemoteError",
+    "SetupCommandError",
     "UnknownEntityError",
     "UnknownEventTypeError",
+    "UnsupportedRepositoryError",
     "WorkspaceError",
+    "WorkspaceSetupError",
 ]
 
 
@@ -166,6 +174,52 @@ class PermissionDeniedError(LocalError):
         super().__init__(
             f"this needs the {needed!r} scope; the token has {', '.join(granted) or 'none'}"
         )
+
+
+class WorkspaceSetupError(LocalError):
+    """A task's workspace cannot be set up the way the task or the worker's configuration
+    asks: the same attempt on any machine fails the same way, so it is not retried.
+
+    Attributes:
+        failure_class: how the failure is recorded (``setup``: the setup command;
+            ``configuration``: the files or the repository the configuration names).
+    """
+
+    failure_class = "configuration"
+
+
+class CopyFilesError(WorkspaceSetupError):
+    """A ``copy_files`` pattern matches no file under ``copy_from``.
+
+    Attributes:
+        pattern: the pattern.
+        source: the directory it was looked for in.
+    """
+
+    def __init__(self, pattern: str, source: str) -> None:
+        self.pattern = pattern
+        self.source = source
+        super().__init__(f"copy_files pattern {pattern!r} matches nothing in {source}")
+
+
+class SetupCommandError(WorkspaceSetupError):
+    """The setup command exited with a failing status or ran out of time.
+
+    Attributes:
+        status: its exit status (None: it was stopped at the time limit).
+        output: the last line of its output.
+    """
+
+    failure_class = "setup"
+
+    def __init__(self, message: str, *, status: int | None, output: str = "") -> None:
+        self.status = status
+        self.output = output
+        super().__init__(message)
+
+
+class UnsupportedRepositoryError(WorkspaceSetupError):
+    """The base commit's tree holds what workers cannot check out (submodules, LFS files)."""
 
 
 class DriverUnavailableError(RemoteError):

@@ -50,7 +50,8 @@ def test_the_failover_sample_fences_off_the_dead_workers_late_result() -> None:
     assert view.tasks["sample-failover/report"].state.value == "skipped"
     assert view.workers["w1"].state == "lost"
     assert view.workers["w2"].state == "left"
-    assert view.runs["sample-failover"].state.value == "failed"
+    # The default policy skips what depends on the failed task; the run completes without it.
+    assert view.runs["sample-failover"].state.value == "completed"
 
 
 def test_the_legacy_log_replays_through_the_upcaster() -> None:

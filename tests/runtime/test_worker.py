@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from claudecluster.actors.worker import admit
+from claudecluster.domain.branches import task_branch
 from claudecluster.domain.outcome import Outcome
 from claudecluster.errors import EventStoreError
 from claudecluster.events import (
@@ -48,7 +49,7 @@ from claudecluster.transport.base import read_all
 from claudecluster.transport.jetstream import JetStreamEventLog
 from claudecluster.transport.liveness import JetStreamWorkerRegistry
 from claudecluster.transport.work_queue import WorkQueue
-from claudecluster.workspace.git import fetch_result, task_branch
+from claudecluster.workspace.git import fetch_result
 from tests.runtime.conftest import Driver
 from tests.support import commit_all, git_output
 

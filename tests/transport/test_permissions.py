@@ -236,6 +236,17 @@ async def test_a_worker_can_no_longer_publish_a_heartbeat_event(server: Embedded
     assert await events_stored(server) == 0
 
 
+async def test_a_worker_may_report_the_files_its_attempt_touched(server: EmbeddedNats) -> None:
+    # Refused, the report failed the attempt after its agent had finished, and the item
+    # was taken over by a new attempt that found nothing left to do.
+    assert server.credentials is not None
+    auth = embedded_auth(server.credentials, "worker")
+    touched = TaskFilesTouched(run_id="r1", task_id="t1", attempt=1, files=("app.py",))
+    async with open_jetstream_log(server.url, auth=auth, apply=False) as (_, log):
+        await log.append(wrap_event(touched, event_id="ok-touched", now=NOW))
+    assert await events_stored(server) == 1
+
+
 async def test_a_front_door_cannot_publish_task_succeeded(server: EmbeddedNats) -> None:
     refusals = Refusals()
     client = await connect_as(server, "frontdoor", refusals)
@@ -471,6 +482,8 @@ _MODULES_OF_ROLE = {
         "runtime/autoscaler.py",
         "actors/driver.py",
         "actors/merging.py",
+        "actors/merge_outcomes.py",
+        "actors/work_items.py",
         "actors/collisions.py",
         "actors/scaling.py",
     ),

@@ -7,6 +7,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from claudecluster.domain.branches import task_branch
 from claudecluster.errors import EventStoreError, WorkspaceError
 from claudecluster.workspace.git import (
     FileChange,
@@ -16,7 +17,6 @@ from claudecluster.workspace.git import (
     git,
     open_workspace,
     result_bundle,
-    task_branch,
 )
 from tests.support import git_output, make_repo
 

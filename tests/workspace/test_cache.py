@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from claudecluster.errors import WorkspaceError
+from claudecluster.errors import UnsupportedRepositoryError, WorkspaceError
 from claudecluster.workspace.cache import RepoCache, Segment
 from claudecluster.workspace.git import (
     commit_all as commit_workspace,
@@ -168,11 +168,11 @@ async def test_submodules_and_lfs_files_are_refused_naming_them(tmp_path: Path) 
     git_output(outer, "-c", "protocol.file.allow=always", "submodule", "add", "-q",
                str(inner), "vendor/inner")  # fmt: skip
     commit_all(outer, "submodule")
-    with pytest.raises(WorkspaceError, match="submodules \\(vendor/inner\\)"):
+    with pytest.raises(UnsupportedRepositoryError, match="submodules \\(vendor/inner\\)"):
         await refuse_unsupported(outer, await resolve_commit(outer, "HEAD"))
 
     lfs = make_repo(tmp_path / "lfs", {".gitattributes": "*.psd filter=lfs diff=lfs -text\n"})
-    with pytest.raises(WorkspaceError, match="Git LFS"):
+    with pytest.raises(UnsupportedRepositoryError, match="Git LFS"):
         await refuse_unsupported(lfs, await resolve_commit(lfs, "HEAD"))
 
     plain = make_repo(tmp_path / "plain", {".gitattributes": "*.txt text\n"})

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from claudecluster.domain.branches import task_branch
 from claudecluster.errors import WorkspaceError
 from claudecluster.workspace.git import (
     base_bundle,
@@ -20,7 +21,6 @@ from claudecluster.workspace.git import (
     git,
     open_workspace,
     result_bundle,
-    task_branch,
 )
 from tests.support import make_repo
 

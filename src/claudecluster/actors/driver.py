@@ -46,6 +46,7 @@ from claudecluster.domain.kinds import KIND_PROFILES
 from claudecluster.domain.lifecycle import RunState, TaskState
 from claudecluster.domain.submission import DEFAULT_MAX_TASKS, submission_problem
 from claudecluster.errors import GraphError
+from claudecluster.events import event_ids as ids
 from claudecluster.events.envelope import CommandEnvelope, StoredEvent
 from claudecluster.events.model import (
     CancelRun,
@@ -210,7 +211,8 @@ class Dispatch:
     """Record ``queued`` and put its work item on the pool's queue.
 
     With ``queued.resolves_conflict`` the shell first makes the conflicted merge of
-    ``conflict`` (ours, theirs) and uses it as the base commit.
+    ``conflict`` (ours, theirs) on ``integration_branch`` and uses it as the base commit.
+    ``repo`` is the run's repository, whose history the work item names.
     """
 
     key: str
@@ -221,6 +223,10 @@ class Dispatch:
     expected_last: int
     conflict: tuple[str, str] | None = None
     republish: bool = False
+    repo: str = ""
+    integration_branch: str = ""
+    #: the run's model, for a task that names none
+    model: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +258,11 @@ class Merge:
     resolving: MergeConflict | None = None
     #: the commit a resolution attempt started from (what it hands back if it changed nothing)
     resolution_base: str = ""
+    #: the run's repository, which holds the integration branch
+    repo: str = ""
+    #: the run's verify command and its time limit (used when ``verify``)
+    verify_command: str = ""
+    verify_timeout_s: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +281,11 @@ class MergeBatch:
     items: tuple[Merge, ...]
     head: str
     verify: bool
+    repo: str = ""
+    verify_command: str = ""
+    verify_timeout_s: float = 600.0
+    #: verify runs a bisection may make at once
+    verify_parallel: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +297,9 @@ class Verify:
     run_id: str
     head: str
     done: RunCompleted
+    repo: str = ""
+    verify_command: str = ""
+    verify_timeout_s: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +312,7 @@ class Rollback:
     event_id: str
     #: the rollback command this records the outcome of (see :class:`Record`)
     causation_id: str | None = None
+    repo: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,7 +542,7 @@ def decide(state: DriverState, message: Message, now: datetime) -> list[Effect]:
             state.reconciled += 1
             effects += _reconcile_guarded(state, book, now)
         elif book is not None and book.roll_back and _free(state, f"run:{run_id}:rollback"):
-            effects.append(_rollback_effect(book, 0, None, f"rolledback-{run_id}-on-failure"))
+            effects.append(_rollback_effect(book, 0, None, ids.rolled_back_on_failure_id(run_id)))
         if book is not None:
             _note_wants_guarded(state, book, now)
         _asked(state, effects[asked:])
@@ -606,7 +626,7 @@ def _end_rejected(state: DriverState, book: RunBook) -> list[Effect]:
     if not _free(state, key):
         return []
     event = RunFailed(run_id=book.run_id, reason=book.rejected)
-    return [_record(state, key, event, f"failed-{book.run_id}")]
+    return [_record(state, key, event, ids.run_failed_id(book.run_id))]
 
 
 def _asked(state: DriverState, effects: list[Effect]) -> None:
@@ -983,7 +1003,7 @@ def _caused_by(command_id: str, effects: list[Effect]) -> list[Effect]:
 
 def _reject(state: DriverState, run_id: str, command_id: str, kind: str, reason: str) -> Record:
     event = CommandRejected(run_id=run_id, command_id=command_id, command_type=kind, reason=reason)
-    return _record(state, f"reject:{command_id}", event, f"rejected-{command_id}")
+    return _record(state, f"reject:{command_id}", event, ids.command_rejected_id(command_id))
 
 
 def _submit(state: DriverState, command_id: str, command: SubmitRun) -> list[Effect]:
@@ -1027,7 +1047,9 @@ def _submit(state: DriverState, command_id: str, command: SubmitRun) -> list[Eff
     )
     if key:
         state.idempotency[command.run_id] = key
-    return [_record(state, f"run:{command.run_id}:submit", event, f"submitted-{command.run_id}")]
+    return [
+        _record(state, f"run:{command.run_id}:submit", event, ids.run_submitted_id(command.run_id))
+    ]
 
 
 def _cancel_run(state: DriverState, command_id: str, command: CancelRun) -> list[Effect]:
@@ -1060,7 +1082,7 @@ def _cancel_run(state: DriverState, command_id: str, command: CancelRun) -> list
     # Running attempts: the workers got the same command and stop them themselves.
     event = RunCancelled(run_id=command.run_id, reason=reason)
     effects.append(
-        _record(state, f"run:{command.run_id}:end", event, f"cancelled-{command.run_id}")
+        _record(state, f"run:{command.run_id}:end", event, ids.run_cancelled_id(command.run_id))
     )
     return effects
 
@@ -1068,7 +1090,7 @@ def _cancel_run(state: DriverState, command_id: str, command: CancelRun) -> list
 def _cancel_event(state: DriverState, task: TaskView, reason: str) -> Record:
     event = TaskCancelled(run_id=task.run_id, task_id=task.task_id, reason=reason)
     key = f"task:{task.run_id}:{task.task_id}"
-    return _record(state, key, event, f"cancelled-{task.run_id}-{task.task_id}")
+    return _record(state, key, event, ids.task_cancelled_id(task.run_id, task.task_id))
 
 
 def _cancel_task(state: DriverState, command_id: str, command: CancelTask) -> list[Effect]:
@@ -1107,7 +1129,7 @@ def _rollback(state: DriverState, command_id: str, command: RollbackRun) -> list
             return reject(f"task {command.to_task!r} of run {command.run_id!r} is not merged")
     else:
         index = sum(1 for m in book.merges if m[0] <= (command.to_sequence or 0))
-    return [_rollback_effect(book, index, command.to_sequence, f"rolledback-{command_id}")]
+    return [_rollback_effect(book, index, command.to_sequence, ids.rolled_back_id(command_id))]
 
 
 def _rollback_effect(book: RunBook, index: int, to_sequence: int | None, event_id: str) -> Rollback:
@@ -1124,6 +1146,7 @@ def _rollback_effect(book: RunBook, index: int, to_sequence: int | None, event_i
         integration_branch=book.integration_branch,
         event=event,
         event_id=event_id,
+        repo=book.submitted.repo,
     )
 
 
@@ -1192,7 +1215,7 @@ def _collisions(state: DriverState, book: RunBook) -> list[Effect]:
             came_true=outcome == "conflicted",
             outcome=outcome,
         )
-        return [_record(state, key, settled, f"settled-{book.run_id}-{pair[0]}-{pair[1]}")]
+        return [_record(state, key, settled, ids.collision_settled_id(book.run_id, *pair))]
     if not book.touched_fresh:
         return []
     live = [
@@ -1229,7 +1252,7 @@ def _collisions(state: DriverState, book: RunBook) -> list[Effect]:
             files=collision.files,
             action=book.policy.on_collision,
         )
-        event_id = f"collision-{book.run_id}-{later.task_id}-{earlier.task_id}"
+        event_id = ids.collision_predicted_id(book.run_id, later.task_id, earlier.task_id)
         return [_record(state, key, event, event_id)]
     return []
 
@@ -1407,7 +1430,10 @@ def _attend(state: DriverState, book: RunBook, now: datetime) -> list[Effect]:
                     )
                     effects.append(
                         _record(
-                            state, key, event, f"retry-{book.run_id}-{task_id}-{task.attempt + 1}"
+                            state,
+                            key,
+                            event,
+                            ids.task_retry_id(book.run_id, task_id, task.attempt + 1),
                         )
                     )
                 else:
@@ -1480,7 +1506,7 @@ def _skip_descendants(state: DriverState, book: RunBook, blocker: TaskView) -> l
             reason=f"depends on {blocker.task_id!r}, which {why}",
             blocked_by=blocker.task_id,
         )
-        effects.append(_record(state, key, event, f"skipped-{book.run_id}-{task_id}"))
+        effects.append(_record(state, key, event, ids.task_skipped_id(book.run_id, task_id)))
     if not effects and not waiting:
         book.skipped_for.add(blocker.task_id)
     return effects
@@ -1573,9 +1599,12 @@ def _dispatch(
         run_id=book.run_id,
         spec=spec,
         queued=queued,
-        event_id=f"queued-{book.run_id}-{task.task_id}-{attempt}",
+        event_id=ids.task_queued_id(book.run_id, task.task_id, attempt),
         expected_last=state.scope_seq.get(scope_filter(queued), 0),
         conflict=(conflict.ours, conflict.theirs) if conflict is not None else None,
+        repo=book.submitted.repo,
+        integration_branch=book.integration_branch,
+        model=book.policy.model,
     )
 
 
@@ -1608,9 +1637,12 @@ def _resend(state: DriverState, book: RunBook, task_id: str) -> Dispatch | None:
         run_id=book.run_id,
         spec=book.graph.specs[task_id],
         queued=queued,
-        event_id=f"queued-{book.run_id}-{task_id}-{queued.attempt}",
+        event_id=ids.task_queued_id(book.run_id, task_id, queued.attempt),
         expected_last=state.scope_seq.get(scope_filter(queued), 0),
         republish=True,
+        repo=book.submitted.repo,
+        integration_branch=book.integration_branch,
+        model=book.policy.model,
     )
 
 
@@ -1658,7 +1690,10 @@ def _merge_lane(state: DriverState, book: RunBook) -> list[Effect]:
         verify = any(item.verify for item in items)
         return [
             MergeBatch(key=key, run_id=book.run_id, items=tuple(items), head=book.head,
-                       verify=verify)
+                       verify=verify, repo=book.submitted.repo,
+                       verify_command=policy.verify_command,
+                       verify_timeout_s=policy.verify_timeout_s,
+                       verify_parallel=policy.verify_parallel)
         ]  # fmt: skip
     return list(items)
 
@@ -1693,6 +1728,9 @@ def _merge_item(state: DriverState, book: RunBook, task_id: str, key: str) -> Me
         expected_last=state.scope_seq.get(f"cc.evt.{book.run_id}.{task_id}.>", 0),
         resolving=resolving if resolves else None,
         resolution_base=queued.base_commit if resolves and queued is not None else "",
+        repo=book.submitted.repo,
+        verify_command=book.policy.verify_command,
+        verify_timeout_s=book.policy.verify_timeout_s,
     )
 
 
@@ -1706,7 +1744,7 @@ def _budget(state: DriverState, book: RunBook) -> list[Effect]:
     if spent < budget or not _free(state, key):
         return []
     event = RunBudgetReached(run_id=book.run_id, budget_usd=budget, spent_usd=spent)
-    return [_record(state, key, event, f"budget-{book.run_id}")]
+    return [_record(state, key, event, ids.budget_reached_id(book.run_id))]
 
 
 def _ending(state: DriverState, book: RunBook) -> list[Effect]:
@@ -1719,7 +1757,9 @@ def _ending(state: DriverState, book: RunBook) -> list[Effect]:
             PublishCommand(
                 key=f"cancel:{book.run_id}:{task_id}",
                 command=CancelTask(run_id=book.run_id, task_id=task_id, reason=book.stopping),
-                command_id=f"cancel-{book.run_id}-{task_id}-{_attempt(state, book, task_id)}",
+                command_id=ids.cancel_task_command_id(
+                    book.run_id, task_id, _attempt(state, book, task_id)
+                ),
             )
             for task_id in sorted(book.active)
             if _free(state, f"cancel:{book.run_id}:{task_id}")
@@ -1750,13 +1790,17 @@ def _ending(state: DriverState, book: RunBook) -> list[Effect]:
         event = RunFailed(
             run_id=book.run_id, reason=reason, failed_tasks=tuple(sorted(book.failed))
         )
-        return [_record(state, key, event, f"failed-{book.run_id}")]
+        return [_record(state, key, event, ids.run_failed_id(book.run_id))]
     if unfinished > 0 or waiting_retry:
         return []
     done = _summary(state, book)
     if book.policy.verify_command and book.policy.verify_when == "end":
-        return [Verify(key=key, run_id=book.run_id, head=book.head, done=done)]
-    return [_record(state, key, done, f"completed-{book.run_id}")]
+        return [
+            Verify(key=key, run_id=book.run_id, head=book.head, done=done,
+                   repo=book.submitted.repo, verify_command=book.policy.verify_command,
+                   verify_timeout_s=book.policy.verify_timeout_s)
+        ]  # fmt: skip
+    return [_record(state, key, done, ids.run_completed_id(book.run_id))]
 
 
 def _attempt(state: DriverState, book: RunBook, task_id: str) -> int:
@@ -1831,5 +1875,7 @@ def _liveness(state: DriverState, now: datetime) -> list[Effect]:
             reason=f"no heartbeat for {state.config.lost_after_s:g}s",
             orphaned_tasks=orphaned,
         )
-        effects.append(_record(state, key, event, f"lost-{worker.worker_id}-{event.last_seen_seq}"))
+        effects.append(
+            _record(state, key, event, ids.worker_lost_id(worker.worker_id, event.last_seen_seq))
+        )
     return effects

@@ -11,10 +11,17 @@ current. The task's recorded history decides:
   worker is fenced off by its attempt number;
 * the item's attempt is not recorded yet: the driver's event is still in flight; try later;
 * anything else (superseded, finished, cancelled, unknown task): drop the message.
+
+The rest of what a worker decides is here too, so the shell (runtime/worker.py) and the
+simulated cluster (testing/simulated_cluster.py) carry out the same decisions: the events
+that claim an admitted attempt (:func:`claim_events`), which session it runs in
+(:func:`attempt_session`), which running attempts a command stops (:func:`stops_for`),
+and how a failure to carry an attempt out is recorded (:func:`classify_failure`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final, Literal
 
 import msgspec
@@ -22,12 +29,20 @@ import msgspec
 from claudecluster.domain.lifecycle import TaskState
 from claudecluster.domain.network import allowance_problem
 from claudecluster.domain.outcome import Outcome
+from claudecluster.errors import LocalError, WorkspaceSetupError
 from claudecluster.events.envelope import EventEnvelope
 from claudecluster.events.model import (
     ArtifactRef,
+    CancelRun,
+    CancelTask,
+    Command,
+    DrainWorker,
+    FailureClass,
+    TaskAssigned,
     TaskEvent,
     TaskFailed,
     TaskPreempted,
+    TaskQueued,
     TaskSucceeded,
 )
 from claudecluster.events.signing import verify_envelope
@@ -36,11 +51,20 @@ from claudecluster.projections.views import TaskView
 
 __all__ = [
     "DEFAULT_PERMISSION_MODES",
+    "TAKE_OVER_NOTE",
     "Admission",
+    "AttemptFailure",
+    "Stops",
     "admit",
+    "attempt_session",
+    "claim_events",
+    "classify_failure",
+    "failed_event",
     "finished_event",
     "item_problem",
     "only_forgeries",
+    "resumable_session",
+    "stops_for",
 ]
 
 #: Claude Code permission modes a worker accepts unless configured otherwise. Not
@@ -173,3 +197,151 @@ def item_problem(
     if network is not None:
         return f"the item's network.allow is refused: {network}"
     return None
+
+
+#: The note of the TaskQueued a take-over records.
+TAKE_OVER_NOTE: Final = "taken over after its worker went silent"
+
+
+def claim_events(
+    admission: Admission,
+    *,
+    run_id: str,
+    task_id: str,
+    worker_id: str,
+    worker_key: str = "",
+    pool: str = "default",
+    base_commit: str = "",
+) -> tuple[TaskQueued | TaskAssigned, ...]:
+    """The events that claim an admitted attempt, in the order they must be appended.
+
+    A ``run`` is claimed by its TaskAssigned; a ``take_over`` first records the new
+    attempt (TaskQueued, resuming the silent holder's session) and then claims it. Each
+    append is conditional on the sequence the previous one left (the first on the
+    history the admission was decided on), so a claim that lost a race records nothing
+    after the event that lost.
+
+    Raises:
+        ValueError: the admission does not run anything (``drop``, ``retry_later``).
+    """
+    if admission.action not in ("run", "take_over"):
+        raise ValueError(f"a {admission.action!r} admission claims nothing")
+    attempt = admission.attempt
+    assigned = TaskAssigned(
+        run_id=run_id, task_id=task_id, attempt=attempt, worker_id=worker_id,
+        worker_key=worker_key,
+    )  # fmt: skip
+    if admission.action == "run":
+        return (assigned,)
+    queued = TaskQueued(
+        run_id=run_id, task_id=task_id, attempt=attempt, pool=pool, base_commit=base_commit,
+        resume_session_id=admission.resume_session_id, note=TAKE_OVER_NOTE,
+    )  # fmt: skip
+    return (queued, assigned)
+
+
+def attempt_session(
+    admission: Admission, item_resume: str, *, restorable: bool, fresh: str
+) -> tuple[str, bool]:
+    """The session a claimed attempt runs in, and whether it resumes it.
+
+    The session to continue is the silent holder's (a take-over) or the one the driver
+    named (a requeue after a lost worker); it is resumed only when its transcript was
+    mirrored (``restorable``). Otherwise the attempt starts the new session ``fresh``.
+    """
+    previous = admission.resume_session_id or item_resume
+    if previous and restorable:
+        return previous, True
+    return fresh, False
+
+
+def resumable_session(admission: Admission, item_resume: str) -> str:
+    """The session whose transcript a claimed attempt looks for, or "" for none."""
+    return admission.resume_session_id or item_resume
+
+
+class Stops(msgspec.Struct, frozen=True, kw_only=True):
+    """What a command asks of one worker.
+
+    Attributes:
+        attempts: (task key, reason) of each running attempt to stop and record as
+            cancelled, in key order.
+        drain: stop taking work (the running attempts finish).
+    """
+
+    attempts: tuple[tuple[str, str], ...] = ()
+    drain: bool = False
+
+
+def stops_for(command: Command, running: Iterable[str], worker_id: str) -> Stops:
+    """Which of the attempts a worker runs (``run/task`` keys) ``command`` stops.
+
+    A task's cancel stops its attempt; a run's cancel stops every attempt of the run (a
+    key is ``run/task`` and ids hold no ``/``, so a run's prefix names only its own);
+    a drain addressed to this worker stops it taking work. Anything else is for the
+    driver or for other workers.
+    """
+    keys = sorted(running)
+    match command:
+        case CancelTask(run_id=run_id, task_id=task_id, reason=reason):
+            key = f"{run_id}/{task_id}"
+            stopped = [(key, reason or "cancelled on request")] if key in keys else []
+            return Stops(attempts=tuple(stopped))
+        case CancelRun(run_id=run_id, reason=reason):
+            why = reason or f"run {run_id} cancelled"
+            return Stops(attempts=tuple((k, why) for k in keys if k.startswith(f"{run_id}/")))
+        case DrainWorker(worker_id=drained) if drained == worker_id:
+            return Stops(drain=True)
+        case _:
+            return Stops()
+
+
+class AttemptFailure(msgspec.Struct, frozen=True, kw_only=True):
+    """How a failure to carry an attempt out is recorded.
+
+    Attributes:
+        failure_class: ``setup`` or ``configuration`` when the task or the worker's
+            configuration caused it, ``infrastructure`` when the machine or the stores did.
+        retryable: whether another attempt (on another worker) may succeed.
+        reason: what went wrong, naming the thing to fix.
+    """
+
+    failure_class: FailureClass
+    retryable: bool
+    reason: str
+
+
+def classify_failure(error: Exception) -> AttemptFailure:
+    """Whose fault a failure around an attempt is, and so whether it is retried.
+
+    Setting up the workspace as the task and the configuration ask (copying the
+    configured files, the setup command, a repository workers can check out) fails the
+    same way on every machine: recorded as ``setup`` or ``configuration``, not retried.
+    Any other error we raise on purpose for a wrong input or a defect of ours
+    (:class:`~claudecluster.errors.LocalError`) would also come back: ``configuration``.
+    What the machine or the stores did (the object store unreachable, the disk full,
+    git killed: a :class:`~claudecluster.errors.RemoteError` or an ``OSError``) may go
+    well elsewhere: ``infrastructure``, retried.
+    """
+    reason = str(error) or type(error).__name__
+    if isinstance(error, WorkspaceSetupError):
+        kind: FailureClass = "setup" if error.failure_class == "setup" else "configuration"
+        return AttemptFailure(failure_class=kind, retryable=False, reason=reason)
+    if isinstance(error, LocalError):
+        return AttemptFailure(failure_class="configuration", retryable=False, reason=reason)
+    return AttemptFailure(failure_class="infrastructure", retryable=True, reason=reason)
+
+
+def failed_event(
+    *, run_id: str, task_id: str, attempt: int, worker_id: str, failure: AttemptFailure
+) -> TaskFailed:
+    """The TaskFailed of an attempt that could not be carried out."""
+    return TaskFailed(
+        run_id=run_id,
+        task_id=task_id,
+        attempt=attempt,
+        worker_id=worker_id,
+        reason=failure.reason,
+        failure_class=failure.failure_class,
+        retryable=failure.retryable,
+    )

@@ -17,6 +17,7 @@ import anyio
 from rich.console import Console
 
 from claudecluster.cli.app import EXIT_OK
+from claudecluster.domain.branches import integration_branch
 from claudecluster.events.model import RollbackRun, RunRolledBack
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor
@@ -92,7 +93,7 @@ def rollback(
     event: RunRolledBack = anyio.run(_rollback, settings, command)
     reverted = ", ".join(event.reverted_tasks) or "nothing"
     Console(highlight=False).print(
-        f"branch claudecluster/{run} is back at {event.to_commit[:12]}; reverted: {reverted}",
+        f"branch {integration_branch(run)} is back at {event.to_commit[:12]}; reverted: {reverted}",
         markup=False,
     )
     return EXIT_OK

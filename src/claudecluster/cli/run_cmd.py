@@ -19,6 +19,7 @@ from claudecluster.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from claudecluster.cli.follow import Renderer, RunEnd, follow_run, renderer_for, submit_only
 from claudecluster.cli.preview import preview_lines
 from claudecluster.cli.render import merge_warning_lines, preemption_lines
+from claudecluster.domain.branches import integration_branch
 from claudecluster.errors import ConfigError
 from claudecluster.events.model import (
     CancelRun,
@@ -506,7 +507,7 @@ def print_summary(console: Console, end: RunEnd) -> None:
     """The run's outcome in a few lines: counts, branch, speedup, spend."""
     event = end.event
     run = end.view.runs.get(event.run_id)
-    branch = run.integration_branch if run is not None else f"claudecluster/{event.run_id}"
+    branch = run.integration_branch if run is not None else integration_branch(event.run_id)
     warnings = merge_warning_lines(end.view, event.run_id)
     if isinstance(event, RunCompleted):
         unchanged = f" ({len(warnings)} without changes)" if warnings else ""

@@ -124,6 +124,8 @@ FailureClass = Literal[
     "agent_error",
     "infrastructure",
     "verify",
+    "setup",
+    "configuration",
 ]
 ProgressKind = Literal["text", "tool_use", "tool_result", "usage"]
 

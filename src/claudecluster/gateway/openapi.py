@@ -13,7 +13,7 @@ from typing import Any, Final
 import msgspec
 
 from claudecluster import __version__
-from claudecluster.gateway.app import OPERATIONS, Operation
+from claudecluster.gateway.operations import OPERATIONS, Operation
 from claudecluster.gateway.schemas import ProblemBody
 
 __all__ = ["openapi_document", "openapi_text"]

@@ -54,15 +54,18 @@ from claudecluster.actors.driver import (
     decide,
 )
 from claudecluster.actors.driver_snapshots import DRIVER_SNAPSHOT, encode_driver_snapshot
-from claudecluster.actors.merging import MergeFacts, MergeVerdict, judge_merge
-from claudecluster.domain.kinds import KIND_PROFILES
+from claudecluster.actors.merge_outcomes import MergeFound, merge_key, merge_record
+from claudecluster.actors.work_items import work_item
+from claudecluster.domain.branches import integration_branch, result_ref, task_branch
 from claudecluster.errors import (
     ClusterError,
     ConcurrencyError,
     EventDecodeError,
     GraphError,
     WorkspaceError,
+    WorkspaceSetupError,
 )
+from claudecluster.events import event_ids as ids
 from claudecluster.events.codec import decode_command
 from claudecluster.events.envelope import CommandEnvelope, StoredEvent, wrap_event
 from claudecluster.events.model import (
@@ -73,11 +76,8 @@ from claudecluster.events.model import (
     RunCompleted,
     RunFailed,
     RunPlanned,
-    TaskFailed,
-    TaskMerged,
 )
 from claudecluster.events.subjects import ALL_COMMANDS
-from claudecluster.events.work import WorkItem
 from claudecluster.executors.base import Executor
 from claudecluster.executors.confined import ConfinedVerify
 from claudecluster.executors.confinement import Confinement
@@ -85,7 +85,7 @@ from claudecluster.observability.logging import get_logger
 from claudecluster.projections.tasks import NOT_THE_HOLDER
 from claudecluster.runtime.base_transfer import RepositoryChains
 from claudecluster.runtime.driver_snapshots import decision_code_digest, open_driver_state
-from claudecluster.runtime.merge_queue import BatchMerger, refused_conflict
+from claudecluster.runtime.merge_queue import BatchMerger
 from claudecluster.runtime.planners import finish_plan, planner_for
 from claudecluster.transport.artifacts import ArtifactStore
 from claudecluster.transport.base import EventLog
@@ -101,7 +101,6 @@ from claudecluster.workspace.git import (
     git,
     refuse_unsupported,
     resolve_commit,
-    task_branch,
 )
 from claudecluster.workspace.integration import Integration
 
@@ -466,7 +465,8 @@ class Driver:
             case Verify():
                 return await self._verify(effect)
             case Rollback():
-                await self._integration(effect.event.run_id).move_to(effect.event.to_commit)
+                integration = self._integration(effect.event.run_id, Path(effect.repo))
+                await integration.move_to(effect.event.to_commit)
                 return await self._record(effect.event, effect.event_id, None, effect.causation_id)
             case PublishCommand():
                 await publish_command(
@@ -511,10 +511,10 @@ class Driver:
                 tasks, serialize_overlaps=submitted.policy.file_overlap == "serialize"
             )
             await self._integration(run_id, repo).start(base)
-        except (GraphError, WorkspaceError) as exc:
+        except (GraphError, WorkspaceError, WorkspaceSetupError) as exc:
             _log.warning("run cannot be planned", run=run_id, error=str(exc))
             failed = RunFailed(run_id=run_id, reason=f"planning failed: {exc}")
-            return await self._record(failed, f"failed-{run_id}", None)
+            return await self._record(failed, ids.run_failed_id(run_id), None)
         except ClusterError:
             raise  # the store or the bus: the effect is retried
         except Exception as exc:  # noqa: BLE001 - the run fails once, with the reason
@@ -523,26 +523,25 @@ class Driver:
             _log.exception("the planner failed", run=run_id, error=repr(exc))
             reason = f"planning failed: {type(exc).__name__}: {exc}"[:2_000]
             failed = RunFailed(run_id=run_id, reason=reason)
-            return await self._record(failed, f"failed-{run_id}", None)
+            return await self._record(failed, ids.run_failed_id(run_id), None)
         planned = RunPlanned(
             run_id=run_id,
             tasks=tasks_final,
             base_commit=base,
-            integration_branch=f"claudecluster/{run_id}",
+            integration_branch=integration_branch(run_id),
             predicted_conflicts=conflicts,
         )
-        return await self._record(planned, f"planned-{run_id}", None)
+        return await self._record(planned, ids.run_planned_id(run_id), None)
 
     # -- dispatch ------------------------------------------------------------------------
 
     async def _dispatch(self, effect: Dispatch) -> int:
         queued = effect.queued
-        book = self.state.runs[effect.run_id]
-        repo = Path(book.submitted.repo)
+        repo = Path(effect.repo)
         if effect.conflict is not None:
             ours, theirs = effect.conflict
-            base = await self._integration(effect.run_id).conflicted_merge(
-                ours, theirs, f"Conflict of {queued.task_id} with {book.integration_branch}"
+            base = await self._integration(effect.run_id, repo).conflicted_merge(
+                ours, theirs, f"Conflict of {queued.task_id} with {effect.integration_branch}"
             )
             queued = msgspec.structs.replace(queued, base_commit=base)
         repo_key, segments = await self._chains.segments_for(
@@ -552,94 +551,44 @@ class Driver:
             seq = 0
         else:
             seq = await self._record(queued, effect.event_id, effect.expected_last)
-        profile = KIND_PROFILES["resolve" if queued.resolves_conflict else effect.spec.kind]
-        spec = effect.spec
-        if queued.limits is not None:
-            spec = msgspec.structs.replace(spec, limits=queued.limits)
-        if queued.note and spec.executor == "claude_code":
-            # A shell task's prompt is a command: a note would break it.
-            spec = msgspec.structs.replace(spec, prompt=f"{queued.note}\n\n{spec.prompt}")
-        item = WorkItem(
-            run_id=effect.run_id,
-            attempt=queued.attempt,
-            spec=spec,
-            base_commit=queued.base_commit,
-            repo_key=repo_key,
-            base_segments=segments,
-            pool=queued.pool,
-            resume_session_id=queued.resume_session_id,
-            # The task's own model and tools, else the run's model and the kind's tools (a
-            # resolution always gets the resolving kind's: it must edit, whatever the task).
-            model=spec.model or book.policy.model,
-            allowed_tools=(() if queued.resolves_conflict else spec.allowed_tools)
-            or profile.allowed_tools,
-            append_system_prompt=profile.system_prompt,
-        )
-        await self._queue.publish(item)
+        await self._queue.publish(work_item(effect, queued, repo_key=repo_key, segments=segments))
         return seq
 
     # -- merging -------------------------------------------------------------------------
 
     async def _merge(self, effect: Merge) -> int:
-        book = self.state.runs[effect.run_id]
-        repo = Path(book.submitted.repo)
-        integration = self._integration(effect.run_id, repo)
-        key = f"{effect.run_id}/{effect.task_id}/{effect.attempt}"
-        policy = book.policy
-        event_id = key.replace("/", "-")
+        repo = Path(effect.repo)
         theirs = await self._theirs_of(effect)
         if theirs is None:
             # The task changed nothing: there is nothing to merge, and nothing to verify.
-            facts = MergeFacts(result_is_base=True)
-            judged = judge_merge(facts, resolving=None, summary=effect.result.summary)
-            return await self._record_unchanged(effect, judged, event_id)
-        outcome, verdict = await integration.merge(
+            return await self._append(merge_record(effect, MergeFound(theirs=None)))
+        outcome, verdict = await self._integration(effect.run_id, repo).merge(
             head=effect.head,
             theirs=theirs,
-            key=key,
+            key=merge_key(effect),
             message=f"{effect.task_id}: {effect.title}",
-            verify=policy.verify_command if effect.verify else None,
-            verify_timeout_s=policy.verify_timeout_s,
+            verify=effect.verify_command if effect.verify else None,
+            verify_timeout_s=effect.verify_timeout_s,
         )
-        if outcome.commit is None and not outcome.conflict_files and verdict is None:
-            facts = MergeFacts(
-                changed_files=outcome.changed_files,
-                marker_files=outcome.marker_files,
-                result_is_base=theirs == effect.resolution_base,
-            )
-            judged = judge_merge(facts, resolving=effect.resolving, summary=effect.result.summary)
-            if judged.accepted:
-                return await self._record_unchanged(effect, judged, event_id)
-            # Refused: a conflict again, with what was wrong, so the policy decides and the
-            # next resolution attempt is told.
-            refused = refused_conflict(effect, outcome, judged, theirs)
-            _log.warning("merge refused", task=key, problem=judged.problem)
-            return await self._record(refused, f"conflict-{event_id}", effect.expected_last)
+        files: tuple[ChangedFile, ...] = ()
         if outcome.commit is not None:
             files = tuple(
                 ChangedFile(path=change.path, added=change.added, deleted=change.deleted)
                 for change in await commit_changes(repo, outcome.commit)
             )
-            merged = TaskMerged(
-                run_id=effect.run_id, task_id=effect.task_id, attempt=effect.attempt,
-                commit=outcome.commit, integration_branch=effect.integration_branch,
-                files=files,
-            )  # fmt: skip
-            return await self._record(merged, f"merged-{event_id}", effect.expected_last)
-        if outcome.conflict_files:
-            conflict = MergeConflict(
-                run_id=effect.run_id, task_id=effect.task_id, attempt=effect.attempt,
-                files=outcome.conflict_files, ours=effect.head, theirs=theirs,
-                policy=effect.on_conflict,
-            )  # fmt: skip
-            return await self._record(conflict, f"conflict-{event_id}", effect.expected_last)
-        assert verdict is not None
-        failed = TaskFailed(
-            run_id=effect.run_id, task_id=effect.task_id, attempt=effect.attempt,
-            reason=f"verify failed after merging; the merge was undone: {verdict.output}",
-            failure_class="verify", retryable=True,
+        found = MergeFound(
+            theirs=theirs, commit=outcome.commit, conflict_files=outcome.conflict_files,
+            changed_files=outcome.changed_files, marker_files=outcome.marker_files,
+            verify_failure=None if verdict is None or verdict.passed else verdict.output,
+            files=files,
         )  # fmt: skip
-        return await self._record(failed, f"verify-failed-{event_id}", effect.expected_last)
+        record = merge_record(effect, found)
+        if isinstance(record.event, MergeConflict) and record.event.problem:
+            _log.warning("merge refused", task=merge_key(effect), problem=record.event.problem)
+        return await self._append(record)
+
+    async def _append(self, record: Record) -> int:
+        return await self._record(record.event, record.event_id, record.expected_last)
 
     async def _theirs_of(self, effect: Merge) -> str | None:
         """The commit holding the attempt's result in the driver's repository.
@@ -651,48 +600,34 @@ class Driver:
         bundle_ref = next((a for a in effect.result.artifacts if a.name == "result.bundle"), None)
         if bundle_ref is None:
             return effect.resolution_base if effect.resolving is not None else None
-        repo = Path(self.state.runs[effect.run_id].submitted.repo)
-        key = f"{effect.run_id}/{effect.task_id}/{effect.attempt}"
+        repo = Path(effect.repo)
         path = self._run_dir(effect.run_id, repo) / (
             f"result-{effect.task_id}-{effect.attempt}.bundle"
         )
         await self._artifacts.get_file(bundle_ref, path)
         return await fetch_result(
             repo, path, task_branch(effect.run_id, effect.task_id),
-            f"refs/claudecluster/results/{key}",
+            result_ref(effect.run_id, effect.task_id, effect.attempt),
         )  # fmt: skip
 
     async def _merge_batch(self, effect: MergeBatch) -> int:
-        book = self.state.runs[effect.run_id]
-        repo = Path(book.submitted.repo)
+        repo = Path(effect.repo)
         merger = BatchMerger(
             self._integration(effect.run_id, repo), repo, self._record, self._theirs_of,
-            book.policy.verify_command, book.policy.verify_timeout_s,
-            book.policy.verify_parallel,
+            effect.verify_command, effect.verify_timeout_s, effect.verify_parallel,
         )  # fmt: skip
         return await merger.run(effect)
 
-    async def _record_unchanged(self, effect: Merge, judged: MergeVerdict, event_id: str) -> int:
-        """Record a merge that leaves the branch where it was, saying why."""
-        merged = TaskMerged(
-            run_id=effect.run_id, task_id=effect.task_id, attempt=effect.attempt,
-            commit=effect.head, integration_branch=effect.integration_branch,
-            brought_changes=False, note=judged.note,
-        )  # fmt: skip
-        return await self._record(merged, f"merged-{event_id}", effect.expected_last)
-
     async def _verify(self, effect: Verify) -> int:
-        book = self.state.runs[effect.run_id]
-        policy = book.policy
-        verdict = await self._integration(effect.run_id).verify_head(
-            policy.verify_command, policy.verify_timeout_s
+        verdict = await self._integration(effect.run_id, Path(effect.repo)).verify_head(
+            effect.verify_command, effect.verify_timeout_s
         )
         if verdict.passed:
-            return await self._record(effect.done, f"completed-{effect.run_id}", None)
+            return await self._record(effect.done, ids.run_completed_id(effect.run_id), None)
         failed = RunFailed(
             run_id=effect.run_id, reason=f"the final verify failed: {verdict.output}"
         )
-        return await self._record(failed, f"failed-{effect.run_id}", None)
+        return await self._record(failed, ids.run_failed_id(effect.run_id), None)
 
     # -- places --------------------------------------------------------------------------
 
@@ -700,14 +635,12 @@ class Driver:
         root = self._options.work_dir or repo / ".claudecluster" / "driver"
         return root / run_id
 
-    def _integration(self, run_id: str, repo: Path | None = None) -> Integration:
+    def _integration(self, run_id: str, repo: Path) -> Integration:
         if run_id not in self._integrations:
-            if repo is None:
-                repo = Path(self.state.runs[run_id].submitted.repo)
             self._integrations[run_id] = Integration(
                 repo,
                 self._run_dir(run_id, repo) / "integration",
-                f"claudecluster/{run_id}",
+                integration_branch(run_id),
                 run_verify=ConfinedVerify(self._options.confinement),
             )
         return self._integrations[run_id]

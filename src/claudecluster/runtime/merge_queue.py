@@ -21,16 +21,18 @@ from functools import partial
 from pathlib import Path
 
 import anyio
+import msgspec
 
-from claudecluster.actors.driver import Merge, MergeBatch
-from claudecluster.actors.merging import Bisection, MergeFacts, MergeVerdict, judge_merge
+from claudecluster.actors.driver import Merge, MergeBatch, Record
+from claudecluster.actors.merge_outcomes import MergeFound, merge_key, merge_record
+from claudecluster.actors.merging import Bisection
 from claudecluster.errors import WorkspaceError
-from claudecluster.events.model import ChangedFile, Event, MergeConflict, TaskFailed, TaskMerged
+from claudecluster.events.model import ChangedFile, Event, MergeConflict, TaskMerged
 from claudecluster.observability.logging import get_logger
 from claudecluster.workspace.git import commit_changes
-from claudecluster.workspace.integration import Integration, MergeOutcome
+from claudecluster.workspace.integration import Integration
 
-__all__ = ["BatchMerger", "merge_key", "refused_conflict"]
+__all__ = ["BatchMerger"]
 
 _log = get_logger(__name__)
 
@@ -40,39 +42,17 @@ Recorder = Callable[[Event, str, int | None], Awaitable[int]]
 TheirsOf = Callable[[Merge], Awaitable[str | None]]
 
 
-def merge_key(item: Merge) -> str:
-    """``run/task/attempt``: the trailer of the item's commit and the base of its event ids."""
-    return f"{item.run_id}/{item.task_id}/{item.attempt}"
-
-
-def refused_conflict(
-    item: Merge, outcome: MergeOutcome, judged: MergeVerdict, theirs: str
-) -> MergeConflict:
-    """A merge git made but the judge refused, recorded as a conflict with the problem.
-
-    A refused resolution resolves the task's own commit again (the original conflict's
-    ``theirs``), so the next attempt starts from the same two sides.
-    """
-    original = item.resolving
-    return MergeConflict(
-        run_id=item.run_id,
-        task_id=item.task_id,
-        attempt=item.attempt,
-        files=original.files if original is not None else outcome.marker_files,
-        ours=item.head,
-        theirs=original.theirs if original is not None else theirs,
-        policy=item.on_conflict,
-        problem=judged.problem,
-    )
-
-
 @dataclass(slots=True)
 class _Stacked:
     item: Merge
-    verdict: MergeVerdict
+    #: what merging it found (its commit None if it changed nothing)
+    found: MergeFound
     #: the top of the stack once this item is on it (the previous top if it changed nothing)
     commit: str
-    changed: bool
+
+    @property
+    def changed(self) -> bool:
+        return self.found.commit is not None
 
 
 class BatchMerger:
@@ -121,35 +101,27 @@ class BatchMerger:
         for item in batch.items:
             theirs = await self._theirs_of(item)
             if theirs is None:  # a task that changed nothing
-                judged = judge_merge(
-                    MergeFacts(result_is_base=True), resolving=None, summary=item.result.summary
-                )
-                stack.append(_Stacked(item, judged, top, changed=False))
+                stack.append(_Stacked(item, MergeFound(theirs=None, at=top), top))
                 continue
-            key = merge_key(item)
             outcome = await self._integration.stack(
-                onto=top, theirs=theirs, key=key, message=f"{item.task_id}: {item.title}"
-            )
-            judged = judge_merge(
-                MergeFacts(
-                    changed_files=outcome.changed_files,
-                    marker_files=outcome.marker_files,
-                    result_is_base=theirs == item.resolution_base,
-                ),
-                resolving=item.resolving,
-                summary=item.result.summary,
-            )
-            if outcome.conflict_files or not judged.accepted:
+                onto=top, theirs=theirs, key=merge_key(item),
+                message=f"{item.task_id}: {item.title}",
+            )  # fmt: skip
+            found = MergeFound(
+                theirs=theirs, commit=outcome.commit, conflict_files=outcome.conflict_files,
+                changed_files=outcome.changed_files, marker_files=outcome.marker_files, at=top,
+            )  # fmt: skip
+            record = merge_record(item, found)
+            if isinstance(record.event, MergeConflict):
                 if stack:
                     break  # first in the next batch, onto a verified head
-                return await self._record(
-                    self._conflict(item, outcome, judged, theirs),
-                    f"conflict-{key.replace('/', '-')}",
-                    item.expected_last,
-                )
+                if record.event.problem:
+                    _log.warning("merge refused", task=merge_key(item),
+                                 problem=record.event.problem)  # fmt: skip
+                return await self._append(record)
             if outcome.commit is not None:
                 top = outcome.commit
-            stack.append(_Stacked(item, judged, top, changed=outcome.commit is not None))
+            stack.append(_Stacked(item, found, top))
         good, failure = len(stack), ""
         if batch.verify and top != batch.head:
             good, failure = await self._verified_prefix(batch.head, stack)
@@ -160,30 +132,13 @@ class BatchMerger:
         for entry in stack[:good]:
             seq = await self._merged(entry, entry.commit)
         if good < len(stack):
-            culprit = stack[good].item
-            failed = TaskFailed(
-                run_id=culprit.run_id, task_id=culprit.task_id, attempt=culprit.attempt,
-                reason=f"verify failed after merging; the merge was undone: {failure}",
-                failure_class="verify", retryable=True,
-            )  # fmt: skip
-            seq = await self._record(
-                failed,
-                f"verify-failed-{merge_key(culprit).replace('/', '-')}",
-                culprit.expected_last,
-            )
+            culprit = stack[good]
+            failed = msgspec.structs.replace(culprit.found, verify_failure=failure)
+            seq = await self._append(merge_record(culprit.item, failed))
         return seq
 
-    def _conflict(
-        self, item: Merge, outcome: MergeOutcome, judged: MergeVerdict, theirs: str
-    ) -> MergeConflict:
-        if outcome.conflict_files:
-            return MergeConflict(
-                run_id=item.run_id, task_id=item.task_id, attempt=item.attempt,
-                files=outcome.conflict_files, ours=item.head, theirs=theirs,
-                policy=item.on_conflict,
-            )  # fmt: skip
-        _log.warning("merge refused", task=merge_key(item), problem=judged.problem)
-        return refused_conflict(item, outcome, judged, theirs)
+    async def _append(self, record: Record) -> int:
+        return await self._record(record.event, record.event_id, record.expected_last)
 
     async def _verified_prefix(self, head: str, stack: list[_Stacked]) -> tuple[int, str]:
         """How many of the stacked results pass the verify command together, and the
@@ -218,31 +173,27 @@ class BatchMerger:
         return search.good, outputs.get(search.bad, "")
 
     async def _merged(self, entry: _Stacked, commit: str) -> int:
-        item = entry.item
-        files: tuple[ChangedFile, ...] = ()
+        found = entry.found
         if entry.changed:
             files = tuple(
                 ChangedFile(path=c.path, added=c.added, deleted=c.deleted)
                 for c in await commit_changes(self._repo, commit)
             )
-        merged = TaskMerged(
-            run_id=item.run_id, task_id=item.task_id, attempt=item.attempt, commit=commit,
-            integration_branch=item.integration_branch, files=files,
-            brought_changes=entry.changed, note="" if entry.changed else entry.verdict.note,
-        )  # fmt: skip
-        return await self._record(
-            merged, f"merged-{merge_key(item).replace('/', '-')}", item.expected_last
-        )
+            found = msgspec.structs.replace(found, commit=commit, files=files)
+        record = merge_record(entry.item, found)
+        assert isinstance(record.event, TaskMerged)  # stacked: accepted by the judge
+        return await self._append(record)
 
     async def _recover(self, batch: MergeBatch) -> int:
         """The branch moved since the batch was decided: a driver that crashed after moving
         it finds the batch's commits by their trailers and records them."""
         seq = 0
         for item in batch.items:
-            found = await self._integration.find_merged(batch.head, merge_key(item))
-            if found is not None:
-                entry = _Stacked(item, MergeVerdict(accepted=True), found, changed=True)
-                seq = await self._merged(entry, found)
+            commit = await self._integration.find_merged(batch.head, merge_key(item))
+            if commit is not None:
+                # On the branch already: what it found then was a commit, and accepted.
+                entry = _Stacked(item, MergeFound(theirs=commit, commit=commit), commit)
+                seq = await self._merged(entry, commit)
         if seq == 0:
             raise WorkspaceError(
                 f"branch {self._integration.branch} moved away from {batch.head[:12]}: "

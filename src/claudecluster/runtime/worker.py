@@ -55,35 +55,40 @@ from claudecluster.actors.progress import ProgressBatcher
 from claudecluster.actors.worker import (
     DEFAULT_PERMISSION_MODES,
     Admission,
+    AttemptFailure,
     admit,
+    claim_events,
+    classify_failure,
+    failed_event,
     finished_event,
     item_problem,
     only_forgeries,
+    resumable_session,
+    stops_for,
 )
+from claudecluster.domain.branches import task_branch
 from claudecluster.domain.outcome import Outcome
 from claudecluster.errors import (
     ClusterError,
     ConcurrencyError,
+    CopyFilesError,
     EventDecodeError,
     EventStoreError,
-    WorkspaceError,
+    SetupCommandError,
 )
 from claudecluster.events.codec import decode_command, decode_event, encode
 from claudecluster.events.envelope import EventEnvelope, StoredEvent, wrap_event
+from claudecluster.events.event_ids import worker_event_id
 from claudecluster.events.liveness import WorkerLiveness
 from claudecluster.events.model import (
     ArtifactRef,
-    CancelRun,
     CancelTask,
-    DrainWorker,
     Event,
     RunPlanned,
-    TaskAssigned,
     TaskCancelled,
     TaskFailed,
     TaskFilesTouched,
     TaskProgress,
-    TaskQueued,
     TaskRateLimited,
     TaskStarted,
     WorkerJoined,
@@ -116,7 +121,7 @@ from claudecluster.transport.base import EventLog, read_all
 from claudecluster.transport.liveness import JetStreamWorkerRegistry
 from claudecluster.transport.session_store import JetStreamSessionStore
 from claudecluster.transport.work_queue import Delivery, WorkQueue
-from claudecluster.workspace.git import commit_all, result_bundle, task_branch
+from claudecluster.workspace.git import commit_all, result_bundle
 from claudecluster.workspace.naming import attempt_dir_name, slot_dir_name
 
 if TYPE_CHECKING:
@@ -314,7 +319,7 @@ class Worker:
         self._ids += 1
         envelope = wrap_event(
             event,
-            event_id=f"{self.config.worker_id}-{self._ids}-{uuid.uuid4().hex[:8]}",
+            event_id=worker_event_id(self.config.worker_id, self._ids, uuid.uuid4().hex[:8]),
             now=self._clock(),
         )
         if signed:
@@ -569,27 +574,16 @@ class Worker:
         # Not a fresh read of the last sequence: a result recorded between the admission
         # and the claim would then be overwritten by a take-over of a finished task.
         expected = seen
-        attempt = admission.attempt
+        claim = claim_events(
+            admission, run_id=item.run_id, task_id=item.task_id,
+            worker_id=self.config.worker_id, worker_key=self.public_key, pool=item.pool,
+            base_commit=item.base_commit,
+        )  # fmt: skip
         try:
-            if admission.action == "take_over":
+            for event in claim:
                 expected = await self._record(
-                    TaskQueued(run_id=item.run_id, task_id=item.task_id, attempt=attempt,
-                               pool=item.pool, base_commit=item.base_commit,
-                               resume_session_id=admission.resume_session_id,
-                               note="taken over after its worker went silent"),
-                    expected_last=expected, patience_s=_APPEND_PATIENCE_S,
-                )  # fmt: skip
-            expected = await self._record(
-                TaskAssigned(
-                    run_id=item.run_id,
-                    task_id=item.task_id,
-                    attempt=attempt,
-                    worker_id=self.config.worker_id,
-                    worker_key=self.public_key,
-                ),
-                expected_last=expected,
-                patience_s=_APPEND_PATIENCE_S,
-            )
+                    event, expected_last=expected, patience_s=_APPEND_PATIENCE_S
+                )
         except ConcurrencyError:
             return None
         # Whether the interrupted attempt's transcript can be continued is looked up once
@@ -598,10 +592,10 @@ class Worker:
         # worker that was not running it, with nothing to redeliver it.
         return _Attempt(
             item=item,
-            attempt=attempt,
+            attempt=admission.attempt,
             last_seq=expected,
             session_id=str(uuid.uuid4()),
-            resume_from=admission.resume_session_id or item.resume_session_id or "",
+            resume_from=resumable_session(admission, item.resume_session_id),
         )
 
     async def _refuse(self, live: _Attempt, reason: str) -> None:
@@ -646,22 +640,16 @@ class Worker:
                 except EventDecodeError as exc:
                     _log.warning("undecodable command ignored", subject=msg.subject, error=str(exc))
                     continue
-                match command:
-                    case CancelTask(run_id=run_id, task_id=task_id, reason=reason):
-                        live = self._running.get(task_key(run_id, task_id))
-                        # An attempt-scoped cancel (a preempted attempt) spares any other.
-                        if live is not None and command.attempt in (0, live.attempt):
-                            live.cancel_reason = reason or "cancelled on request"
-                            live.scope.cancel()
-                    case CancelRun(run_id=run_id, reason=reason):
-                        for key, live in list(self._running.items()):
-                            if key.startswith(f"{run_id}/"):
-                                live.cancel_reason = reason or f"run {run_id} cancelled"
-                                live.scope.cancel()
-                    case DrainWorker(worker_id=worker_id) if worker_id == self.config.worker_id:
-                        self.stop("drained on request")
-                    case _:
-                        pass  # commands for the driver or for other workers
+                stops = stops_for(command, self._running, self.config.worker_id)
+                for key, reason in stops.attempts:
+                    live = self._running.get(key)
+                    # An attempt-scoped cancel (a preempted attempt) spares any other.
+                    scoped = command.attempt if isinstance(command, CancelTask) else 0
+                    if live is not None and scoped in (0, live.attempt):
+                        live.cancel_reason = reason
+                        live.scope.cancel()
+                if stops.drain:
+                    self.stop("drained on request")
         finally:
             with anyio.CancelScope(shield=True):
                 await subscription.unsubscribe()
@@ -692,23 +680,21 @@ class Worker:
         try:
             await self._attempt_in(live, scratch, where)
         except* (ClusterError, OSError) as failed:
-            # git, the object store, the disk or the executor's environment failed: the
-            # attempt could not be carried out. Record it so the driver can retry elsewhere.
+            # The attempt could not be carried out. Whose fault it was (the task's setup,
+            # the configuration, or the machine) decides whether the driver retries it.
             # except*: a failure of the transcript mirror or of a progress append arrives
             # wrapped in the attempt's task group; let out, it was an attempt claimed and
             # never ended. (Superseded is neither, and passes through as it was raised.)
+            failure = _classify_group(failed)
+            _log.warning("attempt not carried out", item=item.message_id,
+                         failure_class=failure.failure_class, reason=failure.reason)  # fmt: skip
             await self._record_for(
                 live,
-                TaskFailed(
-                    run_id=item.run_id,
-                    task_id=item.task_id,
-                    attempt=live.attempt,
-                    worker_id=self.config.worker_id,
-                    reason="; ".join(_leaf_errors(failed)),
-                    failure_class="infrastructure",
-                    retryable=True,
+                failed_event(
+                    run_id=item.run_id, task_id=item.task_id, attempt=live.attempt,
+                    worker_id=self.config.worker_id, failure=failure,
                 ),
-            )
+            )  # fmt: skip
         finally:
             self._running.pop(key, None)
             self.metrics.running.dec()
@@ -887,7 +873,8 @@ class Worker:
         ``sandbox.setup_network``): it runs the repository's own scripts.
 
         Raises:
-            WorkspaceError: a file is missing or the setup command failed.
+            CopyFilesError: a configured pattern matches nothing.
+            SetupCommandError: the setup command failed or ran out of time.
         """
         copied = await anyio.to_thread.run_sync(_copy_in, self.config, workspace)
         if copied:
@@ -916,14 +903,18 @@ class Worker:
                 ),
                 timeout_s=self.config.setup_timeout_s,
             )
+            tail = (done.output.strip().splitlines()[-1:] or [""])[0][:500]
             if done.returncode is None:
-                raise WorkspaceError(
-                    f"the setup command took longer than {self.config.setup_timeout_s:.0f}s"
+                raise SetupCommandError(
+                    f"the setup command took longer than {self.config.setup_timeout_s:.0f}s",
+                    status=None,
+                    output=tail,
                 )
             if done.returncode != 0:
-                tail = done.output.strip().splitlines()[-1:] or [""]
-                raise WorkspaceError(
-                    f"the setup command exited with status {done.returncode}: {tail[0][:500]}"
+                raise SetupCommandError(
+                    f"the setup command exited with status {done.returncode}: {tail}",
+                    status=done.returncode,
+                    output=tail,
                 )
 
     async def _collect(
@@ -1039,6 +1030,23 @@ def _one_task(stored: StoredEvent, task_id: str) -> StoredEvent:
     )
 
 
+def _classify_group(failed: BaseExceptionGroup[ClusterError | OSError]) -> AttemptFailure:
+    """The recorded failure of errors that arrived together: classified by the first
+    (what stopped the attempt), with every one of them in the reason."""
+    first = _first_leaf(failed)
+    failure = classify_failure(first)
+    reasons = _leaf_errors(failed)
+    return msgspec.structs.replace(failure, reason="; ".join(reasons) or failure.reason)
+
+
+def _first_leaf(group: BaseExceptionGroup[ClusterError | OSError]) -> ClusterError | OSError:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, ClusterError | OSError)  # what except* let in
+    return leaf
+
+
 def _leaf_errors(group: BaseExceptionGroup[BaseException]) -> list[str]:
     """What failed, out of the task groups it arrived wrapped in (their own message,
     "unhandled errors in a TaskGroup", says nothing)."""
@@ -1103,7 +1111,7 @@ def _copy_in(config: WorkerConfig, workspace: Path) -> list[str]:
     """Copy the configured files into the workspace; returns their relative paths.
 
     Raises:
-        WorkspaceError: a configured pattern matches nothing.
+        CopyFilesError: a configured pattern matches nothing.
     """
     if config.copy_from is None or not config.copy_files:
         return []
@@ -1111,9 +1119,7 @@ def _copy_in(config: WorkerConfig, workspace: Path) -> list[str]:
     for pattern in config.copy_files:
         matches = [p for p in sorted(config.copy_from.glob(pattern)) if p.is_file()]
         if not matches:
-            raise WorkspaceError(
-                f"copy_files pattern {pattern!r} matches nothing in {config.copy_from}"
-            )
+            raise CopyFilesError(pattern, str(config.copy_from))
         for source in matches:
             relative = source.relative_to(config.copy_from)
             target = workspace / relative

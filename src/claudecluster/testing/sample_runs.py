@@ -14,12 +14,12 @@ from typing import Any, Final
 
 import msgspec
 
+from claudecluster.domain.branches import integration_branch
 from claudecluster.events.envelope import EventEnvelope, StoredEvent, wrap_event
 from claudecluster.events.model import (
     Event,
     MergeConflict,
     RunCompleted,
-    RunFailed,
     RunPlanned,
     RunRolledBack,
     RunSubmitted,
@@ -185,7 +185,7 @@ def _merge(log: LogBuilder, run_id: str, task_id: str, commit: str, attempt: int
             task_id=task_id,
             attempt=attempt,
             commit=commit,
-            integration_branch=f"claudecluster/{run_id}",
+            integration_branch=integration_branch(run_id),
         ),
         after=0.4,
     )
@@ -236,7 +236,7 @@ def _plan(log: LogBuilder, run_id: str, goal: str, specs: tuple[TaskSpec, ...]) 
             run_id=run_id,
             tasks=specs,
             base_commit="a1b2c3d",
-            integration_branch=f"claudecluster/{run_id}",
+            integration_branch=integration_branch(run_id),
         ),
         after=0.5,
     )
@@ -348,7 +348,13 @@ def failover(run_id: str = "sample-failover", prefix: str = "failover") -> LogBu
         ),
         after=0.1,
     )
-    log.emit(RunFailed(run_id=run_id, reason="task 'fetch' failed", failed_tasks=("fetch",)))
+    # The default policy skips what depends on a failed task; the run ends with the rest.
+    log.emit(
+        RunCompleted(
+            run_id=run_id, head_commit="f000002", tasks_succeeded=2, tasks_failed=1,
+            tasks_skipped=1,
+        )
+    )  # fmt: skip
     log.emit(WorkerLeft(worker_id="w2", reason="drained"), after=1.0)
     return log
 
@@ -380,7 +386,17 @@ def conflict_and_rollback(run_id: str = "sample-conflict", prefix: str = "confli
         ),
         after=0.3,
     )
-    _merge(log, run_id, "farewell", "m000002")
+    # The resolution attempt, as the driver queues it: from the conflicted merge.
+    log.emit(
+        TaskQueued(
+            run_id=run_id, task_id="farewell", attempt=2, base_commit="x000001",
+            resolves_conflict=True, note="Merging your previous result conflicted.",
+        ),
+        after=0.1,
+    )  # fmt: skip
+    _run_task(log, run_id, "farewell", "w2", attempt=2, file="src/app.py", queue=False)
+    _succeed(log, run_id, "farewell", "w2", attempt=2)
+    _merge(log, run_id, "farewell", "m000002", attempt=2)
     _run_task(log, run_id, "readme", "w1", file="README.md")
     _succeed(log, run_id, "readme", "w1")
     _merge(log, run_id, "readme", "m000003")

@@ -46,12 +46,13 @@ from claudecluster.actors.driver import (
     WorkerSeen,
     decide,
 )
-from claudecluster.actors.worker import admit
+from claudecluster.actors.worker import admit, claim_events, stops_for
+from claudecluster.domain.branches import integration_branch
 from claudecluster.domain.graph import TaskGraph
 from claudecluster.domain.lifecycle import RunState, TaskState
+from claudecluster.events import event_ids as ids
 from claudecluster.events.envelope import StoredEvent, wrap_command, wrap_event
 from claudecluster.events.model import (
-    CancelTask,
     Event,
     FailureClass,
     MergeConflict,
@@ -276,11 +277,11 @@ class SimulatedCluster:
                     run_id=submitted.run_id,
                     tasks=submitted.plan,
                     base_commit="c0",
-                    integration_branch=f"claudecluster/{submitted.run_id}",
+                    integration_branch=integration_branch(submitted.run_id),
                 )
                 self._graphs[submitted.run_id] = TaskGraph.build(submitted.plan)
                 self._merged[submitted.run_id] = set()
-                seq = self._append(event, f"planned-{submitted.run_id}", None)
+                seq = self._append(event, ids.run_planned_id(submitted.run_id), None)
             case Dispatch():
                 seq = self._dispatch(effect)
             case Merge():
@@ -294,7 +295,7 @@ class SimulatedCluster:
                     if seq is None or isinstance(self.log[-1].envelope.payload, MergeConflict):
                         break
             case Verify():
-                seq = self._append(effect.done, f"completed-{effect.run_id}", None)
+                seq = self._append(effect.done, ids.run_completed_id(effect.run_id), None)
             case Rollback():
                 seq = self._append(effect.event, effect.event_id, None)
             case PublishCommand():
@@ -323,7 +324,7 @@ class SimulatedCluster:
                 policy=effect.on_conflict,
             )  # fmt: skip
             return self._append(
-                event, f"conflict-{effect.run_id}-{effect.task_id}-{effect.attempt}",
+                event, ids.merge_conflict_id(effect.run_id, effect.task_id, effect.attempt),
                 effect.expected_last,
             )  # fmt: skip
         self._commit += 1
@@ -335,7 +336,9 @@ class SimulatedCluster:
             integration_branch=effect.integration_branch,
         )
         return self._append(
-            event, f"merged-{effect.run_id}-{effect.task_id}-{effect.attempt}", effect.expected_last
+            event,
+            ids.task_merged_id(effect.run_id, effect.task_id, effect.attempt),
+            effect.expected_last,
         )
 
     # -- the workers ---------------------------------------------------------------------
@@ -343,20 +346,20 @@ class SimulatedCluster:
     def _cancel(self, effect: PublishCommand) -> int:
         """A worker running the task stops it and records that, as real workers do."""
         command = effect.command
-        if isinstance(command, CancelTask):
-            for worker in self._workers:
-                if worker.alive and worker.busy and worker.busy[:2] == (
-                    command.run_id, command.task_id,
-                ):  # fmt: skip
-                    run_id, task_id, attempt = worker.busy
-                    worker.busy = None
-                    self._append(
-                        TaskCancelled(run_id=run_id, task_id=task_id, attempt=attempt,
-                                      reason=command.reason),
-                        f"cancelled-{run_id}-{task_id}-{attempt}",
-                        self._scopes.get(f"cc.evt.{run_id}.{task_id}.>", 0),
-                    )  # fmt: skip
-                    self._at(0.0, self._assign)
+        for worker in self._workers:
+            if not worker.alive or worker.busy is None:
+                continue
+            run_id, task_id, attempt = worker.busy
+            # Each worker decides for itself what the command stops, as real ones do.
+            stops = stops_for(command, (task_key(run_id, task_id),), worker.worker_id)
+            for _, reason in stops.attempts:
+                worker.busy = None
+                self._append(
+                    TaskCancelled(run_id=run_id, task_id=task_id, attempt=attempt, reason=reason),
+                    f"cancelled-{run_id}-{task_id}-{attempt}",
+                    self._scopes.get(f"cc.evt.{run_id}.{task_id}.>", 0),
+                )
+                self._at(0.0, self._assign)
         return len(self.log)
 
     def _heartbeat(self, worker: _Worker) -> None:
@@ -408,21 +411,14 @@ class SimulatedCluster:
             self._at(0.0, self._assign)
             return
         live = decision.attempt
-        if decision.action == "take_over":
-            seq = self._append(
-                TaskQueued(run_id=run_id, task_id=task_id, attempt=live),
-                f"takeover-{run_id}-{task_id}-{live}", self._scopes.get(scope, 0),
-            )  # fmt: skip
-            if seq is None:
+        # The claim the real worker records, each append conditional on the one before.
+        ids = {TaskQueued: "takeover", TaskAssigned: "assigned"}
+        claim = claim_events(decision, run_id=run_id, task_id=task_id, worker_id=worker.worker_id)
+        for event in claim:
+            event_id = f"{ids[type(event)]}-{run_id}-{task_id}-{live}"
+            if self._append(event, event_id, self._scopes.get(scope, 0)) is None:
                 self._at(0.0, self._assign)
                 return
-        seq = self._append(
-            TaskAssigned(run_id=run_id, task_id=task_id, attempt=live, worker_id=worker.worker_id),
-            f"assigned-{run_id}-{task_id}-{live}", self._scopes.get(scope, 0),
-        )  # fmt: skip
-        if seq is None:
-            self._at(0.0, self._assign)
-            return
         self._attempts += 1
         worker.busy = (run_id, task_id, live)
         self._append(

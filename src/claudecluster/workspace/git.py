@@ -32,7 +32,7 @@ from typing import Final
 
 import anyio
 
-from claudecluster.errors import WorkspaceError
+from claudecluster.errors import UnsupportedRepositoryError, WorkspaceError
 
 __all__ = [
     "FileChange",
@@ -54,7 +54,6 @@ __all__ = [
     "segment_bundle",
     "snapshot_worktree",
     "uncommitted_paths",
-    "task_branch",
 ]
 
 _GIT_TIMEOUT_S: Final = 120.0
@@ -68,11 +67,6 @@ class FileChange:
     path: str
     added: int | None
     deleted: int | None
-
-
-def task_branch(run_id: str, task_id: str) -> str:
-    """The branch a task's work is committed on."""
-    return f"claudecluster/{run_id}/{task_id}"
 
 
 #: Settings that make git start a program, fixed on the command line (which outranks
@@ -331,7 +325,8 @@ async def refuse_unsupported(repo: Path, commit: str) -> None:
     pointer files. Better to say so before any work starts.
 
     Raises:
-        WorkspaceError: the tree has submodules or LFS-tracked files (named), or git failed.
+        UnsupportedRepositoryError: the tree has submodules or LFS-tracked files (named).
+        WorkspaceError: git failed.
     """
     listing = await git(repo, "ls-tree", "-r", "-z", "--full-tree", commit, time_limit=600)
     gitlinks = [
@@ -341,7 +336,7 @@ async def refuse_unsupported(repo: Path, commit: str) -> None:
     ]
     if gitlinks:
         shown = ", ".join(gitlinks[:5]) + (" ..." if len(gitlinks) > 5 else "")
-        raise WorkspaceError(
+        raise UnsupportedRepositoryError(
             f"the base {commit[:12]} has submodules ({shown}), which workers cannot check "
             "out: run on a branch without them, or vendor their files into the repository"
         )
@@ -351,7 +346,7 @@ async def refuse_unsupported(repo: Path, commit: str) -> None:
     )  # fmt: skip
     if code == 0 and out.strip():
         files = ", ".join(line.split(":", 1)[-1] for line in out.split())
-        raise WorkspaceError(
+        raise UnsupportedRepositoryError(
             f"the base {commit[:12]} tracks files with Git LFS ({files} says filter=lfs); "
             "workers would get pointer files, not the contents: run on a branch without "
             "LFS-tracked files (git lfs migrate export turns them into plain files)"
