@@ -207,3 +207,17 @@ def test_live_registry_entries_overlay_active_workers_only_and_never_go_back_in_
     assert "w9" not in workers
     stale = [WorkerLiveness(worker_id="w1", at=joined_at - timedelta(seconds=1))]
     assert with_liveness(view.workers, stale)["w1"] == view.workers["w1"]
+
+
+def test_later_queued_tasks_keep_a_running_run_running_and_a_submitted_one_is_unmoved() -> None:
+    log = _planned("a", "b")
+    log.emit(TaskQueued(run_id="r1", task_id="a"))
+    log.emit(TaskQueued(run_id="r1", task_id="b"))
+    view = _view(log)
+    assert view.runs["r1"].state is RunState.RUNNING
+    assert view.anomaly_count == 0
+    early = LogBuilder()
+    early.emit(RunSubmitted(run_id="r2", goal="goal", repo="/repo"))
+    early.emit(TaskQueued(run_id="r2", task_id="a"))
+    # Not the run's to report (the tasks projection names the unknown task), and unmoved.
+    assert _view(early).runs["r2"].state is RunState.SUBMITTED

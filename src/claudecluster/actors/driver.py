@@ -43,7 +43,13 @@ from claudecluster.actors import collisions
 from claudecluster.actors.merging import resolution_note, stop_reason
 from claudecluster.domain.graph import TaskGraph
 from claudecluster.domain.kinds import KIND_PROFILES
-from claudecluster.domain.lifecycle import RunState, TaskState
+from claudecluster.domain.lifecycle import (
+    ACTIVE_TASK_STATES,
+    HELD_TASK_STATES,
+    OPEN_RUN_STATES,
+    RunState,
+    TaskState,
+)
 from claudecluster.domain.submission import DEFAULT_MAX_TASKS, submission_problem
 from claudecluster.errors import GraphError
 from claudecluster.events import event_ids as ids
@@ -110,14 +116,14 @@ __all__ = [
     "retry_limits",
 ]
 
-_ACTIVE: Final = frozenset({TaskState.QUEUED, TaskState.ASSIGNED, TaskState.RUNNING})
+_ACTIVE: Final = ACTIVE_TASK_STATES
 # A worker holds these attempts: it stops the agent on a cancel and records it. A queued
 # attempt is still only a message, so the driver records its cancellation; a worker that
 # takes the message later finds the task cancelled and drops it (its claim is
 # conditional on the history it read, so the two cannot both win).
-_HELD_BY_WORKER: Final = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
+_HELD_BY_WORKER: Final = HELD_TASK_STATES
 _DONE: Final = frozenset({TaskState.MERGED, TaskState.SKIPPED, TaskState.CANCELLED})
-_OPEN_RUN: Final = frozenset({RunState.SUBMITTED, RunState.PLANNED, RunState.RUNNING})
+_OPEN_RUN: Final = OPEN_RUN_STATES
 _DEFAULT_MAX_TURNS: Final = 30
 _DEFAULT_WALL_TIME_S: Final = 1800.0
 

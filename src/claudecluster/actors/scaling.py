@@ -13,13 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from claudecluster.domain.lifecycle import RunState, TaskState
+from claudecluster.domain.lifecycle import HELD_TASK_STATES, OPEN_RUN_STATES, TaskState
 from claudecluster.projections.cluster import ClusterView
 
 __all__ = ["ScaleDecision", "ScalePolicy", "decide_scale"]
-
-_OPEN_RUNS = frozenset({RunState.PLANNED, RunState.RUNNING})
-_HELD = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +105,10 @@ def _free_slots(view: ClusterView, pool: str) -> int:
     }
     held = dict.fromkeys(active, 0)
     for run in view.runs.values():
-        if run.state not in _OPEN_RUNS:
+        if run.state not in OPEN_RUN_STATES:
             continue
         for task in view.tasks_of(run.run_id):
-            if task.state in _HELD and task.worker_id in held:
+            if task.state in HELD_TASK_STATES and task.worker_id in held:
                 held[task.worker_id] += 1
     return sum(
         max(0, min(worker.slots_free, worker.slots - held[worker_id]))
@@ -124,7 +121,7 @@ def _waiting(view: ClusterView, pool: str) -> int:
     return sum(
         1
         for run in view.runs.values()
-        if run.state in _OPEN_RUNS
+        if run.state in OPEN_RUN_STATES
         for task in view.tasks_of(run.run_id)
         if task.state is TaskState.QUEUED and task.pool == pool
     )

@@ -26,7 +26,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from claudecluster.domain.lifecycle import TaskState
+from claudecluster.domain.lifecycle import HELD_TASK_STATES, TaskState
 from claudecluster.domain.network import allowance_problem
 from claudecluster.domain.outcome import Outcome
 from claudecluster.errors import LocalError, WorkspaceSetupError
@@ -71,8 +71,6 @@ __all__ = [
 #: ``bypassPermissions``: a work item must not be able to switch Claude Code's checks off.
 DEFAULT_PERMISSION_MODES: Final = ("default", "acceptEdits", "plan")
 
-_RUNNING_STATES: Final = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
-
 
 class Admission(msgspec.Struct, frozen=True, kw_only=True):
     """What to do with a delivered work item.
@@ -107,7 +105,7 @@ def admit(task: TaskView | None, item_attempt: int) -> Admission:
         )
     if task.state is TaskState.QUEUED:
         return Admission(action="run", attempt=item_attempt, reason="queued")
-    if task.state in _RUNNING_STATES:
+    if task.state in HELD_TASK_STATES:
         return Admission(
             action="take_over",
             attempt=item_attempt + 1,

@@ -21,7 +21,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from claudecluster.domain.lifecycle import TaskState
+from claudecluster.domain.lifecycle import FINISHED_TASK_STATES, TaskState
 from claudecluster.errors import CommandRefusedError, DriverUnavailableError
 from claudecluster.events.envelope import StoredEvent
 from claudecluster.events.model import (
@@ -258,7 +258,7 @@ class _LiveTable:
                 task.task_id, _styled(task.state), str(task.attempt or ""), task.worker_id or "",
                 elapsed, str(task.turns or ""), f"${task.cost_usd:.4f}" if task.cost_usd else "",
             )  # fmt: skip
-        done = sum(1 for t in tasks if t.state.terminal or t.state is TaskState.FAILED)
+        done = sum(1 for t in tasks if t.state in FINISHED_TASK_STATES)
         bar = ProgressBar(total=max(len(tasks), 1), completed=done, width=40)
         return Group(table, Text(f"{done}/{len(tasks)} tasks done "), bar)
 

@@ -1,4 +1,5 @@
-"""The lifecycles of a task and of a run, each as one transition table.
+"""The lifecycles of a task, a run and a worker, each as one transition table, and the
+one home of the sets of open, active, held and finished states every part uses.
 
 A table maps ``(state, event tag) -> next state``. A pair that is not in the table is an
 event that does not fit the entity's history (a late result, a duplicate from an old
@@ -16,20 +17,32 @@ Task states (the main paths; TASK_TRANSITIONS below is the whole truth)::
     queued/assigned/running -> queued (a new attempt after a lost worker)
     queued/assigned/running -> preempted -> queued (stopped early for a predicted
         collision, queued again once the earlier task merged) | cancelled
+
+Runs: ``submitted -> planned -> running -> completed | failed | cancelled -> rolled_back``;
+the first ``task.queued`` of a planned run is what makes it running. Workers:
+``active -> left | lost``, and a join makes any worker active again.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Final
+from typing import Final, Literal
 
 __all__ = [
+    "ACTIVE_TASK_STATES",
+    "FINISHED_RUN_STATES",
+    "FINISHED_TASK_STATES",
+    "HELD_TASK_STATES",
+    "OPEN_RUN_STATES",
     "RUN_TRANSITIONS",
     "TASK_TRANSITIONS",
+    "WORKER_TRANSITIONS",
     "RunState",
     "TaskState",
+    "WorkerState",
     "next_run_state",
     "next_task_state",
+    "next_worker_state",
 ]
 
 
@@ -56,6 +69,11 @@ class TaskState(StrEnum):
         """No further event is expected for this task (short of a rollback)."""
         return self in _TERMINAL_TASK_STATES
 
+    @property
+    def finished(self) -> bool:
+        """In :data:`FINISHED_TASK_STATES`: done with, for progress and reports."""
+        return self in FINISHED_TASK_STATES
+
 
 _TERMINAL_TASK_STATES: Final = frozenset(
     {TaskState.CANCELLED, TaskState.SKIPPED, TaskState.MERGED, TaskState.REVERTED}
@@ -73,9 +91,44 @@ class RunState(StrEnum):
     CANCELLED = "cancelled"
     ROLLED_BACK = "rolled_back"
 
+    @property
+    def open(self) -> bool:
+        """In :data:`OPEN_RUN_STATES`: the run has not ended."""
+        return self in OPEN_RUN_STATES
+
+
+#: Where a worker is: serving (``active``), gone by its own say (``left``) or declared
+#: gone by the driver (``lost``). A string literal, as the views and their JSON carry it.
+WorkerState = Literal["active", "left", "lost"]
+
+WORKER_TRANSITIONS: Final[dict[tuple[WorkerState, str], WorkerState]] = {
+    # A worker that joins again (a restart with the same id) is active again.
+    ("active", "worker.joined"): "active",
+    ("left", "worker.joined"): "active",
+    ("lost", "worker.joined"): "active",
+    ("active", "worker.heartbeat"): "active",
+    ("active", "worker.left"): "left",
+    ("active", "worker.lost"): "lost",
+}
+
 
 _T = TaskState
-_ACTIVE: Final = (_T.QUEUED, _T.ASSIGNED, _T.RUNNING)
+_R = RunState
+
+#: An attempt is under way: queued for a worker, assigned to one, or running on it.
+ACTIVE_TASK_STATES: Final[frozenset[TaskState]] = frozenset({_T.QUEUED, _T.ASSIGNED, _T.RUNNING})
+#: A worker holds the attempt (it occupies one of that worker's slots).
+HELD_TASK_STATES: Final[frozenset[TaskState]] = frozenset({_T.ASSIGNED, _T.RUNNING})
+#: Nothing more will happen to the task in this run unless a retry or a rollback is decided:
+#: the terminal states and ``failed`` (which the driver retries or gives up on). What
+#: progress counts as done.
+FINISHED_TASK_STATES: Final[frozenset[TaskState]] = frozenset({*_TERMINAL_TASK_STATES, _T.FAILED})
+#: The run has not ended: it may still plan, queue, run and merge tasks.
+OPEN_RUN_STATES: Final[frozenset[RunState]] = frozenset({_R.SUBMITTED, _R.PLANNED, _R.RUNNING})
+#: The run has ended (a rollback may still move its branch back).
+FINISHED_RUN_STATES: Final[frozenset[RunState]] = frozenset(set(RunState) - OPEN_RUN_STATES)
+
+_ACTIVE: Final = sorted(ACTIVE_TASK_STATES)
 
 TASK_TRANSITIONS: Final[dict[tuple[TaskState, str], TaskState]] = {
     (_T.PENDING, "task.queued"): _T.QUEUED,
@@ -113,13 +166,13 @@ TASK_TRANSITIONS: Final[dict[tuple[TaskState, str], TaskState]] = {
     (_T.MERGED, "run.rolled_back"): _T.REVERTED,
 }
 
-_R = RunState
-
 RUN_TRANSITIONS: Final[dict[tuple[RunState, str], RunState]] = {
     (_R.SUBMITTED, "run.planned"): _R.PLANNED,
     (_R.SUBMITTED, "run.failed"): _R.FAILED,
     (_R.SUBMITTED, "run.cancelled"): _R.CANCELLED,
+    # The first task queued starts a planned run; the next ones find it running.
     (_R.PLANNED, "task.queued"): _R.RUNNING,
+    (_R.RUNNING, "task.queued"): _R.RUNNING,
     (_R.PLANNED, "run.completed"): _R.COMPLETED,
     (_R.PLANNED, "run.failed"): _R.FAILED,
     (_R.PLANNED, "run.cancelled"): _R.CANCELLED,
@@ -141,3 +194,8 @@ def next_task_state(state: TaskState, tag: str) -> TaskState | None:
 def next_run_state(state: RunState, tag: str) -> RunState | None:
     """The run's state after an event with wire tag ``tag``, or None if it does not fit."""
     return RUN_TRANSITIONS.get((state, tag))
+
+
+def next_worker_state(state: WorkerState, tag: str) -> WorkerState | None:
+    """The worker's state after an event with wire tag ``tag``, or None if it does not fit."""
+    return WORKER_TRANSITIONS.get((state, tag))

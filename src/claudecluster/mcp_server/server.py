@@ -33,6 +33,7 @@ from pydantic import Field
 from starlette.requests import Request
 
 from claudecluster.auth import Principal, Scope, holds_scope
+from claudecluster.domain.lifecycle import FINISHED_RUN_STATES, FINISHED_TASK_STATES
 from claudecluster.errors import (
     ClusterError,
     GraphError,
@@ -75,8 +76,6 @@ __all__ = [
 
 SERVER_NAME: Final = "claudecluster"
 LOG_LEVELS: Final[tuple[str, ...]] = get_args(mcp_types.LoggingLevel)
-_FINISHED_RUN_STATES: Final = frozenset({"completed", "failed", "cancelled", "rolled_back"})
-_FINISHED_TASK_STATES: Final = frozenset({"merged", "skipped", "cancelled", "failed"})
 _MAX_WAIT_S: Final = 6 * 3600.0
 _T = TypeVar("_T")
 #: Where an HTTP request's :class:`~claudecluster.auth.Principal` travels to the tools (in
@@ -220,7 +219,7 @@ def build_mcp_server(
                     await door.wait_caught_up(stored.seq)
                     run = door.run(run_id)
                     tasks = door.view.tasks_of(run_id)
-                    finished = sum(1 for t in tasks if t.state.value in _FINISHED_TASK_STATES)
+                    finished = sum(1 for t in tasks if t.state in FINISHED_TASK_STATES)
                     for task in tasks:
                         if seen.get(task.task_id) != task.state.value:
                             seen[task.task_id] = task.state.value
@@ -231,7 +230,7 @@ def build_mcp_server(
                             len(tasks) or None,
                             f"{run_id} {run.state.value}: {finished}/{len(tasks)} tasks finished",
                         )
-                    if run.state.value in _FINISHED_RUN_STATES:
+                    if run.state in FINISHED_RUN_STATES:
                         break
         run = door.run(run_id)
         return run_result(run, door.view.tasks_of(run_id))
@@ -457,7 +456,7 @@ def build_mcp_server(
         lines = []
         for run in door.runs():
             tasks = door.view.tasks_of(run.run_id)
-            done = sum(1 for t in tasks if t.state.value in _FINISHED_TASK_STATES)
+            done = sum(1 for t in tasks if t.state in FINISHED_TASK_STATES)
             lines.append(f"{run.run_id}\t{run.state.value}\t{done}/{len(tasks)}\t{run.goal}")
         return "\n".join(lines) + "\n" if lines else "no runs yet\n"
 

@@ -13,13 +13,11 @@ from datetime import datetime
 import msgspec
 
 from claudecluster.domain.kinds import KIND_PROFILES, READ_ONLY_TOOLS
-from claudecluster.domain.lifecycle import TaskState
+from claudecluster.domain.lifecycle import FINISHED_TASK_STATES, TaskState
 from claudecluster.events.model import TokenUsage
 from claudecluster.projections.cluster import ClusterView
 
 __all__ = ["RunProgress", "merge_warnings", "preemptions", "run_progress"]
-
-_FINISHED = frozenset({TaskState.MERGED, TaskState.SKIPPED, TaskState.CANCELLED, TaskState.FAILED})
 
 
 class RunProgress(msgspec.Struct, frozen=True, kw_only=True):
@@ -62,7 +60,7 @@ def run_progress(view: ClusterView, run_id: str, now: datetime) -> RunProgress |
         if t.started_at is not None and t.finished_at is not None
     ]
     mean = sum(durations) / len(durations) if durations else None
-    open_ids = {t.task_id for t in tasks if t.state not in _FINISHED}
+    open_ids = {t.task_id for t in tasks if t.state not in FINISHED_TASK_STATES}
     dependents: dict[str, list[str]] = {task_id: [] for task_id in open_ids}
     for task in tasks:
         if task.task_id in open_ids:
@@ -90,7 +88,7 @@ def run_progress(view: ClusterView, run_id: str, now: datetime) -> RunProgress |
         run_id=run_id,
         state=run.state.value,
         total=len(tasks),
-        finished=sum(1 for t in tasks if t.state in _FINISHED),
+        finished=sum(1 for t in tasks if t.state in FINISHED_TASK_STATES),
         counts=counts,
         elapsed_s=max((end - run.submitted_at).total_seconds(), 0.0),
         remaining_path=remaining,

@@ -64,12 +64,14 @@ def apply_runs(runs: Runs, envelope: EventEnvelope) -> tuple[Runs, str | None]:
             )
             return runs.set(event.run_id, view), None
         case TaskQueued():
-            # The first queued task moves a planned run to running; later ones change nothing.
-            # An unknown run is reported once, by the tasks projection.
+            # The first queued task moves a planned run to running (the lifecycle table
+            # says so); later ones change nothing. A task queued where the table has no row
+            # is not the run's anomaly: the tasks projection reports it, once.
             run = runs.get(event.run_id)
-            if run is None or run.state is not RunState.PLANNED:
+            target = None if run is None else next_run_state(run.state, "task.queued")
+            if run is None or target is None or target is run.state:
                 return runs, None
-            return runs.set(run.run_id, msgspec.structs.replace(run, state=RunState.RUNNING)), None
+            return runs.set(run.run_id, msgspec.structs.replace(run, state=target)), None
         case TaskMerged():
             run = runs.get(event.run_id)
             if run is None or run.state is not RunState.RUNNING:

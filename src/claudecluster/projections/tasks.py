@@ -13,7 +13,7 @@ from typing import Final, get_args
 import msgspec
 from immutables import Map
 
-from claudecluster.domain.lifecycle import TaskState, next_task_state
+from claudecluster.domain.lifecycle import HELD_TASK_STATES, TaskState, next_task_state
 from claudecluster.events.envelope import EventEnvelope
 from claudecluster.events.model import (
     Event,
@@ -135,7 +135,6 @@ def _attempt_problem(task: TaskView, event: TaskEvent) -> str | None:
 #: sign: a forgery (or a bug), refused, and not billed.
 NOT_THE_HOLDER: Final = "refused: not from the worker holding the attempt"
 
-_HELD: Final = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
 #: Events that move a held attempt or the driver's decisions, so only its holder may
 #: record them. Progress is signed too but not checked: it moves nothing, and there is a
 #: lot of it (the check costs an encode and an ed25519 verification per event).
@@ -149,7 +148,7 @@ def _holder_problem(task: TaskView, envelope: EventEnvelope) -> str | None:
     only when they are signed with that key; one claimed without (an older worker, an
     older log) is not checked.
     """
-    if not task.worker_key or task.state not in _HELD:
+    if not task.worker_key or task.state not in HELD_TASK_STATES:
         return None
     if not isinstance(envelope.payload, _HOLDER_EVENTS):
         return None

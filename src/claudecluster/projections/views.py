@@ -12,16 +12,13 @@ collection would otherwise walk.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
 
 import msgspec
 
-from claudecluster.domain.lifecycle import RunState, TaskState
+from claudecluster.domain.lifecycle import RunState, TaskState, WorkerState
 from claudecluster.events.model import FailureClass, TaskKind, TokenUsage
 
 __all__ = ["Anomaly", "CostView", "RunView", "TaskView", "WorkerState", "WorkerView", "task_key"]
-
-WorkerState = Literal["active", "left", "lost"]
 
 
 def task_key(run_id: str, task_id: str) -> str:

@@ -8,6 +8,7 @@ from typing import Final
 import msgspec
 from immutables import Map
 
+from claudecluster.domain.lifecycle import next_worker_state
 from claudecluster.events.envelope import EventEnvelope
 from claudecluster.events.liveness import WorkerLiveness
 from claudecluster.events.model import (
@@ -61,7 +62,7 @@ def apply_workers(workers: Workers, envelope: EventEnvelope) -> tuple[Workers, s
             if known is None:
                 # The log may start after the join (a trimmed or filtered stream): adopt it.
                 known = WorkerView(worker_id=event.worker_id, joined_at=None)
-            elif known.state != "active":
+            elif next_worker_state(known.state, "worker.heartbeat") is None:
                 return workers, f"heartbeat from worker {event.worker_id!r} that is {known.state}"
             view = msgspec.structs.replace(
                 known,
@@ -77,9 +78,9 @@ def apply_workers(workers: Workers, envelope: EventEnvelope) -> tuple[Workers, s
             known = workers.get(event.worker_id)
             if known is None:
                 return workers, f"worker {event.worker_id!r} never joined"
-            if known.state != "active":
+            state = next_worker_state(known.state, str(type(event).__struct_config__.tag))
+            if state is None:
                 return workers, f"worker {event.worker_id!r} is already {known.state}"
-            state = "left" if isinstance(event, WorkerLeft) else "lost"
             view = msgspec.structs.replace(
                 known, state=state, running_tasks=(), slots_free=0, reason=event.reason
             )

@@ -49,7 +49,12 @@ from claudecluster.actors.driver import (
 from claudecluster.actors.worker import admit, claim_events, stops_for
 from claudecluster.domain.branches import integration_branch
 from claudecluster.domain.graph import TaskGraph
-from claudecluster.domain.lifecycle import RunState, TaskState
+from claudecluster.domain.lifecycle import (
+    FINISHED_TASK_STATES,
+    OPEN_RUN_STATES,
+    RunState,
+    TaskState,
+)
 from claudecluster.events import event_ids as ids
 from claudecluster.events.envelope import StoredEvent, wrap_command, wrap_event
 from claudecluster.events.model import (
@@ -518,9 +523,7 @@ class SimulatedCluster:
         deadline = EPOCH + timedelta(seconds=limit_s)
         while self._timers:
             run = self.state.view.runs.get(run_id)
-            if run is not None and run.state not in (
-                RunState.SUBMITTED, RunState.PLANNED, RunState.RUNNING,
-            ):  # fmt: skip
+            if run is not None and run.state not in OPEN_RUN_STATES:
                 break
             when, _, action = heapq.heappop(self._timers)
             if when > deadline:
@@ -537,12 +540,7 @@ class SimulatedCluster:
     def _report(self, run_id: str) -> SimulationReport:
         run = self.state.view.runs[run_id]
         tasks = self.state.view.tasks_of(run_id)
-        unfinished = [
-            t.task_id
-            for t in tasks
-            if t.state
-            not in (TaskState.MERGED, TaskState.SKIPPED, TaskState.CANCELLED, TaskState.FAILED)
-        ]
+        unfinished = [t.task_id for t in tasks if t.state not in FINISHED_TASK_STATES]
         if run.state is RunState.COMPLETED and unfinished:
             raise InvariantBrokenError(f"run completed with unfinished tasks {unfinished[:5]}")
         graph = self._graphs[run_id]
