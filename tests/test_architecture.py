@@ -2,13 +2,17 @@
 
 events <- domain <- projections <- actors <- runtime <- {cli, gateway, mcp_server};
 transport depends only on events (and on cross-cutting observability and config helpers).
-The pure layers never import an I/O library, read the clock or start processes.
+The pure layers never import an I/O library, read the clock or start processes; and, since
+an import check cannot see ``datetime.now()`` or ``open()`` (``datetime`` and the builtins
+are no I/O libraries), an AST walk also refuses every reach for the clock, randomness, the
+environment or the file system in them: those are handed in (``now``, ids) by the shells.
 """
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Final
 
 import pytest
 
@@ -68,6 +72,66 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
+#: Names that read the clock, draw randomness or read the environment, wherever they are
+#: used (called, or handed on as a default factory).
+FORBIDDEN_NAMES: Final = {
+    "clock": {
+        "datetime.now", "datetime.utcnow", "datetime.today", "date.today",
+        "datetime.datetime.now", "datetime.datetime.utcnow", "datetime.date.today",
+        "time.time", "time.time_ns", "time.monotonic", "time.monotonic_ns",
+        "time.perf_counter", "time.perf_counter_ns",
+    },
+    "randomness": {"uuid4", "uuid1", "uuid.uuid4", "uuid.uuid1", "os.urandom", "urandom"},
+    "environment": {"os.environ", "os.getenv", "os.putenv", "environ", "getenv"},
+    "files": {"open", "io.open", "Path.cwd", "Path.home"},
+}  # fmt: skip
+#: Modules any use of which is randomness.
+RANDOM_MODULES: Final = ("random", "secrets")
+#: Methods that touch the file system (``Path``'s): forbidden as calls on anything.
+FILE_METHODS: Final = frozenset(
+    {
+        "read_text", "write_text", "read_bytes", "write_bytes", "open", "mkdir", "unlink",
+        "rmdir", "touch", "iterdir", "glob", "rglob", "stat", "exists", "is_file", "is_dir",
+        "expanduser", "resolve", "chmod", "symlink_to", "hardlink_to",
+    }
+)  # fmt: skip
+
+
+def _dotted(node: ast.expr) -> str | None:
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def _forbidden_uses(path: Path) -> set[str]:
+    """Every use of the clock, randomness, the environment or files, as "line: kind name"."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute | ast.Name) and isinstance(node.ctx, ast.Load):
+            name = _dotted(node)
+            if name is None:
+                continue
+            for kind, names in FORBIDDEN_NAMES.items():
+                # A dotted name matches at the end too: ``dt.datetime.now`` after an alias.
+                if name in names or any("." in n and name.endswith(f".{n}") for n in names):
+                    found.add(f"{node.lineno}: {kind} {name}")
+            if name.split(".")[0] in RANDOM_MODULES and "." in name:
+                found.add(f"{node.lineno}: randomness {name}")
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in FILE_METHODS
+        ):
+            found.add(f"{node.lineno}: files .{node.func.attr}()")
+    return found
+
+
 def _modules(layer: str) -> list[Path]:
     return sorted((PACKAGE / layer).rglob("*.py"))
 
@@ -81,6 +145,46 @@ def test_pure_layers_import_no_io_library(layer: str) -> None:
         if name.split(".")[0] in IO_MODULES
     }
     assert not offenders, sorted(offenders)
+
+
+@pytest.mark.parametrize("layer", PURE_LAYERS)
+def test_pure_layers_read_no_clock_randomness_environment_or_file(layer: str) -> None:
+    offenders = sorted(
+        f"{path.relative_to(PACKAGE)}:{use}"
+        for path in _modules(layer)
+        for use in _forbidden_uses(path)
+    )
+    assert not offenders, offenders
+
+
+def test_the_checker_catches_every_kind_of_forbidden_use(tmp_path: Path) -> None:
+    # Guard against a test that cannot fail: each form must be seen, and pure code not.
+    module = tmp_path / "bad.py"
+    module.write_text(
+        "import datetime as dt\n"
+        "from datetime import datetime\n"
+        "a = datetime.now()\n"
+        "b = dt.datetime.now(tz)\n"
+        "c = time.monotonic()\n"
+        "d = uuid.uuid4().hex\n"
+        "e = random.choice(xs)\n"
+        "f = secrets.token_hex(8)\n"
+        "g = os.environ['HOME']\n"
+        "h = os.getenv('HOME')\n"
+        "with open('x') as i: pass\n"
+        "j = Path('x').read_text()\n"
+        "k = field(default_factory=datetime.now)\n"
+        "path.write_bytes(b'')\n"
+        "def pure(now, ids):\n"
+        "    return msgspec.structs.replace(x, at=now, id=next(ids)).value.replace('a', 'b')\n",
+        encoding="utf-8",
+    )
+    found = _forbidden_uses(module)
+    assert {use.split(":")[0] for use in found} == {str(n) for n in range(3, 15)}
+    assert "3: clock datetime.now" in found
+    assert "7: randomness random.choice" in found
+    assert "11: files open" in found
+    assert "12: files .read_text()" in found
 
 
 @pytest.mark.parametrize("layer", sorted(ALLOWED_INTERNAL))

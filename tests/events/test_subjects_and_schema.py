@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from claudecluster.cli.events_cmd import write_schemas
 from claudecluster.errors import InvalidIdError
 from claudecluster.events import (
     COMMAND_TYPES,
@@ -24,7 +25,7 @@ from claudecluster.events import (
     worker_filter,
 )
 from claudecluster.events.model import DriverEvent, DriverLeaseTaken, Event
-from claudecluster.events.schema import render_schemas, write_schemas
+from claudecluster.events.schema import render_schemas
 from claudecluster.events.subjects import DRIVER_FENCE, check_id, scope_filter, subject_matches
 from tests.strategies import events
 

@@ -7,9 +7,28 @@ from pathlib import Path
 from rich.console import Console
 
 from claudecluster.cli.app import EXIT_FAILED, EXIT_OK, events_app
-from claudecluster.events.schema import render_schemas, write_schemas
+from claudecluster.events.schema import render_schemas
 
-__all__ = ["schema"]
+__all__ = ["schema", "write_schemas"]
+
+
+def write_schemas(out_dir: Path) -> list[Path]:
+    """Write every schema under ``out_dir`` and delete stale ones; return the paths written.
+
+    Raises:
+        OSError: the directory cannot be written.
+    """
+    rendered = render_schemas()
+    written: list[Path] = []
+    for rel, text in rendered.items():
+        target = out_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        written.append(target)
+    for stale in sorted(out_dir.rglob("*.json")):
+        if stale.relative_to(out_dir).as_posix() not in rendered:
+            stale.unlink()
+    return written
 
 
 @events_app.command

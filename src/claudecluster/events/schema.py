@@ -1,7 +1,9 @@
 """JSON Schema export of the catalogue, for tools written in other languages.
 
 The files under ``events/schema/`` are generated from the msgspec types, never edited by
-hand; a test regenerates them in memory and fails when the committed copy differs.
+hand; a test regenerates them in memory and fails when the committed copy differs. This
+module only renders them (a pure layer touches no file); ``claudecluster events schema``
+writes them.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -20,7 +21,7 @@ from claudecluster.events.model import CommandBase, EventBase
 from claudecluster.events.plan import PlanFile
 from claudecluster.events.subjects import COMMAND_PREFIX, EVENT_PREFIX
 
-__all__ = ["render_schemas", "write_schemas"]
+__all__ = ["render_schemas"]
 
 _BASE_ID = "https://claudecluster.dev/schema/"
 
@@ -100,22 +101,3 @@ def render_schemas() -> dict[str, str]:
             _schema_for(cls, cls.__name__, {"$id": _BASE_ID + path, "description": doc})
         )
     return files
-
-
-def write_schemas(out_dir: Path) -> list[Path]:
-    """Write every schema under ``out_dir`` and delete stale ones; return the paths written.
-
-    Raises:
-        OSError: the directory cannot be written.
-    """
-    rendered = render_schemas()
-    written: list[Path] = []
-    for rel, text in rendered.items():
-        target = out_dir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
-        written.append(target)
-    for stale in sorted(out_dir.rglob("*.json")):
-        if stale.relative_to(out_dir).as_posix() not in rendered:
-            stale.unlink()
-    return written
