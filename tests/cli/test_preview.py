@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import pty
+import select
 import subprocess
+import time
 from pathlib import Path
 
 import anyio
@@ -50,6 +52,10 @@ MODEL = Script.model_validate(
 )  # fmt: skip
 
 
+#: How long planning, the question and the run may take together on a loaded machine.
+_ANSWERED_WITHIN_S = 300
+
+
 def _env(url: str) -> dict[str, str]:
     return clean_env(ANTHROPIC_BASE_URL=url, ANTHROPIC_API_KEY="sk-scripted")
 
@@ -71,19 +77,30 @@ def _in_a_terminal(repo: Path, url: str, answer: bytes) -> tuple[int, str]:
     os.close(child)
     seen = b""
     answered = False
-    while True:
-        try:
-            chunk = os.read(main, 4096)
-        except OSError:  # the terminal closed: the command ended
-            break
-        if not chunk:
-            break
-        seen += chunk
-        if not answered and b"s[t]op?" in seen:
-            os.write(main, answer + b"\r")
-            answered = True
-    os.close(main)
-    return process.wait(timeout=300), seen.decode(errors="replace")
+    deadline = time.monotonic() + _ANSWERED_WITHIN_S
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([main], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # the terminal closed: the command ended
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if not answered and b"s[t]op?" in seen:
+                os.write(main, answer + b"\r")
+                answered = True
+        else:
+            raise AssertionError(f"the command neither asked nor ended:\n{seen.decode()[-2000:]}")
+        return process.wait(timeout=_ANSWERED_WITHIN_S), seen.decode(errors="replace")
+    finally:
+        os.close(main)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 async def test_a_dry_run_shows_the_plan_with_overlaps_and_the_estimate_and_starts_nothing(

@@ -14,6 +14,7 @@ import msgspec
 import yaml
 from rich.console import Console
 from rich.prompt import Prompt
+from rich.text import Text
 
 from claudecluster.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from claudecluster.cli.follow import Renderer, RunEnd, follow_run, renderer_for, submit_only
@@ -236,8 +237,9 @@ def _preview(
     if not yes:
         if not sys.stdin.isatty():
             raise ConfigError("yes", "flags", _NO_TERMINAL)
-        answer = Prompt.ask("[g]o, [s]ave the plan to edit, or s[t]op?",
-                            choices=["g", "s", "t"], default="g", console=console)  # fmt: skip
+        # Text, not markup: "[s]" would be rich's strike-through and vanish.
+        question = Text("[g]o, [s]ave the plan to edit, or s[t]op?")
+        answer = Prompt.ask(question, choices=["g", "s", "t"], default="g", console=console)
         if answer != "g":
             if answer == "s":
                 console.print(f"the plan is in {saved}; edit it, then run: claudecluster run "
