@@ -26,6 +26,8 @@ PACKAGE: Final = Path(__file__).resolve().parents[2] / "src" / "claudecluster"
 MODULES: Final[dict[Role, tuple[str, ...]]] = {
     "driver": (
         "actors/driver.py", "actors/merging.py", "actors/collisions.py", "actors/scaling.py",
+        "actors/merge_outcomes.py", "actors/work_items.py", "actors/lease.py",
+        "runtime/standby.py", "transport/fenced.py",
         "runtime/driver.py", "runtime/merge_queue.py", "runtime/autoscaler.py",
     ),
     "worker": (

@@ -486,11 +486,16 @@ _MODULES_OF_ROLE = {
         "actors/work_items.py",
         "actors/collisions.py",
         "actors/scaling.py",
+        "actors/merge_outcomes.py",
+        "actors/work_items.py",
+        "actors/lease.py",
+        "runtime/standby.py",
+        "transport/fenced.py",
     ),
 }
 _SURELY_MADE = {
     "worker": {"TaskStarted", "TaskSucceeded", "TaskProgress", "TaskFilesTouched"},
-    "driver": {"RunPlanned", "TaskQueued", "TaskMerged", "CollisionPredicted"},
+    "driver": {"RunPlanned", "TaskQueued", "TaskMerged", "CollisionPredicted", "DriverLeaseTaken"},
 }
 
 
@@ -521,6 +526,8 @@ def test_every_event_an_actor_records_is_one_its_role_may_publish(role: str) -> 
             subject = f"cc.evt.r1.t1.{tag}"
         elif issubclass(cls, model.RunEvent):
             subject = f"cc.evt.r1._.{tag}"
+        elif issubclass(cls, model.DriverEvent):
+            subject = f"cc.evt._driver.d1.{tag}"
         else:
             subject = f"cc.evt._workers.w1.{tag}"
         if not any(_nats_match(pattern, subject) for pattern in grant.publish):

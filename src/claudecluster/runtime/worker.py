@@ -830,17 +830,33 @@ class Worker:
         artifacts: tuple[ArtifactRef, ...] = ()
         if outcome.succeeded:
             outcome, artifacts = await self._collect(live, workspace, branch, outcome, objects)
-        await self._record_for(
-            live,
-            finished_event(
-                run_id=item.run_id,
-                task_id=item.task_id,
-                attempt=live.attempt,
-                worker_id=self.config.worker_id,
-                outcome=outcome,
-                artifacts=artifacts,
-            ),
-        )
+        try:
+            await self._record_for(
+                live,
+                finished_event(
+                    run_id=item.run_id,
+                    task_id=item.task_id,
+                    attempt=live.attempt,
+                    worker_id=self.config.worker_id,
+                    outcome=outcome,
+                    artifacts=artifacts,
+                ),
+            )
+        except Superseded:
+            # No event names what this attempt stored, so nothing would ever remove it
+            # (a run that ended meanwhile has cleaned its bundles already).
+            with anyio.CancelScope(shield=True):
+                await self._discard(artifacts)
+            raise
+
+    async def _discard(self, artifacts: tuple[ArtifactRef, ...]) -> None:
+        """Remove artifacts no recorded event names; one that cannot be is logged."""
+        for ref in artifacts:
+            try:
+                await self._artifacts.delete(ref.key)
+            except EventStoreError as error:
+                _log.warning("an unrecorded attempt's artifact was left in the store",
+                             key=ref.key, error=str(error))  # fmt: skip
 
     async def _report_touched(self, live: _Attempt, workspace: Path) -> None:
         """Report the files the attempt touched as they change (collision prediction)."""
