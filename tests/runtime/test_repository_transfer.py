@@ -90,11 +90,14 @@ async def test_the_second_run_on_a_host_moves_no_history_and_the_store_holds_it_
             assert history < stored[big[0]] + _MB  # fetched once, not once per worker
             first_bytes = history
             # The run's result bundles are removed once it ended; its diffstats stay.
-            with anyio.fail_after(CLEANUP_LIMIT_S):
+            left: list[str] = []
+            with anyio.move_on_after(CLEANUP_LIMIT_S):
                 while True:
-                    if not any(n.endswith("result.bundle") for n in await _stored(cluster)):
+                    left = [n for n in await _stored(cluster) if n.endswith("result.bundle")]
+                    if not left:
                         break
                     await anyio.sleep(0.1)
+            assert left == [], f"result bundles left after the run ended: {left}"
             # Every merged attempt's diffstat stays (a busy machine may have run a task
             # twice: the diffstats of attempts that did not merge may stay too).
             merged = [e for e in events if isinstance(e, TaskMerged) and e.run_id == "first"]
