@@ -393,7 +393,10 @@ class Worker:
                 slots=self.config.slots,
                 capabilities=_CAPABILITIES,
                 reason=self.config.join_reason,
-            )
+            ),
+            # A loaded server (a stream still electing its leader) may answer late: the
+            # same event again is deduplicated, and a worker must not die of one slow reply.
+            patience_s=_APPEND_PATIENCE_S,
         )
         await self._register()
         await anyio.to_thread.run_sync(_sweep_orphans, self.config.workspace_root)
