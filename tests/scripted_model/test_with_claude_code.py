@@ -151,15 +151,42 @@ async def test_the_command_line_server_serves_a_script_until_interrupted(tmp_pat
                "--script", str(script)]  # fmt: skip
     repo = _repo(tmp_path)
     async with await anyio.open_process(command) as process:
-        assert process.stdout is not None
-        output = ""
-        with anyio.fail_after(30):
-            while (found := re.search(r"http://127\.0\.0\.1:\d+", output)) is None:
-                output += (await process.stdout.receive()).decode()
-        url = found.group(0)
-        events = await run_claude(url, "[[task:hello]]", repo, tmp_path)
-        assert _result(events)["is_error"] is False
-        process.send_signal(signal.SIGINT)
-        with anyio.fail_after(30):
-            code = await process.wait()
+        try:
+            assert process.stdout is not None
+            output = ""
+            with anyio.fail_after(30):
+                while (found := re.search(r"http://127\.0\.0\.1:\d+", output)) is None:
+                    output += (await process.stdout.receive()).decode()
+            url = found.group(0)
+            events = await run_claude(url, "[[task:hello]]", repo, tmp_path)
+            assert _result(events)["is_error"] is False
+            process.send_signal(signal.SIGINT)
+            with anyio.fail_after(30):
+                code = await process.wait()
+        finally:
+            # Leaving the block waits for the process without a bound: a server that
+            # ignored the signal must fail this test, not hang the suite.
+            if process.returncode is None:
+                process.kill()
     assert code == 130  # interrupted, as documented
+
+
+async def test_the_command_line_server_stops_on_sigterm_with_exit_code_0(tmp_path: Path) -> None:
+    script = tmp_path / "script.yaml"
+    script.write_text(json.dumps({"tasks": [WRITE_THEN_DONE]}))
+    command = [str(Path(sys.executable).parent / "claudecluster"), "scripted-model",
+               "--script", str(script)]  # fmt: skip
+    async with await anyio.open_process(command) as process:
+        try:
+            assert process.stdout is not None
+            output = ""
+            with anyio.fail_after(30):
+                while "listening on" not in output:
+                    output += (await process.stdout.receive()).decode()
+            process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                code = await process.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+    assert code == 0

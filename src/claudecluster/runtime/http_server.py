@@ -2,13 +2,21 @@
 
 We bind the socket ourselves: uvicorn answers a taken port with ``sys.exit``, and a bound
 socket tells us the real port when 0 asked for a free one.
+
+uvicorn's own signal handling is switched off. Left on, it replaces the process's SIGINT
+and SIGTERM handlers while it serves, stops only itself on a signal, and then raises the
+signal again for whatever handler was there before: the command's own signal receiver
+never sees it while uvicorn serves, and a SIGINT re-raised into an anyio run could be
+absorbed by a task group and leave the process serving nothing, forever (seen in the
+scripted model's command). Signals belong to the command; it stops the server by leaving
+this context.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Final
 
 import anyio
@@ -18,6 +26,14 @@ from starlette.types import ASGIApp
 __all__ = ["open_http_server"]
 
 _READY_TIMEOUT_S: Final = 10.0
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves the process's signal handlers alone (see above)."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 @asynccontextmanager
@@ -46,7 +62,7 @@ async def open_http_server(app: ASGIApp, *, host: str, port: int) -> AsyncIterat
         # A request sleeping through a long wait must not hold up shutdown.
         timeout_graceful_shutdown=1,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(server.serve, [sock])
