@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import anyio.abc
 from rich.console import Console
 
 from claudecluster.actors.lease import LeaseConfig
@@ -19,6 +20,8 @@ from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor, redact_url
 from claudecluster.runtime.connection import configured_auth, open_jetstream_log
 from claudecluster.runtime.driver import Driver, DriverOptions
+from claudecluster.runtime.driver_health import DriverHealth, driver_health_app
+from claudecluster.runtime.http_server import open_http_server
 from claudecluster.runtime.sandboxing import NO_SANDBOX_NOTE, confinement_for
 from claudecluster.runtime.standby import StandbyDriver
 from claudecluster.settings import Settings, load_settings
@@ -34,6 +37,8 @@ def driver(
     work_dir: Path | None = None,
     no_sandbox: bool = False,
     config: Path | None = None,
+    health_port: int = 0,
+    health_host: str = "127.0.0.1",
 ) -> int:
     """Run the driver: plan submitted runs, dispatch their tasks, merge, retry, roll back.
 
@@ -55,6 +60,9 @@ def driver(
         no_sandbox: Run verify commands and the planner unconfined (sandbox.enabled:
             false). Without it the driver refuses to start where bubblewrap is missing.
         config: A claudecluster.yaml to read instead of the one in this directory.
+        health_port: Serve GET /health and /metrics (Prometheus) on this port; 0 disables.
+        health_host: The address for /health and /metrics: loopback unless something
+            outside this host scrapes it (0.0.0.0 in a container).
     """
     flags: dict[str, object] = {}
     if nats:
@@ -70,13 +78,22 @@ def driver(
     confinement = confinement_for(settings)
     if not settings.sandbox.enabled:
         Console(stderr=True, highlight=False).print(NO_SANDBOX_NOTE, markup=False)
-    anyio.run(_serve, settings, confinement)
+    health = (health_host, health_port) if health_port else None
+    anyio.run(_serve, settings, confinement, health)
     return EXIT_OK
 
 
-async def _serve(settings: Settings, confinement: Confinement) -> None:
+async def _serve(
+    settings: Settings, confinement: Confinement, health_at: tuple[str, int] | None
+) -> None:
     assert settings.nats.url is not None
     console = Console(stderr=True, highlight=False)
+    health = DriverHealth(standby=settings.driver.standby)
+
+    def announce(phase: str) -> None:
+        health.changed(phase)
+        console.print(f"driver {phase}", markup=False)
+
     options = DriverOptions(
         config=settings.driver_config(),
         work_dir=settings.driver.work_dir,
@@ -108,15 +125,33 @@ async def _serve(settings: Settings, confinement: Confinement) -> None:
                     renew_s=settings.driver.lease_renew_s,
                     poll_s=settings.driver.lease_poll_s,
                 ),
-                on_change=lambda phase: console.print(f"driver {phase}", markup=False),
+                on_change=announce,
             )
         else:
             runner = Driver(log, js, options)
         async with anyio.create_task_group() as group:
+            if health_at is not None:
+                host, port = health_at
+                bound = await group.start(_serve_health, health, host, port)
+                console.print(f"driver health and metrics on {host}:{bound}", markup=False)
             await group.start(runner.run)
+            health.serving()
             console.print(f"driver serving on {redact_url(settings.nats.url)}", markup=False)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     console.print("driver stopping; restart it to continue", markup=False)
                     group.cancel_scope.cancel()
                     break
+
+
+async def _serve_health(
+    health: DriverHealth,
+    host: str,
+    port: int,
+    *,
+    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the driver's /health and /metrics until cancelled; reports the bound port."""
+    async with open_http_server(driver_health_app(health), host=host, port=port) as bound:
+        task_status.started(bound)
+        await anyio.sleep_forever()

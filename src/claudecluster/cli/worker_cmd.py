@@ -32,6 +32,7 @@ def worker(
     ack_wait: float = 30.0,
     nice: int = 5,
     health_port: int = 0,
+    health_host: str = "127.0.0.1",
     no_sandbox: bool = False,
     config: Path | None = None,
     join: str | None = None,
@@ -56,7 +57,9 @@ def worker(
         keep_workspaces: Leave workspaces on disk afterwards, for debugging.
         ack_wait: Seconds before the server redelivers the work of a silent worker.
         nice: CPU niceness of the agents (0 to 19).
-        health_port: Serve GET /health and /metrics on this loopback port; 0 disables.
+        health_port: Serve GET /health and /metrics (Prometheus) on this port; 0 disables.
+        health_host: The address for /health and /metrics: loopback unless something
+            outside this host scrapes it (0.0.0.0 in a container).
         no_sandbox: Run attempts unconfined, as this user (sandbox.enabled: false). Without
             it the worker refuses to start where bubblewrap is missing. See docs/security.md.
         config: A claudecluster.yaml to read instead of the one in this directory.
@@ -103,6 +106,7 @@ def worker(
         ack_wait_s=ack_wait,
         nice=nice,
         health_port=health_port or None,
+        health_host=health_host,
         copy_from=settings.worker.copy_from,
         copy_files=tuple(settings.worker.copy_files),
         setup_command=settings.worker.setup_command,
