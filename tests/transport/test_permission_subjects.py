@@ -29,6 +29,7 @@ MODULES: Final[dict[Role, tuple[str, ...]]] = {
         "actors/merge_outcomes.py", "actors/work_items.py", "actors/lease.py",
         "runtime/standby.py", "transport/fenced.py",
         "runtime/driver.py", "runtime/merge_queue.py", "runtime/autoscaler.py",
+        "runtime/pool_scaler.py",
     ),
     "worker": (
         "actors/worker.py", "actors/progress.py", "runtime/worker.py",

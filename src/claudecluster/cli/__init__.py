@@ -23,6 +23,11 @@ COMMANDS: Final = (
         "Move runs that finished long ago out of the live event log, into its archive.",
     ),
     (
+        "claudecluster.cli.autoscale_cmd:autoscale",
+        "autoscale",
+        "Size a pool to its work: queued, running and the widest layer of what is left.",
+    ),
+    (
         "claudecluster.cli.control_cmd:cancel",
         "cancel",
         "Cancel a run, or one task (its dependents are skipped).",

@@ -22,6 +22,7 @@ __all__ = [
     "command_rejected_id",
     "merge_conflict_id",
     "merge_verify_failed_id",
+    "pool_scale_id",
     "rolled_back_id",
     "rolled_back_on_failure_id",
     "run_cancelled_id",
@@ -153,3 +154,12 @@ def worker_event_id(worker_id: str, n: int, nonce: str) -> str:
     """An event a worker records: its id, a counter of its own, and a nonce the caller
     draws (a restarted worker's counter starts again at 1)."""
     return f"{worker_id}-{n}-{nonce}"
+
+
+# -- the autoscaler ----------------------------------------------------------------------
+
+
+def pool_scale_id(scaler_id: str, pool: str, n: int, nonce: str) -> str:
+    """PoolScaled or PoolScaleFailed: the autoscaler's id, the pool, a counter of its own
+    and a nonce drawn at its start (a restarted autoscaler's counter starts again at 1)."""
+    return f"scale-{scaler_id}-{pool}-{n}-{nonce}"

@@ -33,6 +33,8 @@ __all__ = [
     "DrainWorker",
     "DriverEvent",
     "DriverLeaseTaken",
+    "PoolScaleFailed",
+    "PoolScaled",
     "Event",
     "EventBase",
     "FailureClass",
@@ -376,11 +378,12 @@ class WorkerEvent(EventBase, frozen=True, kw_only=True):
 
 
 class DriverEvent(EventBase, frozen=True, kw_only=True):
-    """An event about the driver's lease; subject ``cc.evt._driver.<driver_id>.<type>``.
+    """An event of the control plane outside any run: the driver's lease, the size of a
+    pool; subject ``cc.evt._driver.<driver_id>.<type>``.
 
-    Only drivers may publish there, and every append of a driver holding the lease is
-    conditional on the last DriverLeaseTaken's sequence (the fence, see
-    :mod:`claudecluster.transport.fenced`).
+    Only the driver role may publish there (the autoscaler runs with it), and every append
+    of a driver holding the lease is conditional on the last DriverLeaseTaken's sequence
+    (the fence, see :mod:`claudecluster.transport.fenced`).
     """
 
     driver_id: Id
@@ -746,6 +749,29 @@ class DriverLeaseTaken(DriverEvent, frozen=True, kw_only=True, tag="driver.lease
     pid: Count = 0
 
 
+class PoolScaled(DriverEvent, frozen=True, kw_only=True, tag="pool.scaled"):
+    """The autoscaler changed a pool's size through its backend; ``driver_id`` names the
+    autoscaler that decided."""
+
+    pool: str
+    backend: Annotated[str, msgspec.Meta(description="Which backend: 'local' or 'command'.")]
+    workers_before: Count
+    workers_after: Count
+    reason: Annotated[str, msgspec.Meta(description="Why: the demand the size follows.")]
+
+
+class PoolScaleFailed(DriverEvent, frozen=True, kw_only=True, tag="pool.scale_failed"):
+    """The autoscaler asked its backend for a size and the backend did not make it (the
+    operator's command failed or timed out); the pool stays as it was."""
+
+    pool: str
+    backend: str
+    workers_before: Count
+    workers_wanted: Count
+    reason: str
+    error: Annotated[str, msgspec.Meta(description="What the backend said, cut short.")]
+
+
 class WorkerJoined(WorkerEvent, frozen=True, kw_only=True, tag="worker.joined"):
     """A worker started and will take tasks from its pool."""
 
@@ -822,6 +848,8 @@ Event = (
     | WorkerLeft
     | WorkerLost
     | DriverLeaseTaken
+    | PoolScaled
+    | PoolScaleFailed
 )
 """Every event type, as one tagged union for decoding and ``match``."""
 
