@@ -482,6 +482,9 @@ def test_rollback_goes_back_to_the_commit_before_a_task_or_a_sequence(
         log.settle(merge)
     log.settle(log.take(Record))  # RunCompleted
     assert log.state.view.runs["r"].state.value == "completed"
+    # The ended run's book left the live books; a rollback still finds its merges.
+    assert "r" not in log.state.runs
+    assert "r" in log.state.finished
     (rollback,) = log.command(command, "rb")
     assert isinstance(rollback, Rollback)
     assert (rollback.event.to_commit, rollback.event.reverted_tasks) == expected

@@ -100,18 +100,34 @@ def test_a_snapshot_at_any_cut_of_a_random_log_plus_the_tail_equals_a_full_repla
     assert snapshot_then_tail(events, min(cut, len(events))) == recover(events)
 
 
-def test_a_snapshot_holds_every_run_book_with_its_graph() -> None:
+def test_a_snapshot_holds_every_run_book_with_its_graph_finished_ones_encoded() -> None:
     events = simulated_log(3, 2, 8, 0.2, 0.0)
     state = recover(events)
     restored, _ = decode_driver_snapshot(
         encode_driver_snapshot(state, events[-1].envelope.id, code=CODE), config=CONFIG, code=CODE
     )
     assert restored is not None
-    assert set(restored.state.runs) == {"r0", "r1"}
-    book = restored.state.runs["r0"]
+    # Both runs ended: their books are no longer live objects, but still answered.
+    assert restored.state.runs == {}
+    assert set(restored.state.finished) == {"r0", "r1"}
+    book, before = restored.state.book("r0"), state.book("r0")
+    assert book is not None
+    assert before is not None
+    assert book.ended
     assert book.graph is not None
-    assert book.graph == state.runs["r0"].graph
-    assert book.merged == state.runs["r0"].merged
+    assert book.graph == before.graph
+    assert book.merged == before.merged
+
+
+def test_a_run_leaves_the_live_books_when_it_ends_and_an_open_one_stays() -> None:
+    events = simulated_log(5, 2, 4, 0.0, 0.0)
+    second = next(
+        n for n, e in enumerate(events) if getattr(e.envelope.payload, "run_id", "") == "r1"
+    )
+    state = recover(events[: second + 1])
+    assert set(state.runs) == {"r1"}
+    assert set(state.finished) == {"r0"}
+    assert state.book("nope") is None
 
 
 def _record_with(events: list[StoredEvent], **changes: object) -> bytes:

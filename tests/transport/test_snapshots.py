@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator
 
+import msgspec
 import nats.js.errors
 import pytest
 from nats.js.api import KeyValueConfig
@@ -70,6 +72,34 @@ async def test_a_missing_or_altered_chunk_means_no_snapshot(nats_url: str) -> No
             assert await store.get("view") is None
             await kv.delete(chunk)
             assert await store.get("view") is None
+        finally:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_key_value(bucket)
+
+
+async def test_a_snapshot_is_stored_compressed_and_an_uncompressed_one_still_reads(
+    nats_url: str,
+) -> None:
+    bucket = f"cc_snapshots_test_{uuid.uuid4().hex[:8]}"
+    async with open_nats(nats_url, name="snapshot-test") as client:
+        js = client.jetstream()
+        kv = await js.create_key_value(KeyValueConfig(bucket=bucket, history=1))
+        try:
+            store = JetStreamSnapshotStore(js, bucket, chunk_bytes=1000)
+            alike = b"run.completed task.merged " * 400
+            await store.put("view", alike)
+            chunks = [k for k in await kv.keys() if k != "view"]
+            stored = b"".join([(await kv.get(k)).value or b"" for k in sorted(chunks)])
+            assert len(stored) < len(alike) // 4
+            assert await store.get("view") == alike
+            # A manifest written before compression names the bytes as they are.
+            digest = hashlib.sha256(alike).hexdigest()
+            await kv.put("old.0", alike)
+            await kv.put(
+                "old",
+                msgspec.json.encode({"chunks": ["old.0"], "size": len(alike), "sha256": digest}),
+            )
+            assert await store.get("old") == alike
         finally:
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await js.delete_key_value(bucket)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final, Literal
@@ -452,6 +453,19 @@ class DriverState:
     now: datetime | None = None
     #: worker id -> the latest time its registry entry said it was alive (see WorkerSeen)
     seen: dict[str, datetime] = field(default_factory=dict)
+    #: run id -> the book of an ended run, encoded (see :func:`book`): a long-lived
+    #: cluster's finished runs outnumber its open ones by thousands, and kept as objects
+    #: they made every snapshot and restart cost the whole history
+    finished: dict[str, bytes] = field(default_factory=dict)
+
+    def book(self, run_id: str) -> RunBook | None:
+        """The run's book, open or finished (a finished one decoded; a copy, not the
+        state's), or None for a run the driver never saw submitted."""
+        live = self.runs.get(run_id)
+        if live is not None:
+            return live
+        data = self.finished.get(run_id)
+        return None if data is None else _decode_book(data)
 
     def active_total(self) -> int:
         """Attempts queued or running (or about to be), all open runs together.
@@ -482,13 +496,78 @@ class DriverState:
 # ----------------------------------------------------------------------------------------
 
 
+class _FrozenBook(msgspec.Struct, frozen=True, kw_only=True):
+    """A finished book as stored: its predictions (keyed by pairs, which a sorted
+    encoding cannot key a map by) as a list in pair order, the rest as is."""
+
+    book: RunBook
+    predicted: list[tuple[tuple[str, str], tuple[int, CollisionPredicted]]]
+
+
+#: Finished books are encoded with sets and dict keys sorted, so a book frozen from a
+#: restored snapshot is the same bytes as one frozen in a full replay.
+_BOOK_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
+_FROZEN_DECODER: Final = msgspec.msgpack.Decoder(_FrozenBook)
+
+
+def _encode_book(book: RunBook) -> bytes:
+    """The book, compressed: a finished book is read back rarely, and its copies of the
+    run's events (results, work items) compress about fourfold, which is that much less
+    snapshot to move at every restart."""
+    predicted = sorted(book.predicted.items(), key=lambda item: item[0])
+    frozen = _FrozenBook(book=dataclasses.replace(book, predicted={}), predicted=predicted)
+    return zlib.compress(_BOOK_ENCODER.encode(frozen), 1)
+
+
+def _decode_book(data: bytes) -> RunBook:
+    frozen = _FROZEN_DECODER.decode(zlib.decompress(data))
+    book = frozen.book
+    book.predicted = dict(frozen.predicted)
+    return book
+
+
+def _live_book(state: DriverState, run_id: str) -> RunBook | None:
+    """The run's book to change: a finished one is decoded back into the live books (the
+    rare message that still concerns it, say a rollback), and frozen again by
+    :func:`_freeze_finished` at the end of the decision."""
+    book = state.runs.get(run_id)
+    if book is None and run_id in state.finished:
+        book = state.runs[run_id] = _decode_book(state.finished.pop(run_id))
+    return book
+
+
+def _freeze_finished(state: DriverState, run_ids: set[str]) -> None:
+    """Move the books of runs that ended, with nothing left to do, out of the live books.
+
+    Nothing a live run's decision reads is in them (every scan of the books skips ended
+    runs), so the live state, and each snapshot of it, costs the open runs, not the
+    history. A book waiting for its rollback stays live until the rollback is recorded.
+    """
+    for run_id in run_ids:
+        book = state.runs.get(run_id)
+        if book is not None and book.ended and not book.roll_back:
+            # Through the decoder once: a value held as another type than its field's
+            # (an int where a float is declared) is encoded as the field's type, so the
+            # bytes are the same whether the book was built live or from a snapshot.
+            data = _encode_book(state.runs.pop(run_id))
+            state.finished[run_id] = _encode_book(_decode_book(data))
+
+
 def decide(state: DriverState, message: Message, now: datetime) -> list[Effect]:
     """Fold ``message`` into ``state`` (in place) and return the effects to carry out.
 
     Deterministic and free of I/O: the same messages at the same times give the same
     effects, which is what replay and the simulations rely on. ``state`` belongs to one
-    caller, which feeds stored events in log order.
+    caller, which feeds stored events in log order. The books of runs the message ended
+    leave the live books (see :func:`_freeze_finished`).
     """
+    effects, looked_at = _decide(state, message, now)
+    _freeze_finished(state, looked_at)
+    return effects
+
+
+def _decide(state: DriverState, message: Message, now: datetime) -> tuple[list[Effect], set[str]]:
+    """:func:`decide`'s work, and the runs it looked at."""
     state.now = now
     touched: set[str] = set()
     effects: list[Effect] = []
@@ -553,7 +632,7 @@ def decide(state: DriverState, message: Message, now: datetime) -> list[Effect]:
             _note_wants_guarded(state, book, now)
         _asked(state, effects[asked:])
         asked = len(effects)
-    return effects
+    return effects, touched | wake
 
 
 # Nothing recorded may stop the driver: the log keeps every event for good, so an event
@@ -766,14 +845,14 @@ def _fold(state: DriverState, stored: StoredEvent) -> set[str]:
         runs: set[str] = set()
         for key in event.orphaned_tasks:
             run_id, _, task_id = key.partition("/")
-            book = state.runs.get(run_id)
+            book = _live_book(state, run_id)
             if book is not None and task_key(run_id, task_id) in state.view.tasks:
                 book.attention.add(task_id)
                 runs.add(run_id)
         return runs
     if not isinstance(event, RunEvent):
         return set()
-    book = state.runs.get(event.run_id)
+    book = _live_book(state, event.run_id)
     match event:
         case RunSubmitted():
             if event.idempotency_key:
@@ -1117,7 +1196,7 @@ def _cancel_task(state: DriverState, command_id: str, command: CancelTask) -> li
 
 
 def _rollback(state: DriverState, command_id: str, command: RollbackRun) -> list[Effect]:
-    book = state.runs.get(command.run_id)
+    book = _live_book(state, command.run_id)
     run = state.view.runs.get(command.run_id)
 
     def reject(reason: str) -> list[Effect]:

@@ -40,8 +40,7 @@ import msgspec
 
 from claudecluster.actors.driver import DriverConfig, DriverState, RunBook
 from claudecluster.domain.graph import TaskGraph
-from claudecluster.projections.cluster import to_snapshot
-from claudecluster.projections.snapshots import view_from_msgpack, view_version
+from claudecluster.projections.snapshots import view_from_msgpack, view_to_msgpack, view_version
 
 __all__ = [
     "DRIVER_SNAPSHOT",
@@ -125,7 +124,7 @@ def encode_driver_snapshot(state: DriverState, last_id: str, *, code: str) -> by
         seq=state.view.last_seq,
         last_id=last_id,
         config=state.config,
-        view=msgspec.msgpack.encode(to_snapshot(state.view)),
+        view=view_to_msgpack(state.view),
         state=msgspec.msgpack.encode(stored),
     )
     return msgspec.msgpack.encode(record)

@@ -21,7 +21,7 @@ import msgspec
 from immutables import Map
 
 from claudecluster.events.codec import EVENT_TYPES
-from claudecluster.projections.cluster import ClusterView, _Snapshot, to_snapshot
+from claudecluster.projections.cluster import ClusterView, _Snapshot
 
 __all__ = [
     "VIEW_SNAPSHOT",
@@ -29,6 +29,7 @@ __all__ = [
     "decode_view_snapshot",
     "encode_view_snapshot",
     "view_from_msgpack",
+    "view_to_msgpack",
     "view_version",
 ]
 
@@ -36,6 +37,7 @@ __all__ = [
 VIEW_SNAPSHOT: Final = "cluster_view"
 #: Bumped by hand when the fold changes meaning without changing the view's layout.
 _FOLD_REVISION: Final = 1
+_ENCODER: Final = msgspec.msgpack.Encoder()
 
 
 class _Record(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,7 +73,8 @@ def view_version() -> str:
 
 
 def view_from_msgpack(data: bytes) -> ClusterView:
-    """A view from the msgpack of :func:`~claudecluster.projections.cluster.to_snapshot`.
+    """A view from :func:`view_to_msgpack` (or the msgpack of
+    :func:`~claudecluster.projections.cluster.to_snapshot`, which has the same layout).
 
     Decoded straight into the view's stored layout in one pass: about ten times faster
     than decoding to builtins and converting them, which is most of a restart's cost.
@@ -92,6 +95,26 @@ def view_from_msgpack(data: bytes) -> ClusterView:
     )
 
 
+def view_to_msgpack(view: ClusterView) -> bytes:
+    """The view in the layout :func:`view_from_msgpack` reads, encoded in one pass.
+
+    The entities are encoded as the structs they are, not first copied into builtins and
+    sorted (:func:`~claudecluster.projections.cluster.to_snapshot`, for golden files):
+    at a million events that copy was 3.4 s of every snapshot, paid between decisions.
+    """
+    return _ENCODER.encode(
+        _Snapshot(
+            last_seq=view.last_seq,
+            runs=dict(view.runs.items()),
+            tasks=dict(view.tasks.items()),
+            workers=dict(view.workers.items()),
+            costs=dict(view.costs.items()),
+            anomaly_count=view.anomaly_count,
+            recent_anomalies=view.recent_anomalies,
+        )
+    )
+
+
 def encode_view_snapshot(view: ClusterView, last_id: str) -> bytes:
     """A snapshot of ``view``, covering the log up to ``view.last_seq`` (msgpack).
 
@@ -99,7 +122,7 @@ def encode_view_snapshot(view: ClusterView, last_id: str) -> bytes:
         view: the view.
         last_id: the envelope id of the event at ``view.last_seq``.
     """
-    state = msgspec.msgpack.encode(to_snapshot(view))
+    state = view_to_msgpack(view)
     record = _Record(version=view_version(), seq=view.last_seq, last_id=last_id, state=state)
     return msgspec.msgpack.encode(record)
 

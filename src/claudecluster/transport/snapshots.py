@@ -1,12 +1,12 @@
 """Where snapshots are kept: the ``cc_snapshots`` KV bucket, in chunks under a manifest.
 
 A view of a long-lived cluster is larger than one NATS message may be, so a snapshot is
-written as chunks (``<name>.<seq>.<n>``) and then a manifest (``<name>``) naming them with
-their digest. Writing the manifest last makes the switch atomic for readers: a reader
-follows the manifest it got, checks the digest, and treats anything missing or altered
-as no snapshot at all (it then reads the whole log). Chunks of the replaced snapshot are
-deleted afterwards. Snapshots are derived data: losing one costs a longer start, nothing
-else.
+compressed (zlib), written as chunks (``<name>.<seq>.<n>``) and then a manifest
+(``<name>``) naming them with their digest. Writing the manifest last makes the switch
+atomic for readers: a reader follows the manifest it got, checks the digest, and treats
+anything missing or altered as no snapshot at all (it then reads the whole log). Chunks
+of the replaced snapshot are deleted afterwards. Snapshots are derived data: losing one
+costs a longer start, nothing else.
 
 Two implementations pass the same contract tests (tests/transport/test_snapshots.py).
 """
@@ -14,6 +14,7 @@ Two implementations pass the same contract tests (tests/transport/test_snapshots
 from __future__ import annotations
 
 import hashlib
+import zlib
 from typing import Final, Protocol
 
 import anyio
@@ -36,13 +37,18 @@ __all__ = [
 SNAPSHOTS_BUCKET: Final = "cc_snapshots"
 #: Below the embedded server's max_payload (8 MB) with room for headers.
 _CHUNK_BYTES: Final = 4 * 2**20
+#: zlib's fastest level: most of the size for a fraction of the time of higher ones
+_LEVEL: Final = 1
 _log = get_logger(__name__)
 
 
 class _Manifest(msgspec.Struct, frozen=True, kw_only=True):
     chunks: tuple[str, ...]
+    #: of the stored bytes (compressed, if ``compression`` says so)
     size: int
     sha256: str
+    #: "zlib", or "" for a snapshot stored as it is (every manifest before compression)
+    compression: str = ""
 
 
 class SnapshotStore(Protocol):
@@ -113,6 +119,10 @@ class JetStreamSnapshotStore:
 
     async def put(self, name: str, data: bytes) -> None:
         """See :meth:`SnapshotStore.put`."""
+        # Compressed on a worker thread: snapshots are msgpack of many alike records and
+        # shrink about fourfold, and moving the bytes through the bucket is most of what
+        # reading a large one costs (measured: 11 MB in 0.14 s; zlib undoes 4x in 0.05 s).
+        data = await anyio.to_thread.run_sync(zlib.compress, data, _LEVEL)
         digest = hashlib.sha256(data).hexdigest()
         prefix = f"{name}.{digest[:16]}"
         try:
@@ -125,7 +135,9 @@ class JetStreamSnapshotStore:
                     key = f"{prefix}.{n}"
                     await kv.put(key, data[start : start + size])
                     chunks.append(key)
-                manifest = _Manifest(chunks=tuple(chunks), size=len(data), sha256=digest)
+                manifest = _Manifest(
+                    chunks=tuple(chunks), size=len(data), sha256=digest, compression="zlib"
+                )
                 await kv.put(name, msgspec.json.encode(manifest))
                 if previous is not None:
                     for key in set(previous.chunks) - set(chunks):
@@ -155,7 +167,16 @@ class JetStreamSnapshotStore:
         if len(data) != manifest.size or hashlib.sha256(data).hexdigest() != manifest.sha256:
             _log.warning("snapshot does not match its manifest; ignored", name=name)
             return None
-        return data
+        if manifest.compression == "":
+            return data
+        if manifest.compression != "zlib":
+            _log.warning("snapshot compressed in an unknown way; ignored", name=name)
+            return None
+        try:
+            return await anyio.to_thread.run_sync(zlib.decompress, data)
+        except zlib.error as exc:
+            _log.warning("snapshot does not decompress; ignored", name=name, error=str(exc))
+            return None
 
     @staticmethod
     async def _manifest(kv: KeyValue, name: str) -> _Manifest | None:
