@@ -35,7 +35,7 @@ from claudecluster.domain.signin import (
 from claudecluster.domain.submission import DEFAULT_MAX_TASKS, MAX_TASKS_CEILING
 from claudecluster.errors import ConfigError
 from claudecluster.observability.redaction import redact_url
-from claudecluster.validation import config_error
+from claudecluster.validation import config_error, parse_yaml
 
 if TYPE_CHECKING:
     from claudecluster.actors.driver import DriverConfig
@@ -587,7 +587,7 @@ def _reject_unknown_env(environ: Mapping[str, str]) -> None:
 
 def _read_file(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError("(file)", f"file {path}", f"cannot read it: {exc.strerror}") from None
     except yaml.YAMLError as exc:

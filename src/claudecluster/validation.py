@@ -1,14 +1,29 @@
-"""Turning pydantic validation errors into one clear :class:`ConfigError`."""
+"""Reading configuration: YAML parsed once, pydantic errors as one clear :class:`ConfigError`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, Final
 
 import pydantic
+import yaml
 
 from claudecluster.errors import ConfigError
 
-__all__ = ["config_error", "dotted"]
+__all__ = ["config_error", "dotted", "parse_yaml"]
+
+#: libyaml's parser when PyYAML was built with it (the wheels are): the pure-Python one
+#: spent about 45 ms of every CLI call on the two topology and permission files alone.
+_SAFE_LOADER: Final[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` of ``text``: the same safe constructors, the faster parser.
+
+    Raises:
+        yaml.YAMLError: the text is not valid YAML.
+    """
+    return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
 
 
 def dotted(loc: tuple[int | str, ...]) -> str:

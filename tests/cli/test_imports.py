@@ -18,15 +18,29 @@ import cyclopts
 import pytest
 
 from claudecluster.cli import COMMANDS, app
+from claudecluster.testing.sample_runs import happy_path
+from claudecluster.transport.jetstream import JetStreamEventLog
 from tests.support import free_port
 
 #: Packages a front door or an agent needs, and a command that only prints must not load.
 HEAVY = ("mcp", "starlette", "uvicorn", "claude_agent_sdk")
+#: Loaded only when used: structlog at the first record that passes the level (a read
+#: that logs nothing skips its ~70 ms), markdown-it for Markdown help text (the top-level
+#: help is plain), each a cost start-up paid on every call before.
+DEFERRED = ("structlog", "markdown_it")
 _SUBPROCESS_TIMEOUT_S = 120
+_MAIN = "from claudecluster.cli import main\nmain()"
 
 
 def modules_after(tmp_path: Path, code: str, *args: str) -> set[str]:
     """The top-level packages loaded by ``code`` run as a program with ``args``."""
+    return program_run(tmp_path, code, *args)[0]
+
+
+def program_run(
+    tmp_path: Path, code: str, *args: str
+) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+    """The top-level packages loaded by ``code`` run with ``args``, and how it ended."""
     dump = tmp_path / "modules.json"
     program = (
         "import atexit, json, sys\n"
@@ -43,7 +57,8 @@ def modules_after(tmp_path: Path, code: str, *args: str) -> set[str]:
         check=False,
     )
     assert dump.is_file(), done.stderr
-    return {name.split(".")[0] for name in json.loads(dump.read_text(encoding="utf-8"))}
+    loaded = {name.split(".")[0] for name in json.loads(dump.read_text(encoding="utf-8"))}
+    return loaded, done
 
 
 def test_importing_the_cli_loads_no_front_door_agent_or_nats_package(tmp_path: Path) -> None:
@@ -55,7 +70,28 @@ def test_importing_the_cli_loads_no_front_door_agent_or_nats_package(tmp_path: P
 def test_help_loads_no_front_door_agent_or_nats_package(tmp_path: Path) -> None:
     loaded = modules_after(tmp_path, "from claudecluster.cli import main\nmain()", "--help")
     assert "cyclopts" in loaded  # help was rendered
-    assert loaded.isdisjoint({*HEAVY, "nats"}), sorted(loaded)
+    assert loaded.isdisjoint({*HEAVY, *DEFERRED, "nats"}), sorted(loaded)
+
+
+def test_a_commands_own_help_still_renders_its_markdown(tmp_path: Path) -> None:
+    loaded, done = program_run(tmp_path, _MAIN, "status", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "Show runs, one run with its tasks, or one task." in done.stdout
+    assert "markdown_it" in loaded
+
+
+async def test_status_of_a_run_and_of_every_run_load_no_front_door_agent_or_logging_package(
+    tmp_path: Path, jetstream_log: JetStreamEventLog, nats_url: str
+) -> None:
+    # Against a real server holding a run: the path a status call takes when it succeeds.
+    for envelope in happy_path().envelopes:
+        await jetstream_log.append(envelope)
+    for args in (("status", "sample-happy"), ("status",)):
+        loaded, done = program_run(tmp_path, _MAIN, *args, "--nats", nats_url)
+        assert done.returncode == 0, done.stderr
+        assert "sample-happy" in done.stdout
+        assert "nats" in loaded
+        assert loaded.isdisjoint({*HEAVY, *DEFERRED}), (args, sorted(loaded))
 
 
 def test_status_loads_nats_but_no_front_door_or_agent_package(tmp_path: Path) -> None:

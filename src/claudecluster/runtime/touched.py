@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Final
 
 import anyio
-import structlog
 
 from claudecluster.errors import WorkspaceError
+from claudecluster.observability.logging import get_logger
 from claudecluster.workspace.git import git
 
 __all__ = ["TOUCHED_EVERY_S", "touched_files", "watch_touched"]
@@ -23,7 +23,7 @@ __all__ = ["TOUCHED_EVERY_S", "touched_files", "watch_touched"]
 #: Seconds between two looks at a running attempt's workspace.
 TOUCHED_EVERY_S: Final = 3.0
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 
 
 async def touched_files(workspace: Path, base_commit: str) -> frozenset[str]:

@@ -21,7 +21,7 @@ import yaml
 from claudecluster.errors import ConfigError
 from claudecluster.resources import data_dir
 from claudecluster.transport.topology import Topology, load_topology
-from claudecluster.validation import config_error
+from claudecluster.validation import config_error, parse_yaml
 
 __all__ = [
     "ROLES",
@@ -112,7 +112,7 @@ def load_permissions(path: Path | None = None) -> Permissions:
     """
     source = path or default_permissions_path()
     try:
-        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+        raw = parse_yaml(source.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError("(file)", f"file {source}", f"cannot read it: {exc.strerror}") from None
     except yaml.YAMLError as exc:

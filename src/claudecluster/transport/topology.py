@@ -38,7 +38,7 @@ from nats.js.api import (
 from claudecluster.errors import ConfigError, EventStoreError
 from claudecluster.observability.logging import get_logger
 from claudecluster.resources import data_dir
-from claudecluster.validation import config_error
+from claudecluster.validation import config_error, parse_yaml
 
 __all__ = [
     "COMMANDS_STREAM",
@@ -193,7 +193,7 @@ def load_topology(path: Path | None = None) -> Topology:
     """
     source = path or default_topology_path()
     try:
-        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+        raw = parse_yaml(source.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError("(file)", f"file {source}", f"cannot read it: {exc.strerror}") from None
     except yaml.YAMLError as exc:
