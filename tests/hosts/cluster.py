@@ -109,17 +109,22 @@ def _render(host: Host, peers: Sequence[Host], ca: trustme.CA, authorization: Pa
         f'    ca_file: "{directory / "ca.pem"}"\n    timeout: 5'
     )
     routes = "\n".join(f"    nats-route://{p.address}:{ROUTE_PORT}" for p in peers)
+    # One server alone is not a cluster (a cluster block would wait for peers).
+    cluster = (
+        "cluster {\n  name: claudecluster\n"
+        f"  listen: {host.address}:{ROUTE_PORT}\n"
+        f"  tls {{\n    {tls}\n    verify: true\n  }}\n"
+        f"  routes: [\n{routes}\n  ]\n}}\n"
+        if len(peers) > 1
+        else ""
+    )
     (directory / "server.conf").write_text(
         f"server_name: claudecluster-{host.name}\n"
         f"listen: {host.address}:{CLIENT_PORT}\n"
         "max_payload: 8MB\n"
         f'jetstream {{\n  store_dir: "{directory / "store"}"\n  sync_interval: always\n}}\n'
         f"tls {{\n    {tls}\n}}\n"
-        "cluster {\n  name: claudecluster\n"
-        f"  listen: {host.address}:{ROUTE_PORT}\n"
-        f"  tls {{\n    {tls}\n    verify: true\n  }}\n"
-        f"  routes: [\n{routes}\n  ]\n}}\n"
-        "include ./authorization.conf\n",
+        f"{cluster}include ./authorization.conf\n",
         encoding="utf-8",
     )
 
@@ -148,9 +153,10 @@ async def wait_jetstream(url: str, auth: BusAuth) -> None:
             while True:
                 try:
                     await js.account_info()
-                    return
                 except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
                     await anyio.sleep(_POLL_S)
+                else:
+                    return
 
 
 @asynccontextmanager
@@ -161,7 +167,7 @@ async def open_host_cluster(
 
     The servers are ended with their hosts (:func:`open_hosts` ends every process).
     """
-    operator_dir.mkdir(parents=True, exist_ok=True)
+    await anyio.Path(operator_dir).mkdir(parents=True, exist_ok=True)
     credentials, authorization = write_cluster_authorization(operator_dir)
     ca = trustme.CA()
     ca_file = operator_dir / "ca.pem"
