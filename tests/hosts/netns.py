@@ -204,9 +204,13 @@ def _used_subnets() -> set[str]:
     return set(re.findall(r"inet (10\.\d+\.\d+)\.", shown.stdout))
 
 
-def _teardown(bridge: str, namespaces: Iterator[str]) -> None:
+def _teardown(bridge: str, namespaces: Iterator[str], ports: Iterator[str]) -> None:
     for netns in namespaces:
         subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+    # A namespace goes once its last process has; its veth pair with it. Removing the
+    # bridge's ends too leaves nothing behind even while one lingers.
+    for port in ports:
+        subprocess.run(["ip", "link", "del", port], capture_output=True, check=False)
     subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
 
 
@@ -258,7 +262,9 @@ async def open_hosts(directory: Path, names: Sequence[str]) -> AsyncIterator[Hos
         with anyio.CancelScope(shield=True):
             for host in network.hosts.values():
                 await host.stop_all()
-            _teardown(bridge, iter(namespaces))
+            _teardown(
+                bridge, iter(namespaces), (h.port for h in network.hosts.values())
+            )
 
 
 def require_netns() -> None:
