@@ -23,6 +23,7 @@ import anyio
 import msgspec
 
 from claudecluster.events import RunPolicy, TaskProgress, TaskSpec
+from claudecluster.runtime.worker import _RESUME_NOTE
 from claudecluster.scripted_model import Script, open_scripted_model
 from claudecluster.transport.base import read_all
 from tests.faults.rig import (
@@ -96,8 +97,15 @@ def _script() -> Script:
             "turns": [{"text": "Writing.", "tools": [tool]}, {"text": f"Wrote h{index}.txt."}],
         }
 
+    # A task taken over from a lost worker resumes its session on a fresh workspace, and
+    # the worker tells the agent so: the scripted agent then writes its file again, as a
+    # real one would, instead of carrying on past the write (and succeeding with no change).
     return Script.model_validate(
-        {"latency_s": MODEL_LATENCY_S, "tasks": [scripted(i) for i in range(TASKS)]}
+        {
+            "latency_s": MODEL_LATENCY_S,
+            "tasks": [scripted(i) for i in range(TASKS)],
+            "restart_after": _RESUME_NOTE.split(":")[0],
+        }
     )
 
 
