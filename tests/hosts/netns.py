@@ -262,9 +262,7 @@ async def open_hosts(directory: Path, names: Sequence[str]) -> AsyncIterator[Hos
         with anyio.CancelScope(shield=True):
             for host in network.hosts.values():
                 await host.stop_all()
-            _teardown(
-                bridge, iter(namespaces), (h.port for h in network.hosts.values())
-            )
+            _teardown(bridge, iter(namespaces), (h.port for h in network.hosts.values()))
 
 
 def require_netns() -> None:
