@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.hosts.netns import require_netns
+
 pytestmark = pytest.mark.nats  # each script starts its own nats-server
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -209,3 +211,21 @@ def test_repo_size_compares_the_cluster_with_plain_git_on_a_generated_repository
     assert set(overhead["latency_stage_p50_ms"]) == {
         "to TaskAssigned", "to TaskStarted", "to TaskSucceeded", "to TaskMerged",
     }  # fmt: skip
+
+
+@pytest.mark.hosts
+def test_multi_host_runs_both_layouts_and_a_driver_failover_on_namespace_hosts(
+    tmp_path: Path,
+) -> None:
+    require_netns()
+    report = run_quick("multi_host", tmp_path)
+    assert report["workers"] == 2
+    layouts = sorted(row["layout"] for row in report["rounds"])
+    assert layouts == ["one host", "two hosts"]
+    assert all(row["tasks_succeeded"] == report["tasks"] for row in report["rounds"])
+    assert report["wall_ratio"] == pytest.approx(
+        report["wall_median_s"]["two hosts"] / report["wall_median_s"]["one host"], rel=0.01
+    )
+    [failover] = report["failover_s"]
+    assert failover > 0
+    assert report["chaos"] is None  # the quick size leaves the chaos run to tests/hosts/

@@ -360,6 +360,7 @@ async def open_rig(
     env: dict[str, str] | None = None,
     replicas: int | None = None,
     credentials: Credentials | None = None,
+    auth: BusAuth | None = None,
 ) -> AsyncIterator[FaultRig]:
     """A rig on ``url`` whose processes all end when the context exits, on every path.
 
@@ -368,11 +369,14 @@ async def open_rig(
     server's identities) every process connects as its own role: the driver and the
     workers with their seed files (``CLAUDECLUSTER_NATS__CREDS``). The test itself, which
     submits, watches and injects faults (duplicate work items, probes), connects as the
-    operator's ``admin``.
+    operator's ``admin``. ``auth`` says how the test connects instead (a remote cluster's
+    admin over TLS), for tests that start their processes themselves.
     """
     (tmp_path / "logs").mkdir(exist_ok=True)
     try:
-        async with _rig_stack(tmp_path, repo, url, ack_wait_s, env, replicas, credentials) as rig:
+        async with _rig_stack(
+            tmp_path, repo, url, ack_wait_s, env, replicas, credentials, auth
+        ) as rig:
             yield rig
     except BaseExceptionGroup as group:
         # The watcher's task group wraps what the test raised: hand it on as it was, so a
@@ -395,6 +399,7 @@ async def _rig_stack(
     env: dict[str, str] | None,
     replicas: int | None,
     credentials: Credentials | None,
+    auth: BusAuth | None,
 ) -> AsyncIterator[FaultRig]:
     async with AsyncExitStack() as stack:
         rig = FaultRig(
@@ -405,13 +410,12 @@ async def _rig_stack(
             ack_wait_s=ack_wait_s,
             stack=stack,
         )
-        auth: BusAuth | None = None
         if credentials is not None:
             rig.role_env = {
                 role: {"CLAUDECLUSTER_NATS__CREDS": str(credentials.seed_file(role))}
                 for role in ("driver", "worker")
             }
-            auth = embedded_auth(credentials, "admin")
+            auth = auth or embedded_auth(credentials, "admin")
         client, log = await stack.enter_async_context(
             open_jetstream_log(url, name="fault-test", replicas=replicas, auth=auth)
         )

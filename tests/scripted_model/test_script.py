@@ -83,6 +83,23 @@ def test_a_conversation_past_the_script_ends_without_more_tool_calls() -> None:
     assert reply.stop_reason == "end_turn"
 
 
+def test_a_resumed_session_told_of_a_reset_workspace_starts_the_script_over() -> None:
+    note = "moved to a fresh copy of the repository"
+    resumed = _request("[[task:hello]]", assistant_turns=1)
+    resumed["messages"].append({"role": "user", "content": f"{note}. [[task:hello]]"})
+    restarting = SCRIPT.model_copy(update={"restart_after": note})
+
+    assert decide(SCRIPT, resumed, {"x": 9}).turn == 1  # without it: continues after the write
+    reply = decide(restarting, resumed, {"x": 9})
+    assert (reply.turn, reply.text, reply.stop_reason) == (0, "Writing.", "tool_use")
+    # The turns after the note count from it.
+    resumed["messages"] += [
+        {"role": "assistant", "content": [{"type": "tool_use", "name": "Write"}]},
+        {"role": "user", "content": [{"type": "tool_result", "content": "ok"}]},
+    ]
+    assert decide(restarting, resumed, {"x": 9}).turn == 1
+
+
 def test_an_unmatched_prompt_gets_the_fallback_answer() -> None:
     reply = decide(SCRIPT, _request("what is 2+2?"), {})
     assert reply.task is None

@@ -414,6 +414,21 @@ class Driver:
                     await send.send(_CommandMessage(envelope, msg))
 
     async def _subscribe_commands(self) -> JetStreamContext.PullSubscription:
+        """The shared command consumer, asked for again until the cluster answers.
+
+        A driver that takes the lease while JetStream has no quorum (it just healed from
+        a partition, a server is catching up) is answered 503 or nothing at all: that is
+        the cluster still recovering, not a reason to stop driving, so it asks again, as
+        the fetch loop does.
+        """
+        while True:
+            try:
+                return await self._create_command_consumer()
+            except (TimeoutError, nats.errors.Error) as exc:
+                _log.warning("command consumer not available; retrying", error=str(exc))
+                await anyio.sleep(1)
+
+    async def _create_command_consumer(self) -> JetStreamContext.PullSubscription:
         config = ConsumerConfig(
             durable_name=DRIVER_CONSUMER,
             ack_policy=AckPolicy.EXPLICIT,

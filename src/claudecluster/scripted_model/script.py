@@ -103,6 +103,10 @@ class Script(_Model):
     latency_s: float = pydantic.Field(default=0.0, ge=0)
     tasks: list[ScriptedTask] = []
     fallback: Turn = Turn(text="(the scripted model has nothing scripted for this prompt)")
+    #: A text that, in a user message, starts the script over from turn 0: how a resumed
+    #: session is told its workspace was reset (the worker says so), after which a real
+    #: model redoes its edits. Empty: a resumed session continues where it left off.
+    restart_after: str = ""
 
     @pydantic.model_validator(mode="after")
     def _unique_markers(self) -> Script:
@@ -222,7 +226,7 @@ def decide(script: Script, request: Mapping[str, Any], served: Mapping[str, int]
             ],
             latency_s=fallback.latency_s if fallback.latency_s is not None else script.latency_s,
         )
-    turn = _assistant_turns(request.get("messages"))
+    turn = _assistant_turns(request.get("messages"), script.restart_after)
     for error in task.errors:
         if (
             error.turn == turn
@@ -249,7 +253,7 @@ def decide(script: Script, request: Mapping[str, Any], served: Mapping[str, int]
     )
 
 
-def _assistant_turns(messages: Any) -> int:
+def _assistant_turns(messages: Any, restart_after: str = "") -> int:
     """Tool round trips so far: the script's position in the conversation.
 
     Only assistant turns that called a tool count. A scripted turn without tool calls ends
@@ -258,6 +262,7 @@ def _assistant_turns(messages: Any) -> int:
     whose last line is a tool result adds "No response requested.". Counting those would
     skip a turn the model never served. Runs of consecutive assistant messages count once,
     since a resumed transcript may hold one message per content block of the same answer.
+    A user message holding ``restart_after`` (when set) starts the count over.
     """
     turns = 0
     in_tool_turn = False
@@ -265,6 +270,8 @@ def _assistant_turns(messages: Any) -> int:
         role = message.get("role") if isinstance(message, Mapping) else None
         if role != "assistant":
             in_tool_turn = False
+            if restart_after and role == "user" and restart_after in _message_text(message):
+                turns = 0
             continue
         content = message.get("content")
         calls_tool = isinstance(content, list) and any(
@@ -274,6 +281,20 @@ def _assistant_turns(messages: Any) -> int:
             turns += 1
             in_tool_turn = True
     return turns
+
+
+def _message_text(message: Mapping[str, Any]) -> str:
+    """The text of one message: a string, or its text blocks joined."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(block.get("text", ""))
+            for block in content
+            if isinstance(block, Mapping) and block.get("type") == "text"
+        )
+    return ""
 
 
 def error_key(marker: str, turn: int, kind: str) -> str:
