@@ -29,12 +29,13 @@ demo: $(STAMP) sandbox
 
 test: lint typecheck audit browser sandbox unit
 
+# iproute2 (ip netns) makes the test suite's separate hosts (tests/hosts); Debian has it.
 sandbox:
-	@command -v bwrap >/dev/null 2>&1 && command -v socat >/dev/null 2>&1 || \
+	@command -v bwrap >/dev/null 2>&1 && command -v socat >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 || \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing Debian's bubblewrap and socat to confine the agents"; \
+		echo "installing Debian's bubblewrap, socat and iproute2 to confine the agents and make test hosts"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-			apt-get install -y -qq --no-install-recommends bubblewrap socat >/dev/null; \
+			apt-get install -y -qq --no-install-recommends bubblewrap socat iproute2 >/dev/null; \
 	else \
 		echo "no bubblewrap or socat, and no way to install them: agents run unconfined"; \
 	fi
