@@ -255,8 +255,7 @@ async def test_unknown_ids_are_404_problems_and_invalid_input_is_4xx_naming_the_
             assert [e["field"] for e in answer.json()["errors"]] == [field], answer.text
         relative = await http.post("/runs", json=cases[2][0], headers=bearer("submit"))
         assert (
-            "expected an absolute path on the driver's machine"
-            in (relative.json()["detail"])
+            "expected an absolute path on the driver's machine" in (relative.json()["detail"])
         )  # the pattern in words, not the regex
         named = await http.post("/runs", json=cases[3][0], headers=bearer("submit"))
         assert "letters, digits, '-' and '_'" in named.json()["detail"]
