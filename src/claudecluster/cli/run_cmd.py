@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -19,6 +20,13 @@ from rich.text import Text
 from claudecluster.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from claudecluster.cli.follow import Renderer, RunEnd, follow_run, renderer_for, submit_only
 from claudecluster.cli.preview import preview_lines
+from claudecluster.cli.pull_request import (
+    PullRequest,
+    github_token,
+    open_pull_request,
+    pull_request_body,
+    repository_of,
+)
 from claudecluster.cli.render import merge_warning_lines, preemption_lines
 from claudecluster.cli.result_push import check_remote, push_branch, refuse_git_url
 from claudecluster.domain.branches import integration_branch
@@ -77,6 +85,7 @@ def run(
     yes: bool = False,
     dry_run: bool = False,
     push: str | None = None,
+    pr: bool = False,
 ) -> int:
     """Split a goal into tasks, run them in parallel with Claude Code, merge the results.
 
@@ -141,8 +150,13 @@ def run(
         dry_run: Show the plan (planned here, or the --plan file) and stop.
         push: A remote (name or URL) to push the branch claudecluster/RUN to, under the
             same name, when the run ends with every task merged; checked before the run.
+        pr: With --push, open a GitHub pull request of the pushed branch (token from
+            GH_TOKEN or GITHUB_TOKEN; github.api_url, github.repository, github.base).
     """
     refuse_git_url(repo)
+    if pr and push is None:
+        raise ConfigError("pr", "flag --pr", "needs --push REMOTE: the branch must be pushed")
+    token = github_token(os.environ) if pr else None
     repo = repo.resolve()
     flags: dict[str, object] = {"nats": {"url": nats}} if nats else {}
     if no_sandbox:
@@ -203,10 +217,43 @@ def run(
     print_summary(console, end)
     code = _exit_code(end)
     if push is not None and code == EXIT_OK:
-        return _push(console, repo, push, end)
+        code = _push(console, repo, push, end)
+        if token is not None and code == EXIT_OK:
+            code = _pull_request(console, settings, repo, push, token, end)
+        return code
     if push is not None:
         console.print(f"not pushed to {push}: not every task merged", markup=False)
     return code
+
+
+def _pull_request(
+    console: Console, settings: Settings, repo: Path, remote: str, token: str, end: RunEnd
+) -> int:
+    """Open the pull request of the pushed branch; a refusal is exit 1, the push stays."""
+    assert isinstance(end.event, RunCompleted)  # only a fully merged run is pushed
+    run = end.view.runs.get(end.event.run_id)
+    branch = run.integration_branch if run is not None else integration_branch(end.event.run_id)
+    title, body = pull_request_body(end.view, end.event)
+
+    async def open_it() -> PullRequest | str:
+        _, url, _ = await git_status(repo, "remote", "get-url", remote)
+        repository = repository_of(url or remote, settings.github.repository)
+        base = settings.github.base
+        if not base:
+            code, current, _ = await git_status(repo, "symbolic-ref", "--short", "-q", "HEAD")
+            base = current.strip() if code == 0 and current.strip() else "main"
+        return await open_pull_request(
+            api_url=settings.github.api_url, token=token, repository=repository,
+            head=branch, base=base, title=title, body=body,
+        )  # fmt: skip
+
+    opened = anyio.run(open_it)
+    if isinstance(opened, str):
+        console.print(f"pull request not opened: {opened}", markup=False)
+        return EXIT_FAILED
+    console.print(f"opened pull request #{opened.number}: {opened.url}", markup=False,
+                  soft_wrap=True)  # fmt: skip
+    return EXIT_OK
 
 
 def _push(console: Console, repo: Path, remote: str, end: RunEnd) -> int:
