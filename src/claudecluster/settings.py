@@ -44,6 +44,7 @@ __all__ = [
     "CONFIG_FILE_NAME",
     "ENV_PREFIX",
     "DriverSettings",
+    "GitHubSettings",
     "GatewaySettings",
     "LoadedSettings",
     "LoggingSettings",
@@ -354,6 +355,29 @@ class LoggingSettings(_Section):
     )
 
 
+class GitHubSettings(_Section):
+    """Where ``run --pr`` opens its pull request (GitHub or a GitHub Enterprise server).
+
+    The token is never configuration: it is read from GH_TOKEN or GITHUB_TOKEN.
+    """
+
+    api_url: str = pydantic.Field(
+        default="https://api.github.com",
+        description="The REST API base; GitHub Enterprise: https://HOST/api/v3.",
+    )
+    repository: str | None = pydantic.Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$",
+        description="OWNER/NAME of the pull request's repository (default: read from the "
+        "pushed remote's URL).",
+    )
+    base: str | None = pydantic.Field(
+        default=None,
+        description="The branch the pull request asks to merge into (default: the "
+        "checkout's current branch).",
+    )
+
+
 class Settings(BaseSettings):
     """The effective configuration of one ClaudeCluster process."""
 
@@ -371,6 +395,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = GatewaySettings()
     sandbox: SandboxSettings = SandboxSettings()
     claude: ClaudeSettings = ClaudeSettings()
+    github: GitHubSettings = GitHubSettings()
     anthropic_api_key: pydantic.SecretStr | None = pydantic.Field(
         default=None,
         validation_alias=pydantic.AliasChoices("anthropic_api_key", "ANTHROPIC_API_KEY"),

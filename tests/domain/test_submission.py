@@ -60,6 +60,12 @@ def _fanout(**extra: object) -> FanoutSpec:
                    prompt="p"),), max_parallel=10**9), "max_parallel"),
         (SubmitRun(run_id="r", goal="g", repo="/r", plan=(TaskSpec(task_id="t", title="t",
                    prompt="p"),), policy=RunPolicy(max_attempts=10**9)), "policy.max_attempts"),
+
+        # A git URL: the driver does not clone; refused, never accepted and then failed.
+        (SubmitRun(run_id="r", goal="g", repo="https://github.com/o/r.git",
+                   plan=(TaskSpec(task_id="t", title="t", prompt="p"),)), "repo"),
+        (SubmitRun(run_id="r", goal="g", repo="git@github.com:o/r.git",
+                   plan=(TaskSpec(task_id="t", title="t", prompt="p"),)), "repo"),
     ],
 )  # fmt: skip
 def test_every_count_a_client_gives_is_bounded_at_the_doors_and_in_the_core(
@@ -74,6 +80,15 @@ def test_every_count_a_client_gives_is_bounded_at_the_doors_and_in_the_core(
     assert isinstance(refusal, Record)
     assert isinstance(refusal.event, CommandRejected)
     assert refusal.event.reason.startswith(field)
+
+
+def test_a_git_url_repo_is_refused_with_the_way_round_it_and_a_path_is_not() -> None:
+    with pytest.raises(ConfigError) as caught:
+        submit_run_command("g", repo="ssh://git@host/o/r.git", fanout=_fanout(), now=NOW)
+    assert caught.value.key == "repo"
+    assert "clone it on the driver's machine" in caught.value.problem
+    assert submission_problem(SubmitRun(run_id="r", goal="g", repo="/srv/a:b@c", planner="fanout",
+                                        fanout=_fanout()), max_tasks=500) is None  # fmt: skip
 
 
 def test_the_front_door_refuses_a_bad_template_before_publishing() -> None:

@@ -255,11 +255,17 @@ async def test_unknown_ids_are_404_problems_and_invalid_input_is_4xx_naming_the_
             assert [e["field"] for e in answer.json()["errors"]] == [field], answer.text
         relative = await http.post("/runs", json=cases[2][0], headers=bearer("submit"))
         assert (
-            "expected an absolute path on the driver's machine or a git URL"
-            in (relative.json()["detail"])
+            "expected an absolute path on the driver's machine" in (relative.json()["detail"])
         )  # the pattern in words, not the regex
         named = await http.post("/runs", json=cases[3][0], headers=bearer("submit"))
         assert "letters, digits, '-' and '_'" in named.json()["detail"]
+        for url in ("https://github.com/o/r.git", "git@github.com:o/r.git"):
+            # Refused at submission with the way round it, never accepted and then failed.
+            remote = await http.post(
+                "/runs", json={"goal": "g", "repo": url, "plan": task}, headers=bearer("submit")
+            )
+            assert remote.status_code == 422, remote.text
+            assert "git URL is not cloned by the driver" in remote.json()["detail"], remote.text
         cycle = await http.post("/runs", json=cases[-1][0], headers=bearer("submit"))
         assert "cycle" in cycle.json()["detail"]
         broken = await http.post("/runs", content=b"{not json", headers=bearer("submit"))

@@ -1102,7 +1102,7 @@ def _submit(state: DriverState, command_id: str, command: SubmitRun) -> list[Eff
     if exists:
         return reject(f"run {command.run_id!r} already exists; choose another run id")
     if not command.repo.strip():
-        return reject("the run names no repository: give repo as a path or a git URL")
+        return reject("the run names no repository: give repo as a path")
     for name, value in (("repo", command.repo), ("base_ref", command.base_ref)):
         if any(ord(char) < 32 for char in value):
             return reject(f"{name} {value!r} contains a control character")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -19,7 +20,15 @@ from rich.text import Text
 from claudecluster.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from claudecluster.cli.follow import Renderer, RunEnd, follow_run, renderer_for, submit_only
 from claudecluster.cli.preview import preview_lines
+from claudecluster.cli.pull_request import (
+    PullRequest,
+    github_token,
+    open_pull_request,
+    pull_request_body,
+    repository_of,
+)
 from claudecluster.cli.render import merge_warning_lines, preemption_lines
+from claudecluster.cli.result_push import check_remote, push_branch, refuse_git_url
 from claudecluster.domain.branches import integration_branch
 from claudecluster.errors import ConfigError
 from claudecluster.events.model import (
@@ -75,6 +84,8 @@ def run(
     rollback_on_failure: bool | None = None,
     yes: bool = False,
     dry_run: bool = False,
+    push: str | None = None,
+    pr: bool = False,
 ) -> int:
     """Split a goal into tasks, run them in parallel with Claude Code, merge the results.
 
@@ -85,7 +96,7 @@ def run(
     Without a NATS URL this starts the embedded nats-server, a driver and N local
     workers; with --nats it submits to the driver and workers already running there.
     The result is the branch claudecluster/RUN in the repository; your checkout is never
-    touched.
+    touched. --push REMOTE pushes that branch to the remote once every task merged.
 
     Ctrl-C asks whether to cancel the run or detach from it (on the embedded cluster a
     detached run pauses and goes on the next time a driver and workers run).
@@ -99,6 +110,7 @@ def run(
         claudecluster run "Add docstrings" --fanout "src/**/*.py" --prompt "Document {path}"
         claudecluster run "Split the monolith" --claude-planner --workers 5
         claudecluster run "Port the endpoints" --plan plan.yaml --nats nats://10.0.0.5:4222
+        claudecluster run "Add type hints" --plan plan.yaml --yes --push origin
 
     Args:
         goal: What the run should achieve, in a sentence.
@@ -136,7 +148,15 @@ def run(
         rollback_on_failure: A failed run resets its branch to the base (default: off).
         yes: Run the previewed plan without asking (needed without a terminal).
         dry_run: Show the plan (planned here, or the --plan file) and stop.
+        push: A remote (name or URL) to push the branch claudecluster/RUN to, under the
+            same name, when the run ends with every task merged; checked before the run.
+        pr: With --push, open a GitHub pull request of the pushed branch (token from
+            GH_TOKEN or GITHUB_TOKEN; github.api_url, github.repository, github.base).
     """
+    refuse_git_url(repo)
+    if pr and push is None:
+        raise ConfigError("pr", "flag --pr", "needs --push REMOTE: the branch must be pushed")
+    token = github_token(os.environ) if pr else None
     repo = repo.resolve()
     flags: dict[str, object] = {"nats": {"url": nats}} if nats else {}
     if no_sandbox:
@@ -176,7 +196,16 @@ def run(
         )  # fmt: skip
     try:
         end: RunEnd = anyio.run(
-            _run, settings, command, repo, workers, json, console, detach, include_uncommitted
+            _run,
+            settings,
+            command,
+            repo,
+            workers,
+            json,
+            console,
+            detach,
+            include_uncommitted,
+            push,
         )
     except Detached as left:
         console.print(f"run {left.run_id} goes on without this command; follow it with "
@@ -186,7 +215,57 @@ def run(
             return EXIT_INTERRUPTED
         return EXIT_OK
     print_summary(console, end)
-    return _exit_code(end)
+    code = _exit_code(end)
+    if push is not None and code == EXIT_OK:
+        code = _push(console, repo, push, end)
+        if token is not None and code == EXIT_OK:
+            code = _pull_request(console, settings, repo, push, token, end)
+        return code
+    if push is not None:
+        console.print(f"not pushed to {push}: not every task merged", markup=False)
+    return code
+
+
+def _pull_request(
+    console: Console, settings: Settings, repo: Path, remote: str, token: str, end: RunEnd
+) -> int:
+    """Open the pull request of the pushed branch; a refusal is exit 1, the push stays."""
+    assert isinstance(end.event, RunCompleted)  # only a fully merged run is pushed
+    run = end.view.runs.get(end.event.run_id)
+    branch = run.integration_branch if run is not None else integration_branch(end.event.run_id)
+    title, body = pull_request_body(end.view, end.event)
+
+    async def open_it() -> PullRequest | str:
+        _, url, _ = await git_status(repo, "remote", "get-url", remote)
+        repository = repository_of(url or remote, settings.github.repository)
+        base = settings.github.base
+        if not base:
+            code, current, _ = await git_status(repo, "symbolic-ref", "--short", "-q", "HEAD")
+            base = current.strip() if code == 0 and current.strip() else "main"
+        return await open_pull_request(
+            api_url=settings.github.api_url, token=token, repository=repository,
+            head=branch, base=base, title=title, body=body,
+        )  # fmt: skip
+
+    opened = anyio.run(open_it)
+    if isinstance(opened, str):
+        console.print(f"pull request not opened: {opened}", markup=False)
+        return EXIT_FAILED
+    console.print(f"opened pull request #{opened.number}: {opened.url}", markup=False,
+                  soft_wrap=True)  # fmt: skip
+    return EXIT_OK
+
+
+def _push(console: Console, repo: Path, remote: str, end: RunEnd) -> int:
+    """Push the run's branch to ``remote``; a refused push is exit 1, the branch stays."""
+    run = end.view.runs.get(end.event.run_id)
+    branch = run.integration_branch if run is not None else integration_branch(end.event.run_id)
+    failure = anyio.run(push_branch, repo, remote, branch)
+    if failure is not None:
+        console.print(f"push of {branch} to {remote} failed: {failure}", markup=False)
+        return EXIT_FAILED
+    console.print(f"pushed {branch} to {remote}", markup=False, soft_wrap=True)
+    return EXIT_OK
 
 
 def _preview(
@@ -422,11 +501,14 @@ async def _run(
     console: Console,
     detach: bool = False,
     include_uncommitted: bool = False,
+    push: str | None = None,
 ) -> RunEnd:
     """Submit and follow; raises :class:`Detached` when the user lets the run go on."""
     code, _, _ = await git_status(repo, "rev-parse", "--verify", "-q", "HEAD^{commit}")
     if code != 0:
         raise ConfigError("repo", str(repo), "the repository has no commit yet")
+    if push is not None:
+        await check_remote(repo, push)
     command = await _base_of_checkout(command, repo, include_uncommitted)
     async with open_configured_cluster(
         settings, project_dir=repo, name="claudecluster-run"

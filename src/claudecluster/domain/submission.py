@@ -11,6 +11,10 @@ The fan-out prompt template used to go through ``str.format``, which is a small 
 of its own: ``{path:>4000000000}`` asked for a 4 GB string and ``{path.__class__}`` reached
 attributes. :func:`fill_template` knows exactly the documented placeholders and doubled
 braces for literal ones, nothing else.
+
+A ``repo`` given as a git URL is refused here, at submission, with the way round it: the
+driver works on a repository on its own disk and does not clone, so a URL accepted and
+then failed at the first git command would be the worst of both.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ __all__ = [
     "MAX_TASKS_CEILING",
     "PLACEHOLDERS",
     "fill_template",
+    "repo_problem",
     "submission_problem",
     "template_problem",
 ]
@@ -45,6 +50,9 @@ _MAX_ATTEMPTS: Final = 100
 _MAX_SECONDS: Final = 7 * 24 * 3600.0
 _MAX_TURNS: Final = 10_000
 _MAX_MEMORY_MB: Final = 1024 * 1024
+
+#: A URL (``scheme://``) or scp-like git address (``user@host:path``), not a path.
+_GIT_URL: Final = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|[^@/\s]+@[^:/\s]+:)")
 
 _TOKEN: Final = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _LITERAL: Final = {"{{": "{", "}}": "}"}
@@ -100,6 +108,21 @@ def _limits_problem(where: str, limits: TaskLimits) -> tuple[str, str] | None:
     return None
 
 
+def repo_problem(repo: str) -> str | None:
+    """Why ``repo`` cannot be worked on as given, or None.
+
+    A git URL is refused with what to do instead: the driver does not clone, it works on
+    a repository on its own machine.
+    """
+    if _GIT_URL.match(repo):
+        return (
+            "a git URL is not cloned by the driver: clone it on the driver's machine and "
+            "give that clone's absolute path (the result is the branch claudecluster/RUN "
+            "there; 'claudecluster run --push' pushes it back)"
+        )
+    return None
+
+
 def submission_problem(command: SubmitRun, *, max_tasks: int) -> tuple[str, str] | None:
     """The first bound ``command`` breaks, as ``(field, problem)``, or None.
 
@@ -107,6 +130,9 @@ def submission_problem(command: SubmitRun, *, max_tasks: int) -> tuple[str, str]
         command: the submission.
         max_tasks: the configured cap on a run's tasks.
     """
+    repo = repo_problem(command.repo)
+    if repo is not None:
+        return "repo", repo
     if command.plan is not None and len(command.plan) > max_tasks:
         return "plan", (f"{len(command.plan)} tasks, more than the limit of {max_tasks} per run")
     fanout = command.fanout

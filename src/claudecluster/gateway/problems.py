@@ -56,8 +56,7 @@ _NAMED = re.compile(r"(?:missing required|unknown) field `(?P<name>[^`]*)`")
 _REGEX = re.compile(r"Expected `str` matching regex .*")
 # What a pattern asks for, in words, by the field it guards: a regex is no help to a user.
 _PATTERN_MEANS = {
-    "repo": "expected an absolute path on the driver's machine or a git URL, "
-    "without control characters",
+    "repo": "expected an absolute path on the driver's machine, without control characters",
     "run_id": "expected letters, digits, '-' and '_', starting with a letter or digit, at most 64",
     "task_id": "expected letters, digits, '-' and '_', starting with a letter or digit, at most 64",
 }

@@ -40,7 +40,8 @@ Repo = Annotated[
     msgspec.Meta(
         pattern=r"^(/|[A-Za-z][A-Za-z0-9+.-]*://|[^@/\s]+@[^:/\s]+:)[^\x00-\x1f\x7f]*$",
         max_length=4096,
-        description="Absolute repository path on the driver's machine, or a git URL.",
+        description="Absolute repository path on the driver's machine (a git URL is refused: "
+        "the driver does not clone).",
     ),
 ]
 

@@ -89,7 +89,8 @@ RepoPath = Annotated[
         pattern=r"^(/|[A-Za-z][A-Za-z0-9+.-]*://|[^@/\s]+@[^:/\s]+:)[^\x00-\x1f\x7f]*$",
         max_length=4096,
         description="The repository the run works on: an absolute path on the driver's "
-        "machine, or a git URL. Default: the directory the MCP server was started in.",
+        "machine (a git URL is refused: the driver does not clone). Default: the directory "
+        "the MCP server was started in.",
     ),
 ]
 
