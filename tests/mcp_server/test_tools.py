@@ -30,6 +30,7 @@ pytestmark = pytest.mark.nats
 TOOLS = {
     "run_goal",
     "submit_plan",
+    "preview_plan",
     "run_status",
     "task_status",
     "task_logs",

@@ -5,7 +5,8 @@ Every tool is a thin call on the shared :class:`~claudecluster.runtime.front_doo
 (the same service the HTTP gateway uses): reads come from its live projection, changes go
 out as commands and wait for the driver's answer. Nothing here keeps cluster state.
 
-Tools: ``run_goal``, ``submit_plan``, ``run_status``, ``task_status``, ``task_logs``,
+Tools: ``run_goal``, ``submit_plan``, ``preview_plan`` (what a plan would do; starts
+nothing), ``run_status``, ``task_status``, ``task_logs``,
 ``cancel``, ``list_workers``, ``rollback``. Resources: ``claudecluster://runs`` (every
 run, one line each) and ``claudecluster://runs/{run_id}/report`` (a run's report in
 Markdown). ``run_goal`` and ``submit_plan`` with ``wait`` follow the run and send MCP
@@ -40,7 +41,7 @@ from claudecluster.errors import (
     PermissionDeniedError,
     UnknownEntityError,
 )
-from claudecluster.events.model import RunCancelled, TaskCancelled, TaskProgress
+from claudecluster.events.model import FanoutSpec, RunCancelled, TaskCancelled, TaskProgress
 from claudecluster.events.plan import plan_to_specs
 from claudecluster.events.subjects import run_filter
 from claudecluster.mcp_server.models import (
@@ -48,6 +49,7 @@ from claudecluster.mcp_server.models import (
     CancelResult,
     Goal,
     LogLine,
+    PlanPreviewResult,
     RepoPath,
     RollbackResult,
     RunId,
@@ -57,12 +59,14 @@ from claudecluster.mcp_server.models import (
     TaskRef,
     TaskStatusResult,
     WorkersResult,
+    preview_result,
     run_result,
     task_result,
     worker_result,
 )
 from claudecluster.reporting import render_markdown, run_record
 from claudecluster.runtime.front_door import FrontDoor, submit_run_command
+from claudecluster.runtime.plan_previews import PlanDrafter, pool_size, preview_submission
 from claudecluster.runtime.planners import parse_plan_text
 from claudecluster.transport.base import read_all
 
@@ -163,6 +167,7 @@ def build_mcp_server(
     *,
     default_repo: str,
     log_levels: LogLevelBook | None = None,
+    drafter: PlanDrafter | None = None,
 ) -> MCPServer[Any]:
     """An MCP server whose tools and resources act on the cluster through ``door``.
 
@@ -172,6 +177,9 @@ def build_mcp_server(
             directory the server was started in, usually).
         log_levels: where ``logging/setLevel`` is remembered; one level for the process
             when None.
+        drafter: the Claude planner ``preview_plan`` may run for a bare goal (a
+            read-only, confined agent on this machine); None: it previews plans and
+            fan-outs only.
 
     Returns:
         The server, ready for ``run_stdio_async`` or the streamable-HTTP endpoint.
@@ -343,6 +351,78 @@ def build_mcp_server(
             return (await door.submit_run(command)).run_id
 
         return await start(ctx, submit, wait, timeout_s)
+
+    @server.tool(annotations=mcp_types.ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    async def preview_plan(
+        goal: Annotated[
+            str, Field(max_length=20_000, pattern=NO_NUL, description="What the run is for.")
+        ] = "",
+        plan: Annotated[
+            str,
+            Field(
+                pattern=NO_NUL,
+                description="A plan file's text (YAML or JSON), as submit_plan takes it; "
+                "empty: none.",
+            ),
+        ] = "",
+        fanout_glob: Annotated[
+            str, Field(max_length=1000, pattern=NO_NUL, description="Files to fan out over.")
+        ] = "",
+        fanout_prompt: Annotated[
+            str,
+            Field(
+                max_length=20_000,
+                pattern=NO_NUL,
+                description="The fan-out's prompt template ({path}, {stem}, {goal}).",
+            ),
+        ] = "",
+        claude_planner: Annotated[
+            bool, Field(description="Plan the goal with the Claude planner first.")
+        ] = False,
+        repo: RepoPath | None = None,
+        workers: Annotated[
+            int | None, Field(ge=1, le=10_000, description="Default: the pool's slots now.")
+        ] = None,
+        budget_usd: Annotated[float | None, Field(gt=0)] = None,
+    ) -> PlanPreviewResult:
+        """Show what a run would do, without starting it: tasks, dependencies, predicted
+        overlaps, limits and budget, and an estimate of time and cost on the pool.
+
+        Give exactly one of plan, fanout_glob with fanout_prompt, or claude_planner with
+        a goal. Submit the result's plan with submit_plan to run it.
+        """
+        if bool(fanout_glob) != bool(fanout_prompt):
+            raise ToolError("preview_plan: a fan-out needs both fanout_glob and fanout_prompt")
+        try:
+            parsed = (
+                await anyio.to_thread.run_sync(
+                    functools.partial(parse_plan_text, plan, "plan", max_tasks=door.max_tasks)
+                )
+                if plan
+                else None
+            )
+        except GraphError as exc:
+            raise ToolError(str(exc)) from None
+
+        async def make() -> PlanPreviewResult:
+            preview = await preview_submission(
+                goal,
+                repo=repo or default_repo,
+                plan=parsed,
+                fanout=FanoutSpec(glob=fanout_glob, prompt_template=fanout_prompt)
+                if fanout_glob
+                else None,
+                claude_planner=claude_planner,
+                drafter=drafter,
+                workers=workers or pool_size(door.workers()),
+                budget_usd=budget_usd,
+                max_tasks=door.max_tasks,
+                source="tool preview_plan",
+                now=datetime.now(UTC),
+            )
+            return preview_result(preview)
+
+        return await _answer(make)
 
     @server.tool(annotations=mcp_types.ToolAnnotations(read_only_hint=True))
     async def run_status(run_id: RunId) -> RunStatusResult:
