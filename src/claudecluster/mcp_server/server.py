@@ -8,8 +8,11 @@ out as commands and wait for the driver's answer. Nothing here keeps cluster sta
 Tools: ``run_goal``, ``submit_plan``, ``preview_plan`` (what a plan would do; starts
 nothing), ``run_status``, ``task_status``, ``task_logs``,
 ``cancel``, ``list_workers``, ``rollback``. Resources: ``claudecluster://runs`` (every
-run, one line each) and ``claudecluster://runs/{run_id}/report`` (a run's report in
-Markdown). ``run_goal`` and ``submit_plan`` with ``wait`` follow the run and send MCP
+run, one line each), ``claudecluster://runs/{run_id}`` (a run's status as JSON) and
+``claudecluster://runs/{run_id}/report`` (a run's report in Markdown), each subscribable
+(:mod:`claudecluster.mcp_server.run_changes`). Completions of run and task ids and the
+prompts ``plan_goal``, ``summarise_run`` and ``why_task_failed``
+(:mod:`claudecluster.mcp_server.for_people`). ``run_goal`` and ``submit_plan`` with ``wait`` follow the run and send MCP
 progress notifications (tasks finished out of tasks planned) until it ends.
 
 The same server runs over stdio (``claudecluster mcp``) and over streamable HTTP on the
