@@ -12,8 +12,9 @@ run, one line each), ``claudecluster://runs/{run_id}`` (a run's status as JSON) 
 ``claudecluster://runs/{run_id}/report`` (a run's report in Markdown), each subscribable
 (:mod:`claudecluster.mcp_server.run_changes`). Completions of run and task ids and the
 prompts ``plan_goal``, ``summarise_run`` and ``why_task_failed``
-(:mod:`claudecluster.mcp_server.for_people`). ``run_goal`` and ``submit_plan`` with ``wait`` follow the run and send MCP
-progress notifications (tasks finished out of tasks planned) until it ends.
+(:mod:`claudecluster.mcp_server.for_people`). ``run_goal`` and ``submit_plan`` with
+``wait`` follow the run and send MCP progress notifications (tasks finished out of tasks
+planned) until it ends.
 
 The same server runs over stdio (``claudecluster mcp``) and over streamable HTTP on the
 gateway (:mod:`claudecluster.mcp_server.http_endpoint`).
