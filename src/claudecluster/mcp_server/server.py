@@ -372,6 +372,7 @@ def build_mcp_server(
 
     @server.tool(annotations=mcp_types.ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def preview_plan(
+        ctx: Context[Any],
         goal: Annotated[
             str, Field(max_length=20_000, pattern=NO_NUL, description="What the run is for.")
         ] = "",
@@ -409,6 +410,7 @@ def build_mcp_server(
         Give exactly one of plan, fanout_glob with fanout_prompt, or claude_planner with
         a goal. Submit the result's plan with submit_plan to run it.
         """
+        _require(ctx, "submit")  # the planner costs what planning costs
         if bool(fanout_glob) != bool(fanout_prompt):
             raise ToolError("preview_plan: a fan-out needs both fanout_glob and fanout_prompt")
         try:
