@@ -81,6 +81,8 @@ def _for(info: mi.Type, ids: st.SearchStrategy[str] | None) -> st.SearchStrategy
         case mi.VarTupleType(item_type=item) | mi.ListType(item_type=item):
             items = st.lists(_for(item, ids), max_size=3)
             return items.map(tuple) if isinstance(info, mi.VarTupleType) else items
+        case mi.DictType(key_type=key, value_type=value):
+            return st.dictionaries(_for(key, ids), _for(value, ids), max_size=2)
         case mi.StructType(cls=cls, fields=fields):
             return st.builds(cls, **{f.name: _for(f.type, ids) for f in fields})
         case mi.Metadata(type=inner):

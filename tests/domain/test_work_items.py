@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 from claudecluster.actors.driver import Dispatch
 from claudecluster.actors.work_items import work_item
 from claudecluster.domain.kinds import KIND_PROFILES
 from claudecluster.events import TaskQueued, TaskSpec
-from claudecluster.events.model import ArtifactRef, TaskLimits
+from claudecluster.events.model import ArtifactRef, McpServer, TaskLimits
 from claudecluster.events.work import BaseSegment
 
 _SEGMENTS = (
@@ -64,3 +66,23 @@ def test_a_resolution_runs_with_the_resolve_profile_from_the_conflicted_merge() 
     item = work_item(_dispatch(spec, queued), recorded, repo_key="root", segments=())
     assert item.base_commit == "merge1"
     assert item.allowed_tools == KIND_PROFILES["resolve"].allowed_tools
+
+
+def test_a_tasks_mcp_servers_become_claude_codes_config_but_not_a_resolutions() -> None:
+    servers = {"probe": McpServer(command="python3", args=("probe.py",), env={"LEVEL": "1"})}
+    spec = TaskSpec(task_id="t", title="T", prompt="do it", mcp_servers=servers)
+    queued = TaskQueued(run_id="r", task_id="t", attempt=1, base_commit="c0")
+    item = work_item(_dispatch(spec, queued), queued, repo_key="root", segments=())
+    assert json.loads(item.mcp_config) == {
+        "mcpServers": {
+            "probe": {"type": "stdio", "command": "python3", "args": ["probe.py"],
+                      "env": {"LEVEL": "1"}}
+        }
+    }  # fmt: skip
+    resolving = TaskQueued(run_id="r", task_id="t", attempt=2, resolves_conflict=True)
+    resolution = work_item(_dispatch(spec, resolving), resolving, repo_key="root", segments=())
+    assert resolution.mcp_config == ""
+    plain = TaskSpec(task_id="t", title="T", prompt="do it")
+    assert (
+        work_item(_dispatch(plain, queued), queued, repo_key="root", segments=()).mcp_config == ""
+    )

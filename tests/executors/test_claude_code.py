@@ -175,6 +175,8 @@ def test_the_command_chooses_the_session_and_passes_limits(tmp_path: Path) -> No
     assert command[command.index("--max-turns") + 1] == "7"
     assert command[command.index("--max-budget-usd") + 1] == "0.25"
     assert command[command.index("--mcp-config") + 1] == str(tmp_path / "mcp.json")
+    assert "--strict-mcp-config" in command  # the plan's servers only, none of the repo's
+    assert "--strict-mcp-config" not in claude_command(job, Path("/bin/claude"))
     assert "--dangerously-skip-permissions" not in command  # refused as root
     resumed = claude_command(
         replace(job, resume=True, model="claude-x", append_system_prompt="be brief"),

@@ -246,6 +246,12 @@ async def test_unknown_ids_are_404_problems_and_invalid_input_is_4xx_naming_the_
             ({"goal": "g", "repo": repo}, "$.plan"),
             ({"goal": "g", "repo": repo, "plan": task, "claude_planner": True}, "$.plan"),
             ({"goal": "g", "repo": repo,
+              "plan": [{**task[0], "mcp_servers": {"s": {"command": "x", "url": "http://h/"}}}]},
+             "$.plan[0].mcp_servers.s"),
+            ({"goal": "g", "repo": repo,
+              "plan": [{**task[0], "mcp_servers": {"s": {"cmd": "x"}}}]},
+             "$.plan[0].mcp_servers[...].cmd"),
+            ({"goal": "g", "repo": repo,
               "plan": shell_plan(("a", "true", ["b"]), ("b", "true", ["a"]))}, "$.plan"),
         ]  # fmt: skip
         for body, field in cases:

@@ -90,7 +90,7 @@ async def test_the_sdk_client_calls_tools_over_http_with_a_token(door: FrontDoor
                 tools = await c.list_tools()
                 resources = await c.list_resources()
             assert (result.structured_content or {})["state"] == "completed", mode
-            assert len(tools.tools) == 8
+            assert len(tools.tools) == 9  # preview_plan among them
             assert [str(r.uri) for r in resources.resources] == ["claudecluster://runs"]
 
 

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.nats
 TOOLS = {
     "run_goal",
     "submit_plan",
+    "preview_plan",
     "run_status",
     "task_status",
     "task_logs",
@@ -133,8 +134,9 @@ async def test_resources_list_runs_and_serve_a_run_report(door: FrontDoor) -> No
         runs = await client.read_resource("claudecluster://runs")
         report = await client.read_resource("claudecluster://runs/sample-happy/report")
     assert [str(r.uri) for r in listed.resources] == ["claudecluster://runs"]
-    assert [t.uri_template for t in templates.resource_templates] == [
-        "claudecluster://runs/{run_id}/report"
+    assert sorted(t.uri_template for t in templates.resource_templates) == [
+        "claudecluster://runs/{run_id}",
+        "claudecluster://runs/{run_id}/report",
     ]
     first = runs.contents[0]
     assert isinstance(first, mcp_types.TextResourceContents)

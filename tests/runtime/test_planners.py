@@ -364,3 +364,15 @@ async def test_a_planner_cannot_grant_its_tasks_network_access(tmp_path: Path) -
         "not a valid plan: task 'a': a planner's plan cannot allow network destinations"
         in executor.prompts[1]
     )
+
+
+async def test_a_planner_cannot_give_its_tasks_mcp_servers(tmp_path: Path) -> None:
+    """A server is a program every attempt starts: only a person's plan may name one."""
+    serving = {
+        "tasks": [{"id": "a", "prompt": "do a",
+                   "mcp_servers": {"x": {"command": "sh", "args": ["-c", "curl evil"]}}}],
+    }  # fmt: skip
+    executor = ScriptedExecutor(_answer(serving), _answer(GOOD))
+    tasks = await _planner(executor, tmp_path).plan(SUBMITTED, tmp_path)
+    assert tasks == GOOD_SPECS
+    assert "task 'a': a planner's plan cannot name MCP servers" in executor.prompts[1]

@@ -5,8 +5,8 @@ spec and the TaskQueued it records); the shell finds where the base commit's his
 (the repository's chain of bundles, which takes the object store) and, for a conflict's
 resolution, makes the conflicted merge it starts from. Everything else a worker is told
 follows from those facts, here: the limits of a retry, the note in front of the prompt,
-the model (the task's, else the run's), the tools (the task's, else its kind's) and
-the kind's system prompt.
+the model (the task's, else the run's), the tools (the task's, else its kind's), the
+task's MCP servers as Claude Code's config, and the kind's system prompt.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import msgspec
 
 from claudecluster.actors.driver import Dispatch
 from claudecluster.domain.kinds import KIND_PROFILES
+from claudecluster.domain.mcp_servers import mcp_config_json
 from claudecluster.events.model import TaskQueued
 from claudecluster.events.work import BaseSegment, WorkItem
 
@@ -58,4 +59,6 @@ def work_item(
         allowed_tools=(() if queued.resolves_conflict else spec.allowed_tools)
         or profile.allowed_tools,
         append_system_prompt=profile.system_prompt,
+        # A resolution attempt only merges: it gets none of the task's servers.
+        mcp_config="" if queued.resolves_conflict else mcp_config_json(spec.mcp_servers),
     )

@@ -101,7 +101,9 @@ async def _serve(settings: Settings, verifier: TokenVerifier, workers: int) -> N
         # Imported here, not at the top: the mcp package is most of the CPU every CLI
         # process (each worker and driver too) spends starting, and only this command needs it.
         from claudecluster.mcp_server.http_endpoint import mcp_for_gateway
+        from claudecluster.runtime.plan_previews import configured_drafter
 
+        drafter = configured_drafter(settings, Path.cwd())
         mcp = mcp_for_gateway(
             door,
             verifier,
@@ -111,6 +113,7 @@ async def _serve(settings: Settings, verifier: TokenVerifier, workers: int) -> N
             hosts=gateway.mcp_allowed_hosts,
             origins=gateway.mcp_allowed_origins,
             max_body_bytes=gateway.max_body_bytes,
+            drafter=drafter,
         )
         served = await stack.enter_async_context(
             open_gateway(
@@ -121,6 +124,7 @@ async def _serve(settings: Settings, verifier: TokenVerifier, workers: int) -> N
                 extra_routes=[mcp.route],
                 extra_lifespans=[mcp.lifespan],
                 max_body_bytes=gateway.max_body_bytes,
+                drafter=drafter,
             )
         )
         where = "embedded cluster" if conn.embedded else "cluster"

@@ -94,8 +94,11 @@ async def _serve(settings: Settings, project: Path, workers: int) -> None:
         # Imported here, not at the top: the mcp package is most of the CPU every CLI
         # process (each worker and driver too) spends starting, and only this command needs it.
         from claudecluster.mcp_server.server import build_mcp_server
+        from claudecluster.runtime.plan_previews import configured_drafter
 
-        server = build_mcp_server(door, default_repo=str(project))
+        server = build_mcp_server(
+            door, default_repo=str(project), drafter=configured_drafter(settings, project)
+        )
         # Returns when the client closes our stdin, the way a client ends a stdio server;
         # the workers and an embedded nats-server then stop with the contexts above.
         await server.run_stdio_async()

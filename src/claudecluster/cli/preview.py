@@ -3,19 +3,19 @@
 What a user needs to say go: the tasks and their order, which of them would collide
 (tasks that name the same files, and what the driver does about it), the limits and the
 budget that apply, and an estimate of the time on this pool and the cost. Pure: lines
-from the plan and the run's settings.
+from :func:`~claudecluster.domain.preview.plan_preview`, the content the MCP server's
+``preview_plan`` tool and the gateway's ``POST /plans/preview`` return as well.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from claudecluster.domain.estimate import SIZE_COST_USD, SIZE_MINUTES, estimate_plan
-from claudecluster.domain.graph import predict_conflicts
+from claudecluster.domain.preview import PlanPreview, plan_preview
 from claudecluster.events.model import RunPolicy, TaskLimits
-from claudecluster.events.plan import PlanFile, plan_to_specs
+from claudecluster.events.plan import PlanFile
 
-__all__ = ["preview_lines"]
+__all__ = ["preview_lines", "render_preview"]
 
 
 def _limits(limits: TaskLimits) -> str:
@@ -38,16 +38,20 @@ def preview_lines(
     policy: RunPolicy,
 ) -> Sequence[str]:
     """The preview: tasks, overlaps, limits and budget, and the estimate."""
-    specs = plan_to_specs(plan)
-    width = max(len(task.id) for task in plan.tasks)
-    lines = [f'plan for "{goal}": {len(plan.tasks)} tasks']
-    for task, spec in zip(plan.tasks, specs, strict=True):
+    return render_preview(
+        plan_preview(plan, goal, workers=workers, budget_usd=budget_usd, policy=policy)
+    )
+
+
+def render_preview(preview: PlanPreview) -> Sequence[str]:
+    """The lines ``run`` prints for ``preview`` (the content every front door shares)."""
+    width = max(len(task.task_id) for task in preview.tasks)
+    lines = [f'plan for "{preview.goal}": {len(preview.tasks)} tasks']
+    for task in preview.tasks:
         after = f"  after {', '.join(task.depends_on)}" if task.depends_on else ""
         model = f"  model {task.model}" if task.model else ""
-        lines.append(f"  {task.id:<{width}}  [{task.size}] {spec.title}{after}{model}")
-    serialize = policy.file_overlap == "serialize"
-    ordered, conflicts = predict_conflicts(list(specs), serialize=serialize)
-    for conflict in conflicts:
+        lines.append(f"  {task.task_id:<{width}}  [{task.size}] {task.title}{after}{model}")
+    for conflict in preview.overlaps:
         then = (
             f"{conflict.second} will wait for {conflict.first}"
             if conflict.serialized
@@ -57,23 +61,21 @@ def preview_lines(
             f"overlap: {conflict.first} and {conflict.second} both change "
             f"{', '.join(conflict.files)}: {then}"
         )
-    limited = sorted({_limits(t.limits) for t in plan.tasks} - {""})
+    limited = sorted({_limits(t.limits) for t in preview.tasks} - {""})
+    budget_usd = preview.budget_usd
     lines.append(
         "limits per task: " + ("; ".join(limited) if limited else "none set")
-        + f"; attempts per task: {policy.max_attempts}"
+        + f"; attempts per task: {preview.max_attempts}"
         + f"; budget: {f'${budget_usd:g}' if budget_usd is not None else 'none'}"
     )  # fmt: skip
-    # On the graph the driver will run: with the overlaps it orders, where it does.
-    sizes = {task.id: task.size for task in plan.tasks}
-    estimate = estimate_plan([(t.task_id, t.depends_on, sizes[t.task_id]) for t in ordered],
-                             workers)  # fmt: skip
+    estimate = preview.estimate
     lines.append(
-        f"estimate on {workers} workers: about {estimate.minutes:.0f} min "
+        f"estimate on {estimate.workers} workers: about {estimate.minutes:.0f} min "
         f"({estimate.sequential_minutes:.0f} min one after another), "
         f"about ${estimate.cost_usd:.2f}; longest chain: {' > '.join(estimate.critical_path)}"
     )
     typical = ", ".join(
-        f"{size} {SIZE_MINUTES[size]:g} min ${SIZE_COST_USD[size]:.2f}" for size in SIZE_MINUTES
+        f"{size.size} {size.minutes:g} min ${size.cost_usd:.2f}" for size in estimate.typical
     )
     lines.append(f"  (typical figures per task size, not measurements: {typical})")
     return lines

@@ -23,6 +23,7 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
+from claudecluster.domain.mcp_servers import mcp_servers_problem
 from claudecluster.domain.network import allowance_problem
 from claudecluster.errors import GraphError
 from claudecluster.events.model import SubmitRun, TaskLimits
@@ -159,4 +160,8 @@ def submission_problem(command: SubmitRun, *, max_tasks: int) -> tuple[str, str]
         network = allowance_problem(spec.network.allow)
         if network is not None:
             return f"plan[{index}].network.allow", network
+        servers = mcp_servers_problem(spec.mcp_servers, spec.network.allow)
+        if servers is not None:
+            field, problem = servers
+            return f"plan[{index}].mcp_servers" + (f".{field}" if field else ""), problem
     return None

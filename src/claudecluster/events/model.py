@@ -40,6 +40,7 @@ __all__ = [
     "FailureClass",
     "FanoutSpec",
     "Id",
+    "McpServer",
     "MergeConflict",
     "CollisionPredicted",
     "CollisionSettled",
@@ -190,6 +191,28 @@ class TaskNetwork(msgspec.Struct, frozen=True, kw_only=True):
     ] = ()
 
 
+class McpServer(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One MCP server a task's agent gets: a command Claude Code starts (stdio), or a URL.
+
+    A stdio server runs inside the attempt's confinement, as the agent's child; a URL
+    server is reached through the sandbox's network, so its ``host:port`` must be in the
+    task's ``network.allow`` (checked at every door).
+    """
+
+    command: Annotated[
+        str, msgspec.Meta(max_length=4096, description="The program to start (stdio).")
+    ] = ""
+    args: Annotated[tuple[str, ...], msgspec.Meta(max_length=64, description="Its arguments.")] = ()
+    env: Annotated[
+        dict[str, str],
+        msgspec.Meta(description="Extra environment variables for the server (stdio)."),
+    ] = {}
+    url: Annotated[
+        str,
+        msgspec.Meta(max_length=4096, description="An http(s) URL of a streamable-HTTP server."),
+    ] = ""
+
+
 class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
     """One node of a run's task graph, as the planner produced it."""
 
@@ -224,6 +247,14 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
         TaskNetwork,
         msgspec.Meta(description="What the attempt may reach besides the model API."),
     ] = TaskNetwork()
+    mcp_servers: Annotated[
+        dict[str, McpServer],
+        msgspec.Meta(
+            description="MCP servers this task's agent gets, by name (its tools are "
+            "mcp__NAME__TOOL); at most 16. Workers run them only with "
+            "worker.allow_plan_mcp_servers."
+        ),
+    ] = {}
 
 
 class RunPolicy(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,6 +17,9 @@ YAML or JSON, one schema (exported to ``events/schema/plan.json`` like the event
         model: opus                          # optional: this task's Claude model
         allowed_tools: [Read, Edit, Grep]    # optional: Claude Code tools it may use
         size: medium                         # small|medium|large: the preview's estimate
+        mcp_servers:                         # optional: MCP servers its agent gets
+          docs: {command: python3, args: [tools/docs_mcp.py], env: {LEVEL: "1"}}
+          search: {url: "http://127.0.0.1:8931/mcp"}   # host:port must be in network.allow
     model: sonnet                            # optional: the model of tasks naming none
     policy:                                  # optional; run's flags win over it
       max_attempts: 3                        # attempts a task gets before it fails
@@ -41,7 +44,14 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from claudecluster.errors import GraphError
-from claudecluster.events.model import Id, TaskKind, TaskLimits, TaskNetwork, TaskSpec
+from claudecluster.events.model import (
+    Id,
+    McpServer,
+    TaskKind,
+    TaskLimits,
+    TaskNetwork,
+    TaskSpec,
+)
 
 __all__ = ["PlanFile", "PlanPolicy", "PlanTask", "plan_from_data", "plan_to_specs"]
 
@@ -65,6 +75,7 @@ class PlanTask(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         msgspec.Meta(description="How big the task is, for the preview's time and cost."),
     ] = "medium"
     network: TaskNetwork = TaskNetwork()
+    mcp_servers: dict[str, McpServer] = {}
 
 
 class PlanPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -123,6 +134,7 @@ def plan_to_specs(plan: PlanFile) -> tuple[TaskSpec, ...]:
             model=task.model,  # the plan's own default is the run's (its policy's) model
             allowed_tools=task.allowed_tools,
             network=_network(plan.network, task.network),
+            mcp_servers=task.mcp_servers,
         )
         for task in plan.tasks
     )

@@ -93,7 +93,8 @@ def claude_command(job: AttemptRun, binary: Path) -> list[str]:
     if job.limits.max_cost_usd is not None:
         command += ["--max-budget-usd", f"{job.limits.max_cost_usd:g}"]
     if job.mcp_config is not None:
-        command += ["--mcp-config", str(job.mcp_config)]
+        # Only the plan's servers: none from the repository's .mcp.json or user settings.
+        command += ["--mcp-config", str(job.mcp_config), "--strict-mcp-config"]
     if job.model:
         command += ["--model", job.model]
     if job.append_system_prompt:

@@ -39,6 +39,7 @@ from claudecluster.gateway.problems import (
 from claudecluster.gateway.run_events import run_events
 from claudecluster.observability.logging import get_logger
 from claudecluster.runtime.front_door import FrontDoor
+from claudecluster.runtime.plan_previews import PlanDrafter
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "OPERATIONS", "Operation", "Param", "create_app"]
 
@@ -88,6 +89,7 @@ def create_app(
     extra_routes: Sequence[BaseRoute] = (),
     extra_lifespans: Sequence[Callable[[Starlette], AbstractAsyncContextManager[None]]] = (),
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    drafter: PlanDrafter | None = None,
 ) -> Starlette:
     """The gateway application on an open front door.
 
@@ -100,6 +102,8 @@ def create_app(
         extra_lifespans: context managers run for the application's lifetime (an MCP
             session manager, say), entered in order and exited in reverse.
         max_body_bytes: the largest request body any route reads (413 past it).
+        drafter: the Claude planner ``POST /plans/preview`` may run for a bare goal;
+            None: it previews plans and fan-outs only.
     """
 
     @asynccontextmanager
@@ -122,6 +126,7 @@ def create_app(
     app.state.door = door
     app.state.verifier = verifier
     app.state.max_body_bytes = max_body_bytes
+    app.state.drafter = drafter
     app.state.metrics = GatewayMetrics(lambda: door)
     app.state.openapi = openapi_document()
     return app

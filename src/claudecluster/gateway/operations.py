@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.websockets import WebSocket
 
 from claudecluster.auth import Principal, Scope
+from claudecluster.domain.preview import PlanPreview
 from claudecluster.events.envelope import StoredEvent
 from claudecluster.events.model import ID_PATTERN, TaskProgress, TaskSpec
 from claudecluster.gateway.problems import JSON, invalid, json_response, query_id
@@ -33,6 +34,7 @@ from claudecluster.gateway.schemas import (
     HealthBody,
     LogLine,
     LogsBody,
+    PreviewPlanBody,
     RollbackBody,
     RolledBackBody,
     RunDetailBody,
@@ -44,6 +46,7 @@ from claudecluster.gateway.schemas import (
 )
 from claudecluster.projections.views import TaskView
 from claudecluster.runtime.front_door import FrontDoor, submit_run_command
+from claudecluster.runtime.plan_previews import PlanDrafter, pool_size, preview_submission
 
 __all__ = ["OPERATIONS", "Call", "Handler", "Operation", "Param", "door_of"]
 
@@ -162,6 +165,20 @@ async def _submit_run(call: Call) -> Response:
     )  # fmt: skip
     submission = await call.door.submit_run(command)
     return _submitted(call.request, submission)
+
+
+async def _preview_plan(call: Call) -> Response:
+    body: PreviewPlanBody = call.body
+    # The planner the gateway may run for a bare goal (create_app's), if it was given one.
+    drafter: PlanDrafter | None = getattr(call.request.app.state, "drafter", None)
+    preview = await preview_submission(
+        body.goal, repo=body.repo or "", plan=body.plan, fanout=body.fanout,
+        claude_planner=body.claude_planner, drafter=drafter,
+        workers=body.workers or pool_size(call.door.workers()), budget_usd=body.budget_usd,
+        policy=body.policy, max_tasks=call.door.max_tasks, source="request",
+        now=datetime.now(UTC),
+    )  # fmt: skip
+    return json_response(preview)
 
 
 async def _submit_task(call: Call) -> Response:
@@ -291,6 +308,10 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
               "Claude planner. Answers once the driver recorded it.", "submit", 202,
               SubmissionBody, _submit_run, request=SubmitRunBody, params=(_IDEMPOTENCY_KEY,),
               errors=(400, 401, 403, 409, 413, 422, 503)),
+    Operation("POST", "/plans/preview", "previewPlan", "What a run would do, without starting "
+              "it: tasks, dependencies, predicted overlaps, limits and budget, and an estimate "
+              "of time and cost on the pool.", "submit", 200, PlanPreview, _preview_plan,
+              request=PreviewPlanBody, errors=(400, 401, 403, 413, 422)),
     Operation("GET", "/runs", "listRuns", "Every run, oldest first.", "read", 200, RunsBody,
               _list_runs, errors=(401, 403)),
     Operation("GET", "/runs/{run_id}", "getRun", "One run with its tasks and spend.", "read",

@@ -13,6 +13,7 @@ import msgspec
 
 from claudecluster.domain.submission import MAX_TASKS_CEILING
 from claudecluster.events.model import FanoutSpec, Id, RunPolicy, TaskKind, TaskLimits, TaskSpec
+from claudecluster.events.plan import PlanFile
 from claudecluster.projections.views import CostView, RunView, TaskView, WorkerView
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "HealthBody",
     "LogLine",
     "LogsBody",
+    "PreviewPlanBody",
     "ProblemBody",
     "ProblemField",
     "RollbackBody",
@@ -68,6 +70,31 @@ class SubmitRunBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     budget_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
     max_parallel: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
     policy: RunPolicy | None = None
+
+
+class PreviewPlanBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A plan to preview (nothing starts): a plan as a plan file states it, a fan-out, or
+    a goal for the Claude planner (where the gateway runs one)."""
+
+    goal: Annotated[str, msgspec.Meta(max_length=100_000)] = ""
+    repo: Annotated[
+        Repo | None,
+        msgspec.Meta(description="Needed for a fan-out or the planner, which read it at HEAD."),
+    ] = None
+    plan: Annotated[
+        PlanFile | None,
+        msgspec.Meta(description="A plan in the plan file's form (id, prompt, size, ...)."),
+    ] = None
+    fanout: FanoutSpec | None = None
+    claude_planner: bool = False
+    workers: Annotated[
+        Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None,
+        msgspec.Meta(description="The pool the estimate assumes; default: its slots now."),
+    ] = None
+    budget_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    policy: Annotated[
+        RunPolicy | None, msgspec.Meta(description="Default: the plan's policy, then defaults.")
+    ] = None
 
 
 class SubmitTaskBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

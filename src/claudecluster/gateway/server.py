@@ -24,6 +24,7 @@ from claudecluster.auth import TokenVerifier
 from claudecluster.errors import ConfigError
 from claudecluster.gateway.app import DEFAULT_MAX_BODY_BYTES, create_app
 from claudecluster.runtime.front_door import FrontDoor
+from claudecluster.runtime.plan_previews import PlanDrafter
 
 __all__ = ["Gateway", "open_gateway", "serve_app"]
 
@@ -126,6 +127,7 @@ async def open_gateway(
     extra_routes: Sequence[BaseRoute] = (),
     extra_lifespans: Sequence[Callable[[Starlette], AbstractAsyncContextManager[None]]] = (),
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    drafter: PlanDrafter | None = None,
 ) -> AsyncIterator[Gateway]:
     """Serve the gateway on ``door`` until the context exits.
 
@@ -134,7 +136,7 @@ async def open_gateway(
     """
     app = create_app(
         door, verifier, extra_routes=extra_routes, extra_lifespans=extra_lifespans,
-        max_body_bytes=max_body_bytes,
+        max_body_bytes=max_body_bytes, drafter=drafter,
     )  # fmt: skip
     async with anyio.create_task_group() as group:
         bound: int = await group.start(lambda task_status: serve_app(

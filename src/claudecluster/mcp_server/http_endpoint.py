@@ -51,6 +51,7 @@ from claudecluster.auth import Principal, TokenVerifier, authenticate
 from claudecluster.errors import AuthenticationError, PermissionDeniedError
 from claudecluster.mcp_server.server import PRINCIPAL_STATE_KEY, build_mcp_server
 from claudecluster.runtime.front_door import FrontDoor
+from claudecluster.runtime.plan_previews import PlanDrafter
 from claudecluster.transport.mcp_sessions import (
     JetStreamMcpSessionStore,
     McpSession,
@@ -423,6 +424,7 @@ def mcp_for_gateway(
     hosts: Sequence[str] = (),
     origins: Sequence[str] = (),
     max_body_bytes: int = _MAX_BODY,
+    drafter: PlanDrafter | None = None,
 ) -> GatewayMount:
     """The MCP server at ``/mcp`` of a gateway: same front door, same bearer tokens,
     sessions in JetStream KV, Host and Origin checked for where the gateway listens.
@@ -436,10 +438,11 @@ def mcp_for_gateway(
         hosts: more ``Host`` values to accept (a DNS name, a proxy's).
         origins: browser origins to accept.
         max_body_bytes: the largest request body it reads (413 past it).
+        drafter: the Claude planner ``preview_plan`` may run for a bare goal, or None.
     """
     sessions = JetStreamMcpSessionStore(door.connection.client.jetstream())
     server = build_mcp_server(
-        door, default_repo=default_repo, log_levels=SessionLogLevels(sessions)
+        door, default_repo=default_repo, log_levels=SessionLogLevels(sessions), drafter=drafter
     )
     endpoint = McpHttpEndpoint(
         server,

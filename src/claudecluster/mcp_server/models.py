@@ -11,10 +11,12 @@ schema) and as its JSON text, which is what Claude Code shows the model.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
+import msgspec
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from claudecluster.domain.preview import PlanPreview
 from claudecluster.events.model import ID_REGEX, is_id
 from claudecluster.projections.views import RunView, TaskView, WorkerView
 
@@ -23,6 +25,7 @@ __all__ = [
     "CancelResult",
     "Goal",
     "LogLine",
+    "PlanPreviewResult",
     "RepoPath",
     "RollbackResult",
     "RunId",
@@ -34,6 +37,7 @@ __all__ = [
     "WorkerResult",
     "WorkersResult",
     "run_result",
+    "preview_result",
     "task_result",
     "worker_result",
 ]
@@ -258,3 +262,34 @@ def worker_result(worker: WorkerView) -> WorkerResult:
         last_seen_at=worker.last_seen_at,
         reason=worker.reason,
     )
+
+
+class PlanPreviewResult(_Result):
+    """What a plan would do, before anything starts (nothing was started).
+
+    The content of :class:`~claudecluster.domain.preview.PlanPreview`, as the CLI's
+    preview and the gateway's ``POST /plans/preview`` give it.
+    """
+
+    goal: str
+    tasks: list[dict[str, Any]] = Field(
+        description="Each task: task_id, title, size, depends_on, model, limits, mcp_servers."
+    )
+    overlaps: list[dict[str, Any]] = Field(
+        description="Tasks naming the same files: first, second, files, and serialized "
+        "(true: the second waits for the first; false: their merges may conflict)."
+    )
+    max_attempts: int
+    budget_usd: float | None
+    estimate: dict[str, Any] = Field(
+        description="workers, minutes (on that pool), sequential_minutes, cost_usd, "
+        "critical_path, and the typical figures each size stands for (not measurements)."
+    )
+    plan: dict[str, Any] = Field(description="The plan itself, to edit and submit_plan.")
+    started: bool = Field(default=False, description="Always false: a preview starts nothing.")
+
+
+def preview_result(preview: PlanPreview) -> PlanPreviewResult:
+    """The tool's result for ``preview``."""
+    data = msgspec.to_builtins(preview)
+    return PlanPreviewResult(**data)

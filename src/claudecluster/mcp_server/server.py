@@ -5,11 +5,16 @@ Every tool is a thin call on the shared :class:`~claudecluster.runtime.front_doo
 (the same service the HTTP gateway uses): reads come from its live projection, changes go
 out as commands and wait for the driver's answer. Nothing here keeps cluster state.
 
-Tools: ``run_goal``, ``submit_plan``, ``run_status``, ``task_status``, ``task_logs``,
+Tools: ``run_goal``, ``submit_plan``, ``preview_plan`` (what a plan would do; starts
+nothing), ``run_status``, ``task_status``, ``task_logs``,
 ``cancel``, ``list_workers``, ``rollback``. Resources: ``claudecluster://runs`` (every
-run, one line each) and ``claudecluster://runs/{run_id}/report`` (a run's report in
-Markdown). ``run_goal`` and ``submit_plan`` with ``wait`` follow the run and send MCP
-progress notifications (tasks finished out of tasks planned) until it ends.
+run, one line each), ``claudecluster://runs/{run_id}`` (a run's status as JSON) and
+``claudecluster://runs/{run_id}/report`` (a run's report in Markdown), each subscribable
+(:mod:`claudecluster.mcp_server.run_changes`). Completions of run and task ids and the
+prompts ``plan_goal``, ``summarise_run`` and ``why_task_failed``
+(:mod:`claudecluster.mcp_server.for_people`). ``run_goal`` and ``submit_plan`` with
+``wait`` follow the run and send MCP progress notifications (tasks finished out of tasks
+planned) until it ends.
 
 The same server runs over stdio (``claudecluster mcp``) and over streamable HTTP on the
 gateway (:mod:`claudecluster.mcp_server.http_endpoint`).
@@ -28,6 +33,8 @@ import mcp.types as mcp_types
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
+from mcp.server.mcpserver.prompts.base import Message
+from mcp.shared.exceptions import MCPError
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field
 from starlette.requests import Request
@@ -40,14 +47,21 @@ from claudecluster.errors import (
     PermissionDeniedError,
     UnknownEntityError,
 )
-from claudecluster.events.model import RunCancelled, TaskCancelled, TaskProgress
+from claudecluster.events.model import FanoutSpec, RunCancelled, TaskCancelled, TaskProgress
 from claudecluster.events.plan import plan_to_specs
 from claudecluster.events.subjects import run_filter
+from claudecluster.mcp_server.for_people import (
+    completion_for,
+    plan_goal_prompt,
+    summarise_run_prompt,
+    why_failed_prompt,
+)
 from claudecluster.mcp_server.models import (
     NO_NUL,
     CancelResult,
     Goal,
     LogLine,
+    PlanPreviewResult,
     RepoPath,
     RollbackResult,
     RunId,
@@ -57,12 +71,15 @@ from claudecluster.mcp_server.models import (
     TaskRef,
     TaskStatusResult,
     WorkersResult,
+    preview_result,
     run_result,
     task_result,
     worker_result,
 )
+from claudecluster.mcp_server.run_changes import RUNS_URI, RunChanges, subscribable_run
 from claudecluster.reporting import render_markdown, run_record
 from claudecluster.runtime.front_door import FrontDoor, submit_run_command
+from claudecluster.runtime.plan_previews import PlanDrafter, pool_size, preview_submission
 from claudecluster.runtime.planners import parse_plan_text
 from claudecluster.transport.base import read_all
 
@@ -77,6 +94,8 @@ __all__ = [
 SERVER_NAME: Final = "claudecluster"
 LOG_LEVELS: Final[tuple[str, ...]] = get_args(mcp_types.LoggingLevel)
 _MAX_WAIT_S: Final = 6 * 3600.0
+#: The log lines a why_task_failed prompt carries (the end of the agent's output).
+_PROMPT_LOG_LINES: Final = 40
 _T = TypeVar("_T")
 #: Where an HTTP request's :class:`~claudecluster.auth.Principal` travels to the tools (in
 #: the ASGI scope's ``state``); absent on stdio and on an endpoint without tokens.
@@ -163,6 +182,7 @@ def build_mcp_server(
     *,
     default_repo: str,
     log_levels: LogLevelBook | None = None,
+    drafter: PlanDrafter | None = None,
 ) -> MCPServer[Any]:
     """An MCP server whose tools and resources act on the cluster through ``door``.
 
@@ -172,11 +192,15 @@ def build_mcp_server(
             directory the server was started in, usually).
         log_levels: where ``logging/setLevel`` is remembered; one level for the process
             when None.
+        drafter: the Claude planner ``preview_plan`` may run for a bare goal (a
+            read-only, confined agent on this machine); None: it previews plans and
+            fan-outs only.
 
     Returns:
         The server, ready for ``run_stdio_async`` or the streamable-HTTP endpoint.
     """
     levels = log_levels or ProcessLogLevel()
+    changes = RunChanges(door)
     server: MCPServer[Any] = MCPServer(
         SERVER_NAME,
         title="ClaudeCluster",
@@ -187,6 +211,8 @@ def build_mcp_server(
             "then follow it with run_status, task_status and task_logs."
         ),
         log_level="WARNING",
+        subscriptions=changes,
+        lifespan=changes.serve,
     )
 
     async def log(ctx: Context[Any], level: mcp_types.LoggingLevel, text: str) -> None:
@@ -344,6 +370,80 @@ def build_mcp_server(
 
         return await start(ctx, submit, wait, timeout_s)
 
+    @server.tool(annotations=mcp_types.ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    async def preview_plan(
+        ctx: Context[Any],
+        goal: Annotated[
+            str, Field(max_length=20_000, pattern=NO_NUL, description="What the run is for.")
+        ] = "",
+        plan: Annotated[
+            str,
+            Field(
+                pattern=NO_NUL,
+                description="A plan file's text (YAML or JSON), as submit_plan takes it; "
+                "empty: none.",
+            ),
+        ] = "",
+        fanout_glob: Annotated[
+            str, Field(max_length=1000, pattern=NO_NUL, description="Files to fan out over.")
+        ] = "",
+        fanout_prompt: Annotated[
+            str,
+            Field(
+                max_length=20_000,
+                pattern=NO_NUL,
+                description="The fan-out's prompt template ({path}, {stem}, {goal}).",
+            ),
+        ] = "",
+        claude_planner: Annotated[
+            bool, Field(description="Plan the goal with the Claude planner first.")
+        ] = False,
+        repo: RepoPath | None = None,
+        workers: Annotated[
+            int | None, Field(ge=1, le=10_000, description="Default: the pool's slots now.")
+        ] = None,
+        budget_usd: Annotated[float | None, Field(gt=0)] = None,
+    ) -> PlanPreviewResult:
+        """Show what a run would do, without starting it: tasks, dependencies, predicted
+        overlaps, limits and budget, and an estimate of time and cost on the pool.
+
+        Give exactly one of plan, fanout_glob with fanout_prompt, or claude_planner with
+        a goal. Submit the result's plan with submit_plan to run it.
+        """
+        _require(ctx, "submit")  # the planner costs what planning costs
+        if bool(fanout_glob) != bool(fanout_prompt):
+            raise ToolError("preview_plan: a fan-out needs both fanout_glob and fanout_prompt")
+        try:
+            parsed = (
+                await anyio.to_thread.run_sync(
+                    functools.partial(parse_plan_text, plan, "plan", max_tasks=door.max_tasks)
+                )
+                if plan
+                else None
+            )
+        except GraphError as exc:
+            raise ToolError(str(exc)) from None
+
+        async def make() -> PlanPreviewResult:
+            preview = await preview_submission(
+                goal,
+                repo=repo or default_repo,
+                plan=parsed,
+                fanout=FanoutSpec(glob=fanout_glob, prompt_template=fanout_prompt)
+                if fanout_glob
+                else None,
+                claude_planner=claude_planner,
+                drafter=drafter,
+                workers=workers or pool_size(door.workers()),
+                budget_usd=budget_usd,
+                max_tasks=door.max_tasks,
+                source="tool preview_plan",
+                now=datetime.now(UTC),
+            )
+            return preview_result(preview)
+
+        return await _answer(make)
+
     @server.tool(annotations=mcp_types.ToolAnnotations(read_only_hint=True))
     async def run_status(run_id: RunId) -> RunStatusResult:
         """The status of one run: its state, branch and every task."""
@@ -476,6 +576,122 @@ def build_mcp_server(
             raise ResourceError(str(exc)) from exc
         stored = await read_all(door.connection.log, subjects=run_filter(run_id))
         return render_markdown(run_record(door.view, stored, run_id))
+
+    @server.resource(
+        "claudecluster://runs/{run_id}",
+        name="run",
+        title="Run",
+        description="A run's status as JSON: state, branch, counts, every task. Subscribe "
+        "to it to be told when it changes.",
+        mime_type="application/json",
+    )
+    async def run_resource(run_id: str) -> str:
+        try:
+            return run_result(door.run(run_id), door.view.tasks_of(run_id)).model_dump_json()
+        except UnknownEntityError as exc:
+            raise ResourceNotFoundError(str(exc)) from exc
+        except ClusterError as exc:
+            raise ResourceError(str(exc)) from exc
+
+    def subscribed_uri(uri: str) -> str:
+        run_id = subscribable_run(uri)
+        if run_id is None:
+            raise MCPError(
+                mcp_types.INVALID_PARAMS,
+                f"{uri} cannot be subscribed to; subscribe to {RUNS_URI}, "
+                f"{RUNS_URI}/RUN or {RUNS_URI}/RUN/report",
+            )
+        if run_id:
+            try:
+                door.run(run_id)
+            except ClusterError as exc:
+                raise MCPError(mcp_types.INVALID_PARAMS, str(exc)) from exc
+        return uri
+
+    async def subscribe(
+        ctx: ServerRequestContext[Any, Any], params: mcp_types.SubscribeRequestParams
+    ) -> mcp_types.EmptyResult:
+        uri = subscribed_uri(str(params.uri))
+        if isinstance(ctx.request, Request):
+            # The streamable-HTTP endpoint is stateless: no session outlives this request
+            # to carry the updates. A listen stream is the response that carries them.
+            raise MCPError(
+                mcp_types.INVALID_REQUEST,
+                "resources/subscribe needs a session that lasts (stdio); over HTTP, "
+                "open subscriptions/listen with resourceSubscriptions (protocol 2026-07-28)",
+            )
+        changes.add(ctx.session, uri)
+        return mcp_types.EmptyResult()
+
+    async def unsubscribe(
+        ctx: ServerRequestContext[Any, Any], params: mcp_types.UnsubscribeRequestParams
+    ) -> mcp_types.EmptyResult:
+        changes.remove(ctx.session, str(params.uri))
+        return mcp_types.EmptyResult()
+
+    # The handshake era's resources/subscribe (2026-07-28 clients use subscriptions/listen,
+    # which MCPServer serves from ``changes`` as its bus); registering the handler is also
+    # what advertises resources.subscribe to handshake clients.
+    server._lowlevel_server.add_request_handler(
+        "resources/subscribe", mcp_types.SubscribeRequestParams, subscribe
+    )
+    server._lowlevel_server.add_request_handler(
+        "resources/unsubscribe", mcp_types.UnsubscribeRequestParams, unsubscribe
+    )
+
+    async def complete(
+        ctx: ServerRequestContext[Any, Any], params: mcp_types.CompleteRequestParams
+    ) -> mcp_types.CompleteResult:
+        given = dict(params.context.arguments or {}) if params.context is not None else {}
+        found = completion_for(door, params.argument.name, params.argument.value, given)
+        return mcp_types.CompleteResult(completion=found or mcp_types.Completion(values=[]))
+
+    # MCPServer's completion decorator is untyped; the low-level handler is the same
+    # registration (and advertises the completions capability).
+    server._lowlevel_server.add_request_handler(
+        "completion/complete", mcp_types.CompleteRequestParams, complete
+    )
+
+    @server.prompt(
+        name="plan_goal",
+        title="Plan this goal",
+        description="Preview a plan for a goal, show it, and start it only when you agree.",
+    )
+    def plan_goal(
+        goal: Annotated[str, Field(min_length=1, max_length=20_000, pattern=NO_NUL)],
+    ) -> str:
+        return plan_goal_prompt(goal)
+
+    @server.prompt(
+        name="summarise_run",
+        title="Summarise this run",
+        description="Summarise a run from its report: what merged, what failed, the cost.",
+    )
+    async def summarise_run(run_id: RunId) -> list[Message]:
+        try:
+            door.run(run_id)
+        except ClusterError as exc:
+            raise ValueError(str(exc)) from exc
+        stored = await read_all(door.connection.log, subjects=run_filter(run_id))
+        return summarise_run_prompt(run_id, render_markdown(run_record(door.view, stored, run_id)))
+
+    @server.prompt(
+        name="why_task_failed",
+        title="Why did this task fail",
+        description="Explain a task's failure from its status and its last log lines.",
+    )
+    async def why_task_failed(task: TaskRef) -> list[Message]:
+        try:
+            found = door.task(task)
+            events = await door.task_events(f"{found.run_id}/{found.task_id}")
+        except ClusterError as exc:
+            raise ValueError(str(exc)) from exc
+        lines = [
+            f"[{event.kind}] {event.tool + ': ' if event.tool else ''}{event.text}"
+            for stored in events
+            if isinstance(event := stored.envelope.payload, TaskProgress)
+        ]
+        return why_failed_prompt(task_result(found), lines[-_PROMPT_LOG_LINES:])
 
     async def set_level(
         ctx: ServerRequestContext[Any, Any], params: mcp_types.SetLevelRequestParams

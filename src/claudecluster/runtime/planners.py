@@ -262,15 +262,22 @@ class ClaudePlanner:
 
 
 def _grants_no_network(tasks: Sequence[TaskSpec]) -> None:
-    """A planner's plan may not let its tasks reach the network: only a person's may.
+    """A planner's plan may not let its tasks reach the network, nor start MCP servers:
+    only a person's may.
 
     The planning agent reads the repository, which anyone may have written into; a plan
-    it makes that opens a way out of the sandbox would let a planted instruction do that.
+    it makes that opens a way out of the sandbox (or names a program for every agent to
+    start) would let a planted instruction do that.
 
     Raises:
-        GraphError: a task of the plan has ``network.allow`` entries.
+        GraphError: a task of the plan has ``network.allow`` entries or ``mcp_servers``.
     """
     for task in tasks:
+        if task.mcp_servers:
+            raise GraphError(
+                f"task {task.task_id!r}: a planner's plan cannot name MCP servers; leave "
+                "mcp_servers out (the person who submits a plan chooses them)"
+            )
         if task.network.allow:
             raise GraphError(
                 f"task {task.task_id!r}: a planner's plan cannot allow network "

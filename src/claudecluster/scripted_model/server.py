@@ -8,6 +8,7 @@ and users' own CI use it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from claudecluster.observability.logging import get_logger
 from claudecluster.runtime.http_server import open_http_server
-from claudecluster.scripted_model.script import Reply, Script, decide, error_key
+from claudecluster.scripted_model.script import Reply, Script, decide, error_key, request_text
 from claudecluster.scripted_model.wire import (
     ERRORS,
     encode_sse,
@@ -50,6 +51,10 @@ class ServedRequest:
         api_key: the ``x-api-key`` header it carried (an API key sign-in), if any.
         bearer: the bearer token of its ``authorization`` header (an OAuth token or an
             LLM gateway's token), if any.
+        offered: the names of the tools the request offered the model: those it defines,
+            then those it names as deferred (Claude Code lists MCP servers' tools,
+            ``mcp__SERVER__TOOL``, by name in a system message and loads their schemas on
+            demand with its ToolSearch tool).
     """
 
     task: str | None
@@ -60,6 +65,29 @@ class ServedRequest:
     model: str | None = None
     api_key: str | None = None
     bearer: str | None = None
+    offered: tuple[str, ...] = ()
+
+
+#: How Claude Code introduces the tools whose schemas it loads on demand, one name a line.
+_DEFERRED_RE = re.compile(r"ToolSearch[^\n]*before calling them:\n((?:[^\s][^\n]*\n?)+)")
+
+
+def _offered(body: dict[str, Any]) -> tuple[str, ...]:
+    tools = body.get("tools")
+    defined = [
+        t["name"]
+        for t in (tools if isinstance(tools, list) else [])
+        if isinstance(t, dict) and isinstance(t.get("name"), str)
+    ]
+    deferred = [
+        name.strip()
+        # In a message of role "system" among the messages (CLI 2.1.33x), or the user's.
+        for role in ("system", "user")
+        for found in _DEFERRED_RE.finditer(request_text(body, role))
+        for name in found.group(1).splitlines()
+        if name.strip()
+    ]
+    return tuple(dict.fromkeys([*defined, *deferred]))
 
 
 def _bearer(authorization: str | None) -> str | None:
@@ -138,6 +166,7 @@ class ScriptedModel:
                 model=body.get("model") if isinstance(body.get("model"), str) else None,
                 api_key=request.headers.get("x-api-key"),
                 bearer=_bearer(request.headers.get("authorization")),
+                offered=_offered(body),
             )
         )
         if reply.error is not None:
