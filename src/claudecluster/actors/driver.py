@@ -50,6 +50,7 @@ from claudecluster.domain.lifecycle import (
     RunState,
     TaskState,
 )
+from claudecluster.domain.limits import with_default_limits
 from claudecluster.domain.submission import DEFAULT_MAX_TASKS, submission_problem
 from claudecluster.errors import GraphError
 from claudecluster.events import event_ids as ids
@@ -1583,7 +1584,7 @@ def _dispatch(
     conflict: MergeConflict | None = None,
 ) -> Dispatch:
     assert book.graph is not None
-    spec = book.graph.specs[task.task_id]
+    spec = with_default_limits(book.graph.specs[task.task_id], book.policy.task_limits)
     attempt = task.attempt + 1
     if conflict is not None:
         note = resolution_note(conflict)
@@ -1641,7 +1642,7 @@ def _resend(state: DriverState, book: RunBook, task_id: str) -> Dispatch | None:
     return Dispatch(
         key=f"task:{book.run_id}:{task_id}",
         run_id=book.run_id,
-        spec=book.graph.specs[task_id],
+        spec=with_default_limits(book.graph.specs[task_id], book.policy.task_limits),
         queued=queued,
         event_id=ids.task_queued_id(book.run_id, task_id, queued.attempt),
         expected_last=state.scope_seq.get(scope_filter(queued), 0),

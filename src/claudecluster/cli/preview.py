@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from claudecluster.domain.estimate import SIZE_COST_USD, SIZE_MINUTES, estimate_plan
 from claudecluster.domain.graph import predict_conflicts
+from claudecluster.domain.limits import with_default_limits
 from claudecluster.events.model import RunPolicy, TaskLimits
 from claudecluster.events.plan import PlanFile, plan_to_specs
 
@@ -57,7 +58,9 @@ def preview_lines(
             f"overlap: {conflict.first} and {conflict.second} both change "
             f"{', '.join(conflict.files)}: {then}"
         )
-    limited = sorted({_limits(t.limits) for t in plan.tasks} - {""})
+    # What each task really gets: its own limits, the run's defaults for the rest.
+    limited = sorted({_limits(with_default_limits(spec, policy.task_limits).limits)
+                      for spec in specs} - {""})  # fmt: skip
     lines.append(
         "limits per task: " + ("; ".join(limited) if limited else "none set")
         + f"; attempts per task: {policy.max_attempts}"

@@ -30,6 +30,7 @@ from claudecluster.events.model import (
     RunSubmitted,
     SubmitRun,
     TaskKind,
+    TaskLimits,
 )
 from claudecluster.events.plan import PlanFile, PlanPolicy, plan_to_specs
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
@@ -147,6 +148,8 @@ def run(
         redactor=Redactor(settings.secret_values()),
     )
     run_id = run_id or f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    # The flag, else the configured default (limits.budget_usd; null: none).
+    budget = budget if budget is not None else settings.limits.budget_usd
     console = Console(highlight=False, stderr=json)
     if not (plan or fanout or claude_planner) or dry_run:
         failure = _FailureFlags(max_attempts, on_task_failure, rollback_on_failure)
@@ -165,6 +168,7 @@ def run(
         failure=_FailureFlags(max_attempts, on_task_failure, rollback_on_failure),
         model=model,
         default_model=settings.claude.model or "",
+        task_limits=settings.limits.task_limits(),
     )  # fmt: skip
     if workers < 1:
         raise ConfigError("workers", "flag --workers", "must be at least 1")
@@ -220,7 +224,8 @@ def _preview(
             raise ConfigError("yes", "flags", _NO_TERMINAL)
         console.print(f"planning with Claude Code ({sign_in_line(settings)})...", markup=False)
         plan_file = anyio.run(_plan_here, settings, repo, goal, run_id)
-    policy = _policy(plan_file, failure, on_conflict=on_conflict, verify=None, model="")
+    policy = _policy(plan_file, failure, on_conflict=on_conflict, verify=None, model="",
+                     task_limits=settings.limits.task_limits())  # fmt: skip
     for line in preview_lines(plan_file, goal, workers=workers, budget_usd=budget,
                               policy=policy):  # fmt: skip
         console.print(line, markup=False, soft_wrap=True)
@@ -286,6 +291,7 @@ def _submit_command(
     model: str | None = None,
     default_model: str = "",
     on_collision: Literal["let_both", "restart_later"] = "let_both",
+    task_limits: TaskLimits | None = None,
 ) -> SubmitRun:
     """Check everything that can be checked here, so mistakes fail fast with exit 2."""
     chosen = [name for name, given in
@@ -322,6 +328,7 @@ def _submit_command(
             verify=verify,
             # The flag, else the plan's default, else the configured one.
             model=first_given(model, plan_file.model if plan_file else None, default_model),
+            task_limits=task_limits,
         ),
         plan_source=str(plan) if plan is not None else "",
         source="flags",
@@ -350,6 +357,7 @@ def _policy(
     verify: str | None,
     model: str,
     on_collision: Literal["let_both", "restart_later"] = "let_both",
+    task_limits: TaskLimits | None = None,
 ) -> RunPolicy:
     """The run's policy: the flags, then the plan's ``policy:``, then the defaults.
 
@@ -371,6 +379,7 @@ def _policy(
             flags.rollback_on_failure, stated.rollback_on_failure, default.rollback_on_failure
         ),
         model=model,
+        task_limits=task_limits or TaskLimits(),
     )
 
 

@@ -291,6 +291,13 @@ class RunPolicy(msgspec.Struct, frozen=True, kw_only=True):
     ] = "let_both"
     rollback_on_failure: bool = False
     pool: Id = "default"
+    task_limits: Annotated[
+        TaskLimits,
+        msgspec.Meta(
+            description="Limits of the run's tasks that leave them unset (a task's own "
+            "limits win, field by field); from the limits section of claudecluster.yaml."
+        ),
+    ] = TaskLimits()
     model: Annotated[
         str,
         msgspec.Meta(
