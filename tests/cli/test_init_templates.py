@@ -99,7 +99,7 @@ def test_init_template_ci_writes_the_documented_github_actions_workflow(tmp_path
     steps = workflow["jobs"]["run"]["steps"]
     commands = " ".join(step.get("run", "") for step in steps)
     assert "claudecluster doctor" in commands
-    assert "--yes --push origin --pr" in commands
+    assert "--yes --push origin --pr" in commands.replace("\\\n", "")
     assert workflow["permissions"] == {"contents": "write", "pull-requests": "write"}
 
 

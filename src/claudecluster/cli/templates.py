@@ -121,7 +121,8 @@ jobs:
           git config user.email "claudecluster@users.noreply.github.com"
           plan=()
           if [ -n "$PLAN" ]; then plan=(--plan "$PLAN"); fi
-          claudecluster run "$GOAL" "${plan[@]}" --run-id "ci-$GITHUB_RUN_ID" --yes --push origin --pr
+          claudecluster run "$GOAL" "${plan[@]}" --run-id "ci-$GITHUB_RUN_ID" \\
+            --yes --push origin --pr
         env:
           GOAL: ${{ inputs.goal }}
           PLAN: ${{ inputs.plan }}
