@@ -30,35 +30,36 @@ _INSTALL_WITHIN_S = 900
 _RUN_WITHIN_S = 300
 
 
-def _pip(python: Path, *args: str) -> None:
-    done = subprocess.run(
-        [str(python), "-m", "pip", "--disable-pip-version-check", *args],
-        capture_output=True, text=True, timeout=_INSTALL_WITHIN_S, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+async def _pip(python: Path, *args: str) -> None:
+    with anyio.fail_after(_INSTALL_WITHIN_S):
+        done = await anyio.run_process(
+            [str(python), "-m", "pip", "--disable-pip-version-check", *args], check=False
+        )
+    assert done.returncode == 0, (done.stdout[-3000:] + done.stderr[-3000:]).decode()
 
 
 async def test_a_wheel_installed_into_a_fresh_venv_runs_doctor_and_a_goal_outside_the_checkout(
     tmp_path: Path,
 ) -> None:
     dist = tmp_path / "dist"
-    _pip(Path(sys.executable), "wheel", "--no-deps", "--quiet", "-w", str(dist), str(_CHECKOUT))
+    await _pip(
+        Path(sys.executable), "wheel", "--no-deps", "--quiet", "-w", str(dist), str(_CHECKOUT)
+    )
     (wheel,) = dist.glob("claudecluster-*.whl")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    await anyio.run_process([sys.executable, "-m", "venv", str(venv)])
     python = venv / "bin" / "python"
-    _pip(python, "install", "--quiet", "-c", str(_CHECKOUT / "constraints.txt"), str(wheel))
+    await _pip(python, "install", "--quiet", "-c", str(_CHECKOUT / "constraints.txt"), str(wheel))
     # Only the new environment's commands: nothing of the checkout's .venv on PATH.
     path = f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin"
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    where = subprocess.run(
+    where = await anyio.run_process(
         [str(python), "-c", "import claudecluster, shutil; print(claudecluster.__file__); "
          "print(shutil.which('nats-server'))"],
-        cwd=outside, env=clean_env(PATH=path), capture_output=True, text=True, check=True,
-        timeout=60,
+        cwd=outside, env=clean_env(PATH=path),
     )  # fmt: skip
-    module, nats_server = where.stdout.split()
+    module, nats_server = where.stdout.decode().split()
     assert module.startswith(str(venv)), module
     assert nats_server == str(venv / "bin" / "nats-server")
 
