@@ -1822,6 +1822,7 @@ def _summary(state: DriverState, book: RunBook) -> RunCompleted:
         for t in tasks
         if t.started_at is not None and t.finished_at is not None
     )
+    model_time = sum(t.model_time_s for t in tasks if t.state is TaskState.MERGED)
     cost = state.view.costs.get(book.run_id)
     return RunCompleted(
         run_id=book.run_id,
@@ -1832,6 +1833,7 @@ def _summary(state: DriverState, book: RunBook) -> RunCompleted:
         wall_time_s=round(max(wall, 0.0), 3),
         task_time_s=round(busy, 3),
         speedup=round(busy / wall, 3) if wall > 0 else 0.0,
+        model_time_s=round(model_time, 3),
         cost_usd=round(cost.cost_usd, 6) if cost is not None else 0.0,
         preempted_attempts=sum(t.preemptions for t in tasks),
     )

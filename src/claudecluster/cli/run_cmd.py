@@ -537,11 +537,16 @@ def print_summary(console: Console, end: RunEnd) -> None:
             console.print(line, markup=False, style="yellow")
         for line in preemption_lines(end.view, event.run_id):
             console.print(line, markup=False)
-        console.print(
-            f"wall time {event.wall_time_s:.1f}s for {event.task_time_s:.1f}s of task time: "
-            f"speedup {event.speedup:.2f}x; cost ${event.cost_usd:.4f}",
-            markup=False,
+        from claudecluster.reporting.timing import timing_line
+
+        timing = timing_line(
+            wall_time_s=event.wall_time_s,
+            task_time_s=event.task_time_s,
+            parallelism=event.speedup,
+            model_time_s=event.model_time_s,
         )
+        console.print(timing, markup=False, soft_wrap=True)
+        console.print(f"cost ${event.cost_usd:.4f}", markup=False)
         console.print(
             f"result: branch {branch} at {event.head_commit[:12]}", markup=False, soft_wrap=True
         )
