@@ -5,8 +5,10 @@ driver's graph rules, the CI starter against the documented workflow."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
+import anyio
 import yaml
 
 from claudecluster.cli.preview import preview_lines
@@ -15,8 +17,11 @@ from claudecluster.domain.limits import with_default_limits
 from claudecluster.events.model import RunPolicy, TaskLimits, TaskSpec
 from claudecluster.events.plan import plan_from_data
 from claudecluster.runtime.planners import load_plan_file
+from claudecluster.scripted_model import open_scripted_model
 from claudecluster.settings import load_settings
-from tests.cli.test_cli import cli
+from tests.cli.test_cli import SCRIPT, branch_file, clean_env, cli
+from tests.cli.test_preview import _ANSWERED_WITHIN_S as _RUN_WITHIN_S
+from tests.cli.test_preview import MODEL
 from tests.support import make_repo
 
 _DOCS = Path(__file__).parents[2] / "docs"
@@ -116,3 +121,30 @@ def test_every_starter_is_text_with_a_next_step() -> None:
         for path, starter in starter_files(name).items():
             assert starter.text.endswith("\n"), path
             assert starter.next_step, path
+
+
+async def test_a_run_that_reaches_the_configured_budget_starts_nothing_more_and_keeps_what_merged(
+    tmp_path: Path,
+) -> None:
+    ignore = "claudecluster.yaml\n.claudecluster/\n"
+    repo = make_repo(tmp_path / "repo", {"notes.txt": "notes\n", ".gitignore": ignore})
+    # Each scripted task costs about $0.02: the first one spends the whole budget.
+    (repo / "claudecluster.yaml").write_text("limits: {budget_usd: 0.01}\n")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "tasks:\n"
+        "  - {id: first, prompt: '[[task:first]] write the first note'}\n"
+        "  - {id: second, prompt: '[[task:second]] write the second note', depends_on: [first]}\n"
+    )
+    async with open_scripted_model(MODEL) as model:
+        with anyio.fail_after(_RUN_WITHIN_S):
+            done = await anyio.run_process(
+                [str(SCRIPT), "run", "notes", "--plan", str(plan), "--run-id", "b1"],
+                cwd=repo, check=False, stdin=subprocess.DEVNULL,
+                env=clean_env(ANTHROPIC_BASE_URL=model.url, ANTHROPIC_API_KEY="sk-scripted"),
+            )  # fmt: skip
+    out = done.stdout.decode() + done.stderr.decode()
+    assert done.returncode == 1, out
+    assert "budget of $0.01 was spent" in out
+    assert branch_file(repo, "first.txt") == "one\n"  # what merged stays
+    assert [r.task for r in model.served] == ["[[task:first]]"] * len(model.served)
