@@ -34,6 +34,7 @@ from claudecluster.domain.signin import (
 )
 from claudecluster.domain.submission import DEFAULT_MAX_TASKS, MAX_TASKS_CEILING
 from claudecluster.errors import ConfigError
+from claudecluster.events.model import TaskLimits
 from claudecluster.observability.redaction import redact_url
 from claudecluster.validation import config_error, parse_yaml
 
@@ -46,6 +47,7 @@ __all__ = [
     "DriverSettings",
     "GitHubSettings",
     "GatewaySettings",
+    "LimitsSettings",
     "LoadedSettings",
     "LoggingSettings",
     "NatsSettings",
@@ -62,6 +64,12 @@ ENV_PREFIX: Final = "CLAUDECLUSTER_"
 
 #: The shortest HS256 secret accepted (RFC 7518: at least the hash's 256 bits).
 MIN_JWT_SECRET_BYTES: Final = 32
+#: The safe defaults ``init`` writes (the limits section): generous for one task of a
+#: coding goal, small enough that a runaway agent or plan stops well before a surprise.
+DEFAULT_TASK_MAX_TURNS: Final = 50
+DEFAULT_TASK_WALL_TIME_S: Final = 1800.0
+DEFAULT_TASK_MAX_COST_USD: Final = 5.0
+DEFAULT_RUN_BUDGET_USD: Final = 25.0
 
 
 class _Section(pydantic.BaseModel):
@@ -346,6 +354,37 @@ class GatewaySettings(_Section):
     )
 
 
+class LimitsSettings(_Section):
+    """Safe defaults: what one task and one run may spend when nobody said otherwise.
+
+    A task's own ``limits:`` in a plan win field by field; ``run --budget`` wins over
+    ``budget_usd``. ``claudecluster init`` writes these values into claudecluster.yaml, and
+    ``run``'s preview shows the ones that apply. ``null`` lifts a limit.
+    """
+
+    max_turns: int | None = pydantic.Field(
+        default=DEFAULT_TASK_MAX_TURNS, ge=1, description="Model turns one attempt may take."
+    )
+    wall_time_s: float | None = pydantic.Field(
+        default=DEFAULT_TASK_WALL_TIME_S, gt=0, description="Seconds one attempt may run."
+    )
+    max_cost_usd: float | None = pydantic.Field(
+        default=DEFAULT_TASK_MAX_COST_USD, gt=0, description="USD one attempt may spend."
+    )
+    budget_usd: float | None = pydantic.Field(
+        default=DEFAULT_RUN_BUDGET_USD,
+        gt=0,
+        description="USD one run may spend: once reached, the run starts no further task "
+        "and keeps what merged.",
+    )
+
+    def task_limits(self) -> TaskLimits:
+        """The per-task defaults as the run policy carries them."""
+        return TaskLimits(
+            max_turns=self.max_turns, wall_time_s=self.wall_time_s, max_cost_usd=self.max_cost_usd
+        )
+
+
 class LoggingSettings(_Section):
     """How the processes log."""
 
@@ -396,6 +435,7 @@ class Settings(BaseSettings):
     sandbox: SandboxSettings = SandboxSettings()
     claude: ClaudeSettings = ClaudeSettings()
     github: GitHubSettings = GitHubSettings()
+    limits: LimitsSettings = LimitsSettings()
     anthropic_api_key: pydantic.SecretStr | None = pydantic.Field(
         default=None,
         validation_alias=pydantic.AliasChoices("anthropic_api_key", "ANTHROPIC_API_KEY"),

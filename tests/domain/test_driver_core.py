@@ -178,6 +178,27 @@ def test_an_invalid_inline_plan_is_refused_naming_the_problem() -> None:
     assert "unknown task 'ghost'" in refusal.event.reason
 
 
+def test_the_summary_sums_the_merged_tasks_model_time_beside_the_parallelism() -> None:
+    log = Log()
+    for effect in log.plan([spec("a"), spec("b")]):
+        log.settle(effect)
+    log.run_task("a")
+    log.run_task("b", worker="w2")
+    # Both ran 10 s side by side, each waiting 4 s and 6 s on the model.
+    log.at(10).event(TaskSucceeded(run_id="r", task_id="a", attempt=1, worker_id="w1",
+                                   model_time_ms=4000))  # fmt: skip
+    log.at(10).event(TaskSucceeded(run_id="r", task_id="b", attempt=1, worker_id="w2",
+                                   model_time_ms=6000))  # fmt: skip
+    for task, commit in (("a", "m1"), ("b", "m2")):
+        merge = log.take(Merge)
+        log.event(TaskMerged(run_id="r", task_id=task, attempt=1, commit=commit,
+                             integration_branch="claudecluster/r"))  # fmt: skip
+        effects = log.settle(merge)
+    (end,) = [e for e in effects if isinstance(e, Record)]
+    assert isinstance(end.event, RunCompleted)
+    assert (end.event.speedup, end.event.model_time_s) == (2, 10)
+
+
 @pytest.mark.parametrize(
     ("repo", "base_ref", "named"),
     [("", "HEAD", "names no repository"), ("/re\x00po", "HEAD", "repo '/re\\x00po'"),

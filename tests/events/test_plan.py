@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -122,3 +123,24 @@ def test_a_plan_that_is_not_a_mapping_is_refused() -> None:
 def test_a_wrongly_typed_limit_names_the_nested_field() -> None:
     message = _error({"tasks": [{"id": "a", "prompt": "p", "limits": {"max_turns": 0}}]})
     assert message.startswith("plan.yaml: tasks[0].limits.max_turns: ")
+
+
+def test_a_plan_task_may_say_id_or_task_id_and_leave_the_title_out() -> None:
+    plan = plan_from_data(
+        {"tasks": [{"id": "a", "prompt": "p"}, {"task_id": "b", "prompt": "q",
+                                                "depends_on": ["a"]}]}, "plan.yaml"
+    )  # fmt: skip
+    specs = plan_to_specs(plan)
+    assert [(s.task_id, s.title) for s in specs] == [("a", "a"), ("b", "b")]
+
+
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [({"prompt": "p"}, "a task needs an id (or task_id)"),
+     ({"id": "a", "task_id": "b", "prompt": "p"}, "id 'a' and task_id 'b' differ")],
+)  # fmt: skip
+def test_a_plan_task_without_an_id_or_with_two_is_refused_naming_it(
+    task: dict[str, str], message: str
+) -> None:
+    with pytest.raises(GraphError, match=re.escape(f"plan.yaml: tasks[0]: {message}")):
+        plan_from_data({"tasks": [task]}, "plan.yaml")

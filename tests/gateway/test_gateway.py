@@ -31,6 +31,24 @@ def shell_plan(*tasks: tuple[str, str, list[str]]) -> list[dict[str, Any]]:
     ]
 
 
+async def test_the_api_takes_a_plan_files_field_names_id_and_no_title(served: Served) -> None:
+    plan = [{"id": "a", "prompt": "echo a > a.txt", "executor": "shell"},
+            {"task_id": "b", "title": "second", "prompt": "cat a.txt > b.txt",
+             "executor": "shell", "depends_on": ["a"]}]  # fmt: skip
+    answer = await served.http.post(
+        "/runs",
+        json={"goal": "named", "repo": str(served.repo), "plan": plan, "run_id": "rn"},
+        headers=bearer("submit"),
+    )
+    assert answer.status_code == 202, answer.text
+    with anyio.fail_after(60):
+        async with served.ws("/runs/rn/events") as ws:
+            events = await receive_until(ws, "run.completed")
+    planned = next(e for e in events if e["envelope"]["payload"]["type"] == "run.planned")
+    tasks = planned["envelope"]["payload"]["tasks"]
+    assert [(t["task_id"], t["title"]) for t in tasks] == [("a", "a"), ("b", "second")]
+
+
 async def test_a_run_submitted_over_http_completes_and_is_served_from_every_route(
     served: Served,
 ) -> None:

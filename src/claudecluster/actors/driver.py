@@ -51,6 +51,7 @@ from claudecluster.domain.lifecycle import (
     RunState,
     TaskState,
 )
+from claudecluster.domain.limits import with_default_limits
 from claudecluster.domain.submission import DEFAULT_MAX_TASKS, submission_problem
 from claudecluster.errors import GraphError
 from claudecluster.events import event_ids as ids
@@ -1662,7 +1663,7 @@ def _dispatch(
     conflict: MergeConflict | None = None,
 ) -> Dispatch:
     assert book.graph is not None
-    spec = book.graph.specs[task.task_id]
+    spec = with_default_limits(book.graph.specs[task.task_id], book.policy.task_limits)
     attempt = task.attempt + 1
     if conflict is not None:
         note = resolution_note(conflict)
@@ -1720,7 +1721,7 @@ def _resend(state: DriverState, book: RunBook, task_id: str) -> Dispatch | None:
     return Dispatch(
         key=f"task:{book.run_id}:{task_id}",
         run_id=book.run_id,
-        spec=book.graph.specs[task_id],
+        spec=with_default_limits(book.graph.specs[task_id], book.policy.task_limits),
         queued=queued,
         event_id=ids.task_queued_id(book.run_id, task_id, queued.attempt),
         expected_last=state.scope_seq.get(scope_filter(queued), 0),
@@ -1900,6 +1901,7 @@ def _summary(state: DriverState, book: RunBook) -> RunCompleted:
         for t in tasks
         if t.started_at is not None and t.finished_at is not None
     )
+    model_time = sum(t.model_time_s for t in tasks if t.state is TaskState.MERGED)
     cost = state.view.costs.get(book.run_id)
     return RunCompleted(
         run_id=book.run_id,
@@ -1910,6 +1912,7 @@ def _summary(state: DriverState, book: RunBook) -> RunCompleted:
         wall_time_s=round(max(wall, 0.0), 3),
         task_time_s=round(busy, 3),
         speedup=round(busy / wall, 3) if wall > 0 else 0.0,
+        model_time_s=round(model_time, 3),
         cost_usd=round(cost.cost_usd, 6) if cost is not None else 0.0,
         preempted_attempts=sum(t.preemptions for t in tasks),
     )

@@ -136,6 +136,7 @@ def finished_event(
             usage=outcome.usage,
             turns=outcome.turns,
             duration_ms=outcome.duration_ms,
+            model_time_ms=outcome.model_time_ms,
             artifacts=artifacts,
         )
     return TaskFailed(

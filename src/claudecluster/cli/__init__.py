@@ -80,7 +80,7 @@ COMMANDS: Final = (
     (
         "claudecluster.cli.inspect_cmd:logs",
         "logs",
-        "Print what a task's agent said and did: text, tool calls and their results.",
+        "Print what agents said and did: one task's log, or every task's of a run interleaved.",
     ),
     (
         "claudecluster.cli.mcp_cmd:mcp",

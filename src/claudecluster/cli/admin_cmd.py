@@ -176,19 +176,26 @@ def _settings(nats: str | None, config: Path | None) -> Settings:
 
 
 @workers_app.command(name="list")
-def list_(*, nats: str | None = None, config: Path | None = None) -> int:
+def list_(*, json: bool = False, nats: str | None = None, config: Path | None = None) -> int:
     """The workers the log knows, local and remote: state, heartbeat, load, tasks.
 
     Examples:
         claudecluster workers list --nats nats://10.0.0.5:4222
+        claudecluster workers list --json
 
     Args:
+        json: Print the workers as one JSON array (every field of each) for scripts.
         nats: NATS URL (default: nats.url, else the embedded server of this directory).
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
     settings = _settings(nats, config)
     view: ClusterView = anyio.run(_view, settings)
-    Console(highlight=False).print(workers_table(view, datetime.now(UTC)))
+    if json:
+        workers = sorted(view.workers.values(), key=lambda w: w.worker_id)
+        sys.stdout.write(msgspec.json.encode(workers).decode() + "\n")
+        return EXIT_OK
+    console = Console(highlight=False)
+    console.print(workers_table(view, datetime.now(UTC), width=console.width))
     return EXIT_OK
 
 

@@ -6,12 +6,14 @@ actor uses), so what it says is what the log says, on the embedded server or a c
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 import anyio
 import msgspec
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -53,27 +55,40 @@ def _settings(nats: str | None, config: Path | None) -> Settings:
     return settings
 
 
-def status(ref: str | None = None, *, nats: str | None = None, config: Path | None = None) -> int:
+def status(
+    ref: str | None = None,
+    *,
+    json: bool = False,
+    nats: str | None = None,
+    config: Path | None = None,
+) -> int:
     """Show runs, one run with its tasks, or one task.
 
     Examples:
         claudecluster status
         claudecluster status run-20261124-101500
         claudecluster status run-20261124-101500/api
+        claudecluster status run-20261124-101500 --json
 
     Args:
         ref: A run id, a task as RUN/TASK, or a task id unique across runs.
+        json: Print JSON for scripts: an array of runs; {"run", "tasks", "cost"} for a run;
+            the task's fields for a task.
         nats: NATS URL (default: nats.url, else the embedded server of this directory).
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
     settings = _settings(nats, config)
     view: ClusterView = anyio.run(_view, settings, ref)
+    if json:
+        sys.stdout.write(msgspec.json.encode(_status_record(view, ref)).decode() + "\n")
+        return EXIT_OK
     console = Console(highlight=False)
     now = datetime.now(UTC)
     if ref is None:
-        table = Table(title="runs", title_justify="left")
+        table = Table(title="runs", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
         for column in ("run", "state", "done", "elapsed", "cost", "goal"):
-            table.add_column(column)
+            # A long goal folds onto more lines; no cell is cut.
+            table.add_column(column, overflow="fold", no_wrap=column != "goal")
         for run in sorted(view.runs.values(), key=lambda r: r.submitted_at):
             progress = run_progress(view, run.run_id, now)
             assert progress is not None
@@ -120,6 +135,16 @@ def status(ref: str | None = None, *, nats: str | None = None, config: Path | No
     return EXIT_OK
 
 
+def _status_record(view: ClusterView, ref: str | None) -> object:
+    """What ``status --json`` prints: the same projections the tables show, whole."""
+    if ref is None:
+        return sorted(view.runs.values(), key=lambda r: r.submitted_at)
+    shown = view.runs.get(ref)
+    if shown is not None:
+        return {"run": shown, "tasks": list(view.tasks_of(ref)), "cost": view.costs.get(ref)}
+    return find_task(view, ref)
+
+
 async def _view(settings: Settings, ref: str | None = None) -> ClusterView:
     """The view ``status`` shows: of one run when ``ref`` names it, else of every run."""
     async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
@@ -131,27 +156,38 @@ async def _view(settings: Settings, ref: str | None = None) -> ClusterView:
 
 
 def logs(
-    task: str, *, follow: bool = False, nats: str | None = None, config: Path | None = None
+    task: str,
+    *,
+    follow: bool = False,
+    json: bool = False,
+    nats: str | None = None,
+    config: Path | None = None,
 ) -> int:
-    """Print what a task's agent said and did: text, tool calls and their results.
+    """Print what agents said and did: one task's log, or every task's of a run interleaved.
 
     Examples:
+        claudecluster logs run-20261124-101500
         claudecluster logs run-20261124-101500/api
         claudecluster logs api -f
+        claudecluster logs run-20261124-101500 --json
 
     Args:
-        task: The task as RUN/TASK, or a task id unique across runs.
-        follow: Keep printing as the agent works, until the task ends.
+        task: A run id (every task's log, in the order it happened, each line naming its
+            task), a task as RUN/TASK, or a task id unique across runs.
+        follow: Keep printing as the agents work, until the task (or the run) ends.
+        json: Print the events as JSON Lines (the stored events, as `replay` reads them).
         nats: NATS URL (default: nats.url, else the embedded server of this directory).
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
     settings = _settings(nats, config)
     console = Console(highlight=False, soft_wrap=True)
-    anyio.run(_logs, settings, task, follow, console)
+    anyio.run(_logs, settings, task, follow, console, json)
     return EXIT_OK
 
 
-async def _logs(settings: Settings, ref: str, follow: bool, console: Console) -> None:
+async def _logs(
+    settings: Settings, ref: str, follow: bool, console: Console, as_json: bool = False
+) -> None:
     async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
         found = await run_of_ref(conn.log, ref, archive=_archive(conn))
         if found is None:
@@ -162,28 +198,53 @@ async def _logs(settings: Settings, ref: str, follow: bool, console: Console) ->
             found = await run_of_ref(conn.log, ref, archive=_archive(conn))
             assert found is not None  # the run was just seen in the log
         run_id, view, stored = found
-        task = find_task(view, ref)
+        # A run id alone: every task of the run, interleaved in log order.
+        whole_run = "/" not in ref and ref in view.runs
+        task = None if whole_run else find_task(view, ref)
+        show = _print_json if as_json else _print_progress
         for event in stored:
-            _print_progress(console, event, task)
-        if not follow or task.state.terminal:
+            show(console, event, run_id, task)
+        if not follow or _ended(view, run_id, task):
             return
         async with conn.log.open_reader(
             from_seq=view.last_seq + 1, subjects=run_filter(run_id), follow=True
         ) as events:
             async for event in events:
                 view = apply(view, event)
-                _print_progress(console, event, task)
-                if view.tasks[f"{task.run_id}/{task.task_id}"].state.terminal:
+                show(console, event, run_id, task)
+                if _ended(view, run_id, task):
                     return
 
 
-def _print_progress(console: Console, stored: StoredEvent, task: TaskView) -> None:
+def _ended(view: ClusterView, run_id: str, task: TaskView | None) -> bool:
+    """Whether there is nothing more to follow: the task, or the whole run, ended."""
+    if task is not None:
+        return view.tasks[f"{task.run_id}/{task.task_id}"].state.terminal
+    run = view.runs.get(run_id)
+    return run is not None and not run.state.open
+
+
+def _belongs(stored: StoredEvent, run_id: str, task: TaskView | None) -> bool:
     event = stored.envelope.payload
-    if getattr(event, "run_id", None) != task.run_id:
+    if getattr(event, "run_id", None) != run_id:
+        return False
+    return task is None or getattr(event, "task_id", None) == task.task_id
+
+
+def _print_json(console: Console, stored: StoredEvent, run_id: str, task: TaskView | None) -> None:
+    if _belongs(stored, run_id, task):
+        console.file.write(msgspec.json.encode(stored).decode() + "\n")
+
+
+def _print_progress(
+    console: Console, stored: StoredEvent, run_id: str, task: TaskView | None
+) -> None:
+    if not _belongs(stored, run_id, task):
         return
-    if getattr(event, "task_id", None) != task.task_id:
-        return
+    event = stored.envelope.payload
     at = stored.envelope.occurred_at.strftime("%H:%M:%S")
+    if task is None:  # interleaved: each line says whose it is
+        at = f"{at} {getattr(event, 'task_id', None) or '(run)'}"
     if isinstance(event, TaskProgress):
         label = {
             "text": "agent",

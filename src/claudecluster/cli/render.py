@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from rich import box
 from rich.table import Table
 
 from claudecluster.projections.cluster import ClusterView
@@ -17,6 +18,10 @@ __all__ = [
     "tasks_table",
     "workers_table",
 ]
+
+#: Below this many columns the workers table leaves out CPU, memory and a lone pool, so
+#: that a typical worker id, state, host and task ids fit 80 columns whole.
+WIDE_COLUMNS = 110
 
 
 def _elapsed(start: datetime | None, end: datetime | None) -> str:
@@ -47,9 +52,12 @@ def run_table(view: ClusterView, run: RunView) -> Table:
 
 def tasks_table(view: ClusterView, run_id: str) -> Table:
     """A run's tasks in plan order: state, attempt, worker, elapsed, turns, cost."""
-    table = Table(title="tasks", title_justify="left")
+    # No vertical rules, and long values fold onto a second line rather than being cut:
+    # 80 columns hold a typical row whole.
+    table = Table(title="tasks", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("task", "state", "attempt", "worker", "elapsed", "turns", "cost"):
-        table.add_column(column, justify="right" if column in {"turns", "cost"} else "left")
+        table.add_column(column, justify="right" if column in {"turns", "cost"} else "left",
+                         overflow="fold")  # fmt: skip
     for task in view.tasks_of(run_id):
         unchanged = task.state.value == "merged" and task.merge_note
         state = f"{task.state.value} (no change)" if unchanged else task.state.value
@@ -92,28 +100,41 @@ def preemption_lines(view: ClusterView, run_id: str) -> list[str]:
     return lines
 
 
-def workers_table(view: ClusterView, now: datetime | None = None) -> Table:
-    """Every worker the log knows: state, host, last heartbeat, load, slots, running tasks."""
-    table = Table(title="workers", title_justify="left")
-    for column in ("worker", "state", "pool", "host", "seen", "cpu", "load", "memory", "slots",
-                   "running"):  # fmt: skip
-        table.add_column(column)
+def workers_table(
+    view: ClusterView, now: datetime | None = None, *, width: int = WIDE_COLUMNS
+) -> Table:
+    """Every worker the log knows: state, host, last heartbeat, load, slots, running tasks.
+
+    Narrower than :data:`WIDE_COLUMNS` (an 80-column terminal), CPU and memory are left
+    out, and the pool too when every worker is in the same one (``workers list --json``
+    has every field); nothing shown is cut.
+    """
+    wide = width >= WIDE_COLUMNS
+    pools = {worker.pool for worker in view.workers.values()}
+    shown = [column for column in ("worker", "state", "pool", "host", "seen", "cpu", "load",
+                                   "memory", "slots", "running")
+             if wide or (column not in {"cpu", "memory"}
+                         and (column != "pool" or len(pools) > 1))]  # fmt: skip
+    table = Table(title="workers", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in shown:
+        table.add_column(column, overflow="fold")
     for worker in sorted(view.workers.values(), key=lambda w: w.worker_id):
         seen = "-"
         if worker.last_seen_at is not None and now is not None:
             seen = f"{(now - worker.last_seen_at).total_seconds():.0f}s ago"
         elif worker.last_seen_at is not None:
             seen = worker.last_seen_at.strftime("%H:%M:%S")
-        table.add_row(
-            worker.worker_id,
-            worker.state,
-            worker.pool,
-            worker.host or "-",
-            seen,
-            f"{worker.cpu_percent:.0f}%",
-            f"{worker.load_avg:.2f}",
-            f"{worker.memory_bytes / 2**20:.0f} MiB",
-            f"{worker.slots_free}/{worker.slots}",
-            ", ".join(worker.running_tasks) or "-",
-        )
+        cells = {
+            "worker": worker.worker_id,
+            "state": worker.state,
+            "pool": worker.pool,
+            "host": worker.host or "-",
+            "seen": seen,
+            "cpu": f"{worker.cpu_percent:.0f}%",
+            "load": f"{worker.load_avg:.2f}",
+            "memory": f"{worker.memory_bytes / 2**20:.0f} MiB",
+            "slots": f"{worker.slots_free}/{worker.slots}",
+            "running": ", ".join(worker.running_tasks) or "-",
+        }
+        table.add_row(*(cells[column] for column in shown))
     return table

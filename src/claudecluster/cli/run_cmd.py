@@ -39,6 +39,7 @@ from claudecluster.events.model import (
     RunSubmitted,
     SubmitRun,
     TaskKind,
+    TaskLimits,
 )
 from claudecluster.events.plan import PlanFile, PlanPolicy, plan_to_specs
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
@@ -167,6 +168,8 @@ def run(
         redactor=Redactor(settings.secret_values()),
     )
     run_id = run_id or f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    # The flag, else the configured default (limits.budget_usd; null: none).
+    budget = budget if budget is not None else settings.limits.budget_usd
     console = Console(highlight=False, stderr=json)
     if not (plan or fanout or claude_planner) or dry_run:
         failure = _FailureFlags(max_attempts, on_task_failure, rollback_on_failure)
@@ -185,6 +188,7 @@ def run(
         failure=_FailureFlags(max_attempts, on_task_failure, rollback_on_failure),
         model=model,
         default_model=settings.claude.model or "",
+        task_limits=settings.limits.task_limits(),
     )  # fmt: skip
     if workers < 1:
         raise ConfigError("workers", "flag --workers", "must be at least 1")
@@ -299,7 +303,8 @@ def _preview(
             raise ConfigError("yes", "flags", _NO_TERMINAL)
         console.print(f"planning with Claude Code ({sign_in_line(settings)})...", markup=False)
         plan_file = anyio.run(_plan_here, settings, repo, goal, run_id)
-    policy = _policy(plan_file, failure, on_conflict=on_conflict, verify=None, model="")
+    policy = _policy(plan_file, failure, on_conflict=on_conflict, verify=None, model="",
+                     task_limits=settings.limits.task_limits())  # fmt: skip
     for line in preview_lines(plan_file, goal, workers=workers, budget_usd=budget,
                               policy=policy):  # fmt: skip
         console.print(line, markup=False, soft_wrap=True)
@@ -365,6 +370,7 @@ def _submit_command(
     model: str | None = None,
     default_model: str = "",
     on_collision: Literal["let_both", "restart_later"] = "let_both",
+    task_limits: TaskLimits | None = None,
 ) -> SubmitRun:
     """Check everything that can be checked here, so mistakes fail fast with exit 2."""
     chosen = [name for name, given in
@@ -401,6 +407,7 @@ def _submit_command(
             verify=verify,
             # The flag, else the plan's default, else the configured one.
             model=first_given(model, plan_file.model if plan_file else None, default_model),
+            task_limits=task_limits,
         ),
         plan_source=str(plan) if plan is not None else "",
         source="flags",
@@ -429,6 +436,7 @@ def _policy(
     verify: str | None,
     model: str,
     on_collision: Literal["let_both", "restart_later"] = "let_both",
+    task_limits: TaskLimits | None = None,
 ) -> RunPolicy:
     """The run's policy: the flags, then the plan's ``policy:``, then the defaults.
 
@@ -450,6 +458,7 @@ def _policy(
             flags.rollback_on_failure, stated.rollback_on_failure, default.rollback_on_failure
         ),
         model=model,
+        task_limits=task_limits or TaskLimits(),
     )
 
 
@@ -610,11 +619,16 @@ def print_summary(console: Console, end: RunEnd) -> None:
             console.print(line, markup=False, style="yellow")
         for line in preemption_lines(end.view, event.run_id):
             console.print(line, markup=False)
-        console.print(
-            f"wall time {event.wall_time_s:.1f}s for {event.task_time_s:.1f}s of task time: "
-            f"speedup {event.speedup:.2f}x; cost ${event.cost_usd:.4f}",
-            markup=False,
+        from claudecluster.reporting.timing import timing_line
+
+        timing = timing_line(
+            wall_time_s=event.wall_time_s,
+            task_time_s=event.task_time_s,
+            parallelism=event.speedup,
+            model_time_s=event.model_time_s,
         )
+        console.print(timing, markup=False, soft_wrap=True)
+        console.print(f"cost ${event.cost_usd:.4f}", markup=False)
         console.print(
             f"result: branch {branch} at {event.head_commit[:12]}", markup=False, soft_wrap=True
         )

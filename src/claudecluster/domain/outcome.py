@@ -29,4 +29,6 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     usage: TokenUsage = TokenUsage()
     turns: int = 0
     duration_ms: int = 0
+    #: the part of duration_ms spent waiting on the model (Claude Code's duration_api_ms)
+    model_time_ms: int = 0
     session_id: str = ""

@@ -17,6 +17,7 @@ import msgspec
 
 from claudecluster.domain.estimate import SIZE_COST_USD, SIZE_MINUTES, Size, estimate_plan
 from claudecluster.domain.graph import predict_conflicts
+from claudecluster.domain.limits import with_default_limits
 from claudecluster.events.model import RunPolicy, TaskLimits
 from claudecluster.events.plan import PlanFile, plan_to_specs
 
@@ -119,7 +120,8 @@ def plan_preview(
             size=task.size,
             depends_on=task.depends_on,
             model=task.model,
-            limits=task.limits,
+            # What it really gets: its own limits, the run's defaults for the rest.
+            limits=with_default_limits(spec, policy.task_limits).limits,
             mcp_servers=tuple(sorted(task.mcp_servers)),
         )
         for task, spec in zip(plan.tasks, specs, strict=True)

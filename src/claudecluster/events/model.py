@@ -324,6 +324,13 @@ class RunPolicy(msgspec.Struct, frozen=True, kw_only=True):
     ] = "let_both"
     rollback_on_failure: bool = False
     pool: Id = "default"
+    task_limits: Annotated[
+        TaskLimits,
+        msgspec.Meta(
+            description="Limits of the run's tasks that leave them unset (a task's own "
+            "limits win, field by field); from the limits section of claudecluster.yaml."
+        ),
+    ] = TaskLimits()
     model: Annotated[
         str,
         msgspec.Meta(
@@ -476,8 +483,20 @@ class RunCompleted(RunEvent, frozen=True, kw_only=True, tag="run.completed"):
         float,
         msgspec.Meta(
             ge=0,
-            description="task_time_s / wall_time_s: what running in "
-            "parallel saved against one task after another.",
+            description="task_time_s / wall_time_s: the parallelism (how many tasks ran at "
+            "once on average), not a speedup against one worker: tasks that slow each "
+            "other down lengthen task_time_s and so inflate it. The name is kept for "
+            "readers of older logs.",
+        ),
+    ] = 0.0
+    model_time_s: Annotated[
+        float,
+        msgspec.Meta(
+            ge=0,
+            description="Sum of the merged tasks' last attempts' time waiting on the model "
+            "(their model_time_ms): an estimate of the time one after another that "
+            "contention does not inflate. It leaves tool and start-up time out, so it is "
+            "low; 0 when not known (shell tasks).",
         ),
     ] = 0.0
     cost_usd: NonNegative = 0.0
@@ -611,6 +630,15 @@ class TaskSucceeded(TaskEvent, frozen=True, kw_only=True, tag="task.succeeded"):
     usage: TokenUsage = TokenUsage()
     turns: Count = 0
     duration_ms: Count = 0
+    model_time_ms: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0,
+            description="The part of duration_ms spent waiting on the model (0: not "
+            "known, as for shell tasks). Other attempts running beside it slow the machine, "
+            "not the model, so this is the attempt's time that contention does not inflate.",
+        ),
+    ] = 0
     artifacts: tuple[ArtifactRef, ...] = ()
 
 

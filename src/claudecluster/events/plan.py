@@ -39,12 +39,14 @@ graph (cycles, unknown dependencies, duplicate ids, empty prompts).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
 from claudecluster.errors import GraphError
 from claudecluster.events.model import (
+    ID_REGEX,
     Id,
     McpServer,
     TaskKind,
@@ -53,13 +55,34 @@ from claudecluster.events.model import (
     TaskSpec,
 )
 
-__all__ = ["PlanFile", "PlanPolicy", "PlanTask", "plan_from_data", "plan_to_specs"]
+__all__ = [
+    "PlanFile",
+    "PlanPolicy",
+    "PlanTask",
+    "named_tasks",
+    "plan_from_data",
+    "plan_to_specs",
+]
+
+
+#: An id (the pattern of :data:`Id`), or nothing: a task says ``id`` or ``task_id``.
+_ID_OR_NONE: Final = rf"^(?:{ID_REGEX})?$(?!\n)"
 
 
 class PlanTask(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One task as a plan file states it."""
+    """One task as a plan file (or the HTTP API's ``plan``) states it.
 
-    id: Id
+    A task is named by ``id`` or by ``task_id`` (the same field under the name the recorded
+    events use): either is accepted, in a plan file and over HTTP alike; giving both with
+    different values is an error. ``title`` may be left out (the id stands in).
+    """
+
+    id: Annotated[
+        str, msgspec.Meta(pattern=_ID_OR_NONE, description="The task's id (or give task_id).")
+    ] = ""
+    task_id: Annotated[
+        str, msgspec.Meta(pattern=_ID_OR_NONE, description="The same as id; give one.")
+    ] = ""
     prompt: Annotated[str, msgspec.Meta(min_length=1)]
     title: str = ""
     kind: TaskKind = "generate"
@@ -105,9 +128,28 @@ def plan_from_data(data: Any, source: str) -> PlanFile:
         GraphError: the data does not fit; the message names ``source`` and the field.
     """
     try:
-        return msgspec.convert(data, PlanFile)
+        plan = msgspec.convert(data, PlanFile)
     except msgspec.ValidationError as exc:
         raise GraphError(f"{source}: {_readable(str(exc))}") from None
+    return msgspec.structs.replace(plan, tasks=named_tasks(plan.tasks, source))
+
+
+def named_tasks(tasks: Sequence[PlanTask], source: str) -> tuple[PlanTask, ...]:
+    """``tasks`` each named by ``id``, whether it said ``id`` or ``task_id``.
+
+    Raises:
+        GraphError: a task names neither, or two different ids, or an id that is not one.
+    """
+    named = []
+    for index, task in enumerate(tasks):
+        if task.id and task.task_id and task.id != task.task_id:
+            raise GraphError(f"{source}: tasks[{index}]: id {task.id!r} and task_id "
+                             f"{task.task_id!r} differ; give one of them")  # fmt: skip
+        chosen = task.id or task.task_id
+        if not chosen:
+            raise GraphError(f"{source}: tasks[{index}]: a task needs an id (or task_id)")
+        named.append(msgspec.structs.replace(task, id=chosen, task_id=""))
+    return tuple(named)
 
 
 def _readable(message: str) -> str:

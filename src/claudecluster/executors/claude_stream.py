@@ -174,11 +174,13 @@ def classify(
     cost = result.get("total_cost_usd")
     turns = result.get("num_turns")
     duration = result.get("duration_ms")
+    model_time = result.get("duration_api_ms")
     common: dict[str, Any] = {
         "cost_usd": float(cost) if isinstance(cost, int | float) and cost >= 0 else 0.0,
         "usage": usage,
         "turns": turns if isinstance(turns, int) and turns >= 0 else 0,
         "duration_ms": duration if isinstance(duration, int) and duration >= 0 else 0,
+        "model_time_ms": model_time if isinstance(model_time, int) and model_time >= 0 else 0,
         "session_id": str(result.get("session_id") or ""),
     }
     text = result.get("result")

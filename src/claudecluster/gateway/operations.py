@@ -27,6 +27,7 @@ from claudecluster.auth import Principal, Scope
 from claudecluster.domain.preview import PlanPreview
 from claudecluster.events.envelope import StoredEvent
 from claudecluster.events.model import ID_PATTERN, TaskProgress, TaskSpec
+from claudecluster.events.plan import PlanFile, named_tasks, plan_to_specs
 from claudecluster.gateway.problems import JSON, invalid, json_response, query_id
 from claudecluster.gateway.schemas import (
     CancelBody,
@@ -157,8 +158,11 @@ def _client(call: Call) -> str:
 
 async def _submit_run(call: Call) -> Response:
     body: SubmitRunBody = call.body
+    # The same field names as a plan file: id or task_id, title optional.
+    plan = (plan_to_specs(PlanFile(tasks=named_tasks(body.plan, "plan")))
+            if body.plan is not None else None)  # fmt: skip
     command = submit_run_command(
-        body.goal, repo=body.repo, plan=body.plan, fanout=body.fanout,
+        body.goal, repo=body.repo, plan=plan, fanout=body.fanout,
         claude_planner=body.claude_planner, run_id=body.run_id, budget_usd=body.budget_usd,
         max_parallel=body.max_parallel, policy=body.policy, now=datetime.now(UTC),
         idempotency_key=_idempotency_key(call), client=_client(call),

@@ -12,8 +12,8 @@ from typing import Annotated, Literal
 import msgspec
 
 from claudecluster.domain.submission import MAX_TASKS_CEILING
-from claudecluster.events.model import FanoutSpec, Id, RunPolicy, TaskKind, TaskLimits, TaskSpec
-from claudecluster.events.plan import PlanFile
+from claudecluster.events.model import FanoutSpec, Id, RunPolicy, TaskKind, TaskLimits
+from claudecluster.events.plan import PlanFile, PlanTask
 from claudecluster.projections.views import CostView, RunView, TaskView, WorkerView
 
 __all__ = [
@@ -54,10 +54,11 @@ class SubmitRunBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     goal: Annotated[Text, msgspec.Meta(description="What the run should achieve.")]
     repo: Repo
     plan: Annotated[
-        Annotated[list[TaskSpec], msgspec.Meta(min_length=1, max_length=MAX_TASKS_CEILING)] | None,
+        Annotated[list[PlanTask], msgspec.Meta(min_length=1, max_length=MAX_TASKS_CEILING)] | None,
         msgspec.Meta(
-            description="Explicit tasks (a task graph); at most the driver's configured "
-            "max_tasks (500 unless configured)."
+            description="Explicit tasks (a task graph), with a plan file's field names: "
+            "each task named by id or task_id, title optional; at most the driver's "
+            "configured max_tasks (500 unless configured)."
         ),
     ] = None
     fanout: Annotated[

@@ -206,6 +206,7 @@ def _advance(task: TaskView, event: TaskEvent, target: TaskState, at: datetime) 
                 worker_id=event.worker_id,
                 finished_at=at,
                 turns=event.turns,
+                model_time_s=event.model_time_ms / 1000,
                 cost_usd=task.cost_usd + event.cost_usd,
                 usage=event.usage,
             )

@@ -64,6 +64,8 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     turns: int = 0
+    #: the last successful attempt's time waiting on the model, in seconds
+    model_time_s: float = 0.0
     cost_usd: float = 0.0
     usage: TokenUsage = TokenUsage()
     progress_events: int = 0

@@ -26,6 +26,7 @@ from claudecluster.events.model import (
 )
 from claudecluster.projections.cluster import ClusterView
 from claudecluster.projections.progress import merge_warnings, run_progress
+from claudecluster.reporting.timing import timing_line
 from claudecluster.runtime.connection import Connection
 from claudecluster.transport.artifacts import ArtifactStore
 
@@ -193,6 +194,15 @@ def event_time(stored: list[StoredEvent]) -> datetime:
     return stored[-1].envelope.occurred_at
 
 
+def _timing(summary: dict[str, Any]) -> str:
+    return timing_line(
+        wall_time_s=summary["wall_time_s"],
+        task_time_s=summary["task_time_s"],
+        parallelism=summary["speedup"],
+        model_time_s=summary.get("model_time_s", 0.0),
+    )
+
+
 def render_markdown(record: dict[str, Any]) -> str:
     """The report as Markdown."""
     run, summary = record["run"], record["summary"]
@@ -206,10 +216,7 @@ def render_markdown(record: dict[str, Any]) -> str:
         f"- elapsed: {run['elapsed_s']:.1f}s, cost ${run['cost_usd']:.4f}",
     ]
     if summary:
-        lines.append(
-            f"- speedup: {summary['speedup']:.2f}x "
-            f"({summary['task_time_s']:.1f}s of task time in {summary['wall_time_s']:.1f}s)"
-        )
+        lines.append(f"- {_timing(summary)}")
     lines += [
         "",
         "| task | state | attempts | worker | turns | cost | files |",
@@ -381,8 +388,9 @@ def render_html(record: dict[str, Any]) -> str:
         warned += f"<h2>Attempts stopped early</h2><ul>{stopped}</ul>"
     speed = (
         (
-            f"<span>speedup <b>{summary['speedup']:.2f}x</b></span>"
+            f"<span>parallelism <b>{summary['speedup']:.2f}x</b></span>"
             f"<span>task time {summary['task_time_s']:.1f}s</span>"
+            f"<span>{esc(_timing(summary))}</span>"
         )
         if summary
         else ""
