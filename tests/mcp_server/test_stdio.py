@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -59,14 +58,22 @@ async def test_the_embedded_nats_server_stops_when_claude_code_ends_the_server(
 ) -> None:
     """Claude Code ends a stdio server with SIGINT, SIGTERM 100 ms later, then SIGKILL;
     the nats-server that ``claudecluster mcp`` started for the project must not outlive it."""
-    async with await anyio.open_process(
-        [CLI, "mcp", "--workers", "0"], cwd=tmp_path, stderr=subprocess.DEVNULL
-    ) as process:
+    errors = tmp_path / "mcp-stderr.log"
+    with errors.open("wb") as stderr:
+        process = await anyio.open_process(
+            [CLI, "mcp", "--workers", "0"], cwd=tmp_path, stderr=stderr
+        )
+    async with process:
         assert process.stdin is not None
         assert process.stdout is not None
         await process.stdin.send(json.dumps(initialize()).encode() + b"\n")
-        with anyio.fail_after(60):
-            answer = await process.stdout.receive()
+        try:
+            with anyio.fail_after(60):
+                answer = await process.stdout.receive()
+        except anyio.EndOfStream:
+            await process.wait()
+            pytest.fail(f"claudecluster mcp exited {process.returncode} before answering: "
+                        f"{errors.read_text(errors='replace')[-2000:]}")  # fmt: skip
         assert b'"protocolVersion"' in answer
         (nats,) = [
             child
