@@ -31,6 +31,11 @@ from claudecluster.transport.jetstream import JetStreamEventLog
 from tests.runtime.conftest import Driver
 
 #: Generous: the task is one shell command; a stuck attempt never finishes at all.
+#: Nothing here waits on a redelivery: the ack wait only has to outlast the keep-alives of
+#: a loaded machine, or the worker's own item comes back mid-attempt and supersedes it
+#: (seen with 2 s under a second suite beside this one).
+ACK_WAIT_S = 30.0
+
 FINISHED_WITHIN_S = 90
 
 
@@ -84,7 +89,8 @@ async def test_a_store_failure_after_a_take_over_is_claimed_is_the_attempts_reco
                                      worker_id="silent"))  # fmt: skip
     await driver.record(TaskStarted(run_id="held", task_id="feature", attempt=1,
                                     worker_id="silent", session_id="s-silent"))  # fmt: skip
-    config = WorkerConfig(worker_id="w-taker", workspace_root=tmp_path / "ws", ack_wait_s=2.0)
+    config = WorkerConfig(worker_id="w-taker", workspace_root=tmp_path / "ws",
+                          ack_wait_s=ACK_WAIT_S)  # fmt: skip
     worker = Worker(config, log, client)
     sessions = _SessionsFailOnce(worker._sessions)
     worker._sessions = sessions  # type: ignore[assignment]
@@ -130,7 +136,8 @@ async def test_an_outcome_whose_append_fails_over_is_recorded_once_by_the_same_a
     driver = Driver(log, client.jetstream(), source, tmp_path)
     await driver.submit("fo", "feature", "echo done > done.txt", executor="shell")
     flaky = _OutcomeAppendFails(log, times=2, stored=stored)
-    config = WorkerConfig(worker_id="w-patient", workspace_root=tmp_path / "ws", ack_wait_s=2.0)
+    config = WorkerConfig(worker_id="w-patient", workspace_root=tmp_path / "ws",
+                          ack_wait_s=ACK_WAIT_S)  # fmt: skip
     ended = await _serve_until_finished(Worker(config, flaky, client), log, "feature")
     events = [s.envelope.payload for s in await read_all(log)]
     assert flaky.failures == 2
@@ -191,7 +198,7 @@ async def test_a_transcript_mirror_that_fails_mid_attempt_is_the_attempts_record
     await driver.submit("mirror", "talk", "[[task:talk]] go")
     async with open_scripted_model(TALKING) as model:
         config = WorkerConfig(
-            worker_id="w-mirror", workspace_root=tmp_path / "ws", ack_wait_s=2.0,
+            worker_id="w-mirror", workspace_root=tmp_path / "ws", ack_wait_s=ACK_WAIT_S,
             api_environment={"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-x"},
         )  # fmt: skip
         worker = Worker(config, log, client)
