@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from claudecluster.actors import driver as driver_core
 from claudecluster.actors.driver import Dispatch, Record, Resume, decide
+from claudecluster.actors.driver import commands as driver_commands
+from claudecluster.actors.driver import reconcile as driver_reconcile
 from claudecluster.events import (
     CommandRejected,
     RunFailed,
@@ -108,7 +109,7 @@ def test_a_command_the_core_fails_on_is_refused_with_the_reason(
     def broken(*_: object) -> list[Any]:
         raise KeyError("boom")
 
-    monkeypatch.setattr(driver_core, "_submit", broken)
+    monkeypatch.setattr(driver_commands, "_submit", broken)
     log = Log()
     (refusal,) = log.command(SubmitRun(run_id="r", goal="g", repo="/repo", plan=(spec("a"),)))
     assert isinstance(refusal, Record)
@@ -122,7 +123,7 @@ def test_a_run_the_core_fails_on_is_failed_once_and_other_runs_go_on(
 ) -> None:
     log = Log()
     assert dispatched(_submit_and_plan(log, "good", (spec("x"),))) == ["x"]
-    real = driver_core._start_ready
+    real = driver_reconcile._start_ready
 
     def broken_for_bad(state: Any, book: Any, *rest: Any) -> list[Any]:
         if book.run_id == "bad":
@@ -130,7 +131,7 @@ def test_a_run_the_core_fails_on_is_failed_once_and_other_runs_go_on(
         result: list[Any] = real(state, book, *rest)
         return result
 
-    monkeypatch.setattr(driver_core, "_start_ready", broken_for_bad)
+    monkeypatch.setattr(driver_reconcile, "_start_ready", broken_for_bad)
     (end,) = _failures(_submit_and_plan(log, "bad", (spec("y"),)))
     assert "ZeroDivisionError: a bug" in end.reason
     assert _failures(log.tick()) == []

@@ -45,6 +45,11 @@ def test_a_run_id_must_be_a_subject_token_and_defaults_to_a_fresh_one() -> None:
     assert new_run_id(NOW).startswith("run-20261201-063000-")
 
 
+def test_two_runs_started_in_the_same_instant_get_distinct_ids() -> None:
+    """The CLI used to format its own second-stamped id, so two runs in one second collided."""
+    assert new_run_id(NOW) != new_run_id(NOW)
+
+
 def test_an_invalid_graph_fails_before_anything_is_published() -> None:
     cyclic = [TaskSpec(task_id="a", title="a", prompt="p", depends_on=("b",)),
               TaskSpec(task_id="b", title="b", prompt="p", depends_on=("a",))]  # fmt: skip

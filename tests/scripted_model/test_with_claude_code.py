@@ -37,7 +37,10 @@ async def run_claude(
     retries: int = 0,
     extra: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """One headless run, isolated as ../shared/CLAUDE-CODE-OFFLINE.md describes."""
+    """One headless run, isolated: its own HOME and config dir, the scripted API, no retries.
+
+    Non-essential traffic is off so the CLI reaches nothing but the scripted Messages API.
+    """
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "CLAUDECODE"}

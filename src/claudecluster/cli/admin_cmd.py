@@ -22,13 +22,11 @@ from cyclopts import App
 from rich.console import Console
 from rich.table import Table
 
-from claudecluster.cli.app import EXIT_OK
+from claudecluster.cli.app import EXIT_OK, command_settings
 from claudecluster.cli.render import workers_table
 from claudecluster.errors import ConfigError, DriverUnavailableError, UnknownEntityError
 from claudecluster.events.model import DrainWorker, WorkerLeft
 from claudecluster.events.subjects import EVENT_PREFIX, WORKER_SCOPE
-from claudecluster.observability.logging import configure_logging
-from claudecluster.observability.redaction import Redactor
 from claudecluster.projections.cluster import ClusterView, replay
 from claudecluster.runtime.connection import open_configured_cluster
 from claudecluster.settings import CONFIG_FILE_NAME, LoadedSettings, Settings, load_settings
@@ -168,13 +166,6 @@ def validate(*, config: Path | None = None) -> int:
     return EXIT_OK
 
 
-def _settings(nats: str | None, config: Path | None) -> Settings:
-    flags = {"nats": {"url": nats}} if nats else None
-    settings = load_settings(config_file=config, flags=flags).settings
-    configure_logging(level="WARNING", redactor=Redactor(settings.secret_values()))
-    return settings
-
-
 @workers_app.command(name="list")
 def list_(*, json: bool = False, nats: str | None = None, config: Path | None = None) -> int:
     """The workers the log knows, local and remote: state, heartbeat, load, tasks.
@@ -188,7 +179,7 @@ def list_(*, json: bool = False, nats: str | None = None, config: Path | None = 
         nats: NATS URL (default: nats.url, else the embedded server of this directory).
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
-    settings = _settings(nats, config)
+    settings = command_settings(nats, config)
     view: ClusterView = anyio.run(_view, settings)
     if json:
         workers = sorted(view.workers.values(), key=lambda w: w.worker_id)
@@ -235,7 +226,7 @@ def add(
         nats: NATS URL (default: nats.url).
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
-    settings = _settings(nats, config)
+    settings = command_settings(nats, config)
     if not settings.nats.url:
         raise ConfigError("nats.url", "default", "workers add needs a running cluster (--nats URL)")
     if count < 1:
@@ -271,7 +262,7 @@ def rm(
         nats: NATS URL (default: nats.url, else the embedded server of this directory).
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
-    settings = _settings(nats, config)
+    settings = command_settings(nats, config)
     left: WorkerLeft = anyio.run(_drain, settings, worker_id, deadline)
     Console(highlight=False).print(f"worker {worker_id} left: {left.reason}", markup=False)
     return EXIT_OK

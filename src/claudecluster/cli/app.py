@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from cyclopts import App, CycloptsError
 from rich.console import Console
 
 from claudecluster.errors import ClusterError, NatsServerError, RemoteError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from claudecluster.settings import Settings
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "app", "run"]
 
@@ -88,3 +93,18 @@ def run(argv: Sequence[str] | None = None) -> int:
     if isinstance(result, int) and not isinstance(result, bool):
         return result
     return EXIT_OK
+
+
+def command_settings(nats: str | None, config: Path | None) -> Settings:
+    """The settings of a command that talks to a cluster: ``--nats`` over the file, quiet logs.
+
+    The imports are local so that loading this module (every command does) stays cheap.
+    """
+    from claudecluster.observability.logging import configure_logging
+    from claudecluster.observability.redaction import Redactor
+    from claudecluster.settings import load_settings
+
+    flags = {"nats": {"url": nats}} if nats else None
+    settings = load_settings(config_file=config, flags=flags).settings
+    configure_logging(level="WARNING", redactor=Redactor(settings.secret_values()))
+    return settings

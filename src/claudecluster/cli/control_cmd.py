@@ -16,26 +16,17 @@ from typing import Final
 import anyio
 from rich.console import Console
 
-from claudecluster.cli.app import EXIT_OK
+from claudecluster.cli.app import EXIT_OK, command_settings
 from claudecluster.domain.branches import integration_branch
 from claudecluster.events.model import RollbackRun, RunRolledBack
-from claudecluster.observability.logging import configure_logging
-from claudecluster.observability.redaction import Redactor
 from claudecluster.runtime.connection import open_configured_cluster
 from claudecluster.runtime.front_door import FrontDoor, open_front_door
 from claudecluster.runtime.local_cluster import open_local_services
-from claudecluster.settings import Settings, load_settings
+from claudecluster.settings import Settings
 
 __all__ = ["cancel", "rollback"]
 
 _ANSWER_TIMEOUT_S: Final = 30.0
-
-
-def _settings(nats: str | None, config: Path | None) -> Settings:
-    flags = {"nats": {"url": nats}} if nats else None
-    settings = load_settings(config_file=config, flags=flags).settings
-    configure_logging(level="WARNING", redactor=Redactor(settings.secret_values()))
-    return settings
 
 
 def cancel(
@@ -53,7 +44,7 @@ def cancel(
         nats: NATS URL (default: nats.url, else the embedded server of this directory).
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
-    settings = _settings(nats, config)
+    settings = command_settings(nats, config)
     message: str = anyio.run(_cancel, settings, ref, reason)
     Console(highlight=False).print(message, markup=False)
     return EXIT_OK
@@ -83,7 +74,7 @@ def rollback(
         nats: NATS URL (default: nats.url, else the embedded server of this directory).
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
-    settings = _settings(nats, config)
+    settings = command_settings(nats, config)
     if to is None:
         command = RollbackRun(run_id=run, to_sequence=0)
     elif to.isdigit():

@@ -17,7 +17,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from claudecluster.cli.app import EXIT_OK
+from claudecluster.cli.app import EXIT_OK, command_settings
 from claudecluster.cli.render import (
     merge_warning_lines,
     preemption_lines,
@@ -28,14 +28,12 @@ from claudecluster.errors import ConfigError, InvalidIdError, UnknownEntityError
 from claudecluster.events.envelope import StoredEvent
 from claudecluster.events.model import TaskProgress
 from claudecluster.events.subjects import run_filter
-from claudecluster.observability.logging import configure_logging
-from claudecluster.observability.redaction import Redactor
 from claudecluster.projections.cluster import ClusterView, apply, find_task, replay
 from claudecluster.projections.progress import run_progress
 from claudecluster.projections.views import TaskView
 from claudecluster.runtime.connection import Connection, open_configured_cluster
 from claudecluster.runtime.reads import read_run, run_of_ref, view_from_snapshot
-from claudecluster.settings import Settings, load_settings
+from claudecluster.settings import Settings
 from claudecluster.transport.artifacts import ArtifactStore
 from claudecluster.transport.base import read_all
 from claudecluster.transport.snapshots import JetStreamSnapshotStore
@@ -46,13 +44,6 @@ __all__ = ["export", "logs", "replay_cmd", "status"]
 def _archive(conn: Connection) -> ArtifactStore:
     """Where archived runs are read from (``claudecluster archive`` moved them there)."""
     return ArtifactStore(conn.client.jetstream())
-
-
-def _settings(nats: str | None, config: Path | None) -> Settings:
-    flags = {"nats": {"url": nats}} if nats else None
-    settings = load_settings(config_file=config, flags=flags).settings
-    configure_logging(level="WARNING", redactor=Redactor(settings.secret_values()))
-    return settings
 
 
 def status(
@@ -77,7 +68,7 @@ def status(
         nats: NATS URL (default: nats.url, else the embedded server of this directory).
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
-    settings = _settings(nats, config)
+    settings = command_settings(nats, config)
     view: ClusterView = anyio.run(_view, settings, ref)
     if json:
         sys.stdout.write(msgspec.json.encode(_status_record(view, ref)).decode() + "\n")
@@ -179,7 +170,7 @@ def logs(
         nats: NATS URL (default: nats.url, else the embedded server of this directory).
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
-    settings = _settings(nats, config)
+    settings = command_settings(nats, config)
     console = Console(highlight=False, soft_wrap=True)
     anyio.run(_logs, settings, task, follow, console, json)
     return EXIT_OK
@@ -295,7 +286,7 @@ def replay_cmd(
         nats: NATS URL (default: nats.url, else the embedded server of this directory).
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
-    settings = _settings(nats, config)
+    settings = command_settings(nats, config)
     limit_seq, limit_time = _until(until)
     stored: list[StoredEvent] = anyio.run(_all_events, settings, run)
     console = Console(highlight=False, soft_wrap=True)
@@ -402,7 +393,7 @@ def export(
     """
     from claudecluster.reporting import render_html, render_markdown
 
-    settings = _settings(nats, config)
+    settings = command_settings(nats, config)
     record = anyio.run(_record, settings, run)
     if format == "json":
         text = msgspec.json.format(msgspec.json.encode(record), indent=2).decode() + "\n"

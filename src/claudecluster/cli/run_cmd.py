@@ -46,7 +46,7 @@ from claudecluster.executors.claude_code import ClaudeCodeExecutor
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor, redact_url
 from claudecluster.runtime.connection import Connection, open_configured_cluster
-from claudecluster.runtime.front_door import submit_run_command
+from claudecluster.runtime.front_door import new_run_id, submit_run_command
 from claudecluster.runtime.local_cluster import open_local_services
 from claudecluster.runtime.planners import ClaudeCodePlanner, load_plan_file
 from claudecluster.runtime.sandboxing import confinement_for
@@ -167,7 +167,7 @@ def run(
         level="WARNING" if settings.logging.level == "INFO" else settings.logging.level,
         redactor=Redactor(settings.secret_values()),
     )
-    run_id = run_id or f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    run_id = run_id or new_run_id(datetime.now(UTC))
     # The flag, else the configured default (limits.budget_usd; null: none).
     budget = budget if budget is not None else settings.limits.budget_usd
     console = Console(highlight=False, stderr=json)
@@ -396,7 +396,7 @@ def _submit_command(
         if fanout is not None and prompt
         else None,
         claude_planner=claude_planner,
-        run_id=run_id or f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}",
+        run_id=run_id or new_run_id(datetime.now(UTC)),
         budget_usd=budget,
         max_parallel=max_parallel,
         policy=_policy(

@@ -1,0 +1,217 @@
+"""Commands to the driver: submit, cancel a run or a task, roll back."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from claudecluster.actors.driver.effects import _HELD_BY_WORKER, _OPEN_RUN, Effect, Record, Rollback
+from claudecluster.actors.driver.reconcile import _record
+from claudecluster.actors.driver.state import DriverState, RunBook, _free, _live_book
+from claudecluster.domain.graph import TaskGraph
+from claudecluster.domain.lifecycle import (
+    TaskState,
+)
+from claudecluster.domain.submission import submission_problem
+from claudecluster.errors import GraphError
+from claudecluster.events import event_ids as ids
+from claudecluster.events.envelope import CommandEnvelope
+from claudecluster.events.model import (
+    CancelRun,
+    CancelTask,
+    CommandRejected,
+    RollbackRun,
+    RunCancelled,
+    RunRolledBack,
+    RunSubmitted,
+    SubmitRun,
+    TaskCancelled,
+)
+from claudecluster.projections.views import TaskView, task_key
+
+# ----------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------
+
+
+def _command(state: DriverState, envelope: CommandEnvelope) -> list[Effect]:
+    if envelope.id in state.commands_seen:
+        return []
+    state.commands_seen.add(envelope.id)
+    command = envelope.payload
+    match command:
+        case SubmitRun():
+            effects = _submit(state, envelope.id, command)
+        case CancelRun():
+            effects = _cancel_run(state, envelope.id, command)
+        case CancelTask():
+            effects = _cancel_task(state, envelope.id, command)
+        case RollbackRun():
+            effects = _rollback(state, envelope.id, command)
+        case _:
+            return []  # DrainWorker: the workers act on it themselves
+    return _caused_by(envelope.id, effects)
+
+
+def _caused_by(command_id: str, effects: list[Effect]) -> list[Effect]:
+    """Mark the command's outcome record with its id (the envelope's causation id).
+
+    Only the last record is marked, the one that settles the command (a cancel's
+    RunCancelled comes after its tasks' TaskCancelled): once it is in the log, a
+    redelivered copy of the command is recognised and skipped; until then a redelivery
+    is decided again, and what was recorded already is deduplicated by its event id.
+    """
+    for index in range(len(effects) - 1, -1, -1):
+        effect = effects[index]
+        if isinstance(effect, Record | Rollback):
+            effects[index] = dataclasses.replace(effect, causation_id=command_id)
+            break
+    return effects
+
+
+def _reject(state: DriverState, run_id: str, command_id: str, kind: str, reason: str) -> Record:
+    event = CommandRejected(run_id=run_id, command_id=command_id, command_type=kind, reason=reason)
+    return _record(state, f"reject:{command_id}", event, ids.command_rejected_id(command_id))
+
+
+def _submit(state: DriverState, command_id: str, command: SubmitRun) -> list[Effect]:
+    def reject(reason: str) -> list[Effect]:
+        return [_reject(state, command.run_id, command_id, "run.submit", reason)]
+
+    exists = command.run_id in state.view.runs or not _free(state, f"run:{command.run_id}:submit")
+    key = command.idempotency_key
+    if exists and key and state.idempotency.get(command.run_id) == key:
+        return []  # a retry of a submission already recorded (or being recorded): that run
+    if exists:
+        return reject(f"run {command.run_id!r} already exists; choose another run id")
+    if not command.repo.strip():
+        return reject("the run names no repository: give repo as a path")
+    for name, value in (("repo", command.repo), ("base_ref", command.base_ref)):
+        if any(ord(char) < 32 for char in value):
+            return reject(f"{name} {value!r} contains a control character")
+    bound = submission_problem(command, max_tasks=state.config.max_tasks)
+    if bound is not None:
+        return reject(f"{bound[0]}: {bound[1]}")
+    if command.plan is not None:
+        try:
+            TaskGraph.build(command.plan)
+        except GraphError as exc:
+            return reject(str(exc))
+    elif command.fanout is None and command.planner != "claude":
+        return reject("the run has no plan: give tasks, a fan-out, or the claude planner")
+    event = RunSubmitted(
+        run_id=command.run_id,
+        goal=command.goal,
+        repo=command.repo,
+        base_ref=command.base_ref,
+        planner=command.planner,
+        budget_usd=command.budget_usd,
+        max_parallel=command.max_parallel,
+        policy=command.policy,
+        plan=command.plan,
+        plan_source=command.plan_source,
+        fanout=command.fanout,
+        idempotency_key=key,
+    )
+    if key:
+        state.idempotency[command.run_id] = key
+    return [
+        _record(state, f"run:{command.run_id}:submit", event, ids.run_submitted_id(command.run_id))
+    ]
+
+
+def _cancel_run(state: DriverState, command_id: str, command: CancelRun) -> list[Effect]:
+    run = state.view.runs.get(command.run_id)
+    if run is None:
+        return [
+            _reject(
+                state,
+                command.run_id,
+                command_id,
+                "run.cancel",
+                f"there is no run {command.run_id!r}",
+            )
+        ]
+    if run.state not in _OPEN_RUN:
+        return [
+            _reject(
+                state,
+                command.run_id,
+                command_id,
+                "run.cancel",
+                f"run {command.run_id!r} already ended ({run.state.value})",
+            )
+        ]
+    effects: list[Effect] = []
+    reason = command.reason or "the run was cancelled"
+    for task in state.view.tasks_of(command.run_id):
+        if not task.state.terminal and task.state not in _HELD_BY_WORKER:
+            effects.append(_cancel_event(state, task, reason))
+    # Running attempts: the workers got the same command and stop them themselves.
+    event = RunCancelled(run_id=command.run_id, reason=reason)
+    effects.append(
+        _record(state, f"run:{command.run_id}:end", event, ids.run_cancelled_id(command.run_id))
+    )
+    return effects
+
+
+def _cancel_event(state: DriverState, task: TaskView, reason: str) -> Record:
+    event = TaskCancelled(run_id=task.run_id, task_id=task.task_id, reason=reason)
+    key = f"task:{task.run_id}:{task.task_id}"
+    return _record(state, key, event, ids.task_cancelled_id(task.run_id, task.task_id))
+
+
+def _cancel_task(state: DriverState, command_id: str, command: CancelTask) -> list[Effect]:
+    task = state.view.tasks.get(task_key(command.run_id, command.task_id))
+
+    def reject(reason: str) -> list[Effect]:
+        return [_reject(state, command.run_id, command_id, "task.cancel", reason)]
+
+    if task is None:
+        return reject(f"run {command.run_id!r} has no task {command.task_id!r}")
+    if command.attempt and (command.attempt != task.attempt or task.state is TaskState.PREEMPTED):
+        return []  # that attempt is no longer live: nothing of the task to cancel
+    if task.state.terminal:
+        return reject(f"task {command.task_id!r} already ended ({task.state.value})")
+    if task.state in _HELD_BY_WORKER:
+        return []  # its worker got the same command: it stops the agent and records it
+    return [_cancel_event(state, task, command.reason or "cancelled on request")]
+
+
+def _rollback(state: DriverState, command_id: str, command: RollbackRun) -> list[Effect]:
+    book = _live_book(state, command.run_id)
+    run = state.view.runs.get(command.run_id)
+
+    def reject(reason: str) -> list[Effect]:
+        return [_reject(state, command.run_id, command_id, "run.rollback", reason)]
+
+    if book is None or run is None or book.graph is None:
+        return reject(f"there is no planned run {command.run_id!r}")
+    if run.state in _OPEN_RUN:
+        return reject(f"run {command.run_id!r} is still {run.state.value}: cancel it first")
+    if (command.to_task is None) == (command.to_sequence is None):
+        return reject("give exactly one of a task id or a sequence number to roll back to")
+    if command.to_task is not None:
+        index = next((i for i, m in enumerate(book.merges) if m[1] == command.to_task), None)
+        if index is None:
+            return reject(f"task {command.to_task!r} of run {command.run_id!r} is not merged")
+    else:
+        index = sum(1 for m in book.merges if m[0] <= (command.to_sequence or 0))
+    return [_rollback_effect(book, index, command.to_sequence, ids.rolled_back_id(command_id))]
+
+
+def _rollback_effect(book: RunBook, index: int, to_sequence: int | None, event_id: str) -> Rollback:
+    """Back to before the merge at ``index`` of the run's merge history."""
+    target = book.merges[index - 1][2] if index > 0 else book.base_commit
+    event = RunRolledBack(
+        run_id=book.run_id,
+        to_commit=target,
+        to_sequence=to_sequence,
+        reverted_tasks=tuple(m[1] for m in book.merges[index:]),
+    )
+    return Rollback(
+        key=f"run:{book.run_id}:rollback",
+        integration_branch=book.integration_branch,
+        event=event,
+        event_id=event_id,
+        repo=book.submitted.repo,
+    )
