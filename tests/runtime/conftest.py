@@ -23,7 +23,7 @@ from claudecluster.runtime.base_transfer import RepositoryChains
 from claudecluster.runtime.connection import open_nats
 from claudecluster.transport.artifacts import ArtifactStore
 from claudecluster.transport.jetstream import JetStreamEventLog
-from claudecluster.transport.work_queue import WorkQueue
+from claudecluster.transport.work_queue import JetStreamWorkQueue
 from claudecluster.workspace.git import resolve_commit
 from tests.conftest import fresh_jetstream_log
 from tests.support import make_repo
@@ -78,7 +78,7 @@ class Driver:
             run_id=run_id, attempt=1, spec=spec, base_commit=base, repo_key=key,
             base_segments=segments, **item,
         )  # fmt: skip
-        await WorkQueue(self.js).publish(work)
+        await JetStreamWorkQueue(self.js).publish(work)
         return work
 
 

@@ -48,7 +48,7 @@ from claudecluster.transport.artifacts import ArtifactStore
 from claudecluster.transport.base import read_all
 from claudecluster.transport.jetstream import JetStreamEventLog
 from claudecluster.transport.liveness import JetStreamWorkerRegistry
-from claudecluster.transport.work_queue import WorkQueue
+from claudecluster.transport.work_queue import JetStreamWorkQueue
 from claudecluster.workspace.git import fetch_result
 from tests.runtime.conftest import Driver
 from tests.support import commit_all, git_output
@@ -244,7 +244,7 @@ async def test_a_missing_base_bundle_is_a_retryable_infrastructure_failure(
                 TaskRetryScheduled(run_id="run3", task_id="feature", next_attempt=2, delay_s=0)
             )
             await driver.record(TaskQueued(run_id="run3", task_id="feature", attempt=2))
-            await WorkQueue(js).publish(broken)
+            await JetStreamWorkQueue(js).publish(broken)
             with anyio.fail_after(60):
                 while True:
                     events = [s.envelope.payload for s in await read_all(log)]

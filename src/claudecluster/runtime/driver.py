@@ -94,7 +94,7 @@ from claudecluster.transport.liveness import JetStreamWorkerRegistry, WorkerRegi
 from claudecluster.transport.quarantine import quarantine
 from claudecluster.transport.snapshots import JetStreamSnapshotStore, SnapshotStore
 from claudecluster.transport.topology import COMMANDS_STREAM
-from claudecluster.transport.work_queue import WorkQueue
+from claudecluster.transport.work_queue import JetStreamWorkQueue, WorkQueue
 from claudecluster.workspace.git import (
     commit_changes,
     fetch_result,
@@ -183,7 +183,7 @@ class Driver:
         self._registry = registry or JetStreamWorkerRegistry(js)
         self._options = options or DriverOptions()
         self.state = DriverState(config=self._options.config)
-        self._queue = WorkQueue(js)
+        self._queue: WorkQueue = JetStreamWorkQueue(js)
         self._artifacts = ArtifactStore(js)
         self._integrations: dict[str, Integration] = {}
         self._chains = RepositoryChains(self._artifacts)

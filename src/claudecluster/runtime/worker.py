@@ -120,7 +120,7 @@ from claudecluster.transport.artifacts import ArtifactStore, artifact_key
 from claudecluster.transport.base import EventLog, read_all
 from claudecluster.transport.liveness import JetStreamWorkerRegistry
 from claudecluster.transport.session_store import JetStreamSessionStore
-from claudecluster.transport.work_queue import Delivery, WorkQueue
+from claudecluster.transport.work_queue import Delivery, JetStreamWorkQueue, WorkQueue
 from claudecluster.workspace.git import commit_all, result_bundle
 from claudecluster.workspace.naming import attempt_dir_name, slot_dir_name
 
@@ -265,7 +265,7 @@ class Worker:
         self._client = client
         js = client.jetstream()
         self._js = js
-        self._queue = WorkQueue(js, ack_wait_s=config.ack_wait_s)
+        self._queue: WorkQueue = JetStreamWorkQueue(js, ack_wait_s=config.ack_wait_s)
         self._artifacts = ArtifactStore((transfer_client or client).jetstream())
         self.preparation = Preparation(
             self._artifacts,
