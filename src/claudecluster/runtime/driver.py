@@ -87,7 +87,7 @@ from claudecluster.runtime.base_transfer import RepositoryChains
 from claudecluster.runtime.driver_snapshots import decision_code_digest, open_driver_state
 from claudecluster.runtime.merge_queue import BatchMerger
 from claudecluster.runtime.planners import finish_plan, planner_for
-from claudecluster.transport.artifacts import ArtifactStore
+from claudecluster.transport.artifacts import ArtifactStore, JetStreamArtifactStore
 from claudecluster.transport.base import EventLog
 from claudecluster.transport.commands import publish_command
 from claudecluster.transport.liveness import JetStreamWorkerRegistry, WorkerRegistry
@@ -184,7 +184,7 @@ class Driver:
         self._options = options or DriverOptions()
         self.state = DriverState(config=self._options.config)
         self._queue: WorkQueue = JetStreamWorkQueue(js)
-        self._artifacts = ArtifactStore(js)
+        self._artifacts: ArtifactStore = JetStreamArtifactStore(js)
         self._integrations: dict[str, Integration] = {}
         self._chains = RepositoryChains(self._artifacts)
         self._stopped = anyio.Event()

@@ -116,7 +116,7 @@ from claudecluster.runtime.http_server import open_http_server
 from claudecluster.runtime.touched import TOUCHED_EVERY_S, watch_touched
 from claudecluster.runtime.worker_health import WorkerMetrics, health_app
 from claudecluster.runtime.workspace_preparation import Preparation
-from claudecluster.transport.artifacts import ArtifactStore, artifact_key
+from claudecluster.transport.artifacts import ArtifactStore, JetStreamArtifactStore, artifact_key
 from claudecluster.transport.base import EventLog, read_all
 from claudecluster.transport.liveness import JetStreamWorkerRegistry
 from claudecluster.transport.session_store import JetStreamSessionStore
@@ -266,7 +266,9 @@ class Worker:
         js = client.jetstream()
         self._js = js
         self._queue: WorkQueue = JetStreamWorkQueue(js, ack_wait_s=config.ack_wait_s)
-        self._artifacts = ArtifactStore((transfer_client or client).jetstream())
+        self._artifacts: ArtifactStore = JetStreamArtifactStore(
+            (transfer_client or client).jetstream()
+        )
         self.preparation = Preparation(
             self._artifacts,
             config.repo_cache or config.workspace_root.parent / "repo-cache",
