@@ -128,7 +128,7 @@ if TYPE_CHECKING:
     # claude_agent_sdk loads the mcp package (about 30 MB and 0.3-0.8 s): an idle worker
     # should not carry it, nor every CLI command that imports this module. It is imported
     # when the first attempt runs.
-    from claude_agent_sdk import SessionKey
+    from claude_agent_sdk import SessionKey, SessionStore
 
 __all__ = ["Superseded", "Worker", "WorkerConfig", "new_worker_id"]
 
@@ -274,7 +274,7 @@ class Worker:
             config.repo_cache or config.workspace_root.parent / "repo-cache",
             remotes=config.repo_remotes,
         )
-        self._sessions = JetStreamSessionStore(js, redactor=log.redactor)
+        self._sessions: SessionStore = JetStreamSessionStore(js, redactor=log.redactor)
         # Refuses to start where the sandbox is missing, unless the operator chose none.
         self._confinement = config.confinement or default_confinement()
         self._executor: Executor = executor or ClaudeCodeExecutor(confinement=self._confinement)
@@ -1097,9 +1097,7 @@ class _TranscriptMirror:
     """Copies the transcript's new lines into the session store as the agent writes them,
     so another worker can resume the conversation if this one dies."""
 
-    def __init__(
-        self, store: JetStreamSessionStore, key: SessionKey, path: Path, offset: int = 0
-    ) -> None:
+    def __init__(self, store: SessionStore, key: SessionKey, path: Path, offset: int = 0) -> None:
         self._store = store
         self._key = key
         self._path = path
