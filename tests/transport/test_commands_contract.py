@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import anyio
 import nats.js.errors
 import pytest
 
@@ -21,8 +22,10 @@ from claudecluster.events.subjects import command_subject
 from claudecluster.runtime.connection import open_nats
 from claudecluster.transport.commands import (
     CommandBus,
+    CommandFeed,
     CommandInbox,
     JetStreamCommandBus,
+    JetStreamCommandFeed,
     JetStreamCommandInbox,
     MemoryCommands,
 )
@@ -179,3 +182,34 @@ async def test_a_command_that_does_not_decode_is_quarantined_not_handed_out(
     reasons = await harness.quarantined()
     assert len(reasons) == 1
     assert reasons[0]
+
+
+@pytest.fixture
+async def feed_and_bus(
+    kind: str, harness: Harness, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[CommandFeed, CommandBus]]:
+    if isinstance(harness.bus, MemoryCommands):
+        yield harness.bus, harness.bus
+        return
+    nats_url: str = request.getfixturevalue("nats_url")
+    async with open_nats(nats_url, name="feed-test") as client:
+        yield JetStreamCommandFeed(client), harness.bus
+
+
+@pytest.mark.anyio
+async def test_a_listener_hears_what_is_published_while_it_listens_and_skips_garbage(
+    feed_and_bus: tuple[CommandFeed, CommandBus], harness: Harness
+) -> None:
+    feed, bus = feed_and_bus
+    await bus.publish(cancel("before"), command_id="c0", now=T0)
+    async with feed.listen() as commands:
+        await harness.inject_raw(command_subject(cancel("x")), b"{not a command")
+        await bus.publish(cancel("r1"), command_id="c1", now=T0)
+        await bus.publish(cancel("r2"), command_id="c2", now=T0)
+        heard = []
+        with anyio.fail_after(_FETCH_S):
+            async for envelope in commands:
+                heard.append(envelope.id)
+                if len(heard) == 2:
+                    break
+    assert heard == ["c1", "c2"]

@@ -91,6 +91,7 @@ from claudecluster.transport.commands import (
     JetStreamCommandBus,
     JetStreamCommandInbox,
 )
+from claudecluster.transport.infrastructure import Infrastructure
 from claudecluster.transport.liveness import JetStreamWorkerRegistry, WorkerRegistry
 from claudecluster.transport.snapshots import JetStreamSnapshotStore, SnapshotStore
 from claudecluster.transport.work_queue import JetStreamWorkQueue, WorkQueue
@@ -165,43 +166,50 @@ class Driver:
         registry: the live worker registry (default: the ``cc_workers`` bucket of ``js``).
         snapshots: where the state's snapshots are kept (default: the ``cc_snapshots``
             bucket of ``js``).
-        queue: the work queue (default: ``CC_WORK`` of ``js``).
-        artifacts: the artifact store (default: ``cc_artifacts`` of ``js``).
-        bus: where commands the core decides are published (default: ``CC_COMMANDS``).
-        inbox: where commands are read, acknowledged once their outcome is recorded
-            (default: the durable consumer :data:`DRIVER_CONSUMER` of ``js``).
+        infrastructure: the work queue, artifacts, command bus and inbox (read, and
+            acknowledged once each command's outcome is recorded), registry and
+            snapshots; given, ``js`` is not used (``registry`` and ``snapshots`` still
+            override its own). Default: the real ones on ``js``.
     """
 
     def __init__(
         self,
         log: EventLog,
-        js: JetStreamContext,
+        js: JetStreamContext | None = None,
         options: DriverOptions | None = None,
         *,
         registry: WorkerRegistry | None = None,
         snapshots: SnapshotStore | None = None,
-        queue: WorkQueue | None = None,
-        artifacts: ArtifactStore | None = None,
-        bus: CommandBus | None = None,
-        inbox: CommandInbox | None = None,
+        infrastructure: Infrastructure | None = None,
     ):
         self._log = log
-        self._js = js
-        self._registry = registry or JetStreamWorkerRegistry(js)
         self._options = options or DriverOptions()
         self.state = DriverState(config=self._options.config)
-        self._queue: WorkQueue = queue or JetStreamWorkQueue(js)
-        self._artifacts: ArtifactStore = artifacts or JetStreamArtifactStore(js)
-        self._bus: CommandBus = bus or JetStreamCommandBus(js)
-        self._inbox: CommandInbox = inbox or JetStreamCommandInbox(
-            js, ack_wait_s=self._options.command_ack_wait_s
-        )
+        self._queue: WorkQueue
+        self._artifacts: ArtifactStore
+        self._bus: CommandBus
+        self._inbox: CommandInbox
+        self._registry: WorkerRegistry
+        self._snapshots: SnapshotStore
+        if infrastructure is not None:
+            self._queue, self._artifacts = infrastructure.queue, infrastructure.artifacts
+            self._bus, self._inbox = infrastructure.commands, infrastructure.inbox
+            self._registry = registry or infrastructure.registry
+            self._snapshots = snapshots or infrastructure.snapshots
+        elif js is not None:
+            # The driver reads no live command feed, so a context is enough to build its seams.
+            self._queue, self._artifacts = JetStreamWorkQueue(js), JetStreamArtifactStore(js)
+            self._bus = JetStreamCommandBus(js)
+            self._inbox = JetStreamCommandInbox(js, ack_wait_s=self._options.command_ack_wait_s)
+            self._registry = registry or JetStreamWorkerRegistry(js)
+            self._snapshots = snapshots or JetStreamSnapshotStore(js)
+        else:
+            raise ValueError("a driver needs a JetStream context or an Infrastructure")
         self._integrations: dict[str, Integration] = {}
         self._chains = RepositoryChains(self._artifacts)
         self._stopped = anyio.Event()
         #: commands whose outcome is not recorded yet, by command id
         self._unacked: dict[str, _Unacked] = {}
-        self._snapshots = snapshots or JetStreamSnapshotStore(js)
         #: the id of the last event decided, and the sequence of the last snapshot written
         self._last_id = ""
         self._snapshot_seq = 0

@@ -72,11 +72,10 @@ from claudecluster.errors import (
     ClusterError,
     ConcurrencyError,
     CopyFilesError,
-    EventDecodeError,
     EventStoreError,
     SetupCommandError,
 )
-from claudecluster.events.codec import decode_command, decode_event, encode
+from claudecluster.events.codec import decode_event, encode
 from claudecluster.events.envelope import EventEnvelope, StoredEvent, wrap_event
 from claudecluster.events.event_ids import worker_event_id
 from claudecluster.events.liveness import WorkerLiveness
@@ -95,7 +94,7 @@ from claudecluster.events.model import (
     WorkerLeft,
 )
 from claudecluster.events.signing import signature_of, signed_bytes
-from claudecluster.events.subjects import COMMAND_PREFIX, run_level_filter, task_filter
+from claudecluster.events.subjects import run_level_filter, task_filter
 from claudecluster.events.work import WorkItem
 from claudecluster.executors.base import DEFAULT_TOOLS, AttemptRun, Executor
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
@@ -116,11 +115,12 @@ from claudecluster.runtime.http_server import open_http_server
 from claudecluster.runtime.touched import TOUCHED_EVERY_S, watch_touched
 from claudecluster.runtime.worker_health import WorkerMetrics, health_app
 from claudecluster.runtime.workspace_preparation import Preparation
-from claudecluster.transport.artifacts import ArtifactStore, JetStreamArtifactStore, artifact_key
+from claudecluster.transport.artifacts import ArtifactStore, artifact_key
 from claudecluster.transport.base import EventLog, read_all
-from claudecluster.transport.liveness import JetStreamWorkerRegistry
-from claudecluster.transport.session_store import JetStreamSessionStore
-from claudecluster.transport.work_queue import Delivery, JetStreamWorkQueue, WorkQueue
+from claudecluster.transport.commands import CommandFeed
+from claudecluster.transport.infrastructure import Infrastructure, jetstream_infrastructure
+from claudecluster.transport.liveness import WorkerRegistry
+from claudecluster.transport.work_queue import Delivery, WorkQueue
 from claudecluster.workspace.git import commit_all, result_bundle
 from claudecluster.workspace.naming import attempt_dir_name, slot_dir_name
 
@@ -240,11 +240,13 @@ class Worker:
     Args:
         config: how to run.
         log: the event log.
-        client: the NATS connection, for the work queue, artifacts, the worker registry
-            and commands.
+        client: the NATS connection the real seams are opened on, when ``infrastructure``
+            is not given.
         transfer_client: a second connection for the repository's history and result
             bundles, so big transfers never queue ahead of heartbeats and events (default:
             ``client``).
+        infrastructure: every seam (work queue, artifacts, commands, registry,
+            transcripts); given, ``client`` and ``transfer_client`` are not used.
         executor: runs agent tasks (the Claude Code CLI by default); shell tasks always
             run in a shell.
         clock: the current time (injected so tests and simulations can control it).
@@ -254,32 +256,35 @@ class Worker:
         self,
         config: WorkerConfig,
         log: EventLog,
-        client: Client,
+        client: Client | None = None,
         *,
         executor: Executor | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         transfer_client: Client | None = None,
+        infrastructure: Infrastructure | None = None,
     ) -> None:
         self.config = config
         self._log = log
-        self._client = client
-        js = client.jetstream()
-        self._js = js
-        self._queue: WorkQueue = JetStreamWorkQueue(js, ack_wait_s=config.ack_wait_s)
-        self._artifacts: ArtifactStore = JetStreamArtifactStore(
-            (transfer_client or client).jetstream()
-        )
+        if infrastructure is None:
+            if client is None:
+                raise ValueError("a worker needs a NATS client or an Infrastructure")
+            infrastructure = jetstream_infrastructure(
+                log, client, transfer_client=transfer_client, work_ack_wait_s=config.ack_wait_s
+            )
+        self._queue: WorkQueue = infrastructure.queue
+        self._artifacts: ArtifactStore = infrastructure.artifacts
+        self._feed: CommandFeed = infrastructure.feed
         self.preparation = Preparation(
             self._artifacts,
             config.repo_cache or config.workspace_root.parent / "repo-cache",
             remotes=config.repo_remotes,
         )
-        self._sessions: SessionStore = JetStreamSessionStore(js, redactor=log.redactor)
+        self._sessions: SessionStore = infrastructure.transcripts
         # Refuses to start where the sandbox is missing, unless the operator chose none.
         self._confinement = config.confinement or default_confinement()
         self._executor: Executor = executor or ClaudeCodeExecutor(confinement=self._confinement)
         self._shell: Executor = ShellExecutor(confinement=self._confinement)
-        self._registry = JetStreamWorkerRegistry(js)
+        self._registry: WorkerRegistry = infrastructure.registry
         self._clock = clock
         self._running: dict[str, _Attempt] = {}
         self._draining = anyio.Event()
@@ -637,14 +642,9 @@ class Worker:
 
     async def _commands(self) -> None:
         """Act on commands for this worker: cancel a running task, drain."""
-        subscription = await self._client.subscribe(f"{COMMAND_PREFIX}.>")
-        try:
-            async for msg in subscription.messages:
-                try:
-                    command = decode_command(msg.data).payload
-                except EventDecodeError as exc:
-                    _log.warning("undecodable command ignored", subject=msg.subject, error=str(exc))
-                    continue
+        async with self._feed.listen() as commands:
+            async for envelope in commands:
+                command = envelope.payload
                 stops = stops_for(command, self._running, self.config.worker_id)
                 for key, reason in stops.attempts:
                     live = self._running.get(key)
@@ -655,9 +655,6 @@ class Worker:
                         live.scope.cancel()
                 if stops.drain:
                     self.stop("drained on request")
-        finally:
-            with anyio.CancelScope(shield=True):
-                await subscription.unsubscribe()
 
     async def _keep_alive(self, delivery: Delivery) -> None:
         while True:

@@ -18,13 +18,16 @@ both (one contract suite, ``tests/transport/test_commands_contract.py``).
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Protocol
 
 import anyio
 import nats.errors
+from anyio.streams.memory import MemoryObjectSendStream
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -33,7 +36,7 @@ from claudecluster.errors import EventDecodeError, EventStoreError
 from claudecluster.events.codec import decode_command, encode
 from claudecluster.events.envelope import CommandEnvelope, wrap_command
 from claudecluster.events.model import Command
-from claudecluster.events.subjects import ALL_COMMANDS, command_subject
+from claudecluster.events.subjects import ALL_COMMANDS, COMMAND_PREFIX, command_subject
 from claudecluster.observability.logging import get_logger
 from claudecluster.transport.quarantine import quarantine
 from claudecluster.transport.topology import COMMANDS_STREAM
@@ -41,9 +44,11 @@ from claudecluster.transport.topology import COMMANDS_STREAM
 __all__ = [
     "DRIVER_CONSUMER",
     "CommandBus",
+    "CommandFeed",
     "CommandInbox",
     "InboundCommand",
     "JetStreamCommandBus",
+    "JetStreamCommandFeed",
     "JetStreamCommandInbox",
     "MemoryCommands",
     "QuarantinedCommand",
@@ -144,6 +149,18 @@ class CommandInbox(Protocol):
         ...
 
 
+class CommandFeed(Protocol):
+    """Commands as they are published, for workers (cancel an attempt, drain).
+
+    Live and at most once: a listener hears what is published while it listens, nothing
+    from before; one that does not decode is skipped (logged), never handed out.
+    """
+
+    def listen(self) -> AbstractAsyncContextManager[AsyncIterator[CommandEnvelope]]:
+        """Listen until the context is left; the iterator yields commands as they come."""
+        ...
+
+
 class JetStreamCommandBus:
     """Publishes commands on the ``CC_COMMANDS`` stream (see :func:`publish_command`)."""
 
@@ -166,6 +183,35 @@ class JetStreamCommandBus:
         return await publish_command(
             self._js, command, command_id=command_id, now=now, correlation_id=correlation_id
         )
+
+
+class JetStreamCommandFeed:
+    """Commands off the plain NATS subjects of ``CC_COMMANDS`` (a core subscription).
+
+    Args:
+        client: a connected client.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @asynccontextmanager
+    async def listen(self) -> AsyncIterator[AsyncIterator[CommandEnvelope]]:
+        """Subscribe to every command subject; unsubscribed on exit."""
+        subscription = await self._client.subscribe(f"{COMMAND_PREFIX}.>")
+
+        async def decoded() -> AsyncIterator[CommandEnvelope]:
+            async for msg in subscription.messages:
+                try:
+                    yield decode_command(msg.data)
+                except EventDecodeError as exc:
+                    _log.warning("undecodable command ignored", subject=msg.subject, error=str(exc))
+
+        try:
+            yield decoded()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await subscription.unsubscribe()
 
 
 async def _settle(what: str, acknowledgement: Awaitable[None]) -> None:
@@ -304,8 +350,9 @@ class _MemoryInbound:
 
 
 class MemoryCommands:
-    """The command stream in memory, with the driver's one durable consumer: the twin of
-    :class:`JetStreamCommandBus` and :class:`JetStreamCommandInbox` at once.
+    """The command stream in memory, with the driver's one durable consumer and the
+    workers' live feed: the twin of :class:`JetStreamCommandBus`,
+    :class:`JetStreamCommandInbox` and :class:`JetStreamCommandFeed` at once.
 
     Publishing is idempotent per command id; delivery is in order, at least once: a fetched
     command comes back after ``ack_wait_s`` unless acknowledged. Time is ``clock``
@@ -324,11 +371,32 @@ class MemoryCommands:
         self._stored: list[_Stored] = []
         self._ids: dict[str, int] = {}
         self._changed = anyio.Event()
+        self._listeners: list[MemoryObjectSendStream[bytes]] = []
         self.quarantined: list[QuarantinedCommand] = []
 
     def _signal(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+
+    @asynccontextmanager
+    async def listen(self) -> AsyncIterator[AsyncIterator[CommandEnvelope]]:
+        """Hear every command stored from now on, until the context is left."""
+        send, receive = anyio.create_memory_object_stream[bytes](math.inf)
+        self._listeners.append(send)
+
+        async def decoded() -> AsyncIterator[CommandEnvelope]:
+            async for data in receive:
+                try:
+                    yield decode_command(data)
+                except EventDecodeError as exc:
+                    _log.warning("undecodable command ignored", error=str(exc))
+
+        try:
+            yield decoded()
+        finally:
+            self._listeners.remove(send)
+            send.close()
+            receive.close()
 
     async def publish(
         self,
@@ -355,6 +423,8 @@ class MemoryCommands:
         """Store raw bytes on ``subject``, as a foreign publisher could; returns the sequence."""
         seq = len(self._stored) + 1
         self._stored.append(_Stored(seq=seq, subject=subject, data=data))
+        for listener in self._listeners:
+            listener.send_nowait(data)
         self._signal()
         return seq
 
