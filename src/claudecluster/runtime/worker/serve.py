@@ -33,15 +33,13 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
 import socket
 import sys
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -53,12 +51,9 @@ from nats.aio.client import Client
 
 from claudecluster.actors.progress import ProgressBatcher
 from claudecluster.actors.worker import (
-    DEFAULT_PERMISSION_MODES,
     Admission,
-    AttemptFailure,
     admit,
     claim_events,
-    classify_failure,
     failed_event,
     finished_event,
     item_problem,
@@ -71,7 +66,6 @@ from claudecluster.domain.outcome import Outcome
 from claudecluster.errors import (
     ClusterError,
     ConcurrencyError,
-    CopyFilesError,
     EventStoreError,
     SetupCommandError,
 )
@@ -100,7 +94,6 @@ from claudecluster.executors.base import DEFAULT_TOOLS, AttemptRun, Executor
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
 from claudecluster.executors.confined import run_confined
 from claudecluster.executors.confinement import (
-    Confinement,
     attempt_sandbox,
     confined_environment,
     default_confinement,
@@ -112,7 +105,7 @@ from claudecluster.projections.cluster import ClusterView, replay
 from claudecluster.projections.views import TaskView, task_key
 from claudecluster.runtime.credentials import new_user_seed
 from claudecluster.runtime.http_server import open_http_server
-from claudecluster.runtime.touched import TOUCHED_EVERY_S, watch_touched
+from claudecluster.runtime.touched import watch_touched
 from claudecluster.runtime.worker_health import WorkerMetrics, health_app
 from claudecluster.runtime.workspace_preparation import Preparation
 from claudecluster.transport.artifacts import ArtifactStore, artifact_key
@@ -128,110 +121,31 @@ if TYPE_CHECKING:
     # claude_agent_sdk loads the mcp package (about 30 MB and 0.3-0.8 s): an idle worker
     # should not carry it, nor every CLI command that imports this module. It is imported
     # when the first attempt runs.
-    from claude_agent_sdk import SessionKey, SessionStore
+    from claude_agent_sdk import SessionStore
+from claudecluster.runtime.worker.config import (
+    _APPEND_PATIENCE_S,
+    _APPEND_RETRY_FIRST_S,
+    _APPEND_RETRY_MAX_S,
+    _CAPABILITIES,
+    _FORGERIES_STEPPED_OVER,
+    _RUNS_KEPT,
+    Superseded,
+    WorkerConfig,
+    _Attempt,
+    new_worker_id,
+)
+from claudecluster.runtime.worker.failures import _classify_group, _leaf_errors
+from claudecluster.runtime.worker.transcripts import (
+    _RESUME_NOTE,
+    _session_key,
+    _transcript_path,
+    _TranscriptMirror,
+)
+from claudecluster.runtime.worker.workspaces import _OWNER_FILE, _copy_in, _remove, _sweep_orphans
 
 __all__ = ["Superseded", "Worker", "WorkerConfig", "new_worker_id"]
 
 _log = get_logger(__name__)
-_CAPABILITIES: Final = ("claude_code", "shell")
-_RUNS_KEPT: Final = 8
-#: Forgeries in a row an append steps over before it gives the attempt up.
-_FORGERIES_STEPPED_OVER: Final = 16
-#: How long an attempt's append is tried again while the store fails over. An election of
-#: a new stream leader takes seconds; a loaded machine was seen to need over ten.
-_APPEND_PATIENCE_S: Final = 60.0
-_APPEND_RETRY_FIRST_S: Final = 0.25
-_APPEND_RETRY_MAX_S: Final = 2.0
-
-
-def new_worker_id() -> str:
-    """A readable, unique worker id: host, pid and a random suffix."""
-    host = "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:24] or "host"
-    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerConfig:
-    """How one worker process runs.
-
-    Attributes:
-        worker_id: unique id (a subject token).
-        pool: the pool whose queue it serves.
-        slots: attempts it runs at once.
-        workspace_root: where private workspaces are made.
-        keep_workspaces: leave workspaces on disk after the attempt (debugging).
-        heartbeat_s: seconds between heartbeats.
-        ack_wait_s: the pool consumer's ack wait; in-progress acks go out at a third of it.
-        api_environment: ANTHROPIC_* settings handed to Claude Code.
-        drain_deadline_s: on graceful stop, how long running attempts may go on.
-        nice: CPU niceness for agents, so a busy machine stays responsive.
-        health_port: serve /health and /metrics on this port (0 picks a free one; None
-            serves nothing).
-        health_host: the address for /health and /metrics.
-        copy_from: a local directory with untracked files (``.env``) for workspaces.
-        copy_files: paths or globs under ``copy_from`` copied into each workspace.
-        setup_command: run in each workspace before the agent (install dependencies).
-        setup_timeout_s: how long the setup command may take.
-        join_reason: why it was started, recorded in WorkerJoined (an autoscaler says).
-        confinement: how attempts and the setup command are confined (None: this
-            machine's sandbox, which must work; ``Confinement.unconfined()`` is the
-            operator's ``--no-sandbox``).
-        permission_modes: Claude Code permission modes a work item may ask for.
-        allow_plan_mcp_servers: run the MCP servers a work item names (``mcp_config``).
-        progress_interval_s: the least time between two emissions of an attempt's
-            coalesced progress events (see :mod:`claudecluster.actors.progress`).
-        repo_cache: where the host's repository cache lives (default: ``repo-cache``
-            beside ``workspace_root``).
-        repo_remotes: git remote URLs by repository key, fetched from before bundles.
-        touched_every_s: seconds between looks at a running attempt's changed files,
-            reported for the driver's collision prediction (0 reports none).
-    """
-
-    worker_id: str
-    workspace_root: Path
-    pool: str = "default"
-    slots: int = 1
-    keep_workspaces: bool = False
-    heartbeat_s: float = 5.0
-    ack_wait_s: float = 30.0
-    api_environment: dict[str, str] = field(default_factory=dict)
-    drain_deadline_s: float = 60.0
-    nice: int = 0
-    health_port: int | None = None
-    health_host: str = "127.0.0.1"
-    copy_from: Path | None = None
-    copy_files: tuple[str, ...] = ()
-    setup_command: str | None = None
-    setup_timeout_s: float = 600.0
-    join_reason: str = ""
-    confinement: Confinement | None = None
-    permission_modes: tuple[str, ...] = DEFAULT_PERMISSION_MODES
-    allow_plan_mcp_servers: bool = False
-    progress_interval_s: float = 1.0
-    repo_cache: Path | None = None
-    repo_remotes: dict[str, str] = field(default_factory=dict)
-    touched_every_s: float = TOUCHED_EVERY_S
-
-
-class Superseded(Exception):  # noqa: N818 - a condition, not a failure of ours
-    """Another writer moved the task on; this attempt must stop and record nothing."""
-
-
-@dataclass
-class _Attempt:
-    """The live bookkeeping of one running attempt."""
-
-    item: WorkItem
-    attempt: int
-    last_seq: int
-    session_id: str
-    resume: bool = False
-    #: the session of the attempt this one continues, if its transcript was mirrored
-    resume_from: str = ""
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    cancel_reason: str = ""
-    #: one append at a time: each is conditional on the sequence the previous one left
-    appending: anyio.Lock = field(default_factory=anyio.Lock)
 
 
 class Worker:
@@ -1024,14 +938,6 @@ class Worker:
             _log.warning("worker registry entry not removed", error=str(exc))
 
 
-_RESUME_NOTE: Final = (
-    "Your previous run of this task was interrupted and has been moved to a fresh copy of "
-    "the repository at the base commit: changes you made before are not in it. Check the "
-    "workspace and redo anything missing, then finish the task.\n\n"
-)
-_MIRROR_INTERVAL_S: Final = 0.5
-
-
 def _one_task(stored: StoredEvent, task_id: str) -> StoredEvent:
     """``stored``, with a plan cut down to ``task_id``'s own entry.
 
@@ -1046,133 +952,3 @@ def _one_task(stored: StoredEvent, task_id: str) -> StoredEvent:
     return msgspec.structs.replace(
         stored, envelope=msgspec.structs.replace(stored.envelope, payload=payload)
     )
-
-
-def _classify_group(failed: BaseExceptionGroup[ClusterError | OSError]) -> AttemptFailure:
-    """The recorded failure of errors that arrived together: classified by the first
-    (what stopped the attempt), with every one of them in the reason."""
-    first = _first_leaf(failed)
-    failure = classify_failure(first)
-    reasons = _leaf_errors(failed)
-    return msgspec.structs.replace(failure, reason="; ".join(reasons) or failure.reason)
-
-
-def _first_leaf(group: BaseExceptionGroup[ClusterError | OSError]) -> ClusterError | OSError:
-    leaf: BaseException = group
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
-    assert isinstance(leaf, ClusterError | OSError)  # what except* let in
-    return leaf
-
-
-def _leaf_errors(group: BaseExceptionGroup[BaseException]) -> list[str]:
-    """What failed, out of the task groups it arrived wrapped in (their own message,
-    "unhandled errors in a TaskGroup", says nothing)."""
-    found: list[str] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            found += _leaf_errors(exc)
-        else:
-            found.append(str(exc) or repr(exc))  # a bare TimeoutError() says nothing
-    return found
-
-
-def _session_key(item: WorkItem, session_id: str) -> SessionKey:
-    # The same key on every worker: the task, not the machine's path, names the project.
-    return {"project_key": f"{item.run_id}/{item.task_id}", "session_id": session_id}
-
-
-def _transcript_path(scratch: Path, workspace: Path, session_id: str) -> Path:
-    """Where Claude Code keeps the session's transcript under our private config dir."""
-    from claude_agent_sdk import project_key_for_directory  # heavy: see the imports
-
-    slug = project_key_for_directory(str(workspace))
-    return scratch / "claude-config" / "projects" / slug / f"{session_id}.jsonl"
-
-
-class _TranscriptMirror:
-    """Copies the transcript's new lines into the session store as the agent writes them,
-    so another worker can resume the conversation if this one dies."""
-
-    def __init__(self, store: SessionStore, key: SessionKey, path: Path, offset: int = 0) -> None:
-        self._store = store
-        self._key = key
-        self._path = path
-        self._offset = offset  # bytes already in the store (a restored transcript)
-
-    async def follow(self) -> None:
-        while True:
-            await anyio.sleep(_MIRROR_INTERVAL_S)
-            await self.sync()
-
-    async def sync(self) -> None:
-        # Only what was written since the last sync is read: reading the whole transcript
-        # every half second made the work grow with the square of its length.
-        try:
-            async with await anyio.open_file(self._path, "rb") as handle:
-                await handle.seek(self._offset)
-                data = await handle.read()
-        except FileNotFoundError:
-            return
-        end = data.rfind(b"\n") + 1  # only whole lines
-        if end == 0:
-            return
-        entries = [json.loads(line) for line in data[:end].splitlines() if line]
-        self._offset += end
-        if entries:
-            await self._store.append(self._key, entries)
-
-
-def _copy_in(config: WorkerConfig, workspace: Path) -> list[str]:
-    """Copy the configured files into the workspace; returns their relative paths.
-
-    Raises:
-        CopyFilesError: a configured pattern matches nothing.
-    """
-    if config.copy_from is None or not config.copy_files:
-        return []
-    copied: list[str] = []
-    for pattern in config.copy_files:
-        matches = [p for p in sorted(config.copy_from.glob(pattern)) if p.is_file()]
-        if not matches:
-            raise CopyFilesError(pattern, str(config.copy_from))
-        for source in matches:
-            relative = source.relative_to(config.copy_from)
-            target = workspace / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-            copied.append(relative.as_posix())
-    return copied
-
-
-_OWNER_FILE: Final = ".claudecluster-owner"
-
-
-def _sweep_orphans(root: Path) -> list[Path]:
-    """Remove attempts' and slots' directories whose owning worker process no longer runs."""
-    if not root.is_dir():
-        return []
-    removed = []
-    for scratch in sorted(root.iterdir()):
-        owner_file = scratch / _OWNER_FILE
-        if not owner_file.is_file():
-            continue
-        try:
-            owner = int(owner_file.read_text(encoding="utf-8").strip())
-        except (OSError, ValueError):
-            continue
-        if psutil.pid_exists(owner):
-            continue
-        _remove(scratch)
-        if "." not in scratch.name:  # a bundle beside an attempt of before the cache
-            _remove(scratch.with_suffix(".base"))
-        removed.append(scratch)
-        _log.info("orphaned workspace removed", path=str(scratch), owner=owner)
-    return removed
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=False)
-    elif path.exists():
-        path.unlink()

@@ -1,0 +1,10 @@
+"""The worker actor's shell, by concern: :mod:`.serve` (the serve loop, claims, commands,
+membership and one attempt), :mod:`.transcripts` (the transcript mirror), :mod:`.workspaces`
+(copying files in, sweeping orphans), :mod:`.failures` (classifying how an attempt ended)
+and :mod:`.config`. The decisions are pure, in :mod:`claudecluster.actors.worker`.
+"""
+
+from claudecluster.runtime.worker.config import Superseded, WorkerConfig, new_worker_id
+from claudecluster.runtime.worker.serve import Worker
+
+__all__ = ["Superseded", "Worker", "WorkerConfig", "new_worker_id"]
