@@ -1,7 +1,9 @@
-"""The worker actor's shell, by concern: :mod:`.serve` (the serve loop, claims, commands,
-membership and one attempt), :mod:`.transcripts` (the transcript mirror), :mod:`.workspaces`
-(copying files in, sweeping orphans), :mod:`.failures` (classifying how an attempt ended)
-and :mod:`.config`. The decisions are pure, in :mod:`claudecluster.actors.worker`.
+"""The worker actor's shell, by concern: :mod:`.serve` (the serve loop: slots, claims,
+commands, membership), :mod:`.attempt` (one attempt: workspace, agent, result),
+:mod:`.transcripts` (the transcript mirror), :mod:`.workspaces` (copying files in, sweeping
+orphans), :mod:`.failures` (classifying how an attempt ended) and :mod:`.config`. Workspace
+preparation from the repository's bundles is :mod:`claudecluster.runtime.workspace_preparation`;
+the decisions are pure, in :mod:`claudecluster.actors.worker`.
 """
 
 from claudecluster.runtime.worker.config import Superseded, WorkerConfig, new_worker_id
