@@ -161,7 +161,8 @@ class Driver:
 
     Args:
         log: the event log.
-        js: the JetStream context (work queue, artifacts, commands).
+        js: the JetStream context the real seams are opened on, when ``infrastructure``
+            is not given.
         options: see :class:`DriverOptions`.
         registry: the live worker registry (default: the ``cc_workers`` bucket of ``js``).
         snapshots: where the state's snapshots are kept (default: the ``cc_snapshots``
