@@ -23,7 +23,7 @@ import anyio
 import msgspec
 
 from claudecluster.events import RunPolicy, TaskProgress, TaskSpec
-from claudecluster.runtime.worker import _RESUME_NOTE
+from claudecluster.runtime.worker.transcripts import _RESUME_NOTE
 from claudecluster.scripted_model import Script, open_scripted_model
 from claudecluster.transport.base import read_all
 from tests.faults.rig import (

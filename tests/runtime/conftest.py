@@ -21,9 +21,9 @@ from claudecluster.events.model import Event
 from claudecluster.events.work import WorkItem
 from claudecluster.runtime.base_transfer import RepositoryChains
 from claudecluster.runtime.connection import open_nats
-from claudecluster.transport.artifacts import ArtifactStore
+from claudecluster.transport.artifacts import JetStreamArtifactStore
 from claudecluster.transport.jetstream import JetStreamEventLog
-from claudecluster.transport.work_queue import WorkQueue
+from claudecluster.transport.work_queue import JetStreamWorkQueue
 from claudecluster.workspace.git import resolve_commit
 from tests.conftest import fresh_jetstream_log
 from tests.support import make_repo
@@ -43,7 +43,7 @@ class Driver:
         self.source = source
         self.tmp_path = tmp_path
         self.n = 0
-        self.chains = RepositoryChains(ArtifactStore(js))
+        self.chains = RepositoryChains(JetStreamArtifactStore(js))
 
     async def record(self, event: Event) -> None:
         self.n += 1
@@ -78,7 +78,7 @@ class Driver:
             run_id=run_id, attempt=1, spec=spec, base_commit=base, repo_key=key,
             base_segments=segments, **item,
         )  # fmt: skip
-        await WorkQueue(self.js).publish(work)
+        await JetStreamWorkQueue(self.js).publish(work)
         return work
 
 

@@ -30,7 +30,7 @@ from claudecluster.runtime.archive import (
 )
 from claudecluster.runtime.reads import read_run, run_of_ref
 from claudecluster.testing.sample_runs import happy_path
-from claudecluster.transport.artifacts import ArtifactStore
+from claudecluster.transport.artifacts import JetStreamArtifactStore
 from claudecluster.transport.base import read_all
 from claudecluster.transport.jetstream import JetStreamEventLog
 from claudecluster.transport.topology import EVENTS_STREAM, apply_topology, load_topology
@@ -66,7 +66,7 @@ async def test_an_archived_run_leaves_the_stream_and_still_reads_whole(
     after = await read_all(jetstream_log)
     assert _ids(after) == [(e.seq, e.envelope.id) for e in before if e not in old_before]
     # Still read whole, event for event, from the archive.
-    artifacts = ArtifactStore(js)
+    artifacts = JetStreamArtifactStore(js)
     assert await read_run(jetstream_log, "old-run", archive=artifacts) == old_before
     assert await read_archived_run(artifacts, "old-run") == old_before
     found = await run_of_ref(jetstream_log, "old-run/api", archive=artifacts)
@@ -119,7 +119,7 @@ async def test_a_stream_that_still_denies_purges_keeps_the_run_live_and_says_why
     with pytest.raises(EventStoreError, match="refused to purge"):
         await archive_run(jetstream_log, js, "old-run")
     assert await read_run(jetstream_log, "old-run") == live
-    assert await ArtifactStore(js).exists(archive_name("old-run"))
+    assert await JetStreamArtifactStore(js).exists(archive_name("old-run"))
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -44,11 +44,11 @@ from claudecluster.executors.base import AttemptRun
 from claudecluster.runtime.local_workers import open_local_workers
 from claudecluster.runtime.worker import Worker, WorkerConfig
 from claudecluster.scripted_model import Script, open_scripted_model
-from claudecluster.transport.artifacts import ArtifactStore
+from claudecluster.transport.artifacts import JetStreamArtifactStore
 from claudecluster.transport.base import read_all
 from claudecluster.transport.jetstream import JetStreamEventLog
 from claudecluster.transport.liveness import JetStreamWorkerRegistry
-from claudecluster.transport.work_queue import WorkQueue
+from claudecluster.transport.work_queue import JetStreamWorkQueue
 from claudecluster.workspace.git import fetch_result
 from tests.runtime.conftest import Driver
 from tests.support import commit_all, git_output
@@ -147,7 +147,9 @@ async def test_a_worker_turns_a_queued_task_into_a_reviewable_bundle(
     assert succeeded.worker_id == "w-test"
     names = [a.name for a in succeeded.artifacts]
     assert names == ["result.bundle", "diffstat.json"]
-    bundle = await ArtifactStore(js).get_file(succeeded.artifacts[0], tmp_path / "r.bundle")
+    bundle = await JetStreamArtifactStore(js).get_file(
+        succeeded.artifacts[0], tmp_path / "r.bundle"
+    )
     branch = task_branch("run1", "feature")
     await fetch_result(source, bundle, branch)
     changed = git_output(source, "diff", "--name-status", item.base_commit, branch).split()
@@ -244,7 +246,7 @@ async def test_a_missing_base_bundle_is_a_retryable_infrastructure_failure(
                 TaskRetryScheduled(run_id="run3", task_id="feature", next_attempt=2, delay_s=0)
             )
             await driver.record(TaskQueued(run_id="run3", task_id="feature", attempt=2))
-            await WorkQueue(js).publish(broken)
+            await JetStreamWorkQueue(js).publish(broken)
             with anyio.fail_after(60):
                 while True:
                     events = [s.envelope.payload for s in await read_all(log)]
@@ -415,7 +417,7 @@ async def test_untracked_files_are_copied_in_and_setup_runs_but_neither_is_commi
             worker.stop()
     succeeded = history[-1].envelope.payload
     assert isinstance(succeeded, TaskSucceeded)
-    bundle = await ArtifactStore(client.jetstream()).get_file(
+    bundle = await JetStreamArtifactStore(client.jetstream()).get_file(
         succeeded.artifacts[0], tmp_path / "r.bundle"
     )
     branch = task_branch("run7", "prepared")
@@ -454,7 +456,7 @@ async def test_git_works_inside_the_sandbox_on_a_workspace_borrowing_the_cache(
         worker.stop()
     finished = history[-1].envelope.payload
     assert isinstance(finished, TaskSucceeded), finished
-    bundle = await ArtifactStore(client.jetstream()).get_file(
+    bundle = await JetStreamArtifactStore(client.jetstream()).get_file(
         finished.artifacts[0], tmp_path / "r.bundle"
     )
     branch = task_branch("run9", "gitty")

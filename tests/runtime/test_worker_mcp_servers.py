@@ -19,7 +19,7 @@ from claudecluster.events.model import McpServer
 from claudecluster.executors.confinement import Mechanism
 from claudecluster.runtime.worker import Worker, WorkerConfig
 from claudecluster.scripted_model import Script, open_scripted_model
-from claudecluster.transport.artifacts import ArtifactStore
+from claudecluster.transport.artifacts import JetStreamArtifactStore
 from claudecluster.transport.jetstream import JetStreamEventLog
 from claudecluster.workspace.git import fetch_result
 from tests.runtime.conftest import Driver
@@ -136,7 +136,8 @@ async def test_a_tasks_stdio_mcp_server_runs_confined_and_its_tool_reaches_the_a
     # The model was offered the server's tool, and its call went through to the server.
     assert "mcp__probe__echo" in served[0].offered, served[0].offered
     assert [s.tools for s in served] == [("mcp__probe__echo",), ()]
-    bundle = await ArtifactStore(js).get_file(succeeded.artifacts[0], tmp_path / "r.bundle")
+    store = JetStreamArtifactStore(js)
+    bundle = await store.get_file(succeeded.artifacts[0], tmp_path / "r.bundle")
     branch = task_branch("run-mcp", "probe")
     await fetch_result(source, bundle, branch)
     # It ran in the workspace, with its env, and confined: the host's file was out of reach.

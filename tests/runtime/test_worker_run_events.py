@@ -32,7 +32,8 @@ from claudecluster.events.model import (
 )
 from claudecluster.events.work import WorkItem
 from claudecluster.projections.cluster import replay
-from claudecluster.runtime.worker import Worker, WorkerConfig, _one_task
+from claudecluster.runtime.worker import Worker, WorkerConfig
+from claudecluster.runtime.worker.serve import _one_task
 from claudecluster.transport.base import read_all
 from claudecluster.transport.jetstream import JetStreamEventLog
 

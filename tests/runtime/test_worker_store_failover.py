@@ -93,7 +93,7 @@ async def test_a_store_failure_after_a_take_over_is_claimed_is_the_attempts_reco
                           ack_wait_s=ACK_WAIT_S)  # fmt: skip
     worker = Worker(config, log, client)
     sessions = _SessionsFailOnce(worker._sessions)
-    worker._sessions = sessions  # type: ignore[assignment]
+    worker._sessions = sessions
     ended = await _serve_until_finished(worker, log, "feature")
     assert sessions.failed
     assert isinstance(ended, TaskFailed)
@@ -203,7 +203,7 @@ async def test_a_transcript_mirror_that_fails_mid_attempt_is_the_attempts_record
         )  # fmt: skip
         worker = Worker(config, log, client)
         mirror = _MirrorFails(worker._sessions)
-        worker._sessions = mirror  # type: ignore[assignment]
+        worker._sessions = mirror
         ended = await _serve_until_finished(worker, log, "talk")
     assert mirror.failures >= 1
     assert isinstance(ended, TaskFailed)

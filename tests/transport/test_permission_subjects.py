@@ -32,8 +32,11 @@ MODULES: Final[dict[Role, tuple[str, ...]]] = {
         "runtime/pool_scaler.py",
     ),
     "worker": (
-        "actors/worker.py", "actors/progress.py", "runtime/worker.py",
-        "runtime/worker_health.py", "runtime/workspace_preparation.py",
+        "actors/worker.py", "actors/progress.py", "runtime/worker/__init__.py",
+        "runtime/worker/serve.py", "runtime/worker/attempt.py", "runtime/worker/config.py",
+        "runtime/worker/failures.py", "runtime/worker/transcripts.py",
+        "runtime/worker/workspaces.py", "runtime/worker_health.py",
+        "runtime/workspace_preparation.py",
         "executors/claude_stream.py", "executors/claude_code.py", "executors/shell.py",
     ),
 }  # fmt: skip

@@ -41,7 +41,7 @@ from claudecluster.events.subjects import command_subject, event_subject
 from claudecluster.runtime.connection import embedded_auth, open_jetstream_log, open_nats
 from claudecluster.runtime.credentials import ensure_credentials
 from claudecluster.runtime.embedded_nats import EmbeddedNats, open_embedded_nats
-from claudecluster.transport.artifacts import FILE_CHUNK, ArtifactStore
+from claudecluster.transport.artifacts import FILE_CHUNK, JetStreamArtifactStore
 from claudecluster.transport.base import read_all
 from claudecluster.transport.mcp_sessions import JetStreamMcpSessionStore, McpSession
 from claudecluster.transport.permissions import (
@@ -521,12 +521,12 @@ async def test_a_worker_reads_a_many_chunk_artifact_the_driver_stored(
     (tmp_path / "history.bundle").write_bytes(data)
     driver_auth = embedded_auth(server.credentials, "driver")
     async with open_jetstream_log(server.url, auth=driver_auth, apply=False) as (client, _):
-        ref = await ArtifactStore(client.jetstream()).put_file(
+        ref = await JetStreamArtifactStore(client.jetstream()).put_file(
             "repos/k/x.bundle", tmp_path / "history.bundle"
         )
     worker_auth = embedded_auth(server.credentials, "worker")
     async with open_jetstream_log(server.url, auth=worker_auth, apply=False) as (client, _):
-        store = ArtifactStore(client.jetstream())
+        store = JetStreamArtifactStore(client.jetstream())
         got = await store.get_file(ref, tmp_path / "got.bundle")
         chunks: list[bytes] = []
         size = await store.get_into(ref, chunks.append)

@@ -98,14 +98,17 @@ async def test_bundles_travel_through_the_object_store_intact(
     source: Path, tmp_path: Path, nats_url: str
 ) -> None:
     from claudecluster.runtime.connection import open_nats
-    from claudecluster.transport.artifacts import ArtifactStore, artifact_key
+    from claudecluster.transport.artifacts import (
+        JetStreamArtifactStore,
+        artifact_key,
+    )
     from claudecluster.transport.topology import apply_topology, load_topology
 
     base = await base_bundle(source, "HEAD", "r9", tmp_path / "base.bundle")
     async with open_nats(nats_url) as client:
         js = client.jetstream()
         await apply_topology(js, load_topology())
-        store = ArtifactStore(js)
+        store = JetStreamArtifactStore(js)
         ref = await store.put_file(artifact_key("r9", "t1", 1, "base"), tmp_path / "base.bundle")
         assert ref.size == (tmp_path / "base.bundle").stat().st_size
         # A worker with no access to the driver's disk builds its workspace from the store.

@@ -34,7 +34,7 @@ from claudecluster.projections.views import TaskView
 from claudecluster.runtime.connection import Connection, open_configured_cluster
 from claudecluster.runtime.reads import read_run, run_of_ref, view_from_snapshot
 from claudecluster.settings import Settings
-from claudecluster.transport.artifacts import ArtifactStore
+from claudecluster.transport.artifacts import ArtifactStore, JetStreamArtifactStore
 from claudecluster.transport.base import read_all
 from claudecluster.transport.snapshots import JetStreamSnapshotStore
 
@@ -43,7 +43,7 @@ __all__ = ["export", "logs", "replay_cmd", "status"]
 
 def _archive(conn: Connection) -> ArtifactStore:
     """Where archived runs are read from (``claudecluster archive`` moved them there)."""
-    return ArtifactStore(conn.client.jetstream())
+    return JetStreamArtifactStore(conn.client.jetstream())
 
 
 def status(

@@ -28,7 +28,7 @@ from claudecluster.projections.cluster import ClusterView
 from claudecluster.projections.progress import merge_warnings, run_progress
 from claudecluster.reporting.timing import timing_line
 from claudecluster.runtime.connection import Connection
-from claudecluster.transport.artifacts import ArtifactStore
+from claudecluster.transport.artifacts import JetStreamArtifactStore
 
 __all__ = ["OUTCOME_COLOURS", "fetch_diffstats", "render_html", "render_markdown", "run_record"]
 
@@ -44,7 +44,7 @@ async def fetch_diffstats(
     conn: Connection, stored: list[StoredEvent], run_id: str
 ) -> dict[str, list[dict[str, Any]]]:
     """The files each task's merged attempt changed, from its diffstat artifact."""
-    store = ArtifactStore(conn.client.jetstream())
+    store = JetStreamArtifactStore(conn.client.jetstream())
     found: dict[str, list[dict[str, Any]]] = {}
     for event in stored:
         payload = event.envelope.payload

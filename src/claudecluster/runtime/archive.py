@@ -38,7 +38,7 @@ from claudecluster.events.envelope import StoredEvent
 from claudecluster.events.subjects import run_filter
 from claudecluster.observability.logging import get_logger
 from claudecluster.projections.cluster import ClusterView
-from claudecluster.transport.artifacts import ArtifactStore
+from claudecluster.transport.artifacts import ArtifactStore, JetStreamArtifactStore
 from claudecluster.transport.base import EventLog, read_all
 from claudecluster.transport.topology import EVENTS_STREAM
 
@@ -145,7 +145,7 @@ async def archive_run(
     events = await read_all(log, subjects=run_filter(run_id))
     if not events:
         raise UnknownEntityError("run", run_id)
-    artifacts = ArtifactStore(js)
+    artifacts = JetStreamArtifactStore(js)
     name = archive_name(run_id)
     data = _encode(events)
     await artifacts.put(name, name, data)

@@ -7,6 +7,10 @@ Files move in chunks (:data:`FILE_CHUNK`, 512 KiB; the object store's default is
 streamed from and to disk or a pipe, so memory does not grow with an artifact's size, and
 each chunk is its own request: heartbeats and events on the same connection go out between
 them. ``on_progress`` hears the bytes moved.
+
+``ArtifactStore`` is the seam; ``JetStreamArtifactStore`` the real one and
+``MemoryArtifactStore`` its in-memory twin (one contract suite for both,
+``tests/transport/test_artifact_store_contract.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import io
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 import nats.errors
@@ -34,7 +38,14 @@ from nats.js.object_store import (
 from claudecluster.errors import EventStoreError
 from claudecluster.events.model import ArtifactRef
 
-__all__ = ["ARTIFACTS_BUCKET", "ArtifactStore", "Progress", "artifact_key"]
+__all__ = [
+    "ARTIFACTS_BUCKET",
+    "ArtifactStore",
+    "JetStreamArtifactStore",
+    "MemoryArtifactStore",
+    "Progress",
+    "artifact_key",
+]
 
 #: Told the bytes moved so far and the total (0 when unknown), from a worker thread.
 Progress = Callable[[int, int], None]
@@ -58,8 +69,62 @@ def artifact_key(run_id: str, task_id: str, attempt: int, name: str) -> str:
     return f"{run_id}/{task_id}/{attempt}/{name}"
 
 
-class ArtifactStore:
-    """Puts and gets artifacts, checking their SHA-256 on the way back.
+class ArtifactStore(Protocol):
+    """Where artifacts live: put by key, read back verified against their SHA-256.
+
+    Every method raises ``EventStoreError`` on a store failure; a read of a missing
+    artifact or one whose checksum does not match raises it too.
+    """
+
+    async def put(self, key: str, name: str, data: bytes) -> ArtifactRef:
+        """Store ``data`` under ``key`` (replacing what was there)."""
+        ...
+
+    async def put_file(
+        self, key: str, path: Path, *, on_progress: Progress | None = None
+    ) -> ArtifactRef:
+        """Store a file's contents under ``key``, named after the file."""
+        ...
+
+    async def read_named(self, key: str) -> bytes | None:
+        """The object stored under ``key``, or None."""
+        ...
+
+    async def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+        ...
+
+    async def names(self, *, prefix: str = "") -> list[str]:
+        """The names of the objects stored that start with ``prefix``, sorted."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove the object under ``key`` (nothing if there is none)."""
+        ...
+
+    async def get(self, ref: ArtifactRef) -> bytes:
+        """An artifact's contents, verified against its recorded checksum."""
+        ...
+
+    async def get_into(
+        self,
+        ref: ArtifactRef,
+        sink: Callable[[bytes], object],
+        *,
+        on_progress: Progress | None = None,
+    ) -> int:
+        """Stream an artifact to ``sink`` (called from a worker thread); returns the size."""
+        ...
+
+    async def get_file(
+        self, ref: ArtifactRef, path: Path, *, on_progress: Progress | None = None
+    ) -> Path:
+        """Stream an artifact to ``path`` (removed if it fails the check); returns ``path``."""
+        ...
+
+
+class JetStreamArtifactStore:
+    """Puts and gets artifacts in the object store, checking their SHA-256 on the way back.
 
     Args:
         js: a JetStream context with the topology applied.
@@ -346,3 +411,118 @@ class _Sink:
     def write(self, data: bytes) -> int:
         self._sink(data)
         return len(data)
+
+
+class MemoryArtifactStore:
+    """Artifacts in a dict: the same contract as :class:`JetStreamArtifactStore`.
+
+    Files are read and written whole (in a worker thread, as the real store streams them),
+    and ``on_progress`` hears each :data:`FILE_CHUNK`, so callers see the same calls.
+
+    Args:
+        bucket: the bucket name recorded in the references it hands out.
+    """
+
+    def __init__(self, bucket: str = ARTIFACTS_BUCKET) -> None:
+        self._bucket = bucket
+        self._objects: dict[str, bytes] = {}
+
+    def _ref(self, key: str, name: str, data: bytes) -> ArtifactRef:
+        return ArtifactRef(
+            name=name, bucket=self._bucket, key=key, size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )  # fmt: skip
+
+    async def put(self, key: str, name: str, data: bytes) -> ArtifactRef:
+        """Store ``data`` under ``key``."""
+        self._objects[key] = bytes(data)
+        return self._ref(key, name, data)
+
+    async def put_file(
+        self, key: str, path: Path, *, on_progress: Progress | None = None
+    ) -> ArtifactRef:
+        """Store a file's contents under ``key``, named after the file.
+
+        Raises:
+            OSError: the file cannot be read.
+        """
+        data = await anyio.Path(path).read_bytes()
+        _report_chunks(len(data), on_progress)
+        self._objects[key] = data
+        return self._ref(key, path.name, data)
+
+    async def read_named(self, key: str) -> bytes | None:
+        """The object under ``key``, or None."""
+        return self._objects.get(key)
+
+    async def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+        return key in self._objects
+
+    async def names(self, *, prefix: str = "") -> list[str]:
+        """The stored names starting with ``prefix``, sorted."""
+        return sorted(name for name in self._objects if name.startswith(prefix))
+
+    async def delete(self, key: str) -> None:
+        """Remove the object under ``key``."""
+        self._objects.pop(key, None)
+
+    async def get(self, ref: ArtifactRef) -> bytes:
+        """An artifact's contents, verified.
+
+        Raises:
+            EventStoreError: it is missing or its checksum does not match.
+        """
+        data = self._objects.get(ref.key)
+        if data is None:
+            raise EventStoreError(f"artifact {ref.key} is not in bucket {ref.bucket}")
+        if ref.sha256 and hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise EventStoreError(f"artifact {ref.key} does not match its recorded checksum")
+        return data
+
+    async def get_into(
+        self,
+        ref: ArtifactRef,
+        sink: Callable[[bytes], object],
+        *,
+        on_progress: Progress | None = None,
+    ) -> int:
+        """Hand an artifact to ``sink`` in :data:`FILE_CHUNK` pieces, from a worker thread.
+
+        The checksum is checked before ``sink`` hears anything.
+
+        Raises:
+            EventStoreError: it is missing or its checksum does not match.
+        """
+        data = await self.get(ref)
+        writer = _HashingWriter(_Sink(sink), ref.size, on_progress)
+
+        def feed() -> None:
+            for start in range(0, len(data), FILE_CHUNK):
+                writer.write(data[start : start + FILE_CHUNK])
+
+        await anyio.to_thread.run_sync(feed)
+        return writer.size
+
+    async def get_file(
+        self, ref: ArtifactRef, path: Path, *, on_progress: Progress | None = None
+    ) -> Path:
+        """Write an artifact to ``path``, verified; returns ``path``.
+
+        Raises:
+            EventStoreError: it is missing or corrupt (nothing is left at ``path``).
+        """
+        data = await self.get(ref)
+        await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
+        await anyio.Path(path).write_bytes(data)
+        _report_chunks(len(data), on_progress)
+        return path
+
+
+def _report_chunks(total: int, on_progress: Progress | None) -> None:
+    """Tell ``on_progress`` about each chunk of a whole-file move, as streaming would."""
+    if on_progress is None:
+        return
+    for done in range(FILE_CHUNK, total, FILE_CHUNK):
+        on_progress(done, total)
+    on_progress(total, total)

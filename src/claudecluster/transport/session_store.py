@@ -13,6 +13,10 @@ takes over a task after a crash loads it back and resumes the same session. Layo
 Project keys, session ids and subpaths are free text, so each becomes one base64url token
 (no padding) in subjects and keys. Entries with a ``uuid`` are idempotent: a batch the SDK
 retries after a timeout is stored twice but loaded once.
+
+The seam is the SDK's own ``SessionStore`` protocol; :class:`MemorySessionStore` is the
+in-memory twin of :class:`JetStreamSessionStore` (redaction and idempotent loads included),
+and both pass the SDK's conformance suite and ours (``tests/transport/test_session_store.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
     # the driver and every CLI command import this module and most never touch a session,
     # so the SDK is imported where a summary is folded, not here.
     from claude_agent_sdk import (
+        InMemorySessionStore,
         SessionKey,
         SessionListSubkeysKey,
         SessionStoreEntry,
@@ -44,7 +49,7 @@ if TYPE_CHECKING:
         SessionSummaryEntry,
     )
 
-__all__ = ["SESSIONS_BUCKET", "SESSIONS_STREAM", "JetStreamSessionStore"]
+__all__ = ["SESSIONS_BUCKET", "SESSIONS_STREAM", "JetStreamSessionStore", "MemorySessionStore"]
 
 SESSIONS_STREAM: Final = "CC_SESSIONS"
 SESSIONS_BUCKET: Final = "cc_sessions"
@@ -65,6 +70,20 @@ def _untoken(token: str) -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _without_retried(batches: list[SessionStoreEntry]) -> list[SessionStoreEntry]:
+    """Entries in order, each ``uuid`` kept once (the first copy): a retried batch."""
+    entries: list[SessionStoreEntry] = []
+    seen: set[str] = set()
+    for entry in batches:
+        uuid = entry.get("uuid") if isinstance(entry, dict) else None
+        if isinstance(uuid, str):
+            if uuid in seen:
+                continue
+            seen.add(uuid)
+        entries.append(entry)
+    return entries
 
 
 class JetStreamSessionStore:
@@ -157,7 +176,6 @@ class JetStreamSessionStore:
         if await last_sequence(self._js, SESSIONS_STREAM, subject) == 0:
             return None
         entries: list[SessionStoreEntry] = []
-        seen: set[str] = set()
         async with open_ordered(self._js, SESSIONS_STREAM, subject) as messages:
             async for msg in messages:
                 try:
@@ -171,14 +189,8 @@ class JetStreamSessionStore:
                 if not isinstance(batch, list):
                     _log.warning("transcript batch is not a list; skipped", subject=msg.subject)
                     continue
-                for entry in batch:
-                    uuid = entry.get("uuid") if isinstance(entry, dict) else None
-                    if isinstance(uuid, str):
-                        if uuid in seen:
-                            continue  # a retried batch: keep the first copy
-                        seen.add(uuid)
-                    entries.append(entry)
-        return entries
+                entries.extend(batch)
+        return _without_retried(entries)
 
     async def _keys(self, prefix: str) -> list[str]:
         kv = await self._bucket()
@@ -243,3 +255,52 @@ class JetStreamSessionStore:
                 await kv.purge(name)
         except (nats.errors.Error, TimeoutError) as exc:
             raise EventStoreError(f"cannot delete session: {exc!r}") from exc
+
+
+class MemorySessionStore:
+    """Transcripts in memory: the twin of :class:`JetStreamSessionStore`.
+
+    The SDK's ``InMemorySessionStore`` keeps the entries and folds the summaries; this adds
+    what ours does on top: secrets redacted before anything is kept, empty batches ignored,
+    and a retried batch loaded once.
+
+    Args:
+        redactor: secrets to strip from every entry before it is kept.
+    """
+
+    def __init__(self, *, redactor: Redactor | None = None) -> None:
+        from claude_agent_sdk import InMemorySessionStore  # heavy: see the imports
+
+        self._inner: InMemorySessionStore = InMemorySessionStore()
+        self._redactor = redactor or Redactor()
+
+    async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
+        """Keep one batch, redacted, after the previous ones."""
+        if not entries:
+            return
+        redacted = cast(
+            "list[SessionStoreEntry]",
+            json.loads(self._redactor.data(json.dumps(entries).encode())),
+        )
+        await self._inner.append(key, redacted)
+
+    async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
+        """Every entry in append order (a retried batch once), or None if never written."""
+        loaded = await self._inner.load(key)
+        return None if loaded is None else _without_retried(loaded)
+
+    async def list_sessions(self, project_key: str) -> list[SessionStoreListEntry]:
+        """Sessions of a project with their last-append time (epoch ms)."""
+        return await self._inner.list_sessions(project_key)
+
+    async def list_session_summaries(self, project_key: str) -> list[SessionSummaryEntry]:
+        """The folded summaries of a project's sessions."""
+        return await self._inner.list_session_summaries(project_key)
+
+    async def list_subkeys(self, key: SessionListSubkeysKey) -> list[str]:
+        """Subpaths stored under a session, sorted."""
+        return sorted(await self._inner.list_subkeys(key))
+
+    async def delete(self, key: SessionKey) -> None:
+        """Delete a transcript; deleting a main transcript deletes its subkeys too."""
+        await self._inner.delete(key)

@@ -6,13 +6,20 @@ works (so the server does not redeliver), and acknowledges when the attempt's re
 recorded. If the worker dies, the server redelivers the item to another worker once the
 ack wait has passed. An item that does not decode is recorded on
 ``cc.quarantine.work`` with the reason and terminated, so it never blocks the queue.
+
+``WorkQueue`` and ``Delivery`` are the seam the driver and workers use; ``JetStreamWorkQueue``
+is the real one and ``MemoryWorkQueue`` its in-memory twin (same contract, one test suite,
+``tests/transport/test_work_queue_contract.py``), good enough to run the real shells on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, Protocol
 
+import anyio
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -25,7 +32,15 @@ from claudecluster.events.work import WorkItem, decode_work_item, encode_work_it
 from claudecluster.observability.logging import get_logger
 from claudecluster.transport.topology import QUARANTINE_STREAM, WORK_STREAM
 
-__all__ = ["Delivery", "WorkQueue", "consumer_name"]
+__all__ = [
+    "Delivery",
+    "JetStreamDelivery",
+    "JetStreamWorkQueue",
+    "MemoryWorkQueue",
+    "QuarantinedWork",
+    "WorkQueue",
+    "consumer_name",
+]
 
 _log = get_logger(__name__)
 _QUARANTINE_SUBJECT: Final = f"{QUARANTINE_PREFIX}.work"
@@ -36,8 +51,60 @@ def consumer_name(pool: str) -> str:
     return f"worker__{pool}"
 
 
+class Delivery(Protocol):
+    """One delivered work item and the handle to acknowledge it.
+
+    Attributes:
+        item: the decoded work item.
+        delivered: how many times the queue has delivered this message (1 = first).
+    """
+
+    @property
+    def item(self) -> WorkItem:
+        """The decoded work item."""
+        ...
+
+    @property
+    def delivered(self) -> int:
+        """How many times the queue has delivered this message (1 = first)."""
+        ...
+
+    async def in_progress(self) -> None:
+        """The item is still being worked on: restart its ack wait."""
+        ...
+
+    async def ack(self) -> None:
+        """The item is done with: its outcome is recorded, or it was obsolete."""
+        ...
+
+    async def nak(self, delay_s: float | None = None) -> None:
+        """Give the item back, to be delivered again after ``delay_s`` seconds."""
+        ...
+
+
+class WorkQueue(Protocol):
+    """Where the driver queues work items and a pool's workers fetch them.
+
+    Delivery is at least once: an item neither acknowledged nor kept in progress within
+    the ack wait is delivered again. Publishing is idempotent per ``WorkItem.message_id``.
+    Every method raises ``EventStoreError`` on a store failure.
+    """
+
+    async def publish(self, item: WorkItem) -> bool:
+        """Queue an item; False if the same attempt was already queued."""
+        ...
+
+    async def fetch(self, pool: str, *, wait_s: float = 1.0) -> Delivery | None:
+        """The next item of ``pool``, or None if none arrived within ``wait_s``."""
+        ...
+
+    async def close(self) -> None:
+        """Stop fetching (queued and pending items stay)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
-class Delivery:
+class JetStreamDelivery:
     """One delivered work item and the handle to acknowledge it.
 
     Attributes:
@@ -62,8 +129,8 @@ class Delivery:
         await self._msg.nak(delay=delay_s)
 
 
-class WorkQueue:
-    """Publishes and fetches work items of pools.
+class JetStreamWorkQueue:
+    """Publishes and fetches work items of pools on the ``CC_WORK`` stream.
 
     Args:
         js: a JetStream context with the topology applied.
@@ -114,7 +181,7 @@ class WorkQueue:
             self._subscriptions[pool] = found
         return found
 
-    async def fetch(self, pool: str, *, wait_s: float = 1.0) -> Delivery | None:
+    async def fetch(self, pool: str, *, wait_s: float = 1.0) -> JetStreamDelivery | None:
         """The next item of ``pool``, or None if none arrived within ``wait_s``.
 
         Raises:
@@ -133,7 +200,7 @@ class WorkQueue:
             except EventDecodeError as exc:
                 await self._quarantine(msg, str(exc))
                 continue
-            return Delivery(item=item, delivered=msg.metadata.num_delivered, _msg=msg)
+            return JetStreamDelivery(item=item, delivered=msg.metadata.num_delivered, _msg=msg)
         return None
 
     async def _quarantine(self, msg: Msg, reason: str) -> None:
@@ -160,3 +227,138 @@ class WorkQueue:
         for subscription in self._subscriptions.values():
             await subscription.unsubscribe()
         self._subscriptions.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedWork:
+    """A message of the in-memory queue that did not decode, as ``cc.quarantine.work`` keeps it.
+
+    Attributes:
+        subject: the work subject it was queued on.
+        data: its bytes.
+        reason: why it was refused.
+    """
+
+    subject: str
+    data: bytes
+    reason: str
+
+
+@dataclass(slots=True)
+class _Message:
+    pool: str
+    data: bytes
+    seq: int
+    delivered: int = 0
+    due: float = 0.0  # when it may be delivered (again); pending until then
+    done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _MemoryDelivery:
+    item: WorkItem
+    delivered: int
+    _queue: MemoryWorkQueue
+    _message: _Message = field(repr=False)
+
+    async def in_progress(self) -> None:
+        self._queue._restart_ack_wait(self._message)
+
+    async def ack(self) -> None:
+        self._queue._settle(self._message)
+
+    async def nak(self, delay_s: float | None = None) -> None:
+        self._queue._give_back(self._message, delay_s or 0.0)
+
+
+class MemoryWorkQueue:
+    """The work queue in memory: the same contract as :class:`JetStreamWorkQueue`.
+
+    Messages are kept encoded and decoded on delivery, as on the server, so a message that
+    does not decode is quarantined (see :attr:`quarantined`) rather than handed out.
+    Time is ``clock`` (default: anyio's, which a virtual-clock event loop drives), so a
+    simulator sees ack waits expire on its own time.
+
+    Args:
+        ack_wait_s: how long a delivered, unacknowledged item stays with its worker.
+        clock: seconds, monotonic.
+    """
+
+    def __init__(
+        self, *, ack_wait_s: float = 30.0, clock: Callable[[], float] | None = None
+    ) -> None:
+        self._ack_wait_s = ack_wait_s
+        self._clock = clock or anyio.current_time
+        self._messages: list[_Message] = []
+        self._ids: set[str] = set()
+        self._changed = anyio.Event()
+        self.quarantined: list[QuarantinedWork] = []
+
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def publish(self, item: WorkItem) -> bool:
+        """Queue an item; False if the same attempt was already queued."""
+        return self.inject_raw(item.pool, encode_work_item(item), message_id=item.message_id)
+
+    def inject_raw(self, pool: str, data: bytes, *, message_id: str | None = None) -> bool:
+        """Queue raw bytes on ``pool``'s subject, as a foreign publisher could."""
+        if message_id is not None:
+            if message_id in self._ids:
+                return False
+            self._ids.add(message_id)
+        self._messages.append(_Message(pool=pool, data=data, seq=len(self._messages) + 1))
+        self._signal()
+        return True
+
+    def _next(self, pool: str, now: float) -> tuple[_Message | None, float]:
+        """The first deliverable message of ``pool`` and when the next one becomes due."""
+        next_due = math.inf
+        for message in self._messages:
+            if message.done or message.pool != pool:
+                continue
+            if message.due <= now:
+                return message, now
+            next_due = min(next_due, message.due)
+        return None, next_due
+
+    async def fetch(self, pool: str, *, wait_s: float = 1.0) -> Delivery | None:
+        """The next item of ``pool``, or None if none arrived within ``wait_s``."""
+        deadline = self._clock() + wait_s
+        while True:
+            now = self._clock()
+            message, next_due = self._next(pool, now)
+            if message is not None:
+                message.delivered += 1
+                message.due = now + self._ack_wait_s
+                try:
+                    item = decode_work_item(message.data)
+                except EventDecodeError as exc:
+                    _log.warning("work item quarantined", pool=pool, reason=str(exc))
+                    message.done = True
+                    self.quarantined.append(
+                        QuarantinedWork(work_subject(pool), message.data, str(exc))
+                    )
+                    continue
+                return _MemoryDelivery(item, message.delivered, self, message)
+            if now >= deadline:
+                return None
+            changed = self._changed
+            with anyio.move_on_after(min(deadline, next_due) - now):
+                await changed.wait()
+
+    def _restart_ack_wait(self, message: _Message) -> None:
+        if not message.done:
+            message.due = self._clock() + self._ack_wait_s
+
+    def _settle(self, message: _Message) -> None:
+        message.done = True
+
+    def _give_back(self, message: _Message, delay_s: float) -> None:
+        if not message.done:
+            message.due = self._clock() + delay_s
+            self._signal()
+
+    async def close(self) -> None:
+        """Nothing to release: queued and pending items stay, as on the server."""

@@ -1,0 +1,12 @@
+"""The worker actor's shell, by concern: :mod:`.serve` (the serve loop: slots, claims,
+commands, membership), :mod:`.attempt` (one attempt: workspace, agent, result),
+:mod:`.transcripts` (the transcript mirror), :mod:`.workspaces` (copying files in, sweeping
+orphans), :mod:`.failures` (classifying how an attempt ended) and :mod:`.config`. Workspace
+preparation from the repository's bundles is :mod:`claudecluster.runtime.workspace_preparation`;
+the decisions are pure, in :mod:`claudecluster.actors.worker`.
+"""
+
+from claudecluster.runtime.worker.config import Superseded, WorkerConfig, new_worker_id
+from claudecluster.runtime.worker.serve import Worker
+
+__all__ = ["Superseded", "Worker", "WorkerConfig", "new_worker_id"]

@@ -1,0 +1,125 @@
+"""How a worker runs, the state of one attempt it holds, and the limits of both."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import anyio
+import anyio.abc
+
+from claudecluster.actors.worker import (
+    DEFAULT_PERMISSION_MODES,
+)
+from claudecluster.events.work import WorkItem
+from claudecluster.executors.confinement import (
+    Confinement,
+)
+from claudecluster.runtime.touched import TOUCHED_EVERY_S
+
+__all__ = ["Superseded", "WorkerConfig", "new_worker_id"]
+
+
+_CAPABILITIES: Final = ("claude_code", "shell")
+_RUNS_KEPT: Final = 8
+#: Forgeries in a row an append steps over before it gives the attempt up.
+_FORGERIES_STEPPED_OVER: Final = 16
+#: How long an attempt's append is tried again while the store fails over. An election of
+#: a new stream leader takes seconds; a loaded machine was seen to need over ten.
+_APPEND_PATIENCE_S: Final = 60.0
+_APPEND_RETRY_FIRST_S: Final = 0.25
+_APPEND_RETRY_MAX_S: Final = 2.0
+
+
+def new_worker_id() -> str:
+    """A readable, unique worker id: host, pid and a random suffix."""
+    host = "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:24] or "host"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """How one worker process runs.
+
+    Attributes:
+        worker_id: unique id (a subject token).
+        pool: the pool whose queue it serves.
+        slots: attempts it runs at once.
+        workspace_root: where private workspaces are made.
+        keep_workspaces: leave workspaces on disk after the attempt (debugging).
+        heartbeat_s: seconds between heartbeats.
+        ack_wait_s: the pool consumer's ack wait; in-progress acks go out at a third of it.
+        api_environment: ANTHROPIC_* settings handed to Claude Code.
+        drain_deadline_s: on graceful stop, how long running attempts may go on.
+        nice: CPU niceness for agents, so a busy machine stays responsive.
+        health_port: serve /health and /metrics on this port (0 picks a free one; None
+            serves nothing).
+        health_host: the address for /health and /metrics.
+        copy_from: a local directory with untracked files (``.env``) for workspaces.
+        copy_files: paths or globs under ``copy_from`` copied into each workspace.
+        setup_command: run in each workspace before the agent (install dependencies).
+        setup_timeout_s: how long the setup command may take.
+        join_reason: why it was started, recorded in WorkerJoined (an autoscaler says).
+        confinement: how attempts and the setup command are confined (None: this
+            machine's sandbox, which must work; ``Confinement.unconfined()`` is the
+            operator's ``--no-sandbox``).
+        permission_modes: Claude Code permission modes a work item may ask for.
+        allow_plan_mcp_servers: run the MCP servers a work item names (``mcp_config``).
+        progress_interval_s: the least time between two emissions of an attempt's
+            coalesced progress events (see :mod:`claudecluster.actors.progress`).
+        repo_cache: where the host's repository cache lives (default: ``repo-cache``
+            beside ``workspace_root``).
+        repo_remotes: git remote URLs by repository key, fetched from before bundles.
+        touched_every_s: seconds between looks at a running attempt's changed files,
+            reported for the driver's collision prediction (0 reports none).
+    """
+
+    worker_id: str
+    workspace_root: Path
+    pool: str = "default"
+    slots: int = 1
+    keep_workspaces: bool = False
+    heartbeat_s: float = 5.0
+    ack_wait_s: float = 30.0
+    api_environment: dict[str, str] = field(default_factory=dict)
+    drain_deadline_s: float = 60.0
+    nice: int = 0
+    health_port: int | None = None
+    health_host: str = "127.0.0.1"
+    copy_from: Path | None = None
+    copy_files: tuple[str, ...] = ()
+    setup_command: str | None = None
+    setup_timeout_s: float = 600.0
+    join_reason: str = ""
+    confinement: Confinement | None = None
+    permission_modes: tuple[str, ...] = DEFAULT_PERMISSION_MODES
+    allow_plan_mcp_servers: bool = False
+    progress_interval_s: float = 1.0
+    repo_cache: Path | None = None
+    repo_remotes: dict[str, str] = field(default_factory=dict)
+    touched_every_s: float = TOUCHED_EVERY_S
+
+
+class Superseded(Exception):  # noqa: N818 - a condition, not a failure of ours
+    """Another writer moved the task on; this attempt must stop and record nothing."""
+
+
+@dataclass
+class _Attempt:
+    """The live bookkeeping of one running attempt."""
+
+    item: WorkItem
+    attempt: int
+    last_seq: int
+    session_id: str
+    resume: bool = False
+    #: the session of the attempt this one continues, if its transcript was mirrored
+    resume_from: str = ""
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    cancel_reason: str = ""
+    #: one append at a time: each is conditional on the sequence the previous one left
+    appending: anyio.Lock = field(default_factory=anyio.Lock)

@@ -1,0 +1,73 @@
+"""Workspace chores of the worker: copying configured files in, sweeping what dead
+worker processes left behind."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Final
+
+import psutil
+
+from claudecluster.errors import CopyFilesError
+from claudecluster.observability.logging import get_logger
+from claudecluster.runtime.worker.config import WorkerConfig
+
+__all__: list[str] = []  # the package's own helpers
+
+_log = get_logger(__name__)
+
+
+def _copy_in(config: WorkerConfig, workspace: Path) -> list[str]:
+    """Copy the configured files into the workspace; returns their relative paths.
+
+    Raises:
+        CopyFilesError: a configured pattern matches nothing.
+    """
+    if config.copy_from is None or not config.copy_files:
+        return []
+    copied: list[str] = []
+    for pattern in config.copy_files:
+        matches = [p for p in sorted(config.copy_from.glob(pattern)) if p.is_file()]
+        if not matches:
+            raise CopyFilesError(pattern, str(config.copy_from))
+        for source in matches:
+            relative = source.relative_to(config.copy_from)
+            target = workspace / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+            copied.append(relative.as_posix())
+    return copied
+
+
+_OWNER_FILE: Final = ".claudecluster-owner"
+
+
+def _sweep_orphans(root: Path) -> list[Path]:
+    """Remove attempts' and slots' directories whose owning worker process no longer runs."""
+    if not root.is_dir():
+        return []
+    removed = []
+    for scratch in sorted(root.iterdir()):
+        owner_file = scratch / _OWNER_FILE
+        if not owner_file.is_file():
+            continue
+        try:
+            owner = int(owner_file.read_text(encoding="utf-8").strip())
+        except (OSError, ValueError):
+            continue
+        if psutil.pid_exists(owner):
+            continue
+        _remove(scratch)
+        if "." not in scratch.name:  # a bundle beside an attempt of before the cache
+            _remove(scratch.with_suffix(".base"))
+        removed.append(scratch)
+        _log.info("orphaned workspace removed", path=str(scratch), owner=owner)
+    return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=False)
+    elif path.exists():
+        path.unlink()
