@@ -45,6 +45,11 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+#: One command, a whole run included: generous, for a machine with a second suite beside
+#: this one (120 s was too little for a four-task run at a load of 20).
+CLI_TIMEOUT_S = 300
+
+
 def cli(
     *args: str, cwd: Path, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -54,7 +59,7 @@ def cli(
         env=dict(env if env is not None else clean_env()),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=CLI_TIMEOUT_S,
         check=False,
     )
 
