@@ -27,7 +27,8 @@ MODULES: Final[dict[Role, tuple[str, ...]]] = {
     "driver": (
         "actors/driver/commands.py", "actors/driver/reconcile.py", "actors/driver/fold.py",
         "actors/driver/decide.py", "actors/driver/liveness.py", "actors/driver/state.py",
-        "actors/driver/effects.py", "actors/merging.py", "actors/collisions.py", "actors/scaling.py",
+        "actors/driver/effects.py", "actors/merging.py", "actors/collisions.py",
+        "actors/scaling.py",
         "actors/merge_outcomes.py", "actors/work_items.py", "actors/lease.py",
         "runtime/standby.py", "transport/fenced.py",
         "runtime/driver.py", "runtime/merge_queue.py", "runtime/autoscaler.py",
