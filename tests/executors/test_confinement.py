@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ import psutil
 import pytest
 
 from claudecluster.events import TaskLimits, TaskProgress, TaskRateLimited
+from claudecluster.executors import confined
 from claudecluster.executors.base import AttemptRun
 from claudecluster.executors.cgroups import CgroupLimits, create_attempt_cgroup
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
@@ -304,3 +306,28 @@ async def test_without_the_sandbox_the_cgroup_still_ends_what_left_the_session(
     )
     await ShellExecutor(confinement=Confinement.unconfined()).run(job, ignore)
     assert not _sleepers(marker)
+
+
+def test_the_tunnels_sockets_get_a_short_directory_whatever_tmpdir_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deep TMPDIR (a test host's own tree, a CI runner's workspace) made every attempt
+    fail with "AF_UNIX path too long"; the sockets then go under /tmp instead."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    chosen = confined._socket_directory()
+    try:
+        assert chosen.parent == Path("/tmp")
+        assert len(os.fsencode(chosen / "fwd-999.sock")) <= 107
+        assert (chosen.stat().st_mode & 0o777) == 0o700  # private, as mkdtemp makes it
+    finally:
+        chosen.rmdir()
+    short = Path(tempfile.mkdtemp(dir="/tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(short))
+    try:
+        kept = confined._socket_directory()
+        assert kept.parent == short  # TMPDIR is kept where its paths fit
+        kept.rmdir()
+    finally:
+        short.rmdir()

@@ -235,7 +235,7 @@ async def _with_network(
         return sandbox
     # A short directory of its own: a unix socket's path is limited to 107 bytes, which a
     # deep workspace root would exceed. It goes when the tunnels stop.
-    directory = Path(tempfile.mkdtemp(prefix="cc-net-"))
+    directory = _socket_directory()
     group.start_soon(_remove_when_cancelled, directory)
     api_name = api[4] if api is not None else None
     if api is not None:
@@ -381,3 +381,25 @@ class ConfinedVerify:
             timeout_s=timeout_s,
         )
         return done.returncode, mask_secrets(done.output)
+
+
+#: The longest path a unix socket may have (``sun_path`` holds 108 bytes, NUL included).
+_UNIX_PATH_MAX: Final = 107
+#: The longest name a socket gets in its directory (``fwd-<index>.sock``, up to 999).
+_LONGEST_SOCKET_NAME: Final = "fwd-999.sock"
+
+
+def _socket_directory() -> Path:
+    """A private directory for the tunnels' sockets, short enough for every one of them.
+
+    The temporary directory (``TMPDIR``) where its paths fit, else ``/tmp``: a deep
+    ``TMPDIR`` (a test host's own tree, a CI runner's workspace) would otherwise fail every
+    attempt with "AF_UNIX path too long".
+    """
+    probe = "cc-net-" + "x" * 8  # mkdtemp's prefix and its 8 random characters
+    # /tmp is only the parent: mkdtemp makes a private (0700), unpredictable directory in it.
+    for base in dict.fromkeys((tempfile.gettempdir(), "/tmp")):  # noqa: S108
+        longest = os.path.join(base, probe, _LONGEST_SOCKET_NAME)
+        if len(os.fsencode(longest)) <= _UNIX_PATH_MAX:
+            return Path(tempfile.mkdtemp(prefix="cc-net-", dir=base))
+    raise OSError(f"no directory short enough for a unix socket: {tempfile.gettempdir()}")
