@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from claudecluster.actors.driver import Dispatch, Merge, Record, Retry
 from claudecluster.domain.lifecycle import RunState, TaskState
 from claudecluster.events.model import (
@@ -40,16 +42,20 @@ def _failed_run() -> Log:
     end = log.take(Record)
     assert isinstance(end.event, RunCompleted)
     log.settle(end)
-    assert log.state.view.runs["r"].state is RunState.COMPLETED
+    assert _run_state(log) is RunState.COMPLETED
     return log
 
 
-def _rejection(effects: list[object]) -> str:
+def _rejection(effects: Sequence[object]) -> str:
     (refusal,) = effects
     assert isinstance(refusal, Record)
     assert isinstance(refusal.event, CommandRejected)
     assert refusal.event.command_type == "run.retry"
     return refusal.event.reason
+
+
+def _run_state(log: Log) -> RunState:
+    return log.state.view.runs["r"].state
 
 
 def _state(log: Log, task_id: str) -> TaskState:
@@ -68,7 +74,7 @@ def test_a_retried_run_queues_its_failed_task_from_the_new_head_then_its_skipped
     # The shell records it with the branch's head as it is now (a commit made by hand).
     moved = retry.event.__class__(run_id="r", task_ids=retry.event.task_ids, head_commit="hand")
     effects = log.event(moved)
-    assert log.state.view.runs["r"].state is RunState.RUNNING
+    assert _run_state(log) is RunState.RUNNING
     assert (_state(log, "b"), _state(log, "c")) == (TaskState.PENDING, TaskState.PENDING)
     (start,) = [e for e in effects if isinstance(e, Dispatch)]
     assert (start.queued.task_id, start.queued.attempt) == ("b", 2)
@@ -98,7 +104,7 @@ def test_a_retried_run_queues_its_failed_task_from_the_new_head_then_its_skipped
     # The second end is another event than the first: its id says which round it is.
     assert end.event_id == "completed-r-retry1"
     log.settle(end)
-    assert log.state.view.runs["r"].state is RunState.COMPLETED
+    assert _run_state(log) is RunState.COMPLETED
 
 
 def test_a_retry_that_fails_again_ends_the_run_again() -> None:
@@ -159,4 +165,4 @@ def test_a_retry_is_refused_for_an_open_run_an_unknown_run_and_unknown_or_merged
     assert "no task 'x', 'y'" in reason
     reason = _rejection(log.command(RetryRun(run_id="r", task_ids=("a",)), "c4"))
     assert "'a' merged already" in reason
-    assert log.state.view.runs["r"].state is RunState.COMPLETED  # refusals change nothing
+    assert _run_state(log) is RunState.COMPLETED  # refusals change nothing
