@@ -68,7 +68,7 @@ class TaskState(StrEnum):
 
     @property
     def terminal(self) -> bool:
-        """No further event is expected for this task (short of a rollback)."""
+        """No further event is expected for this task (short of a rollback or a retry)."""
         return self in _TERMINAL_TASK_STATES
 
     @property
