@@ -665,3 +665,61 @@ def test_uncommitted_changes_are_refused_unless_included(tmp_path: Path) -> None
                             capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert " M notes.txt" in status  # the user's checkout is as it was
     assert "?? wip.txt" in status
+
+
+RETRIED = """\
+tasks:
+  - {id: a, prompt: "echo a > a.txt", executor: shell}
+  - {id: b, prompt: "test -f later.txt && cat a.txt later.txt > b.txt", executor: shell,
+     depends_on: [a]}
+  - {id: c, prompt: "cat b.txt > c.txt", executor: shell, depends_on: [b]}
+"""
+
+
+def test_retry_reruns_a_failed_task_and_its_skipped_dependent_on_the_current_head(
+    tmp_path: Path,
+) -> None:
+    # b fails for want of a file nobody made yet, and c, which needs b, is skipped. The
+    # file is then committed onto the run's branch by hand: the retry starts b from the
+    # branch as it is now, so b passes, and c runs after it.
+    repo = _repo_with_plan(tmp_path, RETRIED)
+    first = cli("run", "retried", "--plan", str(tmp_path / "plan.yaml"), "--run-id", "rt1",
+                "--workers", "2", "--max-attempts", "1", cwd=repo)  # fmt: skip
+    assert "run rt1 completed: 1 merged, 1 failed, 1 skipped" in first.stdout, (
+        first.stdout + first.stderr
+    )
+    refused = cli("retry", "rt1", "a", "nope", cwd=repo)
+    assert refused.returncode == 2
+    assert "the driver refused run.retry" in refused.stderr
+    assert "'nope'" in refused.stderr
+
+    branch = "claudecluster/rt1"
+    worktree = tmp_path / "by-hand"
+    git = ["git", "-C", str(repo)]
+    subprocess.run([*git, "worktree", "add", "-q", str(worktree), branch], check=True,
+                   capture_output=True)  # fmt: skip
+    (worktree / "later.txt").write_text("later\n")
+    for args in (["add", "later.txt"], ["-c", "user.email=t@t", "-c", "user.name=t",
+                                        "commit", "-qm", "later"]):  # fmt: skip
+        subprocess.run(["git", "-C", str(worktree), *args], check=True, capture_output=True)
+    subprocess.run([*git, "worktree", "remove", "--force", str(worktree)], check=True,
+                   capture_output=True)  # fmt: skip
+
+    again = cli("retry", "rt1", "--workers", "2", cwd=repo)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "run rt1 retries b, c from" in again.stdout
+    assert "run rt1 completed: 3 merged, 0 failed, 0 skipped" in again.stdout, again.stdout
+    assert branch_file(repo, "c.txt") == "a\nlater\n"
+
+    status = cli("status", "rt1", "--json", cwd=repo)
+    assert status.returncode == 0, status.stderr
+    shown = json.loads(status.stdout)
+    assert shown["run"]["state"] == "completed", shown
+    tasks = {t["task_id"]: t for t in shown["tasks"]}
+    assert {k: t["state"] for k, t in tasks.items()} == {"a": "merged", "b": "merged",
+                                                         "c": "merged"}  # fmt: skip
+    assert (tasks["a"]["attempt"], tasks["b"]["attempt"], tasks["c"]["attempt"]) == (1, 2, 1)
+
+    open_again = cli("retry", "rt1", "b", cwd=repo)
+    assert open_again.returncode == 2
+    assert "merged already" in open_again.stderr

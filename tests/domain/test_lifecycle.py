@@ -31,8 +31,12 @@ def test_every_transition_is_driven_by_a_real_event_type() -> None:
 
 
 def test_every_state_but_the_final_ones_has_a_way_forward() -> None:
-    sources = {state for (state, _) in TASK_TRANSITIONS}
+    # Within a run's round; a retry of the ended run takes skipped and cancelled tasks
+    # back to pending, never a reverted one (a rolled-back run is not retried).
+    sources = {state for (state, tag) in TASK_TRANSITIONS if tag != "run.retried"}
     assert set(TaskState) - sources == {TaskState.SKIPPED, TaskState.CANCELLED, TaskState.REVERTED}
+    retried = {state for (state, tag) in TASK_TRANSITIONS if tag == "run.retried"}
+    assert set(TaskState) - retried == {TaskState.MERGED, TaskState.REVERTED, *ACTIVE_TASK_STATES}
     assert set(RunState) - {state for (state, _) in RUN_TRANSITIONS} == set()
 
 
@@ -50,6 +54,10 @@ def test_every_state_but_the_final_ones_has_a_way_forward() -> None:
         (TaskState.CONFLICTED, "task.merged", TaskState.MERGED),
         (TaskState.MERGED, "run.rolled_back", TaskState.REVERTED),
         (TaskState.CANCELLED, "task.queued", None),
+        (TaskState.FAILED, "run.retried", TaskState.PENDING),
+        (TaskState.SKIPPED, "run.retried", TaskState.PENDING),
+        (TaskState.MERGED, "run.retried", None),  # a merged task is not run again
+        (TaskState.RUNNING, "run.retried", None),
     ],
 )
 def test_task_transitions(state: TaskState, tag: str, expected: TaskState | None) -> None:
@@ -66,10 +74,13 @@ def test_terminal_task_states_are_the_ones_with_no_further_event() -> None:
     }
 
 
-def test_a_finished_run_only_moves_by_rollback() -> None:
+def test_a_finished_run_only_moves_by_rollback_or_retry() -> None:
     for state in (RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED):
         moves = {tag for (source, tag) in RUN_TRANSITIONS if source is state}
-        assert moves == {"run.rolled_back"}
+        assert moves == {"run.rolled_back", "run.retried"}
+        assert next_run_state(state, "run.retried") is RunState.RUNNING
+    assert next_run_state(RunState.ROLLED_BACK, "run.retried") is None
+    assert next_run_state(RunState.RUNNING, "run.retried") is None
     assert next_run_state(RunState.SUBMITTED, "run.completed") is None
 
 
@@ -100,10 +111,12 @@ def test_every_active_task_can_fail_be_cancelled_or_be_requeued() -> None:
             assert state in HELD_TASK_STATES
 
 
-def test_a_finished_run_state_has_no_way_back_to_an_open_one() -> None:
-    for (source, _), target in RUN_TRANSITIONS.items():
-        if source in FINISHED_RUN_STATES:
+def test_a_finished_run_state_goes_back_to_an_open_one_only_by_a_retry() -> None:
+    for (source, tag), target in RUN_TRANSITIONS.items():
+        if source in FINISHED_RUN_STATES and tag != "run.retried":
             assert target in FINISHED_RUN_STATES
+        if tag == "run.retried":
+            assert (source in FINISHED_RUN_STATES, target) == (True, RunState.RUNNING)
 
 
 def test_the_first_queued_task_starts_a_planned_run_and_the_next_ones_keep_it_running() -> None:
@@ -118,21 +131,29 @@ _TASK_TAGS = sorted({tag for (_, tag) in TASK_TRANSITIONS} | {"run.completed"})
 
 
 @given(st.lists(st.sampled_from(_RUN_TAGS), max_size=30))
-def test_once_a_run_has_ended_no_history_reopens_it(tags: list[str]) -> None:
+def test_once_a_run_has_ended_only_a_retry_reopens_it(tags: list[str]) -> None:
     state, ended = RunState.SUBMITTED, False
     for tag in tags:
+        before = state
         state = next_run_state(state, tag) or state
+        if ended and state.open and not before.open:
+            assert tag == "run.retried"
+            ended = False
         ended = ended or state in FINISHED_RUN_STATES
         assert not (ended and state.open)
 
 
 @given(st.lists(st.sampled_from(_TASK_TAGS), max_size=40))
-def test_from_a_terminal_task_state_only_a_rollback_moves_on(tags: list[str]) -> None:
+def test_from_a_terminal_task_state_only_a_rollback_or_a_retry_moves_on(tags: list[str]) -> None:
     state = TaskState.PENDING
     for tag in tags:
         target = next_task_state(state, tag)
         if state.terminal and target is not None:
-            assert (state, tag, target) == (TaskState.MERGED, "run.rolled_back", TaskState.REVERTED)
+            assert (state, tag, target) in {
+                (TaskState.MERGED, "run.rolled_back", TaskState.REVERTED),
+                (TaskState.SKIPPED, "run.retried", TaskState.PENDING),
+                (TaskState.CANCELLED, "run.retried", TaskState.PENDING),
+            }
         state = target or state
 
 

@@ -31,6 +31,7 @@ from claudecluster.actors.driver import (
     PublishCommand,
     Record,
     Resume,
+    Retry,
     Rollback,
     Tick,
     Verify,
@@ -42,6 +43,7 @@ from claudecluster.events import (
     RunCompleted,
     RunFailed,
     RunPlanned,
+    RunRetried,
     RunRolledBack,
     TaskCancelled,
     TaskFailed,
@@ -94,6 +96,8 @@ def _outcomes(effect: Effect) -> list[tuple[object, ...]]:
             return [(RunCompleted, effect.run_id), (RunFailed, effect.run_id)]
         case Rollback():
             return [(RunRolledBack, effect.event.run_id)]
+        case Retry():
+            return [(RunRetried, effect.event.run_id)]
         case PublishCommand():
             command = effect.command
             target = (getattr(command, "run_id", None), getattr(command, "task_id", None))

@@ -93,6 +93,11 @@ COMMANDS: Final = (
         "Replay the event log: print the events, then the state they add up to.",
     ),
     (
+        "claudecluster.cli.control_cmd:retry",
+        "retry",
+        "Run an ended run's failed, skipped and cancelled tasks again, or only the named ones.",
+    ),
+    (
         "claudecluster.cli.control_cmd:rollback",
         "rollback",
         "Move a finished run's branch back: to before a task merged, or to a log sequence.",

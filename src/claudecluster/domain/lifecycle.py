@@ -14,11 +14,13 @@ Task states (the main paths; TASK_TRANSITIONS below is the whole truth)::
                   +--- retry_wait <- failed    conflicted -> merged
     pending -> skipped          (any active state) -> cancelled
     succeeded -> failed (its merge failed the verify command and was undone)
+    failed/skipped/cancelled/... -> pending (the run was retried: run.retried)
     queued/assigned/running -> queued (a new attempt after a lost worker)
     queued/assigned/running -> preempted -> queued (stopped early for a predicted
         collision, queued again once the earlier task merged) | cancelled
 
-Runs: ``submitted -> planned -> running -> completed | failed | cancelled -> rolled_back``;
+Runs: ``submitted -> planned -> running -> completed | failed | cancelled -> rolled_back``,
+and ``completed | failed | cancelled -> running`` again on a retry (``run.retried``);
 the first ``task.queued`` of a planned run is what makes it running. Workers:
 ``active -> left | lost``, and a join makes any worker active again.
 """
@@ -66,7 +68,7 @@ class TaskState(StrEnum):
 
     @property
     def terminal(self) -> bool:
-        """No further event is expected for this task (short of a rollback)."""
+        """No further event is expected for this task (short of a rollback or a retry)."""
         return self in _TERMINAL_TASK_STATES
 
     @property
@@ -130,6 +132,13 @@ FINISHED_RUN_STATES: Final[frozenset[RunState]] = frozenset(set(RunState) - OPEN
 
 _ACTIVE: Final = sorted(ACTIVE_TASK_STATES)
 
+#: The task states a retry of the run moves back to pending (everything not merged and not
+#: running; a pending task stays pending).
+_RETRIED: Final = (
+    *(_T.PENDING, _T.FAILED, _T.RETRY_WAIT, _T.CANCELLED, _T.SKIPPED),
+    *(_T.CONFLICTED, _T.SUCCEEDED, _T.PREEMPTED),
+)
+
 TASK_TRANSITIONS: Final[dict[tuple[TaskState, str], TaskState]] = {
     (_T.PENDING, "task.queued"): _T.QUEUED,
     (_T.PENDING, "task.skipped"): _T.SKIPPED,
@@ -164,6 +173,9 @@ TASK_TRANSITIONS: Final[dict[tuple[TaskState, str], TaskState]] = {
     (_T.CONFLICTED, "task.failed"): _T.FAILED,
     (_T.CONFLICTED, "task.queued"): _T.QUEUED,
     (_T.MERGED, "run.rolled_back"): _T.REVERTED,
+    # A retry of the ended run (RunRetried names the tasks): pending again, queued anew
+    # from the integration branch's head once their dependencies are merged.
+    **{(state, "run.retried"): _T.PENDING for state in _RETRIED},
 }
 
 RUN_TRANSITIONS: Final[dict[tuple[RunState, str], RunState]] = {
@@ -183,6 +195,10 @@ RUN_TRANSITIONS: Final[dict[tuple[RunState, str], RunState]] = {
     (_R.FAILED, "run.rolled_back"): _R.ROLLED_BACK,
     (_R.CANCELLED, "run.rolled_back"): _R.ROLLED_BACK,
     (_R.ROLLED_BACK, "run.rolled_back"): _R.ROLLED_BACK,
+    # ``claudecluster retry``: an ended run (not a rolled-back one) runs again.
+    (_R.COMPLETED, "run.retried"): _R.RUNNING,
+    (_R.FAILED, "run.retried"): _R.RUNNING,
+    (_R.CANCELLED, "run.retried"): _R.RUNNING,
 }
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "run_completed_id",
     "run_failed_id",
     "run_planned_id",
+    "run_retried_id",
     "run_submitted_id",
     "task_cancelled_id",
     "task_merged_id",
@@ -53,19 +54,19 @@ def run_planned_id(run_id: str) -> str:
     return f"planned-{run_id}"
 
 
-def run_completed_id(run_id: str) -> str:
+def run_completed_id(run_id: str, retries: int = 0) -> str:
     """RunCompleted: one per run (with or without a final verify)."""
-    return f"completed-{run_id}"
+    return f"completed-{run_id}{_round(retries)}"
 
 
-def run_failed_id(run_id: str) -> str:
+def run_failed_id(run_id: str, retries: int = 0) -> str:
     """RunFailed: one per run, whoever decided it (planning, the core, a final verify)."""
-    return f"failed-{run_id}"
+    return f"failed-{run_id}{_round(retries)}"
 
 
-def run_cancelled_id(run_id: str) -> str:
+def run_cancelled_id(run_id: str, retries: int = 0) -> str:
     """RunCancelled: one per run."""
-    return f"cancelled-{run_id}"
+    return f"cancelled-{run_id}{_round(retries)}"
 
 
 def budget_reached_id(run_id: str) -> str:
@@ -81,6 +82,18 @@ def rolled_back_id(command_id: str) -> str:
 def rolled_back_on_failure_id(run_id: str) -> str:
     """RunRolledBack of a failed run whose policy rolls back: one per run."""
     return f"rolledback-{run_id}-on-failure"
+
+
+def run_retried_id(command_id: str) -> str:
+    """RunRetried asked for by a RetryRun command: one per command."""
+    return f"retried-{command_id}"
+
+
+def _round(retries: int) -> str:
+    """The suffix of an id that is once per run *per round*: a retried run ends (and
+    skips or cancels a task) again, and that end must not be taken for a duplicate of the
+    first one. Empty for a run never retried, so older logs keep their ids."""
+    return f"-retry{retries}" if retries else ""
 
 
 def command_rejected_id(command_id: str) -> str:
@@ -111,14 +124,14 @@ def task_retry_id(run_id: str, task_id: str, next_attempt: int) -> str:
     return f"retry-{run_id}-{task_id}-{next_attempt}"
 
 
-def task_skipped_id(run_id: str, task_id: str) -> str:
+def task_skipped_id(run_id: str, task_id: str, retries: int = 0) -> str:
     """TaskSkipped: a task is skipped once."""
-    return f"skipped-{run_id}-{task_id}"
+    return f"skipped-{run_id}-{task_id}{_round(retries)}"
 
 
-def task_cancelled_id(run_id: str, task_id: str) -> str:
+def task_cancelled_id(run_id: str, task_id: str, retries: int = 0) -> str:
     """TaskCancelled recorded by the driver (a task no worker holds)."""
-    return f"cancelled-{run_id}-{task_id}"
+    return f"cancelled-{run_id}-{task_id}{_round(retries)}"
 
 
 def task_merged_id(run_id: str, task_id: str, attempt: int) -> str:

@@ -56,6 +56,8 @@ __all__ = [
     "RunFailed",
     "RunPlanned",
     "RunPolicy",
+    "RetryRun",
+    "RunRetried",
     "RunRolledBack",
     "RunSubmitted",
     "SubmitRun",
@@ -877,6 +879,14 @@ class WorkerLost(WorkerEvent, frozen=True, kw_only=True, tag="worker.lost"):
     orphaned_tasks: tuple[str, ...] = ()
 
 
+class RunRetried(RunEvent, frozen=True, kw_only=True, tag="run.retried"):
+    """An ended run was opened again: ``task_ids`` are pending again and are queued from
+    ``head_commit``, the integration branch's head when the retry was recorded."""
+
+    task_ids: tuple[Id, ...]
+    head_commit: str
+
+
 Event = (
     RunSubmitted
     | RunPlanned
@@ -886,6 +896,7 @@ Event = (
     | RunFailed
     | RunCancelled
     | RunRolledBack
+    | RunRetried
     | TaskQueued
     | TaskAssigned
     | TaskStarted
@@ -979,6 +990,17 @@ class RollbackRun(CommandBase, frozen=True, kw_only=True, tag="run.rollback"):
     to_sequence: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
+class RetryRun(CommandBase, frozen=True, kw_only=True, tag="run.retry"):
+    """Run an ended run's unfinished tasks again (or only ``task_ids``) on its integration
+    branch as it is now; the run is open again until it ends anew."""
+
+    run_id: Id
+    task_ids: Annotated[
+        tuple[Id, ...],
+        msgspec.Meta(description="The tasks to run again; empty: every task not merged."),
+    ] = ()
+
+
 class DrainWorker(CommandBase, frozen=True, kw_only=True, tag="worker.drain"):
     """Ask a worker to take no new tasks and leave once its running ones end."""
 
@@ -986,5 +1008,5 @@ class DrainWorker(CommandBase, frozen=True, kw_only=True, tag="worker.drain"):
     deadline_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
 
 
-Command = SubmitRun | CancelRun | CancelTask | RollbackRun | DrainWorker
+Command = SubmitRun | CancelRun | CancelTask | RollbackRun | RetryRun | DrainWorker
 """Every command type, as one tagged union."""

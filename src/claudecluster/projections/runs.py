@@ -16,6 +16,7 @@ from claudecluster.events.model import (
     RunCompleted,
     RunFailed,
     RunPlanned,
+    RunRetried,
     RunRolledBack,
     RunSubmitted,
     TaskMerged,
@@ -26,7 +27,7 @@ from claudecluster.projections.views import RunView
 __all__ = ["RUNS_READS", "Runs", "apply_runs"]
 
 Runs = Map[str, RunView]
-_RunChange = RunPlanned | RunCompleted | RunFailed | RunCancelled | RunRolledBack
+_RunChange = RunPlanned | RunCompleted | RunFailed | RunCancelled | RunRolledBack | RunRetried
 
 #: The event types :func:`apply_runs` folds; any other leaves the projection as it is, so
 #: the cluster fold does not call it for them (property-tested).
@@ -40,6 +41,7 @@ RUNS_READS: Final[frozenset[type[EventBase]]] = frozenset(
         RunFailed,
         RunCancelled,
         RunRolledBack,
+        RunRetried,
     }
 )
 
@@ -79,7 +81,10 @@ def apply_runs(runs: Runs, envelope: EventEnvelope) -> tuple[Runs, str | None]:
             return runs.set(
                 run.run_id, msgspec.structs.replace(run, head_commit=event.commit)
             ), None
-        case RunPlanned() | RunCompleted() | RunFailed() | RunCancelled() | RunRolledBack():
+        case (
+            RunPlanned() | RunCompleted() | RunFailed() | RunCancelled() | RunRolledBack()
+            | RunRetried()
+        ):  # fmt: skip
             run = runs.get(event.run_id)
             if run is None:
                 return runs, f"run {event.run_id!r} was never submitted"
@@ -112,3 +117,7 @@ def _advance(run: RunView, event: _RunChange, target: RunState, at: datetime) ->
             return msgspec.structs.replace(run, state=target, finished_at=at, reason=event.reason)
         case RunRolledBack():
             return msgspec.structs.replace(run, state=target, head_commit=event.to_commit)
+        case RunRetried():
+            return msgspec.structs.replace(
+                run, state=target, finished_at=None, reason="", head_commit=event.head_commit
+            )

@@ -20,6 +20,7 @@ from claudecluster.events.model import (
     EventBase,
     MergeConflict,
     RunPlanned,
+    RunRetried,
     RunRolledBack,
     TaskAssigned,
     TaskCancelled,
@@ -46,10 +47,10 @@ Tasks = Map[str, TaskView]
 #: How much of the latest agent output a task view keeps for status displays.
 PROGRESS_PREVIEW_CHARS = 200
 
-#: The event types :func:`apply_tasks` folds (plans, rollbacks and every task event); any
+#: The event types :func:`apply_tasks` folds (plans, rollbacks, retries and every task event); any
 #: other leaves the projection as it is, so the cluster fold does not call it for them.
 TASKS_READS: Final[frozenset[type[EventBase]]] = frozenset[type[EventBase]](
-    {RunPlanned, RunRolledBack}
+    {RunPlanned, RunRolledBack, RunRetried}
 ).union(cls for cls in get_args(Event) if issubclass(cls, TaskEvent))
 
 
@@ -64,6 +65,8 @@ def apply_tasks(tasks: Tasks, envelope: EventEnvelope) -> tuple[Tasks, str | Non
         return _plan(tasks, event)
     if isinstance(event, RunRolledBack):
         return _revert(tasks, event), None
+    if isinstance(event, RunRetried):
+        return _retry(tasks, event)
     if not isinstance(event, TaskEvent):
         return tasks, None
     key = task_key(event.run_id, event.task_id)
@@ -111,6 +114,22 @@ def _revert(tasks: Tasks, event: RunRolledBack) -> Tasks:
         if task is not None and task.state is TaskState.MERGED:
             building[key] = msgspec.structs.replace(task, state=TaskState.REVERTED)
     return building.finish()
+
+
+def _retry(tasks: Tasks, event: RunRetried) -> tuple[Tasks, str | None]:
+    """The retried tasks are pending again (their attempt numbers go on from where they
+    were); one that cannot be retried makes the whole event an anomaly."""
+    building = tasks.mutate()
+    for task_id in event.task_ids:
+        key = task_key(event.run_id, task_id)
+        task = building.get(key)
+        if task is None:
+            return tasks, f"task {key!r} is not in any recorded plan"
+        target = next_task_state(task.state, "run.retried")
+        if target is None:
+            return tasks, f"task {key!r} cannot take 'run.retried' while {task.state.value}"
+        building[key] = msgspec.structs.replace(task, state=target, worker_id=None, worker_key="")
+    return building.finish(), None
 
 
 def _attempt_problem(task: TaskView, event: TaskEvent) -> str | None:

@@ -43,6 +43,7 @@ from claudecluster.actors.driver import (
     PublishCommand,
     Record,
     Resume,
+    Retry,
     Rollback,
     Tick,
     Verify,
@@ -464,6 +465,10 @@ class Driver:
                 integration = self._integration(effect.event.run_id, Path(effect.repo))
                 await integration.move_to(effect.event.to_commit)
                 return await self._record(effect.event, effect.event_id, None, effect.causation_id)
+            case Retry():
+                head = await self._integration(effect.event.run_id, Path(effect.repo)).head()
+                retried = msgspec.structs.replace(effect.event, head_commit=head)
+                return await self._record(retried, effect.event_id, None, effect.causation_id)
             case PublishCommand():
                 await self._bus.publish(
                     effect.command, command_id=effect.command_id, now=self._options.now()
@@ -618,11 +623,13 @@ class Driver:
             effect.verify_command, effect.verify_timeout_s
         )
         if verdict.passed:
-            return await self._record(effect.done, ids.run_completed_id(effect.run_id), None)
+            return await self._record(
+                effect.done, ids.run_completed_id(effect.run_id, effect.retries), None
+            )
         failed = RunFailed(
             run_id=effect.run_id, reason=f"the final verify failed: {verdict.output}"
         )
-        return await self._record(failed, ids.run_failed_id(effect.run_id), None)
+        return await self._record(failed, ids.run_failed_id(effect.run_id, effect.retries), None)
 
     # -- places --------------------------------------------------------------------------
 

@@ -41,9 +41,11 @@ from claudecluster.events.model import (
     CommandRejected,
     Event,
     FanoutSpec,
+    RetryRun,
     RollbackRun,
     RunCancelled,
     RunPolicy,
+    RunRetried,
     RunRolledBack,
     RunSubmitted,
     SubmitRun,
@@ -451,6 +453,21 @@ class FrontDoor:
         command = RollbackRun(run_id=run_id, to_task=to_task, to_sequence=to_sequence)
         event = await self._answer(command, (RunRolledBack,))
         assert isinstance(event, RunRolledBack)
+        return event
+
+    async def retry(self, run_id: str, task_ids: tuple[str, ...] = ()) -> RunRetried:
+        """Run an ended run's unfinished tasks (or ``task_ids``) again, from its
+        integration branch as it is now; wait for the driver's ``RunRetried``.
+
+        Raises:
+            UnknownEntityError: no run has this id.
+            CommandRefusedError: the driver refused (the run is open or rolled back, a
+                task is unknown or merged).
+            DriverUnavailableError: no driver answered in time.
+        """
+        self.run(run_id)
+        event = await self._answer(RetryRun(run_id=run_id, task_ids=task_ids), (RunRetried,))
+        assert isinstance(event, RunRetried)
         return event
 
     async def _answer(self, command: Command, done: tuple[type[Event], ...]) -> Event:

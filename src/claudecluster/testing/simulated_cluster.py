@@ -40,6 +40,7 @@ from claudecluster.actors.driver import (
     PublishCommand,
     Record,
     Resume,
+    Retry,
     Rollback,
     Tick,
     Verify,
@@ -300,8 +301,9 @@ class SimulatedCluster:
                     if seq is None or isinstance(self.log[-1].envelope.payload, MergeConflict):
                         break
             case Verify():
-                seq = self._append(effect.done, ids.run_completed_id(effect.run_id), None)
-            case Rollback():
+                event_id = ids.run_completed_id(effect.run_id, effect.retries)
+                seq = self._append(effect.done, event_id, None)
+            case Rollback() | Retry():
                 seq = self._append(effect.event, effect.event_id, None)
             case PublishCommand():
                 seq = self._cancel(effect)

@@ -1,14 +1,23 @@
-"""Commands to the driver: submit, cancel a run or a task, roll back."""
+"""Commands to the driver: submit, cancel a run or a task, roll back, retry."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from claudecluster.actors.driver.effects import _HELD_BY_WORKER, _OPEN_RUN, Effect, Record, Rollback
+from claudecluster.actors.driver.effects import (
+    _ACTIVE,
+    _HELD_BY_WORKER,
+    _OPEN_RUN,
+    Effect,
+    Record,
+    Retry,
+    Rollback,
+)
 from claudecluster.actors.driver.reconcile import _record
 from claudecluster.actors.driver.state import DriverState, RunBook, _free, _live_book
 from claudecluster.domain.graph import TaskGraph
 from claudecluster.domain.lifecycle import (
+    RunState,
     TaskState,
 )
 from claudecluster.domain.submission import submission_problem
@@ -19,8 +28,10 @@ from claudecluster.events.model import (
     CancelRun,
     CancelTask,
     CommandRejected,
+    RetryRun,
     RollbackRun,
     RunCancelled,
+    RunRetried,
     RunRolledBack,
     RunSubmitted,
     SubmitRun,
@@ -47,6 +58,8 @@ def _command(state: DriverState, envelope: CommandEnvelope) -> list[Effect]:
             effects = _cancel_task(state, envelope.id, command)
         case RollbackRun():
             effects = _rollback(state, envelope.id, command)
+        case RetryRun():
+            effects = _retry(state, envelope.id, command)
         case _:
             return []  # DrainWorker: the workers act on it themselves
     return _caused_by(envelope.id, effects)
@@ -62,7 +75,7 @@ def _caused_by(command_id: str, effects: list[Effect]) -> list[Effect]:
     """
     for index in range(len(effects) - 1, -1, -1):
         effect = effects[index]
-        if isinstance(effect, Record | Rollback):
+        if isinstance(effect, Record | Rollback | Retry):
             effects[index] = dataclasses.replace(effect, causation_id=command_id)
             break
     return effects
@@ -148,16 +161,22 @@ def _cancel_run(state: DriverState, command_id: str, command: CancelRun) -> list
             effects.append(_cancel_event(state, task, reason))
     # Running attempts: the workers got the same command and stop them themselves.
     event = RunCancelled(run_id=command.run_id, reason=reason)
-    effects.append(
-        _record(state, f"run:{command.run_id}:end", event, ids.run_cancelled_id(command.run_id))
-    )
+    event_id = ids.run_cancelled_id(command.run_id, _retries(state, command.run_id))
+    effects.append(_record(state, f"run:{command.run_id}:end", event, event_id))
     return effects
 
 
 def _cancel_event(state: DriverState, task: TaskView, reason: str) -> Record:
     event = TaskCancelled(run_id=task.run_id, task_id=task.task_id, reason=reason)
     key = f"task:{task.run_id}:{task.task_id}"
-    return _record(state, key, event, ids.task_cancelled_id(task.run_id, task.task_id))
+    event_id = ids.task_cancelled_id(task.run_id, task.task_id, _retries(state, task.run_id))
+    return _record(state, key, event, event_id)
+
+
+def _retries(state: DriverState, run_id: str) -> int:
+    """How many times the open run was retried (0 for one the driver has no book of)."""
+    book = state.runs.get(run_id)
+    return book.retries if book is not None else 0
 
 
 def _cancel_task(state: DriverState, command_id: str, command: CancelTask) -> list[Effect]:
@@ -215,3 +234,82 @@ def _rollback_effect(book: RunBook, index: int, to_sequence: int | None, event_i
         event_id=event_id,
         repo=book.submitted.repo,
     )
+
+
+#: The run states a retry opens again: ended, and not rolled back (a rolled-back run's
+#: branch no longer holds what it merged, so "the rest of the run" means nothing).
+_RETRYABLE_RUN: frozenset[RunState] = frozenset(
+    {RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED}
+)
+#: The task states a retry moves back to pending: everything that did not merge and is
+#: not running. Pending tasks stay pending (a failed run leaves its blocked ones so).
+_RETRYABLE_TASK: frozenset[TaskState] = frozenset(
+    {
+        TaskState.FAILED,
+        TaskState.RETRY_WAIT,
+        TaskState.CANCELLED,
+        TaskState.SKIPPED,
+        TaskState.CONFLICTED,
+        TaskState.SUCCEEDED,
+        TaskState.PREEMPTED,
+    }
+)
+
+
+def _retry(state: DriverState, command_id: str, command: RetryRun) -> list[Effect]:
+    """Open an ended run again: its unfinished tasks (or the named ones) run once more.
+
+    Refused for an open run (it still runs: nothing to retry yet), a rolled-back one, a
+    run whose budget is spent, a run still stopping an attempt, and for task ids the
+    run does not have or that merged. The RunRetried names exactly the tasks that go back
+    to pending, so every reader moves the same ones.
+    """
+    run = state.view.runs.get(command.run_id)
+
+    def reject(reason: str) -> list[Effect]:
+        return [_reject(state, command.run_id, command_id, "run.retry", reason)]
+
+    if run is None:
+        return reject(f"there is no run {command.run_id!r}")
+    if run.state in _OPEN_RUN:
+        return reject(f"run {command.run_id!r} is still {run.state.value}: it has not ended")
+    if run.state not in _RETRYABLE_RUN:
+        return reject(f"run {command.run_id!r} was {run.state.value}: it cannot be retried")
+    book = _live_book(state, command.run_id)
+    if book is None or book.graph is None:
+        return reject(f"run {command.run_id!r} was never planned: submit it again")
+    if book.rejected:
+        return reject(f"run {command.run_id!r} cannot be retried: {book.rejected}")
+    if book.budget_reached:
+        return reject(f"run {command.run_id!r} spent its budget: submit a new run")
+    if book.roll_back or not _free(state, f"run:{command.run_id}:rollback"):
+        return reject(f"run {command.run_id!r} is being rolled back")
+    if not _free(state, f"run:{command.run_id}:retry"):
+        return []  # a retry is being recorded: this one would retry the same tasks
+    tasks = {t.task_id: t for t in state.view.tasks_of(command.run_id)}
+    unknown = sorted({t for t in command.task_ids if t not in tasks})
+    if unknown:
+        return reject(f"run {command.run_id!r} has no task {', '.join(map(repr, unknown))}")
+    merged = sorted(
+        t for t in set(command.task_ids) if tasks[t].state in (TaskState.MERGED, TaskState.REVERTED)
+    )
+    if merged:
+        return reject(f"task {', '.join(map(repr, merged))} merged already: nothing to retry")
+    running = sorted(t for t, task in tasks.items() if task.state in _ACTIVE)
+    if running:
+        return reject(f"task {', '.join(map(repr, running))} still runs: try again once it ends")
+    wanted = set(command.task_ids) or set(tasks)
+    chosen = tuple(sorted(t for t in wanted if tasks[t].state in _RETRYABLE_TASK))
+    pending = any(tasks[t].state is TaskState.PENDING for t in wanted)
+    if not chosen and not pending:
+        return reject(f"run {command.run_id!r} has no task left to retry")
+    event = RunRetried(run_id=command.run_id, task_ids=chosen, head_commit=book.head)
+    return [
+        Retry(
+            key=f"run:{command.run_id}:retry",
+            integration_branch=book.integration_branch,
+            event=event,
+            event_id=ids.run_retried_id(command_id),
+            repo=book.submitted.repo,
+        )
+    ]

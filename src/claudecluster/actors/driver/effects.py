@@ -19,6 +19,7 @@ from claudecluster.events.model import (
     Event,
     MergeConflict,
     RunCompleted,
+    RunRetried,
     RunRolledBack,
     RunSubmitted,
     TaskQueued,
@@ -216,6 +217,8 @@ class Verify:
     repo: str = ""
     verify_command: str = ""
     verify_timeout_s: float = 600.0
+    #: how many times the run was retried (its end's event id is once per round)
+    retries: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +235,21 @@ class Rollback:
 
 
 @dataclass(frozen=True, slots=True)
+class Retry:
+    """Read the integration branch's head and record ``event`` with it as ``head_commit``:
+    the retried tasks start from the branch as it is now, which may have moved since the
+    run ended (a commit made on it by hand, a rollback)."""
+
+    key: str
+    integration_branch: str
+    event: RunRetried
+    event_id: str
+    #: the retry command this records the outcome of (see :class:`Record`)
+    causation_id: str | None = None
+    repo: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class PublishCommand:
     """Publish a command to the workers (say, cancel a failed run's running tasks)."""
 
@@ -240,4 +258,4 @@ class PublishCommand:
     command_id: str
 
 
-Effect = Record | Dispatch | Plan | Merge | MergeBatch | Verify | Rollback | PublishCommand
+Effect = Record | Dispatch | Plan | Merge | MergeBatch | Verify | Rollback | Retry | PublishCommand

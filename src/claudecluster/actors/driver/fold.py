@@ -24,6 +24,7 @@ from claudecluster.events.model import (
     RunEvent,
     RunFailed,
     RunPlanned,
+    RunRetried,
     RunRolledBack,
     RunSubmitted,
     TaskEvent,
@@ -100,6 +101,8 @@ def _fold(state: DriverState, stored: StoredEvent) -> set[str]:
             book.head = event.to_commit
             reverted = set(event.reverted_tasks)
             book.merges = [m for m in book.merges if m[1] not in reverted]
+        case RunRetried() if book is not None and book.graph is not None:
+            _retried(state, book, event)
         case RunBudgetReached() if book is not None:
             book.budget_reached = True
         case CollisionPredicted() if book is not None:
@@ -115,6 +118,38 @@ def _fold(state: DriverState, stored: StoredEvent) -> set[str]:
         case _:
             pass
     return {event.run_id}
+
+
+def _retried(state: DriverState, book: RunBook, event: RunRetried) -> None:
+    """The ended run is open again: the retried tasks are pending, from ``head_commit``.
+
+    Every task not merged waits again for its dependencies not merged; those with none
+    left go back on the ready heap, so the usual scheduling queues them. The attempt
+    numbers go on (and so does their count against max_attempts).
+    """
+    assert book.graph is not None
+    if book.ended:
+        state.active_count += len(book.active)
+    book.ended = False
+    book.retries += 1
+    book.stopping = ""
+    book.head = event.head_commit
+    for task_id in event.task_ids:
+        book.failed.discard(task_id)
+        book.skipped_for.discard(task_id)
+        book.unsent.discard(task_id)
+        for table in (book.retry_at, book.conflicts, book.resolving, book.preempted):
+            table.pop(task_id, None)
+        book.results.pop(task_id, None)
+        _classify(state, book, state.view.tasks[task_key(book.run_id, task_id)])
+    book.ready.clear()
+    for task_id, spec in book.graph.specs.items():
+        if task_id in book.merged:
+            continue
+        book.waiting[task_id] = len({d for d in spec.depends_on if d not in book.merged})
+        task = state.view.tasks[task_key(book.run_id, task_id)]
+        if book.waiting[task_id] == 0 and task.state is TaskState.PENDING:
+            _release(book, task_id)
 
 
 def _plan_refused(state: DriverState, event: RunPlanned, seq: int) -> None:

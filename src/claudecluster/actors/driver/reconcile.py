@@ -406,7 +406,8 @@ def _skip_descendants(state: DriverState, book: RunBook, blocker: TaskView) -> l
             reason=f"depends on {blocker.task_id!r}, which {why}",
             blocked_by=blocker.task_id,
         )
-        effects.append(_record(state, key, event, ids.task_skipped_id(book.run_id, task_id)))
+        event_id = ids.task_skipped_id(book.run_id, task_id, book.retries)
+        effects.append(_record(state, key, event, event_id))
     if not effects and not waiting:
         book.skipped_for.add(blocker.task_id)
     return effects
@@ -682,15 +683,25 @@ def _ending(state: DriverState, book: RunBook) -> list[Effect]:
         for t in book.attention
     )
     unfinished = len(book.graph.specs) - len(book.done) - len(book.failed)
-    if book.stopping or (book.budget_reached and unfinished > 0):
+    # A retry of some of a fail_run run's tasks leaves the others failed: once the rest
+    # is done, the run fails (in a run never retried a failure there stops it at once).
+    left_failed = (
+        book.policy.on_task_failure == "fail_run"
+        and bool(book.failed)
+        and unfinished == 0
+        and not waiting_retry
+    )
+    if book.stopping or left_failed or (book.budget_reached and unfinished > 0):
         reason = book.stopping or (
-            f"the run's budget of ${book.submitted.budget_usd or 0:.2f} was spent with "
+            f"task {', '.join(map(repr, sorted(book.failed)))} failed"
+            if left_failed
+            else f"the run's budget of ${book.submitted.budget_usd or 0:.2f} was spent with "
             f"{unfinished} tasks not done"
         )
         event = RunFailed(
             run_id=book.run_id, reason=reason, failed_tasks=tuple(sorted(book.failed))
         )
-        return [_record(state, key, event, ids.run_failed_id(book.run_id))]
+        return [_record(state, key, event, ids.run_failed_id(book.run_id, book.retries))]
     if unfinished > 0 or waiting_retry:
         return []
     done = _summary(state, book)
@@ -698,9 +709,9 @@ def _ending(state: DriverState, book: RunBook) -> list[Effect]:
         return [
             Verify(key=key, run_id=book.run_id, head=book.head, done=done,
                    repo=book.submitted.repo, verify_command=book.policy.verify_command,
-                   verify_timeout_s=book.policy.verify_timeout_s)
+                   verify_timeout_s=book.policy.verify_timeout_s, retries=book.retries)
         ]  # fmt: skip
-    return [_record(state, key, done, ids.run_completed_id(book.run_id))]
+    return [_record(state, key, done, ids.run_completed_id(book.run_id, book.retries))]
 
 
 def _attempt(state: DriverState, book: RunBook, task_id: str) -> int:

@@ -71,6 +71,9 @@ class RunBook:
     unsent: set[str] = field(default_factory=set)
     budget_reached: bool = False
     ended: bool = False
+    #: how many times the ended run was opened again (RunRetried): the events that are
+    #: once per run (its end, a task's skip) are once per round, their ids say which
+    retries: int = 0
     #: the run failed and its policy says to roll back what it merged
     roll_back: bool = False
     #: why the run must end as failed once nothing runs any more

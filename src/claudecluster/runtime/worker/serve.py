@@ -68,6 +68,7 @@ from claudecluster.events.model import (
     CancelTask,
     Event,
     RunPlanned,
+    RunRetried,
     TaskCancelled,
     TaskFailed,
     WorkerJoined,
@@ -613,10 +614,17 @@ def _one_task(stored: StoredEvent, task_id: str) -> StoredEvent:
     view of every one of them for each work item.
     """
     event = stored.envelope.payload
-    if not isinstance(event, RunPlanned):
+    payload: RunPlanned | RunRetried
+    if isinstance(event, RunPlanned):
+        mine = tuple(spec for spec in event.tasks if spec.task_id == task_id)
+        payload = msgspec.structs.replace(event, tasks=mine)
+    elif isinstance(event, RunRetried):
+        # Cut the same way: a retried task the cut plan does not have would be an anomaly
+        # that voids the whole retry, and this task with it.
+        ids = tuple(t for t in event.task_ids if t == task_id)
+        payload = msgspec.structs.replace(event, task_ids=ids)
+    else:
         return stored
-    mine = tuple(spec for spec in event.tasks if spec.task_id == task_id)
-    payload = msgspec.structs.replace(event, tasks=mine)
     return msgspec.structs.replace(
         stored, envelope=msgspec.structs.replace(stored.envelope, payload=payload)
     )
