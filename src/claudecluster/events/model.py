@@ -110,10 +110,19 @@ Id = Annotated[
         "starting with a letter or digit, at most 64 characters.",
     ),
 ]
+#: The largest integer any event may carry: what msgpack (driver snapshots, frozen run
+#: books) can encode. A larger one is refused where the event is decoded, so it can never
+#: reach a state that then cannot be stored.
+INT_MAX: Final = 2**63 - 1
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
-Count = Annotated[int, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=INT_MAX)]
+#: Any integer an event carries without a range of its own.
+Int = Annotated[int, msgspec.Meta(ge=-INT_MAX, le=INT_MAX)]
 Attempt = Annotated[
-    int, msgspec.Meta(ge=1, description="1 for the first try; each retry or requeue adds one.")
+    int,
+    msgspec.Meta(
+        ge=1, le=INT_MAX, description="1 for the first try; each retry or requeue adds one."
+    ),
 ]
 
 TaskKind = Literal["generate", "refactor", "test", "review", "plan", "resolve"]
@@ -163,13 +172,15 @@ class TaskLimits(msgspec.Struct, frozen=True, kw_only=True):
     """Limits a worker enforces on one attempt; ``None`` means the configured default."""
 
     wall_time_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    max_turns: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_turns: Annotated[int, msgspec.Meta(ge=1, le=INT_MAX)] | None = None
     max_cost_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    memory_mb: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    memory_mb: Annotated[int, msgspec.Meta(ge=1, le=INT_MAX)] | None = None
     max_processes: (
         Annotated[
             int,
-            msgspec.Meta(ge=1, description="pids.max of the attempt's cgroup (threads count)."),
+            msgspec.Meta(
+                ge=1, le=INT_MAX, description="pids.max of the attempt's cgroup (threads count)."
+            ),
         ]
         | None
     ) = None
@@ -228,7 +239,7 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
         tuple[str, ...],
         msgspec.Meta(description="Paths or globs the task expects to change (conflict hints)."),
     ] = ()
-    priority: int = 0
+    priority: Int = 0
     limits: TaskLimits = TaskLimits()
     model: Annotated[
         str,
@@ -266,7 +277,10 @@ class RunPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     max_attempts: Annotated[
-        int, msgspec.Meta(ge=1, description="Attempts a task gets before it fails for good.")
+        int,
+        msgspec.Meta(
+            ge=1, le=INT_MAX, description="Attempts a task gets before it fails for good."
+        ),
     ] = 3
     retry_classes: Annotated[
         tuple[FailureClass, ...],
@@ -301,6 +315,7 @@ class RunPolicy(msgspec.Struct, frozen=True, kw_only=True):
         int,
         msgspec.Meta(
             ge=1,
+            le=INT_MAX,
             description="With verify_when 'each': how many ready results are merged and "
             "verified together at most; a failing batch is bisected to its culprit. "
             "1 verifies every result on its own.",
@@ -310,6 +325,7 @@ class RunPolicy(msgspec.Struct, frozen=True, kw_only=True):
         int,
         msgspec.Meta(
             ge=1,
+            le=INT_MAX,
             description="Verify runs at once while bisecting a failed batch, each in its own "
             "worktree: k runs find the culprit in log_(k+1) of the batch size rounds.",
         ),
@@ -352,7 +368,7 @@ class FanoutSpec(msgspec.Struct, frozen=True, kw_only=True):
     glob: str
     prompt_template: str
     kind: TaskKind = "refactor"
-    max_tasks: Annotated[int, msgspec.Meta(ge=1)] = 500
+    max_tasks: Annotated[int, msgspec.Meta(ge=1, le=INT_MAX)] = 500
 
 
 class PredictedConflict(msgspec.Struct, frozen=True, kw_only=True):
@@ -370,8 +386,8 @@ class ChangedFile(msgspec.Struct, frozen=True, kw_only=True):
     """One file a commit changed, with the lines added and deleted (None for binary)."""
 
     path: str
-    added: int | None = None
-    deleted: int | None = None
+    added: Count | None = None
+    deleted: Count | None = None
 
 
 class ArtifactRef(msgspec.Struct, frozen=True, kw_only=True):
@@ -437,7 +453,7 @@ class RunSubmitted(RunEvent, frozen=True, kw_only=True, tag="run.submitted"):
     base_ref: str = "HEAD"
     planner: Literal["plan_file", "claude", "fanout", "inline"] = "inline"
     budget_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    max_parallel: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_parallel: Annotated[int, msgspec.Meta(ge=1, le=INT_MAX)] | None = None
     submitted_by: str = ""
     policy: RunPolicy = RunPolicy()
     plan: Annotated[
@@ -506,6 +522,7 @@ class RunCompleted(RunEvent, frozen=True, kw_only=True, tag="run.completed"):
         int,
         msgspec.Meta(
             ge=0,
+            le=INT_MAX,
             description="Attempts stopped early because they were predicted to collide "
             "with an earlier task's, and run again on top of its merge (on_collision: "
             "restart_later). Not failures; their tasks are counted by how they ended.",
@@ -546,7 +563,7 @@ class RunRolledBack(RunEvent, frozen=True, kw_only=True, tag="run.rolled_back"):
     """The integration branch was moved back to a commit an earlier event recorded."""
 
     to_commit: str
-    to_sequence: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    to_sequence: Annotated[int, msgspec.Meta(ge=0, le=INT_MAX)] | None = None
     reverted_tasks: tuple[Id, ...] = ()
 
 
@@ -636,6 +653,7 @@ class TaskSucceeded(TaskEvent, frozen=True, kw_only=True, tag="task.succeeded"):
         int,
         msgspec.Meta(
             ge=0,
+            le=INT_MAX,
             description="The part of duration_ms spent waiting on the model (0: not "
             "known, as for shell tasks). Other attempts running beside it slow the machine, "
             "not the model, so this is the attempt's time that contention does not inflate.",
@@ -667,7 +685,7 @@ class TaskRetryScheduled(TaskEvent, frozen=True, kw_only=True, tag="task.retry_s
 class TaskCancelled(TaskEvent, frozen=True, kw_only=True, tag="task.cancelled"):
     """The task will not run (further); its workspace was cleaned."""
 
-    attempt: Annotated[int, msgspec.Meta(ge=0)] = 0
+    attempt: Annotated[int, msgspec.Meta(ge=0, le=INT_MAX)] = 0
     reason: str = ""
 
 
@@ -804,7 +822,8 @@ class DriverLeaseTaken(DriverEvent, frozen=True, kw_only=True, tag="driver.lease
     """
 
     epoch: Annotated[
-        int, msgspec.Meta(ge=1, description="The lease's revision in the cc_leases bucket.")
+        int,
+        msgspec.Meta(ge=1, le=INT_MAX, description="The lease's revision in the cc_leases bucket."),
     ]
     host: str = ""
     pid: Count = 0
@@ -839,7 +858,7 @@ class WorkerJoined(WorkerEvent, frozen=True, kw_only=True, tag="worker.joined"):
     pool: str = "default"
     host: str = ""
     pid: Count = 0
-    slots: Annotated[int, msgspec.Meta(ge=1)] = 1
+    slots: Annotated[int, msgspec.Meta(ge=1, le=INT_MAX)] = 1
     capabilities: tuple[str, ...] = ()
     version: str = ""
     reason: Annotated[
@@ -874,7 +893,7 @@ class WorkerLeft(WorkerEvent, frozen=True, kw_only=True, tag="worker.left"):
 class WorkerLost(WorkerEvent, frozen=True, kw_only=True, tag="worker.lost"):
     """The driver stopped hearing from a worker and no longer counts on it."""
 
-    last_seen_seq: Annotated[int, msgspec.Meta(ge=0)] = 0
+    last_seen_seq: Annotated[int, msgspec.Meta(ge=0, le=INT_MAX)] = 0
     reason: str = "heartbeats stopped"
     orphaned_tasks: tuple[str, ...] = ()
 
@@ -945,7 +964,7 @@ class SubmitRun(CommandBase, frozen=True, kw_only=True, tag="run.submit"):
     plan: tuple[TaskSpec, ...] | None = None
     planner: Literal["plan_file", "claude", "fanout", "inline"] = "inline"
     budget_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    max_parallel: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_parallel: Annotated[int, msgspec.Meta(ge=1, le=INT_MAX)] | None = None
     policy: RunPolicy = RunPolicy()
     plan_source: str = ""
     fanout: FanoutSpec | None = None
@@ -978,7 +997,7 @@ class CancelTask(CommandBase, frozen=True, kw_only=True, tag="task.cancel"):
     task_id: Id
     reason: str = ""
     attempt: Annotated[
-        int, msgspec.Meta(ge=0, description="Only this attempt; 0: whichever is live.")
+        int, msgspec.Meta(ge=0, le=INT_MAX, description="Only this attempt; 0: whichever is live.")
     ] = 0
 
 
@@ -987,7 +1006,7 @@ class RollbackRun(CommandBase, frozen=True, kw_only=True, tag="run.rollback"):
 
     run_id: Id
     to_task: Id | None = None
-    to_sequence: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    to_sequence: Annotated[int, msgspec.Meta(ge=0, le=INT_MAX)] | None = None
 
 
 class RetryRun(CommandBase, frozen=True, kw_only=True, tag="run.retry"):

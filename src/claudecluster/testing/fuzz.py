@@ -46,6 +46,7 @@ from claudecluster.events.model import (
     Command,
     DrainWorker,
     FanoutSpec,
+    RetryRun,
     RollbackRun,
     SubmitRun,
     TaskSpec,
@@ -116,6 +117,7 @@ def _sample_commands() -> list[bytes]:
         CancelRun(run_id="sample-happy", reason="r"),
         CancelTask(run_id="sample-happy", task_id="schema", reason="r"),
         RollbackRun(run_id="sample-happy", to_task="schema"),
+        RetryRun(run_id="sample-happy", task_ids=("schema",)),
         DrainWorker(worker_id="w1"),
     ]
     return [
