@@ -39,6 +39,16 @@ def test_a_merged_run_is_pushed_to_the_bare_remote_under_its_branch(tmp_path: Pa
     assert _git("-C", str(remote), "show", "claudecluster/p1:d.txt") == "a\na"
 
 
+def test_push_alone_pushes_to_origin(tmp_path: Path) -> None:
+    repo = _repo_with_plan(tmp_path, DIAMOND)
+    remote = _bare_remote(tmp_path, repo)  # the repository's origin
+    result = cli("run", "diamond", "--plan", str(tmp_path / "plan.yaml"), "--run-id", "p0",
+                 "--workers", "2", "--push", cwd=repo)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pushed claudecluster/p0 to origin" in result.stdout
+    assert _git("-C", str(remote), "show", "claudecluster/p0:d.txt") == "a\na"
+
+
 def test_a_run_with_a_failed_task_is_not_pushed(tmp_path: Path) -> None:
     plan = "tasks:\n  - {id: a, prompt: 'exit 3', executor: shell}\n"
     repo = _repo_with_plan(tmp_path, plan)
@@ -166,7 +176,7 @@ def test_pr_without_a_token_or_a_push_is_refused_before_the_run(tmp_path: Path) 
     assert "GH_TOKEN or GITHUB_TOKEN" in no_token.stderr
     no_push = cli("run", "d", "--plan", plan, "--pr", cwd=repo, env=clean_env(GH_TOKEN="t"))
     assert no_push.returncode == 2
-    assert "needs --push REMOTE" in no_push.stderr
+    assert "needs --push" in no_push.stderr
 
 
 @pytest.mark.parametrize(

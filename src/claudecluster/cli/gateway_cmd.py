@@ -91,7 +91,12 @@ async def _serve(settings: Settings, verifier: TokenVerifier, workers: int) -> N
     gateway = settings.gateway
     async with (
         open_configured_cluster(settings, name="claudecluster-gateway") as conn,
-        open_front_door(conn, max_tasks=settings.driver.max_tasks) as door,
+        open_front_door(
+            conn,
+            max_tasks=settings.driver.max_tasks,
+            default_task_limits=settings.limits.task_limits(),
+            default_budget_usd=settings.limits.budget_usd,
+        ) as door,
         AsyncExitStack() as stack,
     ):
         if conn.embedded:  # nothing else acts on commands there: run a driver and workers

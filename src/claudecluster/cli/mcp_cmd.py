@@ -84,7 +84,12 @@ def _stop_children(signum: int, frame: object) -> None:
 async def _serve(settings: Settings, project: Path, workers: int) -> None:
     async with (
         open_configured_cluster(settings, project_dir=project, name="claudecluster-mcp") as conn,
-        open_front_door(conn, max_tasks=settings.driver.max_tasks) as door,
+        open_front_door(
+            conn,
+            max_tasks=settings.driver.max_tasks,
+            default_task_limits=settings.limits.task_limits(),
+            default_budget_usd=settings.limits.budget_usd,
+        ) as door,
         AsyncExitStack() as stack,
     ):
         if conn.embedded:  # nothing else acts on commands there: run a driver and workers

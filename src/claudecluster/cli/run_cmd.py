@@ -85,7 +85,7 @@ def run(
     rollback_on_failure: bool | None = None,
     yes: bool = False,
     dry_run: bool = False,
-    push: str | None = None,
+    push: bool | str = False,
     pr: bool = False,
 ) -> int:
     """Split a goal into tasks, run them in parallel with Claude Code, merge the results.
@@ -97,7 +97,8 @@ def run(
     Without a NATS URL this starts the embedded nats-server, a driver and N local
     workers; with --nats it submits to the driver and workers already running there.
     The result is the branch claudecluster/RUN in the repository; your checkout is never
-    touched. --push REMOTE pushes that branch to the remote once every task merged.
+    touched. --push [REMOTE] pushes that branch to the remote (origin unless named) once
+    every task merged.
 
     Ctrl-C asks whether to cancel the run or detach from it (on the embedded cluster a
     detached run pauses and goes on the next time a driver and workers run).
@@ -149,14 +150,17 @@ def run(
         rollback_on_failure: A failed run resets its branch to the base (default: off).
         yes: Run the previewed plan without asking (needed without a terminal).
         dry_run: Show the plan (planned here, or the --plan file) and stop.
-        push: A remote (name or URL) to push the branch claudecluster/RUN to, under the
-            same name, when the run ends with every task merged; checked before the run.
+        push: Push the branch claudecluster/RUN, under the same name, when the run ends
+            with every task merged: to origin, or to the remote (name or URL) given after
+            it; checked before the run.
         pr: With --push, open a GitHub pull request of the pushed branch (token from
             GH_TOKEN or GITHUB_TOKEN; github.api_url, github.repository, github.base).
     """
     refuse_git_url(repo)
-    if pr and push is None:
-        raise ConfigError("pr", "flag --pr", "needs --push REMOTE: the branch must be pushed")
+    # --push alone is origin; --push NAME (or URL) that remote; without it, no push.
+    remote = "origin" if push is True else (push or None)
+    if pr and remote is None:
+        raise ConfigError("pr", "flag --pr", "needs --push: the branch must be pushed")
     token = github_token(os.environ) if pr else None
     repo = repo.resolve()
     flags: dict[str, object] = {"nats": {"url": nats}} if nats else {}
@@ -209,7 +213,7 @@ def run(
             console,
             detach,
             include_uncommitted,
-            push,
+            remote,
         )
     except Detached as left:
         console.print(f"run {left.run_id} goes on without this command; follow it with "
@@ -220,13 +224,13 @@ def run(
         return EXIT_OK
     print_summary(console, end)
     code = _exit_code(end)
-    if push is not None and code == EXIT_OK:
-        code = _push(console, repo, push, end)
+    if remote is not None and code == EXIT_OK:
+        code = _push(console, repo, remote, end)
         if token is not None and code == EXIT_OK:
-            code = _pull_request(console, settings, repo, push, token, end)
+            code = _pull_request(console, settings, repo, remote, token, end)
         return code
-    if push is not None:
-        console.print(f"not pushed to {push}: not every task merged", markup=False)
+    if remote is not None:
+        console.print(f"not pushed to {remote}: not every task merged", markup=False)
     return code
 
 

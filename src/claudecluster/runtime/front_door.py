@@ -23,6 +23,7 @@ from typing import Final, Literal
 from uuid import uuid4
 
 import anyio
+import msgspec
 from anyio.abc import TaskStatus
 
 from claudecluster.domain.graph import validate_graph
@@ -50,6 +51,7 @@ from claudecluster.events.model import (
     RunSubmitted,
     SubmitRun,
     TaskCancelled,
+    TaskLimits,
     TaskSkipped,
     TaskSpec,
     is_id,
@@ -73,8 +75,11 @@ __all__ = [
     "new_run_id",
     "open_front_door",
     "submit_run_command",
+    "with_safe_defaults",
 ]
 
+#: No limits at all: what a front door adds when no defaults are configured.
+NO_LIMITS: Final = TaskLimits()
 #: How long a front door waits for the driver to answer a command.
 DEFAULT_ANSWER_TIMEOUT_S: Final = 30.0
 #: A front door snapshots its view this often, if this many events came since the last.
@@ -114,6 +119,20 @@ def _key_problem(key: str) -> str | None:
     if not set(key) <= _KEY_CHARS:
         return "printable ASCII only (no spaces or control characters)"
     return None
+
+
+def with_safe_defaults(
+    command: SubmitRun, *, task_limits: TaskLimits, budget_usd: float | None
+) -> SubmitRun:
+    """``command`` with the configured defaults where it names none: per-task limits in
+    its policy (a task's own limits still win, field by field, at dispatch) and a budget.
+    """
+    changes: dict[str, object] = {}
+    if command.policy.task_limits == NO_LIMITS and task_limits != NO_LIMITS:
+        changes["policy"] = msgspec.structs.replace(command.policy, task_limits=task_limits)
+    if command.budget_usd is None and budget_usd is not None:
+        changes["budget_usd"] = budget_usd
+    return msgspec.structs.replace(command, **changes) if changes else command
 
 
 def submit_run_command(
@@ -256,10 +275,16 @@ class FrontDoor:
         answer_timeout_s: float = DEFAULT_ANSWER_TIMEOUT_S,
         max_tasks: int = DEFAULT_MAX_TASKS,
         snapshots: SnapshotStore | None = None,
+        default_task_limits: TaskLimits = NO_LIMITS,
+        default_budget_usd: float | None = None,
     ) -> None:
         self._conn = conn
         self._answer_timeout_s = answer_timeout_s
         self.max_tasks = max_tasks
+        #: The configured safe defaults (the ``limits`` section) a submission gets where it
+        #: names none, whichever door it came through: HTTP, MCP or the CLI.
+        self.default_task_limits = default_task_limits
+        self.default_budget_usd = default_budget_usd
         self._snapshots = snapshots or JetStreamSnapshotStore(conn.client.jetstream())
         self._view = ClusterView()
         self._last_id = ""  # the envelope id of the event at self._view.last_seq
@@ -367,6 +392,9 @@ class FrontDoor:
             DriverUnavailableError: ``wait`` and no driver recorded it in time.
             EventStoreError: the command could not be published.
         """
+        command = with_safe_defaults(
+            command, task_limits=self.default_task_limits, budget_usd=self.default_budget_usd
+        )
         bound = submission_problem(command, max_tasks=self.max_tasks)
         if bound is not None:
             raise ConfigError(bound[0], "request", bound[1])
@@ -576,6 +604,8 @@ async def open_front_door(
     *,
     answer_timeout_s: float = DEFAULT_ANSWER_TIMEOUT_S,
     max_tasks: int = DEFAULT_MAX_TASKS,
+    default_task_limits: TaskLimits = NO_LIMITS,
+    default_budget_usd: float | None = None,
 ) -> AsyncIterator[FrontDoor]:
     """A front door on ``conn`` whose view has caught up with the log; closed on exit.
 
@@ -583,11 +613,15 @@ async def open_front_door(
         conn: the cluster connection.
         answer_timeout_s: how long to wait for the driver's answer to a command.
         max_tasks: the configured cap on a run's tasks (``driver.max_tasks``).
+        default_task_limits: per-task limits a submission gets where it names none.
+        default_budget_usd: the budget a submission gets where it names none.
 
     Raises:
         EventStoreError: the log could not be read.
     """
-    door = FrontDoor(conn, answer_timeout_s=answer_timeout_s, max_tasks=max_tasks)
+    door = FrontDoor(conn, answer_timeout_s=answer_timeout_s, max_tasks=max_tasks,
+                     default_task_limits=default_task_limits,
+                     default_budget_usd=default_budget_usd)  # fmt: skip
     async with anyio.create_task_group() as group:
         await group.start(door.follow)
         group.start_soon(door.keep_snapshotting)
