@@ -6,6 +6,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 import nats.js.errors
@@ -15,6 +16,7 @@ from nats.js.api import KeyValueConfig
 from claudecluster.errors import EventDecodeError
 from claudecluster.events.liveness import WorkerLiveness, decode_liveness, encode_liveness
 from claudecluster.runtime.connection import open_nats
+from claudecluster.transport import liveness
 from claudecluster.transport.liveness import (
     JetStreamWorkerRegistry,
     MemoryWorkerRegistry,
@@ -95,3 +97,40 @@ def test_a_record_round_trips_and_a_foreign_or_newer_one_is_refused_by_name() ->
         decode_liveness(b'{"worker_id": "w1", "pool": "default", "slots": 1, "running": []}')
     with pytest.raises(EventDecodeError, match="version 2"):
         decode_liveness(encode_liveness(beat("w1", 0, version=2)))
+
+
+async def test_a_quiet_jetstream_watch_is_made_again_and_still_sees_every_worker(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watch that hears nothing for WATCH_QUIET_S is made again (one the server stopped
+    feeding after a partition stayed silent for good); the new one gives the current
+    entries again, so nothing written meanwhile is missed."""
+    monkeypatch.setattr(liveness, "WATCH_QUIET_S", 0.3)
+    bucket = f"cc_workers_test_{uuid.uuid4().hex[:8]}"
+    async with open_nats(nats_url, name="registry-quiet-test") as client:
+        js = client.jetstream()
+        await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=30))
+        try:
+            registry = JetStreamWorkerRegistry(js, bucket)
+            made = 0
+            watching = registry._watching
+
+            @contextlib.asynccontextmanager
+            async def counted() -> AsyncIterator[Any]:
+                nonlocal made
+                made += 1
+                async with watching() as updates:
+                    yield updates
+
+            monkeypatch.setattr(registry, "_watching", counted)
+            await registry.put(beat("w1", 0))
+            with anyio.fail_after(_WAIT_S):
+                watch = registry.watch()
+                first = await anext(watch)
+                second = await anext(watch)  # after a quiet spell: the watch made again
+                await watch.aclose()  # type: ignore[attr-defined]
+        finally:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_key_value(bucket)
+    assert first == second == beat("w1", 0)
+    assert made == 2

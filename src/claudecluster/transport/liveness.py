@@ -36,6 +36,12 @@ __all__ = [
 
 REGISTRY_BUCKET: Final = "cc_workers"
 _WATCH_RETRY_S: Final = 1.0
+#: A watch that has seen nothing for this long is made again. Every live worker writes its
+#: entry every 5 s, so a silent watch is either a pool with no worker (and making it again
+#: costs one request) or one the server stopped feeding: seen after a partition healed, a
+#: watch made while the driver's server had no quorum stayed silent for good, the driver
+#: took every worker for lost and requeued each attempt the moment it was assigned.
+WATCH_QUIET_S: Final = 15.0
 _log = get_logger(__name__)
 
 
@@ -176,7 +182,17 @@ class JetStreamWorkerRegistry:
         while True:
             try:
                 async with self._watching() as updates:
-                    async for entry in updates:
+                    entries = aiter(updates)
+                    while True:
+                        try:
+                            with anyio.move_on_after(WATCH_QUIET_S) as quiet:
+                                entry = await anext(entries)
+                        except StopAsyncIteration:
+                            break  # the watcher ended: watch again
+                        if quiet.cancelled_caught:
+                            _log.info("worker registry quiet; watching again",
+                                      quiet_s=WATCH_QUIET_S)  # fmt: skip
+                            break
                         if entry is None:
                             continue
                         record = self._decoded(entry)
