@@ -7,6 +7,7 @@ in-memory tests may ask for both backends with the ``both_backends`` fixture par
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -72,6 +73,35 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("faults"):
             item.add_marker(pytest.mark.xdist_group("faults"))
+
+
+#: Where to append one JSON line per test with the CPU it cost (itself and the processes
+#: it started and waited for). Wall durations (--durations) lie on a loaded machine;
+#: CPU seconds say what a test costs wherever it runs, so this is what to cut by.
+CPU_REPORT_VARIABLE = "CC_TEST_CPU_REPORT"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """With ``CC_TEST_CPU_REPORT=FILE``, record each test's CPU seconds into FILE."""
+    report = os.environ.get(CPU_REPORT_VARIABLE)
+    if not report:
+        yield
+        return
+    before = os.times()
+    yield
+    after = os.times()
+    own = (after.user - before.user) + (after.system - before.system)
+    children = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
+    )
+    line = {
+        "test": item.nodeid,
+        "cpu_s": round(own + children, 3),
+        "children_s": round(children, 3),
+    }
+    with open(report, "a", encoding="utf-8") as sink:
+        sink.write(json.dumps(line) + "\n")
 
 
 @pytest.fixture
