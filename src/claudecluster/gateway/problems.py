@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from claudecluster.errors import (
+    AmbiguousTaskError,
     AuthenticationError,
     ClusterError,
     CommandRefusedError,
@@ -178,8 +179,10 @@ def problem_for(exc: ClusterError) -> Problem:
             return Problem(404, "Not Found", str(exc))
         case CommandRefusedError():
             return Problem(409, "Conflict", str(exc))
+        case AmbiguousTaskError():
+            return invalid("task_id", str(exc))
         case ConfigError():
-            return invalid(f"$.{exc.key}" if exc.key != "task" else "task_id", exc.problem)
+            return invalid(f"$.{exc.key}", exc.problem)
         case GraphError():
             return invalid("$.plan", str(exc))
         case InvalidIdError():

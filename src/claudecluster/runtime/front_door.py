@@ -325,7 +325,7 @@ class FrontDoor:
 
         Raises:
             UnknownEntityError: no such task.
-            ConfigError: the task id is ambiguous.
+            AmbiguousTaskError: several runs have a task of that id.
         """
         return find_task(self._view, ref)
 
@@ -341,7 +341,7 @@ class FrontDoor:
 
         Raises:
             UnknownEntityError: no such task.
-            ConfigError: the task id is ambiguous.
+            AmbiguousTaskError: several runs have a task of that id.
             EventStoreError: the log could not be read.
         """
         task = self.task(ref)
@@ -426,7 +426,7 @@ class FrontDoor:
 
         Raises:
             UnknownEntityError: no such run or task.
-            ConfigError: the task id is ambiguous.
+            AmbiguousTaskError: several runs have a task of that id.
             CommandRefusedError: the driver refused (e.g. it already ended).
             DriverUnavailableError: no driver answered in time.
         """

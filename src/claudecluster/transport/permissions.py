@@ -18,10 +18,9 @@ from typing import Final, Literal
 import pydantic
 import yaml
 
+from claudecluster.config_files import config_error, data_dir, parse_yaml
 from claudecluster.errors import ConfigError
-from claudecluster.resources import data_dir
 from claudecluster.transport.topology import Topology, load_topology
-from claudecluster.validation import config_error, parse_yaml
 
 __all__ = [
     "ROLES",

@@ -35,10 +35,9 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from claudecluster.config_files import config_error, data_dir, parse_yaml
 from claudecluster.errors import ConfigError, EventStoreError
 from claudecluster.observability.logging import get_logger
-from claudecluster.resources import data_dir
-from claudecluster.validation import config_error, parse_yaml
 
 __all__ = [
     "COMMANDS_STREAM",

@@ -1,8 +1,16 @@
-"""Reading configuration: YAML parsed once, pydantic errors as one clear :class:`ConfigError`."""
+"""Configuration files: where the packaged ones are, how YAML is parsed, and pydantic's
+errors as one clear :class:`ConfigError`.
+
+The canonical copies of the data files (the NATS topology, permissions and server configs)
+live at the repository's top level (``nats/``) where operators look for them; a built wheel
+carries the same files under ``claudecluster/_data``. A source checkout (editable install)
+reads the top-level folder directly.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 import pydantic
@@ -10,11 +18,24 @@ import yaml
 
 from claudecluster.errors import ConfigError
 
-__all__ = ["config_error", "dotted", "parse_yaml"]
+__all__ = ["config_error", "data_dir", "dotted", "parse_yaml"]
 
 #: libyaml's parser when PyYAML was built with it (the wheels are): the pure-Python one
 #: spent about 45 ms of every CLI call on the two topology and permission files alone.
 _SAFE_LOADER: Final[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_PACKAGE: Final = Path(__file__).resolve().parent
+
+
+def data_dir(name: str) -> Path:
+    """The directory holding the data folder ``name`` (for example ``nats``).
+
+    Raises:
+        FileNotFoundError: neither the packaged nor the source-checkout copy exists.
+    """
+    for candidate in (_PACKAGE / "_data" / name, _PACKAGE.parents[1] / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"data folder {name!r} is missing from this installation")
 
 
 def parse_yaml(text: str) -> Any:
