@@ -38,7 +38,7 @@ ALLOWED_INTERNAL = {
     "observability": {"observability"},
     # Adapters for processes and git: below runtime, beside transport.
     "executors": {"executors", "events", "domain", "errors", "observability"},
-    "workspace": {"workspace", "errors"},
+    "workspace": {"workspace", "events", "errors"},
     "runtime": {
         "events", "domain", "projections", "actors", "runtime", "transport", "errors",
         "observability", "config_files", "settings", "executors", "workspace",

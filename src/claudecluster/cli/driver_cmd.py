@@ -26,7 +26,7 @@ from claudecluster.runtime.sandboxing import NO_SANDBOX_NOTE, confinement_for
 from claudecluster.runtime.standby import StandbyDriver
 from claudecluster.settings import Settings, load_settings
 from claudecluster.transport.base import EventLog
-from claudecluster.transport.leases import JetStreamLeaseStore
+from claudecluster.transport.infrastructure import jetstream_infrastructure
 
 __all__ = ["driver"]
 
@@ -108,16 +108,17 @@ async def _serve(
         replicas=settings.nats.replicas,
         auth=configured_auth(settings, "driver"),
     ) as (client, log):
-        js = client.jetstream()
+        seams = jetstream_infrastructure(log, client, command_ack_wait_s=options.command_ack_wait_s)
         runner: Driver | StandbyDriver
         if settings.driver.standby:
 
             def make_driver(fenced: EventLog, holding: Callable[[], bool]) -> Driver:
-                return Driver(fenced, js, dataclasses.replace(options, holding=holding))
+                held = dataclasses.replace(options, holding=holding)
+                return Driver(fenced, options=held, infrastructure=seams)
 
             runner = StandbyDriver(
-                store=JetStreamLeaseStore(js),
-                js=js,
+                store=seams.leases,
+                js=client.jetstream(),  # the fence: a conditional append of its own
                 log=log,
                 make_driver=make_driver,
                 config=LeaseConfig(
@@ -128,7 +129,7 @@ async def _serve(
                 on_change=announce,
             )
         else:
-            runner = Driver(log, js, options)
+            runner = Driver(log, options=options, infrastructure=seams)
         async with anyio.create_task_group() as group:
             if health_at is not None:
                 host, port = health_at

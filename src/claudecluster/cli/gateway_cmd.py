@@ -21,8 +21,7 @@ from claudecluster.gateway import open_gateway, openapi_text
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor, redact_url
 from claudecluster.runtime.connection import open_configured_cluster
-from claudecluster.runtime.front_door import open_front_door
-from claudecluster.runtime.local_cluster import open_local_services
+from claudecluster.runtime.local_cluster import open_serving_front_door
 from claudecluster.settings import Settings, load_settings
 
 __all__ = ["create", "openapi", "serve"]
@@ -91,18 +90,9 @@ async def _serve(settings: Settings, verifier: TokenVerifier, workers: int) -> N
     gateway = settings.gateway
     async with (
         open_configured_cluster(settings, name="claudecluster-gateway") as conn,
-        open_front_door(
-            conn,
-            max_tasks=settings.driver.max_tasks,
-            default_task_limits=settings.limits.task_limits(),
-            default_budget_usd=settings.limits.budget_usd,
-        ) as door,
+        open_serving_front_door(conn, settings, workers=workers, project_dir=Path.cwd()) as door,
         AsyncExitStack() as stack,
     ):
-        if conn.embedded:  # nothing else acts on commands there: run a driver and workers
-            await stack.enter_async_context(
-                open_local_services(conn, settings, workers=workers, project_dir=Path.cwd())
-            )
         # Imported here, not at the top: the mcp package is most of the CPU every CLI
         # process (each worker and driver too) spends starting, and only this command needs it.
         from claudecluster.mcp_server.http_endpoint import mcp_for_gateway

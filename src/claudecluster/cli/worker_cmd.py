@@ -17,6 +17,7 @@ from claudecluster.runtime.join import decode_join_token, install_join_token
 from claudecluster.runtime.sandboxing import NO_SANDBOX_NOTE, confinement_for
 from claudecluster.runtime.worker import Worker, WorkerConfig, new_worker_id
 from claudecluster.settings import Settings, load_settings
+from claudecluster.transport.infrastructure import jetstream_infrastructure
 
 __all__ = ["worker"]
 
@@ -143,7 +144,10 @@ async def _serve(settings: Settings, config: WorkerConfig) -> None:
     ):
         # History and result bundles on a connection of their own: hundreds of MB moving
         # never queue ahead of heartbeats, events and commands.
-        runner = Worker(config, log, client, transfer_client=transfers)
+        seams = jetstream_infrastructure(
+            log, client, transfer_client=transfers, work_ack_wait_s=config.ack_wait_s
+        )
+        runner = Worker(config, log, infrastructure=seams)
         async with anyio.create_task_group() as group:
             group.start_soon(_drain_on_signal, runner, console)
             async with anyio.create_task_group() as serving:

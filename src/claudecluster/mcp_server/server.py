@@ -77,6 +77,7 @@ from claudecluster.mcp_server.models import (
     worker_result,
 )
 from claudecluster.mcp_server.run_changes import RUNS_URI, RunChanges, subscribable_run
+from claudecluster.projections.tasks import progress_text
 from claudecluster.reporting import render_markdown, run_record
 from claudecluster.runtime.front_door import FrontDoor, submit_run_command
 from claudecluster.runtime.plan_previews import PlanDrafter, pool_size, preview_submission
@@ -476,7 +477,8 @@ def build_mcp_server(
                     seq=stored.seq,
                     attempt=event.attempt,
                     at=stored.envelope.occurred_at,
-                    text=f"[{event.kind}] {event.tool + ': ' if event.tool else ''}{event.text}",
+                    text=f"[{event.kind}] {event.tool + ': ' if event.tool else ''}"
+                    f"{progress_text(event)}",
                 )
                 for stored in await door.task_events(f"{found.run_id}/{found.task_id}")
                 if isinstance(event := stored.envelope.payload, TaskProgress)
