@@ -11,19 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import pydantic
 import yaml
 
 from claudecluster.errors import ConfigError
 
-__all__ = ["config_error", "data_dir", "dotted", "parse_yaml"]
+__all__ = ["config_error", "data_dir", "dotted", "load_yaml_model", "parse_yaml"]
 
 #: libyaml's parser when PyYAML was built with it (the wheels are): the pure-Python one
 #: spent about 45 ms of every CLI call on the two topology and permission files alone.
 _SAFE_LOADER: Final[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _PACKAGE: Final = Path(__file__).resolve().parent
+_Model = TypeVar("_Model", bound=pydantic.BaseModel)
 
 
 def data_dir(name: str) -> Path:
@@ -68,3 +69,22 @@ def config_error(exc: pydantic.ValidationError, source_of: Callable[[str], str])
     if more > 0:
         problem += f" (and {more} more problem{'s' if more > 1 else ''})"
     return ConfigError(key, source_of(key), problem)
+
+
+def load_yaml_model(source: Path, model: type[_Model]) -> _Model:
+    """The YAML file ``source`` read and validated as ``model``.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or not valid; names the key and file.
+    """
+    where = f"file {source}"
+    try:
+        raw = parse_yaml(source.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError("(file)", where, f"cannot read it: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("(file)", where, f"not valid YAML: {exc}") from None
+    try:
+        return model.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise config_error(exc, lambda _key: where) from None

@@ -12,7 +12,7 @@ import anyio.abc
 from rich.console import Console
 
 from claudecluster.actors.lease import LeaseConfig
-from claudecluster.cli.app import EXIT_OK
+from claudecluster.cli.app import EXIT_OK, flag_settings
 from claudecluster.errors import ConfigError
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
 from claudecluster.executors.confinement import Confinement
@@ -24,7 +24,7 @@ from claudecluster.runtime.driver_health import DriverHealth, driver_health_app
 from claudecluster.runtime.http_server import open_http_server
 from claudecluster.runtime.sandboxing import NO_SANDBOX_NOTE, confinement_for
 from claudecluster.runtime.standby import StandbyDriver
-from claudecluster.settings import Settings, load_settings
+from claudecluster.settings import Settings
 from claudecluster.transport.base import EventLog
 from claudecluster.transport.infrastructure import jetstream_infrastructure
 
@@ -64,14 +64,8 @@ def driver(
         health_host: The address for /health and /metrics: loopback unless something
             outside this host scrapes it (0.0.0.0 in a container).
     """
-    flags: dict[str, object] = {}
-    if nats:
-        flags["nats"] = {"url": nats}
-    if work_dir is not None:
-        flags["driver"] = {"work_dir": str(work_dir.resolve())}
-    if no_sandbox:
-        flags["sandbox"] = {"enabled": False}
-    settings = load_settings(config_file=config, flags=flags or None).settings
+    own = {"driver": {"work_dir": str(work_dir.resolve())}} if work_dir is not None else None
+    settings = flag_settings(config, nats=nats, no_sandbox=no_sandbox, sections=own)
     if not settings.nats.url:
         raise ConfigError("nats.url", "default", "the driver needs a NATS URL (--nats URL)")
     configure_logging(level=settings.logging.level, redactor=Redactor(settings.secret_values()))

@@ -15,7 +15,7 @@ from cyclopts import App
 from rich.console import Console
 
 from claudecluster.auth import Scope, TokenSigner, TokenVerifier
-from claudecluster.cli.app import EXIT_FAILED, EXIT_OK
+from claudecluster.cli.app import EXIT_FAILED, EXIT_OK, flag_settings
 from claudecluster.errors import ConfigError
 from claudecluster.gateway import open_gateway, openapi_text
 from claudecluster.observability.logging import configure_logging
@@ -36,17 +36,9 @@ _UNITS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 def _settings(
     nats: str | None, config: Path | None, host: str | None, port: int | None
 ) -> Settings:
-    flags: dict[str, dict[str, object]] = {}
-    if nats:
-        flags["nats"] = {"url": nats}
-    gateway: dict[str, object] = {}
-    if host is not None:
-        gateway["host"] = host
-    if port is not None:
-        gateway["port"] = port
-    if gateway:
-        flags["gateway"] = gateway
-    return load_settings(config_file=config, flags=flags or None).settings
+    gateway = {"host": host, "port": port}
+    given = {key: value for key, value in gateway.items() if value is not None}
+    return flag_settings(config, nats=nats, sections={"gateway": given} if given else None)
 
 
 @gateway_app.default

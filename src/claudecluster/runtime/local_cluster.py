@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -27,7 +28,7 @@ from claudecluster.runtime.connection import Connection, open_nats, open_role_lo
 from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.runtime.front_door import FrontDoor, open_front_door
 from claudecluster.runtime.sandboxing import confinement_for
-from claudecluster.runtime.worker import WorkerConfig
+from claudecluster.runtime.worker.config import configured_worker
 from claudecluster.settings import Settings
 from claudecluster.transport.infrastructure import jetstream_infrastructure
 from claudecluster.transport.jetstream import JetStreamEventLog
@@ -94,20 +95,15 @@ async def _services(
         driver_log, driver_client, command_ack_wait_s=options.command_ack_wait_s
     )
     driver = Driver(driver_log, options=options, infrastructure=seams)
-    template = WorkerConfig(
-        worker_id="local",
-        workspace_root=project_dir / ".claudecluster" / "workspaces",
-        api_environment=api,
-        copy_from=settings.worker.copy_from,
-        copy_files=tuple(settings.worker.copy_files),
-        setup_command=settings.worker.setup_command,
-        setup_timeout_s=settings.worker.setup_timeout_s,
-        permission_modes=tuple(settings.worker.permission_modes),
-        allow_plan_mcp_servers=settings.worker.allow_plan_mcp_servers,
+    template = replace(
+        configured_worker(
+            settings,
+            worker_id="local",
+            workspace_root=project_dir / ".claudecluster" / "workspaces",
+            api_environment=api,
+            confinement=confinement,
+        ),
         heartbeat_s=2.0,
-        confinement=confinement,
-        repo_cache=settings.worker.repo_cache,
-        repo_remotes=dict(settings.worker.repo_remotes),
     )
     size = max(workers, 1)
     scaler = LocalAutoscaler(
