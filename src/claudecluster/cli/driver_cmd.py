@@ -102,13 +102,17 @@ async def _serve(
         replicas=settings.nats.replicas,
         auth=configured_auth(settings, "driver"),
     ) as (client, log):
-        seams = jetstream_infrastructure(log, client, command_ack_wait_s=options.command_ack_wait_s)
+        ack_wait_s = options.command_ack_wait_s
+        seams = jetstream_infrastructure(log, client, command_ack_wait_s=ack_wait_s)
         runner: Driver | StandbyDriver
         if settings.driver.standby:
 
             def make_driver(fenced: EventLog, holding: Callable[[], bool]) -> Driver:
+                # Seams of its own each term, as a driver of its own: nothing of a
+                # cancelled term (a pull subscription mid-fetch) is handed to the next.
+                term = jetstream_infrastructure(fenced, client, command_ack_wait_s=ack_wait_s)
                 held = dataclasses.replace(options, holding=holding)
-                return Driver(fenced, options=held, infrastructure=seams)
+                return Driver(fenced, options=held, infrastructure=term)
 
             runner = StandbyDriver(
                 store=seams.leases,
