@@ -34,14 +34,14 @@ ALLOWED_INTERNAL = {
     "actors": {"events", "domain", "projections", "actors", "errors"},
     # Cross-cutting helpers (logging and redaction, data files, config errors) are the one
     # exception to "transport depends only on events": they do no I/O of their own.
-    "transport": {"events", "transport", "errors", "observability", "resources", "validation"},
+    "transport": {"events", "transport", "errors", "observability", "config_files"},
     "observability": {"observability"},
     # Adapters for processes and git: below runtime, beside transport.
     "executors": {"executors", "events", "domain", "errors", "observability"},
-    "workspace": {"workspace", "errors"},
+    "workspace": {"workspace", "events", "errors"},
     "runtime": {
         "events", "domain", "projections", "actors", "runtime", "transport", "errors",
-        "observability", "resources", "settings", "validation", "executors", "workspace",
+        "observability", "config_files", "settings", "executors", "workspace",
     },
     # A front door: tools on runtime's FrontDoor, the gateway's token check (auth), the
     # run report (reporting).

@@ -12,6 +12,7 @@ without parsing messages::
     │   ├── GraphError             a task graph is invalid (cycle, unknown dependency, ...)
     │   ├── InvalidIdError         an id that cannot be a NATS subject token
     │   ├── UnknownEntityError     a run, task or worker id that nothing recorded
+    │   ├── AmbiguousTaskError     a bare task id that several runs have (give RUN/TASK)
     │   ├── CommandRefusedError    the driver refused a command (its reason is the message)
     │   ├── AuthenticationError    no bearer token, or one that is invalid or expired
     │   ├── PermissionDeniedError  a valid token without the scope the operation needs
@@ -35,6 +36,7 @@ details as attributes so programs need not parse the text.
 from __future__ import annotations
 
 __all__ = [
+    "AmbiguousTaskError",
     "AuthenticationError",
     "ClusterError",
     "CommandRefusedError",
@@ -145,6 +147,22 @@ class UnknownEntityError(LocalError):
         self.kind = kind
         self.entity_id = entity_id
         super().__init__(f"unknown {kind} id {entity_id!r}: no event records it")
+
+
+class AmbiguousTaskError(LocalError):
+    """A task reference without a run (``TASK``) that names a task of several runs.
+
+    Attributes:
+        task_id: the reference.
+        run_ids: the runs that have such a task, sorted.
+    """
+
+    def __init__(self, task_id: str, run_ids: tuple[str, ...]) -> None:
+        self.task_id = task_id
+        self.run_ids = run_ids
+        super().__init__(
+            f"ambiguous task id {task_id!r}: runs {', '.join(run_ids)} each have one; use RUN/TASK"
+        )
 
 
 class CommandRefusedError(LocalError):

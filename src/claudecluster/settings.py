@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from claudecluster.actors.worker import DEFAULT_PERMISSION_MODES
+from claudecluster.config_files import config_error, parse_yaml
 from claudecluster.domain.signin import (
     SIGN_IN_CHOICES,
     SIGN_IN_VARIABLES,
@@ -36,7 +37,6 @@ from claudecluster.domain.submission import DEFAULT_MAX_TASKS, MAX_TASKS_CEILING
 from claudecluster.errors import ConfigError
 from claudecluster.events.model import TaskLimits
 from claudecluster.observability.redaction import redact_url
-from claudecluster.validation import config_error, parse_yaml
 
 if TYPE_CHECKING:
     from claudecluster.actors.driver import DriverConfig

@@ -19,7 +19,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 
-from claudecluster.resources import data_dir
+from claudecluster.config_files import data_dir
 from claudecluster.runtime.connection import embedded_auth, open_nats
 from claudecluster.runtime.credentials import Credentials, write_cluster_authorization
 from claudecluster.runtime.embedded_nats import find_nats_server

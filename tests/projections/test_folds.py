@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from claudecluster.domain import RunState, TaskState
+from claudecluster.errors import AmbiguousTaskError, UnknownEntityError
 from claudecluster.events import (
     RunCancelled,
     RunCompleted,
@@ -24,7 +27,7 @@ from claudecluster.events import (
 )
 from claudecluster.events.liveness import WorkerLiveness
 from claudecluster.projections import ClusterView, replay
-from claudecluster.projections.cluster import RECENT_ANOMALIES
+from claudecluster.projections.cluster import RECENT_ANOMALIES, find_task
 from claudecluster.projections.tasks import PROGRESS_PREVIEW_CHARS
 from claudecluster.projections.workers import with_liveness
 from claudecluster.testing.sample_runs import LogBuilder
@@ -221,3 +224,20 @@ def test_later_queued_tasks_keep_a_running_run_running_and_a_submitted_one_is_un
     early.emit(TaskQueued(run_id="r2", task_id="a"))
     # Not the run's to report (the tasks projection names the unknown task), and unmoved.
     assert _view(early).runs["r2"].state is RunState.SUBMITTED
+
+
+def test_a_task_id_two_runs_have_is_ambiguous_and_says_which_runs() -> None:
+    log = _planned("a", "b")
+    log.emit(RunSubmitted(run_id="r2", goal="goal", repo="/repo"))
+    specs = (TaskSpec(task_id="a", title="A", prompt="p"),)
+    log.emit(RunPlanned(run_id="r2", tasks=specs, base_commit="b0", integration_branch="cc/r2"))
+    view = _view(log)
+    assert find_task(view, "b").run_id == "r1"
+    assert find_task(view, "r2/a").run_id == "r2"
+    with pytest.raises(AmbiguousTaskError) as raised:
+        find_task(view, "a")
+    assert (raised.value.task_id, raised.value.run_ids) == ("a", ("r1", "r2"))
+    assert "r1, r2" in str(raised.value)
+    assert "RUN/TASK" in str(raised.value)
+    with pytest.raises(UnknownEntityError):
+        find_task(view, "c")

@@ -48,6 +48,10 @@ def test_a_run_id_must_be_a_subject_token_and_defaults_to_a_fresh_one() -> None:
 def test_two_runs_started_in_the_same_instant_get_distinct_ids() -> None:
     """The CLI used to format its own second-stamped id, so two runs in one second collided."""
     assert new_run_id(NOW) != new_run_id(NOW)
+    # The demo's ids too: two demos started side by side got one directory between them.
+    demo = new_run_id(NOW, prefix="demo")
+    assert demo.startswith("demo-20261201-063000-")
+    assert demo != new_run_id(NOW, prefix="demo")
 
 
 def test_an_invalid_graph_fails_before_anything_is_published() -> None:

@@ -15,7 +15,7 @@ from claudecluster.errors import GraphError
 from claudecluster.events.model import ID_PATTERN, FanoutSpec, RunSubmitted, TaskSpec
 from claudecluster.executors.base import AttemptRun, ProgressSink
 from claudecluster.runtime.planners import (
-    ClaudePlanner,
+    PlanningAgent,
     extract_json,
     fanout_tasks,
     task_id_for,
@@ -211,7 +211,7 @@ async def test_fanout_at_the_limit_is_fine(repo: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------
-# ClaudePlanner on a scripted executor
+# PlanningAgent on a scripted executor
 # ----------------------------------------------------------------------------------------
 
 CYCLIC = {
@@ -265,8 +265,8 @@ class ScriptedExecutor:
 SUBMITTED = RunSubmitted(run_id="r1", goal="Split app.py into modules", repo="/srv/repo")
 
 
-def _planner(executor: ScriptedExecutor, tmp_path: Path) -> ClaudePlanner:
-    return ClaudePlanner(executor, tmp_path / "scratch", {"ANTHROPIC_API_KEY": "sk-test"})
+def _planner(executor: ScriptedExecutor, tmp_path: Path) -> PlanningAgent:
+    return PlanningAgent(executor, tmp_path / "scratch", {"ANTHROPIC_API_KEY": "sk-test"})
 
 
 async def test_a_valid_first_answer_is_returned_from_a_read_only_job(tmp_path: Path) -> None:
@@ -343,7 +343,7 @@ async def test_a_non_retryable_failure_stops_at_once(tmp_path: Path) -> None:
 
 async def test_the_number_of_attempts_is_configurable(tmp_path: Path) -> None:
     executor = ScriptedExecutor(_answer(CYCLIC), _answer(GOOD))
-    planner = ClaudePlanner(executor, tmp_path, {}, attempts=1)
+    planner = PlanningAgent(executor, tmp_path, {}, attempts=1)
     with pytest.raises(GraphError, match="gave no valid plan: invalid task graph"):
         await planner.plan(SUBMITTED, tmp_path)
     assert len(executor.jobs) == 1

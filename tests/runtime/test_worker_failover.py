@@ -31,7 +31,7 @@ from claudecluster.projections import replay
 from claudecluster.scripted_model import Script, open_scripted_model
 from claudecluster.transport.base import read_all
 from claudecluster.transport.jetstream import JetStreamEventLog
-from claudecluster.transport.session_store import JetStreamSessionStore
+from claudecluster.transport.transcripts import JetStreamTranscriptStore
 from tests.runtime.conftest import Driver
 
 SCRIPT = Script.model_validate(
@@ -121,7 +121,7 @@ async def test_a_killed_workers_task_is_taken_over_and_completes_once(
             await driver.submit("run5", "long", "[[task:long]] write done.txt")
             events = await _wait_for(log, _first_tool_result)
             started = next(e for e in events if isinstance(e, TaskStarted))
-            store = JetStreamSessionStore(client.jetstream())
+            store = JetStreamTranscriptStore(client.jetstream())
             key: SessionKey = {"project_key": "run5/long", "session_id": started.session_id}
             with anyio.fail_after(30):
                 # The transcript of the first turn has been mirrored to the store, and the

@@ -19,7 +19,7 @@ from claudecluster.observability.redaction import REDACTED, Redactor
 from claudecluster.runtime.worker import Worker, WorkerConfig
 from claudecluster.scripted_model import Script, open_scripted_model
 from claudecluster.transport.jetstream import JetStreamEventLog
-from claudecluster.transport.session_store import SESSIONS_BUCKET, SESSIONS_STREAM
+from claudecluster.transport.transcripts import SESSIONS_BUCKET, SESSIONS_STREAM
 from tests.runtime.conftest import Driver
 
 API_KEY = "sk-ant-api03-transcript-test-0123456789abcdef"

@@ -24,14 +24,15 @@ from rich.table import Table
 
 from claudecluster.cli.app import EXIT_OK, command_settings
 from claudecluster.cli.render import workers_table
-from claudecluster.errors import ConfigError, DriverUnavailableError, UnknownEntityError
+from claudecluster.errors import ConfigError, UnknownEntityError
 from claudecluster.events.model import DrainWorker, WorkerLeft
 from claudecluster.events.subjects import EVENT_PREFIX, WORKER_SCOPE
 from claudecluster.projections.cluster import ClusterView, replay
+from claudecluster.runtime.answers import publish_and_wait
 from claudecluster.runtime.connection import open_configured_cluster
 from claudecluster.settings import CONFIG_FILE_NAME, LoadedSettings, Settings, load_settings
 from claudecluster.transport.base import read_all
-from claudecluster.transport.commands import publish_command
+from claudecluster.transport.commands import JetStreamCommandBus
 
 __all__ = ["config_app", "workers_app"]
 
@@ -180,7 +181,7 @@ def list_(*, json: bool = False, nats: str | None = None, config: Path | None = 
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
     settings = command_settings(nats, config)
-    view: ClusterView = anyio.run(_view, settings)
+    view: ClusterView = anyio.run(_workers_view, settings)
     if json:
         workers = sorted(view.workers.values(), key=lambda w: w.worker_id)
         sys.stdout.write(msgspec.json.encode(workers).decode() + "\n")
@@ -190,7 +191,7 @@ def list_(*, json: bool = False, nats: str | None = None, config: Path | None = 
     return EXIT_OK
 
 
-async def _view(settings: Settings) -> ClusterView:
+async def _workers_view(settings: Settings) -> ClusterView:
     """The workers as the log knows them (their subjects only), with their live entries."""
     from claudecluster.projections.workers import with_liveness
     from claudecluster.transport.liveness import JetStreamWorkerRegistry
@@ -276,20 +277,16 @@ async def _drain(settings: Settings, worker_id: str, deadline: float) -> WorkerL
             raise UnknownEntityError("worker", worker_id)
         if worker.state != "active":
             raise ConfigError("worker", worker_id, f"the worker already {worker.state}")
-        await publish_command(
-            conn.client.jetstream(),
+        left = await publish_and_wait(
+            conn.log,
+            JetStreamCommandBus(conn.client.jetstream()),
             DrainWorker(worker_id=worker_id, deadline_s=deadline),
             command_id=f"drain-{worker_id}-{datetime.now(UTC):%Y%m%d%H%M%S%f}",
-            now=datetime.now(UTC),
+            answered=lambda event: isinstance(event, WorkerLeft) and event.worker_id == worker_id,
+            timeout_s=deadline + _DRAIN_TIMEOUT_S,
+            silence=f"worker {worker_id} did not leave; is it still running?",
             correlation_id=worker_id,
         )
-        try:
-            with anyio.fail_after(deadline + _DRAIN_TIMEOUT_S):
-                async with conn.log.open_reader(from_seq=view.last_seq + 1, follow=True) as events:
-                    async for stored in events:
-                        event = stored.envelope.payload
-                        if isinstance(event, WorkerLeft) and event.worker_id == worker_id:
-                            return event
-        except TimeoutError:
-            pass
-        raise DriverUnavailableError(f"worker {worker_id} did not leave; is it still running?")
+        event = left.envelope.payload
+        assert isinstance(event, WorkerLeft)
+        return event

@@ -9,7 +9,7 @@ server that cannot be reached or started (one sentence on stderr saying what to 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Literal
 
 from cyclopts import App, CycloptsError
@@ -95,6 +95,42 @@ def run(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
+def flag_settings(
+    config: Path | None,
+    *,
+    nats: str | None = None,
+    no_sandbox: bool = False,
+    project_dir: Path | None = None,
+    sections: Mapping[str, object] | None = None,
+) -> Settings:
+    """The settings a command runs with: the file (``config``, else the project's), the
+    environment, then its flags: ``--nats``, ``--no-sandbox`` and ``sections`` of its own.
+
+    Raises:
+        ConfigError: a layer cannot be read or a value is invalid; names key and source.
+    """
+    from claudecluster.settings import load_settings
+
+    flags: dict[str, object] = dict(sections or {})
+    if nats:
+        flags["nats"] = {"url": nats}
+    if no_sandbox:
+        flags["sandbox"] = {"enabled": False}
+    return load_settings(config_file=config, project_dir=project_dir, flags=flags or None).settings
+
+
+def log_quietly(settings: Settings) -> None:
+    """Log warnings and worse on stderr (or the configured level, when it is quieter or
+    more verbose than ``INFO``), with the configured secrets redacted: a command whose own
+    output is what a person reads.
+    """
+    from claudecluster.observability.logging import configure_logging
+    from claudecluster.observability.redaction import Redactor
+
+    level = "WARNING" if settings.logging.level == "INFO" else settings.logging.level
+    configure_logging(level=level, redactor=Redactor(settings.secret_values()))
+
+
 def command_settings(nats: str | None, config: Path | None) -> Settings:
     """The settings of a command that talks to a cluster: ``--nats`` over the file, quiet logs.
 
@@ -102,9 +138,7 @@ def command_settings(nats: str | None, config: Path | None) -> Settings:
     """
     from claudecluster.observability.logging import configure_logging
     from claudecluster.observability.redaction import Redactor
-    from claudecluster.settings import load_settings
 
-    flags = {"nats": {"url": nats}} if nats else None
-    settings = load_settings(config_file=config, flags=flags).settings
+    settings = flag_settings(config, nats=nats)
     configure_logging(level="WARNING", redactor=Redactor(settings.secret_values()))
     return settings

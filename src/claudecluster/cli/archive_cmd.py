@@ -12,14 +12,12 @@ from pathlib import Path
 import anyio
 from rich.console import Console
 
-from claudecluster.cli.app import EXIT_OK
+from claudecluster.cli.app import EXIT_OK, command_settings
 from claudecluster.errors import ConfigError, UnknownEntityError
-from claudecluster.observability.logging import configure_logging
-from claudecluster.observability.redaction import Redactor
 from claudecluster.runtime.archive import ArchivedRun, archive_run, runs_to_archive
 from claudecluster.runtime.connection import open_configured_cluster
 from claudecluster.runtime.reads import view_from_snapshot
-from claudecluster.settings import Settings, load_settings
+from claudecluster.settings import Settings
 from claudecluster.transport.snapshots import JetStreamSnapshotStore
 
 __all__ = ["archive"]
@@ -51,9 +49,7 @@ def archive(
     """
     if older_than_days < 0:
         raise ConfigError("older_than_days", "flags", "must be 0 or more")
-    flags = {"nats": {"url": nats}} if nats else None
-    settings = load_settings(config_file=config, flags=flags).settings
-    configure_logging(level="WARNING", redactor=Redactor(settings.secret_values()))
+    settings = command_settings(nats, config)
     console = Console(highlight=False)
     done: list[ArchivedRun | str] = anyio.run(
         _archive, settings, timedelta(days=older_than_days), dry_run

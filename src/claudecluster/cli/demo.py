@@ -17,19 +17,19 @@ from typing import Any
 import anyio
 from rich.console import Console
 
-from claudecluster.cli.app import EXIT_FAILED, EXIT_OK
+from claudecluster.cli.app import EXIT_FAILED, EXIT_OK, flag_settings, log_quietly
 from claudecluster.cli.follow import RunEnd, follow_run, renderer_for
 from claudecluster.cli.run_cmd import print_summary
 from claudecluster.events.model import RunCompleted, SubmitRun, TaskSpec
-from claudecluster.observability.logging import configure_logging
-from claudecluster.observability.redaction import Redactor, redact_url
+from claudecluster.observability.redaction import redact_url
 from claudecluster.projections.cluster import replay
 from claudecluster.reporting import fetch_diffstats, render_html, run_record
 from claudecluster.runtime.connection import open_configured_cluster
+from claudecluster.runtime.front_door import new_run_id
 from claudecluster.runtime.local_cluster import open_local_services
 from claudecluster.runtime.sandboxing import NO_SANDBOX_NOTE, confinement_for
 from claudecluster.scripted_model import Script, open_scripted_model
-from claudecluster.settings import Settings, load_settings
+from claudecluster.settings import Settings
 from claudecluster.transport.base import read_all
 from claudecluster.workspace.git import git
 
@@ -149,14 +149,8 @@ def demo(
         no_sandbox: Run the agents unconfined, as this user (``make demo`` passes it
             where bubblewrap is missing and cannot be installed, and says so).
     """
-    flags: dict[str, object] = {"nats": {"url": nats_url}} if nats_url else {}
-    if no_sandbox:
-        flags["sandbox"] = {"enabled": False}
-    settings = load_settings(config_file=config, flags=flags or None).settings
-    configure_logging(
-        level="WARNING" if settings.logging.level == "INFO" else settings.logging.level,
-        redactor=Redactor(settings.secret_values()),
-    )
+    settings = flag_settings(config, nats=nats_url, no_sandbox=no_sandbox)
+    log_quietly(settings)
     console = Console(highlight=False, stderr=json)
     confinement_for(settings)  # refuse before anything starts, with what to do instead
     console.print(
@@ -174,8 +168,7 @@ def demo(
 
 
 async def _demo(settings: Settings, console: Console, json: bool) -> tuple[RunEnd, Path]:
-    stamp = datetime.now(UTC)
-    run_id = f"demo-{stamp:%Y%m%d-%H%M%S}"
+    run_id = new_run_id(datetime.now(UTC), prefix="demo")
     project = Path.cwd()
     async with open_configured_cluster(settings, project_dir=project, name="demo") as conn:
         repo = await _sample_repo(project / ".claudecluster" / "demo" / run_id / "repo")

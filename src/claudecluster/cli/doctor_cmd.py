@@ -19,10 +19,10 @@ from typing import Final, Literal
 import anyio
 from rich.console import Console
 
-from claudecluster.cli.app import EXIT_FAILED, EXIT_OK
+from claudecluster.cli.app import EXIT_FAILED, EXIT_OK, flag_settings
 from claudecluster.domain.signin import SignIn, no_sign_in_problem
 from claudecluster.errors import ClusterError, ConfigError
-from claudecluster.settings import Settings, load_settings
+from claudecluster.settings import Settings
 
 __all__ = ["Check", "Facts", "doctor", "judge", "render"]
 
@@ -302,8 +302,7 @@ def doctor(*, config: Path | None = None, no_sandbox: bool = False) -> int:
         config: A claudecluster.yaml to read instead of the one in this directory.
         no_sandbox: Check as a run with --no-sandbox would (agents unconfined).
     """
-    flags = {"sandbox": {"enabled": False}} if no_sandbox else None
-    settings = load_settings(config_file=config, flags=flags).settings
+    settings = flag_settings(config, no_sandbox=no_sandbox)
     checks = judge(gather(settings, Path.cwd()))
     console = Console(highlight=False, soft_wrap=True)
     for line in render(checks):

@@ -12,7 +12,7 @@ import anyio.abc
 from rich.console import Console
 
 from claudecluster.actors.lease import LeaseConfig
-from claudecluster.cli.app import EXIT_OK
+from claudecluster.cli.app import EXIT_OK, flag_settings
 from claudecluster.errors import ConfigError
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
 from claudecluster.executors.confinement import Confinement
@@ -24,9 +24,9 @@ from claudecluster.runtime.driver_health import DriverHealth, driver_health_app
 from claudecluster.runtime.http_server import open_http_server
 from claudecluster.runtime.sandboxing import NO_SANDBOX_NOTE, confinement_for
 from claudecluster.runtime.standby import StandbyDriver
-from claudecluster.settings import Settings, load_settings
+from claudecluster.settings import Settings
 from claudecluster.transport.base import EventLog
-from claudecluster.transport.leases import JetStreamLeaseStore
+from claudecluster.transport.infrastructure import jetstream_infrastructure
 
 __all__ = ["driver"]
 
@@ -64,14 +64,8 @@ def driver(
         health_host: The address for /health and /metrics: loopback unless something
             outside this host scrapes it (0.0.0.0 in a container).
     """
-    flags: dict[str, object] = {}
-    if nats:
-        flags["nats"] = {"url": nats}
-    if work_dir is not None:
-        flags["driver"] = {"work_dir": str(work_dir.resolve())}
-    if no_sandbox:
-        flags["sandbox"] = {"enabled": False}
-    settings = load_settings(config_file=config, flags=flags or None).settings
+    own = {"driver": {"work_dir": str(work_dir.resolve())}} if work_dir is not None else None
+    settings = flag_settings(config, nats=nats, no_sandbox=no_sandbox, sections=own)
     if not settings.nats.url:
         raise ConfigError("nats.url", "default", "the driver needs a NATS URL (--nats URL)")
     configure_logging(level=settings.logging.level, redactor=Redactor(settings.secret_values()))
@@ -108,16 +102,21 @@ async def _serve(
         replicas=settings.nats.replicas,
         auth=configured_auth(settings, "driver"),
     ) as (client, log):
-        js = client.jetstream()
+        ack_wait_s = options.command_ack_wait_s
+        seams = jetstream_infrastructure(log, client, command_ack_wait_s=ack_wait_s)
         runner: Driver | StandbyDriver
         if settings.driver.standby:
 
             def make_driver(fenced: EventLog, holding: Callable[[], bool]) -> Driver:
-                return Driver(fenced, js, dataclasses.replace(options, holding=holding))
+                # Seams of its own each term, as a driver of its own: nothing of a
+                # cancelled term (a pull subscription mid-fetch) is handed to the next.
+                term = jetstream_infrastructure(fenced, client, command_ack_wait_s=ack_wait_s)
+                held = dataclasses.replace(options, holding=holding)
+                return Driver(fenced, options=held, infrastructure=term)
 
             runner = StandbyDriver(
-                store=JetStreamLeaseStore(js),
-                js=js,
+                store=seams.leases,
+                js=client.jetstream(),  # the fence: a conditional append of its own
                 log=log,
                 make_driver=make_driver,
                 config=LeaseConfig(
@@ -128,7 +127,7 @@ async def _serve(
                 on_change=announce,
             )
         else:
-            runner = Driver(log, js, options)
+            runner = Driver(log, options=options, infrastructure=seams)
         async with anyio.create_task_group() as group:
             if health_at is not None:
                 host, port = health_at

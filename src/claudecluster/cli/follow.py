@@ -47,8 +47,9 @@ from claudecluster.events.model import (
 from claudecluster.observability.redaction import redact_url
 from claudecluster.projections.cluster import ClusterView, apply
 from claudecluster.projections.progress import merge_warnings
+from claudecluster.runtime.answers import publish_and_wait
 from claudecluster.runtime.connection import Connection
-from claudecluster.transport.commands import publish_command
+from claudecluster.transport.commands import JetStreamCommandBus, publish_command
 
 __all__ = ["Renderer", "RunEnd", "follow_run", "renderer_for", "submit_only", "watch_run"]
 
@@ -109,24 +110,15 @@ async def submit_only(conn: Connection, command: SubmitRun, *, command_id: str) 
         CommandRefusedError: the driver refused the run.
         DriverUnavailableError: no driver recorded the submission in time.
     """
-    start = await conn.log.last_seq() + 1
-    await publish_command(
-        conn.client.jetstream(), command, command_id=command_id, now=datetime.now(UTC)
-    )
-    try:
-        with anyio.fail_after(_ACCEPT_TIMEOUT_S):
-            async with conn.log.open_reader(from_seq=start, follow=True) as events:
-                async for stored in events:
-                    event = stored.envelope.payload
-                    if isinstance(event, CommandRejected) and event.command_id == command_id:
-                        raise CommandRefusedError("run.submit", event.reason)
-                    if isinstance(event, RunSubmitted) and event.run_id == command.run_id:
-                        return
-    except TimeoutError:
-        pass
-    raise DriverUnavailableError(
-        f"no driver took run {command.run_id!r} within {_ACCEPT_TIMEOUT_S:.0f}s: start one "
-        f"with 'claudecluster driver --nats {redact_url(conn.url)}'"
+    await publish_and_wait(
+        conn.log,
+        JetStreamCommandBus(conn.client.jetstream()),
+        command,
+        command_id=command_id,
+        answered=lambda event: isinstance(event, RunSubmitted) and event.run_id == command.run_id,
+        timeout_s=_ACCEPT_TIMEOUT_S,
+        silence=f"no driver took run {command.run_id!r} within {_ACCEPT_TIMEOUT_S:.0f}s: start "
+        f"one with 'claudecluster driver --nats {redact_url(conn.url)}'",
     )
 
 

@@ -15,14 +15,13 @@ from cyclopts import App
 from rich.console import Console
 
 from claudecluster.auth import Scope, TokenSigner, TokenVerifier
-from claudecluster.cli.app import EXIT_FAILED, EXIT_OK
+from claudecluster.cli.app import EXIT_FAILED, EXIT_OK, flag_settings
 from claudecluster.errors import ConfigError
 from claudecluster.gateway import open_gateway, openapi_text
 from claudecluster.observability.logging import configure_logging
 from claudecluster.observability.redaction import Redactor, redact_url
 from claudecluster.runtime.connection import open_configured_cluster
-from claudecluster.runtime.front_door import open_front_door
-from claudecluster.runtime.local_cluster import open_local_services
+from claudecluster.runtime.local_cluster import open_serving_front_door
 from claudecluster.settings import Settings, load_settings
 
 __all__ = ["create", "openapi", "serve"]
@@ -37,17 +36,9 @@ _UNITS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 def _settings(
     nats: str | None, config: Path | None, host: str | None, port: int | None
 ) -> Settings:
-    flags: dict[str, dict[str, object]] = {}
-    if nats:
-        flags["nats"] = {"url": nats}
-    gateway: dict[str, object] = {}
-    if host is not None:
-        gateway["host"] = host
-    if port is not None:
-        gateway["port"] = port
-    if gateway:
-        flags["gateway"] = gateway
-    return load_settings(config_file=config, flags=flags or None).settings
+    gateway = {"host": host, "port": port}
+    given = {key: value for key, value in gateway.items() if value is not None}
+    return flag_settings(config, nats=nats, sections={"gateway": given} if given else None)
 
 
 @gateway_app.default
@@ -91,18 +82,9 @@ async def _serve(settings: Settings, verifier: TokenVerifier, workers: int) -> N
     gateway = settings.gateway
     async with (
         open_configured_cluster(settings, name="claudecluster-gateway") as conn,
-        open_front_door(
-            conn,
-            max_tasks=settings.driver.max_tasks,
-            default_task_limits=settings.limits.task_limits(),
-            default_budget_usd=settings.limits.budget_usd,
-        ) as door,
+        open_serving_front_door(conn, settings, workers=workers, project_dir=Path.cwd()) as door,
         AsyncExitStack() as stack,
     ):
-        if conn.embedded:  # nothing else acts on commands there: run a driver and workers
-            await stack.enter_async_context(
-                open_local_services(conn, settings, workers=workers, project_dir=Path.cwd())
-            )
         # Imported here, not at the top: the mcp package is most of the CPU every CLI
         # process (each worker and driver too) spends starting, and only this command needs it.
         from claudecluster.mcp_server.http_endpoint import mcp_for_gateway

@@ -30,6 +30,7 @@ from claudecluster.events.model import TaskProgress
 from claudecluster.events.subjects import run_filter
 from claudecluster.projections.cluster import ClusterView, apply, find_task, replay
 from claudecluster.projections.progress import run_progress
+from claudecluster.projections.tasks import progress_text
 from claudecluster.projections.views import TaskView
 from claudecluster.runtime.connection import Connection, open_configured_cluster
 from claudecluster.runtime.reads import read_run, run_of_ref, view_from_snapshot
@@ -243,10 +244,7 @@ def _print_progress(
             "tool_result": "result",
             "usage": "usage",
         }[event.kind]
-        text = event.text
-        if event.kind == "usage" and event.usage is not None:
-            text = f"{event.usage.input_tokens} in / {event.usage.output_tokens} out"
-        console.print(f"{at} [{event.attempt}] {label}: {text}", markup=False)
+        console.print(f"{at} [{event.attempt}] {label}: {progress_text(event)}", markup=False)
         return
     kind = type(event).__name__
     console.print(f"{at} {kind} {_brief(event)}", markup=False)

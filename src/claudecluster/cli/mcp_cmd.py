@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
 import psutil
 
-from claudecluster.cli.app import EXIT_OK
+from claudecluster.cli.app import EXIT_OK, command_settings
 from claudecluster.errors import ConfigError
-from claudecluster.observability.logging import configure_logging
-from claudecluster.observability.redaction import Redactor
 from claudecluster.runtime.connection import open_configured_cluster
-from claudecluster.runtime.front_door import open_front_door
-from claudecluster.runtime.local_cluster import open_local_services
-from claudecluster.settings import Settings, load_settings
+from claudecluster.runtime.local_cluster import open_serving_front_door
+from claudecluster.settings import Settings
 
 __all__ = ["mcp"]
 
@@ -51,10 +47,7 @@ def mcp(
     """
     if workers < 0:
         raise ConfigError("workers", "flag --workers", "must be 0 or more")
-    flags = {"nats": {"url": nats}} if nats else None
-    settings = load_settings(config_file=config, flags=flags).settings
-    # stderr only: stdout carries the protocol.
-    configure_logging(level="WARNING", redactor=Redactor(settings.secret_values()))
+    settings = command_settings(nats, config)  # its logs go to stderr: stdout is the protocol
     project = (repo or Path.cwd()).resolve()
     previous = {sig: signal.signal(sig, _stop_children) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -84,18 +77,8 @@ def _stop_children(signum: int, frame: object) -> None:
 async def _serve(settings: Settings, project: Path, workers: int) -> None:
     async with (
         open_configured_cluster(settings, project_dir=project, name="claudecluster-mcp") as conn,
-        open_front_door(
-            conn,
-            max_tasks=settings.driver.max_tasks,
-            default_task_limits=settings.limits.task_limits(),
-            default_budget_usd=settings.limits.budget_usd,
-        ) as door,
-        AsyncExitStack() as stack,
+        open_serving_front_door(conn, settings, workers=workers, project_dir=project) as door,
     ):
-        if conn.embedded:  # nothing else acts on commands there: run a driver and workers
-            await stack.enter_async_context(
-                open_local_services(conn, settings, workers=workers, project_dir=project)
-            )
         # Imported here, not at the top: the mcp package is most of the CPU every CLI
         # process (each worker and driver too) spends starting, and only this command needs it.
         from claudecluster.mcp_server.server import build_mcp_server

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.prompt import Prompt
 from rich.text import Text
 
-from claudecluster.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from claudecluster.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, flag_settings, log_quietly
 from claudecluster.cli.follow import Renderer, RunEnd, follow_run, renderer_for, submit_only
 from claudecluster.cli.preview import preview_lines
 from claudecluster.cli.pull_request import (
@@ -43,14 +43,13 @@ from claudecluster.events.model import (
 )
 from claudecluster.events.plan import PlanFile, PlanPolicy, plan_to_specs
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
-from claudecluster.observability.logging import configure_logging
-from claudecluster.observability.redaction import Redactor, redact_url
+from claudecluster.observability.redaction import redact_url
 from claudecluster.runtime.connection import Connection, open_configured_cluster
 from claudecluster.runtime.front_door import new_run_id, submit_run_command
 from claudecluster.runtime.local_cluster import open_local_services
 from claudecluster.runtime.planners import ClaudeCodePlanner, load_plan_file
 from claudecluster.runtime.sandboxing import confinement_for
-from claudecluster.settings import Settings, load_settings
+from claudecluster.settings import Settings
 from claudecluster.transport.commands import publish_command
 from claudecluster.workspace.git import git, git_status, snapshot_worktree, uncommitted_paths
 
@@ -163,14 +162,8 @@ def run(
         raise ConfigError("pr", "flag --pr", "needs --push: the branch must be pushed")
     token = github_token(os.environ) if pr else None
     repo = repo.resolve()
-    flags: dict[str, object] = {"nats": {"url": nats}} if nats else {}
-    if no_sandbox:
-        flags["sandbox"] = {"enabled": False}
-    settings = load_settings(config_file=config, project_dir=repo, flags=flags or None).settings
-    configure_logging(
-        level="WARNING" if settings.logging.level == "INFO" else settings.logging.level,
-        redactor=Redactor(settings.secret_values()),
-    )
+    settings = flag_settings(config, nats=nats, no_sandbox=no_sandbox, project_dir=repo)
+    log_quietly(settings)
     run_id = run_id or new_run_id(datetime.now(UTC))
     # The flag, else the configured default (limits.budget_usd; null: none).
     budget = budget if budget is not None else settings.limits.budget_usd

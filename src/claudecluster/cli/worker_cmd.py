@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -16,7 +17,9 @@ from claudecluster.runtime.connection import configured_auth, open_jetstream_log
 from claudecluster.runtime.join import decode_join_token, install_join_token
 from claudecluster.runtime.sandboxing import NO_SANDBOX_NOTE, confinement_for
 from claudecluster.runtime.worker import Worker, WorkerConfig, new_worker_id
+from claudecluster.runtime.worker.config import configured_worker
 from claudecluster.settings import Settings, load_settings
+from claudecluster.transport.infrastructure import jetstream_infrastructure
 
 __all__ = ["worker"]
 
@@ -97,26 +100,22 @@ def worker(
     if not 0 <= nice <= 19:
         raise ConfigError("nice", "flag --nice", "must be between 0 and 19")
     configure_logging(level=settings.logging.level, redactor=Redactor(settings.secret_values()))
-    worker_config = WorkerConfig(
+    configured = configured_worker(
+        settings,
         worker_id=new_worker_id(),
+        workspace_root=workspace_root.resolve(),
+        api_environment=settings.api_environment(),
+        confinement=confinement_for(settings),
+    )
+    worker_config = replace(
+        configured,
         pool=pool,
         slots=slots,
-        workspace_root=workspace_root.resolve(),
         keep_workspaces=keep_workspaces,
         ack_wait_s=ack_wait,
         nice=nice,
         health_port=health_port or None,
         health_host=health_host,
-        copy_from=settings.worker.copy_from,
-        copy_files=tuple(settings.worker.copy_files),
-        setup_command=settings.worker.setup_command,
-        setup_timeout_s=settings.worker.setup_timeout_s,
-        permission_modes=tuple(settings.worker.permission_modes),
-        allow_plan_mcp_servers=settings.worker.allow_plan_mcp_servers,
-        api_environment=settings.api_environment(),
-        confinement=confinement_for(settings),
-        repo_cache=settings.worker.repo_cache,
-        repo_remotes=dict(settings.worker.repo_remotes),
     )
     if not settings.sandbox.enabled:
         Console(stderr=True, highlight=False).print(NO_SANDBOX_NOTE, markup=False)
@@ -143,7 +142,10 @@ async def _serve(settings: Settings, config: WorkerConfig) -> None:
     ):
         # History and result bundles on a connection of their own: hundreds of MB moving
         # never queue ahead of heartbeats, events and commands.
-        runner = Worker(config, log, client, transfer_client=transfers)
+        seams = jetstream_infrastructure(
+            log, client, transfer_client=transfers, work_ack_wait_s=config.ack_wait_s
+        )
+        runner = Worker(config, log, infrastructure=seams)
         async with anyio.create_task_group() as group:
             group.start_soon(_drain_on_signal, runner, console)
             async with anyio.create_task_group() as serving:

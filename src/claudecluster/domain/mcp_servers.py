@@ -26,14 +26,12 @@ from urllib.parse import urlsplit
 import msgspec
 
 from claudecluster.domain.network import Destination, parse_destination
-from claudecluster.events.model import McpServer
+from claudecluster.events.model import McpServer, is_id
 
 __all__ = ["MAX_MCP_SERVERS", "mcp_config_json", "mcp_servers_problem"]
 
 #: Servers one task may name.
 MAX_MCP_SERVERS: Final = 16
-#: A server's name becomes part of its tools' names (``mcp__NAME__TOOL``).
-_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _MAX_ENV: Final = 64
 
@@ -94,7 +92,8 @@ def mcp_servers_problem(
     if len(servers) > MAX_MCP_SERVERS:
         return "", f"at most {MAX_MCP_SERVERS} servers per task"
     for name, server in servers.items():
-        if not _NAME.fullmatch(name):
+        # A server's name becomes part of its tools' names (``mcp__NAME__TOOL``): an id.
+        if not is_id(name):
             return (
                 name,
                 "a name is letters, digits, '_' and '-' (at most 64), first a letter or digit",

@@ -35,6 +35,7 @@ __all__ = [
     "decode_stored_event",
     "encode",
     "error_from_msgspec",
+    "split_msgspec_error",
 ]
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
@@ -76,16 +77,26 @@ def encode(message: EventEnvelope | CommandEnvelope | StoredEvent) -> bytes:
     return _ENCODER.encode(message)
 
 
+def split_msgspec_error(message: str) -> tuple[str, str | None]:
+    """msgspec's "problem - at `$.path`" message as ``(problem, path)``; the path is None
+    where the message names none (a problem with the whole document).
+
+    The one reader of that format: events, plan files and the gateway's request bodies.
+    """
+    match = _PATH_RE.match(message)
+    if match is None:
+        return message, None
+    return match["problem"], match["path"]
+
+
 def error_from_msgspec(exc: msgspec.DecodeError, prefix: str = "") -> EventDecodeError:
     """Turn msgspec's "problem - at `$.path`" message into our error with the path split out."""
-    text = str(exc)
-    match = _PATH_RE.match(text)
-    if match is None:
-        return EventDecodeError(prefix or "$", text)
-    path = match["path"]
+    problem, path = split_msgspec_error(str(exc))
+    if path is None:
+        return EventDecodeError(prefix or "$", problem)
     if prefix:
         path = prefix + path[1:]
-    return EventDecodeError(path, match["problem"])
+    return EventDecodeError(path, problem)
 
 
 _MAX_PROBLEM: Final = 500

@@ -45,6 +45,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from claudecluster.errors import GraphError
+from claudecluster.events.codec import split_msgspec_error
 from claudecluster.events.model import (
     ID_REGEX,
     Id,
@@ -154,10 +155,8 @@ def named_tasks(tasks: Sequence[PlanTask], source: str) -> tuple[PlanTask, ...]:
 
 def _readable(message: str) -> str:
     # msgspec says "... - at `$.tasks[1].prompt`"; put the place first, as people read it.
-    if " - at `" in message:
-        problem, _, where = message.partition(" - at `")
-        return f"{where.rstrip('`').removeprefix('$.')}: {problem}"
-    return message
+    problem, where = split_msgspec_error(message)
+    return message if where is None else f"{where.removeprefix('$.')}: {problem}"
 
 
 def plan_to_specs(plan: PlanFile) -> tuple[TaskSpec, ...]:

@@ -45,6 +45,7 @@ from claudecluster.gateway.schemas import (
     SubmitTaskBody,
     WorkersBody,
 )
+from claudecluster.projections.tasks import progress_text
 from claudecluster.projections.views import TaskView
 from claudecluster.runtime.front_door import FrontDoor, submit_run_command
 from claudecluster.runtime.plan_previews import PlanDrafter, pool_size, preview_submission
@@ -276,11 +277,8 @@ def _log_line(stored: StoredEvent) -> LogLine:
     at = stored.envelope.occurred_at.isoformat()
     attempt = getattr(event, "attempt", None)
     if isinstance(event, TaskProgress):
-        text = event.text
-        if event.kind == "usage" and event.usage is not None:
-            text = f"{event.usage.input_tokens} in / {event.usage.output_tokens} out"
         return LogLine(seq=stored.seq, occurred_at=at, type=tag, attempt=attempt,
-                       kind=event.kind, tool=event.tool, text=text)  # fmt: skip
+                       kind=event.kind, tool=event.tool, text=progress_text(event))  # fmt: skip
     parts = [str(getattr(event, name)) for name in ("reason", "summary", "commit")
              if getattr(event, name, "")]  # fmt: skip
     return LogLine(seq=stored.seq, occurred_at=at, type=tag, attempt=attempt,

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from claudecluster.errors import (
+    AmbiguousTaskError,
     AuthenticationError,
     ClusterError,
     CommandRefusedError,
@@ -31,6 +32,7 @@ from claudecluster.errors import (
     RemoteError,
     UnknownEntityError,
 )
+from claudecluster.events.codec import split_msgspec_error
 from claudecluster.events.model import is_id
 from claudecluster.gateway.schemas import ProblemBody, ProblemField
 
@@ -51,7 +53,6 @@ __all__ = [
 
 JSON: Final = "application/json"
 _PROBLEM: Final = "application/problem+json"
-_AT = re.compile(r" - at `(?P<path>[^`]*)`$")
 _NAMED = re.compile(r"(?:missing required|unknown) field `(?P<name>[^`]*)`")
 _REGEX = re.compile(r"Expected `str` matching regex .*")
 # What a pattern asks for, in words, by the field it guards: a regex is no help to a user.
@@ -130,12 +131,10 @@ def decode_body(data: bytes, kind: type[Any], *, required: bool) -> Any:
     try:
         decoded = msgspec.json.decode(data, type=kind)
     except msgspec.ValidationError as exc:
-        message = str(exc)
-        at = _AT.search(message)
-        path = at.group("path") if at else "$"
-        named = _NAMED.search(message)
+        problem, at = split_msgspec_error(str(exc))
+        path = at or "$"
+        named = _NAMED.search(problem)
         field = f"{path}.{named.group('name')}" if named else path
-        problem = _AT.sub("", message)
         means = _PATTERN_MEANS.get(re.split(r"[.\[]", field)[-1])
         if means is not None:
             problem = _REGEX.sub(means, problem)
@@ -178,8 +177,10 @@ def problem_for(exc: ClusterError) -> Problem:
             return Problem(404, "Not Found", str(exc))
         case CommandRefusedError():
             return Problem(409, "Conflict", str(exc))
+        case AmbiguousTaskError():
+            return invalid("task_id", str(exc))
         case ConfigError():
-            return invalid(f"$.{exc.key}" if exc.key != "task" else "task_id", exc.problem)
+            return invalid(f"$.{exc.key}", exc.problem)
         case GraphError():
             return invalid("$.plan", str(exc))
         case InvalidIdError():

@@ -47,7 +47,13 @@ from claudecluster.errors import (
     PermissionDeniedError,
     UnknownEntityError,
 )
-from claudecluster.events.model import FanoutSpec, RunCancelled, TaskCancelled, TaskProgress
+from claudecluster.events.model import (
+    FanoutSpec,
+    RunCancelled,
+    TaskCancelled,
+    TaskProgress,
+    TaskSpec,
+)
 from claudecluster.events.plan import plan_to_specs
 from claudecluster.events.subjects import run_filter
 from claudecluster.mcp_server.for_people import (
@@ -77,6 +83,7 @@ from claudecluster.mcp_server.models import (
     worker_result,
 )
 from claudecluster.mcp_server.run_changes import RUNS_URI, RunChanges, subscribable_run
+from claudecluster.projections.tasks import progress_text
 from claudecluster.reporting import render_markdown, run_record
 from claudecluster.runtime.front_door import FrontDoor, submit_run_command
 from claudecluster.runtime.plan_previews import PlanDrafter, pool_size, preview_submission
@@ -261,6 +268,38 @@ def build_mcp_server(
         run = door.run(run_id)
         return run_result(run, door.view.tasks_of(run_id))
 
+    def submission(
+        ctx: Context[Any],
+        goal: str,
+        *,
+        repo: str | None,
+        source: str,
+        budget_usd: float | None,
+        max_parallel: int | None,
+        idempotency_key: str,
+        plan: tuple[TaskSpec, ...] | None = None,
+    ) -> Callable[[], Awaitable[str]]:
+        """What a submitting tool sends: the run (with ``plan``'s tasks, else for the
+        Claude planner), through the front door; it answers with the run's id."""
+
+        async def submit() -> str:
+            command = submit_run_command(
+                goal,
+                repo=repo or default_repo,
+                plan=plan,
+                claude_planner=plan is None,
+                budget_usd=budget_usd,
+                max_parallel=max_parallel,
+                source=source,
+                now=datetime.now(UTC),
+                max_tasks=door.max_tasks,
+                idempotency_key=idempotency_key,
+                client=_client(ctx),
+            )
+            return (await door.submit_run(command)).run_id
+
+        return submit
+
     async def start(
         ctx: Context[Any],
         submit: Callable[[], Awaitable[str]],
@@ -296,21 +335,8 @@ def build_mcp_server(
         """
         _require(ctx, "submit")
 
-        async def submit() -> str:
-            command = submit_run_command(
-                goal,
-                repo=repo or default_repo,
-                claude_planner=True,
-                budget_usd=budget_usd,
-                max_parallel=max_parallel,
-                source="tool run_goal",
-                now=datetime.now(UTC),
-                max_tasks=door.max_tasks,
-                idempotency_key=idempotency_key,
-                client=_client(ctx),
-            )
-            return (await door.submit_run(command)).run_id
-
+        submit = submission(ctx, goal, repo=repo, source="tool run_goal", budget_usd=budget_usd,
+                            max_parallel=max_parallel, idempotency_key=idempotency_key)  # fmt: skip
         return await start(ctx, submit, wait, timeout_s)
 
     @server.tool(
@@ -353,21 +379,10 @@ def build_mcp_server(
         except GraphError as exc:
             raise ToolError(str(exc)) from None
 
-        async def submit() -> str:
-            command = submit_run_command(
-                goal or parsed.goal or "run the plan",
-                repo=repo or default_repo,
-                plan=plan_to_specs(parsed),
-                budget_usd=budget_usd,
-                max_parallel=max_parallel,
-                source="tool submit_plan",
-                now=datetime.now(UTC),
-                max_tasks=door.max_tasks,
-                idempotency_key=idempotency_key,
-                client=_client(ctx),
-            )
-            return (await door.submit_run(command)).run_id
-
+        submit = submission(ctx, goal or parsed.goal or "run the plan", repo=repo,
+                            source="tool submit_plan", budget_usd=budget_usd,
+                            max_parallel=max_parallel, idempotency_key=idempotency_key,
+                            plan=plan_to_specs(parsed))  # fmt: skip
         return await start(ctx, submit, wait, timeout_s)
 
     @server.tool(annotations=mcp_types.ToolAnnotations(read_only_hint=True, open_world_hint=False))
@@ -476,7 +491,8 @@ def build_mcp_server(
                     seq=stored.seq,
                     attempt=event.attempt,
                     at=stored.envelope.occurred_at,
-                    text=f"[{event.kind}] {event.tool + ': ' if event.tool else ''}{event.text}",
+                    text=f"[{event.kind}] {event.tool + ': ' if event.tool else ''}"
+                    f"{progress_text(event)}",
                 )
                 for stored in await door.task_events(f"{found.run_id}/{found.task_id}")
                 if isinstance(event := stored.envelope.payload, TaskProgress)

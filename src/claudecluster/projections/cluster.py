@@ -17,7 +17,7 @@ from typing import Any, Final
 import msgspec
 from immutables import Map
 
-from claudecluster.errors import ConfigError, UnknownEntityError
+from claudecluster.errors import AmbiguousTaskError, UnknownEntityError
 from claudecluster.events.envelope import StoredEvent
 from claudecluster.events.model import TaskEvent
 from claudecluster.projections.costs import COSTS_READS, Costs, apply_costs
@@ -88,7 +88,7 @@ def find_task(view: ClusterView, ref: str) -> TaskView:
 
     Raises:
         UnknownEntityError: no such task.
-        ConfigError: the task id is ambiguous (several runs have it); the message says so.
+        AmbiguousTaskError: several runs have a task of that id; the message names them.
     """
     if "/" in ref:
         task = view.tasks.get(ref)
@@ -99,8 +99,7 @@ def find_task(view: ClusterView, ref: str) -> TaskView:
     if len(matches) == 1:
         return matches[0]
     if matches:
-        runs = ", ".join(sorted(t.run_id for t in matches))
-        raise ConfigError("task", ref, f"several runs have a task {ref!r} ({runs}): use RUN/TASK")
+        raise AmbiguousTaskError(ref, tuple(sorted(t.run_id for t in matches)))
     raise UnknownEntityError("task", ref)
 
 

@@ -40,7 +40,14 @@ from claudecluster.events.model import (
 from claudecluster.events.signing import verify_envelope
 from claudecluster.projections.views import TaskView, task_key
 
-__all__ = ["NOT_THE_HOLDER", "PROGRESS_PREVIEW_CHARS", "TASKS_READS", "Tasks", "apply_tasks"]
+__all__ = [
+    "NOT_THE_HOLDER",
+    "PROGRESS_PREVIEW_CHARS",
+    "TASKS_READS",
+    "Tasks",
+    "apply_tasks",
+    "progress_text",
+]
 
 Tasks = Map[str, TaskView]
 
@@ -52,6 +59,14 @@ PROGRESS_PREVIEW_CHARS = 200
 TASKS_READS: Final[frozenset[type[EventBase]]] = frozenset[type[EventBase]](
     {RunPlanned, RunRolledBack, RunRetried}
 ).union(cls for cls in get_args(Event) if issubclass(cls, TaskEvent))
+
+
+def progress_text(event: TaskProgress) -> str:
+    """What one line of a task's log says of ``event``: the agent's text, or for a usage
+    report its tokens (every task log shows it so: CLI, gateway, MCP)."""
+    if event.kind == "usage" and event.usage is not None:
+        return f"{event.usage.input_tokens} in / {event.usage.output_tokens} out"
+    return event.text
 
 
 def apply_tasks(tasks: Tasks, envelope: EventEnvelope) -> tuple[Tasks, str | None]:

@@ -18,9 +18,11 @@ from nats.aio.client import Client
 
 from claudecluster.actors.scaling import ScalePolicy, decide_scale
 from claudecluster.observability.logging import get_logger
-from claudecluster.projections.cluster import ClusterView, apply
+from claudecluster.projections.cluster import ClusterView
+from claudecluster.runtime.live_view import LiveView
 from claudecluster.runtime.worker import Worker, WorkerConfig, new_worker_id
 from claudecluster.transport.base import EventLog
+from claudecluster.transport.infrastructure import jetstream_infrastructure
 
 __all__ = ["LocalAutoscaler"]
 
@@ -60,7 +62,7 @@ class LocalAutoscaler:
         self._policy = policy
         self._interval_s = interval_s
         self._now = now
-        self._view = ClusterView()
+        self._live = LiveView(log)
         self._workers: dict[str, Worker] = {}
         self._idle_since: dict[str, datetime | None] = {}
         #: workers told to stop and still draining: no longer counted as the pool's
@@ -77,7 +79,7 @@ class LocalAutoscaler:
     ) -> None:
         """Scale until cancelled; the workers drain and leave when it ends."""
         async with anyio.create_task_group() as group:
-            await group.start(self._follow)
+            await group.start(self._live.follow)
             try:
                 await self._scale(group)  # the minimum, before anyone waits on it
                 task_status.started()
@@ -88,13 +90,9 @@ class LocalAutoscaler:
                 for worker in self._workers.values():
                     worker.stop("the local pool is shutting down")
 
-    async def _follow(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        async with self._log.open_reader(follow=True) as events:
-            task_status.started()
-            async for stored in events:
-                self._view = apply(self._view, stored)
+    @property
+    def _view(self) -> ClusterView:
+        return self._live.view
 
     async def _scale(self, group: anyio.abc.TaskGroup) -> None:
         now = self._now()
@@ -117,7 +115,13 @@ class LocalAutoscaler:
                   reason=decision.reason)  # fmt: skip
         for _ in range(decision.start):
             config = replace(self._template, worker_id=new_worker_id(), join_reason=decision.reason)
-            worker = Worker(config, self._log, self._client, transfer_client=self._transfer_client)
+            seams = jetstream_infrastructure(
+                self._log,
+                self._client,
+                transfer_client=self._transfer_client,
+                work_ack_wait_s=config.ack_wait_s,
+            )
+            worker = Worker(config, self._log, infrastructure=seams)
             self._workers[config.worker_id] = worker
             self._idle_since[config.worker_id] = now
             group.start_soon(self._serve, worker)

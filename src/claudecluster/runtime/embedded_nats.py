@@ -30,9 +30,9 @@ import anyio
 import anyio.abc
 import psutil
 
+from claudecluster.config_files import data_dir
 from claudecluster.errors import NatsBinaryMissingError, NatsPortInUseError, NatsServerError
 from claudecluster.observability.logging import get_logger
-from claudecluster.resources import data_dir
 from claudecluster.runtime.credentials import Credentials, ensure_credentials
 from claudecluster.transport.permissions import render_authorization
 

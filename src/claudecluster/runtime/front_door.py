@@ -88,13 +88,15 @@ SNAPSHOT_MIN_EVENTS: Final = 1000
 _log = get_logger(__name__)
 
 
-def new_run_id(now: datetime) -> str:
-    """A fresh run id: the time to the microsecond and a short random suffix.
+def new_run_id(now: datetime, prefix: str = "run") -> str:
+    """A fresh run id: ``prefix``, the time to the second and a short random suffix.
 
-    The suffix is there because a gateway can take many submissions within one
-    microsecond-stamped instant from different clients.
+    The suffix is there because two runs can start within the same second (a gateway
+    takes many submissions from different clients; two ``demo`` commands side by side).
+    The one format of every run id we make (an idempotent one is
+    :func:`idempotent_run_id`).
     """
-    return f"run-{now:%Y%m%d-%H%M%S}-{uuid4().hex[:6]}"
+    return f"{prefix}-{now:%Y%m%d-%H%M%S}-{uuid4().hex[:6]}"
 
 
 #: What an idempotency key may hold: printable ASCII, as an HTTP header value can.
@@ -325,7 +327,7 @@ class FrontDoor:
 
         Raises:
             UnknownEntityError: no such task.
-            ConfigError: the task id is ambiguous.
+            AmbiguousTaskError: several runs have a task of that id.
         """
         return find_task(self._view, ref)
 
@@ -341,7 +343,7 @@ class FrontDoor:
 
         Raises:
             UnknownEntityError: no such task.
-            ConfigError: the task id is ambiguous.
+            AmbiguousTaskError: several runs have a task of that id.
             EventStoreError: the log could not be read.
         """
         task = self.task(ref)
@@ -426,7 +428,7 @@ class FrontDoor:
 
         Raises:
             UnknownEntityError: no such run or task.
-            ConfigError: the task id is ambiguous.
+            AmbiguousTaskError: several runs have a task of that id.
             CommandRefusedError: the driver refused (e.g. it already ended).
             DriverUnavailableError: no driver answered in time.
         """

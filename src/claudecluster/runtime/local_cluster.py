@@ -13,7 +13,8 @@ again on the same store.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -25,12 +26,14 @@ from claudecluster.executors.confinement import Confinement
 from claudecluster.runtime.autoscaler import LocalAutoscaler
 from claudecluster.runtime.connection import Connection, open_nats, open_role_log
 from claudecluster.runtime.driver import Driver, DriverOptions
+from claudecluster.runtime.front_door import FrontDoor, open_front_door
 from claudecluster.runtime.sandboxing import confinement_for
-from claudecluster.runtime.worker import WorkerConfig
+from claudecluster.runtime.worker.config import configured_worker
 from claudecluster.settings import Settings
+from claudecluster.transport.infrastructure import jetstream_infrastructure
 from claudecluster.transport.jetstream import JetStreamEventLog
 
-__all__ = ["open_local_services"]
+__all__ = ["open_local_services", "open_serving_front_door"]
 
 
 @asynccontextmanager
@@ -81,31 +84,26 @@ async def _services(
     api: dict[str, str],
     confinement: Confinement,
 ) -> AsyncIterator[LocalAutoscaler]:
-    driver = Driver(
-        driver_log,
-        driver_client.jetstream(),
-        DriverOptions(
-            config=settings.driver_config(),
-            work_dir=settings.driver.work_dir,
+    options = DriverOptions(
+        config=settings.driver_config(),
+        work_dir=settings.driver.work_dir,
+        api_environment=api,
+        planner_executor=ClaudeCodeExecutor(confinement=confinement),
+        confinement=confinement,
+    )
+    seams = jetstream_infrastructure(
+        driver_log, driver_client, command_ack_wait_s=options.command_ack_wait_s
+    )
+    driver = Driver(driver_log, options=options, infrastructure=seams)
+    template = replace(
+        configured_worker(
+            settings,
+            worker_id="local",
+            workspace_root=project_dir / ".claudecluster" / "workspaces",
             api_environment=api,
-            planner_executor=ClaudeCodeExecutor(confinement=confinement),
             confinement=confinement,
         ),
-    )
-    template = WorkerConfig(
-        worker_id="local",
-        workspace_root=project_dir / ".claudecluster" / "workspaces",
-        api_environment=api,
-        copy_from=settings.worker.copy_from,
-        copy_files=tuple(settings.worker.copy_files),
-        setup_command=settings.worker.setup_command,
-        setup_timeout_s=settings.worker.setup_timeout_s,
-        permission_modes=tuple(settings.worker.permission_modes),
-        allow_plan_mcp_servers=settings.worker.allow_plan_mcp_servers,
         heartbeat_s=2.0,
-        confinement=confinement,
-        repo_cache=settings.worker.repo_cache,
-        repo_remotes=dict(settings.worker.repo_remotes),
     )
     size = max(workers, 1)
     scaler = LocalAutoscaler(
@@ -120,3 +118,31 @@ async def _services(
             yield scaler
         finally:
             group.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def open_serving_front_door(
+    conn: Connection, settings: Settings, *, workers: int, project_dir: Path
+) -> AsyncIterator[FrontDoor]:
+    """The front door a server (the gateway, the MCP server) serves, with the configured
+    bounds; on the embedded cluster, a driver and ``workers`` local workers beside it
+    (nothing else acts on commands there).
+
+    Raises:
+        EventStoreError: the log could not be read.
+        ConfigError: the sandbox is enabled but cannot work here.
+    """
+    async with (
+        open_front_door(
+            conn,
+            max_tasks=settings.driver.max_tasks,
+            default_task_limits=settings.limits.task_limits(),
+            default_budget_usd=settings.limits.budget_usd,
+        ) as door,
+        AsyncExitStack() as stack,
+    ):
+        if conn.embedded:
+            await stack.enter_async_context(
+                open_local_services(conn, settings, workers=workers, project_dir=project_dir)
+            )
+        yield door

@@ -43,7 +43,7 @@ from claudecluster.workspace.git import git
 
 __all__ = [
     "ClaudeCodePlanner",
-    "ClaudePlanner",
+    "PlanningAgent",
     "FanoutPlanner",
     "GivenPlan",
     "Planner",
@@ -171,8 +171,10 @@ test or review; size each task small, medium or large by the work it is.
 """
 
 
-class ClaudePlanner:
-    """Asks Claude Code for a plan and validates it, feeding problems back.
+class PlanningAgent:
+    """The planning agent in a workspace it is given: asks Claude Code for a plan and
+    validates it, feeding problems back. :class:`ClaudeCodePlanner` is the strategy that
+    gives it a checkout of the base commit.
 
     Args:
         executor: runs the planning agent (the same executor workers use).
@@ -329,7 +331,8 @@ class FanoutPlanner:
 
 
 class ClaudeCodePlanner:
-    """The Claude planner in a throwaway checkout of the base commit.
+    """The Claude planner strategy: the :class:`PlanningAgent` in a throwaway checkout of
+    the base commit.
 
     Args:
         executor: runs the planning agent.
@@ -357,7 +360,7 @@ class ClaudeCodePlanner:
         if not (workspace / ".git").exists():
             await git(repo, "worktree", "add", "--quiet", "--detach", str(workspace), base_commit)
         try:
-            planner = ClaudePlanner(self._executor, self._work_dir / "planner-scratch", self._api)
+            planner = PlanningAgent(self._executor, self._work_dir / "planner-scratch", self._api)
             return await planner.plan_file(submitted, workspace)
         finally:
             await git(repo, "worktree", "remove", "--force", str(workspace))

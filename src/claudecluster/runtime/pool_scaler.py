@@ -42,7 +42,8 @@ from claudecluster.errors import ClusterError, EventStoreError
 from claudecluster.events import EventEnvelope, PoolScaled, PoolScaleFailed, wrap_event
 from claudecluster.events.event_ids import pool_scale_id
 from claudecluster.observability.logging import get_logger
-from claudecluster.projections.cluster import ClusterView, apply
+from claudecluster.projections.cluster import ClusterView
+from claudecluster.runtime.live_view import LiveView
 from claudecluster.transport.base import EventLog
 
 __all__ = [
@@ -274,7 +275,7 @@ class PoolAutoscaler:
         self._scaler_id = scaler_id
         self._interval_s = interval_s
         self._now = now
-        self._view = ClusterView()
+        self._live = LiveView(log)
         self._state = ScalerState()
         self._counter = count(1)
         self._nonce = secrets.token_hex(3)
@@ -286,7 +287,7 @@ class PoolAutoscaler:
         """Size the pool until cancelled; then the backend stops what it started."""
         try:
             async with anyio.create_task_group() as group:
-                await group.start(self._follow)
+                await group.start(self._live.follow)
                 await self.step()  # the minimum, before anyone waits on it
                 task_status.started()
                 while True:
@@ -295,13 +296,9 @@ class PoolAutoscaler:
         finally:
             await self._backend.aclose()
 
-    async def _follow(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        async with self._log.open_reader(follow=True) as events:
-            task_status.started()
-            async for stored in events:
-                self._view = apply(self._view, stored)
+    @property
+    def _view(self) -> ClusterView:
+        return self._live.view
 
     def current(self) -> int:
         """The pool's size: the backend's own count, else the view's active workers."""

@@ -38,8 +38,8 @@ from typing import Any, Literal
 import pydantic
 import yaml
 
+from claudecluster.config_files import config_error
 from claudecluster.errors import ConfigError
-from claudecluster.validation import config_error
 
 __all__ = [
     "ErrorKind",

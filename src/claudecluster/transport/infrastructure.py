@@ -4,7 +4,7 @@ The driver and worker shells take an :class:`Infrastructure` instead of a NATS c
 the same shells run on JetStream in production and on :func:`memory_infrastructure` in a
 single process (a simulator on a virtual clock, a fast test). Each seam is a Protocol with a
 contract suite run against both implementations (``tests/transport/test_*contract*.py``,
-``test_liveness.py``, ``test_snapshots.py``, ``test_session_store.py``).
+``test_liveness.py``, ``test_snapshots.py``, ``test_transcripts.py``).
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ from claudecluster.transport.liveness import (
     WorkerRegistry,
 )
 from claudecluster.transport.memory import MemoryEventLog
-from claudecluster.transport.session_store import JetStreamSessionStore, MemorySessionStore
 from claudecluster.transport.snapshots import (
     JetStreamSnapshotStore,
     MemorySnapshotStore,
     SnapshotStore,
 )
+from claudecluster.transport.transcripts import JetStreamTranscriptStore, MemoryTranscriptStore
 from claudecluster.transport.work_queue import JetStreamWorkQueue, MemoryWorkQueue, WorkQueue
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def jetstream_infrastructure(
         inbox=JetStreamCommandInbox(js, ack_wait_s=command_ack_wait_s),
         feed=JetStreamCommandFeed(client),
         registry=JetStreamWorkerRegistry(js),
-        transcripts=JetStreamSessionStore(js, redactor=log.redactor),
+        transcripts=JetStreamTranscriptStore(js, redactor=log.redactor),
         snapshots=JetStreamSnapshotStore(js),
         leases=JetStreamLeaseStore(js),
     )
@@ -136,7 +136,7 @@ def memory_infrastructure(
         inbox=commands,
         feed=commands,
         registry=MemoryWorkerRegistry(),
-        transcripts=MemorySessionStore(redactor=memory_log.redactor),
+        transcripts=MemoryTranscriptStore(redactor=memory_log.redactor),
         snapshots=MemorySnapshotStore(),
         leases=MemoryLeaseStore(now),
     )

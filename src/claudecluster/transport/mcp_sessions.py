@@ -9,6 +9,7 @@ request of any session, and nothing is lost when a process ends.
 
 Keys are ``s.<session id>``; the id is a 32-character hex token we mint, so it is a valid
 key token as it is. Entries expire with the bucket's TTL (a day after the last write).
+(Claude Code's session transcripts, which workers resume from, are ``transcripts.py``.)
 """
 
 from __future__ import annotations

@@ -16,12 +16,9 @@ from pathlib import Path
 from typing import Final, Literal
 
 import pydantic
-import yaml
 
-from claudecluster.errors import ConfigError
-from claudecluster.resources import data_dir
+from claudecluster.config_files import data_dir, load_yaml_model
 from claudecluster.transport.topology import Topology, load_topology
-from claudecluster.validation import config_error, parse_yaml
 
 __all__ = [
     "ROLES",
@@ -110,17 +107,7 @@ def load_permissions(path: Path | None = None) -> Permissions:
     Raises:
         ConfigError: the file is missing, not YAML, or not valid; names the key and file.
     """
-    source = path or default_permissions_path()
-    try:
-        raw = parse_yaml(source.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError("(file)", f"file {source}", f"cannot read it: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError("(file)", f"file {source}", f"not valid YAML: {exc}") from None
-    try:
-        return Permissions.model_validate(raw)
-    except pydantic.ValidationError as exc:
-        raise config_error(exc, lambda _key: f"file {source}") from None
+    return load_yaml_model(path or default_permissions_path(), Permissions)
 
 
 def inbox_prefix(role: Role, permissions: Permissions | None = None) -> str:

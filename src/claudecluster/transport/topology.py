@@ -22,7 +22,6 @@ import anyio
 import nats.errors
 import nats.js.errors
 import pydantic
-import yaml
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -35,10 +34,9 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from claudecluster.errors import ConfigError, EventStoreError
+from claudecluster.config_files import data_dir, load_yaml_model
+from claudecluster.errors import EventStoreError
 from claudecluster.observability.logging import get_logger
-from claudecluster.resources import data_dir
-from claudecluster.validation import config_error, parse_yaml
 
 __all__ = [
     "COMMANDS_STREAM",
@@ -191,17 +189,7 @@ def load_topology(path: Path | None = None) -> Topology:
         ConfigError: the file is missing, not YAML, or not a valid topology; the error
             names the key and the file.
     """
-    source = path or default_topology_path()
-    try:
-        raw = parse_yaml(source.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError("(file)", f"file {source}", f"cannot read it: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError("(file)", f"file {source}", f"not valid YAML: {exc}") from None
-    try:
-        return Topology.model_validate(raw)
-    except pydantic.ValidationError as exc:
-        raise config_error(exc, lambda _key: f"file {source}") from None
+    return load_yaml_model(path or default_topology_path(), Topology)
 
 
 async def apply_topology(

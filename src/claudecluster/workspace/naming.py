@@ -1,6 +1,6 @@
 """Names of the directories a worker makes: one per attempt, one per slot, never shared.
 
-Ids are subject tokens (``^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$``): they hold no dot. Joining
+Ids are subject tokens (:func:`~claudecluster.events.model.is_id`): they hold no dot. Joining
 them with dots is therefore injective: two different (run, task, attempt) triples cannot
 name the same directory, as joining with ``-`` did (run ``a-b`` task ``c`` and run ``a``
 task ``b-c`` were both ``a-b-c-1``).
@@ -8,16 +8,13 @@ task ``b-c`` were both ``a-b-c-1``).
 
 from __future__ import annotations
 
-import re
-from typing import Final
+from claudecluster.events.model import is_id
 
 __all__ = ["attempt_dir_name", "slot_dir_name"]
 
-_TOKEN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-
 
 def _check(kind: str, value: str) -> str:
-    if not _TOKEN.match(value):
+    if not is_id(value):
         raise ValueError(f"{kind} {value!r} is not an id (letters, digits, '-', '_')")
     return value
 

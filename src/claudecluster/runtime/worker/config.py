@@ -20,8 +20,9 @@ from claudecluster.executors.confinement import (
     Confinement,
 )
 from claudecluster.runtime.touched import TOUCHED_EVERY_S
+from claudecluster.settings import Settings
 
-__all__ = ["Superseded", "WorkerConfig", "new_worker_id"]
+__all__ = ["Superseded", "WorkerConfig", "configured_worker", "new_worker_id"]
 
 
 _CAPABILITIES: Final = ("claude_code", "shell")
@@ -102,6 +103,35 @@ class WorkerConfig:
     repo_cache: Path | None = None
     repo_remotes: dict[str, str] = field(default_factory=dict)
     touched_every_s: float = TOUCHED_EVERY_S
+
+
+def configured_worker(
+    settings: Settings,
+    *,
+    worker_id: str,
+    workspace_root: Path,
+    api_environment: dict[str, str],
+    confinement: Confinement,
+) -> WorkerConfig:
+    """A worker as ``settings.worker`` configures it (the files copied in, the setup
+    command, permission modes, the repository cache); the rest at its defaults, for the
+    caller to replace.
+    """
+    worker = settings.worker
+    return WorkerConfig(
+        worker_id=worker_id,
+        workspace_root=workspace_root,
+        api_environment=api_environment,
+        confinement=confinement,
+        copy_from=worker.copy_from,
+        copy_files=tuple(worker.copy_files),
+        setup_command=worker.setup_command,
+        setup_timeout_s=worker.setup_timeout_s,
+        permission_modes=tuple(worker.permission_modes),
+        allow_plan_mcp_servers=worker.allow_plan_mcp_servers,
+        repo_cache=worker.repo_cache,
+        repo_remotes=dict(worker.repo_remotes),
+    )
 
 
 class Superseded(Exception):  # noqa: N818 - a condition, not a failure of ours

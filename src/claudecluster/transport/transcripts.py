@@ -14,9 +14,10 @@ Project keys, session ids and subpaths are free text, so each becomes one base64
 (no padding) in subjects and keys. Entries with a ``uuid`` are idempotent: a batch the SDK
 retries after a timeout is stored twice but loaded once.
 
-The seam is the SDK's own ``SessionStore`` protocol; :class:`MemorySessionStore` is the
-in-memory twin of :class:`JetStreamSessionStore` (redaction and idempotent loads included),
-and both pass the SDK's conformance suite and ours (``tests/transport/test_session_store.py``).
+The seam is the SDK's own ``SessionStore`` protocol; :class:`MemoryTranscriptStore` is the
+in-memory twin of :class:`JetStreamTranscriptStore` (redaction and idempotent loads included),
+and both pass the SDK's conformance suite and ours (``tests/transport/test_transcripts.py``).
+(The MCP endpoint's own sessions, which hold no transcript, are ``mcp_sessions.py``.)
 """
 
 from __future__ import annotations
@@ -49,7 +50,12 @@ if TYPE_CHECKING:
         SessionSummaryEntry,
     )
 
-__all__ = ["SESSIONS_BUCKET", "SESSIONS_STREAM", "JetStreamSessionStore", "MemorySessionStore"]
+__all__ = [
+    "SESSIONS_BUCKET",
+    "SESSIONS_STREAM",
+    "JetStreamTranscriptStore",
+    "MemoryTranscriptStore",
+]
 
 SESSIONS_STREAM: Final = "CC_SESSIONS"
 SESSIONS_BUCKET: Final = "cc_sessions"
@@ -86,7 +92,7 @@ def _without_retried(batches: list[SessionStoreEntry]) -> list[SessionStoreEntry
     return entries
 
 
-class JetStreamSessionStore:
+class JetStreamTranscriptStore:
     """A ``SessionStore`` on JetStream, every optional method included.
 
     Args:
@@ -257,8 +263,8 @@ class JetStreamSessionStore:
             raise EventStoreError(f"cannot delete session: {exc!r}") from exc
 
 
-class MemorySessionStore:
-    """Transcripts in memory: the twin of :class:`JetStreamSessionStore`.
+class MemoryTranscriptStore:
+    """Transcripts in memory: the twin of :class:`JetStreamTranscriptStore`.
 
     The SDK's ``InMemorySessionStore`` keeps the entries and folds the summaries; this adds
     what ours does on top: secrets redacted before anything is kept, empty batches ignored,

@@ -16,32 +16,32 @@ from claude_agent_sdk.testing import run_session_store_conformance
 
 from claudecluster.observability.redaction import REDACTED, Redactor
 from claudecluster.runtime.connection import open_nats
-from claudecluster.transport.session_store import (
-    SESSIONS_STREAM,
-    JetStreamSessionStore,
-    MemorySessionStore,
-)
 from claudecluster.transport.topology import apply_topology, load_topology
+from claudecluster.transport.transcripts import (
+    SESSIONS_STREAM,
+    JetStreamTranscriptStore,
+    MemoryTranscriptStore,
+)
 
 
 async def test_every_contract_of_the_sdk_conformance_suite_holds(nats_url: str) -> None:
     async with open_nats(nats_url) as client:
         js = client.jetstream()
 
-        async def fresh() -> JetStreamSessionStore:
+        async def fresh() -> JetStreamTranscriptStore:
             # Each contract gets empty storage, as the suite requires.
             for name in (SESSIONS_STREAM, "KV_cc_sessions"):
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     await js.delete_stream(name)
             await apply_topology(js, load_topology())
-            return JetStreamSessionStore(js)
+            return JetStreamTranscriptStore(js)
 
         await run_session_store_conformance(fresh)
 
 
 async def test_every_contract_of_the_sdk_conformance_suite_holds_in_memory() -> None:
-    async def fresh() -> MemorySessionStore:
-        return MemorySessionStore()
+    async def fresh() -> MemoryTranscriptStore:
+        return MemoryTranscriptStore()
 
     await run_session_store_conformance(fresh)
 
@@ -53,13 +53,13 @@ _SECRET = "sk-ant-api03-this-is-the-api-key-0123456789"
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
     """A transcript store that redacts :data:`_SECRET`."""
     if request.param == "memory":
-        yield MemorySessionStore(redactor=Redactor([_SECRET]))
+        yield MemoryTranscriptStore(redactor=Redactor([_SECRET]))
         return
     nats_url: str = request.getfixturevalue("nats_url")
     async with open_nats(nats_url) as client:
         js = client.jetstream()
         await apply_topology(js, load_topology())
-        yield JetStreamSessionStore(js, redactor=Redactor([_SECRET]))
+        yield JetStreamTranscriptStore(js, redactor=Redactor([_SECRET]))
 
 
 async def test_a_retried_batch_is_loaded_once_and_order_is_kept(store: SessionStore) -> None:
@@ -99,14 +99,14 @@ async def test_a_transcript_is_stored_with_every_configured_secret_redacted(
     async with open_nats(nats_url) as client:
         js = client.jetstream()
         await apply_topology(js, load_topology())
-        store = JetStreamSessionStore(js, redactor=Redactor([key_value]))
+        store = JetStreamTranscriptStore(js, redactor=Redactor([key_value]))
         key: SessionKey = {"project_key": "/p", "session_id": str(uuid.uuid4())}
         echoed = f"env: ANTHROPIC_API_KEY={key_value}"
         entry: Any = {"type": "assistant", "uuid": "a1", "text": echoed}
         await store.append(key, [entry])
         loaded = await store.load(key)
         summaries = await store.list_session_summaries("/p")
-        stored = await js.get_last_msg(SESSIONS_STREAM, JetStreamSessionStore._subject(key))
+        stored = await js.get_last_msg(SESSIONS_STREAM, JetStreamTranscriptStore._subject(key))
     assert loaded == [
         {"type": "assistant", "uuid": "a1", "text": f"env: ANTHROPIC_API_KEY={REDACTED}"}
     ]
@@ -118,10 +118,10 @@ async def test_a_batch_that_is_not_ours_is_skipped_on_load(nats_url: str) -> Non
     async with open_nats(nats_url) as client:
         js = client.jetstream()
         await apply_topology(js, load_topology())
-        store = JetStreamSessionStore(js)
+        store = JetStreamTranscriptStore(js)
         key: SessionKey = {"project_key": "/p", "session_id": str(uuid.uuid4())}
         await store.append(key, [{"type": "user", "uuid": "u1"}])
-        subject = JetStreamSessionStore._subject(key)
+        subject = JetStreamTranscriptStore._subject(key)
         for poison in (b"[" * 5_000, b"not json", b'{"a": 1}'):
             await js.publish(subject, poison, stream=SESSIONS_STREAM)
         await store.append(key, [{"type": "assistant", "uuid": "a1"}])
