@@ -14,7 +14,7 @@ import anyio
 
 from claudecluster.events.envelope import EventEnvelope, wrap_event
 from claudecluster.events.model import Event
-from claudecluster.transport.base import EventLog
+from claudecluster.transport.base import EventLog, read_all
 
 __all__ = [
     "EnvelopeFactory",
@@ -90,21 +90,27 @@ def commit_all(repo: Path, message: str) -> None:
 async def wait_for_events(
     log: EventLog, check: Callable[[list[Event]], bool], *, limit_s: float
 ) -> list[Event]:
-    """Every event of ``log`` up to the first at which ``check`` holds for all so far.
+    """Every event of ``log`` once ``check`` holds for them: the log as it is then.
 
     Followed live from the start of the log: each new event is looked at once, instead
-    of the whole log being read again every few tenths of a second.
+    of the whole log being read again every few tenths of a second. Once ``check`` holds,
+    what else is stored by then is read too, so the answer is the whole log at that
+    moment, as a poll would have seen it.
 
     Raises:
         TimeoutError: ``check`` did not hold within ``limit_s``.
     """
     seen: list[Event] = []
     with anyio.fail_after(limit_s):
-        if check(seen):
-            return seen
-        async with log.open_reader(follow=True) as events:
-            async for stored in events:
-                seen.append(stored.envelope.payload)
-                if check(seen):
-                    return seen
-    raise AssertionError("the log's following reader ended")
+        last = 0
+        if not check(seen):
+            async with log.open_reader(follow=True) as events:
+                async for stored in events:
+                    seen.append(stored.envelope.payload)
+                    last = stored.seq
+                    if check(seen):
+                        break
+                else:
+                    raise AssertionError("the log's following reader ended")
+        seen.extend(s.envelope.payload for s in await read_all(log, from_seq=last + 1))
+    return seen
