@@ -54,12 +54,12 @@ typecheck: $(STAMP)
 # it prints NOT AUDITED and why, and passes, so such a CI is not failed for it; where an
 # audit must happen (a CI with internet), AUDIT_REQUIRED=1 makes that a failure.
 # Releases the source does not know (a private build) are listed as not audited;
-# AUDIT_FLAGS=--strict fails on those too. claudecluster.testing.dependency_audit says how.
+# AUDIT_FLAGS=--strict fails on those too. claudecluster.dependency_audit says how.
 # Ignored advisories, one --ignore-vuln ID each, with why: none.
 AUDIT_IGNORE :=
 AUDIT_SERVICE ?= pypi
 audit: $(STAMP)
-	$(BIN)/python -m claudecluster.testing.dependency_audit $(if $(filter 1,$(AUDIT_REQUIRED)),--required) \
+	$(BIN)/python -m claudecluster.dependency_audit $(if $(filter 1,$(AUDIT_REQUIRED)),--required) \
 		-- -s $(AUDIT_SERVICE) --skip-editable $(AUDIT_IGNORE) $(AUDIT_FLAGS)
 
 # One test renders the HTML report in headless Chromium (Debian's chromium package). It is
@@ -92,7 +92,7 @@ schema: $(STAMP)
 	$(BIN)/claudecluster events schema
 
 golden: $(STAMP)
-	$(BIN)/python -m claudecluster.testing.record_samples
+	$(BIN)/python -m tests.fixtures.record_samples
 
 # Every benchmark at full size, one after the other (about half an hour on 2 cores): each
 # prints its table and writes benchmarks/results/<name>.json. See docs/performance.md.

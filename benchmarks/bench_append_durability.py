@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 import anyio
+from tests.fixtures.sample_runs import LogBuilder
 
 from claudecluster.events import TaskProgress
 from claudecluster.runtime.connection import open_jetstream_log
 from claudecluster.runtime.embedded_nats import find_nats_server, render_server_config
-from claudecluster.testing.sample_runs import LogBuilder
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

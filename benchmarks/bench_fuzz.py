@@ -3,7 +3,7 @@
 Decoders (event, command, stored log record, work item), the driver core, the worker core
 and the projections are fed mutations of the recorded sample logs (deep nesting, huge
 strings, wrong types, stray fields, broken bytes) and valid events in impossible orders;
-see :mod:`claudecluster.testing.fuzz`. The run fails if anything but the decode error
+see :mod:`tests.fixtures.fuzz`. The run fails if anything but the decode error
 escapes. The figures are the counts (what was quarantined, what the projections called
 an anomaly, runs the driver rejected) and the messages per second on one core.
 
@@ -18,8 +18,7 @@ import argparse
 import time
 
 from _harness import print_table, write_results
-
-from claudecluster.testing.fuzz import fuzz
+from tests.fixtures.fuzz import fuzz
 
 
 def main() -> None:

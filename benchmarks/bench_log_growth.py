@@ -51,6 +51,7 @@ from typing import Any
 import anyio
 import msgspec
 from _harness import open_unsynced_server, percentile, print_table, write_results
+from tests.fixtures.sample_runs import happy_path
 
 from claudecluster.actors.driver_snapshots import DRIVER_SNAPSHOT
 from claudecluster.events.codec import encode
@@ -62,7 +63,6 @@ from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.runtime.front_door import open_front_door
 from claudecluster.runtime.reads import write_view_snapshot
 from claudecluster.runtime.worker import Worker, WorkerConfig
-from claudecluster.testing.sample_runs import happy_path
 from claudecluster.transport.snapshots import JetStreamSnapshotStore, SnapshotStore
 
 _RUN = "bench-r000000"

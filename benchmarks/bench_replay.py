@@ -34,6 +34,7 @@ from typing import Any
 import anyio
 import psutil
 from _harness import open_unsynced_server, print_table, write_results
+from tests.fixtures.sample_runs import happy_path
 
 from claudecluster.events.codec import decode_event, encode
 from claudecluster.events.envelope import StoredEvent
@@ -41,7 +42,6 @@ from claudecluster.events.model import WorkerJoined
 from claudecluster.events.subjects import event_subject
 from claudecluster.projections.cluster import ClusterView, apply, replay
 from claudecluster.runtime.connection import open_jetstream_log
-from claudecluster.testing.sample_runs import happy_path
 
 _RUN = "bench-r000000"
 _PREFIX = "e000000"

@@ -39,7 +39,7 @@ from claudecluster.events.model import (
     WorkerJoined,
 )
 from claudecluster.events.subjects import event_subject
-from claudecluster.testing.sample_runs import LogBuilder
+from tests.fixtures.sample_runs import LogBuilder
 
 __all__ = ["Lifecycle", "envelopes", "events", "for_type", "lifecycle_logs", "stored_logs"]
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from pathlib import Path
 
+import anyio
+
 from claudecluster.events.envelope import EventEnvelope, wrap_event
 from claudecluster.events.model import Event
+from claudecluster.transport.base import EventLog, read_all
 
 __all__ = [
     "EnvelopeFactory",
@@ -18,6 +22,7 @@ __all__ = [
     "free_port",
     "git_output",
     "make_repo",
+    "wait_for_events",
     "wait_for_port",
 ]
 
@@ -80,3 +85,32 @@ def commit_all(repo: Path, message: str) -> None:
     """Commit everything in ``repo`` as a test user."""
     git_output(repo, "add", "-A")
     git_output(repo, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", message)
+
+
+async def wait_for_events(
+    log: EventLog, check: Callable[[list[Event]], bool], *, limit_s: float
+) -> list[Event]:
+    """Every event of ``log`` once ``check`` holds for them: the log as it is then.
+
+    Followed live from the start of the log: each new event is looked at once, instead
+    of the whole log being read again every few tenths of a second. Once ``check`` holds,
+    what else is stored by then is read too, so the answer is the whole log at that
+    moment, as a poll would have seen it.
+
+    Raises:
+        TimeoutError: ``check`` did not hold within ``limit_s``.
+    """
+    seen: list[Event] = []
+    with anyio.fail_after(limit_s):
+        last = 0
+        if not check(seen):
+            async with log.open_reader(follow=True) as events:
+                async for stored in events:
+                    seen.append(stored.envelope.payload)
+                    last = stored.seq
+                    if check(seen):
+                        break
+                else:
+                    raise AssertionError("the log's following reader ended")
+        seen.extend(s.envelope.payload for s in await read_all(log, from_seq=last + 1))
+    return seen

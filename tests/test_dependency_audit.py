@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from claudecluster.testing.dependency_audit import (
+from claudecluster.dependency_audit import (
     NOT_AUDITED_STATUS,
     read_report,
     unreachable_reason,
@@ -92,7 +92,7 @@ def _closed_port() -> int:
 
 def _audit(tmp_path: Path, url: str, *ours: str, extra: tuple[str, ...] = ()) -> tuple[int, str]:
     command = [
-        sys.executable, "-m", "claudecluster.testing.dependency_audit", *ours, "--",
+        sys.executable, "-m", "claudecluster.dependency_audit", *ours, "--",
         "--path", str(_site(tmp_path)), "-s", "osv", "--osv-url", url,
         "--cache-dir", str(tmp_path / "cache"), "--timeout", "30", *extra,
     ]  # fmt: skip

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from claudecluster.testing.fuzz import fuzz, sample_events
+from tests.fixtures.fuzz import fuzz, sample_events
 
 _MESSAGES = 100_000 // 3
 

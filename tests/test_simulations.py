@@ -13,8 +13,8 @@ import pytest
 
 from claudecluster.cli import run
 from claudecluster.errors import ConfigError
-from claudecluster.testing.scenarios import Scenario, load_scenario, run_scenario
-from claudecluster.testing.simulated_cluster import InvariantBrokenError
+from claudecluster.simulation.cluster import InvariantBrokenError
+from claudecluster.simulation.scenarios import Scenario, load_scenario, run_scenario
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,8 @@ import cyclopts
 import pytest
 
 from claudecluster.cli import COMMANDS, app
-from claudecluster.testing.sample_runs import happy_path
 from claudecluster.transport.jetstream import JetStreamEventLog
+from tests.fixtures.sample_runs import happy_path
 from tests.support import free_port
 
 #: Packages a front door or an agent needs, and a command that only prints must not load.

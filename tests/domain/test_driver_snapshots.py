@@ -20,7 +20,7 @@ from claudecluster.actors.driver_snapshots import (
 )
 from claudecluster.events import RunPolicy
 from claudecluster.events.envelope import StoredEvent
-from claudecluster.testing.simulated_cluster import SimulatedCluster, random_graph
+from claudecluster.simulation.cluster import SimulatedCluster, random_graph
 from tests.strategies import stored_logs
 
 CODE = "code-digest"

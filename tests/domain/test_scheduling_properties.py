@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from claudecluster.actors.driver import DriverConfig
 from claudecluster.domain.lifecycle import TaskState
 from claudecluster.events import RunPolicy, TaskMerged
-from claudecluster.testing.simulated_cluster import SimulatedCluster, random_graph
+from claudecluster.simulation.cluster import SimulatedCluster, random_graph
 
 
 @given(

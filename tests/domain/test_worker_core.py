@@ -1,7 +1,7 @@
 """The worker's decisions beyond admission, free of I/O: the claim, the session, what a
 command stops, and whose fault a failure was.
 
-runtime/worker/ and testing/simulated_cluster.py both carry these out; here each is
+runtime/worker/ and simulation/cluster.py both carry these out; here each is
 pinned down on its own, and the claim is checked against the projections that fold it.
 """
 

@@ -19,8 +19,8 @@ from claudecluster.runtime.connection import Connection, open_nats
 from claudecluster.runtime.front_door import FrontDoor, open_front_door
 from claudecluster.runtime.local_cluster import open_local_services
 from claudecluster.settings import Settings
-from claudecluster.testing.sample_runs import happy_path
 from tests.conftest import fresh_jetstream_log
+from tests.fixtures.sample_runs import happy_path
 from tests.support import make_repo
 
 

@@ -30,7 +30,7 @@ from claudecluster.projections import ClusterView, replay
 from claudecluster.projections.cluster import RECENT_ANOMALIES, find_task
 from claudecluster.projections.tasks import PROGRESS_PREVIEW_CHARS
 from claudecluster.projections.workers import with_liveness
-from claudecluster.testing.sample_runs import LogBuilder
+from tests.fixtures.sample_runs import LogBuilder
 
 
 def _planned(*task_ids: str) -> LogBuilder:

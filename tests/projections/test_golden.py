@@ -9,8 +9,8 @@ import pytest
 
 from claudecluster.events.codec import decode_stored_event
 from claudecluster.projections import replay, to_snapshot
-from claudecluster.testing.record_samples import golden_snapshot, render_log
-from claudecluster.testing.sample_runs import SCENARIOS
+from tests.fixtures.record_samples import golden_snapshot, render_log
+from tests.fixtures.sample_runs import SCENARIOS
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((ROOT / "events" / "samples").glob("*.jsonl"))
@@ -62,7 +62,7 @@ def test_the_legacy_log_replays_through_the_upcaster() -> None:
 
 
 def test_recording_the_samples_reproduces_the_committed_files(tmp_path: Path) -> None:
-    from claudecluster.testing.record_samples import main
+    from tests.fixtures.record_samples import main
 
     assert main(tmp_path) == 0
     for folder, pattern in (("events/samples", "*.jsonl"), ("projections/golden", "*.json")):

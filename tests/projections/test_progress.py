@@ -7,7 +7,7 @@ from datetime import timedelta
 from claudecluster.events import TaskMerged
 from claudecluster.projections import replay
 from claudecluster.projections.progress import run_progress
-from claudecluster.testing.sample_runs import SAMPLE_START, happy_path
+from tests.fixtures.sample_runs import SAMPLE_START, happy_path
 
 
 def test_progress_midway_counts_states_and_estimates_the_chain_still_ahead() -> None:

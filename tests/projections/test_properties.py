@@ -14,7 +14,7 @@ from claudecluster.projections.costs import COSTS_READS, apply_costs
 from claudecluster.projections.runs import RUNS_READS, apply_runs
 from claudecluster.projections.tasks import TASKS_READS, apply_tasks
 from claudecluster.projections.workers import WORKERS_READS, apply_workers
-from claudecluster.testing.sample_runs import conflict_and_rollback, failover, happy_path
+from tests.fixtures.sample_runs import conflict_and_rollback, failover, happy_path
 from tests.strategies import Lifecycle, envelopes, lifecycle_logs, stored_logs
 
 

@@ -1,7 +1,7 @@
 """Recorded histories replayed through the driver's core, as Temporal's replayer does.
 
 Every history here is a finished run: the sample logs under events/samples/ (built by
-testing/sample_runs.py) and the log of a real ``claudecluster demo`` run, with the real
+tests/fixtures/sample_runs.py) and the log of a real ``claudecluster demo`` run, with the real
 driver, three real workers and the real Claude Code CLI on the scripted Messages API
 (tests/replay/histories/demo.jsonl, captured by tests/replay/capture_demo.py).
 

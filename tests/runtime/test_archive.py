@@ -29,11 +29,11 @@ from claudecluster.runtime.archive import (
     runs_to_archive,
 )
 from claudecluster.runtime.reads import read_run, run_of_ref
-from claudecluster.testing.sample_runs import happy_path
 from claudecluster.transport.artifacts import JetStreamArtifactStore
 from claudecluster.transport.base import read_all
 from claudecluster.transport.jetstream import JetStreamEventLog
 from claudecluster.transport.topology import EVENTS_STREAM, apply_topology, load_topology
+from tests.fixtures.sample_runs import happy_path
 
 CLI = Path(sys.executable).parent / "claudecluster"
 _CLI_TIMEOUT_S = 120

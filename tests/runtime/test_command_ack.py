@@ -30,7 +30,7 @@ from claudecluster.transport.base import AppendResult, QuarantinedMessage, read_
 from claudecluster.transport.commands import publish_command
 from claudecluster.transport.jetstream import JetStreamEventLog
 from claudecluster.transport.topology import COMMANDS_STREAM
-from tests.support import make_repo
+from tests.support import make_repo, wait_for_events
 
 pytestmark = pytest.mark.anyio
 
@@ -91,12 +91,7 @@ async def _driver(log: Any, js: Any, tmp_path: Path) -> AsyncIterator[Driver]:
 
 
 async def _wait(log: JetStreamEventLog, check: Callable[[list[Event]], bool]) -> list[Event]:
-    with anyio.fail_after(WITHIN_S):
-        while True:
-            events = [s.envelope.payload for s in await read_all(log)]
-            if check(events):
-                return events
-            await anyio.sleep(0.1)
+    return await wait_for_events(log, check, limit_s=WITHIN_S)
 
 
 async def _acknowledged(js: Any) -> Any:

@@ -56,7 +56,7 @@ from claudecluster.runtime.worker import Worker, WorkerConfig
 from claudecluster.transport.base import read_all
 from claudecluster.transport.commands import publish_command
 from claudecluster.transport.jetstream import JetStreamEventLog
-from tests.support import git_output, make_repo
+from tests.support import git_output, make_repo, wait_for_events
 
 _ids = count(1)
 CLI = str(Path(sys.executable).parent / "claudecluster")
@@ -96,12 +96,7 @@ class Cluster:
     async def wait_for(
         self, check: Callable[[list[Event]], bool], limit_s: float = 60
     ) -> list[Event]:
-        with anyio.fail_after(limit_s):
-            while True:
-                events = await self.events()
-                if check(events):
-                    return events
-                await anyio.sleep(0.1)
+        return await wait_for_events(self.log, check, limit_s=limit_s)
 
     async def wait_end(self, run_id: str, limit_s: float = 60) -> list[Event]:
         ends = (RunCompleted, RunFailed, RunCancelled)

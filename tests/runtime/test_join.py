@@ -21,7 +21,6 @@ import trustme
 
 from claudecluster.errors import ConfigError
 from claudecluster.events import RunCompleted, RunFailed, SubmitRun, TaskSpec, TaskStarted
-from claudecluster.events.model import Event
 from claudecluster.runtime.connection import BusAuth, open_jetstream_log, open_nats
 from claudecluster.runtime.credentials import ensure_credentials
 from claudecluster.runtime.driver import Driver, DriverOptions
@@ -33,10 +32,9 @@ from claudecluster.runtime.join import (
     encode_join_token,
     install_join_token,
 )
-from claudecluster.transport.base import read_all
 from claudecluster.transport.commands import publish_command
 from claudecluster.transport.permissions import inbox_prefix, render_authorization
-from tests.support import free_port, make_repo, wait_for_port
+from tests.support import free_port, make_repo, wait_for_events, wait_for_port
 
 CLI = str(Path(sys.executable).parent / "claudecluster")
 RUN_ENDS_WITHIN_S = 180.0
@@ -172,13 +170,11 @@ async def test_a_worker_joined_with_a_token_runs_a_task(
                 await publish_command(
                     admin.jetstream(), command, command_id="join-1", now=datetime.now(UTC)
                 )
-                events: list[Event] = []
-                with anyio.fail_after(RUN_ENDS_WITHIN_S):
-                    while True:
-                        events = [s.envelope.payload for s in await read_all(log)]
-                        if any(isinstance(e, RunCompleted | RunFailed) for e in events):
-                            break
-                        await anyio.sleep(0.2)
+                events = await wait_for_events(
+                    log,
+                    lambda es: any(isinstance(e, RunCompleted | RunFailed) for e in es),
+                    limit_s=RUN_ENDS_WITHIN_S,
+                )
             finally:
                 group.cancel_scope.cancel()
                 worker.terminate()

@@ -17,7 +17,7 @@ from claudecluster.scripted_model import Script, open_scripted_model
 from claudecluster.transport.base import read_all
 from claudecluster.transport.commands import publish_command
 from claudecluster.transport.jetstream import JetStreamEventLog
-from tests.support import make_repo
+from tests.support import make_repo, wait_for_events
 
 CYCLIC = {"tasks": [{"id": "a", "prompt": "do a", "depends_on": ["b"]},
                     {"id": "b", "prompt": "do b", "depends_on": ["a"]}]}  # fmt: skip
@@ -46,11 +46,7 @@ SCRIPT = Script.model_validate(
 
 
 async def _wait_for(log: JetStreamEventLog, kind: type[Any], limit_s: float) -> None:
-    with anyio.fail_after(limit_s):
-        while True:
-            if any(isinstance(s.envelope.payload, kind) for s in await read_all(log)):
-                return
-            await anyio.sleep(0.2)
+    await wait_for_events(log, lambda es: any(isinstance(e, kind) for e in es), limit_s=limit_s)
 
 
 async def test_the_claude_planner_retries_with_the_problem_and_records_a_valid_plan(

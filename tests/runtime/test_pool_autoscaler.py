@@ -41,7 +41,7 @@ from claudecluster.runtime.pool_scaler import (
 from claudecluster.transport.base import read_all
 from claudecluster.transport.commands import publish_command
 from claudecluster.transport.jetstream import JetStreamEventLog
-from tests.support import make_repo
+from tests.support import make_repo, wait_for_events
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 #: Workers start (a Python process each), take four shell tasks and the run merges.
@@ -198,11 +198,11 @@ async def test_local_worker_processes_are_started_for_a_run_and_drained_after_it
                 command = SubmitRun(run_id="pooled", goal="g", repo=str(repo), plan=plan)
                 await publish_command(client.jetstream(), command, command_id="pooled-1",
                                       now=datetime.now(UTC))  # fmt: skip
-                # Polled: a whole run, read from the log as the other run tests do.
-                with anyio.fail_after(RUN_ENDS_WITHIN_S):
-                    while not any(isinstance(s.envelope.payload, RunCompleted)  # noqa: ASYNC110
-                                  for s in await read_all(log)):  # fmt: skip
-                        await anyio.sleep(0.5)
+                await wait_for_events(
+                    log,
+                    lambda es: any(isinstance(e, RunCompleted) for e in es),
+                    limit_s=RUN_ENDS_WITHIN_S,
+                )
                 # ... and the scaler's own record of the pool back at none.
                 with anyio.fail_after(POOL_EMPTIES_WITHIN_S):
                     while not any(isinstance(d, PoolScaled) and d.workers_after == 0  # noqa: ASYNC110

@@ -33,6 +33,7 @@ from claudecluster.transport.base import read_all
 from claudecluster.transport.jetstream import JetStreamEventLog
 from claudecluster.transport.transcripts import JetStreamTranscriptStore
 from tests.runtime.conftest import Driver
+from tests.support import wait_for_events
 
 SCRIPT = Script.model_validate(
     {
@@ -88,13 +89,12 @@ async def _start_worker(nats_url: str, model_url: str, tmp_path: Path, name: str
     )  # fmt: skip
 
 
+# A take-over waits out the ack wait and a worker's start: generous for a loaded machine.
+_PROGRESS_WITHIN_S = 90.0
+
+
 async def _wait_for(log: JetStreamEventLog, check: Any) -> list[Any]:
-    with anyio.fail_after(90):
-        while True:
-            events = [s.envelope.payload for s in await read_all(log)]
-            if check(events):
-                return events
-            await anyio.sleep(0.2)
+    return await wait_for_events(log, check, limit_s=_PROGRESS_WITHIN_S)
 
 
 def _holds_tool_result(transcript: list[Any] | None) -> bool:

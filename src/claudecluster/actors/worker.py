@@ -13,7 +13,7 @@ current. The task's recorded history decides:
 * anything else (superseded, finished, cancelled, unknown task): drop the message.
 
 The rest of what a worker decides is here too, so the shell (runtime/worker/) and the
-simulated cluster (testing/simulated_cluster.py) carry out the same decisions: the events
+simulated cluster (simulation/cluster.py) carry out the same decisions: the events
 that claim an admitted attempt (:func:`claim_events`), which session it runs in
 (:func:`attempt_session`), which running attempts a command stops (:func:`stops_for`),
 and how a failure to carry an attempt out is recorded (:func:`classify_failure`).

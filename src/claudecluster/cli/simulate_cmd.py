@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from claudecluster.cli.app import EXIT_FAILED, EXIT_OK
-from claudecluster.testing.scenarios import load_scenario, run_scenario
-from claudecluster.testing.simulated_cluster import InvariantBrokenError
+from claudecluster.simulation.cluster import InvariantBrokenError
+from claudecluster.simulation.scenarios import load_scenario, run_scenario
 
 __all__ = ["simulate"]
 

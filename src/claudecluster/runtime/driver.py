@@ -51,9 +51,9 @@ from claudecluster.actors.driver import (
     decide,
 )
 from claudecluster.actors.driver_snapshots import DRIVER_SNAPSHOT, encode_driver_snapshot
-from claudecluster.actors.merge_outcomes import MergeFound, merge_key, merge_record
+from claudecluster.actors.merge_outcomes import merge_key, merge_record
 from claudecluster.actors.work_items import work_item
-from claudecluster.domain.branches import integration_branch, result_ref, task_branch
+from claudecluster.domain.branches import integration_branch
 from claudecluster.errors import (
     ClusterError,
     ConcurrencyError,
@@ -65,7 +65,6 @@ from claudecluster.errors import (
 from claudecluster.events import event_ids as ids
 from claudecluster.events.envelope import CommandEnvelope, StoredEvent, wrap_event
 from claudecluster.events.model import (
-    ChangedFile,
     Event,
     MergeConflict,
     RunCancelled,
@@ -74,14 +73,12 @@ from claudecluster.events.model import (
     RunPlanned,
 )
 from claudecluster.executors.base import Executor
-from claudecluster.executors.confined import ConfinedVerify
 from claudecluster.executors.confinement import Confinement
 from claudecluster.observability.logging import get_logger
 from claudecluster.projections.tasks import NOT_THE_HOLDER
-from claudecluster.runtime.base_transfer import RepositoryChains
 from claudecluster.runtime.driver_snapshots import decision_code_digest, open_driver_state
-from claudecluster.runtime.merge_queue import BatchMerger
 from claudecluster.runtime.planners import finish_plan, planner_for
+from claudecluster.runtime.run_repositories import GitRunRepositories, RunRepositories
 from claudecluster.transport.artifacts import ArtifactStore, JetStreamArtifactStore
 from claudecluster.transport.base import EventLog
 from claudecluster.transport.commands import (
@@ -96,14 +93,6 @@ from claudecluster.transport.infrastructure import Infrastructure
 from claudecluster.transport.liveness import JetStreamWorkerRegistry, WorkerRegistry
 from claudecluster.transport.snapshots import JetStreamSnapshotStore, SnapshotStore
 from claudecluster.transport.work_queue import JetStreamWorkQueue, WorkQueue
-from claudecluster.workspace.git import (
-    commit_changes,
-    fetch_result,
-    git,
-    refuse_unsupported,
-    resolve_commit,
-)
-from claudecluster.workspace.integration import Integration
 
 __all__ = ["DRIVER_CONSUMER", "Driver", "DriverOptions"]
 
@@ -172,6 +161,8 @@ class Driver:
             acknowledged once each command's outcome is recorded), registry and
             snapshots; given, ``js`` is not used (``registry`` and ``snapshots`` still
             override its own). Default: the real ones on ``js``.
+        repositories: the git half of the effects (default: git on this machine, in
+            ``options.work_dir``).
     """
 
     def __init__(
@@ -183,6 +174,7 @@ class Driver:
         registry: WorkerRegistry | None = None,
         snapshots: SnapshotStore | None = None,
         infrastructure: Infrastructure | None = None,
+        repositories: RunRepositories | None = None,
     ):
         self._log = log
         self._options = options or DriverOptions()
@@ -207,8 +199,11 @@ class Driver:
             self._snapshots = snapshots or JetStreamSnapshotStore(js)
         else:
             raise ValueError("a driver needs a JetStream context or an Infrastructure")
-        self._integrations: dict[str, Integration] = {}
-        self._chains = RepositoryChains(self._artifacts)
+        self._repos: RunRepositories = repositories or GitRunRepositories(
+            self._artifacts,
+            work_dir=self._options.work_dir,
+            confinement=self._options.confinement,
+        )
         self._stopped = anyio.Event()
         #: commands whose outcome is not recorded yet, by command id
         self._unacked: dict[str, _Unacked] = {}
@@ -449,7 +444,7 @@ class Driver:
                     effect.event, effect.event_id, effect.expected_last, effect.causation_id
                 )
                 if isinstance(effect.event, RunCompleted | RunFailed | RunCancelled):
-                    await self._chains.clean_run(effect.event.run_id)
+                    await self._repos.clean_run(effect.event.run_id)
                 return seq
             case Plan():
                 return await self._plan(effect)
@@ -462,11 +457,12 @@ class Driver:
             case Verify():
                 return await self._verify(effect)
             case Rollback():
-                integration = self._integration(effect.event.run_id, Path(effect.repo))
-                await integration.move_to(effect.event.to_commit)
+                await self._repos.move_to(
+                    effect.event.run_id, Path(effect.repo), effect.event.to_commit
+                )
                 return await self._record(effect.event, effect.event_id, None, effect.causation_id)
             case Retry():
-                head = await self._integration(effect.event.run_id, Path(effect.repo)).head()
+                head = await self._repos.head(effect.event.run_id, Path(effect.repo))
                 retried = msgspec.structs.replace(effect.event, head_commit=head)
                 return await self._record(retried, effect.event_id, None, effect.causation_id)
             case PublishCommand():
@@ -494,23 +490,18 @@ class Driver:
         run_id = submitted.run_id
         repo = Path(submitted.repo)
         try:
-            base = await resolve_commit(repo, submitted.base_ref)
-            await refuse_unsupported(repo, base)
-            # The history goes to the object store now, once for the repository (only
-            # what earlier runs did not send): a missing object fails the run here.
-            await self._chains.segments_for(repo, base, self._run_dir(run_id, repo))
-            await _exclude_work_dir(repo)
+            base = await self._repos.base_of(run_id, repo, submitted.base_ref)
             planner = planner_for(
                 submitted,
                 executor=self._options.planner_executor,
-                work_dir=self._run_dir(run_id, repo),
+                work_dir=self._repos.run_dir(run_id, repo),
                 api_environment=dict(self._options.api_environment),
             )
             tasks = await planner.tasks(submitted, repo, base)
             tasks_final, conflicts = finish_plan(
                 tasks, serialize_overlaps=submitted.policy.file_overlap == "serialize"
             )
-            await self._integration(run_id, repo).start(base)
+            await self._repos.open_integration(run_id, repo, base)
         except (GraphError, WorkspaceError, WorkspaceSetupError) as exc:
             _log.warning("run cannot be planned", run=run_id, error=str(exc))
             failed = RunFailed(run_id=run_id, reason=f"planning failed: {exc}")
@@ -540,13 +531,12 @@ class Driver:
         repo = Path(effect.repo)
         if effect.conflict is not None:
             ours, theirs = effect.conflict
-            base = await self._integration(effect.run_id, repo).conflicted_merge(
-                ours, theirs, f"Conflict of {queued.task_id} with {effect.integration_branch}"
-            )
+            base = await self._repos.conflicted_merge(
+                effect.run_id, repo, ours, theirs,
+                f"Conflict of {queued.task_id} with {effect.integration_branch}",
+            )  # fmt: skip
             queued = msgspec.structs.replace(queued, base_commit=base)
-        repo_key, segments = await self._chains.segments_for(
-            repo, queued.base_commit, self._run_dir(effect.run_id, repo)
-        )
+        repo_key, segments = await self._repos.segments(effect.run_id, repo, queued.base_commit)
         if effect.republish:
             seq = 0
         else:
@@ -557,70 +547,17 @@ class Driver:
     # -- merging -------------------------------------------------------------------------
 
     async def _merge(self, effect: Merge) -> int:
-        repo = Path(effect.repo)
-        theirs = await self._theirs_of(effect)
-        if theirs is None:
-            # The task changed nothing: there is nothing to merge, and nothing to verify.
-            return await self._append(merge_record(effect, MergeFound(theirs=None)))
-        outcome, verdict = await self._integration(effect.run_id, repo).merge(
-            head=effect.head,
-            theirs=theirs,
-            key=merge_key(effect),
-            message=f"{effect.task_id}: {effect.title}",
-            verify=effect.verify_command if effect.verify else None,
-            verify_timeout_s=effect.verify_timeout_s,
-        )
-        files: tuple[ChangedFile, ...] = ()
-        if outcome.commit is not None:
-            files = tuple(
-                ChangedFile(path=change.path, added=change.added, deleted=change.deleted)
-                for change in await commit_changes(repo, outcome.commit)
-            )
-        found = MergeFound(
-            theirs=theirs, commit=outcome.commit, conflict_files=outcome.conflict_files,
-            changed_files=outcome.changed_files, marker_files=outcome.marker_files,
-            verify_failure=None if verdict is None or verdict.passed else verdict.output,
-            files=files,
-        )  # fmt: skip
-        record = merge_record(effect, found)
+        record = merge_record(effect, await self._repos.merge(effect))
         if isinstance(record.event, MergeConflict) and record.event.problem:
             _log.warning("merge refused", task=merge_key(effect), problem=record.event.problem)
-        return await self._append(record)
-
-    async def _append(self, record: Record) -> int:
         return await self._record(record.event, record.event_id, record.expected_last)
 
-    async def _theirs_of(self, effect: Merge) -> str | None:
-        """The commit holding the attempt's result in the driver's repository.
-
-        None when a task's own attempt changed nothing. A resolution attempt that changed
-        nothing hands back the conflicted merge it started from, markers and all, so that
-        it is judged like any other result.
-        """
-        bundle_ref = next((a for a in effect.result.artifacts if a.name == "result.bundle"), None)
-        if bundle_ref is None:
-            return effect.resolution_base if effect.resolving is not None else None
-        repo = Path(effect.repo)
-        path = self._run_dir(effect.run_id, repo) / (
-            f"result-{effect.task_id}-{effect.attempt}.bundle"
-        )
-        await self._artifacts.get_file(bundle_ref, path)
-        return await fetch_result(
-            repo, path, task_branch(effect.run_id, effect.task_id),
-            result_ref(effect.run_id, effect.task_id, effect.attempt),
-        )  # fmt: skip
-
     async def _merge_batch(self, effect: MergeBatch) -> int:
-        repo = Path(effect.repo)
-        merger = BatchMerger(
-            self._integration(effect.run_id, repo), repo, self._record, self._theirs_of,
-            effect.verify_command, effect.verify_timeout_s, effect.verify_parallel,
-        )  # fmt: skip
-        return await merger.run(effect)
+        return await self._repos.merge_batch(effect, self._record)
 
     async def _verify(self, effect: Verify) -> int:
-        verdict = await self._integration(effect.run_id, Path(effect.repo)).verify_head(
-            effect.verify_command, effect.verify_timeout_s
+        verdict = await self._repos.verify_head(
+            effect.run_id, Path(effect.repo), effect.verify_command, effect.verify_timeout_s
         )
         if verdict.passed:
             return await self._record(
@@ -630,31 +567,3 @@ class Driver:
             run_id=effect.run_id, reason=f"the final verify failed: {verdict.output}"
         )
         return await self._record(failed, ids.run_failed_id(effect.run_id, effect.retries), None)
-
-    # -- places --------------------------------------------------------------------------
-
-    def _run_dir(self, run_id: str, repo: Path) -> Path:
-        root = self._options.work_dir or repo / ".claudecluster" / "driver"
-        return root / run_id
-
-    def _integration(self, run_id: str, repo: Path) -> Integration:
-        if run_id not in self._integrations:
-            self._integrations[run_id] = Integration(
-                repo,
-                self._run_dir(run_id, repo) / "integration",
-                integration_branch(run_id),
-                run_verify=ConfinedVerify(self._options.confinement),
-            )
-        return self._integrations[run_id]
-
-
-async def _exclude_work_dir(repo: Path) -> None:
-    """Keep ``.claudecluster/`` out of the user's ``git status`` without editing tracked files."""
-    common = Path((await git(repo, "rev-parse", "--git-common-dir")).strip())
-    exclude = (common if common.is_absolute() else repo / common) / "info" / "exclude"
-    current = exclude.read_text() if exclude.exists() else ""
-    if ".claudecluster/" not in current.split():
-        exclude.parent.mkdir(parents=True, exist_ok=True)
-        exclude.write_text(
-            current + ("" if current.endswith("\n") or not current else "\n") + ".claudecluster/\n"
-        )

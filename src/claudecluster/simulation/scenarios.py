@@ -3,7 +3,7 @@
 
 A scenario names a graph shape, a cluster and the faults to inject; each of its seeds is
 one deterministic run of the real driver core in
-:class:`~claudecluster.testing.simulated_cluster.SimulatedCluster`. The report puts the
+:class:`~claudecluster.simulation.cluster.SimulatedCluster`. The report puts the
 makespan next to the critical-path lower bound (what infinitely many workers could do)
 and the work bound (total work over the worker count), so scheduling quality shows as a
 ratio, whatever the machine.
@@ -24,7 +24,7 @@ from claudecluster.actors.driver import DriverConfig
 from claudecluster.domain.submission import DEFAULT_MAX_TASKS
 from claudecluster.errors import ConfigError
 from claudecluster.events.model import FailureClass, RunPolicy
-from claudecluster.testing.simulated_cluster import SimulatedCluster, random_graph
+from claudecluster.simulation.cluster import SimulatedCluster, random_graph
 
 __all__ = ["Scenario", "load_scenario", "run_scenario"]
 

@@ -15,7 +15,7 @@ JSON output and decides:
 * some releases audited and some not: those not audited are named; exit 0;
 * otherwise: how many releases were audited, none with a known vulnerability.
 
-Run as ``python -m claudecluster.testing.dependency_audit [--required] -- PIP_AUDIT_ARGS``.
+Run as ``python -m claudecluster.dependency_audit [--required] -- PIP_AUDIT_ARGS``.
 """
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""Deterministic fixtures shared by tests, the demo and the simulations (no I/O here)."""
