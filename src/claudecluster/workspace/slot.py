@@ -40,7 +40,7 @@ import anyio
 from claudecluster.errors import WorkspaceError
 from claudecluster.workspace.git import git
 
-__all__ = ["reset_workspace"]
+__all__ = ["remove_tree", "reset_workspace"]
 
 _CONFIG: Final = (
     "[core]\n"
@@ -84,7 +84,7 @@ async def reset_workspace(
         if not used:
             raise
         # Something in the old tree resisted the reset: start from an empty directory.
-        await anyio.to_thread.run_sync(_remove_tree, where)
+        await anyio.to_thread.run_sync(remove_tree, where)
         await anyio.to_thread.run_sync(_rebuild_git_dir, where, cache, commit, branch)
         await git(where, "reset", "--hard", "--quiet")
     return where
@@ -153,7 +153,7 @@ def _prune(directory: Path, layout: _Layout, *, keep: frozenset[str] = frozenset
             path.unlink()
         elif sub is None:
             if entry.is_dir(follow_symlinks=False):
-                _remove_tree(path)
+                remove_tree(path)
             elif entry.name not in keep and not entry.is_file(follow_symlinks=False):
                 path.unlink()  # a fifo or a socket where a file belongs
         elif not entry.is_dir(follow_symlinks=False):
@@ -176,12 +176,12 @@ def _write_if_changed(path: Path, content: str) -> None:
 
 def _remove_path(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
-        _remove_tree(path)
+        remove_tree(path)
     else:
         path.unlink(missing_ok=True)
 
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """Remove a directory an agent wrote, read-only entries included."""
     if not path.exists():
         return
