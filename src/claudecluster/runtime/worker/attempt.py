@@ -222,13 +222,16 @@ class AttemptRunner:
             await anyio.Path(mcp_config).write_text(item.mcp_config, encoding="utf-8")
         executor = self._shell if item.spec.executor == "shell" else self._executor
         prompt = _RESUME_NOTE + item.spec.prompt if resumed else item.spec.prompt
+        # A shell task has no transcript (nothing it can reach writes one): not looked for.
+        transcribed = item.spec.executor != "shell"
         mirror = _TranscriptMirror(
             self._sessions, _session_key(item, live.session_id), transcript, restored
         )
         superseded: BaseException | None = None
         try:
             async with anyio.create_task_group() as mirroring:
-                mirroring.start_soon(mirror.follow)
+                if transcribed:
+                    mirroring.start_soon(mirror.follow)
                 mirroring.start_soon(flush_when_due)
                 if item.base_commit and self.config.touched_every_s > 0:
                     mirroring.start_soon(self._report_touched, live, workspace)
@@ -265,7 +268,8 @@ class AttemptRunner:
         if superseded is not None:
             raise superseded
         await record(batcher.flush())
-        await mirror.sync()  # the transcript's last lines, written as the agent exited
+        if transcribed:
+            await mirror.sync()  # the transcript's last lines, written as the agent exited
         self.metrics.attempts_finished.labels(
             outcome="succeeded" if outcome.succeeded else (outcome.failure_class or "failed")
         ).inc()
