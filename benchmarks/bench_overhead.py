@@ -25,6 +25,7 @@ Prints a table and writes benchmarks/results/overhead.json.
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 from datetime import datetime
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psutil
 from _harness import (
     open_private_cluster,
     percentile,
@@ -81,6 +83,26 @@ async def bare_round_trips(conn: Connection, count: int) -> list[float]:
         samples.append(time.perf_counter() - started)
     await js.delete_stream("BENCH_BARE")
     return samples
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far: this process (driver and workers), its reaped children
+    (git, the sandboxes and what ran in them), and the nats-server."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server = 0.0
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if "nats-server" in process.name():
+                times = process.cpu_times()
+                server += times.user + times.system
+        except psutil.Error:
+            continue
+    return {
+        "python": me.ru_utime + me.ru_stime,
+        "children": children.ru_utime + children.ru_stime,
+        "nats_server": server,
+    }
 
 
 #: the stages of a task's path, each named by the event that ends it
@@ -157,10 +179,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     await group.start(worker.serve)
                 # Generous: --quick runs in the test suite, beside the rest of it on 2 cores.
                 timeout = 300 + args.tasks * 0.5
+                cpu_before = cpu_seconds()
                 wall, _, _ = await whole_path(
                     conn, repo, noop_plan(args.tasks, "t"), "overhead-throughput",
                     max_parallel=None, timeout_s=timeout,
                 )  # fmt: skip
+                cpu_after = cpu_seconds()
                 _, added, stages = await whole_path(
                     conn, repo, noop_plan(args.latency_tasks, "l"), "overhead-latency",
                     max_parallel=1, timeout_s=timeout,
@@ -183,6 +207,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "bare_publish_ack_p50_ms": round(percentile(bare, 50) * ms, 3),
             "bare_publish_ack_p99_ms": round(percentile(bare, 99) * ms, 3),
             "added_p50_over_bare_p50": round(percentile(added, 50) / percentile(bare, 50), 1),
+        },
+        # What the throughput phase cost, per task: 100 tasks/s on 2 cores is 20 ms in all.
+        "throughput_cpu_ms_per_task": {
+            name: round((cpu_after[name] - cpu_before[name]) / args.tasks * ms, 2)
+            for name in cpu_before
         },
         "latency_stage_p50_ms": {
             f"to {name}": round(percentile(values, 50) * ms, 2) for name, values in stages.items()
@@ -207,6 +236,7 @@ def main() -> None:
     results = report["results"]
     print_table(["measure", "value"], list(results.items()))
     print_table(["stage (p50)", "ms"], list(report["latency_stage_p50_ms"].items()))
+    print_table(["CPU per task", "ms"], list(report["throughput_cpu_ms_per_task"].items()))
     print(f"written {write_results('overhead', report, quick=args.quick)}")
 
 

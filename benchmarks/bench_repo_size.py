@@ -40,6 +40,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -175,33 +176,30 @@ class Preparations:
 
 
 class ProcessCounter:
-    """Counts the processes the actors start (anyio's two ways of starting one)."""
+    """Counts the processes the actors start: every ``subprocess.Popen``, which anyio's
+    ways of starting one go through and so does a worker thread's ``subprocess.run`` (the
+    commit step's ``git status``)."""
 
     def __init__(self) -> None:
         self.count = 0
-        self._run = anyio.run_process
-        self._open = anyio.open_process
+        self._init = subprocess.Popen.__init__
+        self._lock = threading.Lock()
 
     def __enter__(self) -> ProcessCounter:
-        run, start = self._run, self._open
+        init = self._init
 
-        async def counted_run(*args: Any, **kwargs: Any) -> Any:
-            self.count += 1
-            return await run(*args, **kwargs)
-
-        async def counted_open(command: Any, *args: Any, **kwargs: Any) -> Any:
+        def counted(popen: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
             # The fallback reaper is a process and starts one more: the command under it
             # (setpriv, the guard shell, nice and bubblewrap exec one into the other).
-            self.count += 2 if "reaper.py" in " ".join(map(str, command)) else 1
-            return await start(command, *args, **kwargs)
+            with self._lock:
+                self.count += 2 if "reaper.py" in " ".join(map(str, args)) else 1
+            init(popen, args, *rest, **kwargs)
 
-        anyio.run_process = counted_run  # type: ignore[assignment]
-        anyio.open_process = counted_open  # type: ignore[assignment]
+        subprocess.Popen.__init__ = counted  # type: ignore[assignment,method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        anyio.run_process = self._run  # type: ignore[assignment]
-        anyio.open_process = self._open  # type: ignore[assignment]
+        subprocess.Popen.__init__ = self._init  # type: ignore[method-assign]
 
 
 async def peak_rss(stop: anyio.Event, into: list[int]) -> None:

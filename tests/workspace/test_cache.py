@@ -328,3 +328,41 @@ async def test_a_pristine_slot_is_reset_without_git_and_still_keeps_nothing(
     assert sorted(p.name for p in ws.iterdir()) == [".git", "a.txt", "b.txt"]
     assert git_output(ws, "status", "--porcelain", "--ignored") == ""
     assert git_output(ws, "rev-parse", "HEAD").strip() == second
+
+
+async def test_a_reset_in_place_leaves_nothing_planted_inside_the_fresh_layout(
+    tmp_path: Path,
+) -> None:
+    # .git is pruned to its layout rather than removed: what hides inside the directories
+    # it keeps, or takes the place of one of them, must still go.
+    repo = make_repo(tmp_path / "source", {"a.txt": "a\n"})
+    base = await resolve_commit(repo, "HEAD")
+    chain = Chain(repo, tmp_path / "store")
+    await chain.send(base)
+    cache = await RepoCache(tmp_path / "cache").ensure("k", base, chain.segments)
+    ws = await reset_workspace(tmp_path / "slot" / "ws", cache, base, "claudecluster/r/one")
+    assert await _pristine_after(ws, cache, lambda ws: None)
+    gitdir = ws / ".git"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (gitdir / "objects" / "pack" / "planted.pack").write_text("x")
+    (gitdir / "objects" / "ab").mkdir()
+    (gitdir / "refs" / "heads" / "other").write_text(f"{base}\n")
+    shutil.rmtree(gitdir / "refs" / "tags")
+    (gitdir / "refs" / "tags").symlink_to(outside)
+    (gitdir / "objects" / "info" / "alternates").unlink()
+    (gitdir / "objects" / "info" / "alternates").symlink_to(outside / "alternates")
+    (gitdir / "config").unlink()
+    (gitdir / "config").mkdir()
+
+    ws = await reset_workspace(ws, cache, base, "claudecluster/r/two", pristine_at=base)
+    assert sorted(p.name for p in (gitdir / "objects" / "pack").iterdir()) == []
+    assert not (gitdir / "objects" / "ab").exists()
+    assert not (gitdir / "refs" / "tags").is_symlink()
+    assert not (gitdir / "objects" / "info" / "alternates").is_symlink()
+    assert not (outside / "alternates").exists()
+    assert (gitdir / "config").is_file()
+    assert git_output(ws, "for-each-ref", "--format=%(refname)").split() == [
+        "refs/heads/claudecluster/r/two"
+    ]
+    assert git_output(ws, "status", "--porcelain", "--ignored") == ""

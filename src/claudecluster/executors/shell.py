@@ -41,6 +41,11 @@ _TAIL: Final = 2000
 _MAX_LINE_CHARS: Final = 2**20
 
 
+def _make_dirs(*directories: Path) -> None:
+    for directory in directories:
+        directory.mkdir(parents=True, exist_ok=True)
+
+
 class ShellExecutor:
     """Runs ``bash -c <prompt>`` with the workspace as its working directory.
 
@@ -69,8 +74,7 @@ class ShellExecutor:
         """Run the command; see :class:`~claudecluster.executors.base.Executor`."""
         confinement = self._confinement or default_confinement()
         sandbox = attempt_sandbox(job.workspace, job.scratch, readable=job.readable)
-        for directory in (sandbox.home, sandbox.tmp):
-            await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
+        await anyio.to_thread.run_sync(_make_dirs, sandbox.home, sandbox.tmp)  # one hop
         env = confined_environment(
             os.environ, home=sandbox.home, tmp=sandbox.tmp, passed=confinement.pass_env
         )

@@ -46,6 +46,8 @@ __all__ = ["JetStreamEventLog"]
 _WRONG_LAST_SEQUENCE: Final = 10071
 _WRONG_LAST_RE: Final = re.compile(r"wrong last sequence: (\d+)")
 _QUARANTINE_SUBJECT: Final = f"{QUARANTINE_PREFIX}.evt"
+#: Events a bounded read of some subjects fetches one by one before it opens a consumer.
+_PROBE: Final = 4
 
 _log = get_logger(__name__)
 
@@ -147,11 +149,41 @@ class JetStreamEventLog:
     async def _iterate(
         self, from_seq: int, subjects: str, follow: bool
     ) -> AsyncGenerator[StoredEvent]:
+        if not follow and subjects != ALL_EVENTS:
+            # A bounded read of a few subjects (one task's history, what a worker reads
+            # for every work item) is mostly a handful of events: fetched one by one by
+            # sequence, it costs a request each, where a consumer costs its creation,
+            # its deliveries and its removal. Past _PROBE events the consumer takes over.
+            end = await self._last(self._stream, subjects)
+            if end < from_seq:
+                return
+            for _ in range(_PROBE):
+                found = await self._next(subjects, from_seq)
+                if found is None:
+                    return
+                seq, stored = found
+                if stored is not None:
+                    yield stored
+                if seq >= end:
+                    return
+                from_seq = seq + 1
         async with self._ordered(self._stream, subjects, from_seq, follow) as messages:
             async for msg in messages:
                 stored = await self._decode(msg)
                 if stored is not None:
                     yield stored
+
+    async def _next(self, subjects: str, from_seq: int) -> tuple[int, StoredEvent | None] | None:
+        """The first message matching ``subjects`` at or after ``from_seq`` (its sequence,
+        and the event unless it was quarantined), or None if there is none."""
+        try:
+            raw = await self._js.get_msg(self._stream, seq=from_seq, subject=subjects, next=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise EventStoreError(f"cannot read {self._stream} ({subjects}): {exc!r}") from exc
+        seq = int(raw.seq or 0)
+        return seq, await self._decode_parts(raw.subject or "", seq, raw.data or b"")
 
     def _ordered(
         self, stream: str, subjects: str, from_seq: int, follow: bool
@@ -159,17 +191,19 @@ class JetStreamEventLog:
         return open_ordered(self._js, stream, subjects, from_seq=from_seq, follow=follow)
 
     async def _decode(self, msg: Msg) -> StoredEvent | None:
-        seq = msg.metadata.sequence.stream
+        return await self._decode_parts(msg.subject, msg.metadata.sequence.stream, msg.data)
+
+    async def _decode_parts(self, subject: str, seq: int, data: bytes) -> StoredEvent | None:
         try:
-            envelope = decode_event(msg.data)
+            envelope = decode_event(data)
         except EventDecodeError as exc:
-            await self._quarantine(msg.subject, seq, str(exc), msg.data)
+            await self._quarantine(subject, seq, str(exc), data)
             return None
-        misplaced = subject_problem(msg.subject, envelope.payload)
+        misplaced = subject_problem(subject, envelope.payload)
         if misplaced is not None:  # permissions are per subject: hold the payload to it
-            await self._quarantine(msg.subject, seq, misplaced, msg.data)
+            await self._quarantine(subject, seq, misplaced, data)
             return None
-        return StoredEvent(seq=seq, subject=msg.subject, envelope=envelope)
+        return StoredEvent(seq=seq, subject=subject, envelope=envelope)
 
     async def _quarantine(self, subject: str, seq: int, reason: str, data: bytes) -> None:
         headers = {

@@ -439,24 +439,53 @@ async def commit_all(
     Raises:
         WorkspaceError: git failed, or ``.git`` was replaced.
     """
-    await anyio.to_thread.run_sync(distrust_git_dir, workspace, objects)
-    # Asked first, so a task that changed nothing costs one git process, not two. Ignored
-    # files are listed (a directory of them as one line) only to tell a pristine tree.
-    status = await git(
-        workspace, "status", "--porcelain", "--ignored=traditional", "--untracked-files=normal"
+    changed, pristine = await anyio.to_thread.run_sync(
+        _inspect, workspace, objects, on_pristine is not None
     )
-    lines = [line for line in status.splitlines() if line.strip()]
-    if not any(not line.startswith("!! ") for line in lines):
-        if (
-            not lines
-            and on_pristine is not None
-            and await anyio.to_thread.run_sync(_no_empty_directory, workspace)
-        ):
+    if not changed:
+        if pristine and on_pristine is not None:
             on_pristine()
         return None
     await git(workspace, "add", "--all")
     await git(workspace, "commit", "--quiet", "--no-verify", "-m", message)
     return (await git(workspace, "rev-parse", "HEAD")).strip()
+
+
+def _inspect(workspace: Path, objects: Path | None, pristine: bool) -> tuple[bool, bool]:
+    """Distrust ``.git``, then ask git whether anything changed; returns whether it did,
+    and (with ``pristine``) whether the tree holds exactly its ``HEAD``.
+
+    One call in a worker thread, git included (a blocking ``subprocess.run`` with its time
+    limit): a no-op attempt's whole commit step is then one thread hop, not three hops and
+    an event-loop subprocess (whose child watcher starts a thread of its own per process).
+    Asked first, so a task that changed nothing costs one git process, not two. Ignored
+    files are listed (a directory of them as one line) only to tell a pristine tree.
+
+    Raises:
+        WorkspaceError: ``.git`` was replaced, or git failed or took too long.
+    """
+    distrust_git_dir(workspace, objects)
+    args = ("status", "--porcelain", "--ignored=traditional", "--untracked-files=normal")
+    command = ["git", *_config_flags(), "-C", str(workspace), *args]
+    try:
+        done = subprocess.run(
+            command,
+            env=_git_env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=_GIT_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise WorkspaceError(f"git status took longer than {_GIT_TIMEOUT_S:.0f}s") from None
+    if done.returncode != 0:
+        message = done.stderr.decode(errors="replace").strip().splitlines()
+        detail = message[-1] if message else f"exit code {done.returncode}"
+        raise WorkspaceError(f"git status --porcelain failed in {workspace}: {detail}")
+    lines = [line for line in done.stdout.decode(errors="replace").splitlines() if line.strip()]
+    if any(not line.startswith("!! ") for line in lines):
+        return True, False
+    return False, pristine and not lines and _no_empty_directory(workspace)
 
 
 #: Directories looked at before a tree counts as too big to check for empty directories

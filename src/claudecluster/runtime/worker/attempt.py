@@ -6,6 +6,7 @@ first and owns everything around it.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -72,7 +73,7 @@ from claudecluster.runtime.worker.transcripts import (
     _transcript_path,
     _TranscriptMirror,
 )
-from claudecluster.runtime.worker.workspaces import _OWNER_FILE, _copy_in, _remove
+from claudecluster.runtime.worker.workspaces import _copy_in, _empty_scratch, _ready_scratch
 
 __all__ = ["AttemptRunner"]
 
@@ -105,12 +106,16 @@ class AttemptRunner:
     async def _run_attempt(self, live: _Attempt, slot: int = 0) -> None:
         item = live.item
         key = task_key(item.run_id, item.task_id)
-        scratch = self.config.workspace_root / attempt_dir_name(
-            item.run_id, item.task_id, live.attempt
-        )
-        # A slot's workspace is reused (reset to each attempt's base); kept workspaces are
-        # for looking at afterwards, so each attempt then gets its own.
-        where = scratch / "ws" if self.config.keep_workspaces else self._slot_dir(slot) / "ws"
+        # A slot's workspace and scratch directory (the sandbox's home and temp dir) are
+        # reused: the workspace reset to each attempt's base, the scratch emptied. Kept
+        # workspaces are for looking at afterwards, so each attempt then gets its own.
+        if self.config.keep_workspaces:
+            scratch = self.config.workspace_root / attempt_dir_name(
+                item.run_id, item.task_id, live.attempt
+            )
+            where = scratch / "ws"
+        else:
+            scratch, where = self._slot_dir(slot) / "scratch", self._slot_dir(slot) / "ws"
         self._running[key] = live
         self.metrics.attempts_started.inc()
         self.metrics.running.inc()
@@ -137,19 +142,19 @@ class AttemptRunner:
             self.metrics.running.dec()
             if not self.config.keep_workspaces:
                 with anyio.CancelScope(shield=True):  # cleaned on every path, cancel included
-                    await anyio.to_thread.run_sync(_remove, scratch)
+                    await anyio.to_thread.run_sync(_empty_scratch, scratch)
 
     async def _attempt_in(self, live: _Attempt, scratch: Path, where: Path) -> None:
         item = live.item
-        await anyio.Path(scratch).mkdir(parents=True, exist_ok=True)
-        # Who owns this directory: a worker killed outright cannot remove it, the next
-        # worker to start on this machine does (see _sweep_orphans).
-        await anyio.Path(scratch / _OWNER_FILE).write_text(str(os.getpid()), encoding="utf-8")
-        if not await anyio.Path(where.parent / _OWNER_FILE).exists():
-            await anyio.Path(where.parent).mkdir(parents=True, exist_ok=True)
-            await anyio.Path(where.parent / _OWNER_FILE).write_text(
-                str(os.getpid()), encoding="utf-8"
+        # Who owns the directory (the slot's, or a kept attempt's): a worker killed outright
+        # cannot remove it, the next worker to start on this machine does (_sweep_orphans).
+        # A slot's scratch is emptied here too: the end of the attempt before did it, but
+        # a failure to empty it then must not hand its files to this attempt.
+        await anyio.to_thread.run_sync(
+            functools.partial(
+                _ready_scratch, scratch, where.parent, empty=not self.config.keep_workspaces
             )
+        )
         entries = None
         if live.resume_from:
             entries = await self._sessions.load(_session_key(item, live.resume_from))
@@ -217,13 +222,16 @@ class AttemptRunner:
             await anyio.Path(mcp_config).write_text(item.mcp_config, encoding="utf-8")
         executor = self._shell if item.spec.executor == "shell" else self._executor
         prompt = _RESUME_NOTE + item.spec.prompt if resumed else item.spec.prompt
+        # A shell task has no transcript (nothing it can reach writes one): not looked for.
+        transcribed = item.spec.executor != "shell"
         mirror = _TranscriptMirror(
             self._sessions, _session_key(item, live.session_id), transcript, restored
         )
         superseded: BaseException | None = None
         try:
             async with anyio.create_task_group() as mirroring:
-                mirroring.start_soon(mirror.follow)
+                if transcribed:
+                    mirroring.start_soon(mirror.follow)
                 mirroring.start_soon(flush_when_due)
                 if item.base_commit and self.config.touched_every_s > 0:
                     mirroring.start_soon(self._report_touched, live, workspace)
@@ -260,7 +268,8 @@ class AttemptRunner:
         if superseded is not None:
             raise superseded
         await record(batcher.flush())
-        await mirror.sync()  # the transcript's last lines, written as the agent exited
+        if transcribed:
+            await mirror.sync()  # the transcript's last lines, written as the agent exited
         self.metrics.attempts_finished.labels(
             outcome="succeeded" if outcome.succeeded else (outcome.failure_class or "failed")
         ).inc()
