@@ -30,9 +30,10 @@ from claudecluster.events.model import TaskProgress
 from claudecluster.events.subjects import run_filter
 from claudecluster.projections.cluster import ClusterView, apply, find_task, replay
 from claudecluster.projections.progress import run_progress
-from claudecluster.projections.views import TaskView
+from claudecluster.projections.snapshots import RunRow
+from claudecluster.projections.views import RunView, TaskView
 from claudecluster.runtime.connection import Connection, open_configured_cluster
-from claudecluster.runtime.reads import read_run, run_of_ref, view_from_snapshot
+from claudecluster.runtime.reads import read_run, run_of_ref, runs_from_snapshot, view_from_snapshot
 from claudecluster.settings import Settings
 from claudecluster.transport.artifacts import ArtifactStore, JetStreamArtifactStore
 from claudecluster.transport.base import read_all
@@ -69,30 +70,14 @@ def status(
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
     settings = command_settings(nats, config)
+    if ref is None:
+        return _status_all(settings, json=json)
     view: ClusterView = anyio.run(_view, settings, ref)
     if json:
         sys.stdout.write(msgspec.json.encode(_status_record(view, ref)).decode() + "\n")
         return EXIT_OK
     console = Console(highlight=False)
     now = datetime.now(UTC)
-    if ref is None:
-        table = Table(title="runs", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-        for column in ("run", "state", "done", "elapsed", "cost", "goal"):
-            # A long goal folds onto more lines; no cell is cut.
-            table.add_column(column, overflow="fold", no_wrap=column != "goal")
-        for run in sorted(view.runs.values(), key=lambda r: r.submitted_at):
-            progress = run_progress(view, run.run_id, now)
-            assert progress is not None
-            table.add_row(
-                run.run_id,
-                run.state.value,
-                f"{progress.finished}/{progress.total}",
-                f"{progress.elapsed_s:.0f}s",
-                f"${progress.cost_usd:.4f}",
-                run.goal,
-            )
-        console.print(table)
-        return EXIT_OK
     shown = view.runs.get(ref)
     if shown is not None:
         console.print(run_table(view, shown))
@@ -126,10 +111,43 @@ def status(
     return EXIT_OK
 
 
-def _status_record(view: ClusterView, ref: str | None) -> object:
-    """What ``status --json`` prints: the same projections the tables show, whole."""
-    if ref is None:
-        return sorted(view.runs.values(), key=lambda r: r.submitted_at)
+def _status_all(settings: Settings, *, json: bool) -> int:
+    """``status`` without a reference: every run in a line, from the compact index of
+    runs plus the tail (finished runs come summed up, without their tasks)."""
+    view, rows = anyio.run(_runs, settings)
+    now = datetime.now(UTC)
+    lines: list[tuple[RunView, str, str, str]] = []
+    for row in rows.values():
+        done = f"{row.finished}/{row.total}"
+        lines.append((row.run, done, f"{row.elapsed_s:.0f}s", f"${row.cost_usd:.4f}"))
+    for run in view.runs.values():
+        progress = run_progress(view, run.run_id, now)
+        assert progress is not None
+        done = f"{progress.finished}/{progress.total}"
+        lines.append((run, done, f"{progress.elapsed_s:.0f}s", f"${progress.cost_usd:.4f}"))
+    lines.sort(key=lambda line: line[0].submitted_at)
+    if json:
+        sys.stdout.write(msgspec.json.encode([line[0] for line in lines]).decode() + "\n")
+        return EXIT_OK
+    table = Table(title="runs", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("run", "state", "done", "elapsed", "cost", "goal"):
+        # A long goal folds onto more lines; no cell is cut.
+        table.add_column(column, overflow="fold", no_wrap=column != "goal")
+    for run, done, elapsed, cost in lines:
+        table.add_row(run.run_id, run.state.value, done, elapsed, cost, run.goal)
+    Console(highlight=False).print(table)
+    return EXIT_OK
+
+
+async def _runs(settings: Settings) -> tuple[ClusterView, dict[str, RunRow]]:
+    """Every run: the open ones in a view, the finished ones as rows."""
+    async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
+        store = JetStreamSnapshotStore(conn.client.jetstream())
+        return await runs_from_snapshot(conn.log, store, archive=_archive(conn))
+
+
+def _status_record(view: ClusterView, ref: str) -> object:
+    """What ``status RUN --json`` prints: the same projections the tables show, whole."""
     shown = view.runs.get(ref)
     if shown is not None:
         return {"run": shown, "tasks": list(view.tasks_of(ref)), "cost": view.costs.get(ref)}
