@@ -213,7 +213,9 @@ async def test_every_run_comes_from_the_runs_index_finished_ones_as_rows_and_the
     # The finished run is a row, without its tasks; the rest is the full fold's.
     assert set(rows) == {"done"}
     assert "done/a" not in view.tasks
-    row, progress = rows["done"], run_progress(full, "done", full.runs["done"].finished_at)
+    ended = full.runs["done"].finished_at
+    assert ended is not None
+    row, progress = rows["done"], run_progress(full, "done", ended)
     assert progress is not None
     assert row.run == full.runs["done"]
     assert (row.total, row.finished, row.elapsed_s) == (
