@@ -7,8 +7,11 @@ left out, since liveness is no longer logged; without the sample's causation cha
 each copy a new run with its own ids, published pre-encoded in batches of plain publishes
 (a million events load in seconds). For each size, side by side on the same machine:
 
-* ``claudecluster status RUN`` (the last run) p50 and its peak RSS, as a subprocess;
-* ``claudecluster status`` (every run) p50, from the front door's snapshot plus the tail;
+* ``claudecluster status RUN`` (the last run) p50 and its peak RSS, as a subprocess, and
+  the CPU time (user + system) of each CLI command, the figure to compare on a shared
+  machine;
+* ``claudecluster status`` (every run) p50, from the runs index a front door wrote beside
+  its snapshot, plus the tail;
 * ``claudecluster --help`` p50;
 * driver restart to its first decision, twice: a Driver with no snapshot (it replays the
   whole log, as every restart did before driver snapshots; it then writes one), and,
@@ -58,6 +61,7 @@ from claudecluster.events.codec import encode
 from claudecluster.events.envelope import wrap_event
 from claudecluster.events.model import WorkerHeartbeat, WorkerJoined
 from claudecluster.events.subjects import event_subject
+from claudecluster.projections.snapshots import RUNS_SNAPSHOT
 from claudecluster.runtime.connection import Connection, open_jetstream_log
 from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.runtime.front_door import open_front_door
@@ -114,27 +118,33 @@ def cluster_log(count: int, *, first_run: int = 0) -> Iterator[tuple[str, bytes,
 
 def timed_cli(
     *args: str, repeat: int, env: dict[str, str], ok: tuple[int, ...] = (0,)
-) -> tuple[list[float], int]:
-    """Wall seconds of each run of ``claudecluster ARGS``, and the largest peak RSS (bytes).
+) -> tuple[list[float], int, list[float]]:
+    """Wall seconds of each run of ``claudecluster ARGS``, the largest peak RSS (bytes),
+    and the CPU seconds (user + system) of each run.
 
-    One unmeasured run first: it writes the bytecode caches when the environment allows.
+    The CPU time is what to compare on a shared machine: the wall time there is mostly
+    waiting for a core. One unmeasured run first: it writes the bytecode caches when the
+    environment allows.
     """
     times: list[float] = []
+    cpu: list[float] = []
     peak = 0
     for n in range(repeat + 1):
         started = time.perf_counter()
-        # GNU time prints the process's own peak RSS (KiB), nothing of this process's.
+        # GNU time prints the process's own peak RSS (KiB) and CPU, nothing of this one's.
         done = subprocess.run(
-            ["/usr/bin/time", "-f", "%M", *_CLI, *args],
+            ["/usr/bin/time", "-f", "%M %U %S", *_CLI, *args],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
         )  # fmt: skip
         elapsed = time.perf_counter() - started
         if done.returncode not in ok:
             raise RuntimeError(f"claudecluster {' '.join(args)} exited {done.returncode}")
         if n:
+            rss, user, system = done.stderr.strip().splitlines()[-1].split()
             times.append(elapsed)
-            peak = max(peak, int(done.stderr.strip().splitlines()[-1]) * 1024)
-    return times, peak
+            cpu.append(float(user) + float(system))
+            peak = max(peak, int(rss) * 1024)
+    return times, peak, cpu
 
 
 class _Noticing:
@@ -217,6 +227,7 @@ async def measure(
                 async with log.open_reader(from_seq=last) as events:
                     last_id = [e.envelope.id async for e in events][-1]
                 await write_view_snapshot(JetStreamSnapshotStore(js), door.view, last_id)
+        index = await JetStreamSnapshotStore(js).get(RUNS_SNAPSHOT) or b""
         started = time.perf_counter()
         async with open_front_door(conn):
             front_door_s = time.perf_counter() - started
@@ -240,16 +251,16 @@ async def measure(
         # On the empty log there is no run to show: the same command asks for one that
         # does not exist (exit 2), the same connect and read.
         ref = last_run or "no-such-run"
-        run_times, run_rss = await anyio.to_thread.run_sync(
+        run_times, run_rss, run_cpu = await anyio.to_thread.run_sync(
             lambda: timed_cli("status", ref, "--nats", url, repeat=repeat, env=env, ok=(0, 2))
         )
-        all_times, all_rss = await anyio.to_thread.run_sync(
+        all_times, all_rss, all_cpu = await anyio.to_thread.run_sync(
             lambda: timed_cli("status", "--nats", url, repeat=repeat, env=env)
         )
-        help_times, _ = await anyio.to_thread.run_sync(
+        help_times, _, help_cpu = await anyio.to_thread.run_sync(
             lambda: timed_cli("--help", repeat=repeat, env=env)
         )
-        nocache_times, _ = await anyio.to_thread.run_sync(
+        nocache_times, _, _ = await anyio.to_thread.run_sync(
             lambda: timed_cli(
                 "status", ref, "--nats", url, repeat=repeat, env=nocache_env, ok=(0, 2)
             )
@@ -262,16 +273,20 @@ async def measure(
     return {
         "events": count,
         "status_run_p50_ms": round(percentile(run_times, 50) * 1000),
+        "status_run_cpu_p50_ms": round(percentile(run_cpu, 50) * 1000),
         "status_run_rss_mb": round(run_rss / 2**20, 1),
         "status_all_p50_ms": round(percentile(all_times, 50) * 1000),
+        "status_all_cpu_p50_ms": round(percentile(all_cpu, 50) * 1000),
         "status_all_rss_mb": round(all_rss / 2**20, 1),
         "help_p50_ms": round(percentile(help_times, 50) * 1000),
+        "help_cpu_p50_ms": round(percentile(help_cpu, 50) * 1000),
         "status_run_nocache_p50_ms": round(percentile(nocache_times, 50) * 1000),
         "driver_restart_s": round(driver_s, 2),
         "driver_restart_no_snapshot_s": round(cold_s, 2),
         "driver_snapshot_mb": round(snapshot_mb, 1),
         "driver_snapshot_stored_mb": round(stored_mb, 1),
         "driver_tail_events": tail,
+        "runs_index_mb": round(len(index) / 2**20, 1),
         "front_door_ready_s": round(front_door_s, 2),
         "load_events_per_s": round(count / load_s) if count else 0,
         **side,

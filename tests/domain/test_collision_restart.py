@@ -61,7 +61,7 @@ def _asked(log: Log, kind: type[Any]) -> list[Record]:
 
 
 def _state(log: Log, task_id: str) -> TaskState:
-    return log.state.view.tasks[task_key("r", task_id)].state
+    return log.state.view_of("r").tasks[task_key("r", task_id)].state
 
 
 def _merge(log: Log, task_id: str, commit: str, attempt: int = 1) -> None:
@@ -128,7 +128,7 @@ def test_the_later_attempt_is_stopped_and_rerun_on_the_earlier_merge() -> None:
     assert isinstance(done.event, RunCompleted)
     assert (done.event.tasks_succeeded, done.event.tasks_failed) == (2, 0)
     assert done.event.preempted_attempts == 1
-    task = log.state.view.tasks[task_key("r", "b")]
+    task = log.state.view_of("r").tasks[task_key("r", "b")]
     assert (task.preemptions, task.preempted_by, task.failure) == (1, "a", None)
 
 

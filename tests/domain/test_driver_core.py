@@ -502,7 +502,7 @@ def test_rollback_goes_back_to_the_commit_before_a_task_or_a_sequence(
                              integration_branch="claudecluster/r"))  # fmt: skip
         log.settle(merge)
     log.settle(log.take(Record))  # RunCompleted
-    assert log.state.view.runs["r"].state.value == "completed"
+    assert log.state.view_of("r").runs["r"].state.value == "completed"
     # The ended run's book left the live books; a rollback still finds its merges.
     assert "r" not in log.state.runs
     assert "r" in log.state.finished

@@ -79,7 +79,7 @@ def test_a_recorded_plan_the_core_rejects_fails_its_run_once_and_others_go_on(ca
     log.settle(end)
     # Another run, recorded after the poison one, is planned and started as usual.
     assert dispatched(_submit_and_plan(log, "good", (spec("x"),))) == ["x"]
-    assert log.state.view.runs["bad"].state.value == "failed"
+    assert log.state.view_of("bad").runs["bad"].state.value == "failed"
 
     # A restarted driver replays the whole log: nothing raises, nothing is asked twice.
     fresh = Log()

@@ -55,11 +55,11 @@ def _rejection(effects: Sequence[object]) -> str:
 
 
 def _run_state(log: Log) -> RunState:
-    return log.state.view.runs["r"].state
+    return log.state.view_of("r").runs["r"].state
 
 
 def _state(log: Log, task_id: str) -> TaskState:
-    return log.state.view.tasks[task_key("r", task_id)].state
+    return log.state.view_of("r").tasks[task_key("r", task_id)].state
 
 
 def test_a_retried_run_queues_its_failed_task_from_the_new_head_then_its_skipped_dependent() -> (

@@ -20,6 +20,7 @@ from claudecluster.actors.driver_snapshots import (
 )
 from claudecluster.events import RunPolicy
 from claudecluster.events.envelope import StoredEvent
+from claudecluster.projections.cluster import replay
 from claudecluster.simulation.cluster import SimulatedCluster, random_graph
 from tests.strategies import stored_logs
 
@@ -186,8 +187,35 @@ def test_a_state_whose_fields_do_not_decode_is_a_reason_to_rebuild() -> None:
 def test_the_version_changes_with_the_state_revision(monkeypatch: pytest.MonkeyPatch) -> None:
     before = driver_state_version(CODE)
     driver_state_version.cache_clear()
-    monkeypatch.setattr(snapshots_module, "_STATE_REVISION", 2)
+    monkeypatch.setattr(snapshots_module, "_STATE_REVISION", snapshots_module._STATE_REVISION + 1)
     try:
         assert driver_state_version(CODE) != before
     finally:
         driver_state_version.cache_clear()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    runs=st.integers(1, 3),
+    size=st.integers(1, 10),
+    failures=st.sampled_from([0.0, 0.2]),
+)
+def test_finished_runs_leave_the_view_and_come_back_as_the_full_fold_has_them(
+    seed: int, runs: int, size: int, failures: float
+) -> None:
+    events = simulated_log(seed, runs, size, failures, 0.0)
+    state = recover(events)
+    full = replay(events)
+    assert set(state.finished) == set(full.runs)
+    # The live view holds no finished run, and every finished run's entries come back
+    # exactly as a fold of the whole log has them.
+    assert not state.view.runs
+    assert not state.view.tasks
+    assert not state.view.costs
+    assert state.view.workers == full.workers
+    for run_id in full.runs:
+        view = state.view_of(run_id)
+        assert view.runs[run_id] == full.runs[run_id]
+        assert view.tasks_of(run_id) == full.tasks_of(run_id)
+        assert view.costs.get(run_id) == full.costs.get(run_id)

@@ -264,7 +264,7 @@ def test_every_task_s_change_is_on_the_branch_or_the_run_says_why_not(
     world = World(outcomes=list(drawn), files=task_files)
     end = world.run(tasks, RunPolicy(max_attempts=max_attempts, file_overlap="warn"))
     branch = world.repo.commits[world.repo.head]
-    warned = dict(merge_warnings(world.state.view, "r"))
+    warned = dict(merge_warnings(world.state.view_of("r"), "r"))
     merged = {e.task_id: e for e in world.events if isinstance(e, TaskMerged)}
     for task_id, name in task_files.items():
         present = task_id in branch[name]

@@ -53,7 +53,7 @@ def test_scheduling_keeps_its_promises_on_random_graphs(
     policy = RunPolicy(on_task_failure=on_task_failure, backoff_base_s=1)  # type: ignore[arg-type]
     cluster.submit("r", tasks, policy=policy, max_parallel=max_parallel)
     report = cluster.run_until_done("r")
-    view = cluster.state.view
+    view = cluster.state.view_of("r")
     states = {t.task_id: t.state for t in view.tasks_of("r")}
     if report.run_state == "completed":
         done = {TaskState.MERGED, TaskState.SKIPPED, TaskState.CANCELLED, TaskState.FAILED}

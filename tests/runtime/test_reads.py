@@ -8,7 +8,9 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import pytest
 
 from claudecluster.events import (
+    RunFailed,
     RunPlanned,
+    RunRetried,
     RunSubmitted,
     StoredEvent,
     TaskProgress,
@@ -21,11 +23,13 @@ from claudecluster.events.model import Event
 from claudecluster.events.subjects import ALL_EVENTS
 from claudecluster.observability.redaction import Redactor
 from claudecluster.projections import ClusterView, replay
+from claudecluster.projections.progress import run_progress
 from claudecluster.projections.snapshots import decode_view_snapshot
 from claudecluster.runtime.reads import (
     keep_snapshotting,
     read_run,
     run_of_ref,
+    runs_from_snapshot,
     view_from_snapshot,
     write_view_snapshot,
 )
@@ -177,9 +181,61 @@ async def test_snapshots_are_written_when_enough_events_came_and_not_otherwise()
 
     with pytest.raises(EnoughError):
         await keep_snapshotting(lambda: next(views), store, every_s=1, min_events=1000, wait=tick)
-    assert store.writes == 2  # at 1500 and 2600; 5 and 1600 were too soon after
+    # At 1500 and 2600 (5 and 1600 were too soon after): the view and the runs index each.
+    assert store.writes == 4
     data = await store.get("cluster_view")
     assert data is not None
     restored, _ = decode_view_snapshot(data)
     assert restored is not None
     assert (restored.view.last_seq, restored.last_id) == (2600, "e2600")
+
+
+async def test_every_run_comes_from_the_runs_index_finished_ones_as_rows_and_the_tail(
+    jetstream_log: JetStreamEventLog,
+) -> None:
+    counting = CountingLog(jetstream_log)
+    for run_id in ("done", "retried"):
+        await a_run(counting, run_id, 30)
+        await counting.append(make(RunFailed(run_id=run_id, reason="r")))
+    await a_run(counting, "open", 3)
+    stored = await read_all(jetstream_log)
+    store = MemorySnapshotStore()
+    await write_view_snapshot(store, replay(stored), stored[-1].envelope.id)
+    # The tail: a new run, a progress of the open one, and a finished run opened again.
+    tail = await a_run(counting, "new", 2)
+    await counting.append(
+        make(TaskProgress(run_id="open", task_id="a", attempt=1, kind="text", text="x"))
+    )
+    await counting.append(make(RunRetried(run_id="retried", task_ids=("a",), head_commit="b")))
+    counting.delivered = 0
+    view, rows = await runs_from_snapshot(counting, store)
+    full = replay(await read_all(jetstream_log))
+    # The finished run is a row, without its tasks; the rest is the full fold's.
+    assert set(rows) == {"done"}
+    assert "done/a" not in view.tasks
+    ended = full.runs["done"].finished_at
+    assert ended is not None
+    row, progress = rows["done"], run_progress(full, "done", ended)
+    assert progress is not None
+    assert row.run == full.runs["done"]
+    assert (row.total, row.finished, row.elapsed_s) == (
+        progress.total,
+        progress.finished,
+        progress.elapsed_s,
+    )
+    assert set(view.runs) == {"open", "new", "retried"}
+    for run_id in ("open", "new", "retried"):
+        assert view.runs[run_id] == full.runs[run_id]
+        assert view.tasks_of(run_id) == full.tasks_of(run_id)
+    # The index's last event, the tail, and the reopened run's own events read again.
+    assert counting.delivered == 1 + tail + 2 + 30 + 5
+
+
+async def test_without_a_runs_index_every_run_comes_from_the_view(
+    jetstream_log: JetStreamEventLog,
+) -> None:
+    await a_run(jetstream_log, "r", 3)
+    await jetstream_log.append(make(RunFailed(run_id="r", reason="r")))
+    view, rows = await runs_from_snapshot(jetstream_log, MemorySnapshotStore())
+    assert rows == {}
+    assert view == replay(await read_all(jetstream_log))

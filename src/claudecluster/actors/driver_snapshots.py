@@ -54,7 +54,7 @@ __all__ = [
 DRIVER_SNAPSHOT: Final = "driver_state"
 #: Bumped by hand when the decisions change meaning without changing any layout or code
 #: the version already covers (say, a dependency's behaviour).
-_STATE_REVISION: Final = 1
+_STATE_REVISION: Final = 2
 #: Fields of DriverState that are not in the snapshot: the configuration is the restarted
 #: driver's own (and must equal the snapshot's), the view is stored in its own layout.
 _NOT_STORED: Final = frozenset({"config", "view"})

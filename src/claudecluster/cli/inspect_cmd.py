@@ -6,14 +6,16 @@ actor uses), so what it says is what the log says, on the embedded server or a c
 
 from __future__ import annotations
 
+import shutil
 import sys
+import textwrap
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 import anyio
 import msgspec
-from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -30,10 +32,11 @@ from claudecluster.events.model import TaskProgress
 from claudecluster.events.subjects import run_filter
 from claudecluster.projections.cluster import ClusterView, apply, find_task, replay
 from claudecluster.projections.progress import run_progress
+from claudecluster.projections.snapshots import RunRow
 from claudecluster.projections.tasks import progress_text
-from claudecluster.projections.views import TaskView
+from claudecluster.projections.views import RunView, TaskView
 from claudecluster.runtime.connection import Connection, open_configured_cluster
-from claudecluster.runtime.reads import read_run, run_of_ref, view_from_snapshot
+from claudecluster.runtime.reads import read_run, run_of_ref, runs_from_snapshot, view_from_snapshot
 from claudecluster.settings import Settings
 from claudecluster.transport.artifacts import ArtifactStore, JetStreamArtifactStore
 from claudecluster.transport.base import read_all
@@ -70,30 +73,14 @@ def status(
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
     settings = command_settings(nats, config)
+    if ref is None:
+        return _status_all(settings, json=json)
     view: ClusterView = anyio.run(_view, settings, ref)
     if json:
         sys.stdout.write(msgspec.json.encode(_status_record(view, ref)).decode() + "\n")
         return EXIT_OK
     console = Console(highlight=False)
     now = datetime.now(UTC)
-    if ref is None:
-        table = Table(title="runs", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-        for column in ("run", "state", "done", "elapsed", "cost", "goal"):
-            # A long goal folds onto more lines; no cell is cut.
-            table.add_column(column, overflow="fold", no_wrap=column != "goal")
-        for run in sorted(view.runs.values(), key=lambda r: r.submitted_at):
-            progress = run_progress(view, run.run_id, now)
-            assert progress is not None
-            table.add_row(
-                run.run_id,
-                run.state.value,
-                f"{progress.finished}/{progress.total}",
-                f"{progress.elapsed_s:.0f}s",
-                f"${progress.cost_usd:.4f}",
-                run.goal,
-            )
-        console.print(table)
-        return EXIT_OK
     shown = view.runs.get(ref)
     if shown is not None:
         console.print(run_table(view, shown))
@@ -127,10 +114,67 @@ def status(
     return EXIT_OK
 
 
-def _status_record(view: ClusterView, ref: str | None) -> object:
-    """What ``status --json`` prints: the same projections the tables show, whole."""
-    if ref is None:
-        return sorted(view.runs.values(), key=lambda r: r.submitted_at)
+def _status_all(settings: Settings, *, json: bool) -> int:
+    """``status`` without a reference: every run in a line, from the compact index of
+    runs plus the tail (finished runs come summed up, without their tasks)."""
+    view, rows = anyio.run(_runs, settings)
+    now = datetime.now(UTC)
+    lines: list[tuple[RunView, str, str, str]] = []
+    for row in rows.values():
+        done = f"{row.finished}/{row.total}"
+        lines.append((row.run, done, f"{row.elapsed_s:.0f}s", f"${row.cost_usd:.4f}"))
+    for run in view.runs.values():
+        progress = run_progress(view, run.run_id, now)
+        assert progress is not None
+        done = f"{progress.finished}/{progress.total}"
+        lines.append((run, done, f"{progress.elapsed_s:.0f}s", f"${progress.cost_usd:.4f}"))
+    lines.sort(key=lambda line: line[0].submitted_at)
+    if json:
+        sys.stdout.write(msgspec.json.encode([line[0] for line in lines]).decode() + "\n")
+        return EXIT_OK
+    header = ("run", "state", "done", "elapsed", "cost", "goal")
+    cells = [
+        (run.run_id, run.state.value, done, elapsed, cost, run.goal)
+        for run, done, elapsed, cost in lines
+    ]
+    sys.stdout.write(_plain_table("runs", header, cells))
+    return EXIT_OK
+
+
+def _plain_table(title: str, header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    """A table as plain text, the last column folded onto more lines to fit the terminal
+    (no cell is cut). Not rich's: a cluster lists its runs by the ten thousand, and rich
+    lays out such a table in minutes."""
+    gap = "  "
+    widths = [max([len(header[n]), *(len(row[n]) for row in rows)]) for n in range(len(header) - 1)]
+    columns = shutil.get_terminal_size().columns
+    last = max(columns - sum(widths) - len(gap) * len(widths), 10)
+
+    def line(cells: tuple[str, ...]) -> str:
+        return gap.join(cell.ljust(width) for cell, width in zip(cells, widths, strict=False))
+
+    out = [
+        title,
+        line(header) + gap + header[-1],
+        "─" * min(sum(widths) + len(gap) * len(widths) + last, columns),
+    ]
+    blank = line(tuple("" for _ in widths))
+    for row in rows:
+        folded = textwrap.wrap(row[-1], last, break_on_hyphens=False) or [""]
+        out.append((line(row) + gap + folded[0]).rstrip())
+        out.extend((blank + gap + more).rstrip() for more in folded[1:])
+    return "\n".join(out) + "\n"
+
+
+async def _runs(settings: Settings) -> tuple[ClusterView, dict[str, RunRow]]:
+    """Every run: the open ones in a view, the finished ones as rows."""
+    async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
+        store = JetStreamSnapshotStore(conn.client.jetstream())
+        return await runs_from_snapshot(conn.log, store, archive=_archive(conn))
+
+
+def _status_record(view: ClusterView, ref: str) -> object:
+    """What ``status RUN --json`` prints: the same projections the tables show, whole."""
     shown = view.runs.get(ref)
     if shown is not None:
         return {"run": shown, "tasks": list(view.tasks_of(ref)), "cost": view.costs.get(ref)}

@@ -20,14 +20,23 @@ from typing import Final
 import msgspec
 from immutables import Map
 
+from claudecluster.domain.lifecycle import OPEN_RUN_STATES
 from claudecluster.events.codec import EVENT_TYPES
 from claudecluster.projections.cluster import ClusterView, _Snapshot
+from claudecluster.projections.progress import run_progress
+from claudecluster.projections.views import RunView, task_key
 
 __all__ = [
+    "RUNS_SNAPSHOT",
     "VIEW_SNAPSHOT",
+    "RunRow",
+    "RunsSnapshot",
     "ViewSnapshot",
+    "decode_runs_snapshot",
     "decode_view_snapshot",
+    "encode_runs_snapshot",
     "encode_view_snapshot",
+    "split_finished",
     "view_from_msgpack",
     "view_to_msgpack",
     "view_version",
@@ -35,6 +44,8 @@ __all__ = [
 
 #: The snapshot's name in the store.
 VIEW_SNAPSHOT: Final = "cluster_view"
+#: The compact snapshot of every run (``status``'s list): see :func:`encode_runs_snapshot`.
+RUNS_SNAPSHOT: Final = "cluster_runs"
 #: Bumped by hand when the fold changes meaning without changing the view's layout.
 _FOLD_REVISION: Final = 1
 _ENCODER: Final = msgspec.msgpack.Encoder()
@@ -149,3 +160,122 @@ def decode_view_snapshot(data: bytes) -> tuple[ViewSnapshot | None, str]:
     if view.last_seq != record.seq:
         return None, f"the snapshot says it covers {record.seq} but its view is at {view.last_seq}"
     return ViewSnapshot(view=view, last_id=record.last_id), ""
+
+
+# ----------------------------------------------------------------------------------------
+# The runs index: every run in a line, finished ones without their tasks
+# ----------------------------------------------------------------------------------------
+
+
+class RunRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One finished run as the list of runs shows it: the run, and its progress summed
+    up (none of it changes once the run has ended, unless an event of the run comes)."""
+
+    run: RunView
+    total: int
+    finished: int
+    elapsed_s: float
+    cost_usd: float
+
+
+class _RunsRecord(msgspec.Struct, frozen=True, kw_only=True):
+    version: str
+    seq: int
+    last_id: str
+    #: the view without the finished runs (their runs, tasks and costs), as view_to_msgpack
+    open: bytes
+    rows: list[RunRow]
+
+
+class RunsSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A usable runs index: the open part of the view, the finished runs' rows, and the
+    id of the event it ends with."""
+
+    open: ClusterView
+    rows: dict[str, RunRow]
+    last_id: str
+
+
+@functools.cache
+def runs_version() -> str:
+    """The version a runs index must carry: the view's and the row's layout."""
+    layout = msgspec.json.encode(msgspec.json.schema(_RunsRecord))
+    return f"runs-{view_version()}-{hashlib.sha256(layout).hexdigest()[:16]}"
+
+
+def split_finished(view: ClusterView) -> tuple[ClusterView, dict[str, RunRow]]:
+    """The view without its finished runs, and a row for each of them.
+
+    A run counts as finished once it ended with an end time (its elapsed time no longer
+    grows); the rest stays in the view as it is.
+    """
+    rows: dict[str, RunRow] = {}
+    for run in view.runs.values():
+        if run.state in OPEN_RUN_STATES or run.finished_at is None:
+            continue
+        progress = run_progress(view, run.run_id, run.finished_at)
+        assert progress is not None
+        rows[run.run_id] = RunRow(
+            run=run,
+            total=progress.total,
+            finished=progress.finished,
+            elapsed_s=progress.elapsed_s,
+            cost_usd=progress.cost_usd,
+        )
+    if not rows:
+        return view, rows
+    runs, tasks, costs = view.runs.mutate(), view.tasks.mutate(), view.costs.mutate()
+    for run_id, row in rows.items():
+        del runs[run_id]
+        costs.pop(run_id, None)
+        for task_id in row.run.task_ids:
+            tasks.pop(task_key(run_id, task_id), None)
+    opened = msgspec.structs.replace(
+        view, runs=runs.finish(), tasks=tasks.finish(), costs=costs.finish()
+    )
+    return opened, rows
+
+
+def encode_runs_snapshot(view: ClusterView, last_id: str) -> bytes:
+    """A compact snapshot of ``view`` for the list of every run (msgpack): the finished
+    runs as rows, without their tasks, which a long-lived cluster has by the hundred
+    thousand and the list does not show.
+
+    Args:
+        view: the view.
+        last_id: the envelope id of the event at ``view.last_seq``.
+    """
+    opened, rows = split_finished(view)
+    record = _RunsRecord(
+        version=runs_version(),
+        seq=view.last_seq,
+        last_id=last_id,
+        open=view_to_msgpack(opened),
+        rows=sorted(rows.values(), key=lambda row: row.run.submitted_at),
+    )
+    return _ENCODER.encode(record)
+
+
+def decode_runs_snapshot(data: bytes) -> tuple[RunsSnapshot | None, str]:
+    """The runs index a snapshot holds, or None and why it cannot be used (never raises
+    for bad data: it is a reason to rebuild)."""
+    try:
+        record = msgspec.msgpack.decode(data, type=_RunsRecord)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return None, f"the snapshot does not decode: {exc}"
+    if record.version != runs_version():
+        return (
+            None,
+            f"the snapshot is of version {record.version}, this code reads {runs_version()}",
+        )
+    try:
+        opened = view_from_msgpack(record.open)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return None, f"the snapshot's view does not decode: {exc}"
+    if opened.last_seq != record.seq:
+        return (
+            None,
+            f"the snapshot says it covers {record.seq} but its view is at {opened.last_seq}",
+        )
+    rows = {row.run.run_id: row for row in record.rows}
+    return RunsSnapshot(open=opened, rows=rows, last_id=record.last_id), ""

@@ -9,6 +9,10 @@ what the whole log holds (which, a cluster's lifetime on, is mostly other runs).
 
 Every run: :func:`view_from_snapshot` starts from the newest usable snapshot of the cluster
 view (``cc_snapshots``, written by the front doors) and applies the events after it.
+:func:`runs_from_snapshot`, for the list of every run, starts from the compact index the
+front doors write beside it (finished runs as one row each, without their tasks), applies
+the tail to the open runs, and reads again, by its own subjects, any finished run the
+tail names.
 """
 
 from __future__ import annotations
@@ -17,16 +21,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
+import msgspec
 
 from claudecluster.errors import ClusterError, InvalidIdError
 from claudecluster.events.envelope import StoredEvent
-from claudecluster.events.model import RunSubmitted
+from claudecluster.events.model import RunEvent, RunSubmitted
 from claudecluster.events.subjects import run_filter
 from claudecluster.observability.logging import get_logger
 from claudecluster.projections.cluster import ClusterView, apply, replay
 from claudecluster.projections.snapshots import (
+    RUNS_SNAPSHOT,
     VIEW_SNAPSHOT,
+    RunRow,
+    decode_runs_snapshot,
     decode_view_snapshot,
+    encode_runs_snapshot,
     encode_view_snapshot,
 )
 from claudecluster.transport.artifacts import ArtifactStore
@@ -38,6 +47,7 @@ __all__ = [
     "open_view_from_snapshot",
     "read_run",
     "run_of_ref",
+    "runs_from_snapshot",
     "view_from_snapshot",
     "write_view_snapshot",
 ]
@@ -153,17 +163,78 @@ async def view_from_snapshot(log: EventLog, store: SnapshotStore) -> ClusterView
     return view
 
 
+async def runs_from_snapshot(
+    log: EventLog, store: SnapshotStore, *, archive: ArtifactStore | None = None
+) -> tuple[ClusterView, dict[str, RunRow]]:
+    """Every run now: the open runs in a view, the finished ones as rows.
+
+    From the newest usable runs index plus the tail; a finished run an event of the tail
+    names (a retry, a late result) is read again by its own subjects and joins the view.
+    Without a usable index, the whole view (:func:`view_from_snapshot`) and no rows.
+
+    Raises:
+        EventStoreError: the log could not be read.
+    """
+    try:
+        data = await store.get(RUNS_SNAPSHOT)
+    except ClusterError as exc:
+        _log.warning("runs snapshot not read; reading the view", error=str(exc))
+        data = None
+    snapshot, why = decode_runs_snapshot(data) if data is not None else (None, "none")
+    if snapshot is None:
+        _log.info("runs snapshot not used; reading the view", reason=why)
+        return await view_from_snapshot(log, store), {}
+    view, rows = snapshot.open, dict(snapshot.rows)
+    reread: set[str] = set()
+    matches = False
+    async with log.open_reader(from_seq=view.last_seq) as events:
+        first = await anext(aiter(events), None)
+        matches = first is not None and (first.seq, first.envelope.id) == (
+            view.last_seq,
+            snapshot.last_id,
+        )
+        async for stored in events if matches else _nothing():
+            event = stored.envelope.payload
+            if isinstance(event, RunEvent) and (event.run_id in rows or event.run_id in reread):
+                reread.add(event.run_id)
+                rows.pop(event.run_id, None)
+                continue
+            view = apply(view, stored)
+    if not matches:
+        _log.info("runs snapshot does not match the log; reading the view")
+        return await view_from_snapshot(log, store), {}
+    for run_id in sorted(reread):
+        events_of_run = await read_run(log, run_id, until_seq=view.last_seq, archive=archive)
+        of_run = replay(events_of_run)
+        view = msgspec.structs.replace(
+            view,
+            runs=view.runs.update(of_run.runs),
+            tasks=view.tasks.update(of_run.tasks),
+            costs=view.costs.update(of_run.costs),
+        )
+    return view, rows
+
+
+async def _nothing() -> AsyncIterator[StoredEvent]:
+    return
+    yield  # an async generator that yields nothing
+
+
 async def write_view_snapshot(store: SnapshotStore, view: ClusterView, last_id: str) -> None:
-    """Write a snapshot of ``view``, encoding it off the event loop's thread.
+    """Write a snapshot of ``view``, and the compact index of its runs beside it, encoding
+    them off the event loop's thread.
 
     The view is immutable, so another thread may encode it while the loop goes on
-    applying events to the next one.
+    applying events to the next one. The index is written after the view: a reader of
+    either finds one that matches the log.
 
     Raises:
         EventStoreError: the store could not be written.
     """
     data = await anyio.to_thread.run_sync(encode_view_snapshot, view, last_id)
     await store.put(VIEW_SNAPSHOT, data)
+    index = await anyio.to_thread.run_sync(encode_runs_snapshot, view, last_id)
+    await store.put(RUNS_SNAPSHOT, index)
 
 
 async def keep_snapshotting(

@@ -409,7 +409,7 @@ class SimulatedCluster:
             self._take(worker, run_id, task_id, attempt)
 
     def _take(self, worker: _Worker, run_id: str, task_id: str, attempt: int) -> None:
-        task = self.state.view.tasks.get(task_key(run_id, task_id))
+        task = self.state.view_of(run_id).tasks.get(task_key(run_id, task_id))
         decision = admit(task, attempt)
         scope = f"cc.evt.{run_id}.{task_id}.>"
         if decision.action in ("drop", "retry_later"):
@@ -524,7 +524,7 @@ class SimulatedCluster:
         """
         deadline = EPOCH + timedelta(seconds=limit_s)
         while self._timers:
-            run = self.state.view.runs.get(run_id)
+            run = self.state.view_of(run_id).runs.get(run_id)
             if run is not None and run.state not in OPEN_RUN_STATES:
                 break
             when, _, action = heapq.heappop(self._timers)
@@ -540,8 +540,9 @@ class SimulatedCluster:
         return self._report(run_id)
 
     def _report(self, run_id: str) -> SimulationReport:
-        run = self.state.view.runs[run_id]
-        tasks = self.state.view.tasks_of(run_id)
+        view = self.state.view_of(run_id)
+        run = view.runs[run_id]
+        tasks = view.tasks_of(run_id)
         unfinished = [t.task_id for t in tasks if t.state not in FINISHED_TASK_STATES]
         if run.state is RunState.COMPLETED and unfinished:
             raise InvariantBrokenError(f"run completed with unfinished tasks {unfinished[:5]}")

@@ -106,7 +106,7 @@ def run_scenario(scenario: Scenario, seed: int) -> dict[str, Any]:
     elapsed = time.perf_counter() - started
     work = sum(
         (t.finished_at - t.started_at).total_seconds()
-        for t in cluster.state.view.tasks_of("sim")
+        for t in cluster.state.view_of("sim").tasks_of("sim")
         if t.started_at is not None and t.finished_at is not None
     )
     lower = max(report.critical_path_s, work / scenario.workers)

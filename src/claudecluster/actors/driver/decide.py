@@ -28,7 +28,13 @@ from claudecluster.actors.driver.effects import (
 from claudecluster.actors.driver.fold import _fold, _restore_ready
 from claudecluster.actors.driver.liveness import _liveness
 from claudecluster.actors.driver.reconcile import _attempt, _reconcile, _record, _republish
-from claudecluster.actors.driver.state import DriverState, RunBook, _free, _freeze_finished
+from claudecluster.actors.driver.state import (
+    DriverState,
+    RunBook,
+    _free,
+    _freeze_finished,
+    _thaw,
+)
 from claudecluster.actors.driver.wakes import (
     _due,
     _may_start,
@@ -43,6 +49,7 @@ from claudecluster.events.model import (
     CancelTask,
     RunEvent,
     RunFailed,
+    WorkerLost,
 )
 
 
@@ -52,11 +59,39 @@ def decide(state: DriverState, message: Message, now: datetime) -> list[Effect]:
     Deterministic and free of I/O: the same messages at the same times give the same
     effects, which is what replay and the simulations rely on. ``state`` belongs to one
     caller, which feeds stored events in log order. The books of runs the message ended
-    leave the live books (see :func:`_freeze_finished`).
+    leave the live state (see :func:`_freeze_finished`); a finished run the message
+    concerns comes back into it first, so the message is decided as if it never left.
     """
+    thawed = _thaw_concerned(state, message)
     effects, looked_at = _decide(state, message, now)
-    _freeze_finished(state, looked_at)
+    _freeze_finished(state, looked_at | thawed)
     return effects
+
+
+def _thaw_concerned(state: DriverState, message: Message) -> set[str]:
+    """Bring back the finished runs ``message`` concerns; returns them.
+
+    Only the events of a run change its entries of the view (a worker's loss names the
+    attempts it held), and only a command naming a run reads them.
+    """
+    run_ids: set[str] = set()
+    match message:
+        case StoredEvent(envelope=envelope):
+            event = envelope.payload
+            if isinstance(event, RunEvent):
+                run_ids.add(event.run_id)
+            elif isinstance(event, WorkerLost):
+                run_ids |= {key.partition("/")[0] for key in event.orphaned_tasks}
+        case CommandEnvelope(payload=command):
+            run_id = getattr(command, "run_id", None)
+            if isinstance(run_id, str):
+                run_ids.add(run_id)
+        case _:
+            return set()
+    thawed = {run_id for run_id in run_ids if run_id in state.finished}
+    for run_id in sorted(thawed):
+        _thaw(state, run_id)
+    return thawed
 
 
 def _decide(state: DriverState, message: Message, now: datetime) -> tuple[list[Effect], set[str]]:

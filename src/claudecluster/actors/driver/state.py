@@ -1,4 +1,4 @@
-"""The driver core's state: one book per run, the frozen books of finished runs, pending keys."""
+"""The driver core's state: one book per run, the frozen finished runs, pending keys."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from claudecluster.events.model import (
     TaskSucceeded,
 )
 from claudecluster.projections.cluster import ClusterView
+from claudecluster.projections.views import CostView, RunView, TaskView, task_key
 
 # ----------------------------------------------------------------------------------------
 # State
@@ -145,9 +146,10 @@ class DriverState:
     now: datetime | None = None
     #: worker id -> the latest time its registry entry said it was alive (see WorkerSeen)
     seen: dict[str, datetime] = field(default_factory=dict)
-    #: run id -> the book of an ended run, encoded (see :func:`book`): a long-lived
-    #: cluster's finished runs outnumber its open ones by thousands, and kept as objects
-    #: they made every snapshot and restart cost the whole history
+    #: run id -> an ended run, encoded (see :func:`_freeze_finished`): its book and its
+    #: entries of the view (the run, its tasks, its cost), which leave ``view`` with it. A
+    #: long-lived cluster's finished runs outnumber its open ones by thousands, and kept
+    #: as objects they made every snapshot and restart cost the whole history.
     finished: dict[str, bytes] = field(default_factory=dict)
 
     def book(self, run_id: str) -> RunBook | None:
@@ -157,7 +159,15 @@ class DriverState:
         if live is not None:
             return live
         data = self.finished.get(run_id)
-        return None if data is None else _decode_book(data)
+        return None if data is None else _decode_run(data).book
+
+    def view_of(self, run_id: str) -> ClusterView:
+        """The view with the run's entries in it: ``view`` itself for a run not finished,
+        else a copy of it with the finished run's entries put back (to read, not to keep)."""
+        data = self.finished.get(run_id)
+        if data is None:
+            return self.view
+        return _with_run(self.view, _decode_run(data))
 
     def active_total(self) -> int:
         """Attempts queued or running (or about to be), all open runs together.
@@ -188,61 +198,130 @@ class DriverState:
 # ----------------------------------------------------------------------------------------
 
 
-class _FrozenBook(msgspec.Struct, frozen=True, kw_only=True):
-    """A finished book as stored: its predictions (keyed by pairs, which a sorted
-    encoding cannot key a map by) as a list in pair order, the rest as is."""
+class _FrozenRun(msgspec.Struct, frozen=True, kw_only=True):
+    """A finished run as stored: its book, its predictions (keyed by pairs, which a sorted
+    encoding cannot key a map by) as a list in pair order, and its view entries."""
 
     book: RunBook
     predicted: list[tuple[tuple[str, str], tuple[int, CollisionPredicted]]]
+    run: RunView | None
+    #: in plan order
+    tasks: list[TaskView]
+    cost: CostView | None
 
 
-#: Finished books are encoded with sets and dict keys sorted, so a book frozen from a
+#: Finished runs are encoded with sets and dict keys sorted, so a run frozen from a
 #: restored snapshot is the same bytes as one frozen in a full replay.
-_BOOK_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
-_FROZEN_DECODER: Final = msgspec.msgpack.Decoder(_FrozenBook)
+_RUN_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
+_FROZEN_DECODER: Final = msgspec.msgpack.Decoder(_FrozenRun)
 
 
-def _encode_book(book: RunBook) -> bytes:
-    """The book, compressed: a finished book is read back rarely, and its copies of the
+def _encode_run(frozen: _FrozenRun) -> bytes:
+    """The run, compressed: a finished run is read back rarely, and its copies of the
     run's events (results, work items) compress about fourfold, which is that much less
     snapshot to move at every restart."""
-    predicted = sorted(book.predicted.items(), key=lambda item: item[0])
-    frozen = _FrozenBook(book=dataclasses.replace(book, predicted={}), predicted=predicted)
-    return zlib.compress(_BOOK_ENCODER.encode(frozen), 1)
+    return zlib.compress(_RUN_ENCODER.encode(frozen), 1)
 
 
-def _decode_book(data: bytes) -> RunBook:
-    frozen = _FROZEN_DECODER.decode(zlib.decompress(data))
+def _decode_run(data: bytes) -> _FrozenRun:
+    return _FROZEN_DECODER.decode(zlib.decompress(data))
+
+
+def _task_ids(book: RunBook, run: RunView | None) -> list[str]:
+    """Every task the view may hold of the run: its plan's, in plan order."""
+    ids = list(run.task_ids) if run is not None else []
+    if book.graph is not None:
+        known = set(ids)
+        ids += [task_id for task_id in book.graph.specs if task_id not in known]
+    return ids
+
+
+def _with_run(view: ClusterView, frozen: _FrozenRun) -> ClusterView:
+    """``view`` with a frozen run's entries put back."""
+    run_id = frozen.book.run_id
+    runs, tasks, costs = view.runs, view.tasks, view.costs
+    if frozen.run is not None:
+        runs = runs.set(run_id, frozen.run)
+    if frozen.tasks:
+        building = tasks.mutate()
+        for task in frozen.tasks:
+            building[task_key(run_id, task.task_id)] = task
+        tasks = building.finish()
+    if frozen.cost is not None:
+        costs = costs.set(run_id, frozen.cost)
+    return msgspec.structs.replace(view, runs=runs, tasks=tasks, costs=costs)
+
+
+def _thaw(state: DriverState, run_id: str) -> RunBook | None:
+    """Bring a finished run back into the live state (its book into ``runs``, its entries
+    into ``view``), for a message that concerns it; :func:`_freeze_finished` freezes it
+    again at the end of the decision if it is still over. The live book, or None."""
+    data = state.finished.pop(run_id, None)
+    if data is None:
+        return state.runs.get(run_id)
+    frozen = _decode_run(data)
     book = frozen.book
     book.predicted = dict(frozen.predicted)
+    state.runs[run_id] = book
+    state.view = _with_run(state.view, frozen)
     return book
 
 
 def _live_book(state: DriverState, run_id: str) -> RunBook | None:
-    """The run's book to change: a finished one is decoded back into the live books (the
+    """The run's book to change: a finished one is brought back into the live state (the
     rare message that still concerns it, say a rollback), and frozen again by
     :func:`_freeze_finished` at the end of the decision."""
     book = state.runs.get(run_id)
-    if book is None and run_id in state.finished:
-        book = state.runs[run_id] = _decode_book(state.finished.pop(run_id))
-    return book
+    return book if book is not None else _thaw(state, run_id)
+
+
+def _freeze(state: DriverState, book: RunBook) -> bytes:
+    """Take the run out of the live state: its book out of ``runs``, its entries out of
+    ``view``; the run encoded."""
+    run_id = book.run_id
+    del state.runs[run_id]
+    view = state.view
+    run = view.runs.get(run_id)
+    keys = [task_key(run_id, task_id) for task_id in _task_ids(book, run)]
+    tasks = [view.tasks[key] for key in keys if key in view.tasks]
+    cost = view.costs.get(run_id)
+    if tasks:
+        building = view.tasks.mutate()
+        for key in keys:
+            building.pop(key, None)
+        view = msgspec.structs.replace(view, tasks=building.finish())
+    if run is not None:
+        view = msgspec.structs.replace(view, runs=view.runs.delete(run_id))
+    if cost is not None:
+        view = msgspec.structs.replace(view, costs=view.costs.delete(run_id))
+    state.view = view
+    predicted = sorted(book.predicted.items(), key=lambda item: item[0])
+    frozen = _FrozenRun(
+        book=dataclasses.replace(book, predicted={}),
+        predicted=predicted,
+        run=run,
+        tasks=tasks,
+        cost=cost,
+    )
+    return _encode_run(frozen)
 
 
 def _freeze_finished(state: DriverState, run_ids: set[str]) -> None:
-    """Move the books of runs that ended, with nothing left to do, out of the live books.
+    """Move the runs that ended, with nothing left to do, out of the live state.
 
     Nothing a live run's decision reads is in them (every scan of the books skips ended
-    runs), so the live state, and each snapshot of it, costs the open runs, not the
-    history. A book waiting for its rollback stays live until the rollback is recorded.
+    runs, and a run's decisions read the view of its own run and of the workers), so the
+    live state, and each snapshot of it, costs the open runs, not the history. A book
+    waiting for its rollback stays live until the rollback is recorded.
     """
-    for run_id in run_ids:
+    for run_id in sorted(run_ids):
         book = state.runs.get(run_id)
         if book is not None and book.ended and not book.roll_back:
             # Through the decoder once: a value held as another type than its field's
             # (an int where a float is declared) is encoded as the field's type, so the
-            # bytes are the same whether the book was built live or from a snapshot.
-            data = _encode_book(state.runs.pop(run_id))
-            state.finished[run_id] = _encode_book(_decode_book(data))
+            # bytes are the same whether the run was built live or from a snapshot.
+            data = _freeze(state, book)
+            state.finished[run_id] = _encode_run(_decode_run(data))
 
 
 def _free(state: DriverState, key: str) -> bool:
