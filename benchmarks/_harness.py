@@ -2,6 +2,8 @@
 
 Benchmarks are scripts, not library code: this module sits beside them (the script's
 directory is first on ``sys.path``), so each ``bench_*.py`` imports it as ``_harness``.
+Importing it also puts the repository's root on ``sys.path``: several benchmarks build their
+logs and hosts with the test suite's fixtures (``tests.fixtures``, ``tests.hosts``).
 Everything here uses the project's own public pieces (the embedded nats-server, the
 driver, the local workers) so that a benchmark measures the product, not a stand-in.
 """
@@ -38,6 +40,11 @@ from claudecluster.transport.commands import publish_command
 from claudecluster.workspace.git import git
 
 #: where results go; BENCH_RESULTS_DIR moves them (the smoke tests write to a temp dir)
+#: The repository this script belongs to, put on ``sys.path`` for the test fixtures.
+REPOSITORY = Path(__file__).resolve().parents[1]
+if str(REPOSITORY) not in sys.path:
+    sys.path.insert(1, str(REPOSITORY))
+
 RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR") or Path(__file__).resolve().parent / "results")
 
 #: the load when the benchmark started: the figures were made between this and the end's

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import anyio
+from _harness import REPOSITORY  # noqa: F401  (puts the repository on sys.path: tests.fixtures)
 from tests.fixtures.sample_runs import LogBuilder
 
 from claudecluster.events import TaskProgress
