@@ -148,18 +148,26 @@ def decode_view_snapshot(data: bytes) -> tuple[ViewSnapshot | None, str]:
         record = msgspec.msgpack.decode(data, type=_Record)
     except msgspec.DecodeError as exc:
         return None, f"the snapshot does not decode: {exc}"
-    if record.version != view_version():
-        return (
-            None,
-            f"the snapshot is of version {record.version}, this code reads {view_version()}",
-        )
-    try:
-        view = view_from_msgpack(record.state)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return None, f"the snapshot's view does not decode: {exc}"
-    if view.last_seq != record.seq:
-        return None, f"the snapshot says it covers {record.seq} but its view is at {view.last_seq}"
+    view, why = _checked_view(record.version, view_version(), record.seq, record.state)
+    if view is None:
+        return None, why
     return ViewSnapshot(view=view, last_id=record.last_id), ""
+
+
+def _checked_view(
+    version: str, current: str, seq: int, state: bytes
+) -> tuple[ClusterView | None, str]:
+    """The view a snapshot record holds, once its version and the sequence it says it
+    covers check out; otherwise None and why (both snapshot kinds check the same way)."""
+    if version != current:
+        return None, f"the snapshot is of version {version}, this code reads {current}"
+    try:
+        view = view_from_msgpack(state)
+    except msgspec.DecodeError as exc:  # ValidationError included
+        return None, f"the snapshot's view does not decode: {exc}"
+    if view.last_seq != seq:
+        return None, f"the snapshot says it covers {seq} but its view is at {view.last_seq}"
+    return view, ""
 
 
 # ----------------------------------------------------------------------------------------
@@ -263,19 +271,8 @@ def decode_runs_snapshot(data: bytes) -> tuple[RunsSnapshot | None, str]:
         record = msgspec.msgpack.decode(data, type=_RunsRecord)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return None, f"the snapshot does not decode: {exc}"
-    if record.version != runs_version():
-        return (
-            None,
-            f"the snapshot is of version {record.version}, this code reads {runs_version()}",
-        )
-    try:
-        opened = view_from_msgpack(record.open)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return None, f"the snapshot's view does not decode: {exc}"
-    if opened.last_seq != record.seq:
-        return (
-            None,
-            f"the snapshot says it covers {record.seq} but its view is at {opened.last_seq}",
-        )
+    opened, why = _checked_view(record.version, runs_version(), record.seq, record.open)
+    if opened is None:
+        return None, why
     rows = {row.run.run_id: row for row in record.rows}
     return RunsSnapshot(open=opened, rows=rows, last_id=record.last_id), ""
