@@ -159,17 +159,31 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
+#: How long a process already on its way out (a sandbox whose worker was just killed gets
+#: its parent-death signal only as the worker dies) may take to vanish before it counts as
+#: left behind. Anything still running after that is a leak and fails the test.
+EXITING_WITHIN_S = 10.0
+
+
 @pytest.fixture(autouse=True)
 def _no_process_left_behind(tmp_path: Path) -> Iterator[None]:
     """After every test, nothing it started still runs in its directories."""
     yield
-    leftovers = []
-    for process in psutil.process_iter(["cwd", "cmdline"]):
+    found = []
+    for process in psutil.process_iter(["cwd"]):
         try:
             cwd = process.info["cwd"] or ""
             alive = process.status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             continue
         if alive and cwd.startswith(str(tmp_path)):
-            leftovers.append(process.info["cmdline"])
+            found.append(process)
+    _, still_running = psutil.wait_procs(found, timeout=EXITING_WITHIN_S)
+    leftovers = []
+    for process in still_running:
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE:
+                leftovers.append(process.cmdline())
+        except psutil.Error:
+            continue  # ended between the wait and this look
     assert leftovers == [], f"processes left behind: {leftovers}"
