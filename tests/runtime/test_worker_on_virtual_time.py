@@ -90,7 +90,8 @@ async def test_a_real_worker_runs_a_diamond_on_virtual_time_and_repeats_itself()
     failed = [task for kind, task, _ in log if kind == "TaskFailed"]
     merged = [task for kind, task, _ in log if kind == "TaskMerged"]
     assert sorted(merged) == ["a", "b", "c", "d"]
-    assert merged[0] == "a" and merged[-1] == "d"  # one worker: dependencies first
+    assert merged[0] == "a"  # one worker: dependencies first
+    assert merged[-1] == "d"
     assert len(started) == attempts == 4 + len(failed)  # every failure was retried
     assert failed  # this seed draws failures: the retry path ran too
     # Four one-slot attempts of at least 30 virtual seconds each, one after another.
