@@ -7,10 +7,12 @@ recording replaced. The next step of a simulator that runs the shells themselves
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import pytest
 import trio.testing
 
@@ -21,6 +23,7 @@ from claudecluster.executors.confinement import Confinement
 from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.runtime.worker import Worker, WorkerConfig
 from claudecluster.simulation.clock import seed_trio_scheduler, virtual_now
+from claudecluster.simulation.cut import Link, WorkerKilled, cuttable
 from claudecluster.simulation.repositories import ScriptedRunRepositories
 from claudecluster.simulation.workers import ScriptedDisk, ScriptedExecutor
 from claudecluster.transport.infrastructure import memory_infrastructure
@@ -105,3 +108,92 @@ async def test_the_scripted_agent_draws_from_the_seed_and_the_attempt_alone() ->
     other, _, _ = await _history(4)
     kinds = (TaskStarted.__name__, TaskFailed.__name__)
     assert [e for e in first if e[0] in kinds] != [e for e in other if e[0] in kinds]
+
+
+async def _serve_until_killed(
+    worker: Worker, scope: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None]
+) -> None:
+    """Serve until ``scope`` is cancelled; a kill (its link cut first) ends here."""
+    with scope:
+        try:
+            await worker.serve(task_status=task_status)
+        except* WorkerKilled:
+            # The death this test inflicted: its clean-up reached nothing, as a killed
+            # process's never does. Anything else the worker raised still fails the test.
+            pass
+
+
+async def _killed_history(seed: int) -> tuple[list[tuple[str, str, int, str]], float]:
+    """Six tasks on three real workers; w1 killed as it starts its first attempt."""
+    seed_trio_scheduler(seed)
+    began = anyio.current_time()
+    infra = memory_infrastructure(work_ack_wait_s=30.0)
+    driver = Driver(
+        infra.log,
+        options=DriverOptions(
+            config=DriverConfig(lost_after_s=30), tick_s=0.5, now=virtual_now,
+            snapshot_every_events=0,
+        ),
+        infrastructure=infra,
+        repositories=ScriptedRunRepositories(seed=seed),
+    )  # fmt: skip
+    executor = ScriptedExecutor(seed=seed, duration=lambda rng, _: rng.uniform(60, 120))
+    links: dict[str, Link] = {}
+    scopes: dict[str, anyio.CancelScope] = {}
+    workers = []
+    for n in (1, 2, 3):
+        own, links[f"w{n}"] = cuttable(infra)
+        scopes[f"w{n}"] = anyio.CancelScope()
+        worker = Worker(
+            WorkerConfig(
+                worker_id=f"w{n}", workspace_root=Path(f"/simulated/w{n}"),
+                heartbeat_s=5.0, confinement=Confinement.unconfined(), touched_every_s=0,
+            ),
+            own.log, infrastructure=own, executor=executor, clock=virtual_now,
+            disk=ScriptedDisk(own.artifacts),
+        )  # fmt: skip
+        workers.append(worker)
+    plan = tuple(_task(t) for t in "abcdef")
+
+    def w1_started(events: list[Event]) -> bool:
+        return any(isinstance(e, TaskStarted) and e.worker_id == "w1" for e in events)
+
+    async with anyio.create_task_group() as group:
+        await group.start(driver.run)
+        for worker in workers:
+            await group.start(
+                functools.partial(_serve_until_killed, worker, scopes[worker.config.worker_id])
+            )
+        submit = SubmitRun(run_id="k", goal="g", repo="/simulated", plan=plan)
+        await infra.commands.publish(submit, command_id="submit-k", now=virtual_now())
+        await wait_for_events(infra.log, w1_started, limit_s=_VIRTUAL_LIMIT_S)
+        links["w1"].cut()  # kill -9
+        scopes["w1"].cancel()
+        events = await wait_for_events(infra.log, _of(RunCompleted), limit_s=_VIRTUAL_LIMIT_S)
+        ended = anyio.current_time() - began
+        for worker in workers[1:]:
+            worker.stop()
+        group.cancel_scope.cancel()
+    log = [
+        (type(e).__name__, getattr(e, "task_id", ""), getattr(e, "attempt", 0),
+         getattr(e, "worker_id", ""))
+        for e in events
+    ]  # fmt: skip
+    return log, ended
+
+
+@pytest.mark.anyio
+async def test_a_killed_workers_attempt_is_lost_and_run_again_elsewhere() -> None:
+    log, ended = await _killed_history(5)
+    (killed,) = [(task, n) for kind, task, n, who in log if kind == "TaskStarted" and who == "w1"]
+    # The killed worker never said anything again: no result, no leave.
+    assert not [e for e in log if e[3] == "w1" and e[0] in ("TaskSucceeded", "TaskFailed")]
+    assert ("WorkerLeft", "", 0, "w1") not in log
+    # Its attempt was declared lost and a later attempt of the task ran on another worker.
+    task, attempt = killed
+    assert [who for kind, t, n, who in log if kind == "TaskSucceeded" and t == task] != ["w1"]
+    assert any(kind == "TaskStarted" and t == task and n > attempt for kind, t, n, _ in log)
+    merged = sorted(t for kind, t, _, _ in log if kind == "TaskMerged")
+    assert merged == list("abcdef")
+    assert ended >= 30  # the loss was noticed only once w1 had been silent lost_after_s
+    assert await _killed_history(5) == (log, ended)
