@@ -6,11 +6,7 @@ first and owns everything around it.
 
 from __future__ import annotations
 
-import functools
-import importlib
 import json
-import os
-import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,11 +22,9 @@ from claudecluster.actors.worker import (
     finished_event,
 )
 from claudecluster.domain.branches import task_branch
-from claudecluster.domain.outcome import Outcome
 from claudecluster.errors import (
     ClusterError,
     EventStoreError,
-    SetupCommandError,
 )
 from claudecluster.events.model import (
     ArtifactRef,
@@ -41,19 +35,11 @@ from claudecluster.events.model import (
     TaskStarted,
 )
 from claudecluster.executors.base import DEFAULT_TOOLS, AttemptRun, Executor
-from claudecluster.executors.confined import run_confined
-from claudecluster.executors.confinement import (
-    Confinement,
-    attempt_sandbox,
-    confined_environment,
-)
 from claudecluster.observability.logging import get_logger
 from claudecluster.projections.views import task_key
 from claudecluster.runtime.touched import watch_touched
 from claudecluster.runtime.worker_health import WorkerMetrics
-from claudecluster.runtime.workspace_preparation import Preparation
-from claudecluster.transport.artifacts import ArtifactStore, artifact_key
-from claudecluster.workspace.git import commit_all, result_bundle
+from claudecluster.transport.artifacts import ArtifactStore
 from claudecluster.workspace.naming import attempt_dir_name
 
 if TYPE_CHECKING:
@@ -66,14 +52,13 @@ from claudecluster.runtime.worker.config import (
     WorkerConfig,
     _Attempt,
 )
+from claudecluster.runtime.worker.disk import AttemptDisk
 from claudecluster.runtime.worker.failures import _classify_group
 from claudecluster.runtime.worker.transcripts import (
     _RESUME_NOTE,
     _session_key,
-    _transcript_path,
     _TranscriptMirror,
 )
-from claudecluster.runtime.worker.workspaces import _copy_in, _empty_scratch, _ready_scratch
 
 __all__ = ["AttemptRunner"]
 
@@ -88,10 +73,9 @@ class AttemptRunner:
 
     config: WorkerConfig
     metrics: WorkerMetrics
-    preparation: Preparation
     _artifacts: ArtifactStore
     _clock: Callable[[], datetime]
-    _confinement: Confinement
+    _disk: AttemptDisk
     _executor: Executor
     _shell: Executor
     _running: dict[str, _Attempt]
@@ -142,38 +126,25 @@ class AttemptRunner:
             self.metrics.running.dec()
             if not self.config.keep_workspaces:
                 with anyio.CancelScope(shield=True):  # cleaned on every path, cancel included
-                    await anyio.to_thread.run_sync(_empty_scratch, scratch)
+                    await self._disk.clean(scratch)
 
     async def _attempt_in(self, live: _Attempt, scratch: Path, where: Path) -> None:
         item = live.item
-        # Who owns the directory (the slot's, or a kept attempt's): a worker killed outright
-        # cannot remove it, the next worker to start on this machine does (_sweep_orphans).
-        # A slot's scratch is emptied here too: the end of the attempt before did it, but
-        # a failure to empty it then must not hand its files to this attempt.
-        await anyio.to_thread.run_sync(
-            functools.partial(
-                _ready_scratch, scratch, where.parent, empty=not self.config.keep_workspaces
-            )
+        branch = task_branch(item.run_id, item.task_id)
+        prepared = await self._disk.prepare(
+            item, branch, scratch, where, empty=not self.config.keep_workspaces
         )
+        workspace = prepared.workspace
         entries = None
         if live.resume_from:
             entries = await self._sessions.load(_session_key(item, live.resume_from))
             if entries:
                 # The interrupted attempt's transcript was mirrored: continue that conversation.
                 live.session_id, live.resume = live.resume_from, True
-        branch = task_branch(item.run_id, item.task_id)
-        workspace = await self.preparation.workspace(item, branch, where)
-        objects = self.preparation.objects(item)
-        await self._prepare(workspace, scratch, objects)
-        resumed = live.resume and item.spec.executor == "claude_code"
-        # claude_agent_sdk (and mcp with it) is imported on the first attempt, in a thread:
-        # imported on the event loop it held the loop for seconds on a busy machine, the
-        # work item's in-progress acks stopped, and the item went to another worker.
-        if "claude_agent_sdk" not in sys.modules:  # a thread hop per attempt otherwise
-            await anyio.to_thread.run_sync(importlib.import_module, "claude_agent_sdk")
-        transcript = _transcript_path(scratch, workspace, live.session_id)
+        transcript = self._disk.transcript(scratch, workspace, live.session_id)
+        resumed = live.resume and item.spec.executor == "claude_code" and transcript is not None
         restored = 0
-        if resumed:
+        if resumed and transcript is not None:
             await anyio.Path(transcript.parent).mkdir(parents=True, exist_ok=True)
             lines = "".join(json.dumps(entry) + "\n" for entry in entries or []).encode()
             await anyio.Path(transcript).write_bytes(lines)
@@ -223,14 +194,15 @@ class AttemptRunner:
         executor = self._shell if item.spec.executor == "shell" else self._executor
         prompt = _RESUME_NOTE + item.spec.prompt if resumed else item.spec.prompt
         # A shell task has no transcript (nothing it can reach writes one): not looked for.
-        transcribed = item.spec.executor != "shell"
-        mirror = _TranscriptMirror(
-            self._sessions, _session_key(item, live.session_id), transcript, restored
-        )
+        mirror = None
+        if transcript is not None and item.spec.executor != "shell":
+            mirror = _TranscriptMirror(
+                self._sessions, _session_key(item, live.session_id), transcript, restored
+            )
         superseded: BaseException | None = None
         try:
             async with anyio.create_task_group() as mirroring:
-                if transcribed:
+                if mirror is not None:
                     mirroring.start_soon(mirror.follow)
                 mirroring.start_soon(flush_when_due)
                 if item.base_commit and self.config.touched_every_s > 0:
@@ -253,7 +225,7 @@ class AttemptRunner:
                         resume=resumed,
                         nice=self.config.nice,
                         mcp_config=mcp_config,
-                        readable=(objects,),
+                        readable=(prepared.objects,),
                         network_allow=item.spec.network.allow,
                     ),
                     progress,
@@ -268,14 +240,14 @@ class AttemptRunner:
         if superseded is not None:
             raise superseded
         await record(batcher.flush())
-        if transcribed:
+        if mirror is not None:
             await mirror.sync()  # the transcript's last lines, written as the agent exited
         self.metrics.attempts_finished.labels(
             outcome="succeeded" if outcome.succeeded else (outcome.failure_class or "failed")
         ).inc()
         artifacts: tuple[ArtifactRef, ...] = ()
         if outcome.succeeded:
-            outcome, artifacts = await self._collect(live, workspace, branch, outcome, objects)
+            artifacts = await self._disk.collect(item, live.attempt, prepared, branch)
         try:
             await self._record_for(
                 live,
@@ -326,94 +298,3 @@ class AttemptRunner:
         await watch_touched(
             workspace, item.base_commit, report, every_s=self.config.touched_every_s
         )
-
-    async def _prepare(self, workspace: Path, scratch: Path, objects: Path) -> None:
-        """Copy in the configured untracked files and run the setup command.
-
-        The setup command runs confined like an attempt (its workspace, the attempt's
-        private home and temp dir, a minimal environment, no network unless
-        ``sandbox.setup_network``): it runs the repository's own scripts.
-
-        Raises:
-            CopyFilesError: a configured pattern matches nothing.
-            SetupCommandError: the setup command failed or ran out of time.
-        """
-        copied = await anyio.to_thread.run_sync(_copy_in, self.config, workspace)
-        if copied:
-            # Copied files (secrets, local config) must never travel in the task's commits.
-            exclude = workspace / ".git" / "info" / "exclude"
-            await anyio.Path(exclude.parent).mkdir(parents=True, exist_ok=True)
-            lines = "".join(f"/{path}\n" for path in copied)
-            async with await anyio.open_file(exclude, "a", encoding="utf-8") as handle:
-                await handle.write(lines)
-        if self.config.setup_command:
-            confinement = self._confinement
-            sandbox = attempt_sandbox(
-                workspace,
-                scratch,
-                network="host" if confinement.setup_network else "none",
-                readable=(objects,),  # the cache's objects the workspace borrows
-            )
-            for directory in (sandbox.home, sandbox.tmp):
-                await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
-            done = await run_confined(
-                confinement,
-                sandbox,
-                ["/bin/bash", "-c", self.config.setup_command],
-                env=confined_environment(
-                    os.environ, home=sandbox.home, tmp=sandbox.tmp, passed=confinement.pass_env
-                ),
-                timeout_s=self.config.setup_timeout_s,
-            )
-            tail = (done.output.strip().splitlines()[-1:] or [""])[0][:500]
-            if done.returncode is None:
-                raise SetupCommandError(
-                    f"the setup command took longer than {self.config.setup_timeout_s:.0f}s",
-                    status=None,
-                    output=tail,
-                )
-            if done.returncode != 0:
-                raise SetupCommandError(
-                    f"the setup command exited with status {done.returncode}: {tail}",
-                    status=done.returncode,
-                    output=tail,
-                )
-
-    async def _collect(
-        self, live: _Attempt, workspace: Path, branch: str, outcome: Outcome, objects: Path
-    ) -> tuple[Outcome, tuple[ArtifactRef, ...]]:
-        """Commit the agent's work and store it as artifacts: the bundle and a diffstat."""
-        item = live.item
-        head = await commit_all(
-            workspace,
-            f"{item.task_id}: {item.spec.title}",
-            objects=objects,
-            on_pristine=None
-            if self.config.keep_workspaces  # each attempt has its own directory then
-            else lambda: self.preparation.pristine(workspace, item.base_commit),
-        )
-        if head is None:
-            return outcome, ()
-        bundle_path = workspace.parent / "result.bundle"
-        changes = await result_bundle(workspace, item.base_commit, branch, bundle_path)
-        prefix = (item.run_id, item.task_id, live.attempt)
-        try:
-            bundle = await self._artifacts.put_file(
-                artifact_key(*prefix, "result.bundle"), bundle_path
-            )
-        finally:
-            await anyio.Path(bundle_path).unlink(missing_ok=True)
-        stat = await self._artifacts.put(
-            artifact_key(*prefix, "diffstat.json"),
-            "diffstat.json",
-            msgspec.json.encode(
-                {
-                    "head": head,
-                    "base": item.base_commit,
-                    "files": [
-                        {"path": c.path, "added": c.added, "deleted": c.deleted} for c in changes
-                    ],
-                }
-            ),
-        )
-        return outcome, (bundle, stat)

@@ -116,8 +116,8 @@ from claudecluster.runtime.worker.config import (
     WorkerConfig,
     _Attempt,
 )
+from claudecluster.runtime.worker.disk import AttemptDisk, GitAttemptDisk
 from claudecluster.runtime.worker.failures import _leaf_errors
-from claudecluster.runtime.worker.workspaces import _remove, _sweep_orphans
 
 __all__ = ["Worker"]
 
@@ -140,6 +140,8 @@ class Worker(AttemptRunner):
         executor: runs agent tasks (the Claude Code CLI by default); shell tasks always
             run in a shell.
         clock: the current time (injected so tests and simulations can control it).
+        disk: what attempts do on disk (default: git workspaces under
+            ``config.workspace_root``; a simulation's twin touches no disk).
     """
 
     def __init__(
@@ -152,6 +154,7 @@ class Worker(AttemptRunner):
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         transfer_client: Client | None = None,
         infrastructure: Infrastructure | None = None,
+        disk: AttemptDisk | None = None,
     ) -> None:
         self.config = config
         self._log = log
@@ -174,6 +177,9 @@ class Worker(AttemptRunner):
         self._confinement = config.confinement or default_confinement()
         self._executor: Executor = executor or ClaudeCodeExecutor(confinement=self._confinement)
         self._shell: Executor = ShellExecutor(confinement=self._confinement)
+        self._disk: AttemptDisk = disk or GitAttemptDisk(
+            config, self.preparation, self._confinement, self._artifacts
+        )
         self._registry: WorkerRegistry = infrastructure.registry
         self._clock = clock
         self._running: dict[str, _Attempt] = {}
@@ -296,7 +302,7 @@ class Worker(AttemptRunner):
             patience_s=_APPEND_PATIENCE_S,
         )
         await self._register()
-        await anyio.to_thread.run_sync(_sweep_orphans, self.config.workspace_root)
+        await self._disk.sweep(self.config.workspace_root)
         try:
             async with anyio.create_task_group() as group:
                 if self.config.health_port is not None:
@@ -313,7 +319,7 @@ class Worker(AttemptRunner):
                 await self._queue.close()
                 if not self.config.keep_workspaces:
                     for n in range(self.config.slots):
-                        await anyio.to_thread.run_sync(_remove, self._slot_dir(n))
+                        await self._disk.remove(self._slot_dir(n))
                 await self._record(
                     WorkerLeft(worker_id=self.config.worker_id, reason=self._stop_reason)
                 )
