@@ -3,10 +3,15 @@
 For unit tests and simulations: no server, deterministic, instant. It keeps messages as
 encoded bytes, exactly as the real log does, so decoding, quarantine and redaction behave
 the same. Unlike JetStream, its deduplication window never closes.
+
+Reads filtered by subject go through an index, as the server's do: a simulation of
+thousands of tasks reads each task's history and checks each conditional append against
+its scope, and scanning the whole log for each made the log the simulation's largest cost.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -35,6 +40,12 @@ class MemoryEventLog:
         self._redactor = redactor or Redactor()
         self._messages: list[tuple[str, bytes]] = []
         self._by_id: dict[str, int] = {}
+        # The sequences, in order, of the subjects that have more than k tokens and begin
+        # with the k tokens of the key (what a filter "those tokens.>" matches), and of
+        # each subject exactly. Lists are created on first ask and then only grow, so a
+        # following reader holds one and sees every later match.
+        self._by_prefix: dict[tuple[int, str], list[int]] = {}
+        self._by_subject: dict[str, list[int]] = {}
         self._quarantine: dict[int, QuarantinedMessage] = {}
         self._appended = anyio.Event()
 
@@ -70,6 +81,11 @@ class MemoryEventLog:
         This is how tests put an undecodable message on the log.
         """
         self._messages.append((subject, data))
+        seq = len(self._messages)
+        tokens = subject.split(".")
+        for k in range(len(tokens)):
+            self._by_prefix.setdefault((k, ".".join(tokens[:k])), []).append(seq)
+        self._by_subject.setdefault(subject, []).append(seq)
         self._appended.set()
         self._appended = anyio.Event()
         return len(self._messages)
@@ -85,19 +101,35 @@ class MemoryEventLog:
         finally:
             await iterator.aclose()
 
+    def _candidates(self, subjects: str) -> tuple[list[int], bool]:
+        """The sequences, in order, that may match ``subjects``, and whether all of them do.
+
+        A filter's tokens up to its first wildcard pick an index list; only a filter with
+        a ``*`` (or a ``>`` not at its end) needs each candidate matched again.
+        """
+        tokens = subjects.split(".")
+        for k, token in enumerate(tokens):
+            if token in ("*", ">"):
+                exact = token == ">" and k == len(tokens) - 1
+                return self._by_prefix.setdefault((k, ".".join(tokens[:k])), []), exact
+        return self._by_subject.setdefault(subjects, []), True
+
     async def _iterate(
         self, from_seq: int, subjects: str, follow: bool
     ) -> AsyncGenerator[StoredEvent]:
-        seq = from_seq
+        candidates, exact = self._candidates(subjects)
+        at = bisect_left(candidates, from_seq)
         end = len(self._messages)
         while True:
-            while seq <= (len(self._messages) if follow else end):
+            limit = len(self._messages) if follow else end
+            while at < len(candidates) and candidates[at] <= limit:
+                seq = candidates[at]
+                at += 1
                 subject, data = self._messages[seq - 1]
-                if subject_matches(subjects, subject):
+                if exact or subject_matches(subjects, subject):
                     stored = self._decode(seq, subject, data)
                     if stored is not None:
                         yield stored
-                seq += 1
             if not follow:
                 return
             await self._appended.wait()
@@ -120,9 +152,12 @@ class MemoryEventLog:
 
     async def last_seq(self, subjects: str = ALL_EVENTS) -> int:
         """The last sequence matching ``subjects`` (0 if none)."""
-        for index in range(len(self._messages) - 1, -1, -1):
-            if subject_matches(subjects, self._messages[index][0]):
-                return index + 1
+        candidates, exact = self._candidates(subjects)
+        if exact:
+            return candidates[-1] if candidates else 0
+        for seq in reversed(candidates):
+            if subject_matches(subjects, self._messages[seq - 1][0]):
+                return seq
         return 0
 
     async def quarantine_refused(self, stored: StoredEvent, reason: str) -> None:

@@ -289,7 +289,10 @@ class MemoryWorkQueue:
     ) -> None:
         self._ack_wait_s = ack_wait_s
         self._clock = clock or anyio.current_time
-        self._messages: list[_Message] = []
+        self._count = 0
+        # Each pool's messages not yet settled, in order: a fetch looks at those only (a
+        # simulation's queue holds thousands of settled items and a few open ones).
+        self._open: dict[str, list[_Message]] = {}
         self._ids: set[str] = set()
         self._changed = anyio.Event()
         self.quarantined: list[QuarantinedWork] = []
@@ -308,16 +311,15 @@ class MemoryWorkQueue:
             if message_id in self._ids:
                 return False
             self._ids.add(message_id)
-        self._messages.append(_Message(pool=pool, data=data, seq=len(self._messages) + 1))
+        self._count += 1
+        self._open.setdefault(pool, []).append(_Message(pool=pool, data=data, seq=self._count))
         self._signal()
         return True
 
     def _next(self, pool: str, now: float) -> tuple[_Message | None, float]:
         """The first deliverable message of ``pool`` and when the next one becomes due."""
         next_due = math.inf
-        for message in self._messages:
-            if message.done or message.pool != pool:
-                continue
+        for message in self._open.get(pool, ()):
             if message.due <= now:
                 return message, now
             next_due = min(next_due, message.due)
@@ -336,7 +338,7 @@ class MemoryWorkQueue:
                     item = decode_work_item(message.data)
                 except EventDecodeError as exc:
                     _log.warning("work item quarantined", pool=pool, reason=str(exc))
-                    message.done = True
+                    self._settle(message)
                     self.quarantined.append(
                         QuarantinedWork(work_subject(pool), message.data, str(exc))
                     )
@@ -353,7 +355,9 @@ class MemoryWorkQueue:
             message.due = self._clock() + self._ack_wait_s
 
     def _settle(self, message: _Message) -> None:
-        message.done = True
+        if not message.done:
+            message.done = True
+            self._open[message.pool].remove(message)
 
     def _give_back(self, message: _Message, delay_s: float) -> None:
         if not message.done:
