@@ -7,6 +7,6 @@ the decisions are pure, in :mod:`claudecluster.actors.worker`.
 """
 
 from claudecluster.runtime.worker.config import Superseded, WorkerConfig, new_worker_id
-from claudecluster.runtime.worker.serve import Worker
+from claudecluster.runtime.worker.serve import HostLoad, Worker
 
-__all__ = ["Superseded", "Worker", "WorkerConfig", "new_worker_id"]
+__all__ = ["HostLoad", "Superseded", "Worker", "WorkerConfig", "new_worker_id"]

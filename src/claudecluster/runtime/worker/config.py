@@ -77,6 +77,10 @@ class WorkerConfig:
         repo_remotes: git remote URLs by repository key, fetched from before bundles.
         touched_every_s: seconds between looks at a running attempt's changed files,
             reported for the driver's collision prediction (0 reports none).
+        fetch_wait_s: how long a free slot's fetch waits for an item before it asks
+            again (and looks whether it should stop draining). On NATS a short wait
+            keeps a stop prompt; on a virtual clock every wait that ends empty is a
+            wake-up of every idle worker, so a simulation waits longer.
     """
 
     worker_id: str
@@ -103,6 +107,7 @@ class WorkerConfig:
     repo_cache: Path | None = None
     repo_remotes: dict[str, str] = field(default_factory=dict)
     touched_every_s: float = TOUCHED_EVERY_S
+    fetch_wait_s: float = 1.0
 
 
 def configured_worker(

@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import anyio
 import anyio.abc
@@ -142,6 +142,9 @@ class Worker(AttemptRunner):
         clock: the current time (injected so tests and simulations can control it).
         disk: what attempts do on disk (default: git workspaces under
             ``config.workspace_root``; a simulation's twin touches no disk).
+        load: samples the machine's load for each heartbeat (default: psutil's reading
+            of this machine; a simulation, whose thousands of workers share one process,
+            reports none instead of reading /proc for each beat).
     """
 
     def __init__(
@@ -155,6 +158,7 @@ class Worker(AttemptRunner):
         transfer_client: Client | None = None,
         infrastructure: Infrastructure | None = None,
         disk: AttemptDisk | None = None,
+        load: Callable[[], HostLoad] | None = None,
     ) -> None:
         self.config = config
         self._log = log
@@ -182,6 +186,7 @@ class Worker(AttemptRunner):
         )
         self._registry: WorkerRegistry = infrastructure.registry
         self._clock = clock
+        self._load = load
         self._running: dict[str, _Attempt] = {}
         self._draining = anyio.Event()
         self._stop_reason = "stopped"
@@ -363,7 +368,8 @@ class Worker(AttemptRunner):
     async def _slot(self, n: int = 0) -> None:
         while not self._draining.is_set():
             try:
-                delivery = await self._queue.fetch(self.config.pool, wait_s=1.0)
+                wait_s = self.config.fetch_wait_s
+                delivery = await self._queue.fetch(self.config.pool, wait_s=wait_s)
             except ClusterError as exc:
                 # The queue's server is failing over or restarting: wait, then ask again.
                 _log.warning("work fetch failed; trying again", error=str(exc))
@@ -572,25 +578,20 @@ class Worker(AttemptRunner):
         history, and as events it was most of the log. The log keeps the join, the leave
         and the attempts this worker held.
         """
-        process = psutil.Process()
-        process.cpu_percent(None)
+        sample = self._load or host_load()
         while True:
             await anyio.sleep(self.config.heartbeat_s)
             try:
-                await self._register(
-                    cpu_percent=psutil.cpu_percent(None), memory_bytes=process.memory_info().rss
-                )
+                await self._register(load=sample())
             except (ClusterError, nats.errors.Error, TimeoutError) as exc:
                 # The store is failing over or restarting. A missed beat is harmless (the
                 # driver waits lost_after_s); ending the worker over it is not.
                 _log.warning("heartbeat not recorded; trying again", error=str(exc))
 
-    async def _register(self, *, cpu_percent: float = 0.0, memory_bytes: int = 0) -> None:
+    async def _register(self, *, load: HostLoad | None = None) -> None:
         running = tuple(sorted(self._running))
-        try:
-            load = os.getloadavg()[0]
-        except OSError:
-            load = 0.0
+        if load is None:  # joining: no CPU share measured yet
+            load = HostLoad(cpu_percent=0.0, memory_bytes=0, load_avg=_load_avg())
         await self._registry.put(
             WorkerLiveness(
                 worker_id=self.config.worker_id,
@@ -599,9 +600,9 @@ class Worker(AttemptRunner):
                 slots=self.config.slots,
                 slots_free=max(0, self.config.slots - len(running)),
                 running_tasks=running,
-                cpu_percent=cpu_percent,
-                memory_bytes=memory_bytes,
-                load_avg=load,
+                cpu_percent=load.cpu_percent,
+                memory_bytes=load.memory_bytes,
+                load_avg=load.load_avg,
             )
         )
 
@@ -611,6 +612,37 @@ class Worker(AttemptRunner):
         except ClusterError as exc:
             # The entry expires by its TTL anyway; say so rather than fail the shutdown.
             _log.warning("worker registry entry not removed", error=str(exc))
+
+
+class HostLoad(NamedTuple):
+    """How loaded this worker's machine is, as a heartbeat reports it."""
+
+    cpu_percent: float
+    memory_bytes: int
+    load_avg: float
+
+
+def _load_avg() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+def host_load() -> Callable[[], HostLoad]:
+    """Samples this machine's CPU share (since the last sample), this process's memory
+    and the load average."""
+    process = psutil.Process()
+    process.cpu_percent(None)
+
+    def sample() -> HostLoad:
+        return HostLoad(
+            cpu_percent=psutil.cpu_percent(None),
+            memory_bytes=process.memory_info().rss,
+            load_avg=_load_avg(),
+        )
+
+    return sample
 
 
 def _one_task(stored: StoredEvent, task_id: str) -> StoredEvent:
