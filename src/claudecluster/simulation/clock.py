@@ -38,6 +38,10 @@ def seed_trio_scheduler(seed: int) -> None:
     import trio._core._run as trio_run
 
     source = getattr(trio_run, "_r", None)
-    if not isinstance(source, random.Random):
+    if not isinstance(source, random.Random) or not hasattr(
+        trio_run, "_ALLOW_DETERMINISTIC_SCHEDULING"
+    ):
         raise TypeError("trio's scheduler has no seedable source here: update clock.py")
     source.seed(seed)
+    # Process-wide, as Hypothesis sets it: it only ever makes trio's order repeatable.
+    setattr(trio_run, "_ALLOW_DETERMINISTIC_SCHEDULING", True)  # noqa: B010 - a Final of trio's
