@@ -46,6 +46,11 @@ class MemoryEventLog:
         # following reader holds one and sees every later match.
         self._by_prefix: dict[tuple[int, str], list[int]] = {}
         self._by_subject: dict[str, list[int]] = {}
+        # Each message decoded once (None: quarantined): events are frozen, so every
+        # reader may share one decoding; a run's plan of thousands of tasks, decoded
+        # again for each worker that read it, was a simulation's largest cost after the
+        # scans.
+        self._decoded: dict[int, StoredEvent | None] = {}
         self._quarantine: dict[int, QuarantinedMessage] = {}
         self._appended = anyio.Event()
 
@@ -135,6 +140,13 @@ class MemoryEventLog:
             await self._appended.wait()
 
     def _decode(self, seq: int, subject: str, data: bytes) -> StoredEvent | None:
+        if seq in self._decoded:
+            return self._decoded[seq]
+        stored = self._decode_once(seq, subject, data)
+        self._decoded[seq] = stored
+        return stored
+
+    def _decode_once(self, seq: int, subject: str, data: bytes) -> StoredEvent | None:
         try:
             envelope = decode_event(data)
             reason = subject_problem(subject, envelope.payload)
