@@ -6,7 +6,21 @@ preparation from the repository's bundles is :mod:`claudecluster.runtime.workspa
 the decisions are pure, in :mod:`claudecluster.actors.worker`.
 """
 
-from claudecluster.runtime.worker.config import Superseded, WorkerConfig, new_worker_id
+from claudecluster.runtime.worker.config import (
+    Origin,
+    Superseded,
+    WorkerConfig,
+    new_worker_id,
+    this_process,
+)
 from claudecluster.runtime.worker.serve import HostLoad, Worker
 
-__all__ = ["HostLoad", "Superseded", "Worker", "WorkerConfig", "new_worker_id"]
+__all__ = [
+    "HostLoad",
+    "Origin",
+    "Superseded",
+    "Worker",
+    "WorkerConfig",
+    "new_worker_id",
+    "this_process",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -19,10 +20,18 @@ from claudecluster.events.work import WorkItem
 from claudecluster.executors.confinement import (
     Confinement,
 )
+from claudecluster.runtime.credentials import new_user_seed
 from claudecluster.runtime.touched import TOUCHED_EVERY_S
 from claudecluster.settings import Settings
 
-__all__ = ["Superseded", "WorkerConfig", "configured_worker", "new_worker_id"]
+__all__ = [
+    "Origin",
+    "Superseded",
+    "WorkerConfig",
+    "configured_worker",
+    "new_worker_id",
+    "this_process",
+]
 
 
 _CAPABILITIES: Final = ("claude_code", "shell")
@@ -40,6 +49,39 @@ def new_worker_id() -> str:
     """A readable, unique worker id: host, pid and a random suffix."""
     host = "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:24] or "host"
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """What a worker draws from the process it runs in, injected so a simulation can
+    give each of its workers a repeatable one (one seed, one history).
+
+    Attributes:
+        host: the host its WorkerJoined names.
+        pid: the process id its WorkerJoined names.
+        key_seed: the nkey seed of the attempt key it signs its attempts' events with
+            (in memory only, new at every start).
+        nonce: the tail of each event id, after the worker id and its counter: a
+            restarted worker's counter starts again at 1, and its ids must not repeat.
+        session_id: a new attempt's agent session id (a UUID, as Claude Code wants).
+    """
+
+    host: str
+    pid: int
+    key_seed: bytes
+    nonce: Callable[[], str]
+    session_id: Callable[[], str]
+
+
+def this_process() -> Origin:
+    """This machine, this process, a fresh key and random nonces."""
+    return Origin(
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        key_seed=new_user_seed(),
+        nonce=lambda: uuid.uuid4().hex[:8],
+        session_id=lambda: str(uuid.uuid4()),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,8 +31,6 @@ runs out.
 from __future__ import annotations
 
 import os
-import socket
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,7 +85,6 @@ from claudecluster.observability.logging import get_logger
 from claudecluster.observability.redaction import Redactor
 from claudecluster.projections.cluster import ClusterView, replay
 from claudecluster.projections.views import TaskView, task_key
-from claudecluster.runtime.credentials import new_user_seed
 from claudecluster.runtime.http_server import open_http_server
 from claudecluster.runtime.worker_health import WorkerMetrics, health_app
 from claudecluster.runtime.workspace_preparation import Preparation
@@ -112,9 +109,11 @@ from claudecluster.runtime.worker.config import (
     _CAPABILITIES,
     _FORGERIES_STEPPED_OVER,
     _RUNS_KEPT,
+    Origin,
     Superseded,
     WorkerConfig,
     _Attempt,
+    this_process,
 )
 from claudecluster.runtime.worker.disk import AttemptDisk, GitAttemptDisk
 from claudecluster.runtime.worker.failures import _leaf_errors
@@ -145,6 +144,9 @@ class Worker(AttemptRunner):
         load: samples the machine's load for each heartbeat (default: psutil's reading
             of this machine; a simulation, whose thousands of workers share one process,
             reports none instead of reading /proc for each beat).
+        origin: the host, pid, attempt key and event-id nonces it draws from its process
+            (default: this process's, a fresh key, random nonces; a simulation's are
+            seeded).
     """
 
     def __init__(
@@ -159,8 +161,10 @@ class Worker(AttemptRunner):
         infrastructure: Infrastructure | None = None,
         disk: AttemptDisk | None = None,
         load: Callable[[], HostLoad] | None = None,
+        origin: Origin | None = None,
     ) -> None:
         self.config = config
+        self._origin = origin or this_process()
         self._log = log
         if infrastructure is None:
             if client is None:
@@ -197,7 +201,7 @@ class Worker(AttemptRunner):
         self.metrics.slots.set(config.slots)
         self.health_port: int | None = None
         # This process's attempt key: in memory only, new at every start.
-        self._key = nkeys.from_seed(new_user_seed())
+        self._key = nkeys.from_seed(self._origin.key_seed)
         self.public_key: str = self._key.public_key.decode()
         found = getattr(log, "redactor", None)
         self._redactor = found if isinstance(found, Redactor) else Redactor()
@@ -227,7 +231,7 @@ class Worker(AttemptRunner):
         self._ids += 1
         envelope = wrap_event(
             event,
-            event_id=worker_event_id(self.config.worker_id, self._ids, uuid.uuid4().hex[:8]),
+            event_id=worker_event_id(self.config.worker_id, self._ids, self._origin.nonce()),
             now=self._clock(),
         )
         if signed:
@@ -296,8 +300,8 @@ class Worker(AttemptRunner):
             WorkerJoined(
                 worker_id=self.config.worker_id,
                 pool=self.config.pool,
-                host=socket.gethostname(),
-                pid=os.getpid(),
+                host=self._origin.host,
+                pid=self._origin.pid,
                 slots=self.config.slots,
                 capabilities=_CAPABILITIES,
                 reason=self.config.join_reason,
@@ -506,7 +510,7 @@ class Worker(AttemptRunner):
             item=item,
             attempt=admission.attempt,
             last_seq=expected,
-            session_id=str(uuid.uuid4()),
+            session_id=self._origin.session_id(),
             resume_from=resumable_session(admission, item.resume_session_id),
         )
 
