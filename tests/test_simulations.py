@@ -14,7 +14,7 @@ import pytest
 from claudecluster.cli import run
 from claudecluster.errors import ConfigError
 from claudecluster.simulation.cluster import InvariantBrokenError
-from claudecluster.simulation.scenarios import Scenario, load_scenario, run_scenario
+from claudecluster.simulation.scenarios import Engine, Scenario, load_scenario, run_scenario
 
 
 @pytest.mark.parametrize(
@@ -25,9 +25,11 @@ def test_the_committed_scenarios_load(repo_root: Path, name: str) -> None:
     assert scenario.name == name.removesuffix(".yaml")
 
 
-def test_a_scenario_runs_deterministically_and_within_its_bounds() -> None:
+@pytest.mark.parametrize("engine", ["shells", "core"])
+def test_a_scenario_runs_deterministically_and_within_its_bounds(engine: Engine) -> None:
     scenario = Scenario(name="small", tasks=60, workers=6, failure_chance=0.1,
-                        conflict_chance=0.1, death_chance=0.02, seeds=[5])  # fmt: skip
+                        conflict_chance=0.1, death_chance=0.02, seeds=[5],
+                        engine=engine)  # fmt: skip
     first = run_scenario(scenario, 5)
     again = run_scenario(scenario, 5)
     for volatile in ("events_per_s", "simulated_in_s"):
@@ -76,7 +78,8 @@ def test_a_broken_invariant_prints_the_command_that_replays_its_seed(
     assert [(r["seed"], r["completion_rate"]) for r in record["results"]] == [(1, 1.0)]
 
 
-# Each simulation takes ~20 s of one core; a loaded 2-core machine may take several times that.
+# Each simulation (the real shells, 1,000 tasks) takes ~30 s of one core; a loaded 2-core
+# machine may take several times that.
 SIMULATION_ENDS_WITHIN_S = 300.0
 
 
