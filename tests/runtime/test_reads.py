@@ -208,7 +208,8 @@ async def test_every_run_comes_from_the_runs_index_finished_ones_as_rows_and_the
     )
     await counting.append(make(RunRetried(run_id="retried", task_ids=("a",), head_commit="b")))
     counting.delivered = 0
-    view, rows = await runs_from_snapshot(counting, store)
+    listing = await runs_from_snapshot(counting, store)
+    view, rows = listing.view, listing.rows
     full = replay(await read_all(jetstream_log))
     # The finished run is a row, without its tasks; the rest is the full fold's.
     assert set(rows) == {"done"}
@@ -236,6 +237,34 @@ async def test_without_a_runs_index_every_run_comes_from_the_view(
 ) -> None:
     await a_run(jetstream_log, "r", 3)
     await jetstream_log.append(make(RunFailed(run_id="r", reason="r")))
-    view, rows = await runs_from_snapshot(jetstream_log, MemorySnapshotStore())
-    assert rows == {}
-    assert view == replay(await read_all(jetstream_log))
+    listing = await runs_from_snapshot(jetstream_log, MemorySnapshotStore())
+    assert listing.rows == {}
+    assert listing.older == 0
+    assert listing.view == replay(await read_all(jetstream_log))
+
+
+async def test_a_listing_of_the_newest_finished_runs_holds_those_in_order_of_submission(
+    jetstream_log: JetStreamEventLog,
+) -> None:
+    # Submitted in an order that is not the ids' order: the rows follow submission.
+    submitted = ["z", "b", "y", "a", "x", "c"]
+    for run_id in submitted:
+        await a_run(jetstream_log, run_id, 1)
+        await jetstream_log.append(make(RunFailed(run_id=run_id, reason="r")))
+    await a_run(jetstream_log, "open", 1)
+    stored = await read_all(jetstream_log)
+    full = replay(stored)
+    store = MemorySnapshotStore()
+    await write_view_snapshot(store, full, stored[-1].envelope.id)
+    newest = await runs_from_snapshot(jetstream_log, store, newest=2)
+    assert list(newest.rows) == ["x", "c"]
+    assert newest.older == 4
+    assert newest.rows["c"].run == full.runs["c"]
+    assert set(newest.view.runs) == {"open"}
+    every = await runs_from_snapshot(jetstream_log, store)
+    assert list(every.rows) == submitted
+    assert every.older == 0
+    nothing = await runs_from_snapshot(jetstream_log, store, newest=0)
+    assert (nothing.rows, nothing.older) == ({}, 6)
+    more = await runs_from_snapshot(jetstream_log, store, newest=100)
+    assert (list(more.rows), more.older) == (submitted, 0)
