@@ -143,9 +143,13 @@ async def open_view_from_snapshot(
     """
     view, last_id = await _snapshot_view(store)
     if view.last_seq:
-        async with log.open_reader(from_seq=view.last_seq, follow=follow) as events:
-            first = await anext(aiter(events), None)
-            if first is not None and first.seq == view.last_seq and first.envelope.id == last_id:
+        # The check reads without following: a following reader of a log recreated since
+        # the snapshot, and shorter than it, would wait for the snapshot's sequence to be
+        # written again, and its reader (a front door opening) would never be ready.
+        async with log.open_reader(from_seq=view.last_seq) as checked:
+            first = await anext(aiter(checked), None)
+        if first is not None and first.seq == view.last_seq and first.envelope.id == last_id:
+            async with log.open_reader(from_seq=view.last_seq + 1, follow=follow) as events:
                 yield view, events
                 return
         _log.info("snapshot does not match the log; reading the whole log", seq=view.last_seq)
