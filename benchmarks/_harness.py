@@ -27,7 +27,7 @@ from typing import Any
 
 import anyio
 
-from claudecluster.events.model import RunCompleted, RunFailed, SubmitRun
+from claudecluster.events.model import CommandRejected, RunCompleted, RunFailed, SubmitRun
 from claudecluster.observability.logging import configure_logging
 from claudecluster.runtime.connection import Connection, open_jetstream_log
 from claudecluster.runtime.embedded_nats import (
@@ -203,22 +203,32 @@ class RunTiming:
     first_seq: int
 
 
+class SubmissionRejectedError(RuntimeError):
+    """The driver refused a benchmark's submission (a plan over its task limit, say):
+    said at once, with the driver's reason, instead of waiting out the run's timeout."""
+
+
 async def submit_and_wait(conn: Connection, command: SubmitRun, *, timeout_s: float) -> RunTiming:
     """Submit ``command`` and wait, reading the log, until the run completes or fails.
 
     Raises:
+        SubmissionRejectedError: the driver refused the submission.
         TimeoutError: the run did not end within ``timeout_s``.
     """
     first = await conn.log.last_seq() + 1
     started = time.perf_counter()
+    command_id = f"submit-{command.run_id}"
     await publish_command(
-        conn.client.jetstream(), command, command_id=f"submit-{command.run_id}",
-        now=datetime.now(UTC),
+        conn.client.jetstream(), command, command_id=command_id, now=datetime.now(UTC),
     )  # fmt: skip
     with anyio.fail_after(timeout_s):
         async with conn.log.open_reader(from_seq=first, follow=True) as events:
             async for stored in events:
                 event = stored.envelope.payload
+                if isinstance(event, CommandRejected) and event.command_id == command_id:
+                    raise SubmissionRejectedError(
+                        f"the driver refused run {command.run_id}: {event.reason}"
+                    )
                 if isinstance(event, RunCompleted | RunFailed) and event.run_id == command.run_id:
                     return RunTiming(time.perf_counter() - started, event, first)
     raise TimeoutError(f"run {command.run_id} never ended")  # the follow reader ended

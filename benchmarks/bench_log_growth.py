@@ -119,8 +119,15 @@ def cluster_log(count: int, *, first_run: int = 0) -> Iterator[tuple[str, bytes,
 def timed_cli(
     *args: str, repeat: int, env: dict[str, str], ok: tuple[int, ...] = (0,)
 ) -> tuple[list[float], int, list[float]]:
-    """Wall seconds of each run of ``claudecluster ARGS``, the largest peak RSS (bytes),
-    and the CPU seconds (user + system) of each run.
+    """:func:`timed_program` of ``claudecluster ARGS``."""
+    return timed_program([*_CLI, *args], repeat=repeat, env=env, ok=ok)
+
+
+def timed_program(
+    argv: list[str], *, repeat: int, env: dict[str, str], ok: tuple[int, ...] = (0,)
+) -> tuple[list[float], int, list[float]]:
+    """Wall seconds of each run of ``argv``, the largest peak RSS (bytes), and the CPU
+    seconds (user + system) of each run.
 
     The CPU time is what to compare on a shared machine: the wall time there is mostly
     waiting for a core. One unmeasured run first: it writes the bytecode caches when the
@@ -133,12 +140,12 @@ def timed_cli(
         started = time.perf_counter()
         # GNU time prints the process's own peak RSS (KiB) and CPU, nothing of this one's.
         done = subprocess.run(
-            ["/usr/bin/time", "-f", "%M %U %S", *_CLI, *args],
+            ["/usr/bin/time", "-f", "%M %U %S", *argv],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
         )  # fmt: skip
         elapsed = time.perf_counter() - started
         if done.returncode not in ok:
-            raise RuntimeError(f"claudecluster {' '.join(args)} exited {done.returncode}")
+            raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr}")
         if n:
             rss, user, system = done.stderr.strip().splitlines()[-1].split()
             times.append(elapsed)
@@ -257,6 +264,9 @@ async def measure(
         all_times, all_rss, all_cpu = await anyio.to_thread.run_sync(
             lambda: timed_cli("status", "--nats", url, repeat=repeat, env=env)
         )
+        every_times, every_rss, _ = await anyio.to_thread.run_sync(
+            lambda: timed_cli("status", "--all", "--nats", url, repeat=repeat, env=env)
+        )
         help_times, _, help_cpu = await anyio.to_thread.run_sync(
             lambda: timed_cli("--help", repeat=repeat, env=env)
         )
@@ -278,6 +288,8 @@ async def measure(
         "status_all_p50_ms": round(percentile(all_times, 50) * 1000),
         "status_all_cpu_p50_ms": round(percentile(all_cpu, 50) * 1000),
         "status_all_rss_mb": round(all_rss / 2**20, 1),
+        "status_every_p50_ms": round(percentile(every_times, 50) * 1000),
+        "status_every_rss_mb": round(every_rss / 2**20, 1),
         "help_p50_ms": round(percentile(help_times, 50) * 1000),
         "help_cpu_p50_ms": round(percentile(help_cpu, 50) * 1000),
         "status_run_nocache_p50_ms": round(percentile(nocache_times, 50) * 1000),
@@ -355,11 +367,38 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             partial = {"sizes": sizes, "results": rows, "complete": False}
             write_results("log_growth", partial, quick=args.quick)
         idle = await idle_workers(Path(tmp) / "idle", args.workers, args.window)
+    floor = import_floor(args.repeat)
     empty = rows[0]
     for row in rows:
         base = empty["status_run_p50_ms"] or row["status_run_p50_ms"]
         row["status_run_over_empty"] = round(row["status_run_p50_ms"] / base, 2) if base else None
-    return {"sizes": sizes, "results": rows, "idle_cluster": idle, "complete": True}
+    return {
+        "sizes": sizes, "results": rows, "idle_cluster": idle, "import_floor": floor,
+        "complete": True,
+    }  # fmt: skip
+
+
+#: What ``status RUN --nats URL`` cannot start without: the packages the design fixes for
+#: the bus (nats-py, anyio, msgspec), the configuration (pydantic-settings) and the CLI
+#: (cyclopts, rich for its tables).
+FLOOR_MODULES = ("nats.js", "anyio", "msgspec", "pydantic_settings", "cyclopts", "rich.table")
+
+
+def import_floor(repeat: int) -> dict[str, Any]:
+    """The interpreter importing only :data:`FLOOR_MODULES`: the part of every CLI read
+    that is not this project's code or its I/O, on this machine."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    code = "import " + ", ".join(FLOOR_MODULES)
+    bare_times, _, bare_cpu = timed_program([sys.executable, "-c", "pass"], repeat=repeat, env=env)
+    times, rss, cpu = timed_program([sys.executable, "-c", code], repeat=repeat, env=env)
+    return {
+        "modules": list(FLOOR_MODULES),
+        "interpreter_p50_ms": round(percentile(bare_times, 50) * 1000),
+        "interpreter_cpu_p50_ms": round(percentile(bare_cpu, 50) * 1000),
+        "p50_ms": round(percentile(times, 50) * 1000),
+        "cpu_p50_ms": round(percentile(cpu, 50) * 1000),
+        "rss_mb": round(rss / 2**20, 1),
+    }
 
 
 def main() -> None:
@@ -390,6 +429,9 @@ def main() -> None:
           r["front_door_ready_s"]]
          for r in report["results"]],
     )  # fmt: skip
+    floor = report["import_floor"]
+    print(f"import floor ({', '.join(floor['modules'])}): {floor['p50_ms']} ms p50, "
+          f"{floor['cpu_p50_ms']} ms CPU; bare {floor['interpreter_p50_ms']} ms")  # fmt: skip
     idle = report["idle_cluster"]
     print(f"idle {idle['workers']} workers: {idle['events_during_window']} events in "
           f"{idle['window_s']:g}s -> {idle['events_per_day_idle']} a day")  # fmt: skip

@@ -45,6 +45,7 @@ from _harness import (
 from nats.js.api import StorageType, StreamConfig
 
 from claudecluster.actors.driver import DriverConfig
+from claudecluster.domain.submission import DEFAULT_MAX_TASKS
 from claudecluster.events.model import (
     RunCompleted,
     SubmitRun,
@@ -159,6 +160,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 max_running=args.workers * args.slots * 2,
                 starts_per_s=1_000_000.0,
                 start_burst=1_000_000,
+                # One run holds every task of the throughput phase, however many are asked
+                # for (the driver's default refuses more than 500 in a run).
+                max_tasks=max(DEFAULT_MAX_TASKS, args.tasks),
             )
             driver = Driver(
                 conn.log, conn.client.jetstream(), DriverOptions(config=config, work_dir=tmp / "d")

@@ -9,22 +9,32 @@ reads the top-level folder directly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import pydantic
-import yaml
 
 from claudecluster.errors import ConfigError
 
 __all__ = ["config_error", "data_dir", "dotted", "load_yaml_model", "parse_yaml"]
 
-#: libyaml's parser when PyYAML was built with it (the wheels are): the pure-Python one
-#: spent about 45 ms of every CLI call on the two topology and permission files alone.
-_SAFE_LOADER: Final[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _PACKAGE: Final = Path(__file__).resolve().parent
 _Model = TypeVar("_Model", bound=pydantic.BaseModel)
+
+
+@functools.cache
+def _safe_loader() -> Any:
+    """libyaml's parser when PyYAML was built with it (the wheels are): the pure-Python one
+    spent about 45 ms of every CLI call on the two topology and permission files alone.
+
+    Imported on first use: a command that reads no YAML file (``status`` given a URL)
+    does not pay for the yaml package.
+    """
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def data_dir(name: str) -> Path:
@@ -45,7 +55,9 @@ def parse_yaml(text: str) -> Any:
     Raises:
         yaml.YAMLError: the text is not valid YAML.
     """
-    return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
+    import yaml
+
+    return yaml.load(text, Loader=_safe_loader())  # noqa: S506 - a safe loader
 
 
 def dotted(loc: tuple[int | str, ...]) -> str:
@@ -77,6 +89,8 @@ def load_yaml_model(source: Path, model: type[_Model]) -> _Model:
     Raises:
         ConfigError: the file is missing, not YAML, or not valid; names the key and file.
     """
+    import yaml  # here, not at the top: see _safe_loader
+
     where = f"file {source}"
     try:
         raw = parse_yaml(source.read_text(encoding="utf-8"))

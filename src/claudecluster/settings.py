@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urlsplit
 
 import pydantic
-import yaml
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -129,7 +128,10 @@ class NatsSettings(_Section):
     )
     inbox_prefix: str | None = pydantic.Field(
         default=None,
-        description="Reply-subject prefix; unset: _INBOX_<role>, as nats/permissions.yaml allows.",
+        description=(
+            "Reply-subject prefix; unset: _INBOX_<role> with credentials, as "
+            "nats/permissions.yaml allows (nats-py's own _INBOX without)."
+        ),
     )
     tls: NatsTlsSettings = pydantic.Field(default_factory=NatsTlsSettings)
 
@@ -651,6 +653,10 @@ def _reject_unknown_env(environ: Mapping[str, str]) -> None:
 
 
 def _read_file(path: Path) -> dict[str, Any]:
+    # Imported only when there is a file to read: a command run with flags and the
+    # environment alone does not pay for the yaml package.
+    import yaml
+
     try:
         raw = parse_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:

@@ -178,7 +178,10 @@ def test_log_growth_measures_each_size_side_by_side_and_an_idle_pool(tmp_path: P
         assert row["help_p50_ms"] > 0
         assert row["status_run_rss_mb"] > 0
         assert row["status_run_nocache_p50_ms"] > 0
+        assert row["status_every_rss_mb"] > 0
     assert rows[0]["status_run_over_empty"] == 1.0
+    floor = report["import_floor"]
+    assert 0 < floor["interpreter_p50_ms"] < floor["p50_ms"]  # the imports cost something
     # The restart with a log behind it is from the snapshot the full replay wrote.
     assert rows[1]["driver_snapshot_mb"] > 0
     assert rows[1]["driver_tail_events"] == 1000

@@ -28,6 +28,13 @@ HEAVY = ("mcp", "starlette", "uvicorn", "claude_agent_sdk")
 #: that logs nothing skips its ~70 ms), markdown-it for Markdown help text (the top-level
 #: help is plain), each a cost start-up paid on every call before.
 DEFERRED = ("structlog", "markdown_it")
+#: What a read of an open server given a URL needs none of: the topology and permission
+#: models (YAML read into pydantic, applied only by writers), the identities, the
+#: embedded server; together about a fifth of such a call's start before.
+NOT_FOR_READS = frozenset({
+    "yaml", "claudecluster.transport.topology", "claudecluster.transport.permissions",
+    "claudecluster.runtime.credentials", "claudecluster.runtime.embedded_nats", "psutil",
+})  # fmt: skip
 _SUBPROCESS_TIMEOUT_S = 120
 _MAIN = "from claudecluster.cli import main\nmain()"
 
@@ -92,6 +99,8 @@ async def test_status_of_a_run_and_of_every_run_load_no_front_door_agent_or_logg
         assert "sample-happy" in done.stdout
         assert "nats" in loaded
         assert loaded.isdisjoint({*HEAVY, *DEFERRED}), (args, sorted(loaded))
+        every = set(json.loads((tmp_path / "modules.json").read_text(encoding="utf-8")))
+        assert every.isdisjoint(NOT_FOR_READS), (args, sorted(every & NOT_FOR_READS))
 
 
 def test_status_loads_nats_but_no_front_door_or_agent_package(tmp_path: Path) -> None:

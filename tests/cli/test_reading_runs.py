@@ -61,13 +61,15 @@ def test_status_and_workers_list_fit_80_columns_with_no_cell_cut(finished: Path)
     for worker in workers:
         assert re.search(rf"^\s*{re.escape(worker['worker_id'])}\s+{worker['state']}\s",
                          table.stdout, re.MULTILINE), table.stdout  # fmt: skip
+    narrow: dict[str | None, str] = {}
     for ref in ("rd1", None):
         args = ("status", ref) if ref else ("status",)
         shown = cli(*args, cwd=finished, env=_narrow())
         assert shown.returncode == 0, shown.stderr
         assert max(len(line) for line in shown.stdout.splitlines()) <= 80, shown.stdout
         assert "…" not in shown.stdout, shown.stdout
-    tasks = cli("status", "rd1", cwd=finished, env=_narrow()).stdout
+        narrow[ref] = shown.stdout
+    tasks = narrow["rd1"]  # the same command's table again would cost another CLI start
     for task in json.loads(cli("status", "rd1", "--json", cwd=finished).stdout)["tasks"]:
         assert re.search(rf"^\s*{task['task_id']}\s+merged\s+1\s+{re.escape(task['worker_id'])}\s",
                          tasks, re.MULTILINE), tasks  # fmt: skip

@@ -22,6 +22,7 @@ from claudecluster.actors.worker import (
     claim_events,
     classify_failure,
     failed_event,
+    rejoin_reason,
     resumable_session,
     stops_for,
 )
@@ -280,3 +281,12 @@ def test_the_failure_is_recorded_with_its_class_and_reason() -> None:
     event = failed_event(run_id="r", task_id="t", attempt=2, worker_id="w", failure=failure)
     assert (event.failure_class, event.retryable, event.attempt) == ("configuration", False, 2)
     assert event.reason == "copy_files pattern '.env' matches nothing in /local"
+
+
+def test_a_worker_joins_again_only_when_its_last_event_declares_it_lost() -> None:
+    from claudecluster.events.model import WorkerJoined, WorkerLeft, WorkerLost
+
+    lost = WorkerLost(worker_id="w1", reason="no heartbeat for 30s")
+    assert rejoin_reason(lost) == "joined again: declared lost (no heartbeat for 30s)"
+    for other in (None, WorkerJoined(worker_id="w1"), WorkerLeft(worker_id="w1")):
+        assert rejoin_reason(other) is None

@@ -34,7 +34,7 @@ async def test_a_run_across_three_hosts_survives_a_cut_link_a_dead_host_and_a_pa
     record_property("killed_on_w2", len(outcome.killed))
     assert len(outcome.killed) >= 1 + WORKERS_PER_HOST  # the server and the workers at least
     assert verdict.completed is not None
-    assert verdict.completed.tasks_succeeded == TASKS
+    assert verdict.completed.tasks_succeeded == TASKS, outcome.story
     assert verdict.completion_rate == 1.0, outcome.story
     # No acknowledged event lost: everything the log served while the faults went on is
     # still there, at the sequence it had.

@@ -21,6 +21,11 @@ from tests.mcp_server.conftest import initialize
 pytestmark = pytest.mark.nats
 
 CLI = str(Path(sys.executable).parent / "claudecluster")
+#: How Claude Code ends a stdio server: SIGINT, SIGTERM this soon after, then SIGKILL
+#: (docs/mcp.md). These are the schedule of the signals the test sends, not waits for
+#: anything: the server gets no more time than Claude Code gives it.
+SIGTERM_AFTER_S = 0.1
+SIGKILL_AFTER_S = 0.5
 
 
 def server_command(nats_url: str, repo: Path) -> list[str]:
@@ -81,9 +86,9 @@ async def test_the_embedded_nats_server_stops_when_claude_code_ends_the_server(
             if child.name().startswith("nats-server")
         ]
         process.send_signal(signal.SIGINT)
-        await anyio.sleep(0.1)  # the gap Claude Code leaves between the two signals
+        await anyio.sleep(SIGTERM_AFTER_S)  # the signals' schedule, not a wait
         process.send_signal(signal.SIGTERM)
-        await anyio.sleep(0.5)
+        await anyio.sleep(SIGKILL_AFTER_S)  # the signals' schedule, not a wait
         if process.returncode is None:
             process.kill()
     _, alive = psutil.wait_procs([nats], timeout=15)

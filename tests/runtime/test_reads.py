@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+import anyio
 import pytest
 
 from claudecluster.events import (
@@ -27,6 +28,7 @@ from claudecluster.projections.progress import run_progress
 from claudecluster.projections.snapshots import decode_view_snapshot
 from claudecluster.runtime.reads import (
     keep_snapshotting,
+    open_view_from_snapshot,
     read_run,
     run_of_ref,
     runs_from_snapshot,
@@ -165,6 +167,47 @@ async def test_a_snapshot_the_log_does_not_bear_out_is_dropped_for_a_full_read(
     assert counting.delivered == 1 + total  # the check, then every event from the start
 
 
+#: Far longer than a read of a few dozen events takes on a loaded machine; a reader that
+#: waits for an event nobody will write never gets there.
+FOLLOWING_READ_WITHIN_S = 20
+
+
+async def test_a_following_reader_of_a_log_shorter_than_its_snapshot_starts_from_the_start(
+    jetstream_log: JetStreamEventLog,
+) -> None:
+    # The log was recreated since the snapshot (a fresh cluster on the same server keeps
+    # cc_snapshots): the snapshot's sequence is past the log's end. A front door opening
+    # on it once waited for that sequence to be written, and never became ready.
+    total = await a_run(jetstream_log, "r", 3)
+    store = MemorySnapshotStore()
+    await write_view_snapshot(store, ClusterView(last_seq=total + 40), "an-event-of-another-log")
+    with anyio.fail_after(FOLLOWING_READ_WITHIN_S):
+        async with open_view_from_snapshot(jetstream_log, store, follow=True) as (view, events):
+            assert view == ClusterView()
+            seqs = [(await anext(aiter(events))).seq for _ in range(total)]
+            await a_run(jetstream_log, "s", 0)
+            appended = await anext(aiter(events))
+    assert seqs == list(range(1, total + 1))
+    assert appended.seq == total + 1  # and it goes on following the log
+
+
+async def test_a_following_reader_of_a_matching_snapshot_gets_the_tail_then_what_comes(
+    jetstream_log: JetStreamEventLog,
+) -> None:
+    await a_run(jetstream_log, "r", 10)
+    stored = await read_all(jetstream_log)
+    store = MemorySnapshotStore()
+    await write_view_snapshot(store, replay(stored[:8]), stored[7].envelope.id)
+    with anyio.fail_after(FOLLOWING_READ_WITHIN_S):
+        async with open_view_from_snapshot(jetstream_log, store, follow=True) as (view, events):
+            assert view == replay(stored[:8])
+            tail = [(await anext(aiter(events))).seq for _ in range(len(stored) - 8)]
+            await a_run(jetstream_log, "s", 0)
+            appended = await anext(aiter(events))
+    assert tail == [s.seq for s in stored[8:]]
+    assert appended.seq == stored[-1].seq + 1
+
+
 async def test_snapshots_are_written_when_enough_events_came_and_not_otherwise() -> None:
     store = MemorySnapshotStore()
     views = iter([(ClusterView(last_seq=seq), f"e{seq}") for seq in (5, 1500, 1600, 2600)])
@@ -208,7 +251,8 @@ async def test_every_run_comes_from_the_runs_index_finished_ones_as_rows_and_the
     )
     await counting.append(make(RunRetried(run_id="retried", task_ids=("a",), head_commit="b")))
     counting.delivered = 0
-    view, rows = await runs_from_snapshot(counting, store)
+    listing = await runs_from_snapshot(counting, store)
+    view, rows = listing.view, listing.rows
     full = replay(await read_all(jetstream_log))
     # The finished run is a row, without its tasks; the rest is the full fold's.
     assert set(rows) == {"done"}
@@ -236,6 +280,34 @@ async def test_without_a_runs_index_every_run_comes_from_the_view(
 ) -> None:
     await a_run(jetstream_log, "r", 3)
     await jetstream_log.append(make(RunFailed(run_id="r", reason="r")))
-    view, rows = await runs_from_snapshot(jetstream_log, MemorySnapshotStore())
-    assert rows == {}
-    assert view == replay(await read_all(jetstream_log))
+    listing = await runs_from_snapshot(jetstream_log, MemorySnapshotStore())
+    assert listing.rows == {}
+    assert listing.older == 0
+    assert listing.view == replay(await read_all(jetstream_log))
+
+
+async def test_a_listing_of_the_newest_finished_runs_holds_those_in_order_of_submission(
+    jetstream_log: JetStreamEventLog,
+) -> None:
+    # Submitted in an order that is not the ids' order: the rows follow submission.
+    submitted = ["z", "b", "y", "a", "x", "c"]
+    for run_id in submitted:
+        await a_run(jetstream_log, run_id, 1)
+        await jetstream_log.append(make(RunFailed(run_id=run_id, reason="r")))
+    await a_run(jetstream_log, "open", 1)
+    stored = await read_all(jetstream_log)
+    full = replay(stored)
+    store = MemorySnapshotStore()
+    await write_view_snapshot(store, full, stored[-1].envelope.id)
+    newest = await runs_from_snapshot(jetstream_log, store, newest=2)
+    assert list(newest.rows) == ["x", "c"]
+    assert newest.older == 4
+    assert newest.rows["c"].run == full.runs["c"]
+    assert set(newest.view.runs) == {"open"}
+    every = await runs_from_snapshot(jetstream_log, store)
+    assert list(every.rows) == submitted
+    assert every.older == 0
+    nothing = await runs_from_snapshot(jetstream_log, store, newest=0)
+    assert (nothing.rows, nothing.older) == ({}, 6)
+    more = await runs_from_snapshot(jetstream_log, store, newest=100)
+    assert (list(more.rows), more.older) == (submitted, 0)

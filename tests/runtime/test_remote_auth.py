@@ -194,3 +194,23 @@ def test_a_jwt_creds_file_is_given_to_nats_py_as_user_credentials(tmp_path: Path
     options = BusAuth(creds_file=creds).connect_options()
 
     assert options == {"user_credentials": str(creds)}
+
+
+def test_only_an_identity_gets_its_roles_reply_prefix() -> None:
+    # An anonymous client of an open server has no permission that binds its replies,
+    # so it keeps nats-py's own prefix (and a read does not load the permission file).
+    anonymous = Settings(nats=NatsSettings(url="nats://127.0.0.1:1"))
+    assert configured_auth(anonymous, "frontdoor").inbox_prefix is None
+    named = Settings(nats=NatsSettings(url="nats://127.0.0.1:1", user="alice", password="p"))
+    assert configured_auth(named, "frontdoor").inbox_prefix == "_INBOX_frontdoor"
+    assert configured_auth(named, "worker").inbox_prefix == "_INBOX_worker"
+    chosen = Settings(
+        nats=NatsSettings(url="nats://127.0.0.1:1", user="alice", inbox_prefix="_MINE")
+    )
+    assert configured_auth(chosen, "worker").inbox_prefix == "_MINE"
+    assert (
+        configured_auth(
+            Settings(nats=NatsSettings(url="nats://127.0.0.1:1", inbox_prefix="_MINE")), "worker"
+        ).inbox_prefix
+        == "_MINE"
+    )

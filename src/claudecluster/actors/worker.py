@@ -44,6 +44,7 @@ from claudecluster.events.model import (
     TaskPreempted,
     TaskQueued,
     TaskSucceeded,
+    WorkerLost,
 )
 from claudecluster.events.signing import verify_envelope
 from claudecluster.events.work import WorkItem
@@ -63,6 +64,7 @@ __all__ = [
     "finished_event",
     "item_problem",
     "only_forgeries",
+    "rejoin_reason",
     "resumable_session",
     "stops_for",
 ]
@@ -344,3 +346,19 @@ def failed_event(
         failure_class=failure.failure_class,
         retryable=failure.retryable,
     )
+
+
+def rejoin_reason(last: object) -> str | None:
+    """Why a worker must join again, given the last event recorded about it; None if not.
+
+    The driver declares a worker lost when its heartbeats stop reaching the registry (a
+    cut link, a frozen process, a store failing over). A worker that is in fact alive and
+    reaches the log again must say so before it takes more work: the driver re-queues
+    every claim a lost worker makes the moment it lands, and a worker that went on
+    claiming would spend every attempt of whatever it took (seen on three hosts, one of
+    them cut off for 8 s: the same task claimed and re-queued six times, then failed).
+    ``worker.joined`` is the lifecycle's one way from lost back to active.
+    """
+    if isinstance(last, WorkerLost):
+        return f"joined again: declared lost ({last.reason})"
+    return None

@@ -12,7 +12,7 @@ import textwrap
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 import anyio
 import msgspec
@@ -32,17 +32,25 @@ from claudecluster.events.model import TaskProgress
 from claudecluster.events.subjects import run_filter
 from claudecluster.projections.cluster import ClusterView, apply, find_task, replay
 from claudecluster.projections.progress import run_progress
-from claudecluster.projections.snapshots import RunRow
 from claudecluster.projections.tasks import progress_text
 from claudecluster.projections.views import RunView, TaskView
 from claudecluster.runtime.connection import Connection, open_configured_cluster
-from claudecluster.runtime.reads import read_run, run_of_ref, runs_from_snapshot, view_from_snapshot
+from claudecluster.runtime.reads import (
+    RunsListing,
+    read_run,
+    run_of_ref,
+    runs_from_snapshot,
+    view_from_snapshot,
+)
 from claudecluster.settings import Settings
 from claudecluster.transport.artifacts import ArtifactStore, JetStreamArtifactStore
 from claudecluster.transport.base import read_all
 from claudecluster.transport.snapshots import JetStreamSnapshotStore
 
-__all__ = ["export", "logs", "replay_cmd", "status"]
+__all__ = ["DEFAULT_LIST_LIMIT", "export", "logs", "replay_cmd", "status"]
+
+#: Finished runs ``status`` lists unless told otherwise: a cluster finishes thousands.
+DEFAULT_LIST_LIMIT: Final = 20
 
 
 def _archive(conn: Connection) -> ArtifactStore:
@@ -54,27 +62,37 @@ def status(
     ref: str | None = None,
     *,
     json: bool = False,
+    limit: int = DEFAULT_LIST_LIMIT,
+    all: bool = False,
     nats: str | None = None,
     config: Path | None = None,
 ) -> int:
     """Show runs, one run with its tasks, or one task.
 
+    Without a reference: every open run, and the newest finished ones (--limit, --all).
+
     Examples:
         claudecluster status
+        claudecluster status --all
         claudecluster status run-20261124-101500
         claudecluster status run-20261124-101500/api
         claudecluster status run-20261124-101500 --json
 
     Args:
         ref: A run id, a task as RUN/TASK, or a task id unique across runs.
-        json: Print JSON for scripts: an array of runs; {"run", "tasks", "cost"} for a run;
-            the task's fields for a task.
+        json: Print JSON for scripts: an array of runs (the same runs as the table);
+            {"run", "tasks", "cost"} for a run; the task's fields for a task.
+        limit: Without a reference: how many finished runs to list, newest first
+            (open runs are always listed).
+        all: Without a reference: list every finished run.
         nats: NATS URL (default: nats.url, else the embedded server of this directory).
         config: A claudecluster.yaml to read instead of the one in this directory.
     """
+    if limit < 0:
+        raise ConfigError("limit", "flag --limit", "give 0 or more runs")
     settings = command_settings(nats, config)
     if ref is None:
-        return _status_all(settings, json=json)
+        return _status_all(settings, json=json, newest=None if all else limit)
     view: ClusterView = anyio.run(_view, settings, ref)
     if json:
         sys.stdout.write(msgspec.json.encode(_status_record(view, ref)).decode() + "\n")
@@ -101,7 +119,7 @@ def status(
                 markup=False,
             )
         return EXIT_OK
-    task = find_task(view, ref)
+    task = _task_of(view, ref)
     table = Table(
         title=f"task {task.run_id}/{task.task_id}", show_header=False, title_justify="left"
     )
@@ -114,21 +132,31 @@ def status(
     return EXIT_OK
 
 
-def _status_all(settings: Settings, *, json: bool) -> int:
-    """``status`` without a reference: every run in a line, from the compact index of
-    runs plus the tail (finished runs come summed up, without their tasks)."""
-    view, rows = anyio.run(_runs, settings)
+def _status_all(settings: Settings, *, json: bool, newest: int | None) -> int:
+    """``status`` without a reference: a run in a line, from the compact index of runs
+    plus the tail (finished runs come summed up, without their tasks): every open run
+    and the ``newest`` finished ones (None: all)."""
+    listing: RunsListing = anyio.run(_runs, settings, newest)
+    view = listing.view
     now = datetime.now(UTC)
     lines: list[tuple[RunView, str, str, str]] = []
-    for row in rows.values():
+    for row in listing.rows.values():
         done = f"{row.finished}/{row.total}"
         lines.append((row.run, done, f"{row.elapsed_s:.0f}s", f"${row.cost_usd:.4f}"))
+    finished = [run for run in view.runs.values() if not run.state.open]
+    finished.sort(key=lambda run: (run.submitted_at, run.run_id))
+    # Finished runs the view holds (a tail, or no index) count against the limit as rows do.
+    room = len(finished) if newest is None else max(newest - len(listing.rows), 0)
+    hidden = {run.run_id for run in finished[: max(len(finished) - room, 0)]}
     for run in view.runs.values():
+        if run.run_id in hidden:
+            continue
         progress = run_progress(view, run.run_id, now)
         assert progress is not None
         done = f"{progress.finished}/{progress.total}"
         lines.append((run, done, f"{progress.elapsed_s:.0f}s", f"${progress.cost_usd:.4f}"))
-    lines.sort(key=lambda line: line[0].submitted_at)
+    lines.sort(key=lambda line: (line[0].submitted_at, line[0].run_id))
+    older = listing.older + len(hidden)
     if json:
         sys.stdout.write(msgspec.json.encode([line[0] for line in lines]).decode() + "\n")
         return EXIT_OK
@@ -138,6 +166,11 @@ def _status_all(settings: Settings, *, json: bool) -> int:
         for run, done, elapsed, cost in lines
     ]
     sys.stdout.write(_plain_table("runs", header, cells))
+    if older:
+        sys.stdout.write(
+            f"{older:,} older finished run(s) not shown: --all lists every run, "
+            "--limit N the newest N\n"
+        )
     return EXIT_OK
 
 
@@ -166,11 +199,27 @@ def _plain_table(title: str, header: tuple[str, ...], rows: Sequence[tuple[str, 
     return "\n".join(out) + "\n"
 
 
-async def _runs(settings: Settings) -> tuple[ClusterView, dict[str, RunRow]]:
-    """Every run: the open ones in a view, the finished ones as rows."""
-    async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
+async def _runs(settings: Settings, newest: int | None) -> RunsListing:
+    """Every run: the open ones in a view, the finished ones as rows (``newest`` of them)."""
+    async with open_configured_cluster(settings, name="claudecluster-cli", read_only=True) as conn:
         store = JetStreamSnapshotStore(conn.client.jetstream())
-        return await runs_from_snapshot(conn.log, store, archive=_archive(conn))
+        return await runs_from_snapshot(conn.log, store, archive=_archive(conn), newest=newest)
+
+
+def _task_of(view: ClusterView, ref: str) -> TaskView:
+    """The task ``status REF`` shows when REF names no run.
+
+    Raises:
+        UnknownEntityError: no such task, nor run when REF could be one (no ``/``).
+        AmbiguousTaskError: several runs have a task of that id.
+    """
+    try:
+        return find_task(view, ref)
+    except UnknownEntityError:
+        if "/" in ref:
+            raise
+        # ``status`` takes a run as readily as a task: the error names both.
+        raise UnknownEntityError("run or task", ref) from None
 
 
 def _status_record(view: ClusterView, ref: str) -> object:
@@ -178,12 +227,12 @@ def _status_record(view: ClusterView, ref: str) -> object:
     shown = view.runs.get(ref)
     if shown is not None:
         return {"run": shown, "tasks": list(view.tasks_of(ref)), "cost": view.costs.get(ref)}
-    return find_task(view, ref)
+    return _task_of(view, ref)
 
 
 async def _view(settings: Settings, ref: str | None = None) -> ClusterView:
     """The view ``status`` shows: of one run when ``ref`` names it, else of every run."""
-    async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
+    async with open_configured_cluster(settings, name="claudecluster-cli", read_only=True) as conn:
         if ref is not None:
             found = await run_of_ref(conn.log, ref, archive=_archive(conn))
             if found is not None:
@@ -224,7 +273,7 @@ def logs(
 async def _logs(
     settings: Settings, ref: str, follow: bool, console: Console, as_json: bool = False
 ) -> None:
-    async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
+    async with open_configured_cluster(settings, name="claudecluster-cli", read_only=True) as conn:
         found = await run_of_ref(conn.log, ref, archive=_archive(conn))
         if found is None:
             # A bare task id: which run has it, only the view of every run can say.
@@ -383,7 +432,7 @@ def _until(until: str | None) -> tuple[int | None, datetime | None]:
 
 
 async def _record(settings: Settings, run: str) -> dict[str, object]:
-    async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
+    async with open_configured_cluster(settings, name="claudecluster-cli", read_only=True) as conn:
         try:
             stored = await read_run(conn.log, run, archive=_archive(conn))
         except InvalidIdError:
@@ -399,7 +448,7 @@ async def _record(settings: Settings, run: str) -> dict[str, object]:
 
 async def _all_events(settings: Settings, run: str | None) -> list[StoredEvent]:
     """The log, or with ``run`` only that run's events (the server filters them)."""
-    async with open_configured_cluster(settings, name="claudecluster-cli") as conn:
+    async with open_configured_cluster(settings, name="claudecluster-cli", read_only=True) as conn:
         if run is None:
             return await read_all(conn.log)
         try:

@@ -32,6 +32,7 @@ __all__ = [
     "RunRow",
     "RunsSnapshot",
     "ViewSnapshot",
+    "decode_row",
     "decode_runs_snapshot",
     "decode_view_snapshot",
     "encode_runs_snapshot",
@@ -192,16 +193,37 @@ class _RunsRecord(msgspec.Struct, frozen=True, kw_only=True):
     last_id: str
     #: the view without the finished runs (their runs, tasks and costs), as view_to_msgpack
     open: bytes
+    #: the finished runs' ids, in the order of ``rows``
+    run_ids: list[str]
+    #: the finished runs, oldest submission first
     rows: list[RunRow]
 
 
+class _RunsIndex(msgspec.Struct, frozen=True, kw_only=True):
+    """:class:`_RunsRecord` as a reader decodes it: the rows left encoded until asked for
+    (a months-old cluster has tens of thousands, and a listing shows the newest few)."""
+
+    version: str
+    seq: int
+    last_id: str
+    open: bytes
+    run_ids: list[str]
+    rows: list[msgspec.Raw]
+
+
 class RunsSnapshot(msgspec.Struct, frozen=True, kw_only=True):
-    """A usable runs index: the open part of the view, the finished runs' rows, and the
-    id of the event it ends with."""
+    """A usable runs index: the open part of the view, the finished runs' rows (still
+    encoded: :func:`decode_row` reads one; oldest submission first), and the id of the
+    event it ends with."""
 
     open: ClusterView
-    rows: dict[str, RunRow]
+    rows: dict[str, msgspec.Raw]
     last_id: str
+
+
+def decode_row(raw: msgspec.Raw) -> RunRow:
+    """One row of a :class:`RunsSnapshot` (checked with the index's version already)."""
+    return msgspec.msgpack.decode(raw, type=RunRow)
 
 
 @functools.cache
@@ -254,12 +276,14 @@ def encode_runs_snapshot(view: ClusterView, last_id: str) -> bytes:
         last_id: the envelope id of the event at ``view.last_seq``.
     """
     opened, rows = split_finished(view)
+    ordered = sorted(rows.values(), key=lambda row: (row.run.submitted_at, row.run.run_id))
     record = _RunsRecord(
         version=runs_version(),
         seq=view.last_seq,
         last_id=last_id,
         open=view_to_msgpack(opened),
-        rows=sorted(rows.values(), key=lambda row: row.run.submitted_at),
+        run_ids=[row.run.run_id for row in ordered],
+        rows=ordered,
     )
     return _ENCODER.encode(record)
 
@@ -268,11 +292,13 @@ def decode_runs_snapshot(data: bytes) -> tuple[RunsSnapshot | None, str]:
     """The runs index a snapshot holds, or None and why it cannot be used (never raises
     for bad data: it is a reason to rebuild)."""
     try:
-        record = msgspec.msgpack.decode(data, type=_RunsRecord)
+        record = msgspec.msgpack.decode(data, type=_RunsIndex)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return None, f"the snapshot does not decode: {exc}"
     opened, why = _checked_view(record.version, runs_version(), record.seq, record.open)
     if opened is None:
         return None, why
-    rows = {row.run.run_id: row for row in record.rows}
+    if len(record.run_ids) != len(record.rows):
+        return None, "the snapshot's run ids and rows differ in number"
+    rows = dict(zip(record.run_ids, record.rows, strict=True))
     return RunsSnapshot(open=opened, rows=rows, last_id=record.last_id), ""

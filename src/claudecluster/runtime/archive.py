@@ -40,7 +40,7 @@ from claudecluster.observability.logging import get_logger
 from claudecluster.projections.cluster import ClusterView
 from claudecluster.transport.artifacts import ArtifactStore, JetStreamArtifactStore
 from claudecluster.transport.base import EventLog, read_all
-from claudecluster.transport.topology import EVENTS_STREAM
+from claudecluster.transport.streams import EVENTS_STREAM
 
 __all__ = [
     "ARCHIVE_PREFIX",

@@ -7,12 +7,13 @@ or written.
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -23,11 +24,16 @@ from nats.aio.client import Client
 from claudecluster.errors import ConfigError, NatsServerError
 from claudecluster.observability.logging import get_logger
 from claudecluster.observability.redaction import Redactor, redact_url
-from claudecluster.runtime.credentials import Credentials
 from claudecluster.settings import Settings
 from claudecluster.transport.jetstream import JetStreamEventLog
-from claudecluster.transport.permissions import Role, inbox_prefix
-from claudecluster.transport.topology import Topology, apply_topology, load_topology
+
+if TYPE_CHECKING:
+    # Imported where used, not here: the permission and topology files are YAML read
+    # into pydantic models (about 100 ms of imports), and a read from an open server
+    # needs neither (``claudecluster status`` is on this path).
+    from claudecluster.runtime.credentials import Credentials
+    from claudecluster.transport.permissions import Role
+    from claudecluster.transport.topology import Topology
 
 __all__ = [
     "BusAuth",
@@ -127,19 +133,28 @@ class BusAuth:
 
 
 def configured_auth(settings: Settings, role: Role) -> BusAuth:
-    """The configuration's way onto ``nats.url``, for a process acting as ``role``."""
+    """The configuration's way onto ``nats.url``, for a process acting as ``role``.
+
+    An identity gets its role's reply prefix (its permissions allow no other); an
+    anonymous client of an open server keeps nats-py's own, as no permission binds it.
+    """
     nats_settings = settings.nats
     password = nats_settings.password.get_secret_value() if nats_settings.password else None
-    return BusAuth(
+    auth = BusAuth(
         creds_file=nats_settings.creds,
         nkey_seed_file=nats_settings.nkey_seed,
         user=nats_settings.user,
         password=password,
-        inbox_prefix=nats_settings.inbox_prefix or inbox_prefix(role),
+        inbox_prefix=nats_settings.inbox_prefix,
         tls_ca=nats_settings.tls.ca,
         tls_cert=nats_settings.tls.cert,
         tls_key=nats_settings.tls.key,
     )
+    if auth.authenticated and auth.inbox_prefix is None:
+        from claudecluster.transport.permissions import inbox_prefix
+
+        auth = dataclasses.replace(auth, inbox_prefix=inbox_prefix(role))
+    return auth
 
 
 def embedded_auth(credentials: Credentials, role: Role, pool: str = "default") -> BusAuth:
@@ -148,6 +163,8 @@ def embedded_auth(credentials: Credentials, role: Role, pool: str = "default") -
     Raises:
         ConfigError: no identity was minted for that role and pool.
     """
+    from claudecluster.transport.permissions import inbox_prefix
+
     return BusAuth(
         nkey_seed_file=credentials.seed_file(role, pool), inbox_prefix=inbox_prefix(role)
     )
@@ -279,6 +296,8 @@ async def open_jetstream_log(
     async with open_nats(url, name=name, auth=auth) as client:
         js = client.jetstream()
         if apply:
+            from claudecluster.transport.topology import apply_topology, load_topology
+
             await apply_topology(js, topology or load_topology(), replicas=replicas)
         yield client, JetStreamEventLog(js, redactor=redactor)
 
@@ -333,6 +352,7 @@ async def open_configured_cluster(
     project_dir: Path | None = None,
     name: str = "claudecluster",
     role: Role = "frontdoor",
+    read_only: bool = False,
 ) -> AsyncIterator[Connection]:
     """Connect to what the configuration names as ``role``: an external NATS URL (with
     the configured credentials), or the embedded server (started, or adopted if this
@@ -340,7 +360,11 @@ async def open_configured_cluster(
 
     The topology is applied by the driver's identity: on the embedded server over a
     short connection of its own, on an external server only when ``role`` is the driver
-    or no credentials are configured (an open server, where anyone may).
+    or no credentials are configured (an open server, where anyone may). A caller that
+    only reads (``read_only``: ``status``, ``logs``, ``export``) applies nothing to an
+    external server: whoever writes there applies the topology first, and a read of a
+    server without it finds no runs; checking a dozen streams and buckets on every
+    read was a fifth of what such a command cost.
 
     Raises:
         NatsServerError: the server cannot be started or reached.
@@ -361,7 +385,7 @@ async def open_configured_cluster(
             redactor=redactor,
             replicas=settings.nats.replicas,
             auth=auth,
-            apply=role == "driver" or not auth.authenticated,
+            apply=not read_only and (role == "driver" or not auth.authenticated),
         ) as (client, log):
             yield Connection(
                 url,
@@ -390,6 +414,8 @@ async def open_configured_cluster(
 
         def embedded(other: Role) -> BusAuth:
             return embedded_auth(credentials, other)
+
+        from claudecluster.transport.topology import apply_topology, load_topology
 
         async with open_nats(server.url, name=f"{name}-topology", auth=embedded("driver")) as admin:
             await apply_topology(admin.jetstream(), load_topology())

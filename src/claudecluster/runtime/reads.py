@@ -33,6 +33,7 @@ from claudecluster.projections.snapshots import (
     RUNS_SNAPSHOT,
     VIEW_SNAPSHOT,
     RunRow,
+    decode_row,
     decode_runs_snapshot,
     decode_view_snapshot,
     encode_runs_snapshot,
@@ -43,6 +44,7 @@ from claudecluster.transport.base import EventLog, read_all
 from claudecluster.transport.snapshots import SnapshotStore
 
 __all__ = [
+    "RunsListing",
     "keep_snapshotting",
     "open_view_from_snapshot",
     "read_run",
@@ -141,9 +143,13 @@ async def open_view_from_snapshot(
     """
     view, last_id = await _snapshot_view(store)
     if view.last_seq:
-        async with log.open_reader(from_seq=view.last_seq, follow=follow) as events:
-            first = await anext(aiter(events), None)
-            if first is not None and first.seq == view.last_seq and first.envelope.id == last_id:
+        # The check reads without following: a following reader of a log recreated since
+        # the snapshot, and shorter than it, would wait for the snapshot's sequence to be
+        # written again, and its reader (a front door opening) would never be ready.
+        async with log.open_reader(from_seq=view.last_seq) as checked:
+            first = await anext(aiter(checked), None)
+        if first is not None and first.seq == view.last_seq and first.envelope.id == last_id:
+            async with log.open_reader(from_seq=view.last_seq + 1, follow=follow) as events:
                 yield view, events
                 return
         _log.info("snapshot does not match the log; reading the whole log", seq=view.last_seq)
@@ -163,14 +169,36 @@ async def view_from_snapshot(log: EventLog, store: SnapshotStore) -> ClusterView
     return view
 
 
+class RunsListing(msgspec.Struct, frozen=True, kw_only=True):
+    """Every run, as the list of runs shows them.
+
+    Attributes:
+        view: the open runs with their tasks (and any finished run the tail reopened).
+        rows: finished runs as rows, oldest submission first: every one, or the newest
+            ``newest`` of them.
+        older: finished runs left out for ``newest``, older than every row.
+    """
+
+    view: ClusterView
+    rows: dict[str, RunRow]
+    older: int = 0
+
+
 async def runs_from_snapshot(
-    log: EventLog, store: SnapshotStore, *, archive: ArtifactStore | None = None
-) -> tuple[ClusterView, dict[str, RunRow]]:
+    log: EventLog,
+    store: SnapshotStore,
+    *,
+    archive: ArtifactStore | None = None,
+    newest: int | None = None,
+) -> RunsListing:
     """Every run now: the open runs in a view, the finished ones as rows.
 
     From the newest usable runs index plus the tail; a finished run an event of the tail
     names (a retry, a late result) is read again by its own subjects and joins the view.
     Without a usable index, the whole view (:func:`view_from_snapshot`) and no rows.
+    With ``newest``, only that many finished runs are decoded and listed (the index keeps
+    them in order of submission): what a listing costs then does not grow with the runs
+    a cluster has finished over its life.
 
     Raises:
         EventStoreError: the log could not be read.
@@ -183,8 +211,8 @@ async def runs_from_snapshot(
     snapshot, why = decode_runs_snapshot(data) if data is not None else (None, "none")
     if snapshot is None:
         _log.info("runs snapshot not used; reading the view", reason=why)
-        return await view_from_snapshot(log, store), {}
-    view, rows = snapshot.open, dict(snapshot.rows)
+        return RunsListing(view=await view_from_snapshot(log, store), rows={})
+    view, encoded = snapshot.open, dict(snapshot.rows)
     reread: set[str] = set()
     matches = False
     async with log.open_reader(from_seq=view.last_seq) as events:
@@ -195,14 +223,14 @@ async def runs_from_snapshot(
         )
         async for stored in events if matches else _nothing():
             event = stored.envelope.payload
-            if isinstance(event, RunEvent) and (event.run_id in rows or event.run_id in reread):
+            if isinstance(event, RunEvent) and (event.run_id in encoded or event.run_id in reread):
                 reread.add(event.run_id)
-                rows.pop(event.run_id, None)
+                encoded.pop(event.run_id, None)
                 continue
             view = apply(view, stored)
     if not matches:
         _log.info("runs snapshot does not match the log; reading the view")
-        return await view_from_snapshot(log, store), {}
+        return RunsListing(view=await view_from_snapshot(log, store), rows={})
     for run_id in sorted(reread):
         events_of_run = await read_run(log, run_id, until_seq=view.last_seq, archive=archive)
         of_run = replay(events_of_run)
@@ -212,7 +240,10 @@ async def runs_from_snapshot(
             tasks=view.tasks.update(of_run.tasks),
             costs=view.costs.update(of_run.costs),
         )
-    return view, rows
+    kept = list(encoded.items())
+    older = 0 if newest is None else max(len(kept) - max(newest, 0), 0)
+    rows = {run_id: decode_row(raw) for run_id, raw in kept[older:]}
+    return RunsListing(view=view, rows=rows, older=older)
 
 
 async def _nothing() -> AsyncIterator[StoredEvent]:

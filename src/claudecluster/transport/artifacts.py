@@ -189,7 +189,8 @@ class JetStreamArtifactStore:
         """
         try:
             result = await (await self._obs()).get(key)
-        except nats.js.errors.ObjectNotFoundError:
+        except (nats.js.errors.ObjectNotFoundError, nats.js.errors.BucketNotFoundError):
+            # No bucket yet (a server no writer has set up) holds nothing either.
             return None
         except (nats.errors.Error, TimeoutError) as exc:
             raise EventStoreError(f"cannot read artifact {key}: {exc!r}") from exc
@@ -203,7 +204,7 @@ class JetStreamArtifactStore:
         """
         try:
             info = await (await self._obs()).get_info(key)
-        except nats.js.errors.ObjectNotFoundError:
+        except (nats.js.errors.ObjectNotFoundError, nats.js.errors.BucketNotFoundError):
             return False
         except (nats.errors.Error, TimeoutError) as exc:
             raise EventStoreError(f"cannot look up artifact {key}: {exc!r}") from exc
@@ -233,7 +234,7 @@ class JetStreamArtifactStore:
         """
         try:
             await (await self._obs()).delete(key)
-        except nats.js.errors.ObjectNotFoundError:
+        except (nats.js.errors.ObjectNotFoundError, nats.js.errors.BucketNotFoundError):
             return
         except (nats.errors.Error, TimeoutError) as exc:
             raise EventStoreError(f"cannot delete artifact {key}: {exc!r}") from exc
@@ -246,7 +247,7 @@ class JetStreamArtifactStore:
         """
         try:
             result = await (await self._obs()).get(ref.key)
-        except nats.js.errors.ObjectNotFoundError:
+        except (nats.js.errors.ObjectNotFoundError, nats.js.errors.BucketNotFoundError):
             raise EventStoreError(f"artifact {ref.key} is not in bucket {ref.bucket}") from None
         except (nats.errors.Error, TimeoutError) as exc:
             raise EventStoreError(f"cannot read artifact {ref.key}: {exc!r}") from exc
@@ -291,7 +292,7 @@ class JetStreamArtifactStore:
         js = self._js
         try:
             info = await (await self._obs()).get_info(ref.key)
-        except nats.js.errors.ObjectNotFoundError:
+        except (nats.js.errors.ObjectNotFoundError, nats.js.errors.BucketNotFoundError):
             raise EventStoreError(f"artifact {ref.key} is not in bucket {ref.bucket}") from None
         except (nats.errors.Error, TimeoutError) as exc:
             raise EventStoreError(f"cannot read artifact {ref.key}: {exc!r}") from exc

@@ -39,7 +39,7 @@ from claudecluster.events.model import Command
 from claudecluster.events.subjects import ALL_COMMANDS, COMMAND_PREFIX, command_subject
 from claudecluster.observability.logging import get_logger
 from claudecluster.transport.quarantine import quarantine
-from claudecluster.transport.topology import COMMANDS_STREAM
+from claudecluster.transport.streams import COMMANDS_STREAM
 
 __all__ = [
     "DRIVER_CONSUMER",

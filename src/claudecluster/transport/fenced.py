@@ -51,7 +51,7 @@ from claudecluster.observability.logging import get_logger
 from claudecluster.observability.redaction import Redactor
 from claudecluster.transport.base import AppendResult, EventLog, QuarantinedMessage
 from claudecluster.transport.ordered import last_sequence, open_ordered
-from claudecluster.transport.topology import EVENTS_STREAM
+from claudecluster.transport.streams import EVENTS_STREAM
 
 __all__ = ["FencedEventLog", "take_fence"]
 

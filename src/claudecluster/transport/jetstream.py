@@ -39,7 +39,7 @@ from claudecluster.observability.logging import get_logger
 from claudecluster.observability.redaction import Redactor
 from claudecluster.transport.base import AppendResult, QuarantinedMessage
 from claudecluster.transport.ordered import last_sequence, open_ordered
-from claudecluster.transport.topology import EVENTS_STREAM, QUARANTINE_STREAM
+from claudecluster.transport.streams import EVENTS_STREAM, QUARANTINE_STREAM
 
 __all__ = ["JetStreamEventLog"]
 

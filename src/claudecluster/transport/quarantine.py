@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 
 from claudecluster.events.subjects import QUARANTINE_PREFIX
 from claudecluster.observability.logging import get_logger
-from claudecluster.transport.topology import QUARANTINE_STREAM
+from claudecluster.transport.streams import QUARANTINE_STREAM
 
 __all__ = ["quarantine"]
 

@@ -161,6 +161,8 @@ class JetStreamSnapshotStore:
                         _log.warning("snapshot incomplete; ignored", name=name, missing=key)
                         return None
                     parts.append(entry.value or b"")
+        except nats.js.errors.BucketNotFoundError:
+            return None  # a server no driver has set up yet: no snapshot of anything
         except (nats.errors.Error, TimeoutError) as exc:
             raise EventStoreError(f"snapshot {name!r} not read: {exc!r}") from exc
         data = b"".join(parts)

@@ -37,6 +37,12 @@ from nats.js.api import (
 from claudecluster.config_files import data_dir, load_yaml_model
 from claudecluster.errors import EventStoreError
 from claudecluster.observability.logging import get_logger
+from claudecluster.transport.streams import (
+    COMMANDS_STREAM,
+    EVENTS_STREAM,
+    QUARANTINE_STREAM,
+    WORK_STREAM,
+)
 
 __all__ = [
     "COMMANDS_STREAM",
@@ -53,10 +59,6 @@ __all__ = [
     "load_topology",
 ]
 
-EVENTS_STREAM: Final = "CC_EVENTS"
-COMMANDS_STREAM: Final = "CC_COMMANDS"
-WORK_STREAM: Final = "CC_WORK"
-QUARANTINE_STREAM: Final = "CC_QUARANTINE"
 
 _STREAM_NAME_IN_USE: Final = 10058
 #: How long one step of applying the topology is tried again while the cluster does not

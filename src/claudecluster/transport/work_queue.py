@@ -30,7 +30,7 @@ from claudecluster.errors import EventDecodeError, EventStoreError
 from claudecluster.events.subjects import QUARANTINE_PREFIX
 from claudecluster.events.work import WorkItem, decode_work_item, encode_work_item, work_subject
 from claudecluster.observability.logging import get_logger
-from claudecluster.transport.topology import QUARANTINE_STREAM, WORK_STREAM
+from claudecluster.transport.streams import QUARANTINE_STREAM, WORK_STREAM
 
 __all__ = [
     "Delivery",

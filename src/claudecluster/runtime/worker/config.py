@@ -43,6 +43,11 @@ _FORGERIES_STEPPED_OVER: Final = 16
 _APPEND_PATIENCE_S: Final = 60.0
 _APPEND_RETRY_FIRST_S: Final = 0.25
 _APPEND_RETRY_MAX_S: Final = 2.0
+#: Heartbeats after a missed or late one during which the worker asks the log whether it
+#: was declared lost (the driver may record it a little after the link is back), and the
+#: interval, in heartbeats, of the same question asked anyway.
+_LOST_RECHECK_BEATS: Final = 6
+_LOST_CHECK_EVERY_BEATS: Final = 12
 
 
 def new_worker_id() -> str:

@@ -50,6 +50,7 @@ from claudecluster.actors.worker import (
     claim_events,
     item_problem,
     only_forgeries,
+    rejoin_reason,
     resumable_session,
     stops_for,
 )
@@ -73,7 +74,7 @@ from claudecluster.events.model import (
     WorkerLeft,
 )
 from claudecluster.events.signing import signature_of, signed_bytes
-from claudecluster.events.subjects import run_level_filter, task_filter
+from claudecluster.events.subjects import run_level_filter, task_filter, worker_filter
 from claudecluster.events.work import WorkItem
 from claudecluster.executors.base import Executor
 from claudecluster.executors.claude_code import ClaudeCodeExecutor
@@ -108,6 +109,8 @@ from claudecluster.runtime.worker.config import (
     _APPEND_RETRY_MAX_S,
     _CAPABILITIES,
     _FORGERIES_STEPPED_OVER,
+    _LOST_CHECK_EVERY_BEATS,
+    _LOST_RECHECK_BEATS,
     _RUNS_KEPT,
     Origin,
     Superseded,
@@ -296,20 +299,7 @@ class Worker(AttemptRunner):
         Raises:
             EventStoreError: the event log or the work queue failed.
         """
-        await self._record(
-            WorkerJoined(
-                worker_id=self.config.worker_id,
-                pool=self.config.pool,
-                host=self._origin.host,
-                pid=self._origin.pid,
-                slots=self.config.slots,
-                capabilities=_CAPABILITIES,
-                reason=self.config.join_reason,
-            ),
-            # A loaded server (a stream still electing its leader) may answer late: the
-            # same event again is deduplicated, and a worker must not die of one slow reply.
-            patience_s=_APPEND_PATIENCE_S,
-        )
+        await self._join(self.config.join_reason)
         await self._register()
         await self._disk.sweep(self.config.workspace_root)
         try:
@@ -333,6 +323,22 @@ class Worker(AttemptRunner):
                     WorkerLeft(worker_id=self.config.worker_id, reason=self._stop_reason)
                 )
                 await self._unregister()
+
+    async def _join(self, reason: str) -> None:
+        await self._record(
+            WorkerJoined(
+                worker_id=self.config.worker_id,
+                pool=self.config.pool,
+                host=self._origin.host,
+                pid=self._origin.pid,
+                slots=self.config.slots,
+                capabilities=_CAPABILITIES,
+                reason=reason,
+            ),
+            # A loaded server (a stream still electing its leader) may answer late: the
+            # same event again is deduplicated, and a worker must not die of one slow reply.
+            patience_s=_APPEND_PATIENCE_S,
+        )
 
     async def _serve_health(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -581,8 +587,17 @@ class Worker(AttemptRunner):
         Liveness goes to the registry (KV, with a TTL), not to the event log: it is not
         history, and as events it was most of the log. The log keeps the join, the leave
         and the attempts this worker held.
+
+        A beat missed or late (the link cut, the process stopped, the store failing over)
+        may have got this worker declared lost; the beats after it ask the log, and join
+        again if so (:func:`~claudecluster.actors.worker.rejoin_reason`). Every
+        ``_LOST_CHECK_EVERY_BEATS`` beats it asks anyway: the driver may have missed beats
+        that reached the registry.
         """
         sample = self._load or host_load()
+        last_beat = anyio.current_time()
+        recheck = 0
+        beats = 0
         while True:
             await anyio.sleep(self.config.heartbeat_s)
             try:
@@ -591,6 +606,30 @@ class Worker(AttemptRunner):
                 # The store is failing over or restarting. A missed beat is harmless (the
                 # driver waits lost_after_s); ending the worker over it is not.
                 _log.warning("heartbeat not recorded; trying again", error=str(exc))
+                recheck = _LOST_RECHECK_BEATS
+                continue
+            now = anyio.current_time()
+            if now - last_beat > 2 * self.config.heartbeat_s:
+                recheck = _LOST_RECHECK_BEATS
+            last_beat = now
+            beats += 1
+            if recheck or beats % _LOST_CHECK_EVERY_BEATS == 0:
+                recheck = max(0, recheck - 1)
+                await self._rejoin_if_lost()
+
+    async def _rejoin_if_lost(self) -> None:
+        """Join again if the last event about this worker declares it lost."""
+        scope = worker_filter(self.config.worker_id)
+        try:
+            seq = await self._log.last_seq(scope)
+            last = await read_all(self._log, from_seq=seq, subjects=scope) if seq else []
+            reason = rejoin_reason(last[-1].envelope.payload if last else None)
+            if reason is not None:
+                _log.warning("this worker was declared lost; joining again", reason=reason)
+                await self._join(reason)
+        except (ClusterError, nats.errors.Error, TimeoutError) as exc:
+            # The next beat asks again (the recheck window is still open).
+            _log.warning("could not ask the log whether this worker was lost", error=str(exc))
 
     async def _register(self, *, load: HostLoad | None = None) -> None:
         running = tuple(sorted(self._running))
