@@ -12,9 +12,14 @@ from pathlib import Path
 
 import anyio
 
+from claudecluster.actors.driver import DriverConfig
 from claudecluster.events.envelope import EventEnvelope, wrap_event
 from claudecluster.events.model import Event
+from claudecluster.runtime.driver import Driver, DriverOptions
+from claudecluster.simulation.clock import virtual_now
+from claudecluster.simulation.repositories import ScriptedRunRepositories
 from claudecluster.transport.base import EventLog, read_all
+from claudecluster.transport.infrastructure import Infrastructure
 
 __all__ = [
     "EnvelopeFactory",
@@ -114,3 +119,18 @@ async def wait_for_events(
                     raise AssertionError("the log's following reader ended")
         seen.extend(s.envelope.payload for s in await read_all(log, from_seq=last + 1))
     return seen
+
+
+def virtual_driver(infra: Infrastructure, *, seed: int) -> Driver:
+    """The real driver shell for the virtual-clock tests: the in-memory seams, trio's
+    clock as its time, scripted repositories drawn from ``seed``, workers lost after 30
+    silent seconds, no snapshots (a test's log is short)."""
+    return Driver(
+        infra.log,
+        options=DriverOptions(
+            config=DriverConfig(lost_after_s=30), tick_s=0.5, now=virtual_now,
+            snapshot_every_events=0,
+        ),
+        infrastructure=infra,
+        repositories=ScriptedRunRepositories(seed=seed),
+    )  # fmt: skip

@@ -25,6 +25,10 @@ def test_the_committed_scenarios_load(repo_root: Path, name: str) -> None:
     assert scenario.name == name.removesuffix(".yaml")
 
 
+def test_a_scenario_runs_on_the_real_shells_unless_it_names_the_core() -> None:
+    assert Scenario(name="plain", tasks=1, workers=1, seeds=[1]).engine == "shells"
+
+
 @pytest.mark.parametrize("engine", ["shells", "core"])
 def test_a_scenario_runs_deterministically_and_within_its_bounds(engine: Engine) -> None:
     scenario = Scenario(name="small", tasks=60, workers=6, failure_chance=0.1,

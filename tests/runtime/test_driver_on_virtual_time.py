@@ -16,14 +16,11 @@ import anyio
 import pytest
 import trio.testing
 
-from claudecluster.actors.driver import DriverConfig
 from claudecluster.events import CancelRun, RunCancelled, SubmitRun, TaskQueued, TaskSpec
 from claudecluster.events.model import Event
-from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.simulation.clock import seed_trio_scheduler, virtual_now
-from claudecluster.simulation.repositories import ScriptedRunRepositories
 from claudecluster.transport.infrastructure import Infrastructure, memory_infrastructure
-from tests.support import wait_for_events
+from tests.support import virtual_driver, wait_for_events
 
 #: Virtual seconds: with autojump a wait that can never end fails at once, so the limit
 #: can be generous at no cost.
@@ -49,15 +46,7 @@ async def _history() -> tuple[list[tuple[str, str]], list[str], float]:
     # scheduling order, which replays only from a seed.
     seed_trio_scheduler(1)
     infra: Infrastructure = memory_infrastructure()
-    driver = Driver(
-        infra.log,
-        options=DriverOptions(
-            config=DriverConfig(lost_after_s=30), tick_s=0.5, now=virtual_now,
-            snapshot_every_events=0,
-        ),
-        infrastructure=infra,
-        repositories=ScriptedRunRepositories(seed=1),
-    )  # fmt: skip
+    driver = virtual_driver(infra, seed=1)
     plan = (_task("a"), _task("b", "a"), _task("c", "a"))
     async with anyio.create_task_group() as group:
         await group.start(driver.run)

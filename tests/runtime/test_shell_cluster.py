@@ -22,7 +22,6 @@ from claudecluster.events.model import (
 from claudecluster.events.subjects import event_subject
 from claudecluster.simulation.clock import EPOCH
 from claudecluster.simulation.cluster import InvariantBrokenError, random_graph
-from claudecluster.simulation.scenarios import Scenario, run_scenario
 from claudecluster.simulation.shells import ShellCluster, _Checker
 
 
@@ -59,21 +58,6 @@ def test_real_shells_run_a_graph_through_faults_and_repeat_from_the_seed() -> No
         if isinstance(e.envelope.payload, WorkerJoined)
     }
     assert len(joined) == 4 + report.workers_lost  # every kill was replaced by a newcomer
-
-
-def test_a_scenario_runs_on_the_shells_and_repeats_itself() -> None:
-    scenario = Scenario(name="small", tasks=30, workers=5, failure_chance=0.1,
-                        conflict_chance=0.1, death_chance=0.02, seeds=[5])  # fmt: skip
-    assert scenario.engine == "shells"  # a scenario's default
-    first = run_scenario(scenario, 5)
-    again = run_scenario(scenario, 5)
-    for volatile in ("events_per_s", "simulated_in_s"):
-        first.pop(volatile)
-        again.pop(volatile)
-    assert first == again
-    assert first["run_state"] == "completed"
-    assert first["makespan_s"] >= first["lower_bound_s"]
-    assert first["merged"] + first["failed"] + first["skipped"] == 30
 
 
 def _stored(seq: int, event: Event) -> StoredEvent:

@@ -16,18 +16,15 @@ import anyio.abc
 import pytest
 import trio.testing
 
-from claudecluster.actors.driver import DriverConfig
 from claudecluster.events import RunCompleted, SubmitRun, TaskSpec
 from claudecluster.events.model import Event, RunPolicy, TaskFailed, TaskStarted
 from claudecluster.executors.confinement import Confinement
-from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.runtime.worker import Worker, WorkerConfig
 from claudecluster.simulation.clock import seed_trio_scheduler, virtual_now
 from claudecluster.simulation.cut import Link, WorkerKilled, cuttable
-from claudecluster.simulation.repositories import ScriptedRunRepositories
 from claudecluster.simulation.workers import ScriptedDisk, ScriptedExecutor
 from claudecluster.transport.infrastructure import memory_infrastructure
-from tests.support import wait_for_events
+from tests.support import virtual_driver, wait_for_events
 
 #: Virtual seconds: with autojump a wait that can never end fails at once.
 _VIRTUAL_LIMIT_S = 24 * 3600.0
@@ -51,15 +48,7 @@ async def _history(seed: int) -> tuple[list[tuple[str, str, int]], float, int]:
     seed_trio_scheduler(seed)
     began = anyio.current_time()  # one clock for the whole test: each history measures its own
     infra = memory_infrastructure(work_ack_wait_s=30.0)
-    driver = Driver(
-        infra.log,
-        options=DriverOptions(
-            config=DriverConfig(lost_after_s=30), tick_s=0.5, now=virtual_now,
-            snapshot_every_events=0,
-        ),
-        infrastructure=infra,
-        repositories=ScriptedRunRepositories(seed=seed),
-    )  # fmt: skip
+    driver = virtual_driver(infra, seed=seed)
     # A third of the attempts fail retryably: the driver retries them on the same worker.
     executor = ScriptedExecutor(seed=seed, duration=lambda rng, _: rng.uniform(30, 90),
                                 failure_chance=0.3, failure_classes=("api_error",))  # fmt: skip
@@ -128,15 +117,7 @@ async def _killed_history(seed: int) -> tuple[list[tuple[str, str, int, str]], f
     seed_trio_scheduler(seed)
     began = anyio.current_time()
     infra = memory_infrastructure(work_ack_wait_s=30.0)
-    driver = Driver(
-        infra.log,
-        options=DriverOptions(
-            config=DriverConfig(lost_after_s=30), tick_s=0.5, now=virtual_now,
-            snapshot_every_events=0,
-        ),
-        infrastructure=infra,
-        repositories=ScriptedRunRepositories(seed=seed),
-    )  # fmt: skip
+    driver = virtual_driver(infra, seed=seed)
     executor = ScriptedExecutor(seed=seed, duration=lambda rng, _: rng.uniform(60, 120))
     links: dict[str, Link] = {}
     scopes: dict[str, anyio.CancelScope] = {}

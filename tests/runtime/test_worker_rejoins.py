@@ -18,7 +18,6 @@ import anyio
 import pytest
 import trio.testing
 
-from claudecluster.actors.driver import DriverConfig
 from claudecluster.errors import ClusterError
 from claudecluster.events import RunCompleted, SubmitRun, TaskSpec
 from claudecluster.events.liveness import WorkerLiveness
@@ -30,14 +29,12 @@ from claudecluster.events.model import (
     WorkerLost,
 )
 from claudecluster.executors.confinement import Confinement
-from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.runtime.worker import Worker, WorkerConfig
 from claudecluster.simulation.clock import seed_trio_scheduler, virtual_now
-from claudecluster.simulation.repositories import ScriptedRunRepositories
 from claudecluster.simulation.workers import ScriptedDisk, ScriptedExecutor
 from claudecluster.transport.infrastructure import memory_infrastructure
 from claudecluster.transport.liveness import WorkerRegistry
-from tests.support import wait_for_events
+from tests.support import virtual_driver, wait_for_events
 
 #: Virtual seconds: with autojump a wait that can never end fails at once.
 _VIRTUAL_LIMIT_S = 24 * 3600.0
@@ -80,15 +77,7 @@ async def test_a_worker_declared_lost_joins_again_and_its_next_run_uses_one_atte
 ):
     seed_trio_scheduler(7)
     infra = memory_infrastructure(work_ack_wait_s=30.0)
-    driver = Driver(
-        infra.log,
-        options=DriverOptions(
-            config=DriverConfig(lost_after_s=30), tick_s=0.5, now=virtual_now,
-            snapshot_every_events=0,
-        ),
-        infrastructure=infra,
-        repositories=ScriptedRunRepositories(seed=7),
-    )  # fmt: skip
+    driver = virtual_driver(infra, seed=7)
     registry = CutRegistry(infra.registry)
     own = dataclasses.replace(infra, registry=registry)
     worker = Worker(
