@@ -379,9 +379,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 #: What ``status RUN --nats URL`` cannot start without: the packages the design fixes for
-#: the bus (nats-py, anyio, msgspec), the configuration (pydantic-settings) and the CLI
-#: (cyclopts, rich for its tables).
-FLOOR_MODULES = ("nats.js", "anyio", "msgspec", "pydantic_settings", "cyclopts", "rich.table")
+#: the bus (nats-py, anyio, msgspec), the configuration (pydantic) and the CLI (cyclopts,
+#: rich for its tables).
+FLOOR_MODULES = ("nats.js", "anyio", "msgspec", "pydantic", "cyclopts", "rich.table")
 
 
 def import_floor(repeat: int) -> dict[str, Any]:

@@ -107,6 +107,50 @@ def test_env_vars_without_the_prefix_are_not_configuration(tmp_path: Path) -> No
     assert loaded.sources == {}
 
 
+def test_lists_mappings_and_whole_sections_come_from_the_environment_as_json(
+    tmp_path: Path,
+) -> None:
+    loaded = load_settings(
+        project_dir=tmp_path,
+        environ={
+            "CLAUDECLUSTER_GATEWAY__MCP_ALLOWED_HOSTS": '["tools.example:*"]',
+            "CLAUDECLUSTER_WORKER__REPO_REMOTES": '{"app": "git@example.com:app.git"}',
+            "CLAUDECLUSTER_NATS": '{"url": "nats://section:4222", "replicas": 3}',
+            # A key of its own is more specific than the same key in a section.
+            "claudecluster_nats__url": "nats://key:4222",
+        },
+    )
+
+    settings = loaded.settings
+    assert settings.gateway.mcp_allowed_hosts == ["tools.example:*"]
+    assert settings.worker.repo_remotes == {"app": "git@example.com:app.git"}
+    assert (settings.nats.url, settings.nats.replicas) == ("nats://key:4222", 3)
+    assert loaded.source_of("nats.url") == "env CLAUDECLUSTER_NATS__URL"
+    assert loaded.source_of("nats.replicas") == "env CLAUDECLUSTER_NATS"
+    assert loaded.source_of("gateway.mcp_allowed_hosts") == (
+        "env CLAUDECLUSTER_GATEWAY__MCP_ALLOWED_HOSTS"
+    )
+
+
+def test_a_list_from_the_environment_that_is_not_json_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            project_dir=tmp_path, environ={"CLAUDECLUSTER_WORKER__COPY_FILES": ".env, .npmrc"}
+        )
+
+    assert caught.value.key == "worker.copy_files"
+    assert caught.value.source == "env CLAUDECLUSTER_WORKER__COPY_FILES"
+    assert "JSON" in caught.value.problem
+
+
+def test_an_env_var_with_an_empty_part_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(project_dir=tmp_path, environ={"CLAUDECLUSTER_NATS____URL": "x"})
+
+    assert caught.value.source == "env CLAUDECLUSTER_NATS____URL"
+    assert "empty part" in caught.value.problem
+
+
 def test_a_bad_value_in_the_file_names_the_dotted_key_and_the_file(tmp_path: Path) -> None:
     path = write_config(tmp_path, "nats:\n  port: not-a-number\n")
 
