@@ -8,6 +8,7 @@ pinned down on its own, and the claim is checked against the projections that fo
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import get_args
 
 import pytest
 from hypothesis import given
@@ -15,8 +16,10 @@ from hypothesis import strategies as st
 
 from claudecluster.actors.worker import (
     TAKE_OVER_NOTE,
+    WORKER_COMMAND_SUBJECTS,
     Admission,
     AttemptFailure,
+    Stops,
     admit,
     attempt_session,
     claim_events,
@@ -41,6 +44,8 @@ from claudecluster.events import (
     CancelRun,
     CancelTask,
     DrainWorker,
+    RetryRun,
+    RollbackRun,
     RunPlanned,
     RunSubmitted,
     SubmitRun,
@@ -53,8 +58,8 @@ from claudecluster.events import (
     wrap_event,
 )
 from claudecluster.events.envelope import StoredEvent
-from claudecluster.events.model import Event
-from claudecluster.events.subjects import event_subject
+from claudecluster.events.model import Command, Event
+from claudecluster.events.subjects import command_subject, event_subject
 from claudecluster.projections.cluster import replay
 from claudecluster.projections.views import TaskView, task_key
 
@@ -290,3 +295,18 @@ def test_a_worker_joins_again_only_when_its_last_event_declares_it_lost() -> Non
     assert rejoin_reason(lost) == "joined again: declared lost (no heartbeat for 30s)"
     for other in (None, WorkerJoined(worker_id="w1"), WorkerLeft(worker_id="w1")):
         assert rejoin_reason(other) is None
+
+
+def test_a_worker_asks_its_feed_for_exactly_the_commands_that_can_stop_it() -> None:
+    running = {"r1/a", "r1/b"}
+    samples: list[Command] = [
+        CancelTask(run_id="r1", task_id="a"),
+        CancelRun(run_id="r1"),
+        DrainWorker(worker_id="w1"),
+        RollbackRun(run_id="r1"),
+        RetryRun(run_id="r1"),
+        SubmitRun(run_id="r1", goal="g", repo="/r"),
+    ]
+    assert {type(c) for c in samples} == set(get_args(Command))  # every command, once
+    acting = {command_subject(c) for c in samples if stops_for(c, running, "w1") != Stops()}
+    assert acting == set(WORKER_COMMAND_SUBJECTS)

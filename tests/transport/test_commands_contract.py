@@ -17,7 +17,8 @@ import anyio
 import nats.js.errors
 import pytest
 
-from claudecluster.events import CancelRun
+from claudecluster.actors.worker import WORKER_COMMAND_SUBJECTS
+from claudecluster.events import CancelRun, DrainWorker, SubmitRun, TaskSpec
 from claudecluster.events.subjects import command_subject
 from claudecluster.runtime.connection import open_nats
 from claudecluster.transport.commands import (
@@ -213,3 +214,25 @@ async def test_a_listener_hears_what_is_published_while_it_listens_and_skips_gar
                 if len(heard) == 2:
                     break
     assert heard == ["c1", "c2"]
+
+
+@pytest.mark.anyio
+async def test_a_listener_for_some_subjects_is_sent_only_those(
+    feed_and_bus: tuple[CommandFeed, CommandBus],
+) -> None:
+    feed, bus = feed_and_bus
+    submit = SubmitRun(run_id="big", goal="g", repo="/r", plan=(
+        TaskSpec(task_id="t", title="t", executor="shell", prompt="true"),
+    ))  # fmt: skip
+    async with feed.listen(WORKER_COMMAND_SUBJECTS) as commands:
+        await bus.publish(submit, command_id="s1", now=T0)
+        await bus.publish(DrainWorker(worker_id="w9"), command_id="d1", now=T0)
+        await bus.publish(cancel("r1"), command_id="c1", now=T0)
+        heard = []
+        with anyio.fail_after(_FETCH_S):
+            async for envelope in commands:
+                heard.append(envelope.id)
+                if len(heard) == 2:
+                    break
+    # The submission, published first, never reached the worker's feed.
+    assert heard == ["d1", "c1"]

@@ -47,6 +47,7 @@ from claudecluster.events.model import (
     WorkerLost,
 )
 from claudecluster.events.signing import verify_envelope
+from claudecluster.events.subjects import command_subject
 from claudecluster.events.work import WorkItem
 from claudecluster.projections.views import TaskView
 
@@ -272,6 +273,14 @@ class Stops(msgspec.Struct, frozen=True, kw_only=True):
 
     attempts: tuple[tuple[str, str], ...] = ()
     drain: bool = False
+
+
+#: The commands a worker acts on (:func:`stops_for`): the only ones its feed asks for.
+#: Every other command is the driver's, a run's submission among them, whose plan every
+#: worker would otherwise receive and decode.
+WORKER_COMMAND_SUBJECTS: Final = tuple(
+    command_subject(kind) for kind in (CancelTask, CancelRun, DrainWorker)
+)
 
 
 def stops_for(command: Command, running: Iterable[str], worker_id: str) -> Stops:

@@ -74,8 +74,9 @@ def check_id(kind: str, value: str) -> str:
     return value
 
 
-def _tag(message: EventBase | CommandBase) -> str:
-    tag = type(message).__struct_config__.tag
+def _tag(message: EventBase | CommandBase | type[CommandBase]) -> str:
+    kind = message if isinstance(message, type) else type(message)
+    tag = kind.__struct_config__.tag
     assert isinstance(tag, str)
     return tag
 
@@ -99,8 +100,8 @@ def event_subject(event: EventBase) -> str:
     return f"{EVENT_PREFIX}.{scope}.{_tag(event)}"
 
 
-def command_subject(command: CommandBase) -> str:
-    """The subject a command is published on."""
+def command_subject(command: CommandBase | type[CommandBase]) -> str:
+    """The subject a command (or every command of a kind) is published on."""
     return f"{COMMAND_PREFIX}.{_tag(command)}"
 
 

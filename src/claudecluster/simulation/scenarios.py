@@ -60,6 +60,11 @@ class Scenario(pydantic.BaseModel):
     death_chance: float = pydantic.Field(default=0.0, ge=0, le=1)
     max_running: int = pydantic.Field(default=1000, ge=1)
     starts_per_s: float = pydantic.Field(default=100.0, gt=0)
+    #: How often each worker beats, and so how often a death is drawn (``death_chance``
+    #: is per beat); a worker is declared lost after four silent beats. Real workers beat
+    #: every 5 s; a longer beat makes a very large simulation affordable on the shells,
+    #: where every beat of every worker is real work for the machine.
+    heartbeat_s: float = pydantic.Field(default=5.0, gt=0)
     seeds: list[int] = pydantic.Field(default=[1], min_length=1)
     engine: Engine = "shells"
 
@@ -104,6 +109,7 @@ def run_scenario(scenario: Scenario, seed: int) -> dict[str, Any]:
         # A scenario's one run holds all its tasks: the per-run cap is what an
         # operator would configure for such a run (driver.max_tasks).
         max_tasks=max(DEFAULT_MAX_TASKS, scenario.tasks),
+        lost_after_s=4 * scenario.heartbeat_s,
     )
     started = time.perf_counter()
     if scenario.engine == "shells":
@@ -112,6 +118,7 @@ def run_scenario(scenario: Scenario, seed: int) -> dict[str, Any]:
             duration=lambda rng, _task: rng.uniform(low, high),
             failure_chance=scenario.failure_chance, failure_classes=scenario.failure_classes,
             conflict_chance=scenario.conflict_chance, death_chance=scenario.death_chance,
+            heartbeat_s=scenario.heartbeat_s,
         )  # fmt: skip
         report = shell_cluster.run(graph, policy=RunPolicy(backoff_base_s=1.0))
         work = shell_cluster.work_s
@@ -121,6 +128,7 @@ def run_scenario(scenario: Scenario, seed: int) -> dict[str, Any]:
             duration=lambda rng, _task: rng.uniform(low, high),
             failure_chance=scenario.failure_chance, failure_classes=scenario.failure_classes,
             conflict_chance=scenario.conflict_chance, death_chance=scenario.death_chance,
+            heartbeat_s=scenario.heartbeat_s,
         )  # fmt: skip
         cluster.submit("sim", graph, policy=RunPolicy(backoff_base_s=1.0))
         report = cluster.run_until_done("sim")

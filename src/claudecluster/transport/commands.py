@@ -18,7 +18,7 @@ both (one contract suite, ``tests/transport/test_commands_contract.py``).
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,7 +36,7 @@ from claudecluster.errors import EventDecodeError, EventStoreError
 from claudecluster.events.codec import decode_command, encode
 from claudecluster.events.envelope import CommandEnvelope, wrap_command
 from claudecluster.events.model import Command
-from claudecluster.events.subjects import ALL_COMMANDS, COMMAND_PREFIX, command_subject
+from claudecluster.events.subjects import ALL_COMMANDS, command_subject, subject_matches
 from claudecluster.observability.logging import get_logger
 from claudecluster.transport.quarantine import quarantine
 from claudecluster.transport.streams import COMMANDS_STREAM
@@ -56,6 +56,10 @@ __all__ = [
 ]
 
 _log = get_logger(__name__)
+
+#: Commands a feed listener may have waiting before more are dropped (a worker acts on
+#: each at once; only a flood of cancels could fill it).
+FEED_BUFFER: Final = 1024
 
 #: The durable consumer every driver (the active one and its standbys) shares.
 DRIVER_CONSUMER: Final = "driver"
@@ -156,8 +160,15 @@ class CommandFeed(Protocol):
     from before; one that does not decode is skipped (logged), never handed out.
     """
 
-    def listen(self) -> AbstractAsyncContextManager[AsyncIterator[CommandEnvelope]]:
-        """Listen until the context is left; the iterator yields commands as they come."""
+    def listen(
+        self, subjects: Sequence[str] = (ALL_COMMANDS,)
+    ) -> AbstractAsyncContextManager[AsyncIterator[CommandEnvelope]]:
+        """Listen until the context is left; the iterator yields commands as they come.
+
+        Only commands on ``subjects`` (NATS wildcards allowed) reach the listener, nor are
+        others sent to it: a worker asks for the few it acts on, not for every run's
+        plan (a 10,000-task submission is megabytes, and every worker would decode it).
+        """
         ...
 
 
@@ -196,22 +207,46 @@ class JetStreamCommandFeed:
         self._client = client
 
     @asynccontextmanager
-    async def listen(self) -> AsyncIterator[AsyncIterator[CommandEnvelope]]:
-        """Subscribe to every command subject; unsubscribed on exit."""
-        subscription = await self._client.subscribe(f"{COMMAND_PREFIX}.>")
+    async def listen(
+        self, subjects: Sequence[str] = (ALL_COMMANDS,)
+    ) -> AsyncIterator[AsyncIterator[CommandEnvelope]]:
+        """One core subscription per subject, merged; unsubscribed on exit.
 
-        async def decoded() -> AsyncIterator[CommandEnvelope]:
-            async for msg in subscription.messages:
-                try:
-                    yield decode_command(msg.data)
-                except EventDecodeError as exc:
-                    _log.warning("undecodable command ignored", subject=msg.subject, error=str(exc))
+        What arrives while the listener is busy waits in a buffer of
+        :data:`FEED_BUFFER` messages; past that a command is dropped with a warning, as
+        a slow core subscriber's are (the feed is at most once; the log is the record).
+        """
+        send, receive = anyio.create_memory_object_stream[Msg](FEED_BUFFER)
 
+        async def deliver(msg: Msg) -> None:
+            try:
+                send.send_nowait(msg)
+            except anyio.WouldBlock:
+                _log.warning("command feed full: a command was dropped", subject=msg.subject)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass  # the listener has left; its subscriptions are being removed
+
+        subscriptions = []
         try:
+            for subject in subjects:
+                subscriptions.append(await self._client.subscribe(subject, cb=deliver))
+
+            async def decoded() -> AsyncIterator[CommandEnvelope]:
+                async for msg in receive:
+                    try:
+                        yield decode_command(msg.data)
+                    except EventDecodeError as exc:
+                        _log.warning(
+                            "undecodable command ignored", subject=msg.subject, error=str(exc)
+                        )
+
             yield decoded()
         finally:
             with anyio.CancelScope(shield=True):
-                await subscription.unsubscribe()
+                for subscription in subscriptions:
+                    await subscription.unsubscribe()
+            send.close()
+            receive.close()
 
 
 async def _settle(what: str, acknowledgement: Awaitable[None]) -> None:
@@ -371,7 +406,7 @@ class MemoryCommands:
         self._stored: list[_Stored] = []
         self._ids: dict[str, int] = {}
         self._changed = anyio.Event()
-        self._listeners: list[MemoryObjectSendStream[bytes]] = []
+        self._listeners: list[tuple[tuple[str, ...], MemoryObjectSendStream[bytes]]] = []
         self.quarantined: list[QuarantinedCommand] = []
 
     def _signal(self) -> None:
@@ -379,10 +414,13 @@ class MemoryCommands:
         self._changed = anyio.Event()
 
     @asynccontextmanager
-    async def listen(self) -> AsyncIterator[AsyncIterator[CommandEnvelope]]:
-        """Hear every command stored from now on, until the context is left."""
+    async def listen(
+        self, subjects: Sequence[str] = (ALL_COMMANDS,)
+    ) -> AsyncIterator[AsyncIterator[CommandEnvelope]]:
+        """Hear every command stored on ``subjects`` from now on, until the context is left."""
         send, receive = anyio.create_memory_object_stream[bytes](math.inf)
-        self._listeners.append(send)
+        listener = (tuple(subjects), send)
+        self._listeners.append(listener)
 
         async def decoded() -> AsyncIterator[CommandEnvelope]:
             async for data in receive:
@@ -394,7 +432,7 @@ class MemoryCommands:
         try:
             yield decoded()
         finally:
-            self._listeners.remove(send)
+            self._listeners.remove(listener)
             send.close()
             receive.close()
 
@@ -423,8 +461,9 @@ class MemoryCommands:
         """Store raw bytes on ``subject``, as a foreign publisher could; returns the sequence."""
         seq = len(self._stored) + 1
         self._stored.append(_Stored(seq=seq, subject=subject, data=data))
-        for listener in self._listeners:
-            listener.send_nowait(data)
+        for subjects, listener in self._listeners:
+            if any(subject_matches(pattern, subject) for pattern in subjects):
+                listener.send_nowait(data)
         self._signal()
         return seq
 

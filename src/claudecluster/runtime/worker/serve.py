@@ -45,6 +45,7 @@ import psutil
 from nats.aio.client import Client
 
 from claudecluster.actors.worker import (
+    WORKER_COMMAND_SUBJECTS,
     Admission,
     admit,
     claim_events,
@@ -554,7 +555,7 @@ class Worker(AttemptRunner):
 
     async def _commands(self) -> None:
         """Act on commands for this worker: cancel a running task, drain."""
-        async with self._feed.listen() as commands:
+        async with self._feed.listen(WORKER_COMMAND_SUBJECTS) as commands:
             async for envelope in commands:
                 command = envelope.payload
                 stops = stops_for(command, self._running, self.config.worker_id)
