@@ -36,7 +36,7 @@ def simulate(
         claudecluster simulate simulations/scenarios/scheduler-1k.yaml
         claudecluster simulate simulations/scenarios/*.yaml --out /tmp/results
         claudecluster simulate simulations/scenarios/scheduler-1k.yaml --seed 7
-        claudecluster simulate simulations/scenarios/scheduler-10k.yaml --engine shells
+        claudecluster simulate simulations/scenarios/scheduler-10k.yaml --engine core
 
     Args:
         scenarios: Scenario YAML files.
@@ -46,7 +46,7 @@ def simulate(
         engine: What runs the scenarios, instead of what each names (default
             ``shells``): ``shells`` runs the real driver and worker shells on the
             in-memory twins of every seam, ``core`` the driver's decision core alone
-            under the simulator's own effect interpreter (about ten times faster).
+            under the simulator's own effect interpreter (7 to 15 times faster).
     """
     console = Console(highlight=False)
     table = Table(title="Scheduler simulations (virtual time)")
