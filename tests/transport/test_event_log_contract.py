@@ -247,6 +247,22 @@ async def test_a_following_reader_sees_new_events_as_they_are_appended(log: Even
     assert seen == [1, 2, 3]
 
 
+async def test_a_following_reader_gets_what_was_appended_while_it_held_an_event(
+    log: EventLog,
+) -> None:
+    # The reader holds event 1 (its consumer busy) while two more are appended, and then
+    # nothing more ever is: it must still hand out both, not wait for a next append.
+    await log.append(make(TaskQueued(run_id="r1", task_id="a")))
+    with anyio.fail_after(10):
+        async with log.open_reader(follow=True) as events:
+            reading = aiter(events)
+            first = await anext(reading)
+            await log.append(make(TaskQueued(run_id="r1", task_id="b")))
+            await log.append(make(TaskQueued(run_id="r1", task_id="c")))
+            rest = [await anext(reading), await anext(reading)]
+    assert [first.seq, *(s.seq for s in rest)] == [1, 2, 3]
+
+
 async def test_a_reader_left_early_releases_its_resources(log: EventLog) -> None:
     for task in ("a", "b", "c"):
         await log.append(make(TaskQueued(run_id="r1", task_id=task)))

@@ -126,8 +126,10 @@ class MemoryEventLog:
         at = bisect_left(candidates, from_seq)
         end = len(self._messages)
         while True:
-            limit = len(self._messages) if follow else end
-            while at < len(candidates) and candidates[at] <= limit:
+            # Following, every candidate is read, those appended while this reader was
+            # suspended at a yield included: a bound taken before the yields would leave
+            # them unread until the next append woke the reader, which may never come.
+            while at < len(candidates) and (follow or candidates[at] <= end):
                 seq = candidates[at]
                 at += 1
                 subject, data = self._messages[seq - 1]
