@@ -9,12 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from claudecluster.cli import run
 from claudecluster.errors import ConfigError
-from claudecluster.simulation.cluster import InvariantBrokenError
-from claudecluster.simulation.scenarios import Engine, Scenario, load_scenario, run_scenario
+from claudecluster.simulation.scenarios import Scenario, load_scenario, run_scenario
+from claudecluster.simulation.shells import InvariantBrokenError
 
 
 @pytest.mark.parametrize(
@@ -25,15 +26,14 @@ def test_the_committed_scenarios_load(repo_root: Path, name: str) -> None:
     assert scenario.name == name.removesuffix(".yaml")
 
 
-def test_a_scenario_runs_on_the_real_shells_unless_it_names_the_core() -> None:
-    assert Scenario(name="plain", tasks=1, workers=1, seeds=[1]).engine == "shells"
+def test_a_scenario_naming_an_engine_is_refused_now_that_the_shells_run_every_one() -> None:
+    with pytest.raises(pydantic.ValidationError, match="engine"):
+        Scenario.model_validate({"name": "old", "tasks": 1, "workers": 1, "engine": "core"})
 
 
-@pytest.mark.parametrize("engine", ["shells", "core"])
-def test_a_scenario_runs_deterministically_and_within_its_bounds(engine: Engine) -> None:
+def test_a_scenario_runs_deterministically_and_within_its_bounds() -> None:
     scenario = Scenario(name="small", tasks=60, workers=6, failure_chance=0.1,
-                        conflict_chance=0.1, death_chance=0.02, seeds=[5],
-                        engine=engine)  # fmt: skip
+                        conflict_chance=0.1, death_chance=0.02, seeds=[5])  # fmt: skip
     first = run_scenario(scenario, 5)
     again = run_scenario(scenario, 5)
     for volatile in ("events_per_s", "simulated_in_s"):

@@ -21,7 +21,8 @@ from claudecluster.actors.driver_snapshots import (
 from claudecluster.events import RunPolicy
 from claudecluster.events.envelope import StoredEvent
 from claudecluster.projections.cluster import replay
-from claudecluster.simulation.cluster import SimulatedCluster, random_graph
+from claudecluster.simulation.graphs import random_graph
+from claudecluster.simulation.shells import ShellCluster, SimulatedRun
 from tests.strategies import stored_logs
 
 CODE = "code-digest"
@@ -58,22 +59,24 @@ def snapshot_then_tail(events: list[StoredEvent], cut: int) -> DriverState:
 def simulated_log(
     seed: int, runs: int, size: int, failures: float, deaths: float
 ) -> list[StoredEvent]:
-    """A history the real core wrote: runs of random graphs with failures, conflicts,
-    retries and lost workers, on the simulated cluster."""
-    cluster = SimulatedCluster(
+    """A history the real driver and workers wrote: runs of random graphs, one after
+    another, with failures, conflicts, retries and lost workers, on the simulated cluster."""
+    cluster = ShellCluster(
         seed=seed, workers=3, config=CONFIG, failure_chance=failures,
         conflict_chance=failures, death_chance=deaths,
+        settle_s=120,  # what follows the last run's end is history too
     )  # fmt: skip
     rng = random.Random(seed)
+    submitted = []
     for n in range(runs):
         policy = RunPolicy(
             on_task_failure=rng.choice(["skip_dependents", "fail_run"]),
             backoff_base_s=1,
             rollback_on_failure=rng.random() < 0.3,
         )
-        cluster.submit(f"r{n}", random_graph(rng, size), policy=policy)
-        cluster.run_until_done(f"r{n}")
-    return cluster.log
+        submitted.append(SimulatedRun(f"r{n}", random_graph(rng, size), policy))
+    cluster.run_all(submitted, one_after_another=True)
+    return list(cluster.history)
 
 
 @settings(max_examples=40, deadline=None)

@@ -1,4 +1,5 @@
-"""Properties of the real driver core in the simulated cluster, over random graphs.
+"""Properties of the real driver and worker shells in the simulated cluster, over random
+graphs.
 
 For any DAG, completion order, failures, conflicts and worker deaths: no task is queued
 before its dependencies merged, the concurrency caps hold, every task ends, each merges
@@ -16,7 +17,8 @@ from hypothesis import strategies as st
 from claudecluster.actors.driver import DriverConfig
 from claudecluster.domain.lifecycle import TaskState
 from claudecluster.events import RunPolicy, TaskMerged
-from claudecluster.simulation.cluster import SimulatedCluster, random_graph
+from claudecluster.simulation.graphs import random_graph
+from claudecluster.simulation.shells import ShellCluster, SimulatedRun
 
 
 @given(
@@ -42,7 +44,7 @@ def test_scheduling_keeps_its_promises_on_random_graphs(
     on_task_failure: str,
 ) -> None:
     tasks = random_graph(random.Random(seed), size)
-    cluster = SimulatedCluster(
+    cluster = ShellCluster(
         seed=seed,
         workers=workers,
         config=DriverConfig(max_running=max_running, lost_after_s=15),
@@ -51,10 +53,8 @@ def test_scheduling_keeps_its_promises_on_random_graphs(
         death_chance=death_chance,
     )
     policy = RunPolicy(on_task_failure=on_task_failure, backoff_base_s=1)  # type: ignore[arg-type]
-    cluster.submit("r", tasks, policy=policy, max_parallel=max_parallel)
-    report = cluster.run_until_done("r")
-    view = cluster.state.view_of("r")
-    states = {t.task_id: t.state for t in view.tasks_of("r")}
+    report = cluster.run(tasks, policy=policy, max_parallel=max_parallel)
+    states = {t.task_id: t.state for t in cluster.view.tasks_of("sim")}
     if report.run_state == "completed":
         done = {TaskState.MERGED, TaskState.SKIPPED, TaskState.CANCELLED, TaskState.FAILED}
         assert set(states.values()) <= done
@@ -62,7 +62,9 @@ def test_scheduling_keeps_its_promises_on_random_graphs(
     else:
         assert report.run_state == "failed"
         assert failure_chance > 0 or conflict_chance > 0
-    merges = [s.envelope.payload for s in cluster.log if isinstance(s.envelope.payload, TaskMerged)]
+    merges = [
+        e.envelope.payload for e in cluster.history if isinstance(e.envelope.payload, TaskMerged)
+    ]
     assert len({m.task_id for m in merges}) == len(merges)
     if report.merged == size:  # the bound holds only when every task ran to the end
         assert report.makespan_s >= report.critical_path_s - 1e-6
@@ -70,9 +72,8 @@ def test_scheduling_keeps_its_promises_on_random_graphs(
 
 def test_without_failures_every_task_of_a_large_graph_merges() -> None:
     tasks = random_graph(random.Random(7), 300, edge_chance=0.05)
-    cluster = SimulatedCluster(seed=7, workers=20, config=DriverConfig(max_running=20))
-    cluster.submit("big", tasks)
-    report = cluster.run_until_done("big")
+    cluster = ShellCluster(seed=7, workers=20, config=DriverConfig(max_running=20))
+    report = cluster.run(tasks)
     assert (report.run_state, report.merged) == ("completed", 300)
     assert report.attempts == 300  # nothing ran twice
 
@@ -104,7 +105,7 @@ def test_a_tick_leaves_no_run_with_anything_to_decide(
 ) -> None:
     # Ticks look only at runs with a timer due or waiting for a slot or the pace; the
     # simulator checks after each one that a look at every open run would decide nothing.
-    cluster = SimulatedCluster(
+    cluster = ShellCluster(
         seed=seed,
         workers=workers,
         config=DriverConfig(
@@ -117,8 +118,9 @@ def test_a_tick_leaves_no_run_with_anything_to_decide(
         check_ticks=True,
     )
     rng = random.Random(seed)
-    for n in range(runs):
-        policy = RunPolicy(backoff_base_s=1)
-        cluster.submit(f"r{n}", random_graph(rng, size), policy=policy, max_parallel=max_parallel)
-    for n in range(runs):
-        assert cluster.run_until_done(f"r{n}").run_state in ("completed", "failed")
+    submitted = [
+        SimulatedRun(f"r{n}", random_graph(rng, size), RunPolicy(backoff_base_s=1), max_parallel)
+        for n in range(runs)
+    ]
+    reports = cluster.run_all(submitted)
+    assert {r.run_state for r in reports.values()} <= {"completed", "failed"}

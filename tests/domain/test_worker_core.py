@@ -1,8 +1,8 @@
 """The worker's decisions beyond admission, free of I/O: the claim, the session, what a
 command stops, and whose fault a failure was.
 
-runtime/worker/ and simulation/cluster.py both carry these out; here each is
-pinned down on its own, and the claim is checked against the projections that fold it.
+runtime/worker/ carries these out (on NATS and, in the simulator, on the in-memory
+seams); here each is pinned down on its own, and the claim is checked against the projections that fold it.
 """
 
 from __future__ import annotations

@@ -8,8 +8,7 @@ import random
 
 import pytest
 
-from claudecluster.actors.driver import DriverConfig
-from claudecluster.domain.graph import TaskGraph
+from claudecluster.actors.driver import DriverConfig, DriverState, Tick
 from claudecluster.events.envelope import StoredEvent, wrap_event
 from claudecluster.events.model import (
     Event,
@@ -21,8 +20,13 @@ from claudecluster.events.model import (
 )
 from claudecluster.events.subjects import event_subject
 from claudecluster.simulation.clock import EPOCH
-from claudecluster.simulation.cluster import InvariantBrokenError, random_graph
-from claudecluster.simulation.shells import ShellCluster, _Checker
+from claudecluster.simulation.graphs import random_graph
+from claudecluster.simulation.shells import (
+    InvariantBrokenError,
+    ShellCluster,
+    SimulatedRun,
+    _Checker,
+)
 
 
 def _cluster(seed: int) -> ShellCluster:
@@ -68,7 +72,9 @@ def _stored(seq: int, event: Event) -> StoredEvent:
 def test_the_checker_names_the_event_that_broke_a_promise() -> None:
     plan = (TaskSpec(task_id="a", title="a", prompt="a"),
             TaskSpec(task_id="b", title="b", prompt="b", depends_on=("a",)))  # fmt: skip
-    checker = _Checker(TaskGraph.build(plan), DriverConfig(max_running=1), None)
+    config = DriverConfig(max_running=1)
+    checker = _Checker(config)
+    checker.expect(SimulatedRun("sim", plan), config)
     with pytest.raises(InvariantBrokenError, match=r"seq 1: b queued before \['a'\] merged"):
         checker._check(_stored(1, TaskQueued(run_id="sim", task_id="b", attempt=1)))
     checker._check(_stored(2, TaskQueued(run_id="sim", task_id="a", attempt=1)))
@@ -79,3 +85,15 @@ def test_the_checker_names_the_event_that_broke_a_promise() -> None:
         checker._check(_stored(4, merged))
     with pytest.raises(InvariantBrokenError, match="seq 5: 2 active tasks, cap 1"):
         checker._check(_stored(5, TaskQueued(run_id="sim", task_id="b", attempt=1)))
+
+
+def test_a_tick_check_names_a_driver_whose_count_disagrees_with_its_runs() -> None:
+    config = DriverConfig()
+    checker = _Checker(config)
+    state = DriverState(config=config)
+    state.active_count = 1  # no run holds an active attempt
+    checker.check_tick(state, Tick(), EPOCH)
+    assert "the driver counts 1 active attempts, its runs hold 0" in str(checker.error)
+    # Not raised inside the driver (that would end it mid-decision): at the next event read.
+    with pytest.raises(InvariantBrokenError, match="counts 1 active"):
+        checker._check(_stored(1, TaskQueued(run_id="sim", task_id="a", attempt=1)))

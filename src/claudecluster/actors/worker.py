@@ -12,8 +12,8 @@ current. The task's recorded history decides:
 * the item's attempt is not recorded yet: the driver's event is still in flight; try later;
 * anything else (superseded, finished, cancelled, unknown task): drop the message.
 
-The rest of what a worker decides is here too, so the shell (runtime/worker/) and the
-simulated cluster (simulation/cluster.py) carry out the same decisions: the events
+The rest of what a worker decides is here too, each a pure function the shell
+(runtime/worker/) carries out, and tests pin down on its own: the events
 that claim an admitted attempt (:func:`claim_events`), which session it runs in
 (:func:`attempt_session`), which running attempts a command stops (:func:`stops_for`),
 and how a failure to carry an attempt out is recorded (:func:`classify_failure`).

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from claudecluster.cli.app import EXIT_FAILED, EXIT_OK
-from claudecluster.simulation.cluster import InvariantBrokenError
-from claudecluster.simulation.scenarios import Engine, load_scenario, run_scenario
+from claudecluster.simulation.scenarios import load_scenario, run_scenario
+from claudecluster.simulation.shells import InvariantBrokenError
 
 __all__ = ["simulate"]
 
@@ -21,13 +21,11 @@ def simulate(
     *,
     out: str = "simulations/results",
     seed: int | None = None,
-    engine: Engine | None = None,
 ) -> int:
     """Run simulation scenarios of the driver's scheduler and check its invariants.
 
     Each seed of each scenario is one deterministic run of the real driver and worker
-    shells on the in-memory seams and a virtual clock (or of the decision core alone,
-    for a scenario whose engine is ``core``), against a simulated agent, disk and git
+    shells on the in-memory seams and a virtual clock, against a simulated agent, disk and git
     whose attempts fail, whose workers die (kill -9) and whose merges conflict. Prints
     makespan against the lower bound (the critical path, or the total work over the
     workers, whichever is longer) and exits 1 if an invariant broke.
@@ -36,17 +34,12 @@ def simulate(
         claudecluster simulate simulations/scenarios/scheduler-1k.yaml
         claudecluster simulate simulations/scenarios/*.yaml --out /tmp/results
         claudecluster simulate simulations/scenarios/scheduler-1k.yaml --seed 7
-        claudecluster simulate simulations/scenarios/scheduler-10k.yaml --engine core
 
     Args:
         scenarios: Scenario YAML files.
         out: Directory for one JSON result file per scenario; none with --out "".
         seed: Run only this seed instead of the scenario's list (to replay a failure: a
             broken invariant prints the command that reproduces it).
-        engine: What runs the scenarios, instead of what each names (default
-            ``shells``): ``shells`` runs the real driver and worker shells on the
-            in-memory twins of every seam, ``core`` the driver's decision core alone
-            under the simulator's own effect interpreter (7 to 15 times faster).
     """
     console = Console(highlight=False)
     table = Table(title="Scheduler simulations (virtual time)")
@@ -57,8 +50,6 @@ def simulate(
     broken = 0
     for path in scenarios:
         scenario = load_scenario(path)
-        if engine is not None:
-            scenario = scenario.model_copy(update={"engine": engine})
         results = []
         for one in scenario.seeds if seed is None else [seed]:
             try:
@@ -67,8 +58,7 @@ def simulate(
                 broken += 1
                 console.print(
                     f"{scenario.name} seed {one}: INVARIANT BROKEN: {exc}\n"
-                    f"  reproduce: claudecluster simulate {path} --seed {one} --out ''"
-                    + (f" --engine {engine}" if engine else ""),
+                    f"  reproduce: claudecluster simulate {path} --seed {one} --out ''",
                     markup=False,
                     soft_wrap=True,  # one line per fact, whatever the terminal's width
                 )

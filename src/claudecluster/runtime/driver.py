@@ -130,6 +130,10 @@ class DriverOptions:
     #: how long a pulled command may stay unacknowledged before it is delivered again
     command_ack_wait_s: float = 30.0
     snapshot_every_events: int = 10_000
+    #: called with the state, the message and the time after each decision, before its
+    #: effects start: the simulator's checks of the core's promises (it must not change
+    #: the state; what it raises ends the driver)
+    observe: Callable[[DriverState, Message, datetime], None] | None = None
 
 
 @dataclass(slots=True)
@@ -318,8 +322,9 @@ class Driver:
         this one message, which is logged with the error: better than a driver that stops
         at the same message at every start.
         """
+        now = self._options.now()
         try:
-            return decide(self.state, message, self._options.now())
+            effects = decide(self.state, message, now)
         except Exception as exc:  # noqa: BLE001 - logged with the message; see above
             _log.exception(
                 "the driver core failed on a message; skipped",
@@ -327,6 +332,9 @@ class Driver:
                 error=repr(exc),
             )
             return []
+        if self._options.observe is not None:
+            self._options.observe(self.state, message, now)
+        return effects
 
     async def _decide_command(self, message: _CommandMessage) -> list[Effect]:
         """Decide a command; acknowledge it once its outcome (or refusal) is recorded.
@@ -345,13 +353,16 @@ class Driver:
         if waiting is not None:
             waiting.msgs.append(message.msg)
             return []
+        now = self._options.now()
         try:
-            effects = decide(self.state, message.envelope, self._options.now())
+            effects = decide(self.state, message.envelope, now)
         except Exception as exc:  # noqa: BLE001 - quarantined with the reason, never redelivered
             reason = f"the driver core failed on this command: {type(exc).__name__}: {exc}"
             _log.exception("poison command", command_id=command_id, error=reason)
             await message.msg.term(reason)
             return []
+        if self._options.observe is not None:
+            self._options.observe(self.state, message.envelope, now)
         if not effects:
             await message.msg.ack()
             return effects

@@ -3,12 +3,10 @@
 
 A scenario names a graph shape, a cluster and the faults to inject; each of its seeds is
 one deterministic run of the real driver and worker shells in
-:class:`~claudecluster.simulation.shells.ShellCluster` (or, with ``engine: core``, of the
-decision core alone in :class:`~claudecluster.simulation.cluster.SimulatedCluster`). The
-report puts the
-makespan next to the critical-path lower bound (what infinitely many workers could do)
-and the work bound (total work over the worker count), so scheduling quality shows as a
-ratio, whatever the machine.
+:class:`~claudecluster.simulation.shells.ShellCluster`. The report puts the makespan next
+to the critical-path lower bound (what infinitely many workers could do) and the work
+bound (total work over the worker count), so scheduling quality shows as a ratio,
+whatever the machine.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import dataclasses
 import random
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pydantic
 import yaml
@@ -26,26 +24,16 @@ from claudecluster.actors.driver import DriverConfig
 from claudecluster.domain.submission import DEFAULT_MAX_TASKS
 from claudecluster.errors import ConfigError
 from claudecluster.events.model import FailureClass, RunPolicy
-from claudecluster.simulation.cluster import SimulatedCluster, random_graph
+from claudecluster.simulation.graphs import random_graph
 from claudecluster.simulation.shells import ShellCluster
 
-__all__ = ["Engine", "Scenario", "load_scenario", "run_scenario"]
-
-
-Engine = Literal["shells", "core"]
+__all__ = ["Scenario", "load_scenario", "run_scenario"]
 
 
 class Scenario(pydantic.BaseModel):
-    """One simulation scenario.
-
-    ``engine`` says what runs it: ``shells`` (the default) runs the real driver and
-    worker shells on the in-memory twins of every seam
-    (:class:`~claudecluster.simulation.shells.ShellCluster`): the same claims, fencing,
-    keep-alives, redeliveries and effect carrying as on NATS. ``core`` runs the driver's
-    decision core alone under the simulator's own effect interpreter and workers
-    (:class:`~claudecluster.simulation.cluster.SimulatedCluster`), 7 to 15 times
-    faster; the property tests run on it.
-    """
+    """One simulation scenario: the real driver and worker shells on the in-memory twins
+    of every seam (:class:`~claudecluster.simulation.shells.ShellCluster`), with the same
+    claims, fencing, keep-alives, redeliveries and effect carrying as on NATS."""
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
@@ -68,7 +56,6 @@ class Scenario(pydantic.BaseModel):
     #: where every beat of every worker is real work for the machine.
     heartbeat_s: float = pydantic.Field(default=5.0, gt=0)
     seeds: list[int] = pydantic.Field(default=[1], min_length=1)
-    engine: Engine = "shells"
 
 
 def load_scenario(path: Path) -> Scenario:
@@ -92,7 +79,7 @@ def load_scenario(path: Path) -> Scenario:
 
 
 def run_scenario(scenario: Scenario, seed: int) -> dict[str, Any]:
-    """One seeded run on the scenario's engine; the invariants are checked after every event.
+    """One seeded run; the invariants are checked after every event.
 
     Raises:
         InvariantBrokenError: the driver broke a promise (names the event).
@@ -114,31 +101,15 @@ def run_scenario(scenario: Scenario, seed: int) -> dict[str, Any]:
         lost_after_s=4 * scenario.heartbeat_s,
     )
     started = time.perf_counter()
-    if scenario.engine == "shells":
-        shell_cluster = ShellCluster(
-            seed=seed, workers=scenario.workers, config=config,
-            duration=lambda rng, _task: rng.uniform(low, high),
-            failure_chance=scenario.failure_chance, failure_classes=scenario.failure_classes,
-            conflict_chance=scenario.conflict_chance, death_chance=scenario.death_chance,
-            heartbeat_s=scenario.heartbeat_s,
-        )  # fmt: skip
-        report = shell_cluster.run(graph, policy=RunPolicy(backoff_base_s=1.0))
-        work = shell_cluster.work_s
-    else:
-        cluster = SimulatedCluster(
-            seed=seed, workers=scenario.workers, config=config,
-            duration=lambda rng, _task: rng.uniform(low, high),
-            failure_chance=scenario.failure_chance, failure_classes=scenario.failure_classes,
-            conflict_chance=scenario.conflict_chance, death_chance=scenario.death_chance,
-            heartbeat_s=scenario.heartbeat_s,
-        )  # fmt: skip
-        cluster.submit("sim", graph, policy=RunPolicy(backoff_base_s=1.0))
-        report = cluster.run_until_done("sim")
-        work = sum(
-            (t.finished_at - t.started_at).total_seconds()
-            for t in cluster.state.view_of("sim").tasks_of("sim")
-            if t.started_at is not None and t.finished_at is not None
-        )
+    shell_cluster = ShellCluster(
+        seed=seed, workers=scenario.workers, config=config,
+        duration=lambda rng, _task: rng.uniform(low, high),
+        failure_chance=scenario.failure_chance, failure_classes=scenario.failure_classes,
+        conflict_chance=scenario.conflict_chance, death_chance=scenario.death_chance,
+        heartbeat_s=scenario.heartbeat_s,
+    )  # fmt: skip
+    report = shell_cluster.run(graph, policy=RunPolicy(backoff_base_s=1.0))
+    work = shell_cluster.work_s
     elapsed = time.perf_counter() - started
     lower = max(report.critical_path_s, work / scenario.workers)
     return {

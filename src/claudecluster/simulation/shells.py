@@ -25,11 +25,13 @@ promise with the event that broke it (:class:`InvariantBrokenError`):
 
 from __future__ import annotations
 
+import copy
 import functools
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Final
 
@@ -39,7 +41,15 @@ import nkeys
 import trio
 import trio.testing
 
-from claudecluster.actors.driver import DriverConfig
+from claudecluster.actors.driver import (
+    Dispatch,
+    DriverConfig,
+    DriverState,
+    Message,
+    Resume,
+    Tick,
+    decide,
+)
 from claudecluster.domain.graph import TaskGraph, critical_path
 from claudecluster.domain.lifecycle import FINISHED_TASK_STATES, RunState, TaskState
 from claudecluster.events.envelope import StoredEvent
@@ -64,16 +74,44 @@ from claudecluster.projections.cluster import ClusterView, apply
 from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.runtime.worker import HostLoad, Origin, Worker, WorkerConfig
 from claudecluster.simulation.clock import seed_trio_scheduler, virtual_now
-from claudecluster.simulation.cluster import InvariantBrokenError, SimulationReport
 from claudecluster.simulation.cut import Link, WorkerKilled, cuttable
 from claudecluster.simulation.repositories import ScriptedRunRepositories
 from claudecluster.simulation.workers import Duration, ScriptedDisk, ScriptedExecutor
 from claudecluster.transport.base import EventLog
 from claudecluster.transport.infrastructure import Infrastructure, memory_infrastructure
 
-__all__ = ["ShellCluster"]
+__all__ = ["InvariantBrokenError", "ShellCluster", "SimulatedRun", "SimulationReport"]
 
 _RUN_ID: Final = "sim"
+
+
+class InvariantBrokenError(AssertionError):
+    """The driver broke a promise it makes (the message names the event)."""
+
+
+@dataclass(frozen=True)
+class SimulationReport:
+    """How one simulated run went: virtual seconds, counts, and its end state."""
+
+    makespan_s: float
+    critical_path_s: float
+    events: int
+    attempts: int
+    merged: int
+    failed: int
+    skipped: int
+    workers_lost: int
+    run_state: str
+
+
+@dataclass(frozen=True)
+class SimulatedRun:
+    """One run to submit: its id, plan, policy and per-run cap."""
+
+    run_id: str
+    tasks: tuple[TaskSpec, ...]
+    policy: RunPolicy = field(default_factory=RunPolicy)
+    max_parallel: int | None = None
 
 
 @dataclass
@@ -104,6 +142,13 @@ class ShellCluster:
         progress_interval_s: how often a running attempt looks for progress to flush
             (the scripted agent reports none; the real default is 1 s).
         stall_s: a run with nothing but joins for this long has stalled (a bug).
+        check_ticks: after every tick the driver decides, check that no open run has
+            anything left to decide (a tick looks only at runs time may have moved; this
+            proves it missed none). Copies the driver's state per tick: for small
+            property tests, not 10,000 tasks.
+        settle_s: after the last run ended, let the cluster go on this long (the
+            cancellations and clean-up that follow a run's end) and keep what it records
+            in :attr:`history` too; 0 stops at the end, as the scenarios do.
     """
 
     seed: int
@@ -120,6 +165,8 @@ class ShellCluster:
     fetch_wait_s: float = 30.0
     progress_interval_s: float = 60.0
     stall_s: float = 3600.0
+    check_ticks: bool = False
+    settle_s: float = 0.0
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)  # noqa: S311 - a seeded simulation, not secrets
@@ -151,54 +198,92 @@ class ShellCluster:
         Raises:
             InvariantBrokenError: a promise was broken, or the run did not end in ``limit_s``.
         """
+        run = SimulatedRun(_RUN_ID, tuple(tasks), policy or RunPolicy(), max_parallel)
+        return self.run_all([run], limit_s=limit_s)[_RUN_ID]
+
+    def run_all(
+        self,
+        runs: Sequence[SimulatedRun],
+        *,
+        one_after_another: bool = False,
+        limit_s: float = 10 * 24 * 3600,
+    ) -> dict[str, SimulationReport]:
+        """Submit ``runs`` (all at once, or each once the one before ended) and simulate
+        until every one ended; a report for each, by run id.
+
+        Raises:
+            InvariantBrokenError: a promise was broken, or the runs did not end in ``limit_s``.
+        """
+        if len({r.run_id for r in runs}) != len(runs):
+            raise ValueError("two simulated runs share a run id")
         clock = trio.testing.MockClock(autojump_threshold=0)
-        runner = functools.partial(
-            self._simulate, tuple(tasks), policy or RunPolicy(), max_parallel, limit_s
-        )
-        report: SimulationReport = trio.run(runner, clock=clock)
-        return report
+        runner = functools.partial(self._simulate, tuple(runs), one_after_another, limit_s)
+        reports: dict[str, SimulationReport] = trio.run(runner, clock=clock)
+        return reports
 
     async def _simulate(
-        self,
-        tasks: tuple[TaskSpec, ...],
-        policy: RunPolicy,
-        max_parallel: int | None,
-        limit_s: float,
-    ) -> SimulationReport:
+        self, runs: tuple[SimulatedRun, ...], one_after_another: bool, limit_s: float
+    ) -> dict[str, SimulationReport]:
         seed_trio_scheduler(self.seed)
         infra = memory_infrastructure(work_ack_wait_s=self.ack_wait_s)
         self.log = infra.log
+        checker = _Checker(self.config)
         self.driver = Driver(
             infra.log,
             options=DriverOptions(
-                config=self.config, tick_s=self.tick_s, now=virtual_now, snapshot_every_events=0
+                config=self.config, tick_s=self.tick_s, now=virtual_now, snapshot_every_events=0,
+                observe=checker.check_tick if self.check_ticks else None,
             ),
             infrastructure=infra,
             repositories=ScriptedRunRepositories(
                 seed=self.seed, conflict_chance=self.conflict_chance
             ),
-        )
-        checker = _Checker(TaskGraph.build(tasks), self.config, max_parallel)
-        ended: float | None = None
+        )  # fmt: skip
+        ended: dict[str, float] = {}
         async with anyio.create_task_group() as group:
             await group.start(self.driver.run)
             for _ in range(self.workers):
                 await self._join(group, infra)
             group.start_soon(self._deaths, group, infra)
-            submit = SubmitRun(
-                run_id=_RUN_ID, goal="simulated", repo="/simulated", plan=tasks,
-                policy=policy, max_parallel=max_parallel,
-            )  # fmt: skip
-            await infra.commands.publish(submit, command_id=f"submit-{_RUN_ID}", now=virtual_now())
-            with anyio.move_on_after(limit_s) as limit:
-                await checker.follow(infra, self.stall_s)
-                ended = anyio.current_time()
+            batches = [(r,) for r in runs] if one_after_another else [runs]
+            with anyio.move_on_after(limit_s):
+                await self._submit(infra, checker, batches[0])
+                async with infra.log.open_reader(follow=True) as events:
+                    reading = aiter(events)
+                    await checker.follow(reading, self.stall_s, ended)
+                    for batch in batches[1:]:
+                        await self._submit(infra, checker, batch)
+                        await checker.follow(reading, self.stall_s, ended)
+            if self.settle_s and len(ended) == len(runs):
+                await anyio.sleep(self.settle_s)
+                last = checker.history[-1].seq if checker.history else 0
+                async with infra.log.open_reader(from_seq=last + 1) as rest:
+                    checker.history.extend([stored async for stored in rest])
             for member in self._members:
                 member.worker.stop()
             group.cancel_scope.cancel()
-        if ended is None or limit.cancelled_caught:
-            raise InvariantBrokenError(f"run {_RUN_ID} did not end within {limit_s:.0f}s")
-        return self._report(checker, ended)
+        if checker.error is not None:
+            raise checker.error
+        unended = [r.run_id for r in runs if r.run_id not in ended]
+        if unended:
+            raise InvariantBrokenError(f"run {unended[0]} did not end within {limit_s:.0f}s")
+        self.history = tuple(checker.history)
+        self.view = checker.view
+        return {r.run_id: self._report(checker, r.run_id, ended[r.run_id]) for r in runs}
+
+    async def _submit(
+        self, infra: Infrastructure, checker: _Checker, runs: Sequence[SimulatedRun]
+    ) -> None:
+        """Submit ``runs`` as the CLI would, each once the checker knows what to expect."""
+        for run in runs:
+            checker.expect(run, self.config)
+            submit = SubmitRun(
+                run_id=run.run_id, goal="simulated", repo="/simulated", plan=run.tasks,
+                policy=run.policy, max_parallel=run.max_parallel,
+            )  # fmt: skip
+            await infra.commands.publish(
+                submit, command_id=f"submit-{run.run_id}", now=virtual_now()
+            )
 
     async def _join(self, group: anyio.abc.TaskGroup, infra: Infrastructure) -> None:
         """A fresh worker joins, on a link of its own."""
@@ -235,11 +320,10 @@ class ShellCluster:
                 self.lost += 1
                 await self._join(group, infra)
 
-    def _report(self, checker: _Checker, makespan: float) -> SimulationReport:
-        self.history = tuple(checker.history)
+    def _report(self, checker: _Checker, run_id: str, makespan: float) -> SimulationReport:
         view = checker.view
-        run = view.runs[_RUN_ID]
-        tasks = view.tasks_of(_RUN_ID)
+        run = view.runs[run_id]
+        tasks = view.tasks_of(run_id)
         unfinished = [t.task_id for t in tasks if t.state not in FINISHED_TASK_STATES]
         if run.state is RunState.COMPLETED and unfinished:
             raise InvariantBrokenError(f"run completed with unfinished tasks {unfinished[:5]}")
@@ -248,13 +332,13 @@ class ShellCluster:
             for t in tasks
             if t.started_at and t.finished_at
         }
-        bound, _ = critical_path(list(checker.graph.specs.values()), durations)
+        bound, _ = critical_path(list(checker.graphs[run_id].specs.values()), durations)
         self.work_s = sum(durations.values())
         return SimulationReport(
             makespan_s=makespan,
             critical_path_s=bound,
             events=checker.events,
-            attempts=checker.attempts,
+            attempts=checker.attempts[run_id],
             merged=sum(1 for t in tasks if t.state is TaskState.MERGED),
             failed=sum(1 for t in tasks if t.state is TaskState.FAILED),
             skipped=sum(1 for t in tasks if t.state is TaskState.SKIPPED),
@@ -301,75 +385,119 @@ async def _serve_until_killed(
 class _Checker:
     """Follows the log and checks the scheduler's promises after every event."""
 
-    def __init__(self, graph: TaskGraph, config: DriverConfig, max_parallel: int | None) -> None:
-        self.graph = graph
-        self._cap = min(max_parallel or config.max_running, config.max_running)
+    def __init__(self, config: DriverConfig) -> None:
         self._max_running = config.max_running
-        self._merged: set[str] = set()
-        self._active: set[str] = set()
+        self.graphs: dict[str, TaskGraph] = {}
+        self._caps: dict[str, int] = {}
+        self._merged: dict[str, set[str]] = {}
+        self._active: dict[str, set[str]] = {}
+        self._open: set[str] = set()
         self.events = 0
-        self.attempts = 0
+        self.attempts: dict[str, int] = {}
         #: every event the checker read, in log order: what "one seed, one history" compares
         self.history: list[StoredEvent] = []
         #: the cluster as the log tells it, folded as the checker reads
         self.view = ClusterView()
+        #: a promise a tick broke (raised by the driver's observer, where the driver
+        #: would only log it): raised again when the simulation ends
+        self.error: InvariantBrokenError | None = None
 
-    async def follow(self, infra: Infrastructure, stall_s: float) -> StoredEvent:
-        """Check every event until the run ends; returns the event that ended it.
+    def expect(self, run: SimulatedRun, config: DriverConfig) -> None:
+        """``run`` is about to be submitted: its graph and caps are what is checked."""
+        self.graphs[run.run_id] = TaskGraph.build(run.tasks)
+        self._caps[run.run_id] = min(run.max_parallel or config.max_running, config.max_running)
+        self._merged[run.run_id] = set()
+        self._active[run.run_id] = set()
+        self.attempts[run.run_id] = 0
+        self._open.add(run.run_id)
+
+    async def follow(
+        self, reading: AsyncIterator[StoredEvent], stall_s: float, ended: dict[str, float]
+    ) -> None:
+        """Check every event until every expected run ended (its end time into ``ended``).
 
         Raises:
-            InvariantBrokenError: a promise broke, or the run stalled.
+            InvariantBrokenError: a promise broke, or the runs stalled.
         """
-        async with infra.log.open_reader(follow=True) as events:
-            reading = aiter(events)
-            while True:
-                with anyio.move_on_after(stall_s) as waited:
+        while self._open:
+            with anyio.move_on_after(stall_s) as waited:
+                stored = await anext(reading)
+                while isinstance(stored.envelope.payload, WorkerJoined):
+                    self.events += 1  # a join is no progress
+                    self.history.append(stored)
+                    self.view = apply(self.view, stored)
                     stored = await anext(reading)
-                    while isinstance(stored.envelope.payload, WorkerJoined):
-                        self.events += 1  # a join is no progress
-                        self.history.append(stored)
-                        self.view = apply(self.view, stored)
-                        stored = await anext(reading)
-                if waited.cancelled_caught:
-                    raise InvariantBrokenError(
-                        f"run {_RUN_ID} stalled: nothing happened for {stall_s:.0f}s "
-                        f"after {self.events} events"
-                    )
-                self.events += 1
-                self.history.append(stored)
-                self.view = apply(self.view, stored)
-                self._check(stored)
-                event = stored.envelope.payload
-                if isinstance(event, (RunCompleted, RunFailed)) and event.run_id == _RUN_ID:
-                    return stored
+            if waited.cancelled_caught:
+                raise InvariantBrokenError(
+                    f"run {sorted(self._open)[0]} stalled: nothing happened for "
+                    f"{stall_s:.0f}s after {self.events} events"
+                )
+            self.events += 1
+            self.history.append(stored)
+            self.view = apply(self.view, stored)
+            self._check(stored)
+            event = stored.envelope.payload
+            if isinstance(event, (RunCompleted, RunFailed)) and event.run_id in self._open:
+                self._open.discard(event.run_id)
+                ended[event.run_id] = anyio.current_time()
+
+    def check_tick(self, state: DriverState, message: Message, now: datetime) -> None:
+        """After a tick: a tick reconciles only the runs time may have moved; if looking at
+        every open run again would decide anything (apart from a restart's republishing of
+        queued work), the tick missed a run that needed it."""
+        if not isinstance(message, Tick) or self.error is not None:
+            return
+        counted = sum(len(book.active) for book in state.runs.values() if not book.ended)
+        if counted != state.active_count:
+            self.error = InvariantBrokenError(
+                f"the driver counts {state.active_count} active attempts, its runs hold {counted}"
+            )
+            return
+        again = [
+            effect
+            for effect in decide(copy.deepcopy(state), Resume(), now)
+            if not (isinstance(effect, Dispatch) and effect.republish)
+        ]
+        if again:
+            self.error = InvariantBrokenError(
+                f"a tick at {now:%H:%M:%S} left undecided: {', '.join(e.key for e in again)}"
+            )
 
     def _check(self, stored: StoredEvent) -> None:
+        if self.error is not None:
+            raise self.error
         event = stored.envelope.payload
         task_id = getattr(event, "task_id", None)
-        if isinstance(event, RunPlanned) or task_id is None:
+        run_id = getattr(event, "run_id", None)
+        if isinstance(event, RunPlanned) or task_id is None or run_id not in self.graphs:
             return
-        if task_id not in self.graph.specs:
+        graph = self.graphs[run_id]
+        if task_id not in graph.specs:
             return
-        depends = self.graph.specs[task_id].depends_on
+        depends = graph.specs[task_id].depends_on
+        merged, active = self._merged[run_id], self._active[run_id]
         if isinstance(event, TaskQueued):
-            missing = [d for d in depends if d not in self._merged]
+            missing = [d for d in depends if d not in merged]
             if missing:
                 raise InvariantBrokenError(
                     f"seq {stored.seq}: {task_id} queued before {missing} merged"
                 )
-            self._active.add(task_id)
-            if len(self._active) > self._cap:
+            active.add(task_id)
+            if len(active) > self._caps[run_id]:
                 raise InvariantBrokenError(
-                    f"seq {stored.seq}: {len(self._active)} active tasks, cap {self._cap}"
+                    f"seq {stored.seq}: {len(active)} active tasks, cap {self._caps[run_id]}"
                 )
+            everywhere = sum(len(a) for a in self._active.values())
+            if everywhere > self._max_running:
+                raise InvariantBrokenError(f"seq {stored.seq}: {everywhere} active in all runs")
         elif isinstance(event, TaskStarted):
-            self.attempts += 1
+            self.attempts[run_id] += 1
         elif isinstance(event, TaskMerged):
-            if task_id in self._merged:
+            if task_id in merged:
                 raise InvariantBrokenError(f"seq {stored.seq}: {task_id} merged twice")
-            missing = [d for d in depends if d not in self._merged]
+            missing = [d for d in depends if d not in merged]
             if missing:
                 raise InvariantBrokenError(f"seq {stored.seq}: {task_id} merged before {missing}")
-            self._merged.add(task_id)
+            merged.add(task_id)
         if isinstance(event, (TaskSucceeded, TaskFailed, TaskCancelled)):
-            self._active.discard(task_id)
+            active.discard(task_id)
