@@ -90,6 +90,8 @@ def test_without_failures_every_task_of_a_large_graph_merges() -> None:
     failure_chance=st.sampled_from([0.0, 0.3]),
     conflict_chance=st.sampled_from([0.0, 0.2]),
     death_chance=st.sampled_from([0.0, 0.05]),
+    on_task_failure=st.sampled_from(["skip_dependents", "fail_run"]),
+    rollback=st.booleans(),
 )
 def test_a_tick_leaves_no_run_with_anything_to_decide(
     seed: int,
@@ -102,6 +104,8 @@ def test_a_tick_leaves_no_run_with_anything_to_decide(
     failure_chance: float,
     conflict_chance: float,
     death_chance: float,
+    on_task_failure: str,
+    rollback: bool,
 ) -> None:
     # Ticks look only at runs with a timer due or waiting for a slot or the pace; the
     # simulator checks after each one that a look at every open run would decide nothing.
@@ -119,8 +123,17 @@ def test_a_tick_leaves_no_run_with_anything_to_decide(
     )
     rng = random.Random(seed)
     submitted = [
-        SimulatedRun(f"r{n}", random_graph(rng, size), RunPolicy(backoff_base_s=1), max_parallel)
+        SimulatedRun(
+            f"r{n}",
+            random_graph(rng, size),
+            RunPolicy(
+                on_task_failure=on_task_failure,  # type: ignore[arg-type]
+                backoff_base_s=1,
+                rollback_on_failure=rollback,
+            ),
+            max_parallel,
+        )
         for n in range(runs)
     ]
     reports = cluster.run_all(submitted)
-    assert {r.run_state for r in reports.values()} <= {"completed", "failed"}
+    assert {r.run_state for r in reports.values()} <= {"completed", "failed", "rolled_back"}

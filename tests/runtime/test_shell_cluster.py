@@ -12,6 +12,8 @@ from claudecluster.actors.driver import DriverConfig, DriverState, Tick
 from claudecluster.events.envelope import StoredEvent, wrap_event
 from claudecluster.events.model import (
     Event,
+    RunCompleted,
+    RunFailed,
     RunPolicy,
     TaskMerged,
     TaskQueued,
@@ -97,3 +99,39 @@ def test_a_tick_check_names_a_driver_whose_count_disagrees_with_its_runs() -> No
     # Not raised inside the driver (that would end it mid-decision): at the next event read.
     with pytest.raises(InvariantBrokenError, match="counts 1 active"):
         checker._check(_stored(1, TaskQueued(run_id="sim", task_id="a", attempt=1)))
+
+
+def test_a_retry_due_as_another_tasks_failure_stops_the_run_is_not_queued_after_its_end() -> None:
+    # Found by the property tests on the shells: in one decision a retry of t2 came due
+    # and t3's last failure stopped the fail_run run r2; the core sent both the start and
+    # the run's end, so t2's TaskQueued landed after RunFailed and, the ended run no longer
+    # counting it, a second attempt ran under a global cap of one.
+    rng = random.Random(2259022741)
+    runs = [
+        SimulatedRun(
+            f"r{k}", random_graph(rng, 7),
+            RunPolicy(on_task_failure="fail_run", backoff_base_s=1,
+                      rollback_on_failure=rng.random() < 0.3),
+            max_parallel=2,
+        )
+        for k in range(4)
+    ]  # fmt: skip
+    cluster = ShellCluster(
+        seed=2259022741, workers=1, failure_chance=0.3, conflict_chance=0.2,
+        death_chance=0.05, check_ticks=True, duration=lambda r, _t: r.uniform(1, 30),
+        config=DriverConfig(max_running=1, lost_after_s=15, starts_per_s=10, start_burst=2),
+    )  # fmt: skip
+    reports = cluster.run_all(runs)
+    assert reports["r2"].run_state == "failed"
+    ended_at = {
+        e.envelope.payload.run_id: e.seq
+        for e in cluster.history
+        if isinstance(e.envelope.payload, RunCompleted | RunFailed)
+    }
+    late = [
+        e.seq
+        for e in cluster.history
+        if isinstance(e.envelope.payload, TaskQueued)
+        and e.seq > ended_at.get(e.envelope.payload.run_id, e.seq)
+    ]
+    assert late == []

@@ -85,7 +85,12 @@ def _reconcile(state: DriverState, book: RunBook, now: datetime) -> list[Effect]
     effects += _budget(state, book)
     collided = _collisions(state, book)
     effects += collided
-    if not collided:  # both are run-level appends: one at a time
+    # Both are run-level appends: one at a time. And a run does not end in the decision
+    # that starts one of its tasks: the start is not pending until this decision returns,
+    # so the end would not see it, and its TaskQueued would land after the run's end (a
+    # retry that came due as another task's last failure stopped a fail_run run did).
+    started = any(isinstance(e, Dispatch) for e in effects)
+    if not collided and not started:
         effects += _ending(state, book)
     return effects
 
