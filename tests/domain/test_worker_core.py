@@ -2,7 +2,8 @@
 command stops, and whose fault a failure was.
 
 runtime/worker/ carries these out (on NATS and, in the simulator, on the in-memory
-seams); here each is pinned down on its own, and the claim is checked against the projections that fold it.
+seams); here each is pinned down on its own, and the claim is checked against the
+projections that fold it.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ network-namespace hosts: six attempts of one task, then the task failed).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
 import anyio
@@ -63,7 +63,7 @@ class CutRegistry:
     async def current(self) -> dict[str, WorkerLiveness]:
         return await self.inner.current()
 
-    def watch(self) -> AsyncIterator[WorkerLiveness]:
+    def watch(self) -> AsyncGenerator[WorkerLiveness, None]:
         return self.inner.watch()
 
 

@@ -81,7 +81,7 @@ async def test_a_watch_gives_what_is_there_then_each_new_entry(registry: WorkerR
         await registry.put(beat("w1", 5))
         seen.append(await anext(watch))
         seen.append(await anext(watch))
-        await watch.aclose()  # type: ignore[attr-defined]
+        await watch.aclose()
     assert seen == [beat("w1", 0), beat("w2", 1), beat("w1", 5)]
 
 
@@ -128,7 +128,7 @@ async def test_a_quiet_jetstream_watch_is_made_again_and_still_sees_every_worker
                 watch = registry.watch()
                 first = await anext(watch)
                 second = await anext(watch)  # after a quiet spell: the watch made again
-                await watch.aclose()  # type: ignore[attr-defined]
+                await watch.aclose()
         finally:
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await js.delete_key_value(bucket)

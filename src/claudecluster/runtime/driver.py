@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -397,8 +398,10 @@ class Driver:
     async def _watch_liveness(
         self, send: MemoryObjectSendStream[Message | _CommandMessage]
     ) -> None:
-        async with send:
-            async for record in self._registry.watch():
+        # Closed here, on every path: an async generator left to the garbage collector is
+        # closed whenever that runs (trio warns of it), not when the driver stops.
+        async with send, aclosing(self._registry.watch()) as records:
+            async for record in records:
                 await send.send(WorkerSeen(worker_id=record.worker_id, at=record.at))
 
     async def _ticker(self, send: MemoryObjectSendStream[Message | _CommandMessage]) -> None:

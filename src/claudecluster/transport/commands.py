@@ -18,8 +18,8 @@ both (one contract suite, ``tests/transport/test_commands_contract.py``).
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Protocol
@@ -231,7 +231,7 @@ class JetStreamCommandFeed:
             for subject in subjects:
                 subscriptions.append(await self._client.subscribe(subject, cb=deliver))
 
-            async def decoded() -> AsyncIterator[CommandEnvelope]:
+            async def decoded() -> AsyncGenerator[CommandEnvelope, None]:
                 async for msg in receive:
                     try:
                         yield decode_command(msg.data)
@@ -240,7 +240,8 @@ class JetStreamCommandFeed:
                             "undecodable command ignored", subject=msg.subject, error=str(exc)
                         )
 
-            yield decoded()
+            async with aclosing(decoded()) as commands:
+                yield commands
         finally:
             with anyio.CancelScope(shield=True):
                 for subscription in subscriptions:
@@ -422,7 +423,7 @@ class MemoryCommands:
         listener = (tuple(subjects), send)
         self._listeners.append(listener)
 
-        async def decoded() -> AsyncIterator[CommandEnvelope]:
+        async def decoded() -> AsyncGenerator[CommandEnvelope, None]:
             async for data in receive:
                 try:
                     yield decode_command(data)
@@ -430,7 +431,8 @@ class MemoryCommands:
                     _log.warning("undecodable command ignored", error=str(exc))
 
         try:
-            yield decoded()
+            async with aclosing(decoded()) as commands:
+                yield commands
         finally:
             self._listeners.remove(listener)
             send.close()

@@ -12,7 +12,7 @@ Two implementations pass the same contract tests (tests/transport/test_liveness.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final, Protocol
 
@@ -72,7 +72,7 @@ class WorkerRegistry(Protocol):
         """
         ...
 
-    def watch(self) -> AsyncIterator[WorkerLiveness]:
+    def watch(self) -> AsyncGenerator[WorkerLiveness, None]:
         """Every entry now in the registry, then each new one as it is written, forever.
 
         Deletes are not reported: a worker that stops refreshing is found out by time, by
@@ -105,7 +105,7 @@ class MemoryWorkerRegistry:
         """See :meth:`WorkerRegistry.current`."""
         return dict(self._entries)
 
-    async def watch(self) -> AsyncIterator[WorkerLiveness]:
+    async def watch(self) -> AsyncGenerator[WorkerLiveness, None]:
         """See :meth:`WorkerRegistry.watch`."""
         send, receive = anyio.create_memory_object_stream[WorkerLiveness](float("inf"))
         for record in list(self._entries.values()):
@@ -177,7 +177,7 @@ class JetStreamWorkerRegistry:
             raise EventStoreError(f"worker registry {self._bucket}: read failed: {exc!r}") from exc
         return entries
 
-    async def watch(self) -> AsyncIterator[WorkerLiveness]:
+    async def watch(self) -> AsyncGenerator[WorkerLiveness, None]:
         """See :meth:`WorkerRegistry.watch`; survives a failing server by watching again."""
         while True:
             try:
