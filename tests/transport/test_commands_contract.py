@@ -19,6 +19,7 @@ import pytest
 
 from claudecluster.actors.worker import WORKER_COMMAND_SUBJECTS
 from claudecluster.events import CancelRun, DrainWorker, SubmitRun, TaskSpec
+from claudecluster.events.envelope import CommandEnvelope
 from claudecluster.events.subjects import command_subject
 from claudecluster.runtime.connection import open_nats
 from claudecluster.transport.commands import (
@@ -197,6 +198,17 @@ async def feed_and_bus(
         yield JetStreamCommandFeed(client), harness.bus
 
 
+async def _first_ids(commands: AsyncIterator[CommandEnvelope], count: int) -> list[str]:
+    """The ids of the first ``count`` commands a listener hears, waiting at most _FETCH_S."""
+    heard: list[str] = []
+    with anyio.fail_after(_FETCH_S):
+        async for envelope in commands:
+            heard.append(envelope.id)
+            if len(heard) == count:
+                break
+    return heard
+
+
 @pytest.mark.anyio
 async def test_a_listener_hears_what_is_published_while_it_listens_and_skips_garbage(
     feed_and_bus: tuple[CommandFeed, CommandBus], harness: Harness
@@ -207,12 +219,7 @@ async def test_a_listener_hears_what_is_published_while_it_listens_and_skips_gar
         await harness.inject_raw(command_subject(cancel("x")), b"{not a command")
         await bus.publish(cancel("r1"), command_id="c1", now=T0)
         await bus.publish(cancel("r2"), command_id="c2", now=T0)
-        heard = []
-        with anyio.fail_after(_FETCH_S):
-            async for envelope in commands:
-                heard.append(envelope.id)
-                if len(heard) == 2:
-                    break
+        heard = await _first_ids(commands, 2)
     assert heard == ["c1", "c2"]
 
 
@@ -228,11 +235,6 @@ async def test_a_listener_for_some_subjects_is_sent_only_those(
         await bus.publish(submit, command_id="s1", now=T0)
         await bus.publish(DrainWorker(worker_id="w9"), command_id="d1", now=T0)
         await bus.publish(cancel("r1"), command_id="c1", now=T0)
-        heard = []
-        with anyio.fail_after(_FETCH_S):
-            async for envelope in commands:
-                heard.append(envelope.id)
-                if len(heard) == 2:
-                    break
+        heard = await _first_ids(commands, 2)
     # The submission, published first, never reached the worker's feed.
     assert heard == ["d1", "c1"]

@@ -178,8 +178,11 @@ class ShellCluster:
         self.driver: Driver | None = None
         #: the simulated cluster's event log, once it ran
         self.log: EventLog | None = None
-        #: the events of the last run, in log order, up to the one that ended the run
+        #: the events of the last simulation, in log order, up to the one that ended its
+        #: last run (and what came in ``settle_s`` after it)
         self.history: tuple[StoredEvent, ...] = ()
+        #: the cluster as the log told it when the simulation ended
+        self.view = ClusterView()
         self.executor = ScriptedExecutor(
             seed=self.seed, duration=self.duration, failure_chance=self.failure_chance,
             failure_classes=self.failure_classes,
