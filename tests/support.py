@@ -121,12 +121,13 @@ async def wait_for_events(
     return seen
 
 
-def virtual_driver(infra: Infrastructure, *, seed: int) -> Driver:
+def virtual_driver(infra: Infrastructure, *, seed: int, log: EventLog | None = None) -> Driver:
     """The real driver shell for the virtual-clock tests: the in-memory seams, trio's
     clock as its time, scripted repositories drawn from ``seed``, workers lost after 30
-    silent seconds, no snapshots (a test's log is short)."""
+    silent seconds, no snapshots (a test's log is short). ``log`` is the driver's view of
+    ``infra.log`` when a test stands between the two."""
     return Driver(
-        infra.log,
+        log or infra.log,
         options=DriverOptions(
             config=DriverConfig(lost_after_s=30), tick_s=0.5, now=virtual_now,
             snapshot_every_events=0,

@@ -257,6 +257,47 @@ def test_cancelling_a_run_records_its_queued_tasks_cancelled_too() -> None:
     assert any(isinstance(e, Record) and isinstance(e.event, RunCancelled) for e in effects)
 
 
+def _run_end(effects: list[Effect]) -> Record:
+    (end,) = [e for e in effects if isinstance(e, Record)
+              and isinstance(e.event, RunCompleted | RunFailed | RunCancelled)]  # fmt: skip
+    return end
+
+
+def test_a_run_whose_worker_stopped_its_last_task_for_a_cancel_ends_cancelled() -> None:
+    # The worker heard the run's cancel before the driver did: the task it stopped is the
+    # run's last, and the run ends as the cancel says, not as completed with none done.
+    log = Log()
+    for effect in log.plan([spec("a")]):
+        log.settle(effect)
+    log.run_task("a")
+    stopped = TaskCancelled(run_id="r", task_id="a", attempt=1, reason="run r cancelled",
+                            run_cancel="c9")  # fmt: skip
+    end = _run_end(log.event(stopped))
+    assert isinstance(end.event, RunCancelled)
+    assert (end.event.reason, end.causation_id) == ("run r cancelled", "c9")
+    # The command itself, decided while that end is on its way, adds nothing; once the
+    # end is recorded, a delivery of it is known as done.
+    assert log.command(CancelRun(run_id="r"), command_id="c9") == []
+    log.settle(end)
+    assert log.command(CancelRun(run_id="r"), command_id="c9") == []
+
+
+def test_a_run_cancel_that_lost_the_race_for_the_log_is_decided_again_not_completed() -> None:
+    # The driver decided the cancel, but its worker recorded the task it stopped for the
+    # same command first, so the conditional append of RunCancelled failed.
+    log = Log()
+    for effect in log.plan([spec("a")]):
+        log.settle(effect)
+    log.run_task("a")
+    first = _run_end(log.command(CancelRun(run_id="r", reason="not needed"), command_id="c9"))
+    log.event(TaskCancelled(run_id="r", task_id="a", attempt=1, reason="not needed"))
+    again = _run_end(log.fail(first))
+    assert isinstance(again.event, RunCancelled)
+    assert (again.event.reason, again.causation_id) == ("not needed", "c9")
+    assert again.expected_last == log.state.scope_seq[scope_filter(again.event)]
+    assert again.event_id == first.event_id  # the same fact, once in the log
+
+
 def _first_start(log: Log) -> Dispatch:
     """A one-task run's start, taken out of the outbox and not yet carried out."""
     log.plan([spec("a")])

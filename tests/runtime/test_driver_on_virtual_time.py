@@ -10,15 +10,32 @@ seeded: :func:`~claudecluster.simulation.clock.seed_trio_scheduler`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 import pytest
 import trio.testing
 
-from claudecluster.events import CancelRun, RunCancelled, SubmitRun, TaskQueued, TaskSpec
+from claudecluster.events import (
+    CancelRun,
+    CommandRejected,
+    RunCancelled,
+    RunCompleted,
+    SubmitRun,
+    TaskAssigned,
+    TaskCancelled,
+    TaskQueued,
+    TaskSpec,
+    TaskStarted,
+    wrap_event,
+)
+from claudecluster.events.envelope import EventEnvelope, StoredEvent
 from claudecluster.events.model import Event
+from claudecluster.events.subjects import ALL_EVENTS
+from claudecluster.observability.redaction import Redactor
 from claudecluster.simulation.clock import seed_trio_scheduler, virtual_now
+from claudecluster.transport.base import AppendResult, EventLog, QuarantinedMessage
 from claudecluster.transport.infrastructure import Infrastructure, memory_infrastructure
 from tests.support import virtual_driver, wait_for_events
 
@@ -77,3 +94,86 @@ async def test_the_driver_shell_runs_on_virtual_time_and_repeats_itself() -> Non
     assert ended_at >= 60  # the virtual minute passed (in no real time)
     again, _, _ = await _history()
     assert again == first
+
+
+class _EndsRacing:
+    """The driver's log, arranged so that a run's completion and its cancel race for it:
+    the completion's append waits until the cancel's has started (the cancel command is
+    published by the completion's append itself), then lands first."""
+
+    def __init__(self, log: EventLog, infra: Infrastructure) -> None:
+        self._log, self._infra = log, infra
+        self._cancel_started, self._completed = anyio.Event(), anyio.Event()
+
+    @property
+    def redactor(self) -> Redactor:
+        return self._log.redactor
+
+    async def append(
+        self, envelope: EventEnvelope, *, expected_last: int | None = None
+    ) -> AppendResult:
+        event = envelope.payload
+        with anyio.fail_after(_VIRTUAL_LIMIT_S):
+            if isinstance(event, RunCompleted):
+                cancel = CancelRun(run_id=event.run_id, reason="enough")
+                await self._infra.commands.publish(cancel, command_id="late", now=virtual_now())
+                await self._cancel_started.wait()
+                try:
+                    return await self._log.append(envelope, expected_last=expected_last)
+                finally:
+                    self._completed.set()
+            if isinstance(event, RunCancelled):
+                self._cancel_started.set()
+                await self._completed.wait()
+        return await self._log.append(envelope, expected_last=expected_last)
+
+    def open_reader(
+        self, *, from_seq: int = 1, subjects: str = ALL_EVENTS, follow: bool = False
+    ) -> AbstractAsyncContextManager[AsyncIterator[StoredEvent]]:
+        return self._log.open_reader(from_seq=from_seq, subjects=subjects, follow=follow)
+
+    async def last_seq(self, subjects: str = ALL_EVENTS) -> int:
+        return await self._log.last_seq(subjects)
+
+    async def quarantined(self) -> list[QuarantinedMessage]:
+        return await self._log.quarantined()
+
+    async def quarantine_refused(self, stored: StoredEvent, reason: str) -> None:
+        await self._log.quarantine_refused(stored, reason)
+
+
+@pytest.mark.anyio
+async def test_a_cancel_decided_while_the_run_completes_is_answered_not_dropped() -> None:
+    # The run's last task ends (its worker stopped it on a task cancel), the driver records
+    # the run completed, and a run cancel is decided meanwhile: the completion lands
+    # first, and the cancel's conditional append fails. The two records share the run's
+    # end key; the completion settling once acknowledged the cancel too, which then went
+    # unanswered for good (a gateway's DELETE /runs/<id> timed out with 503). The cancel
+    # is decided again and refused, naming why.
+    seed_trio_scheduler(1)
+    infra: Infrastructure = memory_infrastructure()
+    driver = virtual_driver(infra, seed=1, log=_EndsRacing(infra.log, infra))
+    async with anyio.create_task_group() as group:
+        await group.start(driver.run)
+        submit = SubmitRun(run_id="v", goal="g", repo="/simulated", plan=(_task("a"),))
+        await infra.commands.publish(submit, command_id="submit-v", now=virtual_now())
+        await wait_for_events(infra.log, _of(TaskQueued), limit_s=_VIRTUAL_LIMIT_S)
+        # A worker takes the task, and stops it on a task cancel (its own to record).
+        held: list[Event] = [
+            TaskAssigned(run_id="v", task_id="a", attempt=1, worker_id="w1"),
+            TaskStarted(run_id="v", task_id="a", attempt=1, worker_id="w1", session_id="s"),
+            TaskCancelled(run_id="v", task_id="a", attempt=1, reason="cancelled on request"),
+        ]  # fmt: skip
+        for n, event in enumerate(held):
+            await infra.log.append(wrap_event(event, event_id=f"w1-{n}", now=virtual_now()))
+        events = await wait_for_events(
+            infra.log,
+            lambda seen: any(isinstance(e, CommandRejected) for e in seen),
+            limit_s=_VIRTUAL_LIMIT_S,
+        )
+        group.cancel_scope.cancel()
+    ends = [e for e in events if isinstance(e, RunCompleted | RunCancelled)]
+    assert [type(e) for e in ends] == [RunCompleted]
+    (refusal,) = [e for e in events if isinstance(e, CommandRejected)]
+    assert refusal.command_id == "late"
+    assert "already ended (completed)" in refusal.reason

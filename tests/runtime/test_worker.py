@@ -24,6 +24,7 @@ from claudecluster.domain.branches import task_branch
 from claudecluster.domain.outcome import Outcome
 from claudecluster.errors import EventStoreError
 from claudecluster.events import (
+    CancelRun,
     CancelTask,
     TaskAssigned,
     TaskCancelled,
@@ -272,8 +273,19 @@ SLOW = Script.model_validate(
 )
 
 
+@pytest.mark.parametrize(
+    ("cancel", "run_cancel"),
+    [(CancelTask(run_id="run4", task_id="slow", reason="user changed their mind"), ""),
+     # A run's cancel is named in the record: the driver ends the run as cancelled even
+     # when this record reaches the log before the driver decided the command.
+     (CancelRun(run_id="run4", reason="user changed their mind"), "cancel-1")],
+)  # fmt: skip
 async def test_a_cancel_command_stops_the_agent_and_records_the_cancellation(
-    world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path
+    world: tuple[JetStreamEventLog, Any],
+    source: Path,
+    tmp_path: Path,
+    cancel: CancelTask | CancelRun,
+    run_cancel: str,
 ) -> None:
     log, client = world
     js = client.jetstream()
@@ -285,7 +297,7 @@ async def test_a_cancel_command_stops_the_agent_and_records_the_cancellation(
             with anyio.fail_after(30):
                 await model.wait_requests(1)  # the agent is waiting on the model
             command = wrap_command(
-                CancelTask(run_id="run4", task_id="slow", reason="user changed their mind"),
+                cancel,
                 command_id="cancel-1",
                 now=datetime.now(UTC),
                 correlation_id="run4",
@@ -296,7 +308,9 @@ async def test_a_cancel_command_stops_the_agent_and_records_the_cancellation(
         await _run_worker_until(log, client, tmp_path, model.url, scenario)
     events = [s.envelope.payload for s in await read_all(log)]
     cancelled = [e for e in events if isinstance(e, TaskCancelled)]
-    assert [(c.attempt, c.reason) for c in cancelled] == [(1, "user changed their mind")]
+    assert [(c.attempt, c.reason, c.run_cancel) for c in cancelled] == [
+        (1, "user changed their mind", run_cancel)
+    ]
     assert not any(isinstance(e, TaskSucceeded | TaskFailed) for e in events)
     assert list((tmp_path / "workspaces").iterdir()) == []
     assert not [p for p in psutil.process_iter(["cwd"]) if str(tmp_path) in (p.info["cwd"] or "")]

@@ -683,10 +683,17 @@ class TaskRetryScheduled(TaskEvent, frozen=True, kw_only=True, tag="task.retry_s
 
 
 class TaskCancelled(TaskEvent, frozen=True, kw_only=True, tag="task.cancelled"):
-    """The task will not run (further); its workspace was cleaned."""
+    """The task will not run (further); its workspace was cleaned.
+
+    ``run_cancel`` is the id of the run's cancel command when that is what stopped the
+    attempt: the worker and the driver both act on the command, and whichever records
+    first, the driver then knows the run is being cancelled (it ends it as cancelled,
+    not as completed with every task cancelled).
+    """
 
     attempt: Annotated[int, msgspec.Meta(ge=0, le=INT_MAX)] = 0
     reason: str = ""
+    run_cancel: Annotated[str, msgspec.Meta(max_length=200)] = ""
 
 
 class TaskSkipped(TaskEvent, frozen=True, kw_only=True, tag="task.skipped"):

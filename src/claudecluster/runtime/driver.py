@@ -143,12 +143,30 @@ class _CommandMessage:
     msg: InboundCommand
 
 
+@dataclass(frozen=True, slots=True)
+class _Carried:
+    """An effect carried out (or not), with its outcome for the core."""
+
+    effect: Effect
+    outcome: EffectSettled | EffectFailed
+
+
+#: What the driver's loop takes, one at a time: the core's messages, the commands, and
+#: the outcomes of the effects it started.
+_Inbound = Message | _CommandMessage | _Carried
+
+
 @dataclass(slots=True)
 class _Unacked:
-    """A command decided but not yet acknowledged: its effects are not all settled."""
+    """A command decided but not yet acknowledged: its effects are not all settled.
+
+    The effects themselves, not their keys: another decision may have an effect with the
+    same key in flight (a run's end decided on a task's last event while a cancel of the
+    run was being decided), and that one settling says nothing of this command's.
+    """
 
     msgs: list[InboundCommand]
-    keys: set[str]
+    effects: list[Effect]
 
 
 class Driver:
@@ -250,7 +268,7 @@ class Driver:
         for record in (await self._registry.current()).values():
             self._decide(WorkerSeen(worker_id=record.worker_id, at=record.at))
         _log.info("driver recovered", last_seq=self.state.view.last_seq, runs=len(self.state.runs))
-        send, receive = anyio.create_memory_object_stream[Message | _CommandMessage](math.inf)
+        send, receive = anyio.create_memory_object_stream[_Inbound](math.inf)
         async with anyio.create_task_group() as group, send, receive:
             group.start_soon(self._follow, self.state.view.last_seq + 1, send.clone())
             group.start_soon(self._watch_liveness, send.clone())
@@ -261,14 +279,15 @@ class Driver:
             async for message in receive:
                 if isinstance(message, _CommandMessage):
                     effects = await self._decide_command(message)
+                elif isinstance(message, _Carried):
+                    effects = self._decide(message.outcome)
+                    await self._settle_commands(message)
                 else:
                     anomalies = self.state.view.anomaly_count
                     effects = self._decide(message)
                     if isinstance(message, StoredEvent):
                         self._last_id = message.envelope.id
                         await self._quarantine_forged(message, anomalies)
-                    elif isinstance(message, EffectSettled | EffectFailed):
-                        await self._settle_commands(message)
                 for effect in effects:
                     group.start_soon(self._carry_out, effect, send.clone())
                 # After the effects are under way: a long replay is snapshotted once the
@@ -367,14 +386,15 @@ class Driver:
         if not effects:
             await message.msg.ack()
             return effects
-        self._unacked[command_id] = _Unacked(msgs=[message.msg], keys={e.key for e in effects})
+        self._unacked[command_id] = _Unacked(msgs=[message.msg], effects=list(effects))
         return effects
 
-    async def _settle_commands(self, outcome: EffectSettled | EffectFailed) -> None:
+    async def _settle_commands(self, carried: _Carried) -> None:
         """Acknowledge the commands whose outcome is now recorded; on a failed one, ask
         for the command again (it is decided afresh, nothing of it was recorded)."""
+        outcome = carried.outcome
         for command_id, waiting in list(self._unacked.items()):
-            if outcome.key not in waiting.keys:
+            if not any(effect is carried.effect for effect in waiting.effects):
                 continue
             if isinstance(outcome, EffectFailed):
                 del self._unacked[command_id]
@@ -382,35 +402,31 @@ class Driver:
                 for msg in waiting.msgs:
                     await msg.nak(1.0)
                 continue
-            waiting.keys.discard(outcome.key)
-            if not waiting.keys:
+            waiting.effects = [e for e in waiting.effects if e is not carried.effect]
+            if not waiting.effects:
                 del self._unacked[command_id]
                 for msg in waiting.msgs:
                     await msg.ack()
 
-    async def _follow(
-        self, from_seq: int, send: MemoryObjectSendStream[Message | _CommandMessage]
-    ) -> None:
+    async def _follow(self, from_seq: int, send: MemoryObjectSendStream[_Inbound]) -> None:
         async with send, self._log.open_reader(from_seq=from_seq, follow=True) as events:
             async for stored in events:
                 await send.send(stored)
 
-    async def _watch_liveness(
-        self, send: MemoryObjectSendStream[Message | _CommandMessage]
-    ) -> None:
+    async def _watch_liveness(self, send: MemoryObjectSendStream[_Inbound]) -> None:
         # Closed here, on every path: an async generator left to the garbage collector is
         # closed whenever that runs (trio warns of it), not when the driver stops.
         async with send, aclosing(self._registry.watch()) as records:
             async for record in records:
                 await send.send(WorkerSeen(worker_id=record.worker_id, at=record.at))
 
-    async def _ticker(self, send: MemoryObjectSendStream[Message | _CommandMessage]) -> None:
+    async def _ticker(self, send: MemoryObjectSendStream[_Inbound]) -> None:
         async with send:
             while True:
                 await anyio.sleep(self._options.tick_s)
                 await send.send(Tick())
 
-    async def _commands(self, send: MemoryObjectSendStream[Message | _CommandMessage]) -> None:
+    async def _commands(self, send: MemoryObjectSendStream[_Inbound]) -> None:
         """Commands from the durable consumer every driver shares; acked once decided."""
         async with send:
             holding = self._options.holding
@@ -434,22 +450,20 @@ class Driver:
 
     # -- effects -------------------------------------------------------------------------
 
-    async def _carry_out(
-        self, effect: Effect, send: MemoryObjectSendStream[Message | _CommandMessage]
-    ) -> None:
+    async def _carry_out(self, effect: Effect, send: MemoryObjectSendStream[_Inbound]) -> None:
         async with send:
             try:
                 seq = await self._effect(effect)
             except ConcurrencyError as exc:
                 # Lost a race (a worker took over, the log moved on): decide again.
-                await send.send(EffectFailed(key=effect.key, reason=str(exc)))
+                await send.send(_Carried(effect, EffectFailed(key=effect.key, reason=str(exc))))
             except ClusterError as exc:
                 _log.warning("driver effect failed; it will be retried", key=effect.key,
                              error=str(exc))  # fmt: skip
                 await anyio.sleep(1.0)  # a failing store or git: do not spin
-                await send.send(EffectFailed(key=effect.key, reason=str(exc)))
+                await send.send(_Carried(effect, EffectFailed(key=effect.key, reason=str(exc))))
             else:
-                await send.send(EffectSettled(key=effect.key, seq=seq))
+                await send.send(_Carried(effect, EffectSettled(key=effect.key, seq=seq)))
 
     async def _effect(self, effect: Effect) -> int:
         match effect:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from claudecluster.actors.driver.effects import (
     _ACTIVE,
     _HELD_BY_WORKER,
@@ -13,7 +11,12 @@ from claudecluster.actors.driver.effects import (
     Retry,
     Rollback,
 )
-from claudecluster.actors.driver.reconcile import _record
+from claudecluster.actors.driver.reconcile import (
+    _record,
+    cancel_effects,
+    cancel_event,
+    caused_by,
+)
 from claudecluster.actors.driver.state import DriverState, RunBook, _free, _live_book
 from claudecluster.domain.graph import TaskGraph
 from claudecluster.domain.lifecycle import (
@@ -30,14 +33,12 @@ from claudecluster.events.model import (
     CommandRejected,
     RetryRun,
     RollbackRun,
-    RunCancelled,
     RunRetried,
     RunRolledBack,
     RunSubmitted,
     SubmitRun,
-    TaskCancelled,
 )
-from claudecluster.projections.views import TaskView, task_key
+from claudecluster.projections.views import task_key
 
 # ----------------------------------------------------------------------------------------
 # Commands
@@ -62,23 +63,7 @@ def _command(state: DriverState, envelope: CommandEnvelope) -> list[Effect]:
             effects = _retry(state, envelope.id, command)
         case _:
             return []  # DrainWorker: the workers act on it themselves
-    return _caused_by(envelope.id, effects)
-
-
-def _caused_by(command_id: str, effects: list[Effect]) -> list[Effect]:
-    """Mark the command's outcome record with its id (the envelope's causation id).
-
-    Only the last record is marked, the one that settles the command (a cancel's
-    RunCancelled comes after its tasks' TaskCancelled): once it is in the log, a
-    redelivered copy of the command is recognised and skipped; until then a redelivery
-    is decided again, and what was recorded already is deduplicated by its event id.
-    """
-    for index in range(len(effects) - 1, -1, -1):
-        effect = effects[index]
-        if isinstance(effect, Record | Rollback | Retry):
-            effects[index] = dataclasses.replace(effect, causation_id=command_id)
-            break
-    return effects
+    return caused_by(envelope.id, effects)
 
 
 def _reject(state: DriverState, run_id: str, command_id: str, kind: str, reason: str) -> Record:
@@ -154,29 +139,15 @@ def _cancel_run(state: DriverState, command_id: str, command: CancelRun) -> list
                 f"run {command.run_id!r} already ended ({run.state.value})",
             )
         ]
-    effects: list[Effect] = []
     reason = command.reason or "the run was cancelled"
-    for task in state.view.tasks_of(command.run_id):
-        if not task.state.terminal and task.state not in _HELD_BY_WORKER:
-            effects.append(_cancel_event(state, task, reason))
-    # Running attempts: the workers got the same command and stop them themselves.
-    event = RunCancelled(run_id=command.run_id, reason=reason)
-    event_id = ids.run_cancelled_id(command.run_id, _retries(state, command.run_id))
-    effects.append(_record(state, f"run:{command.run_id}:end", event, event_id))
-    return effects
-
-
-def _cancel_event(state: DriverState, task: TaskView, reason: str) -> Record:
-    event = TaskCancelled(run_id=task.run_id, task_id=task.task_id, reason=reason)
-    key = f"task:{task.run_id}:{task.task_id}"
-    event_id = ids.task_cancelled_id(task.run_id, task.task_id, _retries(state, task.run_id))
-    return _record(state, key, event, event_id)
-
-
-def _retries(state: DriverState, run_id: str) -> int:
-    """How many times the open run was retried (0 for one the driver has no book of)."""
-    book = state.runs.get(run_id)
-    return book.retries if book is not None else 0
+    book = state.runs.get(command.run_id)
+    if book is not None:
+        if book.cancel_command and not _free(state, f"run:{command.run_id}:end"):
+            # Already being recorded (a worker that stopped a task for a cancel told the
+            # driver first): that RunCancelled is this command's answer too.
+            return []
+        book.cancel_command, book.cancelling = command_id, reason
+    return cancel_effects(state, command.run_id, reason)
 
 
 def _cancel_task(state: DriverState, command_id: str, command: CancelTask) -> list[Effect]:
@@ -193,7 +164,7 @@ def _cancel_task(state: DriverState, command_id: str, command: CancelTask) -> li
         return reject(f"task {command.task_id!r} already ended ({task.state.value})")
     if task.state in _HELD_BY_WORKER:
         return []  # its worker got the same command: it stops the agent and records it
-    return [_cancel_event(state, task, command.reason or "cancelled on request")]
+    return [cancel_event(state, task, command.reason or "cancelled on request")]
 
 
 def _rollback(state: DriverState, command_id: str, command: RollbackRun) -> list[Effect]:

@@ -27,6 +27,7 @@ from claudecluster.events.model import (
     RunRetried,
     RunRolledBack,
     RunSubmitted,
+    TaskCancelled,
     TaskEvent,
     TaskFilesTouched,
     TaskMerged,
@@ -94,6 +95,7 @@ def _fold(state: DriverState, stored: StoredEvent) -> set[str]:
             if not book.ended:
                 state.active_count -= len(book.active)
             book.ended = True
+            book.cancel_command = book.cancelling = ""
             if isinstance(event, RunFailed) and book.policy.rollback_on_failure and book.merges:
                 book.roll_back = True
         case RunRolledBack() if book is not None:
@@ -115,6 +117,11 @@ def _fold(state: DriverState, stored: StoredEvent) -> set[str]:
             book.settled.add(pair)
         case TaskEvent() if book is not None and book.graph is not None:
             _task_moved(state, book, event, stored)
+            if isinstance(event, TaskCancelled) and event.run_cancel and not book.ended:
+                # Its worker stopped it for the run's cancel, which it may have heard of
+                # before the driver did: the run ends as cancelled (see _reconcile).
+                book.cancel_command = book.cancel_command or event.run_cancel
+                book.cancelling = book.cancelling or event.reason
         case _:
             pass
     return {event.run_id}

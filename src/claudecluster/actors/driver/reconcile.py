@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from datetime import datetime
 
@@ -12,6 +13,7 @@ from claudecluster.actors.driver.effects import (
     _ACTIVE,
     _DEFAULT_MAX_TURNS,
     _DEFAULT_WALL_TIME_S,
+    _HELD_BY_WORKER,
     _OPEN_RUN,
     Dispatch,
     Effect,
@@ -20,6 +22,8 @@ from claudecluster.actors.driver.effects import (
     Plan,
     PublishCommand,
     Record,
+    Retry,
+    Rollback,
     Verify,
 )
 from claudecluster.actors.driver.state import DriverState, RunBook, _free
@@ -38,8 +42,10 @@ from claudecluster.events.model import (
     Event,
     MergeConflict,
     RunBudgetReached,
+    RunCancelled,
     RunCompleted,
     RunFailed,
+    TaskCancelled,
     TaskLimits,
     TaskPreempted,
     TaskQueued,
@@ -64,10 +70,62 @@ def _record(state: DriverState, key: str, event: Event, event_id: str) -> Record
     )
 
 
+def caused_by(command_id: str, effects: list[Effect]) -> list[Effect]:
+    """Mark the command's outcome record with its id (the envelope's causation id).
+
+    Only the last record is marked, the one that settles the command (a cancel's
+    RunCancelled comes after its tasks' TaskCancelled): once it is in the log, a
+    redelivered copy of the command is recognised and skipped; until then a redelivery
+    is decided again, and what was recorded already is deduplicated by its event id.
+    """
+    for index in range(len(effects) - 1, -1, -1):
+        effect = effects[index]
+        if isinstance(effect, Record | Rollback | Retry):
+            effects[index] = dataclasses.replace(effect, causation_id=command_id)
+            break
+    return effects
+
+
+def cancel_effects(state: DriverState, run_id: str, reason: str) -> list[Effect]:
+    """A run's cancel: its tasks no worker holds are cancelled, then the run.
+
+    Running attempts are not: their workers got the same command and stop them themselves.
+    """
+    effects: list[Effect] = []
+    for task in state.view.tasks_of(run_id):
+        if not task.state.terminal and task.state not in _HELD_BY_WORKER:
+            effects.append(cancel_event(state, task, reason))
+    event = RunCancelled(run_id=run_id, reason=reason)
+    event_id = ids.run_cancelled_id(run_id, retries_of(state, run_id))
+    effects.append(_record(state, f"run:{run_id}:end", event, event_id))
+    return effects
+
+
+def cancel_event(state: DriverState, task: TaskView, reason: str) -> Record:
+    """The record of one task's cancel (once per round of the run)."""
+    event = TaskCancelled(run_id=task.run_id, task_id=task.task_id, reason=reason)
+    key = f"task:{task.run_id}:{task.task_id}"
+    event_id = ids.task_cancelled_id(task.run_id, task.task_id, retries_of(state, task.run_id))
+    return _record(state, key, event, event_id)
+
+
+def retries_of(state: DriverState, run_id: str) -> int:
+    """How many times the open run was retried (0 for one the driver has no book of)."""
+    book = state.runs.get(run_id)
+    return book.retries if book is not None else 0
+
+
 def _reconcile(state: DriverState, book: RunBook, now: datetime) -> list[Effect]:
     run = state.view.runs.get(book.run_id)
     if run is None:
         return []
+    if book.cancel_command and run.state in _OPEN_RUN:
+        # Being cancelled and not ended yet: the cancel's record lost a race for the log
+        # (to a worker recording the task it stopped for the same command), or the worker
+        # told first. Decided again on what the log holds now; nothing else is started.
+        if not _free(state, f"run:{book.run_id}:end"):
+            return []
+        return caused_by(book.cancel_command, cancel_effects(state, book.run_id, book.cancelling))
     if run.state is RunState.SUBMITTED:
         key = f"run:{book.run_id}:plan"
         return [Plan(key=key, submitted=book.submitted)] if _free(state, key) else []

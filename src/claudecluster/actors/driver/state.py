@@ -79,6 +79,12 @@ class RunBook:
     roll_back: bool = False
     #: why the run must end as failed once nothing runs any more
     stopping: str = ""
+    #: the run is being cancelled, by the command with this id (for this reason): set
+    #: when the command is decided, or when a worker records a task it stopped for it,
+    #: whichever comes first, so that a RunCancelled that lost a race for the log is
+    #: decided again rather than the run ending as completed with its tasks cancelled
+    cancel_command: str = ""
+    cancelling: str = ""
     #: a recorded event of this run the driver cannot apply (a cyclic RunPlanned, say):
     #: the run is failed with this reason, once, and nothing else is decided for it
     rejected: str = ""

@@ -203,5 +203,7 @@ class _Attempt:
     resume_from: str = ""
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     cancel_reason: str = ""
+    #: the id of the run's cancel command, when that is what stopped the attempt
+    run_cancel: str = ""
     #: one append at a time: each is conditional on the sequence the previous one left
     appending: anyio.Lock = field(default_factory=anyio.Lock)

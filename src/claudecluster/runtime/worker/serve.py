@@ -65,6 +65,7 @@ from claudecluster.events.envelope import EventEnvelope, StoredEvent, wrap_event
 from claudecluster.events.event_ids import worker_event_id
 from claudecluster.events.liveness import WorkerLiveness
 from claudecluster.events.model import (
+    CancelRun,
     CancelTask,
     Event,
     RunPlanned,
@@ -550,6 +551,7 @@ class Worker(AttemptRunner):
                 task_id=live.item.task_id,
                 attempt=live.attempt,
                 reason=live.cancel_reason or "cancelled on request",
+                run_cancel=live.run_cancel,
             ),
         )
 
@@ -565,6 +567,8 @@ class Worker(AttemptRunner):
                     scoped = command.attempt if isinstance(command, CancelTask) else 0
                     if live is not None and scoped in (0, live.attempt):
                         live.cancel_reason = reason
+                        if isinstance(command, CancelRun):
+                            live.run_cancel = envelope.id
                         live.scope.cancel()
                 if stops.drain:
                     self.stop("drained on request")
