@@ -24,6 +24,7 @@ without parsing messages::
         ├── DriverUnavailableError no driver answered a command in time
         ├── ConcurrencyError       an optimistic append lost a race (expected sequence moved)
         ├── EventStoreError        the event store refused or failed an operation
+        │   └── StoreUnavailableError  no answer in time (a server lost, a leader being elected)
         ├── WorkspaceError         git could not build, commit or bundle a workspace
         └── NatsServerError        the embedded nats-server could not start or stay up
             ├── NatsBinaryMissingError
@@ -55,6 +56,7 @@ __all__ = [
     "NatsServerError",
     "PermissionDeniedError",
     "RemoteError",
+    "StoreUnavailableError",
     "SetupCommandError",
     "UnknownEntityError",
     "UnknownEventTypeError",
@@ -267,6 +269,13 @@ class ConcurrencyError(RemoteError):
 
 class EventStoreError(RemoteError):
     """The event store refused or failed an operation for a reason other than a race."""
+
+
+class StoreUnavailableError(EventStoreError):
+    """A store did not answer in time or could not be reached: a server was lost, a link
+    cut, or a stream's leader is being elected. Unlike a refusal, a missing object or a
+    checksum that does not match, the same call is expected to succeed once the cluster
+    has settled, which is what callers that wait a while before failing retry on."""
 
 
 class LeaseLostError(RemoteError):

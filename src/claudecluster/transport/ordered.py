@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from claudecluster.errors import EventStoreError
+from claudecluster.errors import StoreUnavailableError
 from claudecluster.observability.logging import get_logger
 
 __all__ = ["last_sequence", "open_ordered"]
@@ -53,7 +53,7 @@ async def last_sequence(js: JetStreamContext, stream: str, subjects: str) -> int
     except nats.js.errors.NotFoundError:
         return 0
     except (nats.errors.Error, TimeoutError) as exc:
-        raise EventStoreError(f"cannot read {stream}: {exc!r}") from exc
+        raise StoreUnavailableError(f"cannot read {stream}: {exc!r}") from exc
     return int(msg.seq or 0)
 
 
@@ -112,7 +112,8 @@ async def open_ordered(
                 break
             except (nats.errors.Error, TimeoutError) as exc:
                 if not follow:
-                    raise EventStoreError(f"cannot read {stream} ({subjects}): {exc!r}") from exc
+                    problem = f"cannot read {stream} ({subjects}): {exc!r}"
+                    raise StoreUnavailableError(problem) from exc
                 # A following reader outlives a server restart, including one that happens
                 # before its consumer exists: keep trying until the server is back.
                 _log.warning("reader waiting for the server", stream=stream, error=repr(exc))

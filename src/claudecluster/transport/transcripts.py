@@ -32,7 +32,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from claudecluster.errors import EventStoreError
+from claudecluster.errors import EventStoreError, StoreUnavailableError
 from claudecluster.observability.logging import get_logger
 from claudecluster.observability.redaction import Redactor
 from claudecluster.transport.ordered import last_sequence, open_ordered
@@ -141,7 +141,7 @@ class JetStreamTranscriptStore:
             await kv.put(f"idx.{project}.{session}", json.dumps({"mtime": now}).encode())
             await self._fold_summary(kv, key, entries, now)
         except (nats.errors.Error, TimeoutError) as exc:
-            raise EventStoreError(f"cannot store session batch: {exc!r}") from exc
+            raise StoreUnavailableError(f"cannot store session batch: {exc!r}") from exc
 
     async def _fold_summary(
         self, kv: KeyValue, key: SessionKey, entries: list[SessionStoreEntry], now: int
@@ -260,7 +260,7 @@ class JetStreamTranscriptStore:
             for name in (f"idx.{project}.{session}", f"summ.{project}.{session}"):
                 await kv.purge(name)
         except (nats.errors.Error, TimeoutError) as exc:
-            raise EventStoreError(f"cannot delete session: {exc!r}") from exc
+            raise StoreUnavailableError(f"cannot delete session: {exc!r}") from exc
 
 
 class MemoryTranscriptStore:

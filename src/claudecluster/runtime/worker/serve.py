@@ -122,6 +122,7 @@ from claudecluster.runtime.worker.config import (
 )
 from claudecluster.runtime.worker.disk import AttemptDisk, GitAttemptDisk
 from claudecluster.runtime.worker.failures import _leaf_errors
+from claudecluster.runtime.worker.patience import PatientArtifacts, PatientSessions
 
 __all__ = ["Worker"]
 
@@ -178,14 +179,15 @@ class Worker(AttemptRunner):
                 log, client, transfer_client=transfer_client, work_ack_wait_s=config.ack_wait_s
             )
         self._queue: WorkQueue = infrastructure.queue
-        self._artifacts: ArtifactStore = infrastructure.artifacts
+        # Patient through a store's failover, as the appends to the log are (patience.py).
+        self._artifacts: ArtifactStore = PatientArtifacts(infrastructure.artifacts)
         self._feed: CommandFeed = infrastructure.feed
         self.preparation = Preparation(
             self._artifacts,
             config.repo_cache or config.workspace_root.parent / "repo-cache",
             remotes=config.repo_remotes,
         )
-        self._sessions: SessionStore = infrastructure.transcripts
+        self._sessions: SessionStore = PatientSessions(infrastructure.transcripts)
         # Refuses to start where the sandbox is missing, unless the operator chose none.
         self._confinement = config.confinement or default_confinement()
         self._executor: Executor = executor or ClaudeCodeExecutor(confinement=self._confinement)

@@ -70,6 +70,7 @@ class _TranscriptMirror:
         if end == 0:
             return
         entries = [json.loads(line) for line in data[:end].splitlines() if line]
-        self._offset += end
         if entries:
             await self._store.append(self._key, entries)
+        # Past these lines only once they are stored: the offset says what the store holds.
+        self._offset += end
