@@ -22,6 +22,7 @@ from claudecluster.errors import WorkspaceError
 from claudecluster.events.model import ArtifactRef
 from claudecluster.events.work import WorkItem
 from claudecluster.observability.logging import get_logger
+from claudecluster.runtime.patience import STORE_PATIENCE_S, patiently
 from claudecluster.transport.artifacts import ArtifactStore
 from claudecluster.workspace.cache import CacheTransfer, RepoCache, Segment
 from claudecluster.workspace.slot import reset_workspace
@@ -39,12 +40,20 @@ class Preparation:
         artifacts: the object store the segments are read from.
         cache_root: the repository cache's directory.
         remotes: git remote URLs by repository key.
+        patience_s: how long the history's fetch is repeated while the store is
+            unavailable (:mod:`claudecluster.runtime.patience`).
     """
 
     def __init__(
-        self, artifacts: ArtifactStore, cache_root: Path, *, remotes: Mapping[str, str]
+        self,
+        artifacts: ArtifactStore,
+        cache_root: Path,
+        *,
+        remotes: Mapping[str, str],
+        patience_s: float = STORE_PATIENCE_S,
     ) -> None:
         self._artifacts = artifacts
+        self._patience_s = patience_s
         self.cache = RepoCache(cache_root, remotes=remotes)
         self._pristine: dict[Path, str] = {}
 
@@ -62,7 +71,14 @@ class Preparation:
         """
         key, segments = self._segments(item)
         pristine_at = self._pristine.pop(where, None)  # only until this attempt starts
-        repo = await self.cache.ensure(key, item.base_commit, segments)
+        # A streamed segment's read is not repeated by the store (its sink holds part of
+        # it): the fetch is, whole, while the store is unavailable; what it brought before
+        # failing is kept, so a repeat fetches only the segments still missing.
+        repo = await patiently(
+            lambda: self.cache.ensure(key, item.base_commit, segments),
+            what=f"repository history of {key}",
+            patience_s=self._patience_s,
+        )
         return await reset_workspace(where, repo, item.base_commit, branch, pristine_at=pristine_at)
 
     def pristine(self, where: Path, commit: str) -> None:

@@ -104,6 +104,7 @@ if TYPE_CHECKING:
     # should not carry it, nor every CLI command that imports this module. It is imported
     # when the first attempt runs.
     from claude_agent_sdk import SessionStore
+from claudecluster.runtime.patience import PatientArtifacts, PatientSessions
 from claudecluster.runtime.worker.attempt import AttemptRunner
 from claudecluster.runtime.worker.config import (
     _APPEND_PATIENCE_S,
@@ -122,7 +123,6 @@ from claudecluster.runtime.worker.config import (
 )
 from claudecluster.runtime.worker.disk import AttemptDisk, GitAttemptDisk
 from claudecluster.runtime.worker.failures import _leaf_errors
-from claudecluster.runtime.worker.patience import PatientArtifacts, PatientSessions
 
 __all__ = ["Worker"]
 

@@ -12,8 +12,9 @@ through a few faults in a row ran out of attempts (seen in tests/hosts/test_chao
 
 Only unavailability is waited for. A refusal, a missing object or a checksum that does
 not match fails at once: the same call would fail again. A streamed read
-(:meth:`ArtifactStore.get_into`) is not repeated either: its sink may have been given part
-of the object, which only the caller can discard.
+(:meth:`ArtifactStore.get_into`) is not repeated here: its sink may have been given part
+of the object, which only the caller can discard (the workspace preparation repeats the
+whole fetch of the repository's history, whose sink is made afresh each time).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
         SessionSummaryEntry,
     )
 
-__all__ = ["PatientArtifacts", "PatientSessions", "patiently"]
+__all__ = ["STORE_PATIENCE_S", "PatientArtifacts", "PatientSessions", "patiently"]
 
 #: How long a worker waits for an unavailable store, as for its appends to the log.
 STORE_PATIENCE_S: Final = 60.0
