@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from pathlib import Path
@@ -13,12 +14,14 @@ from pathlib import Path
 import anyio
 
 from claudecluster.actors.driver import DriverConfig
-from claudecluster.events.envelope import EventEnvelope, wrap_event
+from claudecluster.events.envelope import EventEnvelope, StoredEvent, wrap_event
 from claudecluster.events.model import Event
+from claudecluster.events.subjects import ALL_EVENTS
+from claudecluster.observability.redaction import Redactor
 from claudecluster.runtime.driver import Driver, DriverOptions
 from claudecluster.simulation.clock import virtual_now
 from claudecluster.simulation.repositories import ScriptedRunRepositories
-from claudecluster.transport.base import EventLog, read_all
+from claudecluster.transport.base import AppendResult, EventLog, QuarantinedMessage, read_all
 from claudecluster.transport.infrastructure import Infrastructure
 
 __all__ = [
@@ -135,3 +138,34 @@ def virtual_driver(infra: Infrastructure, *, seed: int, log: EventLog | None = N
         infrastructure=infra,
         repositories=ScriptedRunRepositories(seed=seed),
     )  # fmt: skip
+
+
+class ForwardingLog:
+    """An event log that hands every call to ``inner``: a test overrides what it stands
+    between (an append to hold, the events a reader is handed)."""
+
+    def __init__(self, inner: EventLog) -> None:
+        self.inner = inner
+
+    @property
+    def redactor(self) -> Redactor:
+        return self.inner.redactor
+
+    async def append(
+        self, envelope: EventEnvelope, *, expected_last: int | None = None
+    ) -> AppendResult:
+        return await self.inner.append(envelope, expected_last=expected_last)
+
+    def open_reader(
+        self, *, from_seq: int = 1, subjects: str = ALL_EVENTS, follow: bool = False
+    ) -> AbstractAsyncContextManager[AsyncIterator[StoredEvent]]:
+        return self.inner.open_reader(from_seq=from_seq, subjects=subjects, follow=follow)
+
+    async def last_seq(self, subjects: str = ALL_EVENTS) -> int:
+        return await self.inner.last_seq(subjects)
+
+    async def quarantined(self) -> list[QuarantinedMessage]:
+        return await self.inner.quarantined()
+
+    async def quarantine_refused(self, stored: StoredEvent, reason: str) -> None:
+        await self.inner.quarantine_refused(stored, reason)

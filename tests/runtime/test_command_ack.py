@@ -12,7 +12,7 @@ nothing refuses it as "already exists".
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,15 +22,14 @@ import pytest
 
 from claudecluster.actors.driver import DriverConfig
 from claudecluster.events import CommandRejected, RunPlanned, RunSubmitted, SubmitRun, TaskSpec
-from claudecluster.events.envelope import EventEnvelope, StoredEvent
+from claudecluster.events.envelope import EventEnvelope
 from claudecluster.events.model import Event
-from claudecluster.observability.redaction import Redactor
 from claudecluster.runtime.driver import DRIVER_CONSUMER, Driver, DriverOptions
-from claudecluster.transport.base import AppendResult, QuarantinedMessage, read_all
+from claudecluster.transport.base import AppendResult, read_all
 from claudecluster.transport.commands import publish_command
 from claudecluster.transport.jetstream import JetStreamEventLog
 from claudecluster.transport.topology import COMMANDS_STREAM
-from tests.support import make_repo, wait_for_events
+from tests.support import ForwardingLog, make_repo, wait_for_events
 
 pytestmark = pytest.mark.anyio
 
@@ -39,42 +38,24 @@ ACK_WAIT_S = 1.0
 WITHIN_S = 60.0
 
 
-class _DyingLog:
+class _DyingLog(ForwardingLog):
     """An event log whose append of RunSubmitted never returns: the driver "dies" there,
     before (``store=False``) or after (``store=True``) the event is stored."""
 
     def __init__(self, inner: JetStreamEventLog, *, store: bool) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._store = store
         self.reached = anyio.Event()
-
-    @property
-    def redactor(self) -> Redactor:
-        return self._inner.redactor
 
     async def append(
         self, envelope: EventEnvelope, *, expected_last: int | None = None
     ) -> AppendResult:
         if isinstance(envelope.payload, RunSubmitted):
             if self._store:
-                await self._inner.append(envelope, expected_last=expected_last)
+                await self.inner.append(envelope, expected_last=expected_last)
             self.reached.set()
             await anyio.sleep_forever()
-        return await self._inner.append(envelope, expected_last=expected_last)
-
-    def open_reader(
-        self, *, from_seq: int = 1, subjects: str = "cc.evt.>", follow: bool = False
-    ) -> AbstractAsyncContextManager[AsyncIterator[StoredEvent]]:
-        return self._inner.open_reader(from_seq=from_seq, subjects=subjects, follow=follow)
-
-    async def last_seq(self, subjects: str = "cc.evt.>") -> int:
-        return await self._inner.last_seq(subjects)
-
-    async def quarantined(self) -> list[QuarantinedMessage]:
-        return await self._inner.quarantined()
-
-    async def quarantine_refused(self, stored: StoredEvent, reason: str) -> None:
-        await self._inner.quarantine_refused(stored, reason)
+        return await self.inner.append(envelope, expected_last=expected_last)
 
 
 @asynccontextmanager

@@ -10,8 +10,7 @@ seeded: :func:`~claudecluster.simulation.clock.seed_trio_scheduler`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -30,14 +29,12 @@ from claudecluster.events import (
     TaskStarted,
     wrap_event,
 )
-from claudecluster.events.envelope import EventEnvelope, StoredEvent
+from claudecluster.events.envelope import EventEnvelope
 from claudecluster.events.model import Event
-from claudecluster.events.subjects import ALL_EVENTS
-from claudecluster.observability.redaction import Redactor
 from claudecluster.simulation.clock import seed_trio_scheduler, virtual_now
-from claudecluster.transport.base import AppendResult, EventLog, QuarantinedMessage
+from claudecluster.transport.base import AppendResult, EventLog
 from claudecluster.transport.infrastructure import Infrastructure, memory_infrastructure
-from tests.support import virtual_driver, wait_for_events
+from tests.support import ForwardingLog, virtual_driver, wait_for_events
 
 #: Virtual seconds: with autojump a wait that can never end fails at once, so the limit
 #: can be generous at no cost.
@@ -96,18 +93,15 @@ async def test_the_driver_shell_runs_on_virtual_time_and_repeats_itself() -> Non
     assert again == first
 
 
-class _EndsRacing:
+class _EndsRacing(ForwardingLog):
     """The driver's log, arranged so that a run's completion and its cancel race for it:
     the completion's append waits until the cancel's has started (the cancel command is
     published by the completion's append itself), then lands first."""
 
     def __init__(self, log: EventLog, infra: Infrastructure) -> None:
-        self._log, self._infra = log, infra
+        super().__init__(log)
+        self._infra = infra
         self._cancel_started, self._completed = anyio.Event(), anyio.Event()
-
-    @property
-    def redactor(self) -> Redactor:
-        return self._log.redactor
 
     async def append(
         self, envelope: EventEnvelope, *, expected_last: int | None = None
@@ -119,27 +113,13 @@ class _EndsRacing:
                 await self._infra.commands.publish(cancel, command_id="late", now=virtual_now())
                 await self._cancel_started.wait()
                 try:
-                    return await self._log.append(envelope, expected_last=expected_last)
+                    return await self.inner.append(envelope, expected_last=expected_last)
                 finally:
                     self._completed.set()
             if isinstance(event, RunCancelled):
                 self._cancel_started.set()
                 await self._completed.wait()
-        return await self._log.append(envelope, expected_last=expected_last)
-
-    def open_reader(
-        self, *, from_seq: int = 1, subjects: str = ALL_EVENTS, follow: bool = False
-    ) -> AbstractAsyncContextManager[AsyncIterator[StoredEvent]]:
-        return self._log.open_reader(from_seq=from_seq, subjects=subjects, follow=follow)
-
-    async def last_seq(self, subjects: str = ALL_EVENTS) -> int:
-        return await self._log.last_seq(subjects)
-
-    async def quarantined(self) -> list[QuarantinedMessage]:
-        return await self._log.quarantined()
-
-    async def quarantine_refused(self, stored: StoredEvent, reason: str) -> None:
-        await self._log.quarantine_refused(stored, reason)
+        return await self.inner.append(envelope, expected_last=expected_last)
 
 
 @pytest.mark.anyio

@@ -19,10 +19,8 @@ from claudecluster.events import (
     TaskSpec,
     WorkerJoined,
 )
-from claudecluster.events.envelope import EventEnvelope
 from claudecluster.events.model import Event
 from claudecluster.events.subjects import ALL_EVENTS
-from claudecluster.observability.redaction import Redactor
 from claudecluster.projections import ClusterView, replay
 from claudecluster.projections.progress import run_progress
 from claudecluster.projections.snapshots import decode_view_snapshot
@@ -35,10 +33,10 @@ from claudecluster.runtime.reads import (
     view_from_snapshot,
     write_view_snapshot,
 )
-from claudecluster.transport.base import AppendResult, EventLog, QuarantinedMessage, read_all
+from claudecluster.transport.base import EventLog, read_all
 from claudecluster.transport.jetstream import JetStreamEventLog
 from claudecluster.transport.snapshots import MemorySnapshotStore
-from tests.support import EnvelopeFactory
+from tests.support import EnvelopeFactory, ForwardingLog
 
 make = EnvelopeFactory("reads")
 
@@ -48,30 +46,12 @@ def anyio_backend() -> str:
     return "asyncio"  # the JetStream log: nats-py runs on asyncio only
 
 
-class CountingLog:
+class CountingLog(ForwardingLog):
     """An event log that counts the events its readers were handed."""
 
     def __init__(self, inner: EventLog) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.delivered = 0
-
-    async def append(
-        self, envelope: EventEnvelope, *, expected_last: int | None = None
-    ) -> AppendResult:
-        return await self.inner.append(envelope, expected_last=expected_last)
-
-    async def last_seq(self, subjects: str = ALL_EVENTS) -> int:
-        return await self.inner.last_seq(subjects)
-
-    async def quarantined(self) -> list[QuarantinedMessage]:
-        return await self.inner.quarantined()
-
-    async def quarantine_refused(self, stored: StoredEvent, reason: str) -> None:
-        await self.inner.quarantine_refused(stored, reason)
-
-    @property
-    def redactor(self) -> Redactor:
-        return self.inner.redactor
 
     def open_reader(
         self, *, from_seq: int = 1, subjects: str = ALL_EVENTS, follow: bool = False
