@@ -35,8 +35,9 @@ from nats.js.object_store import (
     ObjectStore,
 )
 
-from claudecluster.errors import EventStoreError, StoreUnavailableError
+from claudecluster.errors import EventStoreError
 from claudecluster.events.model import ArtifactRef
+from claudecluster.transport.failures import store_failure
 
 __all__ = [
     "ARTIFACTS_BUCKET",
@@ -150,7 +151,7 @@ class JetStreamArtifactStore:
         try:
             await (await self._obs()).put(key, data)
         except (nats.errors.Error, TimeoutError) as exc:
-            raise StoreUnavailableError(f"cannot store artifact {key}: {exc!r}") from exc
+            raise store_failure(f"cannot store artifact {key}: {exc!r}", exc) from exc
         return ArtifactRef(
             name=name,
             bucket=self._bucket,
@@ -175,7 +176,7 @@ class JetStreamArtifactStore:
             try:
                 await (await self._obs()).put(key, reader, meta=meta)  # type: ignore[arg-type]
             except (nats.errors.Error, TimeoutError) as exc:
-                raise StoreUnavailableError(f"cannot store artifact {key}: {exc!r}") from exc
+                raise store_failure(f"cannot store artifact {key}: {exc!r}", exc) from exc
         return ArtifactRef(
             name=path.name, bucket=self._bucket, key=key, size=reader.size,
             sha256=reader.digest.hexdigest(),
@@ -193,7 +194,7 @@ class JetStreamArtifactStore:
             # No bucket yet (a server no writer has set up) holds nothing either.
             return None
         except (nats.errors.Error, TimeoutError) as exc:
-            raise StoreUnavailableError(f"cannot read artifact {key}: {exc!r}") from exc
+            raise store_failure(f"cannot read artifact {key}: {exc!r}", exc) from exc
         return result.data or b""
 
     async def exists(self, key: str) -> bool:
@@ -207,7 +208,7 @@ class JetStreamArtifactStore:
         except (nats.js.errors.ObjectNotFoundError, nats.js.errors.BucketNotFoundError):
             return False
         except (nats.errors.Error, TimeoutError) as exc:
-            raise StoreUnavailableError(f"cannot look up artifact {key}: {exc!r}") from exc
+            raise store_failure(f"cannot look up artifact {key}: {exc!r}", exc) from exc
         return not info.deleted
 
     async def names(self, *, prefix: str = "") -> list[str]:
@@ -221,7 +222,7 @@ class JetStreamArtifactStore:
         except nats.js.errors.NotFoundError:  # an empty bucket
             return []
         except (nats.errors.Error, TimeoutError) as exc:
-            raise StoreUnavailableError(f"cannot list bucket {self._bucket}: {exc!r}") from exc
+            raise store_failure(f"cannot list bucket {self._bucket}: {exc!r}", exc) from exc
         return sorted(
             info.name for info in listing if not info.deleted and info.name.startswith(prefix)
         )
@@ -237,7 +238,7 @@ class JetStreamArtifactStore:
         except (nats.js.errors.ObjectNotFoundError, nats.js.errors.BucketNotFoundError):
             return
         except (nats.errors.Error, TimeoutError) as exc:
-            raise StoreUnavailableError(f"cannot delete artifact {key}: {exc!r}") from exc
+            raise store_failure(f"cannot delete artifact {key}: {exc!r}", exc) from exc
 
     async def get(self, ref: ArtifactRef) -> bytes:
         """An artifact's contents, verified against its recorded checksum.
@@ -250,7 +251,7 @@ class JetStreamArtifactStore:
         except (nats.js.errors.ObjectNotFoundError, nats.js.errors.BucketNotFoundError):
             raise EventStoreError(f"artifact {ref.key} is not in bucket {ref.bucket}") from None
         except (nats.errors.Error, TimeoutError) as exc:
-            raise StoreUnavailableError(f"cannot read artifact {ref.key}: {exc!r}") from exc
+            raise store_failure(f"cannot read artifact {ref.key}: {exc!r}", exc) from exc
         data = result.data or b""
         if ref.sha256 and hashlib.sha256(data).hexdigest() != ref.sha256:
             raise EventStoreError(f"artifact {ref.key} does not match its recorded checksum")
@@ -295,7 +296,7 @@ class JetStreamArtifactStore:
         except (nats.js.errors.ObjectNotFoundError, nats.js.errors.BucketNotFoundError):
             raise EventStoreError(f"artifact {ref.key} is not in bucket {ref.bucket}") from None
         except (nats.errors.Error, TimeoutError) as exc:
-            raise StoreUnavailableError(f"cannot read artifact {ref.key}: {exc!r}") from exc
+            raise store_failure(f"cannot read artifact {ref.key}: {exc!r}", exc) from exc
         if info.is_link() or not info.nuid:
             raise EventStoreError(f"artifact {ref.key} is a link or has no chunks to read")
         own = hashlib.sha256()
@@ -313,7 +314,7 @@ class JetStreamArtifactStore:
                     ),
                 )
             except (nats.errors.Error, TimeoutError) as exc:
-                raise StoreUnavailableError(f"cannot read artifact {ref.key}: {exc!r}") from exc
+                raise store_failure(f"cannot read artifact {ref.key}: {exc!r}", exc) from exc
             try:
                 received = 0
                 while received < (info.chunks or 0):
@@ -324,7 +325,7 @@ class JetStreamArtifactStore:
                         await anyio.to_thread.run_sync(writer.write, message.data)
                     received += len(messages)
             except (nats.errors.Error, TimeoutError) as exc:
-                raise StoreUnavailableError(f"cannot read artifact {ref.key}: {exc!r}") from exc
+                raise store_failure(f"cannot read artifact {ref.key}: {exc!r}", exc) from exc
             finally:
                 with anyio.CancelScope(shield=True), suppress(nats.errors.Error, TimeoutError):
                     consumer = await subscription.consumer_info()

@@ -28,8 +28,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from claudecluster.errors import StoreUnavailableError
 from claudecluster.observability.logging import get_logger
+from claudecluster.transport.failures import store_failure
 
 __all__ = ["last_sequence", "open_ordered"]
 
@@ -53,7 +53,7 @@ async def last_sequence(js: JetStreamContext, stream: str, subjects: str) -> int
     except nats.js.errors.NotFoundError:
         return 0
     except (nats.errors.Error, TimeoutError) as exc:
-        raise StoreUnavailableError(f"cannot read {stream}: {exc!r}") from exc
+        raise store_failure(f"cannot read {stream}: {exc!r}", exc) from exc
     return int(msg.seq or 0)
 
 
@@ -113,7 +113,7 @@ async def open_ordered(
             except (nats.errors.Error, TimeoutError) as exc:
                 if not follow:
                     problem = f"cannot read {stream} ({subjects}): {exc!r}"
-                    raise StoreUnavailableError(problem) from exc
+                    raise store_failure(problem, exc) from exc
                 # A following reader outlives a server restart, including one that happens
                 # before its consumer exists: keep trying until the server is back.
                 _log.warning("reader waiting for the server", stream=stream, error=repr(exc))

@@ -32,9 +32,10 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from claudecluster.errors import EventStoreError, StoreUnavailableError
+from claudecluster.errors import EventStoreError
 from claudecluster.observability.logging import get_logger
 from claudecluster.observability.redaction import Redactor
+from claudecluster.transport.failures import store_failure
 from claudecluster.transport.ordered import last_sequence, open_ordered
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ class JetStreamTranscriptStore:
             await kv.put(f"idx.{project}.{session}", json.dumps({"mtime": now}).encode())
             await self._fold_summary(kv, key, entries, now)
         except (nats.errors.Error, TimeoutError) as exc:
-            raise StoreUnavailableError(f"cannot store session batch: {exc!r}") from exc
+            raise store_failure(f"cannot store session batch: {exc!r}", exc) from exc
 
     async def _fold_summary(
         self, kv: KeyValue, key: SessionKey, entries: list[SessionStoreEntry], now: int
@@ -260,7 +261,7 @@ class JetStreamTranscriptStore:
             for name in (f"idx.{project}.{session}", f"summ.{project}.{session}"):
                 await kv.purge(name)
         except (nats.errors.Error, TimeoutError) as exc:
-            raise StoreUnavailableError(f"cannot delete session: {exc!r}") from exc
+            raise store_failure(f"cannot delete session: {exc!r}", exc) from exc
 
 
 class MemoryTranscriptStore:
