@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 import anyio
 
-from claudecluster.errors import StoreUnavailableError
+from claudecluster.errors import EventStoreError, StoreUnavailableError
 from claudecluster.events.model import ArtifactRef
 from claudecluster.observability.logging import get_logger
 from claudecluster.transport.artifacts import ArtifactStore, Progress
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STORE_PATIENCE_S", "PatientArtifacts", "PatientSessions", "patiently"]
 
-#: How long a worker waits for an unavailable store, as for its appends to the log.
+#: How long a worker waits for a failing store: the log (its appends) and the others.
 STORE_PATIENCE_S: Final = 60.0
 _FIRST_PAUSE_S: Final = 0.25
 _MAX_PAUSE_S: Final = 2.0
@@ -50,9 +50,18 @@ _log = get_logger(__name__)
 T = TypeVar("T")
 
 
-async def patiently(call: Callable[[], Awaitable[T]], *, what: str, patience_s: float) -> T:
-    """``call()``'s result; made again while it raises StoreUnavailableError, for up to
+async def patiently(
+    call: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    patience_s: float,
+    retrying: type[EventStoreError] = StoreUnavailableError,
+) -> T:
+    """``call()``'s result; made again while it raises ``retrying``, for up to
     ``patience_s`` seconds.
+
+    ``retrying`` is wider only for the worker's appends to the log, which are the same
+    envelope each time and so safe to repeat whatever failed.
 
     Raises:
         StoreUnavailableError: the store was still unavailable when the patience ran out.
@@ -63,10 +72,10 @@ async def patiently(call: Callable[[], Awaitable[T]], *, what: str, patience_s: 
     while True:
         try:
             return await call()
-        except StoreUnavailableError as exc:
+        except retrying as exc:
             if anyio.current_time() + pause > deadline:
                 raise
-            _log.warning("store unavailable; trying again", what=what, error=str(exc),
+            _log.warning("store failed; trying again", what=what, error=str(exc),
                          pause_s=pause)  # fmt: skip
             await anyio.sleep(pause)
             pause = min(pause * 2, _MAX_PAUSE_S)

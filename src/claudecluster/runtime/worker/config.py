@@ -21,6 +21,7 @@ from claudecluster.executors.confinement import (
     Confinement,
 )
 from claudecluster.runtime.credentials import new_user_seed
+from claudecluster.runtime.patience import STORE_PATIENCE_S
 from claudecluster.runtime.touched import TOUCHED_EVERY_S
 from claudecluster.settings import Settings
 
@@ -40,9 +41,7 @@ _RUNS_KEPT: Final = 8
 _FORGERIES_STEPPED_OVER: Final = 16
 #: How long an attempt's append is tried again while the store fails over. An election of
 #: a new stream leader takes seconds; a loaded machine was seen to need over ten.
-_APPEND_PATIENCE_S: Final = 60.0
-_APPEND_RETRY_FIRST_S: Final = 0.25
-_APPEND_RETRY_MAX_S: Final = 2.0
+_APPEND_PATIENCE_S: Final = STORE_PATIENCE_S
 #: Heartbeats after a missed or late one during which the worker asks the log whether it
 #: was declared lost (the driver may record it a little after the link is back), and the
 #: interval, in heartbeats, of the same question asked anyway.

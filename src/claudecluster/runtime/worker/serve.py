@@ -104,12 +104,10 @@ if TYPE_CHECKING:
     # should not carry it, nor every CLI command that imports this module. It is imported
     # when the first attempt runs.
     from claude_agent_sdk import SessionStore
-from claudecluster.runtime.patience import PatientArtifacts, PatientSessions
+from claudecluster.runtime.patience import PatientArtifacts, PatientSessions, patiently
 from claudecluster.runtime.worker.attempt import AttemptRunner
 from claudecluster.runtime.worker.config import (
     _APPEND_PATIENCE_S,
-    _APPEND_RETRY_FIRST_S,
-    _APPEND_RETRY_MAX_S,
     _CAPABILITIES,
     _FORGERIES_STEPPED_OVER,
     _LOST_CHECK_EVERY_BEATS,
@@ -243,18 +241,14 @@ class Worker(AttemptRunner):
         )
         if signed:
             envelope = self._sign(envelope)
-        deadline = anyio.current_time() + patience_s
-        delay = _APPEND_RETRY_FIRST_S
-        while True:
-            try:
-                return (await self._log.append(envelope, expected_last=expected_last)).seq
-            except EventStoreError as exc:
-                if anyio.current_time() + delay > deadline:
-                    raise
-                _log.warning("append failed; trying the same event again",
-                             kind=type(event).__name__, error=str(exc))  # fmt: skip
-                await anyio.sleep(delay)
-                delay = min(delay * 2, _APPEND_RETRY_MAX_S)
+        return (
+            await patiently(
+                lambda: self._log.append(envelope, expected_last=expected_last),
+                what=f"append of {type(event).__name__}",
+                patience_s=patience_s,
+                retrying=EventStoreError,
+            )
+        ).seq
 
     def _sign(self, envelope: EventEnvelope) -> EventEnvelope:
         """The envelope as the log will store it (redacted), signed with our attempt key."""
