@@ -112,11 +112,16 @@ def test_an_unknown_command_is_a_usage_error(tmp_path: Path) -> None:
 def demo_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """One real demo run, shared by the tests that look at what it printed and wrote."""
+    """One real demo run, shared by the tests that look at what it printed and wrote.
+
+    Those tests share an xdist group, so that one worker runs them and the demo once (a
+    module fixture is made once per worker that runs a test needing it).
+    """
     where = tmp_path_factory.mktemp("demo")
     return cli("demo", cwd=where), where
 
 
+@pytest.mark.xdist_group("demo")
 def test_the_demo_runs_eight_tasks_through_a_conflict_offline(
     demo_run: tuple[subprocess.CompletedProcess[str], Path],
 ) -> None:
@@ -141,6 +146,7 @@ def test_the_demo_runs_eight_tasks_through_a_conflict_offline(
     assert not (store / "server.json").exists()  # the demo stopped the server it started
 
 
+@pytest.mark.xdist_group("demo")
 def test_the_demo_report_renders_in_headless_chromium(
     demo_run: tuple[subprocess.CompletedProcess[str], Path], tmp_path: Path
 ) -> None:

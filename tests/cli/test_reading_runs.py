@@ -12,6 +12,10 @@ import pytest
 
 from tests.cli.test_cli import DIAMOND, _repo_with_plan, clean_env, cli
 
+# One xdist worker runs this module's tests, so the finished run is made once, not once per
+# worker that takes one of them.
+pytestmark = pytest.mark.xdist_group("reading-runs")
+
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:

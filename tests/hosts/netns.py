@@ -10,9 +10,10 @@ host its own tree and never handing one host's paths to another.)
 The faults are the network's own: a host's link goes down (``ip link set down`` on its
 bridge port), a host is partitioned from chosen others (blackhole routes both ways, so
 TCP to them times out rather than being refused), and every process of a host is killed
-(``ip netns pids``). Every name carries a unique prefix (the test process's pid and a
-random tag), so parallel runs do not clash, and :func:`open_hosts` removes what it made
-on every path, leftovers of dead runs included.
+(``ip netns pids`` and everything they started, frozen first: see
+:meth:`Host.kill_everything`). Every name carries a unique prefix (the test process's pid
+and a random tag), so parallel runs do not clash, and :func:`open_hosts` removes what it
+made on every path, leftovers of dead runs included.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
+import psutil
 import pytest
 
 __all__ = ["Host", "HostNetwork", "netns_available", "open_hosts"]
@@ -38,6 +40,9 @@ __all__ = ["Host", "HostNetwork", "netns_available", "open_hosts"]
 #: (interface names hold at most 15 characters).
 _PREFIX = "cch"
 _STOP_GRACE_S = 15.0
+#: How many looks for processes started while the host was being frozen, at most: each
+#: look stops what it finds, and a stopped process starts nothing, so two or three do.
+_FREEZE_ROUNDS = 50
 
 
 def netns_available() -> str | None:
@@ -111,16 +116,48 @@ class Host:
         )
         return [int(p) for p in done.stdout.split()]
 
+    def tree(self) -> set[int]:
+        """The host's processes and every descendant of theirs, in any namespace.
+
+        An agent's sandbox has a network namespace of its own (``--unshare-net``), so
+        ``ip netns pids`` does not list what runs inside it; on a real host that dies,
+        those die too.
+        """
+        found = set(self.pids())
+        for pid in list(found):
+            with suppress(psutil.Error):
+                found.update(child.pid for child in psutil.Process(pid).children(recursive=True))
+        return found
+
+    def _kill_tree(self) -> list[int]:
+        """SIGSTOP the whole tree until no look finds more, then SIGKILL all of it.
+
+        Killing from one list races what the processes start meanwhile: a sandbox forked
+        just before the list is taken, whose parent is killed before the kernel's
+        parent-death signal is armed in it, would outlive the host. Stopped processes
+        start nothing, so the tree is frozen first and killed whole.
+        """
+        stopped: set[int] = set()
+        for _ in range(_FREEZE_ROUNDS):
+            fresh = self.tree() - stopped
+            if not fresh:
+                break
+            for pid in fresh:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            stopped |= fresh
+        for pid in stopped:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return sorted(stopped)
+
     async def kill_everything(self) -> list[int]:
         """SIGKILL every process of the host (its children too) and reap those we started.
 
         Returns:
             The pids killed.
         """
-        killed = self.pids()
-        for pid in killed:
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        killed = self._kill_tree()
         for process in self.processes:
             with anyio.fail_after(10):
                 await process.wait()
@@ -135,9 +172,7 @@ class Host:
             with anyio.move_on_after(_STOP_GRACE_S):
                 for process in self.processes:
                     await process.wait()
-            for pid in self.pids():
-                with suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            self._kill_tree()
             for process in self.processes:
                 if process.returncode is None:
                     process.kill()
