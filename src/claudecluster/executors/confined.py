@@ -46,6 +46,7 @@ from claudecluster.executors.confinement import (
     hosts_text,
 )
 from claudecluster.executors.process import end_tree, launcher
+from claudecluster.executors.unix_socket import UnixStream, serve_unix
 from claudecluster.observability.logging import get_logger
 from claudecluster.observability.redaction import REDACTED, SECRET_KEY_PATTERN
 
@@ -116,25 +117,23 @@ async def serve_api_tunnel(
 
     Bytes pass untouched (TLS included). A connection the destination refuses is closed.
     ``what`` names the destination in the log (the model API, an allowed destination).
+    The unix side is :func:`.unix_socket.serve_unix`, not AnyIO's listener: an attempt
+    cancelled as its last bytes arrive must not make the loop report an error (see there).
     """
-    listener = await anyio.create_unix_listener(socket_path)
 
-    async def handle(client: anyio.abc.SocketStream) -> None:
-        async with client:
-            try:
-                with anyio.fail_after(_CONNECT_TIMEOUT_S):
-                    upstream = await anyio.connect_tcp(host, port)
-            except (OSError, TimeoutError) as exc:
-                _log.warning(f"{what} unreachable through the tunnel", host=host, port=port,
-                             error=str(exc))  # fmt: skip
-                return
-            async with upstream, anyio.create_task_group() as group:
-                group.start_soon(_pipe, client, upstream)
-                group.start_soon(_pipe, upstream, client)
+    async def handle(client: UnixStream) -> None:
+        try:
+            with anyio.fail_after(_CONNECT_TIMEOUT_S):
+                upstream = await anyio.connect_tcp(host, port)
+        except (OSError, TimeoutError) as exc:
+            _log.warning(f"{what} unreachable through the tunnel", host=host, port=port,
+                         error=str(exc))  # fmt: skip
+            return
+        async with upstream, anyio.create_task_group() as group:
+            group.start_soon(_pipe, client, upstream)
+            group.start_soon(_pipe, upstream, client)
 
-    async with listener:
-        task_status.started()
-        await listener.serve(handle)
+    await serve_unix(socket_path, handle, task_status=task_status)
 
 
 @asynccontextmanager
