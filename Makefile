@@ -78,7 +78,7 @@ browser:
 # pytest-xdist workers: many tests wait on real nats-server and Claude Code processes, so
 # more workers than cores keeps both busy (docs/operations.md says what was measured).
 # Coverage is combined across the workers and the processes the tests start.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 4
 
 # --tb=native: on Python 3.11.7, pytest's own traceback formatting can hit a CPython bug
 # (SystemError: AST constructor recursion depth mismatch, python/cpython#106905) on an
