@@ -45,9 +45,11 @@ class Driver:
         self.n = 0
         self.chains = RepositoryChains(JetStreamArtifactStore(js))
 
-    async def record(self, event: Event) -> None:
+    async def record(self, event: Event) -> int:
+        """Append ``event``; returns its sequence."""
         self.n += 1
-        await self.log.append(wrap_event(event, event_id=f"driver-{self.n}", now=datetime.now(UTC)))
+        envelope = wrap_event(event, event_id=f"driver-{self.n}", now=datetime.now(UTC))
+        return (await self.log.append(envelope)).seq
 
     async def submit(
         self,

@@ -585,6 +585,100 @@ async def test_a_take_over_decided_before_the_task_finished_is_refused_and_recor
     assert not [e for e in events if isinstance(e, TaskAssigned) and e.worker_id == "w-late"]
 
 
+class _CountsReads:
+    """The event log, counting the readers opened on it."""
+
+    def __init__(self, log: JetStreamEventLog) -> None:
+        self._log = log
+        self.reads = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    def open_reader(self, **kw: Any) -> Any:
+        self.reads += 1
+        return self._log.open_reader(**kw)
+
+
+async def test_an_item_still_as_dispatched_is_claimed_without_reading_the_log(
+    world: tuple[JetStreamEventLog, Any], source: Path, tmp_path: Path
+) -> None:
+    log, client = world
+    driver = Driver(log, client.jetstream(), source, tmp_path)
+    item = await driver.submit("fast", "feature", "[[task:feature]] go")
+    queued = (await read_all(log))[-1]
+    assert isinstance(queued.envelope.payload, TaskQueued)
+    counting = _CountsReads(log)
+    worker = Worker(WorkerConfig(worker_id="w-fast", workspace_root=tmp_path / "ws"),
+                    counting, client)  # fmt: skip
+    dispatched = msgspec.structs.replace(item, queued_seq=queued.seq)
+    live = await worker._claim_as_dispatched(dispatched)
+    assert live is not None
+    assert counting.reads == 0
+    history = await read_all(log)
+    claim = history[-1]
+    assert isinstance(claim.envelope.payload, TaskAssigned)
+    assert (claim.envelope.payload.worker_id, claim.envelope.payload.attempt) == ("w-fast", 1)
+    assert (live.attempt, live.last_seq) == (1, claim.seq)
+    # What the fast path decided is what reading the whole history decides.
+    task, _ = await worker._task_view(item)
+    assert task is not None
+    assert (task.state.value, task.worker_id) == ("assigned", "w-fast")
+
+
+@pytest.mark.parametrize(
+    "moved_on",
+    [
+        TaskAssigned(run_id="moved", task_id="feature", attempt=1, worker_id="other"),
+        TaskCancelled(run_id="moved", task_id="feature", attempt=1, reason="on request"),
+    ],
+    ids=["claimed by another worker", "cancelled"],
+)
+async def test_an_item_whose_task_moved_on_is_decided_on_its_history_instead(
+    world: tuple[JetStreamEventLog, Any],
+    source: Path,
+    tmp_path: Path,
+    moved_on: TaskAssigned | TaskCancelled,
+) -> None:
+    log, client = world
+    js = client.jetstream()
+    driver = Driver(log, js, source, tmp_path)
+    item = await driver.submit("moved", "feature", "true", executor="shell")
+    queued_seq = (await read_all(log))[-1].seq
+    await driver.record(moved_on)
+    worker = Worker(WorkerConfig(worker_id="w-late", workspace_root=tmp_path / "ws"), log, client)
+    dispatched = msgspec.structs.replace(item, queued_seq=queued_seq)
+    before = await read_all(log)
+    assert await worker._claim_as_dispatched(dispatched) is None
+    assert await read_all(log) == before  # the conditional claim recorded nothing
+    # An item that names no sequence (republished) takes the reading path at once.
+    assert await worker._claim_as_dispatched(item) is None
+    # Served, only this item on the queue, it is decided on the history: cancelled ->
+    # dropped; held -> taken over as attempt 2 (a redelivery means the holder went silent).
+    await js.purge_stream("CC_WORK")
+    await js.publish(
+        "cc.work.default", encode_work_item(dispatched), stream="CC_WORK",
+        headers={"Nats-Msg-Id": "dispatched-again"},
+    )  # fmt: skip
+
+    async def scenario() -> None:
+        with anyio.fail_after(60):
+            # The server offers no event for an emptied queue: its state is polled.
+            while (await js.stream_info("CC_WORK")).state.messages:  # noqa: ASYNC110
+                await anyio.sleep(0.1)
+        if isinstance(moved_on, TaskAssigned):
+            await _until_finished(log, "feature")
+
+    await _run_worker_until(log, client, tmp_path, "http://127.0.0.1:9", scenario)
+    events = [s.envelope.payload for s in await read_all(log)]
+    mine = [e for e in events if isinstance(e, TaskAssigned) and e.worker_id != "other"]
+    if isinstance(moved_on, TaskCancelled):
+        assert mine == []
+    else:
+        assert [(e.worker_id, e.attempt) for e in mine] == [("w-test", 2)]
+        assert [e.attempt for e in events if isinstance(e, TaskSucceeded)] == [2]
+
+
 class _ReadFailsOnce:
     """The event log, except that the first read of a run's events fails, as a store
     failing over does."""

@@ -28,6 +28,7 @@ def work_item(
     *,
     repo_key: str,
     segments: tuple[BaseSegment, ...],
+    queued_seq: int = 0,
 ) -> WorkItem:
     """The work item of ``dispatch``'s attempt.
 
@@ -36,6 +37,10 @@ def work_item(
         queued: the TaskQueued as recorded (a resolution's base commit filled in).
         repo_key: the repository's cache key on worker hosts.
         segments: the repository's chain of history bundles up to the base commit.
+        queued_seq: where ``queued`` was recorded in the log (0: not known, as for a
+            republished item). While it is still the task's last event, the attempt is
+            queued as the item says, so a worker can claim it conditional on that
+            sequence without reading the task's history first.
     """
     profile = KIND_PROFILES["resolve" if queued.resolves_conflict else dispatch.spec.kind]
     spec = dispatch.spec
@@ -61,4 +66,5 @@ def work_item(
         append_system_prompt=profile.system_prompt,
         # A resolution attempt only merges: it gets none of the task's servers.
         mcp_config="" if queued.resolves_conflict else mcp_config_json(spec.mcp_servers),
+        queued_seq=queued_seq,
     )

@@ -66,6 +66,16 @@ class WorkItem(msgspec.Struct, frozen=True, kw_only=True):
         tuple[BaseSegment, ...],
         msgspec.Meta(description="The repository's chain of history bundles, oldest first."),
     ] = ()
+    queued_seq: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0,
+            description=(
+                "The log sequence of the TaskQueued this item was published for, or 0 when "
+                "not known (a republished item): a claim conditional on it needs no read."
+            ),
+        ),
+    ] = 0
 
     @property
     def task_id(self) -> str:

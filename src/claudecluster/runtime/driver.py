@@ -569,7 +569,8 @@ class Driver:
             seq = 0
         else:
             seq = await self._record(queued, effect.event_id, effect.expected_last)
-        await self._queue.publish(work_item(effect, queued, repo_key=repo_key, segments=segments))
+        item = work_item(effect, queued, repo_key=repo_key, segments=segments, queued_seq=seq)
+        await self._queue.publish(item)
         return seq
 
     # -- merging -------------------------------------------------------------------------

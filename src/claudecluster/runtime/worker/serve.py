@@ -442,6 +442,11 @@ class Worker(AttemptRunner):
         item = delivery.item
         settled = False
         try:
+            live = await self._claim_as_dispatched(item)
+            if live is not None:
+                await self._serve_claimed(delivery, live, slot)
+                settled = True
+                return
             task, seen = await self._task_view(item)
             admission = admit(task, item.attempt)
             if admission.action == "drop":
@@ -458,32 +463,53 @@ class Worker(AttemptRunner):
                 await delivery.nak(delay_s=0.5)  # someone else moved the task: decide again
                 settled = True
                 return
-            refused = item_problem(
-                item,
-                permission_modes=self.config.permission_modes,
-                allow_mcp_config=self.config.allow_plan_mcp_servers,
-            )
-            if refused is not None:
-                await self._refuse(live, refused)
-                await delivery.ack()
-                settled = True
-                return
-            async with anyio.create_task_group() as group:
-                group.start_soon(self._keep_alive, delivery)
-                try:
-                    with live.scope:  # cancelled by a CancelTask command
-                        await self._run_attempt(live, slot)
-                    if live.scope.cancelled_caught:
-                        await self._record_cancelled(live)
-                except Superseded as exc:
-                    _log.info("attempt superseded", item=item.message_id, reason=str(exc))
-                group.cancel_scope.cancel()
-            await delivery.ack()
+            await self._serve_claimed(delivery, live, slot)
             settled = True
         finally:
             if not settled:  # failed or cancelled mid-way: give the item back at once
                 with anyio.CancelScope(shield=True):
                     await delivery.nak()
+
+    async def _claim_as_dispatched(self, item: WorkItem) -> _Attempt | None:
+        """Claim the item's attempt on the history the driver published it on, if that
+        is still the task's whole history; None when it is not known or moved on.
+
+        An item published with its TaskQueued's sequence says what the task's history
+        was: that TaskQueued last, so the attempt queued, as the item says. While the
+        task's last event is still that one, :func:`admit` would find exactly that and
+        run it, so the claim can be conditional on it without reading the history (two
+        reads of the log per task). Anything recorded for the task since (another
+        worker's claim, a cancel, a forgery) makes the conditional append fail, and
+        the item is then decided on its history as read.
+        """
+        if item.queued_seq <= 0:
+            return None
+        admission = Admission(action="run", attempt=item.attempt, reason="queued")
+        return await self._claim(item, admission, item.queued_seq)
+
+    async def _serve_claimed(self, delivery: Delivery, live: _Attempt, slot: int) -> None:
+        """Run a claimed attempt (or refuse it) and acknowledge its item."""
+        item = live.item
+        refused = item_problem(
+            item,
+            permission_modes=self.config.permission_modes,
+            allow_mcp_config=self.config.allow_plan_mcp_servers,
+        )
+        if refused is not None:
+            await self._refuse(live, refused)
+            await delivery.ack()
+            return
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._keep_alive, delivery)
+            try:
+                with live.scope:  # cancelled by a CancelTask command
+                    await self._run_attempt(live, slot)
+                if live.scope.cancelled_caught:
+                    await self._record_cancelled(live)
+            except Superseded as exc:
+                _log.info("attempt superseded", item=item.message_id, reason=str(exc))
+            group.cancel_scope.cancel()
+        await delivery.ack()
 
     async def _claim(self, item: WorkItem, admission: Admission, seen: int) -> _Attempt | None:
         """Record the claim of the attempt, conditional on the history ``admission`` saw.
