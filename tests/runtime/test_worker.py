@@ -679,22 +679,17 @@ async def test_an_item_whose_task_moved_on_is_decided_on_its_history_instead(
         assert [e.attempt for e in events if isinstance(e, TaskSucceeded)] == [2]
 
 
-class _ReadFailsOnce:
+class _ReadFailsOnce(_CountsReads):
     """The event log, except that the first read of a run's events fails, as a store
     failing over does."""
 
-    def __init__(self, log: JetStreamEventLog) -> None:
-        self._log = log
-        self.failed = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._log, name)
+    failed = False
 
     def open_reader(self, **kw: Any) -> Any:
         if not self.failed and kw.get("subjects", "").endswith("._.>"):
             self.failed = True
             raise EventStoreError("cannot read CC_EVENTS: TimeoutError()")
-        return self._log.open_reader(**kw)
+        return super().open_reader(**kw)
 
 
 async def test_a_store_failure_under_one_item_does_not_end_the_worker(
