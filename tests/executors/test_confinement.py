@@ -331,3 +331,41 @@ def test_the_tunnels_sockets_get_a_short_directory_whatever_tmpdir_is(
         kept.rmdir()
     finally:
         short.rmdir()
+
+
+def test_a_dead_workers_attempt_cgroups_are_swept_once_a_minute_not_at_every_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from claudecluster.executors import cgroups
+
+    probe = create_attempt_cgroup(CgroupLimits())
+    if probe is None or probe.unified is None:
+        pytest.skip("no writable cgroup v2 hierarchy here")
+    home = probe.unified.parent
+    anyio.run(probe.close)
+    # An attempt cgroup a dead worker process left (pid 2**22 + 1 is above pid_max).
+    stale = home / f"attempt-{2**22 + 1}-deadbeef"
+    stale.mkdir()
+    sweeps: list[Path] = []
+    real_sweep = cgroups._sweep
+
+    def counting(parent: Path) -> None:
+        sweeps.append(parent)
+        real_sweep(parent)
+
+    monkeypatch.setattr(cgroups, "_sweep", counting)
+    monkeypatch.setattr(cgroups, "_swept", {})
+    first = create_attempt_cgroup(CgroupLimits())
+    second = create_attempt_cgroup(CgroupLimits())
+    assert first is not None
+    assert second is not None
+    assert not stale.exists()  # the first attempt's sweep removed it
+    assert sweeps.count(home) == 1  # the second, within the minute, did not sweep again
+    cgroups._swept[home] -= cgroups._SWEEP_EVERY_S  # as if a minute had passed
+    third = create_attempt_cgroup(CgroupLimits())
+    assert third is not None
+    assert sweeps.count(home) == 2  # a minute later it does
+    for made in (first, second, third):
+        anyio.run(made.close)
+        assert made.unified is not None
+        assert not made.unified.exists()

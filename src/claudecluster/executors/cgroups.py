@@ -21,6 +21,7 @@ import contextlib
 import functools
 import os
 import signal
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,10 @@ __all__ = ["AttemptCgroup", "CgroupLimits", "cgroup_prefix", "create_attempt_cgr
 _PARENT: Final = "claudecluster"
 _CPU_PERIOD_US: Final = 100_000
 _EMPTY_WAIT_S: Final = 10.0
+#: How often a hierarchy's parent is swept of dead processes' attempt cgroups. Not at
+#: every attempt: on a busy host the sweep (a listing and a liveness check per entry)
+#: was a part of each no-op attempt's cost, on the event loop.
+_SWEEP_EVERY_S: Final = 60.0
 _log = get_logger(__name__)
 
 
@@ -221,16 +226,41 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: parent directory -> when it was last swept (monotonic seconds), in this process
+_swept: dict[Path, float] = {}
+#: v2 directories whose ``claudecluster`` sub-tree was handed the controllers
+_delegated: set[Path] = set()
+
+
 def _make(parent: Path, name: str) -> Path | None:
-    if (parent / _PARENT).is_dir():
-        _sweep(parent / _PARENT)
+    home = parent / _PARENT
+    now = time.monotonic()
+    last = _swept.get(home)
+    if last is None or now - last >= _SWEEP_EVERY_S:
+        if home.is_dir():
+            _sweep(home)
+        _swept[home] = now
     try:
-        (parent / _PARENT).mkdir(exist_ok=True)
-        directory = parent / _PARENT / name
+        home.mkdir(exist_ok=True)
+        directory = home / name
         directory.mkdir()
     except OSError:
         return None
     return directory
+
+
+def _delegate(top: Path) -> None:
+    """Hand the controllers this host has in v2 down to our sub-tree, once per process
+    (again if the sub-tree was removed meanwhile). Best effort: refused where our own
+    cgroup holds processes; then v1 or nothing is used."""
+    if top in _delegated and (top / _PARENT).is_dir():
+        return
+    with contextlib.suppress(OSError):
+        (top / _PARENT).mkdir(exist_ok=True)
+        for controller in sorted(_controllers(top) & {"memory", "pids", "cpu"}):
+            _write(top / "cgroup.subtree_control", f"+{controller}")
+            _write(top / _PARENT / "cgroup.subtree_control", f"+{controller}")
+        _delegated.add(top)
 
 
 _said: list[bool] = []
@@ -260,13 +290,7 @@ def create_attempt_cgroup(limits: CgroupLimits) -> AttemptCgroup | None:
     v2_has: set[str] = set()
     if layout.unified is not None:
         top = layout.unified
-        with contextlib.suppress(OSError):
-            (top / _PARENT).mkdir(exist_ok=True)
-            # Best effort: hand the controllers this host has in v2 down to our sub-tree
-            # (refused where our own cgroup holds processes; then v1 or nothing is used).
-            for controller in sorted(_controllers(top) & {"memory", "pids", "cpu"}):
-                _write(top / "cgroup.subtree_control", f"+{controller}")
-                _write(top / _PARENT / "cgroup.subtree_control", f"+{controller}")
+        _delegate(top)
         unified = _make(top, name)
         if unified is not None:
             v2_has = _controllers(unified)
