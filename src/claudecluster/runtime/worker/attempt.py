@@ -141,7 +141,10 @@ class AttemptRunner:
             if entries:
                 # The interrupted attempt's transcript was mirrored: continue that conversation.
                 live.session_id, live.resume = live.resume_from, True
-        transcript = self._disk.transcript(scratch, workspace, live.session_id)
+        # A shell task has no transcript (nothing it can reach writes one): not looked for.
+        transcript = None
+        if item.spec.executor != "shell":
+            transcript = self._disk.transcript(scratch, workspace, live.session_id)
         resumed = live.resume and item.spec.executor == "claude_code" and transcript is not None
         restored = 0
         if resumed and transcript is not None:
@@ -193,9 +196,8 @@ class AttemptRunner:
             await anyio.Path(mcp_config).write_text(item.mcp_config, encoding="utf-8")
         executor = self._shell if item.spec.executor == "shell" else self._executor
         prompt = _RESUME_NOTE + item.spec.prompt if resumed else item.spec.prompt
-        # A shell task has no transcript (nothing it can reach writes one): not looked for.
         mirror = None
-        if transcript is not None and item.spec.executor != "shell":
+        if transcript is not None:
             mirror = _TranscriptMirror(
                 self._sessions, _session_key(item, live.session_id), transcript, restored
             )
