@@ -32,7 +32,7 @@ from claudecluster.events import (
 from claudecluster.events.envelope import EventEnvelope
 from claudecluster.events.model import Event
 from claudecluster.simulation.clock import seed_trio_scheduler, virtual_now
-from claudecluster.transport.base import AppendResult, EventLog
+from claudecluster.transport.base import AppendResult, EventLog, read_all
 from claudecluster.transport.infrastructure import Infrastructure, memory_infrastructure
 from tests.support import ForwardingLog, virtual_driver, wait_for_events
 
@@ -157,3 +157,23 @@ async def test_a_cancel_decided_while_the_run_completes_is_answered_not_dropped(
     (refusal,) = [e for e in events if isinstance(e, CommandRejected)]
     assert refusal.command_id == "late"
     assert "already ended (completed)" in refusal.reason
+
+
+@pytest.mark.anyio
+async def test_a_work_item_names_the_sequence_of_the_task_queued_it_was_published_for() -> None:
+    # A worker claims an item conditional on that sequence without reading the log
+    # (runtime/worker/serve.py): it must be exactly where the TaskQueued was recorded.
+    infra: Infrastructure = memory_infrastructure()
+    driver = virtual_driver(infra, seed=1)
+    async with anyio.create_task_group() as group:
+        await group.start(driver.run)
+        submit = SubmitRun(run_id="s", goal="g", repo="/simulated", plan=(_task("a"),))
+        await infra.commands.publish(submit, command_id="submit-s", now=virtual_now())
+        await wait_for_events(infra.log, _of(TaskQueued), limit_s=_VIRTUAL_LIMIT_S)
+        delivery = await infra.queue.fetch("default", wait_s=_VIRTUAL_LIMIT_S)
+        assert delivery is not None
+        item = delivery.item
+        group.cancel_scope.cancel()
+    queued = [s for s in await read_all(infra.log) if isinstance(s.envelope.payload, TaskQueued)]
+    assert len(queued) == 1
+    assert item.queued_seq == queued[0].seq > 0
